@@ -1,0 +1,30 @@
+use super::Ctx;
+use hfsky::hub::download::{download, DownloadOptions};
+use hfsky::repo_id::RepoId;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model repo, `namespace/name`
+    repo: String,
+    /// Files to fetch (default: all)
+    files: Vec<String>,
+    /// Branch, tag or commit
+    #[arg(long)]
+    revision: Option<String>,
+    /// Copy into this folder instead of only the cache
+    #[arg(long)]
+    local_dir: Option<PathBuf>,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    let repo = RepoId::parse(&args.repo)?;
+    let client = super::client(ctx, false)?;
+    let opts = DownloadOptions { repo, revision: args.revision, files: args.files, local_dir: args.local_dir };
+    let got = ctx.runtime().block_on(download(&client, &opts))?;
+    for d in &got {
+        ctx.say(&format!("{} -> {}", d.path_in_repo, d.local_path.display()));
+    }
+    ctx.emit_json(&serde_json::json!({ "files": got }));
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! The `hfsky` command line: argument parsing, one module per command, and the single place
+//! where errors become messages (always redacted) and exit codes.
+
+mod download;
+mod hash;
+mod hub;
+mod login;
+mod logout;
+mod push;
+mod token;
+mod whoami;
+
+use clap::{Parser, Subcommand};
+use hfsky::auth::AuthError;
+use hfsky::hub::HubError;
+use hfsky::redact::redact;
+use std::io::IsTerminal;
+
+/// Stable exit codes, documented in the README.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILURE: i32 = 1;
+    pub const BAD_INPUT: i32 = 2;
+    pub const AUTH: i32 = 3;
+    pub const KEYRING: i32 = 4;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "hfsky", version, about = "Fine-tune a text-to-image LoRA on your photos and publish it on the Hugging Face Hub")]
+pub struct Cli {
+    /// Hub URL (default: $HF_ENDPOINT, else https://huggingface.co)
+    #[arg(long, global = true, env = "HF_ENDPOINT", default_value = hfsky::hub::client::DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// Machine-readable JSON on stdout, no progress bars
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More detail (retries, timings)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Store a Hub token in the OS keyring after checking it against the Hub
+    Login(login::Args),
+    /// Forget a stored token
+    Logout(logout::Args),
+    /// Show who the current token belongs to and where it came from
+    Whoami,
+    /// List or switch stored tokens
+    #[command(subcommand)]
+    Token(token::Cmd),
+    /// Upload a folder to a model repo in one commit
+    Push(push::Args),
+    /// Download files into the Hugging Face cache (or a folder)
+    Download(download::Args),
+    /// The offline Hub
+    #[command(subcommand)]
+    Hub(hub::Cmd),
+    /// sha256 of a file (used by the benchmark)
+    #[command(hide = true)]
+    Hash { file: std::path::PathBuf },
+}
+
+/// Output settings shared by every command.
+pub struct Ctx {
+    pub endpoint: String,
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Ctx {
+    pub fn show_progress(&self) -> bool {
+        !self.json && !self.quiet && std::io::stderr().is_terminal()
+    }
+
+    /// Human output (suppressed by --json and --quiet), always redacted.
+    pub fn say(&self, text: &str) {
+        if !self.json && !self.quiet {
+            println!("{}", redact(text));
+        }
+    }
+
+    /// The one JSON document a command prints with --json, redacted like everything else.
+    pub fn emit_json(&self, v: &serde_json::Value) {
+        if self.json {
+            println!("{}", redact(&serde_json::to_string_pretty(v).expect("serializable")));
+        }
+    }
+
+    pub fn runtime(&self) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+    }
+}
+
+/// A command-layer error that names its own exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
+    CliError { code: exit::BAD_INPUT, message: message.into() }.into()
+}
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    for cause in e.chain() {
+        if let Some(c) = cause.downcast_ref::<CliError>() {
+            return c.code;
+        }
+        if let Some(h) = cause.downcast_ref::<HubError>() {
+            return match h {
+                HubError::Invalid(_) => exit::BAD_INPUT,
+                HubError::Http { status: 401 | 403, .. } => exit::AUTH,
+                _ => exit::FAILURE,
+            };
+        }
+        if let Some(a) = cause.downcast_ref::<AuthError>() {
+            return match a {
+                AuthError::KeyringUnavailable { .. } => exit::KEYRING,
+                AuthError::BadToken { .. } | AuthError::UnknownName(_) => exit::BAD_INPUT,
+                _ => exit::FAILURE,
+            };
+        }
+        if cause.downcast_ref::<hfsky::repo_id::IdError>().is_some() || cause.downcast_ref::<hfsky::token::TokenError>().is_some() {
+            return exit::BAD_INPUT;
+        }
+    }
+    exit::FAILURE
+}
+
+pub fn run() -> i32 {
+    hfsky::redact::install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::BAD_INPUT } else { exit::OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    if cli.verbose > 0 {
+        std::env::set_var("HFSKY_VERBOSE", "1");
+    }
+    let ctx = Ctx { endpoint: cli.endpoint.clone(), json: cli.json, quiet: cli.quiet };
+    let result = match cli.command {
+        Command::Login(a) => login::run(&ctx, a),
+        Command::Logout(a) => logout::run(&ctx, a),
+        Command::Whoami => whoami::run(&ctx),
+        Command::Token(c) => token::run(&ctx, c),
+        Command::Push(a) => push::run(&ctx, a),
+        Command::Download(a) => download::run(&ctx, a),
+        Command::Hub(c) => hub::run(&ctx, c),
+        Command::Hash { file } => hash::run(&ctx, &file),
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            let code = exit_code(&e);
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(&format!(": {c}"));
+                }
+            }
+            if ctx.json {
+                let v = serde_json::json!({ "error": msg, "exit_code": code });
+                println!("{}", redact(&v.to_string()));
+            }
+            eprintln!("error: {}", redact(&msg));
+            code
+        }
+    }
+}
+
+/// A Hub client with the resolved token (if any).
+pub fn client(ctx: &Ctx, require_token: bool) -> anyhow::Result<hfsky::hub::HubClient> {
+    let resolved = hfsky::auth::resolve()?;
+    if require_token && resolved.is_none() {
+        return Err(CliError {
+            code: exit::AUTH,
+            message: "not logged in: run `hfsky login` (or set HF_TOKEN in CI)".into(),
+        }
+        .into());
+    }
+    Ok(hfsky::hub::HubClient::new(&ctx.endpoint, resolved.map(|(t, _)| t))?)
+}

@@ -1,0 +1,104 @@
+//! Hub errors. Every HTTP failure carries what a user (or a support thread) needs: status,
+//! method, token-free URL, request id and the Hub's own error code and message.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("{}", http_message(.status, .method, .url, .request_id, .error_code, .message))]
+    Http {
+        status: u16,
+        method: String,
+        url: String,
+        request_id: Option<String>,
+        error_code: Option<String>,
+        message: String,
+    },
+    #[error("could not reach {url}: {detail} (after {attempts} attempt(s); check --endpoint / HF_ENDPOINT and your network)")]
+    Network { url: String, detail: String, attempts: u32 },
+    #[error("unexpected answer from {url}: {detail}")]
+    Protocol { url: String, detail: String },
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Download(String),
+}
+
+fn http_message(
+    status: &u16,
+    method: &str,
+    url: &str,
+    request_id: &Option<String>,
+    error_code: &Option<String>,
+    message: &str,
+) -> String {
+    let reason = reqwest::StatusCode::from_u16(*status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut s = format!("HTTP {status} {reason} from {method} {url}");
+    let mut details = vec![];
+    if let Some(code) = error_code {
+        details.push(format!("error code: {code}"));
+    }
+    details.push(format!("request id: {}", request_id.as_deref().unwrap_or("none")));
+    s.push_str(&format!(" ({})", details.join(", ")));
+    if !message.is_empty() {
+        s.push_str(&format!(": {message}"));
+    }
+    let hint = match (*status, error_code.as_deref()) {
+        (401, _) => " — the token is missing or invalid: run `hfsky login` or set HF_TOKEN",
+        (403, _) => " — the token may not write here: a `write` or fine-grained `repo.write` token is needed",
+        (412, _) => " — the branch moved since this push started: run the command again",
+        (404, Some("RepoNotFound")) => " — check the repo id, or that your token can see a private repo",
+        (404, Some("RevisionNotFound")) => " — that branch/revision does not exist",
+        (429, _) => " — rate limited by the Hub: wait and retry",
+        _ => "",
+    };
+    s.push_str(hint);
+    s
+}
+
+impl HubError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HubError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn error_code(&self) -> Option<&str> {
+        match self {
+            HubError::Http { error_code, .. } => error_code.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> HubError {
+        let path = path.into();
+        move |source| HubError::Io { path, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_error_names_everything() {
+        let e = HubError::Http {
+            status: 404,
+            method: "GET".into(),
+            url: "http://h/api/models/a/b".into(),
+            request_id: Some("req-1".into()),
+            error_code: Some("RepoNotFound".into()),
+            message: "Repository not found".into(),
+        };
+        let s = e.to_string();
+        for part in ["404", "GET http://h/api/models/a/b", "req-1", "RepoNotFound", "Repository not found"] {
+            assert!(s.contains(part), "{s} lacks {part}");
+        }
+    }
+}

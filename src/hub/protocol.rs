@@ -1,0 +1,372 @@
+//! Wire types of the Hub HTTP API, shared by the client and the offline Hub so both speak the
+//! same protocol by construction (see shared/reference/hub-protocol.md).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct WhoAmI {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fullname: Option<String>,
+    #[serde(default)]
+    pub orgs: Vec<Org>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Org {
+    pub name: String,
+    #[serde(rename = "roleInOrg", default, skip_serializing_if = "Option::is_none")]
+    pub role_in_org: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct AuthInfo {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(rename = "accessToken", default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<AccessToken>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct AccessToken {
+    #[serde(rename = "displayName", default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub role: String,
+    #[serde(rename = "fineGrained", default, skip_serializing_if = "Option::is_none")]
+    pub fine_grained: Option<FineGrained>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct FineGrained {
+    #[serde(default)]
+    pub global: Vec<String>,
+    #[serde(default)]
+    pub scoped: Vec<Scoped>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Scoped {
+    pub entity: Entity,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Entity {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    pub name: String,
+}
+
+impl WhoAmI {
+    pub fn role(&self) -> Option<&str> {
+        self.auth.as_ref()?.access_token.as_ref().map(|t| t.role.as_str())
+    }
+
+    pub fn token_name(&self) -> Option<&str> {
+        self.auth.as_ref()?.access_token.as_ref().map(|t| t.display_name.as_str())
+    }
+
+    /// Namespaces this token may push to, as far as whoami can tell. `None` = unknown
+    /// (OAuth/app tokens carry no role): the server's answer to the push is then authoritative.
+    pub fn writable_namespaces(&self) -> Option<Vec<String>> {
+        let token = self.auth.as_ref()?.access_token.as_ref()?;
+        match token.role.as_str() {
+            "write" | "admin" => {
+                let mut ns = vec![self.name.clone()];
+                ns.extend(
+                    self.orgs
+                        .iter()
+                        .filter(|o| matches!(o.role_in_org.as_deref(), None | Some("write" | "admin" | "contributor")))
+                        .map(|o| o.name.clone()),
+                );
+                Some(ns)
+            }
+            "fineGrained" => Some(
+                token
+                    .fine_grained
+                    .iter()
+                    .flat_map(|fg| fg.scoped.iter())
+                    .filter(|s| s.permissions.iter().any(|p| p == "repo.write"))
+                    .map(|s| s.entity.name.clone())
+                    .collect(),
+            ),
+            _ => Some(Vec::new()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRepoRequest {
+    pub name: String,
+    #[serde(default)]
+    pub organization: Option<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRepoResponse {
+    pub url: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ModelInfo {
+    pub id: String,
+    #[serde(default)]
+    pub author: Option<String>,
+    #[serde(default)]
+    pub sha: Option<String>,
+    #[serde(default)]
+    pub private: bool,
+    #[serde(rename = "lastModified", default)]
+    pub last_modified: Option<String>,
+    #[serde(rename = "createdAt", default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub siblings: Vec<Sibling>,
+    #[serde(rename = "cardData", default, skip_serializing_if = "Option::is_none")]
+    pub card_data: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Sibling {
+    pub rfilename: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(rename = "blobId", default, skip_serializing_if = "Option::is_none")]
+    pub blob_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lfs: Option<LfsPointerInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct LfsPointerInfo {
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub oid: Option<String>,
+    pub size: u64,
+    #[serde(rename = "pointerSize", default)]
+    pub pointer_size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TreeEntry {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: String,
+    #[serde(default)]
+    pub oid: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lfs: Option<LfsPointerInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreuploadFile {
+    pub path: String,
+    pub sample: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreuploadRequest {
+    pub files: Vec<PreuploadFile>,
+    #[serde(rename = "gitIgnore", default, skip_serializing_if = "Option::is_none")]
+    pub git_ignore: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreuploadAnswer {
+    pub path: String,
+    #[serde(rename = "uploadMode")]
+    pub upload_mode: String,
+    #[serde(rename = "shouldIgnore", default)]
+    pub should_ignore: bool,
+    #[serde(default)]
+    pub oid: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreuploadResponse {
+    pub files: Vec<PreuploadAnswer>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LfsObject {
+    pub oid: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LfsBatchRequest {
+    pub operation: String,
+    #[serde(default)]
+    pub transfers: Vec<String>,
+    pub objects: Vec<LfsObject>,
+    #[serde(default)]
+    pub hash_algo: Option<String>,
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct LfsAction {
+    pub href: String,
+    #[serde(default)]
+    pub header: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct LfsActions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<LfsAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<LfsAction>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LfsObjectError {
+    pub code: u16,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LfsBatchObject {
+    pub oid: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticated: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<LfsActions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<LfsObjectError>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LfsBatchResponse {
+    #[serde(default)]
+    pub transfer: Option<String>,
+    pub objects: Vec<LfsBatchObject>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompletePart {
+    #[serde(rename = "partNumber")]
+    pub part_number: u32,
+    pub etag: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompleteMultipart {
+    pub oid: String,
+    pub parts: Vec<CompletePart>,
+}
+
+/// One NDJSON line of a commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "key", content = "value")]
+pub enum CommitLine {
+    #[serde(rename = "header")]
+    Header {
+        summary: String,
+        #[serde(default)]
+        description: String,
+        #[serde(rename = "parentCommit", default, skip_serializing_if = "Option::is_none")]
+        parent_commit: Option<String>,
+    },
+    #[serde(rename = "file")]
+    File { content: String, path: String, #[serde(default = "default_encoding")] encoding: String },
+    #[serde(rename = "lfsFile")]
+    LfsFile {
+        path: String,
+        #[serde(default)]
+        algo: Option<String>,
+        oid: String,
+        #[serde(default)]
+        size: Option<u64>,
+    },
+    #[serde(rename = "deletedFile")]
+    DeletedFile { path: String },
+    #[serde(rename = "deletedFolder")]
+    DeletedFolder { path: String },
+}
+
+fn default_encoding() -> String {
+    "base64".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitResponse {
+    #[serde(default)]
+    pub success: Option<bool>,
+    #[serde(rename = "commitOid")]
+    pub commit_oid: String,
+    #[serde(rename = "commitUrl")]
+    pub commit_url: String,
+    #[serde(rename = "pullRequestUrl", default)]
+    pub pull_request_url: Option<String>,
+}
+
+/// Percent-encode a revision for a URL path segment, the way huggingface_hub does
+/// (`quote(revision, safe="")`): `refs/pr/1` → `refs%2Fpr%2F1`.
+pub fn encode_segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
+/// Percent-encode an in-repo path, keeping `/` literal.
+pub fn encode_path(p: &str) -> String {
+    p.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_lines_serialize_like_the_hub_expects() {
+        let l = CommitLine::LfsFile { path: "a.bin".into(), algo: Some("sha256".into()), oid: "ab".into(), size: Some(3) };
+        assert_eq!(
+            serde_json::to_string(&l).unwrap(),
+            r#"{"key":"lfsFile","value":{"path":"a.bin","algo":"sha256","oid":"ab","size":3}}"#
+        );
+        let h: CommitLine = serde_json::from_str(r#"{"key":"header","value":{"summary":"s","description":""}}"#).unwrap();
+        assert!(matches!(h, CommitLine::Header { parent_commit: None, .. }));
+    }
+
+    #[test]
+    fn writable_namespaces_follow_role_and_scopes() {
+        let w: WhoAmI = serde_json::from_str(r#"{"type":"user","name":"alice","orgs":[{"name":"sky-lab"}],
+            "auth":{"type":"access_token","accessToken":{"displayName":"t","role":"write"}}}"#).unwrap();
+        assert_eq!(w.writable_namespaces().unwrap(), vec!["alice", "sky-lab"]);
+        let fg: WhoAmI = serde_json::from_str(r#"{"name":"alice","auth":{"accessToken":{"displayName":"t","role":"fineGrained",
+            "fineGrained":{"global":[],"scoped":[{"entity":{"type":"user","name":"alice"},"permissions":["repo.content.read"]},
+            {"entity":{"type":"org","name":"lab"},"permissions":["repo.write"]}]}}}}"#).unwrap();
+        assert_eq!(fg.writable_namespaces().unwrap(), vec!["lab"]);
+        let r: WhoAmI = serde_json::from_str(r#"{"name":"a","auth":{"accessToken":{"displayName":"t","role":"read"}}}"#).unwrap();
+        assert!(r.writable_namespaces().unwrap().is_empty());
+    }
+
+    #[test]
+    fn segments_encode_like_python_quote() {
+        assert_eq!(encode_segment("refs/pr/1"), "refs%2Fpr%2F1");
+        assert_eq!(encode_path("dir/a b.txt"), "dir/a%20b.txt");
+    }
+}

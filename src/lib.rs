@@ -1,0 +1,8 @@
+//! hfsky: fine-tune text-to-image LoRAs on your own photos and publish them on the Hugging Face Hub.
+
+pub mod auth;
+pub mod hash;
+pub mod hub;
+pub mod redact;
+pub mod repo_id;
+pub mod token;
