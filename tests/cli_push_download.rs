@@ -1,0 +1,258 @@
+//! login → push → download against `hfsky hub serve`, run as a user would, plus the bad-input
+//! and failure paths, and a scan of every output and written file for the token.
+
+mod common;
+use common::*;
+
+fn login_file(env: &Env, token: &str) -> String {
+    ok(&env.run_stdin(&["login", "--token-stdin", "--store", "file", "--name", "main"], &format!("{token}\n")))
+}
+
+fn sample_model(dir: &std::path::Path) {
+    write(&dir.join("README.md"), b"---\nlicense: mit\ntags: [lora]\n---\n# sky lora\n");
+    write(&dir.join("pytorch_lora_weights.safetensors"), &noise(300_000, 1));
+    write(&dir.join("samples/image_0.png"), &noise(50_000, 2));
+    write(&dir.join("big.bin"), &noise(3 * 1024 * 1024 + 17, 3));
+    write(&dir.join("empty.txt"), b"");
+}
+
+#[test]
+fn login_push_download_roundtrip_never_leaks_the_token() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &["--multipart-chunk-mib", "1"]);
+    let env = Env::new(&hub.endpoint);
+    let mut transcript = String::new();
+
+    let out = login_file(&env, ALICE);
+    assert!(out.contains("Logged in as alice") && out.contains("Can write to: alice"), "{out}");
+    transcript += &out;
+    let token_file = std::fs::read_to_string(env.hf_home().join("token")).unwrap();
+    assert_eq!(token_file, ALICE, "huggingface_hub-compatible token file, no newline");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(env.hf_home().join("token")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    let who = env.run(&["--json", "whoami"]);
+    transcript += &text(&who);
+    let v = json(&who);
+    assert_eq!(v["user"], "alice");
+    assert_eq!(v["role"], "write");
+    assert_eq!(v["source"]["kind"], "file");
+
+    let data = env.dir.path().join("model");
+    sample_model(&data);
+    let push = env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/sky-lora", "-m", "first"]);
+    transcript += &text(&push);
+    let v = json(&push);
+    assert_eq!(v["status"], "committed", "{v}");
+    assert_eq!(v["added"].as_array().unwrap().len(), 5);
+    assert!(v["uploaded_lfs_bytes"].as_u64().unwrap() > 3 * 1024 * 1024);
+
+    // Same folder again: no commit.
+    let again = env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/sky-lora"]);
+    transcript += &text(&again);
+    let v2 = json(&again);
+    assert_eq!(v2["status"], "nothing_to_push");
+    assert_eq!(v2["commit"], v["commit"]);
+
+    // One file changes: only it is sent, the stored LFS objects are reused.
+    write(&data.join("README.md"), b"---\nlicense: mit\n---\n# v2\n");
+    let third = json(&env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/sky-lora"]));
+    assert_eq!(third["added"], serde_json::json!(["README.md"]));
+    assert_eq!(third["uploaded_lfs_bytes"], 0);
+
+    // Download into the standard cache and into a folder: byte-identical.
+    let dl = env.run(&["--json", "download", "alice/sky-lora"]);
+    transcript += &text(&dl);
+    let files = json(&dl)["files"].as_array().unwrap().clone();
+    assert_eq!(files.len(), 6, "5 files + .gitattributes");
+    let repo_cache = env.hf_home().join("hub").join("models--alice--sky-lora");
+    let commit = std::fs::read_to_string(repo_cache.join("refs/main")).unwrap();
+    assert_eq!(commit, third["commit"].as_str().unwrap());
+    for (rel, bytes) in files_under(&data) {
+        let snap = repo_cache.join("snapshots").join(&commit).join(&rel);
+        assert!(std::fs::symlink_metadata(&snap).unwrap().file_type().is_symlink(), "{rel} should link into blobs/");
+        assert_eq!(std::fs::read(&snap).unwrap(), bytes, "{rel}");
+    }
+    let local = env.dir.path().join("copy");
+    ok(&env.run(&["download", "alice/sky-lora", "big.bin", "samples/image_0.png", "--local-dir", local.to_str().unwrap()]));
+    assert_eq!(std::fs::read(local.join("big.bin")).unwrap(), std::fs::read(data.join("big.bin")).unwrap());
+
+    // Deleting remote files that are gone locally.
+    std::fs::remove_file(data.join("empty.txt")).unwrap();
+    let del = json(&env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/sky-lora", "--delete", "*.txt"]));
+    assert_eq!(del["deleted"], serde_json::json!(["empty.txt"]));
+
+    let out = ok(&env.run(&["logout"]));
+    transcript += &out;
+    assert!(!env.hf_home().join("token").exists());
+    code(&env.run(&["whoami"]), 3);
+
+    // The token appears nowhere: not in any output, not in any file hfsky wrote outside the store.
+    assert!(!transcript.contains(ALICE), "token leaked into output");
+    let secret = ALICE.as_bytes();
+    for dir in [env.dir.path(), hub.root.as_path()] {
+        for (rel, bytes) in files_under(dir) {
+            if rel.ends_with("stored_tokens") {
+                continue;
+            }
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret), "token found in {rel}");
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_refused_with_exit_code_2() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &[]);
+    let env = Env::new(&hub.endpoint);
+    login_file(&env, ALICE);
+    let data = env.dir.path().join("d");
+    write(&data.join("a.txt"), b"a");
+    for repo in ["foo", "a/b/c", "../x", "user/na me"] {
+        let out = code(&env.run(&["push", data.to_str().unwrap(), "--repo", repo]), 2);
+        assert!(out.contains("invalid repo id"), "{out}");
+    }
+    let out = code(&env.run(&["push", "/no/such/folder", "--repo", "alice/x"]), 2);
+    assert!(out.contains("not an existing folder"), "{out}");
+    let empty = env.dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = code(&env.run(&["push", empty.to_str().unwrap(), "--repo", "alice/x"]), 2);
+    assert!(out.contains("nothing to push"), "{out}");
+    let out = code(&env.run_stdin(&["login", "--token-stdin", "--store", "file"], "hf_abc def\n"), 2);
+    assert!(out.contains("whitespace") && !out.contains("hf_abc def"), "{out}");
+    let out = code(&Env::new("not a url").cmd(&["whoami"]).env("HF_TOKEN", ALICE).output().unwrap(), 2);
+    assert!(out.contains("invalid endpoint"), "{out}");
+    // The token is never a flag value.
+    code(&env.run(&["login", "--token", ALICE]), 2);
+    #[cfg(unix)]
+    {
+        let outside = env.dir.path().join("outside.txt");
+        write(&outside, b"secret");
+        std::os::unix::fs::symlink(&outside, data.join("link.txt")).unwrap();
+        let out = code(&env.run(&["push", data.to_str().unwrap(), "--repo", "alice/x"]), 2);
+        assert!(out.contains("outside"), "{out}");
+    }
+}
+
+#[test]
+fn auth_failures_say_what_is_wrong() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &[]);
+    let env = Env::new(&hub.endpoint);
+    let out = code(&env.run_stdin(&["login", "--token-stdin", "--store", "file"], "hf_NotAValidTokenAtAll123456\n"), 3);
+    assert!(out.contains("invalid token") && out.contains("request id"), "{out}");
+    assert!(!env.hf_home().join("token").exists(), "a refused token is not stored");
+
+    let read_env = Env::new(&hub.endpoint);
+    login_file(&read_env, BOB_READ);
+    let data = read_env.dir.path().join("d");
+    write(&data.join("a.txt"), b"a");
+    let out = code(&read_env.run(&["push", data.to_str().unwrap(), "--repo", "bob/x"]), 3);
+    assert!(out.contains("cannot write"), "{out}");
+
+    // Through the HTTP API directly, a read token gets 403 and no token 401.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let r = http.post(format!("{}/api/repos/create", hub.endpoint)).json(&serde_json::json!({"name":"x","organization":"bob"}))
+            .bearer_auth(BOB_READ).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(r.headers().contains_key("x-request-id"));
+        let r = http.post(format!("{}/api/repos/create", hub.endpoint)).json(&serde_json::json!({"name":"x","organization":"bob"}))
+            .send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    });
+}
+
+#[test]
+fn hf_token_env_wins_and_whoami_says_so() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &[]);
+    let env = Env::new(&hub.endpoint);
+    login_file(&env, BOB_READ);
+    let out = env.cmd(&["--json", "whoami"]).env("HF_TOKEN", ALICE).output().unwrap();
+    let v = json(&out);
+    assert_eq!(v["user"], "alice");
+    assert_eq!(v["source"]["kind"], "env_hf_token");
+    let out = env.cmd(&["--json", "whoami"]).env("HUGGING_FACE_HUB_TOKEN", ALICE).output().unwrap();
+    assert_eq!(json(&out)["source"]["kind"], "env_hugging_face_hub_token");
+    let out = code(&env.cmd(&["whoami"]).env("HF_TOKEN", "hf_bad token").output().unwrap(), 2);
+    assert!(out.contains("HF_TOKEN") && out.contains("whitespace"), "{out}");
+}
+
+#[test]
+fn named_file_tokens_list_and_switch() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &[]);
+    let env = Env::new(&hub.endpoint);
+    ok(&env.run_stdin(&["login", "--token-stdin", "--store", "file", "--name", "writer"], ALICE));
+    ok(&env.run_stdin(&["login", "--token-stdin", "--store", "file", "--name", "reader"], BOB_READ));
+    let list = json(&env.run(&["--json", "token", "list"]));
+    assert_eq!(list["active"], "reader");
+    assert_eq!(list["tokens"].as_array().unwrap().len(), 2);
+    assert!(!list.to_string().contains("hf_"), "list shows names only");
+    ok(&env.run(&["token", "switch", "writer"]));
+    assert_eq!(json(&env.run(&["--json", "whoami"]))["user"], "alice");
+    code(&env.run(&["token", "switch", "nobody"]), 2);
+    ok(&env.run(&["logout", "--all"]));
+    assert!(json(&env.run(&["--json", "token", "list"]))["tokens"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn push_survives_injected_faults() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &["--faults", "500=0.15,429=0.1,drop=0.1,retry-after=0,seed=11", "--multipart-chunk-mib", "1"]);
+    let env = Env::new(&hub.endpoint);
+    let mut env = env;
+    env.vars.push(("HFSKY_MAX_ATTEMPTS".into(), "12".into()));
+    // login goes through the faulty server too
+    ok(&env.run_stdin(&["login", "--token-stdin", "--store", "file"], ALICE));
+    let data = env.dir.path().join("model");
+    sample_model(&data);
+    let v = json(&env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/flaky"]));
+    assert_eq!(v["status"], "committed", "{v}");
+    let out = env.dir.path().join("out");
+    ok(&env.run(&["download", "alice/flaky", "big.bin", "--local-dir", out.to_str().unwrap()]));
+    assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), std::fs::read(data.join("big.bin")).unwrap());
+}
+
+#[test]
+fn stale_parent_commit_is_refused_and_state_survives_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let env;
+    let head;
+    {
+        let hub = start_hub(root.path(), &[]);
+        env = Env::new(&hub.endpoint);
+        login_file(&env, ALICE);
+        let data = env.dir.path().join("m");
+        write(&data.join("a.txt"), b"one");
+        head = json(&env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/r"]))["commit"].as_str().unwrap().to_string();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let http = reqwest::Client::new();
+            let body = "{\"key\":\"header\",\"value\":{\"summary\":\"x\",\"parentCommit\":\"0000000000000000000000000000000000000000\"}}\n";
+            let r = http.post(format!("{}/api/models/alice/r/commit/main", hub.endpoint)).bearer_auth(ALICE).body(body).send().await.unwrap();
+            assert_eq!(r.status(), 412);
+            let r = http.post(format!("{}/api/models/alice/r/commit/main", hub.endpoint)).bearer_auth(ALICE).body("not json\n").send().await.unwrap();
+            assert_eq!(r.status(), 400);
+            let body = format!("{{\"key\":\"header\",\"value\":{{\"summary\":\"x\"}}}}\n{{\"key\":\"lfsFile\",\"value\":{{\"path\":\"w.bin\",\"algo\":\"sha256\",\"oid\":\"{}\",\"size\":3}}}}\n", "ab".repeat(32));
+            let r = http.post(format!("{}/api/models/alice/r/commit/main", hub.endpoint)).bearer_auth(ALICE).body(body).send().await.unwrap();
+            assert_eq!(r.status(), 400);
+            assert!(r.text().await.unwrap().contains("unknown"));
+            let body = "{\"key\":\"header\",\"value\":{\"summary\":\"x\"}}\n{\"key\":\"file\",\"value\":{\"path\":\"../evil\",\"content\":\"eA==\",\"encoding\":\"base64\"}}\n";
+            let r = http.post(format!("{}/api/models/alice/r/commit/main", hub.endpoint)).bearer_auth(ALICE).body(body).send().await.unwrap();
+            assert_eq!(r.status(), 400);
+        });
+    }
+    // A new server on the same root serves the same commit.
+    let hub = start_hub(root.path(), &[]);
+    let env2 = Env { dir: tempfile::tempdir().unwrap(), endpoint: hub.endpoint.clone(), vars: env.vars.clone() };
+    let v = json(&env2.cmd(&["--json", "push", env.dir.path().join("m").to_str().unwrap(), "--repo", "alice/r"]).env("HF_TOKEN", ALICE).output().unwrap());
+    assert_eq!(v["status"], "nothing_to_push");
+    assert_eq!(v["commit"], head);
+}
