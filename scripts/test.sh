@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need (a real Secret
+# Service, D-Bus, the official Python Hub client), then runs `cargo test` inside a private
+# D-Bus session with an unlocked gnome-keyring, so keyring tests hit a real keyring and never
+# touch yours.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v dbus-run-session >/dev/null || need+=(dbus)
+command -v gnome-keyring-daemon >/dev/null || need+=(gnome-keyring)
+command -v secret-tool >/dev/null || need+=(libsecret-tools)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The official client for the conformance test (small: no torch). HF_HUB_DISABLE_XET=1 is set
+# by the test so uploads take the LFS path the offline Hub speaks.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import huggingface_hub" 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "huggingface_hub>=1.0"
+fi
+export HFSKY_PYTHON="$PWD/.venv/bin/python"
+
+exec dbus-run-session -- bash -c '
+  printf "hfsky-test-keyring" | gnome-keyring-daemon --unlock --components=secrets >/dev/null
+  HFSKY_TEST_SECRET_SERVICE=1 cargo test --locked "$@"
+' hfsky-tests "$@"
