@@ -66,6 +66,9 @@ struct Upload {
 
 struct State {
     cfg: ServeConfig,
+    /// Port of the storage listener that LFS downloads redirect to. A different origin, like
+    /// the Hub's CDN: clients then read the file metadata from the 302 itself, as they must.
+    storage_port: u16,
     store: Store,
     uploads: Mutex<HashMap<String, Upload>>,
     // Serialises ref updates so parentCommit checks and commits are atomic.
@@ -119,16 +122,22 @@ fn io_fail(e: std::io::Error) -> HubFail {
     fail(StatusCode::INTERNAL_SERVER_ERROR, format!("storage error: {e}"))
 }
 
-/// Binds and serves until the process ends. Returns the bound address via `on_ready`.
+/// Binds the Hub and its storage listener and serves until the process ends. Reports the
+/// Hub's bound address via `on_ready`.
 pub async fn serve(cfg: ServeConfig, addr: std::net::SocketAddr, on_ready: impl FnOnce(std::net::SocketAddr)) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let storage = tokio::net::TcpListener::bind(std::net::SocketAddr::new(addr.ip(), 0)).await?;
+    let app = router(cfg, storage.local_addr()?.port())?;
     on_ready(listener.local_addr()?);
-    axum::serve(listener, router(cfg)?).await
+    let hub = axum::serve(listener, app.clone());
+    let cdn = axum::serve(storage, app);
+    tokio::try_join!(async { hub.await }, async { cdn.await })?;
+    Ok(())
 }
 
-pub fn router(cfg: ServeConfig) -> std::io::Result<axum::Router> {
+pub fn router(cfg: ServeConfig, storage_port: u16) -> std::io::Result<axum::Router> {
     let store = Store::open(&cfg.root)?;
-    let state = Arc::new(State { cfg, store, uploads: Mutex::new(HashMap::new()), commit_lock: tokio::sync::Mutex::new(()) });
+    let state = Arc::new(State { cfg, storage_port, store, uploads: Mutex::new(HashMap::new()), commit_lock: tokio::sync::Mutex::new(()) });
     Ok(axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Body| {
         let state = state.clone();
         async move { handle(state, method, uri, headers, body).await }
@@ -197,6 +206,16 @@ fn percent_decode(s: &str) -> Option<String> {
 
 fn query(uri: &Uri) -> HashMap<String, String> {
     url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+/// Where LFS downloads are redirected: the request's host name on the storage port.
+fn storage_url(state: &State, headers: &HeaderMap) -> String {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+    let name = match host.rsplit_once(':') {
+        Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => host,
+    };
+    format!("http://{name}:{}", state.storage_port)
 }
 
 fn base_url(headers: &HeaderMap) -> String {
@@ -830,10 +849,10 @@ async fn resolve(
         return Err(e);
     };
     if f.lfs {
-        // Like the Hub's CDN redirect: metadata on the 302 itself, absolute Location.
+        // Like the Hub's CDN redirect: metadata on the 302 itself, absolute Location on another origin.
         return Ok(Response::builder()
             .status(StatusCode::FOUND)
-            .header(header::LOCATION, format!("{}/lfs-objects/{}", base_url(headers), f.sha256))
+            .header(header::LOCATION, format!("{}/lfs-objects/{}", storage_url(state, headers), f.sha256))
             .header(header::ETAG, format!("\"{}\"", f.sha256))
             .header("X-Linked-Etag", format!("\"{}\"", f.sha256))
             .header("X-Linked-Size", f.size.to_string())

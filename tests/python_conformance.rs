@@ -1,0 +1,62 @@
+//! Conformance with the official Python client: huggingface_hub pushes to `hfsky hub serve` and
+//! hfsky downloads byte-identical; hfsky pushes and huggingface_hub downloads byte-identical.
+//! Needs `HFSKY_PYTHON` (a Python with huggingface_hub; scripts/test.sh makes one).
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn python() -> Option<String> {
+    match std::env::var("HFSKY_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ if std::env::var_os("CI").is_some() => panic!("HFSKY_PYTHON must be set in CI (scripts/test.sh sets it)"),
+        _ => None,
+    }
+}
+
+fn py(python: &str, hub: &Hub, work: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/hub_conformance.py");
+    let out = Command::new(python)
+        .arg(script)
+        .args(["--endpoint", &hub.endpoint, "--token", ALICE, "--user", "alice", "--work"])
+        .arg(work)
+        .args(extra)
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "huggingface_hub conformance failed:\n{all}");
+    assert!(!all.contains(ALICE), "the token leaked into Python's output");
+    serde_json::from_str(all.lines().rev().find(|l| l.starts_with('{')).expect("a JSON summary line")).unwrap()
+}
+
+#[test]
+fn huggingface_hub_and_hfsky_read_each_others_pushes() {
+    let Some(python) = python() else {
+        eprintln!("HFSKY_PYTHON not set: run scripts/test.sh for the Python conformance test");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &["--multipart-chunk-mib", "4"]);
+    let env = Env::new(&hub.endpoint);
+
+    // Python pushes (basic + multipart LFS), hfsky downloads.
+    let v = py(&python, &hub, env.dir.path(), &["--phase", "push", "--repo", "alice/from-python"]);
+    let py_dir = std::path::PathBuf::from(v["dir"].as_str().unwrap());
+    let local = env.dir.path().join("hfsky-copy");
+    let out = env.cmd(&["download", "alice/from-python", "--local-dir", local.to_str().unwrap()]).env("HF_TOKEN", ALICE).output().unwrap();
+    ok(&out);
+    for (rel, bytes) in files_under(&py_dir) {
+        assert_eq!(std::fs::read(local.join(&rel)).unwrap(), bytes, "{rel} differs after hfsky download");
+    }
+
+    // hfsky pushes, Python downloads.
+    let mine = env.dir.path().join("hfsky-model");
+    write(&mine.join("README.md"), b"---\nlicense: mit\n---\n# from hfsky\n");
+    write(&mine.join("pytorch_lora_weights.safetensors"), &noise(200_000, 5));
+    write(&mine.join("big.bin"), &noise(11 * 1024 * 1024, 6));
+    write(&mine.join("samples/image_0.png"), &noise(1000, 7));
+    let out = env.cmd(&["push", mine.to_str().unwrap(), "--repo", "alice/from-hfsky"]).env("HF_TOKEN", ALICE).output().unwrap();
+    ok(&out);
+    let v = py(&python, &hub, env.dir.path(), &["--phase", "verify", "--repo", "alice/from-hfsky", "--expect-dir", mine.to_str().unwrap()]);
+    assert_eq!(v["files"], 4);
+}
