@@ -24,7 +24,13 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import huggingface_hub" 2
 fi
 export HFSKY_PYTHON="$PWD/.venv/bin/python"
 
-exec dbus-run-session -- bash -c '
+# A fresh keyring folder each run: a keyring left by an earlier run (other password) would be
+# locked and answer every request with "prompt dismissed".
+KEYRING_HOME="$(mktemp -d)"
+trap 'rm -rf "$KEYRING_HOME"' EXIT
+export KEYRING_HOME
+dbus-run-session -- bash -c '
+  export XDG_DATA_HOME="$KEYRING_HOME"
   printf "hfsky-test-keyring" | gnome-keyring-daemon --unlock --components=secrets >/dev/null
   HFSKY_TEST_SECRET_SERVICE=1 cargo test --locked "$@"
 ' hfsky-tests "$@"
