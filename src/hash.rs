@@ -53,12 +53,31 @@ pub fn digest_file(path: &Path, mut progress: impl FnMut(u64)) -> std::io::Resul
     Ok(FileDigest { sha256: hex::encode(sha256.finalize()), git_sha1: hex::encode(sha1.finalize()), size })
 }
 
-/// sha256 only, for the benchmark and for callers that do not need the git id.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+/// sha256 of a file, streaming, calling `progress` with the bytes read so far.
+pub fn sha256_file_progress(path: &Path, mut progress: impl FnMut(u64)) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut h = Sha256::new();
-    std::io::copy(&mut file, &mut h)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        done += n as u64;
+        progress(done);
+    }
     Ok(hex::encode(h.finalize()))
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    sha256_file_progress(path, |_| {})
+}
+
+/// The Git-LFS pointer file git stores in place of an LFS object.
+pub fn lfs_pointer(sha256: &str, size: u64) -> String {
+    format!("version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n")
 }
 
 #[cfg(test)]
@@ -83,5 +102,6 @@ mod tests {
         assert_eq!(d.git_sha1, git_blob_sha1(&data));
         assert_eq!(d.size, data.len() as u64);
         assert_eq!(sha256_file(&p).unwrap(), d.sha256);
+        assert!(lfs_pointer(&d.sha256, d.size).ends_with(&format!("size {}\n", d.size)));
     }
 }

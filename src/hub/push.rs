@@ -5,9 +5,10 @@
 use super::client::HubClient;
 use super::error::HubError;
 use super::protocol::*;
-use crate::hash::{digest_file, FileDigest};
+use crate::hash::{git_blob_sha1, sha256_file_progress};
 use crate::repo_id::{validate_repo_path, RepoId};
 use base64::Engine;
+use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::{header, Method};
 use serde::Serialize;
@@ -125,7 +126,9 @@ fn bar(show: bool, len: u64, msg: &str) -> ProgressBar {
 
 struct Planned {
     file: LocalFile,
-    digest: FileDigest,
+    /// sha256 for LFS files, git blob sha1 for regular ones: what the Hub compares.
+    oid: String,
+    size: u64,
     lfs: bool,
 }
 
@@ -146,17 +149,6 @@ pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> 
     client.create_repo(&opts.repo, opts.private, true).await?;
     let head = client.model_info(&opts.repo, Some(&opts.revision)).await?.sha;
 
-    // Hash once, streaming; the same pass gives both ids the Hub compares against.
-    let total: u64 = files.iter().map(|f| std::fs::metadata(&f.abs).map(|m| m.len()).unwrap_or(0)).sum();
-    let hash_bar = bar(opts.show_progress, total, "hashing");
-    let mut digests = Vec::with_capacity(files.len());
-    for f in &files {
-        let base = hash_bar.position();
-        let d = digest_file(&f.abs, |n| hash_bar.set_position(base + n)).map_err(HubError::io(&f.abs))?;
-        digests.push(d);
-    }
-    hash_bar.finish_and_clear();
-
     let mut preupload = Vec::with_capacity(files.len());
     for f in &files {
         let mut sample = vec![0u8; 512];
@@ -166,18 +158,21 @@ pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> 
         preupload.push(PreuploadFile {
             path: f.path_in_repo.clone(),
             sample: base64::engine::general_purpose::STANDARD.encode(&sample),
-            size: std::fs::metadata(&f.abs).map_err(HubError::io(&f.abs))?.len(),
+            size: fh.metadata().map_err(HubError::io(&f.abs))?.len(),
         });
     }
     let answers = if preupload.is_empty() {
         vec![]
     } else {
-        client.preupload(&opts.repo, &opts.revision, preupload, opts.create_pr).await?
+        client.preupload(&opts.repo, &opts.revision, preupload.clone(), opts.create_pr).await?
     };
 
+    // Hash after preupload, so each file gets only the id its upload mode needs.
+    let total: u64 = preupload.iter().map(|p| p.size).sum();
+    let hash_bar = bar(opts.show_progress, total, "hashing");
     let mut planned = Vec::new();
     let mut unchanged = 0usize;
-    for (f, d) in files.into_iter().zip(digests) {
+    for (f, pre) in files.into_iter().zip(&preupload) {
         let answer = answers.iter().find(|a| a.path == f.path_in_repo).ok_or_else(|| HubError::Protocol {
             url: client.endpoint().into(),
             detail: format!("preupload did not answer for {}", f.path_in_repo),
@@ -186,14 +181,25 @@ pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> 
             continue;
         }
         // Empty files always go inline: storage backends refuse empty LFS uploads.
-        let lfs = answer.upload_mode == "lfs" && d.size > 0;
-        let local_oid = if lfs { &d.sha256 } else { &d.git_sha1 };
-        if answer.oid.as_deref() == Some(local_oid.as_str()) {
+        let lfs = answer.upload_mode == "lfs" && pre.size > 0;
+        let base = hash_bar.position();
+        let oid = if lfs {
+            sha256_file_progress(&f.abs, |n| hash_bar.set_position(base + n)).map_err(HubError::io(&f.abs))?
+        } else {
+            let bytes = std::fs::read(&f.abs).map_err(HubError::io(&f.abs))?;
+            hash_bar.inc(bytes.len() as u64);
+            git_blob_sha1(&bytes)
+        };
+        if std::fs::metadata(&f.abs).map_err(HubError::io(&f.abs))?.len() != pre.size {
+            return Err(HubError::Invalid(format!("{} changed while being pushed; run the push again", f.abs.display())));
+        }
+        if answer.oid.as_deref() == Some(oid.as_str()) {
             unchanged += 1;
             continue;
         }
-        planned.push(Planned { file: f, digest: d, lfs });
+        planned.push(Planned { file: f, oid, size: pre.size, lfs });
     }
+    hash_bar.finish_and_clear();
 
     let mut deleted = Vec::new();
     if !opts.delete.is_empty() {
@@ -228,8 +234,8 @@ pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> 
             lines.push(CommitLine::LfsFile {
                 path: p.file.path_in_repo.clone(),
                 algo: Some("sha256".into()),
-                oid: p.digest.sha256.clone(),
-                size: Some(p.digest.size),
+                oid: p.oid.clone(),
+                size: Some(p.size),
             });
         } else {
             let bytes = std::fs::read(&p.file.abs).map_err(HubError::io(&p.file.abs))?;
@@ -260,7 +266,7 @@ pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> 
 async fn upload_lfs(client: &HubClient, opts: &PushOptions, planned: &[Planned]) -> Result<(u64, usize), HubError> {
     let mut objects: Vec<LfsObject> = Vec::new();
     for p in planned.iter().filter(|p| p.lfs) {
-        let o = LfsObject { oid: p.digest.sha256.clone(), size: p.digest.size };
+        let o = LfsObject { oid: p.oid.clone(), size: p.size };
         if !objects.contains(&o) {
             objects.push(o);
         }
@@ -280,7 +286,7 @@ async fn upload_lfs(client: &HubClient, opts: &PushOptions, planned: &[Planned])
     let total: u64 = todo.iter().map(|a| a.size).sum();
     let pb = bar(opts.show_progress, total, "uploading");
     for obj in &todo {
-        let p = planned.iter().find(|p| p.digest.sha256 == obj.oid).ok_or_else(|| HubError::Protocol {
+        let p = planned.iter().find(|p| p.lfs && p.oid == obj.oid).ok_or_else(|| HubError::Protocol {
             url: batch_url.clone(),
             detail: format!("LFS batch answered for an object we did not ask for: {}", obj.oid),
         })?;
@@ -337,6 +343,8 @@ async fn upload_basic(
     Ok(())
 }
 
+const PARALLEL_PARTS: usize = 4;
+
 async fn upload_multipart(
     client: &HubClient,
     path: &Path,
@@ -363,27 +371,32 @@ async fn upload_multipart(
             detail: format!("multipart upload offers {} part URLs for {} parts", parts.len(), expected),
         });
     }
-    let mut file = std::fs::File::open(path).map_err(HubError::io(path))?;
-    let mut done = Vec::with_capacity(parts.len());
-    for (i, (number, url)) in parts.iter().enumerate() {
+    // A few parts in flight, as huggingface.js does: one stream rarely fills the link.
+    let uploads = parts.iter().enumerate().map(|(i, (number, url))| async move {
         let offset = i as u64 * chunk_size;
         let len = chunk_size.min(obj.size - offset) as usize;
         let mut buf = vec![0u8; len];
+        let mut file = std::fs::File::open(path).map_err(HubError::io(path))?;
         file.seek(SeekFrom::Start(offset)).map_err(HubError::io(path))?;
         file.read_exact(&mut buf).map_err(HubError::io(path))?;
         let body = bytes::Bytes::from(buf);
-        let resp = client
-            .execute("PUT", url, || Ok(client.storage_request(Method::PUT, url).body(body.clone())))
-            .await?;
+        let resp = client.execute("PUT", url, || Ok(client.storage_request(Method::PUT, url).body(body.clone()))).await?;
         let etag = resp
             .headers()
             .get(header::ETAG)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| HubError::Protocol { url: (*url).clone(), detail: "part upload answered without an ETag".into() })?
             .to_string();
-        done.push(CompletePart { part_number: *number, etag });
         pb.inc(len as u64);
-    }
+        Ok::<_, HubError>(CompletePart { part_number: *number, etag })
+    });
+    let mut done: Vec<CompletePart> =
+        futures_util::StreamExt::buffer_unordered(futures_util::stream::iter(uploads), PARALLEL_PARTS)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+    done.sort_by_key(|p| p.part_number);
     let body = CompleteMultipart { oid: obj.oid.clone(), parts: done };
     client
         .execute("POST", &upload.href, || {

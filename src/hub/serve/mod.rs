@@ -448,7 +448,7 @@ fn sibling(path: &str, f: &FileRec) -> Sibling {
         rfilename: path.to_string(),
         size: Some(f.size),
         blob_id: Some(f.git_sha1.clone()),
-        lfs: f.lfs.then(|| LfsPointerInfo { sha256: Some(f.sha256.clone()), oid: None, size: f.size, pointer_size: 134 }),
+        lfs: f.lfs.then(|| LfsPointerInfo { sha256: Some(f.sha256.clone()), oid: None, size: f.size, pointer_size: crate::hash::lfs_pointer(&f.sha256, f.size).len() as u64 }),
     }
 }
 
@@ -458,7 +458,7 @@ fn tree_entry(path: &str, f: &FileRec) -> TreeEntry {
         path: path.into(),
         oid: f.git_sha1.clone(),
         size: f.size,
-        lfs: f.lfs.then(|| LfsPointerInfo { sha256: None, oid: Some(f.sha256.clone()), size: f.size, pointer_size: 134 }),
+        lfs: f.lfs.then(|| LfsPointerInfo { sha256: None, oid: Some(f.sha256.clone()), size: f.size, pointer_size: crate::hash::lfs_pointer(&f.sha256, f.size).len() as u64 }),
     }
 }
 
@@ -801,7 +801,7 @@ async fn commit(
                         format!("{path}: size {} does not match the stored LFS object ({stored} bytes)", size.unwrap_or(0)),
                     ));
                 }
-                let git_sha1 = state.store.git_sha1_of_blob(oid).map_err(io_fail)?;
+                let git_sha1 = Store::lfs_pointer_sha1(oid, stored);
                 files.insert(path.clone(), FileRec { sha256: oid.clone(), git_sha1, size: stored, lfs: true });
             }
             CommitLine::DeletedFile { path } => {

@@ -111,9 +111,9 @@ impl Store {
         std::fs::rename(tmp, self.blob_path(sha256))
     }
 
-    pub fn git_sha1_of_blob(&self, sha256: &str) -> std::io::Result<String> {
-        let path = self.blob_path(sha256);
-        crate::hash::digest_file(&path, |_| {}).map(|d| d.git_sha1)
+    /// Git stores an LFS file as its pointer; its blob id is the pointer's.
+    pub fn lfs_pointer_sha1(sha256: &str, size: u64) -> String {
+        git_blob_sha1(crate::hash::lfs_pointer(sha256, size).as_bytes())
     }
 
     pub fn meta(&self, id: &RepoId) -> Option<RepoMeta> {

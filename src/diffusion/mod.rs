@@ -1,0 +1,9 @@
+//! The diffusion engine: our own diffusers-faithful networks in candle (UNet with SDXL added
+//! conditioning and LoRA-aware linears, VAE, CLIP text encoders), tokenizers, schedulers and
+//! LoRA files, loaded from diffusers-layout pipelines.
+
+pub mod config;
+pub mod lora;
+pub mod nn;
+pub mod schedulers;
+pub mod testing;

@@ -1,0 +1,230 @@
+//! Building blocks shared by every network: LoRA-aware linear layers, and layer-norm / softmax
+//! written with differentiable primitives (candle's fused `layer_norm`/`softmax_last_dim` have no
+//! backward and silently cut gradients; see shared/reference/candle-notes.md).
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+/// One low-rank adapter on a linear layer: `y += scale · (x·Aᵀ)·Bᵀ`, A: [r, in], B: [out, r].
+#[derive(Clone, Debug)]
+pub struct Adapter {
+    pub down: Tensor,
+    pub up: Tensor,
+    pub scale: f64,
+}
+
+#[derive(Default, Debug)]
+struct AdapterState {
+    /// Module path → (out, in) features of its weight.
+    known: BTreeMap<String, (usize, usize)>,
+    live: BTreeMap<String, Vec<Adapter>>,
+}
+
+/// The adapters of one network, keyed by diffusers module path (`down_blocks.0…attn1.to_q`).
+/// Every `Linear` built with the same handle consults it on each forward, so LoRAs can be
+/// attached, scaled, replaced or trained without rebuilding the network.
+#[derive(Clone, Default, Debug)]
+pub struct Adapters(Arc<RwLock<AdapterState>>);
+
+impl Adapters {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn register(&self, name: &str, out_in: (usize, usize)) {
+        self.0.write().expect("adapter lock").known.insert(name.to_string(), out_in);
+    }
+
+    /// Module paths that can take an adapter.
+    pub fn known_modules(&self) -> BTreeSet<String> {
+        self.0.read().expect("adapter lock").known.keys().cloned().collect()
+    }
+
+    /// Attaches an adapter; the error names the module and what is wrong with it.
+    pub fn attach(&self, module: &str, adapter: Adapter) -> std::result::Result<(), String> {
+        let mut s = self.0.write().expect("adapter lock");
+        let Some(&(out_dim, in_dim)) = s.known.get(module) else {
+            return Err(format!("{module}: no such linear layer in this network"));
+        };
+        let (r, a_in) = adapter.down.dims2().map_err(|e| format!("{module}: {e}"))?;
+        let (b_out, r2) = adapter.up.dims2().map_err(|e| format!("{module}: {e}"))?;
+        if a_in != in_dim || b_out != out_dim || r != r2 {
+            return Err(format!(
+                "{module}: LoRA shapes down {:?} / up {:?} do not fit a {in_dim}→{out_dim} layer (expected [r, {in_dim}] and [{out_dim}, r])",
+                adapter.down.dims(),
+                adapter.up.dims()
+            ));
+        }
+        s.live.entry(module.to_string()).or_default().push(adapter);
+        Ok(())
+    }
+
+    pub fn clear(&self) {
+        self.0.write().expect("adapter lock").live.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().expect("adapter lock").live.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, module: &str) -> Option<Vec<Adapter>> {
+        let s = self.0.read().expect("adapter lock");
+        if s.live.is_empty() {
+            return None;
+        }
+        s.live.get(module).cloned()
+    }
+}
+
+/// A linear layer that applies whatever adapters are attached to its module path.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    name: String,
+    weight: Tensor,
+    bias: Option<Tensor>,
+    adapters: Adapters,
+}
+
+impl Linear {
+    pub fn new(vb: VarBuilder, adapters: &Adapters, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+        let name = vb.prefix();
+        adapters.register(&name, (out_dim, in_dim));
+        Ok(Linear { name, weight, bias, adapters: adapters.clone() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    // x: [..., in], w: [out, in] → [..., out]
+    let w = w.to_dtype(x.dtype())?;
+    match x.dims() {
+        [b, n, k] => x.reshape((b * n, *k))?.matmul(&w.t()?)?.reshape((*b, *n, ())),
+        _ => x.broadcast_matmul(&w.t()?),
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = matmul_t(x, &self.weight)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
+        }
+        if let Some(adapters) = self.adapters.get(&self.name) {
+            for a in adapters {
+                // LoRA factors are kept in f32; compute the update there and cast back.
+                let xf = x.to_dtype(DType::F32)?;
+                let delta = matmul_t(&matmul_t(&xf, &a.down)?, &a.up)?.affine(a.scale, 0.0)?;
+                let dtype = y.dtype();
+                y = (y + delta.to_dtype(dtype)?)?;
+            }
+        }
+        Ok(y)
+    }
+}
+
+/// Layer norm over the last dimension from differentiable primitives.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .broadcast_mul(&self.weight.to_dtype(DType::F32)?)?
+            .broadcast_add(&self.bias.to_dtype(DType::F32)?)?
+            .to_dtype(dtype)
+    }
+}
+
+/// Softmax over the last dimension from differentiable primitives (max-subtracted).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// Exact (erf) GELU, as PyTorch's default `F.gelu`.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// Relative error ‖a − b‖ / ‖b‖, the parity measure used in tests.
+pub fn rel_error(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_dtype(DType::F64)?.flatten_all()?;
+    let b = b.to_dtype(DType::F64)?.flatten_all()?;
+    let num = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    let den = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    Ok(num / den.max(1e-30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn layer_norm_matches_candle_and_has_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, 8, &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 8, &dev).unwrap();
+        let ln = LayerNorm { weight: w.clone(), bias: b.clone(), eps: 1e-5 };
+        let ours = ln.forward(x.as_tensor()).unwrap();
+        let fused = candle_nn::ops::layer_norm(x.as_tensor(), &w, &b, 1e-5).unwrap();
+        assert!(rel_error(&ours, &fused).unwrap() < 1e-5);
+        let grads = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads.get(x.as_tensor()).expect("gradient reaches the input");
+        assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    }
+
+    #[test]
+    fn lora_linear_adds_scaled_low_rank_update() {
+        let dev = Device::Cpu;
+        let mut map = std::collections::HashMap::new();
+        map.insert("proj.weight".to_string(), Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap());
+        let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
+        let adapters = Adapters::new();
+        let lin = Linear::new(vb.pp("proj"), &adapters, 4, 6, false).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 4), &dev).unwrap();
+        let base = lin.forward(&x).unwrap();
+        let down = Tensor::randn(0f32, 1.0, (2, 4), &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (6, 2), &dev).unwrap();
+        adapters.attach("proj", Adapter { down: down.clone(), up: up.clone(), scale: 0.5 }).unwrap();
+        assert!(adapters.attach("nope", Adapter { down: down.clone(), up: up.clone(), scale: 1.0 }).is_err());
+        let wrong = Adapter { down: down.t().unwrap(), up: up.clone(), scale: 1.0 };
+        assert!(adapters.attach("proj", wrong).unwrap_err().contains("do not fit"));
+        let with = lin.forward(&x).unwrap();
+        let merged_w = (lin.weight() + up.matmul(&adapters.get("proj").unwrap()[0].down).unwrap().affine(0.5, 0.0).unwrap()).unwrap();
+        let expected = x.matmul(&merged_w.t().unwrap()).unwrap();
+        assert!(rel_error(&with, &expected).unwrap() < 1e-5);
+        assert!(rel_error(&with, &base).unwrap() > 1e-3);
+    }
+}

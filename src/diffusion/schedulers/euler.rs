@@ -1,0 +1,91 @@
+//! Euler (and Euler ancestral) on the σ-parametrised ODE, as diffusers' EulerDiscreteScheduler /
+//! EulerAncestralDiscreteScheduler. Latents live in the σ scale: x = x₀ + σ·ε.
+
+use super::schedule::{spaced_timesteps, NoiseSchedule, SchedulerConfig};
+use super::{lin, Scheduler, SchedulerError};
+use candle_core::{Result, Tensor};
+
+pub struct Euler {
+    timesteps: Vec<f64>,
+    sigmas: Vec<f64>,
+    init_sigma: f64,
+    v_prediction: bool,
+    /// Some(seed) → ancestral sampling with fresh noise each step.
+    rng: Option<rand::rngs::StdRng>,
+}
+
+impl Euler {
+    pub fn new(
+        schedule: NoiseSchedule,
+        c: &SchedulerConfig,
+        steps: usize,
+        ancestral_seed: Option<u64>,
+    ) -> std::result::Result<Self, SchedulerError> {
+        use rand::SeedableRng;
+        let timesteps = spaced_timesteps(c, steps, false)?;
+        let mut sigmas: Vec<f64> = timesteps.iter().map(|t| schedule.sigma_at(*t)).collect();
+        // final_sigmas_type "zero" (the default): the last step lands on the clean sample.
+        sigmas.push(0.0);
+        let max = sigmas.iter().cloned().fold(0.0, f64::max);
+        let init_sigma = if matches!(c.timestep_spacing.as_str(), "linspace" | "trailing") { max } else { (max * max + 1.0).sqrt() };
+        Ok(Euler {
+            timesteps,
+            sigmas,
+            init_sigma,
+            v_prediction: c.prediction_type == "v_prediction",
+            rng: ancestral_seed.map(rand::rngs::StdRng::seed_from_u64),
+        })
+    }
+}
+
+impl Scheduler for Euler {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.init_sigma
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
+        let s = self.sigmas[i];
+        sample.affine(1.0 / (s * s + 1.0).sqrt(), 0.0)
+    }
+
+    fn step(&mut self, out: &Tensor, i: usize, sample: &Tensor) -> Result<Tensor> {
+        let (s, s_next) = (self.sigmas[i], self.sigmas[i + 1]);
+        let x0 = if self.v_prediction {
+            let c = 1.0 / (s * s + 1.0);
+            lin(c, sample, -s / (s * s + 1.0).sqrt(), out)?
+        } else {
+            lin(1.0, sample, -s, out)?
+        };
+        let derivative = lin(1.0 / s, sample, -1.0 / s, &x0)?;
+        match &mut self.rng {
+            None => lin(1.0, sample, s_next - s, &derivative),
+            Some(rng) => {
+                let up = (s_next * s_next * (s * s - s_next * s_next) / (s * s)).max(0.0).sqrt();
+                let down = (s_next * s_next - up * up).max(0.0).sqrt();
+                let moved = lin(1.0, sample, down - s, &derivative)?;
+                let noise = gaussian_like(sample, rng)?;
+                lin(1.0, &moved, up, &noise)
+            }
+        }
+    }
+}
+
+/// Unit Gaussian noise shaped like `x`, from our own seeded generator (Box–Muller).
+pub fn gaussian_like(x: &Tensor, rng: &mut rand::rngs::StdRng) -> Result<Tensor> {
+    use rand::Rng;
+    let n = x.elem_count();
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        let u1: f64 = rng.random::<f64>().max(1e-300);
+        let u2: f64 = rng.random();
+        let r = (-2.0 * u1.ln()).sqrt();
+        v.push((r * (std::f64::consts::TAU * u2).cos()) as f32);
+        v.push((r * (std::f64::consts::TAU * u2).sin()) as f32);
+    }
+    v.truncate(n);
+    Tensor::from_vec(v, x.shape(), x.device())?.to_dtype(x.dtype())
+}

@@ -1,0 +1,95 @@
+//! Samplers that match diffusers step for step, configured from `scheduler_config.json`:
+//! DDIM, Euler, Euler ancestral and DPM-Solver++ 2M. The noise schedule and timestep spacing
+//! are shared (`schedule.rs`); each sampler only implements its update rule.
+
+mod ddim;
+mod dpmpp;
+mod euler;
+mod schedule;
+
+pub use schedule::{NoiseSchedule, SchedulerConfig};
+
+use candle_core::{Result, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchedulerKind {
+    Ddim,
+    Euler,
+    EulerAncestral,
+    Dpmpp2m,
+}
+
+impl SchedulerKind {
+    /// The kind a pipeline's `scheduler_config.json` names (`_class_name`).
+    pub fn from_class_name(name: &str) -> Option<SchedulerKind> {
+        match name {
+            "DDIMScheduler" => Some(SchedulerKind::Ddim),
+            "EulerDiscreteScheduler" => Some(SchedulerKind::Euler),
+            "EulerAncestralDiscreteScheduler" => Some(SchedulerKind::EulerAncestral),
+            "DPMSolverMultistepScheduler" => Some(SchedulerKind::Dpmpp2m),
+            _ => None,
+        }
+    }
+
+    pub fn class_name(self) -> &'static str {
+        match self {
+            SchedulerKind::Ddim => "DDIMScheduler",
+            SchedulerKind::Euler => "EulerDiscreteScheduler",
+            SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
+            SchedulerKind::Dpmpp2m => "DPMSolverMultistepScheduler",
+        }
+    }
+}
+
+/// One sampling run: the timesteps to visit and the update from a model prediction.
+pub trait Scheduler {
+    /// Timesteps given to the UNet, in visiting order.
+    fn timesteps(&self) -> &[f64];
+    /// Factor applied to unit Gaussian noise to get the initial latents.
+    fn init_noise_sigma(&self) -> f64;
+    /// Scaling of the latents before they enter the UNet at step `i`.
+    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor>;
+    /// The latents after step `i`, given the UNet's (guided) prediction.
+    fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor) -> Result<Tensor>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("unknown scheduler class {0:?} in scheduler_config.json: pass --scheduler ddim|euler|euler-ancestral|dpmpp-2m")]
+    UnknownClass(String),
+    #[error("scheduler_config.json: {0}")]
+    Unsupported(String),
+    #[error("the number of steps must be between 1 and {0}")]
+    Steps(usize),
+}
+
+/// A scheduler for `steps` steps: `kind` overrides the config's class, as diffusers'
+/// `Scheduler.from_config(pipe.scheduler.config)` does.
+pub fn build(
+    kind: Option<SchedulerKind>,
+    config: &SchedulerConfig,
+    steps: usize,
+    seed: u64,
+) -> std::result::Result<Box<dyn Scheduler>, SchedulerError> {
+    let kind = match kind {
+        Some(k) => k,
+        None => SchedulerKind::from_class_name(&config.class_name)
+            .ok_or_else(|| SchedulerError::UnknownClass(config.class_name.clone()))?,
+    };
+    let schedule = NoiseSchedule::new(config)?;
+    if steps == 0 || steps > config.num_train_timesteps {
+        return Err(SchedulerError::Steps(config.num_train_timesteps));
+    }
+    Ok(match kind {
+        SchedulerKind::Ddim => Box::new(ddim::Ddim::new(schedule, config, steps)?),
+        SchedulerKind::Euler => Box::new(euler::Euler::new(schedule, config, steps, None)?),
+        SchedulerKind::EulerAncestral => Box::new(euler::Euler::new(schedule, config, steps, Some(seed))?),
+        SchedulerKind::Dpmpp2m => Box::new(dpmpp::Dpmpp2m::new(schedule, config, steps)?),
+    })
+}
+
+/// `a·x + b·y` for tensors of one shape.
+pub(crate) fn lin(a: f64, x: &Tensor, b: f64, y: &Tensor) -> Result<Tensor> {
+    x.affine(a, 0.0)? + y.affine(b, 0.0)?
+}
