@@ -30,14 +30,6 @@ impl Scheduler for Ddim {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Result<Tensor> {
-        Ok(sample.clone())
-    }
-
     fn step(&mut self, out: &Tensor, i: usize, sample: &Tensor) -> Result<Tensor> {
         let t = self.timesteps[i] as usize;
         let prev = t as i64 - self.step_ratio as i64;

@@ -55,14 +55,6 @@ impl Scheduler for Dpmpp2m {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Result<Tensor> {
-        Ok(sample.clone())
-    }
-
     fn step(&mut self, out: &Tensor, i: usize, sample: &Tensor) -> Result<Tensor> {
         let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
         let x0 = if self.v_prediction {

@@ -47,9 +47,13 @@ pub trait Scheduler {
     /// Timesteps given to the UNet, in visiting order.
     fn timesteps(&self) -> &[f64];
     /// Factor applied to unit Gaussian noise to get the initial latents.
-    fn init_noise_sigma(&self) -> f64;
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
     /// Scaling of the latents before they enter the UNet at step `i`.
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor>;
+    fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
     /// The latents after step `i`, given the UNet's (guided) prediction.
     fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor) -> Result<Tensor>;
 }
