@@ -256,3 +256,49 @@ fn stale_parent_commit_is_refused_and_state_survives_restart() {
     assert_eq!(v["status"], "nothing_to_push");
     assert_eq!(v["commit"], head);
 }
+
+#[test]
+fn pull_requests_paths_info_and_server_limits() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &["--max-body-mib", "1"]);
+    let env = Env::new(&hub.endpoint);
+    login_file(&env, ALICE);
+    let data = env.dir.path().join("m");
+    write(&data.join("a.txt"), b"one");
+    let first = json(&env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/pr"]));
+    write(&data.join("a.txt"), b"two");
+    let pr = json(&env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/pr", "--create-pr"]));
+    assert!(pr["pull_request_url"].as_str().unwrap().ends_with("/alice/pr/discussions/1"), "{pr}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let token = hfsky::token::Token::parse(ALICE).unwrap();
+        let client = hfsky::hub::HubClient::new(&hub.endpoint, Some(token)).unwrap();
+        let id = hfsky::repo_id::RepoId::parse("alice/pr").unwrap();
+        // main is untouched by the PR; the PR ref has the new content.
+        assert_eq!(client.model_info(&id, Some("main")).await.unwrap().sha, first["commit"].as_str().map(String::from));
+        assert_eq!(client.model_info(&id, Some("refs/pr/1")).await.unwrap().sha, pr["commit"].as_str().map(String::from));
+        let info = client.paths_info(&id, "refs/pr/1", &["a.txt".into(), "missing.txt".into()]).await.unwrap();
+        assert_eq!(info.len(), 1);
+        assert_eq!(info[0].oid, hfsky::hash::git_blob_sha1(b"two"));
+        let err = client.model_info(&hfsky::repo_id::RepoId::parse("alice/nope").unwrap(), None).await.unwrap_err();
+        assert_eq!(err.error_code(), Some("RepoNotFound"));
+        assert!(err.to_string().contains("request id: req-"), "{err}");
+
+        // Oversize JSON bodies → 413; an LFS upload whose bytes do not match its oid → 400.
+        let http = reqwest::Client::new();
+        let big = serde_json::json!({ "files": [], "pad": "x".repeat(2 * 1024 * 1024) });
+        let r = http.post(format!("{}/api/models/alice/pr/preupload/main", hub.endpoint)).bearer_auth(ALICE).json(&big).send().await.unwrap();
+        assert_eq!(r.status(), 413);
+        let oid = hfsky::hash::sha256_hex(b"abc");
+        let batch = client.lfs_batch(&id, "main", &[hfsky::hub::protocol::LfsObject { oid: oid.clone(), size: 3 }], false).await.unwrap();
+        let href = batch[0].actions.as_ref().unwrap().upload.as_ref().unwrap().href.clone();
+        let r = http.put(&href).body("abd").send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("does not match"));
+        let r = http.put(&href).body("abcd").send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        let r = http.put(&href).body("abc").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    });
+}
