@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod diffusion;
+pub mod generate;
 pub mod hash;
 pub mod hub;
 pub mod redact;

@@ -65,3 +65,27 @@ pub async fn download(client: &HubClient, opts: &DownloadOptions) -> Result<Vec<
     }
     Ok(out)
 }
+
+/// Files of a revision selected by globs, into the cache; returns the snapshot folder.
+/// With `HF_HUB_OFFLINE=1` only the cache is consulted.
+pub async fn snapshot(
+    client: &HubClient,
+    repo: &RepoId,
+    revision: Option<&str>,
+    allow: Vec<String>,
+) -> Result<PathBuf, HubError> {
+    let mut builder = hf_hub::HFClient::builder().endpoint(client.endpoint());
+    if let Some(t) = client.token() {
+        builder = builder.token(t.expose());
+    }
+    let hf = builder.build().map_err(|e| HubError::Download(redact(&e.to_string())))?;
+    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "ON" | "YES"));
+    hf.model(repo.namespace.clone(), repo.name.clone())
+        .snapshot_download()
+        .maybe_revision(revision.map(String::from))
+        .allow_patterns(allow)
+        .local_files_only(offline)
+        .send()
+        .await
+        .map_err(|e| HubError::Download(redact(&format!("{repo} from {}: {e}", client.endpoint()))))
+}

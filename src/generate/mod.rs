@@ -1,0 +1,5 @@
+//! Local text-to-image generation with a base pipeline and optional LoRA: where models come
+//! from, the sampling loop, and PNGs that carry every setting.
+
+pub mod png_out;
+pub mod source;
