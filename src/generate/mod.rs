@@ -2,4 +2,5 @@
 //! from, the sampling loop, and PNGs that carry every setting.
 
 pub mod png_out;
+pub mod sampling;
 pub mod source;
