@@ -7,3 +7,4 @@ pub mod lora;
 pub mod nn;
 pub mod schedulers;
 pub mod testing;
+pub mod unet;

@@ -109,6 +109,14 @@ impl Linear {
     }
 }
 
+/// Half-precision inputs are computed in f32; f32 and f64 keep their own precision.
+fn compute_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
+}
+
 fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     // x: [..., in], w: [out, in] → [..., out]
     let w = w.to_dtype(x.dtype())?;
@@ -126,8 +134,8 @@ impl Module for Linear {
         }
         if let Some(adapters) = self.adapters.get(&self.name) {
             for a in adapters {
-                // LoRA factors are kept in f32; compute the update there and cast back.
-                let xf = x.to_dtype(DType::F32)?;
+                // LoRA factors are kept in f32 (or f64); compute the update there and cast back.
+                let xf = x.to_dtype(compute_dtype(x.dtype()))?;
                 let delta = matmul_t(&matmul_t(&xf, &a.down)?, &a.up)?.affine(a.scale, 0.0)?;
                 let dtype = y.dtype();
                 y = (y + delta.to_dtype(dtype)?)?;
@@ -154,14 +162,15 @@ impl LayerNorm {
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
+        let work = compute_dtype(dtype);
+        let x = x.to_dtype(work)?;
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         normed
-            .broadcast_mul(&self.weight.to_dtype(DType::F32)?)?
-            .broadcast_add(&self.bias.to_dtype(DType::F32)?)?
+            .broadcast_mul(&self.weight.to_dtype(work)?)?
+            .broadcast_add(&self.bias.to_dtype(work)?)?
             .to_dtype(dtype)
     }
 }
