@@ -3,4 +3,5 @@
 
 pub mod png_out;
 pub mod sampling;
+pub mod settings;
 pub mod source;

@@ -7,6 +7,8 @@ mod dpmpp;
 mod euler;
 mod schedule;
 
+pub use euler::gaussian_like;
+
 pub use schedule::{NoiseSchedule, SchedulerConfig};
 
 use candle_core::{Result, Tensor};
