@@ -2,6 +2,7 @@
 //! conditioning and LoRA-aware linears, VAE, CLIP text encoders), tokenizers, schedulers and
 //! LoRA files, loaded from diffusers-layout pipelines.
 
+pub mod autoencoder;
 pub mod config;
 pub mod lora;
 pub mod nn;
