@@ -3,9 +3,11 @@
 //! LoRA files, loaded from diffusers-layout pipelines.
 
 pub mod autoencoder;
+pub mod clip_tokenizer;
 pub mod config;
 pub mod lora;
 pub mod nn;
 pub mod schedulers;
 pub mod testing;
+pub mod text_encoder;
 pub mod unet;

@@ -1,0 +1,138 @@
+//! A loaded text-to-image pipeline (UNet, VAE, scheduler config, optional LoRA) and one image
+//! per seed from prompt embeddings.
+
+use super::sampling::{denoise, Conditioning};
+use crate::diffusion::autoencoder::{AutoencoderKl, VaeConfig};
+use crate::diffusion::config::{Architecture, PipelineError, PipelineFiles};
+use crate::diffusion::lora::{LoraError, LoraWeights};
+use crate::diffusion::nn::Adapters;
+use crate::diffusion::schedulers::{build, SchedulerConfig, SchedulerError, SchedulerKind};
+use crate::diffusion::unet::{SdxlConditioning, UNet2DConditionModel, UNetConfig};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Lora(#[from] LoraError),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    #[error("{0}")]
+    Model(String),
+    #[error("the VAE produced NaN/inf values ({dtype}): a half-precision SDXL VAE overflows; use --dtype f32 or an fp16-fixed VAE (--vae madebyollin/sdxl-vae-fp16-fix)")]
+    VaeOverflow { dtype: String },
+}
+
+fn model_err(what: &str) -> impl Fn(candle_core::Error) -> GenerateError + '_ {
+    move |e| GenerateError::Model(format!("{what}: {e}"))
+}
+
+pub struct Pipeline {
+    pub files: PipelineFiles,
+    pub unet: UNet2DConditionModel,
+    pub unet_adapters: Adapters,
+    pub vae: AutoencoderKl,
+    pub scheduler_config: SchedulerConfig,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+fn weights(files: &PipelineFiles, component: &str, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, GenerateError> {
+    let variant = matches!(dtype, DType::F16).then_some("fp16");
+    let path = files.weights(component, variant)?;
+    // SAFETY: the weights file is memory-mapped read-only and not modified while in use.
+    unsafe { VarBuilder::from_mmaped_safetensors(&[&path], dtype, device) }.map_err(model_err(&path.display().to_string()))
+}
+
+impl Pipeline {
+    /// Loads the UNet, VAE and scheduler config of a pipeline folder. `vae_dir` replaces the
+    /// pipeline's VAE (a folder with config.json + weights); SDXL VAEs that need it run in f32.
+    pub fn load(files: PipelineFiles, vae_dir: Option<&std::path::Path>, dtype: DType, device: Device) -> Result<Self, GenerateError> {
+        let ucfg = UNetConfig::from_file(&files.component("unet")?.join("config.json"))?;
+        if (files.architecture == Architecture::StableDiffusionXl) != ucfg.has_text_time() {
+            return Err(GenerateError::Model(format!(
+                "{}: the UNet config does not match a {:?} pipeline (addition_embed_type)",
+                files.root.display(),
+                files.architecture
+            )));
+        }
+        let unet_adapters = Adapters::new();
+        let unet = UNet2DConditionModel::new(weights(&files, "unet", dtype, &device)?, &ucfg, &unet_adapters).map_err(model_err("unet"))?;
+        let vae = match vae_dir {
+            Some(dir) => {
+                let cfg = VaeConfig::from_file(&dir.join("config.json"))?;
+                let vae_files = PipelineFiles { root: dir.parent().unwrap_or(dir).to_path_buf(), architecture: files.architecture, class_name: String::new() };
+                let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("vae");
+                let vdt = if cfg.force_upcast { DType::F32 } else { dtype };
+                AutoencoderKl::new(weights(&vae_files, name, vdt, &device)?, &cfg).map_err(model_err("vae"))?
+            }
+            None => {
+                let cfg = VaeConfig::from_file(&files.component("vae")?.join("config.json"))?;
+                let vdt = if cfg.force_upcast { DType::F32 } else { dtype };
+                AutoencoderKl::new(weights(&files, "vae", vdt, &device)?, &cfg).map_err(model_err("vae"))?
+            }
+        };
+        let scheduler_config = files.config("scheduler")?;
+        Ok(Pipeline { files, unet, unet_adapters, vae, scheduler_config, dtype, device })
+    }
+
+    /// Attaches a LoRA's UNet part at `scale`; returns how many modules it changed.
+    pub fn apply_lora(&self, lora: &LoraWeights, scale: f64) -> Result<usize, GenerateError> {
+        let n = lora.apply("unet", &self.unet_adapters, scale)?;
+        if n == 0 {
+            return Err(GenerateError::Model(format!("{}: the LoRA has no UNet weights", lora.path.display())));
+        }
+        Ok(n)
+    }
+
+    /// Latents shape [1, C, h/f, w/f] for an image of `height`×`width`.
+    pub fn latent_shape(&self, height: usize, width: usize) -> (usize, usize, usize, usize) {
+        let f = self.vae.config().downscale();
+        (1, self.unet.config().in_channels, height / f, width / f)
+    }
+
+    /// One image in [0, 1], [1, 3, H, W] f32, from unit noise.
+    pub fn generate(
+        &self,
+        cond: &Conditioning,
+        noise: &Tensor,
+        scheduler: Option<SchedulerKind>,
+        steps: usize,
+        guidance: f64,
+        seed: u64,
+        on_step: impl FnMut(usize, usize),
+    ) -> Result<Tensor, GenerateError> {
+        let mut sched = build(scheduler, &self.scheduler_config, steps, seed)?;
+        let mut f = |x: &Tensor, t: &Tensor, c: &Tensor, a: Option<(&Tensor, &Tensor)>| {
+            let added = a.map(|(p, ids)| SdxlConditioning { text_embeds: p.clone(), time_ids: ids.clone() });
+            self.unet.forward(x, t, c, added.as_ref())
+        };
+        let latents = denoise(&mut f, sched.as_mut(), &noise.to_device(&self.device).map_err(model_err("noise"))?, cond, guidance, on_step)
+            .map_err(model_err("sampling"))?;
+        let vae_dtype = self.vae_dtype();
+        let image = self
+            .vae
+            .latents_to_image(&latents.to_dtype(vae_dtype).map_err(model_err("vae"))?)
+            .and_then(|i| i.to_dtype(DType::F32))
+            .map_err(model_err("vae"))?;
+        let finite = image.flatten_all().and_then(|v| v.to_vec1::<f32>()).map_err(model_err("vae"))?.iter().all(|x| x.is_finite());
+        if !finite {
+            return Err(GenerateError::VaeOverflow { dtype: format!("{vae_dtype:?}") });
+        }
+        Ok(image)
+    }
+
+    fn vae_dtype(&self) -> DType {
+        if self.vae.config().force_upcast { DType::F32 } else { self.dtype }
+    }
+}
+
+/// [1, 3, H, W] in [0, 1] → row-major RGB bytes, rounded like torchvision's `to_pil_image`.
+pub fn to_rgb8(image: &Tensor) -> candle_core::Result<(u32, u32, Vec<u8>)> {
+    let (_, _, h, w) = image.dims4()?;
+    let hwc = image.squeeze(0)?.permute((1, 2, 0))?.contiguous()?;
+    let v = hwc.flatten_all()?.to_vec1::<f32>()?;
+    Ok((w as u32, h as u32, v.iter().map(|x| (x * 255.0).round().clamp(0.0, 255.0) as u8).collect()))
+}
