@@ -2,6 +2,7 @@
 //! where errors become messages (always redacted) and exit codes.
 
 mod download;
+mod generate;
 mod hash;
 mod hub;
 mod login;
@@ -59,6 +60,8 @@ pub enum Command {
     Push(push::Args),
     /// Download files into the Hugging Face cache (or a folder)
     Download(download::Args),
+    /// Generate images locally with a base pipeline and an optional LoRA
+    Generate(generate::Args),
     /// The offline Hub
     #[command(subcommand)]
     Hub(hub::Cmd),
@@ -129,6 +132,18 @@ fn exit_code(e: &anyhow::Error) -> i32 {
                 _ => exit::FAILURE,
             };
         }
+        if cause.downcast_ref::<hfsky::diffusion::config::PipelineError>().is_some()
+            || cause.downcast_ref::<hfsky::diffusion::lora::LoraError>().is_some()
+            || cause.downcast_ref::<hfsky::diffusion::schedulers::SchedulerError>().is_some()
+        {
+            return exit::BAD_INPUT;
+        }
+        if let Some(g) = cause.downcast_ref::<hfsky::generate::pipeline::GenerateError>() {
+            return match g {
+                hfsky::generate::pipeline::GenerateError::Model(_) | hfsky::generate::pipeline::GenerateError::VaeOverflow { .. } => exit::FAILURE,
+                _ => exit::BAD_INPUT,
+            };
+        }
         if cause.downcast_ref::<hfsky::repo_id::IdError>().is_some() || cause.downcast_ref::<hfsky::token::TokenError>().is_some() {
             return exit::BAD_INPUT;
         }
@@ -157,6 +172,7 @@ pub fn run() -> i32 {
         Command::Token(c) => token::run(&ctx, c),
         Command::Push(a) => push::run(&ctx, a),
         Command::Download(a) => download::run(&ctx, a),
+        Command::Generate(a) => generate::run(&ctx, a),
         Command::Hub(c) => hub::run(&ctx, c),
         Command::Hash { file } => hash::run(&ctx, &file),
     };

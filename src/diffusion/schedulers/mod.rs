@@ -19,6 +19,8 @@ pub enum SchedulerKind {
     Ddim,
     Euler,
     EulerAncestral,
+    #[value(name = "dpmpp-2m")]
+    #[serde(rename = "dpmpp-2m")]
     Dpmpp2m,
 }
 

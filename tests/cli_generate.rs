@@ -1,0 +1,84 @@
+//! `hfsky generate` on the tiny fixture pipelines, run as a user would: local folder and Hub
+//! repo (through the offline Hub), LoRA, seeds, metadata, and reproduction of diffusers' image
+//! from the same initial noise.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Mean absolute difference between our PNG and diffusers' image tensor, in 1/255 units.
+fn mean_abs_255(png: &std::path::Path, reference: &candle_core::Tensor) -> f64 {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let (w, h) = (info.width as usize, info.height as usize);
+    let r = reference.squeeze(0).unwrap().permute((1, 2, 0)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(r.len(), w * h * 3);
+    r.iter().zip(&buf[..w * h * 3]).map(|(a, b)| (*a as f64 * 255.0 - *b as f64).abs()).sum::<f64>() / r.len() as f64
+}
+
+#[test]
+fn reproduces_diffusers_from_the_same_latents() {
+    let env = Env::new("http://127.0.0.1:9");
+    for name in ["tiny-sd15", "tiny-sdxl"] {
+        let refs = candle_core::safetensors::load(fixtures().join(format!("{name}-reference.safetensors")), &candle_core::Device::Cpu).unwrap();
+        let latents = env.dir.path().join(format!("{name}-latents.safetensors"));
+        candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_string(), refs["sample.init_latents"].clone())]), &latents).unwrap();
+        let lora = fixtures().join(format!("{name}-lora/pytorch_lora_weights.safetensors"));
+        for (sched, with_lora, key) in [("ddim", false, "sample.ddim.image"), ("dpmpp-2m", true, "sample.dpmpp_2m_lora.image")] {
+            let out = env.dir.path().join(format!("{name}-{sched}"));
+            let mut args = vec![
+                "--json", "generate", "--model", fixtures().join(name).to_str().unwrap().to_string().leak(),
+                "--prompt", "a photo of the SKY river", "--negative", "blurry, low quality", "--steps", "4", "--guidance", "5",
+                "--scheduler", sched, "--latents", latents.to_str().unwrap().to_string().leak(), "--out", out.to_str().unwrap().to_string().leak(),
+            ];
+            if with_lora {
+                args.extend(["--lora", lora.to_str().unwrap().to_string().leak()]);
+            }
+            let v = json(&env.run(&args));
+            let png = PathBuf::from(v["images"][0]["png"].as_str().unwrap());
+            let diff = mean_abs_255(&png, &refs[key]);
+            assert!(diff < 2.0, "{name} {sched}: mean |Δ| {diff:.3}/255");
+            let text = hfsky::generate::png_out::read_png_text(&png).unwrap();
+            let get = |k: &str| text.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+            assert_eq!(get("hfsky:prompt").as_deref(), Some("a photo of the SKY river"));
+            assert_eq!(get("hfsky:model_sha256").map(|s| s.len()), Some(64));
+            assert_eq!(get("hfsky:lora_sha256").is_some(), with_lora);
+            assert!(png.with_extension("json").is_file());
+        }
+    }
+}
+
+#[test]
+fn pulls_the_model_from_the_hub_and_checks_input() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &[]);
+    let env = Env::new(&hub.endpoint);
+    let push = env.cmd(&["push", fixtures().join("tiny-sd15").to_str().unwrap(), "--repo", "alice/tiny-sd15"]).env("HF_TOKEN", ALICE).output().unwrap();
+    ok(&push);
+    let out = env.dir.path().join("out");
+    let v = json(&env.run(&["--json", "generate", "--model", "alice/tiny-sd15", "--prompt", "a photo of SKY", "--steps", "3", "--seeds", "0..2", "--out", out.to_str().unwrap()]));
+    assert_eq!(v["images"].as_array().unwrap().len(), 2);
+    let a = std::fs::read(out.join("seed-0.png")).unwrap();
+    let b = std::fs::read(out.join("seed-1.png")).unwrap();
+    assert_ne!(a, b, "different seeds give different images");
+    assert!(env.hf_home().join("hub/models--alice--tiny-sd15/snapshots").is_dir(), "the model went through the HF cache");
+
+    let model = fixtures().join("tiny-sd15");
+    let m = model.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    let e = code(&env.run(&["generate", "--model", m, "--prompt", "x", "--width", "60", "--out", o]), 2);
+    assert!(e.contains("multiples of 8"), "{e}");
+    let e = code(&env.run(&["generate", "--model", m, "--prompt", "x", "--scheduler", "plms", "--out", o]), 2);
+    assert!(e.contains("plms"), "{e}");
+    let xl_lora = fixtures().join("tiny-sdxl-lora/pytorch_lora_weights.safetensors");
+    let e = code(&env.run(&["generate", "--model", m, "--prompt", "x", "--lora", xl_lora.to_str().unwrap(), "--out", o]), 2);
+    assert!(e.contains("match no module") || e.contains("do not fit"), "{e}");
+    let e = code(&env.run(&["generate", "--model", env.dir.path().to_str().unwrap(), "--prompt", "x", "--out", o]), 2);
+    assert!(e.contains("model_index.json"), "{e}");
+}
