@@ -233,6 +233,11 @@ impl AutoencoderKl {
         &self.config
     }
 
+    /// The dtype the weights were loaded in (inputs must match it).
+    pub fn dtype(&self) -> candle_core::DType {
+        self.enc_conv_in.weight().dtype()
+    }
+
     /// The latent distribution of images in [-1, 1]: (mean, std).
     pub fn encode(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let f = self.config.downscale();

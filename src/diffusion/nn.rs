@@ -37,6 +37,16 @@ impl Adapters {
         self.0.write().expect("adapter lock").known.insert(name.to_string(), out_in);
     }
 
+    /// Module path → (out, in) features of every linear that can take an adapter.
+    pub fn shapes(&self) -> BTreeMap<String, (usize, usize)> {
+        self.0.read().expect("adapter lock").known.clone()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn register_for_tests(&self, name: &str, out_in: (usize, usize)) {
+        self.register(name, out_in)
+    }
+
     /// Module paths that can take an adapter.
     pub fn known_modules(&self) -> BTreeSet<String> {
         self.0.read().expect("adapter lock").known.keys().cloned().collect()

@@ -48,7 +48,7 @@ impl TextEncoders {
     }
 
     /// (sequence embeddings [1, 77, D], pooled [1, P] for SDXL).
-    fn encode(&self, text: &str) -> Result<(Tensor, Option<Tensor>), GenerateError> {
+    pub fn encode(&self, text: &str) -> Result<(Tensor, Option<Tensor>), GenerateError> {
         let mut seqs = Vec::new();
         let mut pooled = None;
         for (tok, model) in &self.encoders {
