@@ -1,6 +1,7 @@
 //! hfsky: fine-tune text-to-image LoRAs on your own photos and publish them on the Hugging Face Hub.
 
 pub mod auth;
+pub mod dataset;
 pub mod diffusion;
 pub mod generate;
 pub mod hash;
