@@ -41,23 +41,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let client = super::client(ctx, true)?;
     let rt = ctx.runtime();
     // Fail in a second on a bad token, not after hashing gigabytes.
-    match rt.block_on(client.whoami()) {
-        Err(e) if e.status() == Some(401) => {
-            return Err(CliError { code: exit::AUTH, message: format!("invalid token: {e}") }.into());
-        }
-        Err(e) => return Err(e.into()),
-        Ok(who) => {
-            if let Some(ns) = who.writable_namespaces() {
-                if !ns.contains(&repo.namespace) {
-                    return Err(CliError {
-                        code: exit::AUTH,
-                        message: format!("the token of {} cannot write to {} (writable: {})", who.name, repo.namespace,
-                            if ns.is_empty() { "nothing".into() } else { ns.join(", ") }),
-                    }.into());
-                }
-            }
-        }
-    }
+    ensure_can_write(&rt, &client, &repo)?;
     let opts = PushOptions {
         repo,
         revision: args.revision,
@@ -87,4 +71,29 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     }
     ctx.emit_json(&serde_json::to_value(&outcome)?);
     Ok(())
+}
+
+/// Checks with whoami-v2 that the token is valid and can write to the repo's namespace.
+pub(super) fn ensure_can_write(rt: &tokio::runtime::Runtime, client: &hfsky::hub::HubClient, repo: &RepoId) -> anyhow::Result<()> {
+    match rt.block_on(client.whoami()) {
+        Err(e) if e.status() == Some(401) => Err(CliError { code: exit::AUTH, message: format!("invalid token: {e}") }.into()),
+        Err(e) => Err(e.into()),
+        Ok(who) => {
+            if let Some(ns) = who.writable_namespaces() {
+                if !ns.contains(&repo.namespace) {
+                    return Err(CliError {
+                        code: exit::AUTH,
+                        message: format!(
+                            "the token of {} cannot write to {} (writable: {})",
+                            who.name,
+                            repo.namespace,
+                            if ns.is_empty() { "nothing".into() } else { ns.join(", ") }
+                        ),
+                    }
+                    .into());
+                }
+            }
+            Ok(())
+        }
+    }
 }
