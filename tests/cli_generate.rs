@@ -30,8 +30,12 @@ fn reproduces_diffusers_from_the_same_latents() {
         let latents = env.dir.path().join(format!("{name}-latents.safetensors"));
         candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_string(), refs["sample.init_latents"].clone())]), &latents).unwrap();
         let lora = fixtures().join(format!("{name}-lora/pytorch_lora_weights.safetensors"));
-        for (sched, with_lora, key) in [("ddim", false, "sample.ddim.image"), ("dpmpp-2m", true, "sample.dpmpp_2m_lora.image")] {
-            let out = env.dir.path().join(format!("{name}-{sched}"));
+        // The LoRA live and fused (diffusers' fuse_lora) must both give diffusers' LoRA image.
+        for (sched, lora_mode, key) in
+            [("ddim", None, "sample.ddim.image"), ("dpmpp-2m", Some("live"), "sample.dpmpp_2m_lora.image"), ("dpmpp-2m", Some("fused"), "sample.dpmpp_2m_lora.image")]
+        {
+            let with_lora = lora_mode.is_some();
+            let out = env.dir.path().join(format!("{name}-{sched}-{}", lora_mode.unwrap_or("none")));
             let mut args = vec![
                 "--json", "generate", "--model", fixtures().join(name).to_str().unwrap().to_string().leak(),
                 "--prompt", "a photo of the SKY river", "--negative", "blurry, low quality", "--steps", "4", "--guidance", "5",
@@ -39,6 +43,9 @@ fn reproduces_diffusers_from_the_same_latents() {
             ];
             if with_lora {
                 args.extend(["--lora", lora.to_str().unwrap().to_string().leak()]);
+            }
+            if lora_mode == Some("fused") {
+                args.push("--lora-merge");
             }
             let v = json(&env.run(&args));
             let png = PathBuf::from(v["images"][0]["png"].as_str().unwrap());
@@ -49,6 +56,7 @@ fn reproduces_diffusers_from_the_same_latents() {
             assert_eq!(get("hfsky:prompt").as_deref(), Some("a photo of the SKY river"));
             assert_eq!(get("hfsky:model_sha256").map(|s| s.len()), Some(64));
             assert_eq!(get("hfsky:lora_sha256").is_some(), with_lora);
+            assert_eq!(get("hfsky:lora_mode").as_deref(), lora_mode);
             assert!(png.with_extension("json").is_file());
         }
     }

@@ -2,7 +2,7 @@ use super::{bad_input, Ctx};
 use hfsky::diffusion::config::{Architecture, PipelineFiles};
 use hfsky::diffusion::lora::LoraWeights;
 use hfsky::diffusion::schedulers::SchedulerKind;
-use hfsky::generate::pipeline::{to_rgb8, Pipeline};
+use hfsky::generate::pipeline::{to_rgb8, LoraMode, Pipeline};
 use hfsky::generate::png_out::write_png;
 use hfsky::generate::prompts::TextEncoders;
 use hfsky::generate::settings::{check_size, parse_seeds, read_latents, seeded_noise, ImageSettings};
@@ -27,6 +27,10 @@ pub struct Args {
     lora: Option<String>,
     #[arg(long, default_value_t = 1.0)]
     lora_scale: f64,
+    /// Fuse the LoRA into the weights (W0 + scale·B·A, as diffusers' fuse_lora and the Hub's
+    /// inference do) instead of applying it on the activations at every step
+    #[arg(long, requires = "lora")]
+    lora_merge: bool,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value = "")]
@@ -99,16 +103,16 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
 
     let pipeline = Pipeline::load(files.clone(), a.vae.as_deref(), dtype, dev.clone())?;
     let text = TextEncoders::load(&files, dtype, &dev)?;
+    let lora_mode = if a.lora_merge { LoraMode::Fused } else { LoraMode::Live };
     let (lora_path, lora_sha) = match &a.lora {
         Some(spec) => {
             let path = rt.block_on(resolve_lora(spec, &client)).map_err(|e| bad_input(e.to_string()))?;
             let lora = LoraWeights::load(&path)?;
-            let n = pipeline.apply_lora(&lora, a.lora_scale)?;
-            for (comp, adapters) in ["text_encoder", "text_encoder_2"].iter().zip(&text.adapters) {
-                lora.apply(comp, adapters, a.lora_scale)?;
-            }
+            let n = pipeline.install_lora(&lora, a.lora_scale, lora_mode)?;
+            let n_text = text.install_lora(&lora, a.lora_scale, lora_mode)?;
             if !ctx.json {
-                ctx.say(&format!("LoRA {} ({:?}): {n} UNet modules at scale {}", path.display(), lora.format, a.lora_scale));
+                let how = if a.lora_merge { "fused" } else { "live" };
+                ctx.say(&format!("LoRA {} ({:?}, {how}): {n} UNet and {n_text} text-encoder modules at scale {}", path.display(), lora.format, a.lora_scale));
             }
             (Some(path.display().to_string()), Some(hfsky::hash::sha256_file(&path)?))
         }
@@ -144,6 +148,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
             lora: lora_path.clone(),
             lora_sha256: lora_sha.clone(),
             lora_scale: a.lora_scale,
+            lora_mode: a.lora.is_some().then_some(lora_mode),
             prompt: a.prompt.clone(),
             negative_prompt: a.negative.clone(),
             steps: a.steps,

@@ -157,6 +157,22 @@ impl LoraWeights {
     /// Attaches this LoRA's `component` modules to a network's adapters at `scale`
     /// (the user's --lora-scale; alpha/rank is applied on top). Returns how many were attached.
     pub fn apply(&self, component: &str, adapters: &Adapters, scale: f64) -> Result<usize, LoraError> {
+        self.install(component, adapters, scale, Adapters::attach)
+    }
+
+    /// Like `apply`, but fuses `W0 + scale·(alpha/r)·B·A` into the weights, as diffusers'
+    /// `fuse_lora` (what the Hub's inference widget runs). Returns how many modules were fused.
+    pub fn fuse(&self, component: &str, adapters: &Adapters, scale: f64) -> Result<usize, LoraError> {
+        self.install(component, adapters, scale, Adapters::fuse)
+    }
+
+    fn install(
+        &self,
+        component: &str,
+        adapters: &Adapters,
+        scale: f64,
+        put: fn(&Adapters, &str, Adapter) -> Result<(), String>,
+    ) -> Result<usize, LoraError> {
         let Some(modules) = self.components.get(component) else { return Ok(0) };
         let known = adapters.known_modules();
         let by_underscore: HashMap<String, &String> = if self.kohya_names {
@@ -180,9 +196,7 @@ impl LoraWeights {
             let rank = m.down.dims()[0] as f64;
             let alpha = m.alpha.or_else(|| self.metadata.get(component).map(|(r, a)| a * rank / r)).unwrap_or(rank);
             let adapter = Adapter { down: m.down.clone(), up: m.up.clone(), scale: scale * alpha / rank };
-            adapters
-                .attach(target, adapter)
-                .map_err(|detail| LoraError::Format { path: self.path.clone(), detail })?;
+            put(adapters, target, adapter).map_err(|detail| LoraError::Format { path: self.path.clone(), detail })?;
         }
         Ok(plan.len())
     }

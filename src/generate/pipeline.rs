@@ -25,6 +25,16 @@ pub enum GenerateError {
     VaeOverflow { dtype: String },
 }
 
+/// How a LoRA is applied: on the activations at every forward (the trainer's form, exact in f32),
+/// or fused into the weights once (what diffusers' `fuse_lora` and the Hub's inference run do;
+/// in half precision the fused weights are rounded, as theirs are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraMode {
+    Live,
+    Fused,
+}
+
 fn model_err(what: &str) -> impl Fn(candle_core::Error) -> GenerateError + '_ {
     move |e| GenerateError::Model(format!("{what}: {e}"))
 }
@@ -80,7 +90,15 @@ impl Pipeline {
 
     /// Attaches a LoRA's UNet part at `scale`; returns how many modules it changed.
     pub fn apply_lora(&self, lora: &LoraWeights, scale: f64) -> Result<usize, GenerateError> {
-        let n = lora.apply("unet", &self.unet_adapters, scale)?;
+        self.install_lora(lora, scale, LoraMode::Live)
+    }
+
+    /// Attaches (live) or fuses (diffusers' `fuse_lora`) a LoRA's UNet part at `scale`.
+    pub fn install_lora(&self, lora: &LoraWeights, scale: f64, mode: LoraMode) -> Result<usize, GenerateError> {
+        let n = match mode {
+            LoraMode::Live => lora.apply("unet", &self.unet_adapters, scale)?,
+            LoraMode::Fused => lora.fuse("unet", &self.unet_adapters, scale)?,
+        };
         if n == 0 {
             return Err(GenerateError::Model(format!("{}: the LoRA has no UNet weights", lora.path.display())));
         }

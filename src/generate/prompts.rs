@@ -1,9 +1,10 @@
 //! Prompt → UNet conditioning, as StableDiffusionPipeline / StableDiffusionXLPipeline build it.
 
-use super::pipeline::GenerateError;
+use super::pipeline::{GenerateError, LoraMode};
 use super::sampling::{sdxl_time_ids, Conditioning};
 use crate::diffusion::clip_tokenizer::ClipTokenizer;
 use crate::diffusion::config::{Architecture, PipelineFiles};
+use crate::diffusion::lora::LoraWeights;
 use crate::diffusion::nn::Adapters;
 use crate::diffusion::text_encoder::{concat_last, load, ClipTextModel};
 use candle_core::{DType, Device, Tensor};
@@ -14,6 +15,8 @@ pub struct TextEncoders {
     /// SDXL: an empty negative prompt means zero embeddings (model_index `force_zeros_for_empty_prompt`).
     force_zeros_for_empty_prompt: bool,
     pub adapters: Vec<Adapters>,
+    /// The component name of each encoder (`text_encoder`, `text_encoder_2`), as LoRA files key them.
+    components: Vec<&'static str>,
     device: Device,
 }
 
@@ -23,7 +26,7 @@ fn model_err(e: impl std::fmt::Display) -> GenerateError {
 
 impl TextEncoders {
     pub fn load(files: &PipelineFiles, dtype: DType, device: &Device) -> Result<Self, GenerateError> {
-        let pairs: &[(&str, &str)] = match files.architecture {
+        let pairs: &[(&str, &'static str)] = match files.architecture {
             Architecture::StableDiffusion => &[("tokenizer", "text_encoder")],
             Architecture::StableDiffusionXl => &[("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")],
         };
@@ -43,8 +46,21 @@ impl TextEncoders {
             encoders,
             force_zeros_for_empty_prompt: index["force_zeros_for_empty_prompt"].as_bool().unwrap_or(true),
             adapters,
+            components: pairs.iter().map(|(_, enc)| *enc).collect(),
             device: device.clone(),
         })
+    }
+
+    /// Applies a LoRA's text-encoder parts (if any) at `scale`; returns how many modules changed.
+    pub fn install_lora(&self, lora: &LoraWeights, scale: f64, mode: LoraMode) -> Result<usize, GenerateError> {
+        let mut n = 0;
+        for (comp, adapters) in self.components.iter().zip(&self.adapters) {
+            n += match mode {
+                LoraMode::Live => lora.apply(comp, adapters, scale)?,
+                LoraMode::Fused => lora.fuse(comp, adapters, scale)?,
+            };
+        }
+        Ok(n)
     }
 
     /// (sequence embeddings [1, 77, D], pooled [1, P] for SDXL).

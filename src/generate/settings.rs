@@ -71,6 +71,8 @@ pub struct ImageSettings {
     pub lora: Option<String>,
     pub lora_sha256: Option<String>,
     pub lora_scale: f64,
+    /// `live` (on the activations) or `fused` (into the weights); absent without a LoRA.
+    pub lora_mode: Option<super::pipeline::LoraMode>,
     pub prompt: String,
     pub negative_prompt: String,
     pub steps: usize,
