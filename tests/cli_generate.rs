@@ -10,16 +10,22 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// Mean absolute difference between our PNG and diffusers' image tensor, in 1/255 units.
-fn mean_abs_255(png: &std::path::Path, reference: &candle_core::Tensor) -> f64 {
+/// The RGB bytes of a PNG.
+fn pixels(png: &std::path::Path) -> Vec<u8> {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png).unwrap()));
     let mut reader = decoder.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut buf).unwrap();
-    let (w, h) = (info.width as usize, info.height as usize);
+    buf.truncate(info.width as usize * info.height as usize * 3);
+    buf
+}
+
+/// Mean absolute difference between our PNG and diffusers' image tensor, in 1/255 units.
+fn mean_abs_255(png: &std::path::Path, reference: &candle_core::Tensor) -> f64 {
+    let buf = pixels(png);
     let r = reference.squeeze(0).unwrap().permute((1, 2, 0)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(r.len(), w * h * 3);
-    r.iter().zip(&buf[..w * h * 3]).map(|(a, b)| (*a as f64 * 255.0 - *b as f64).abs()).sum::<f64>() / r.len() as f64
+    assert_eq!(r.len(), buf.len());
+    r.iter().zip(&buf).map(|(a, b)| (*a as f64 * 255.0 - *b as f64).abs()).sum::<f64>() / r.len() as f64
 }
 
 #[test]
@@ -80,6 +86,12 @@ fn pulls_the_model_from_the_hub_and_checks_input() {
     let model = fixtures().join("tiny-sd15");
     let m = model.to_str().unwrap();
     let o = out.to_str().unwrap();
+    // A LoRA on the text encoder only is applied there and changes the image.
+    let te_lora = fixtures().join("tiny-sd15-te-lora");
+    let te_out = env.dir.path().join("te");
+    let v = json(&env.run(&["--json", "generate", "--model", m, "--lora", te_lora.to_str().unwrap(), "--prompt", "a photo of SKY", "--steps", "3", "--seed", "0", "--out", te_out.to_str().unwrap()]));
+    assert_eq!(v["images"][0]["settings"]["lora_mode"], "live");
+    assert_ne!(pixels(&te_out.join("seed-0.png")), pixels(&out.join("seed-0.png")));
     let e = code(&env.run(&["generate", "--model", m, "--prompt", "x", "--width", "60", "--out", o]), 2);
     assert!(e.contains("multiples of 8"), "{e}");
     let e = code(&env.run(&["generate", "--model", m, "--prompt", "x", "--scheduler", "plms", "--out", o]), 2);

@@ -110,6 +110,9 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
             let lora = LoraWeights::load(&path)?;
             let n = pipeline.install_lora(&lora, a.lora_scale, lora_mode)?;
             let n_text = text.install_lora(&lora, a.lora_scale, lora_mode)?;
+            if n + n_text == 0 {
+                return Err(bad_input(format!("{}: the LoRA has no weights for this pipeline's UNet or text encoders", path.display())));
+            }
             if !ctx.json {
                 let how = if a.lora_merge { "fused" } else { "live" };
                 ctx.say(&format!("LoRA {} ({:?}, {how}): {n} UNet and {n_text} text-encoder modules at scale {}", path.display(), lora.format, a.lora_scale));

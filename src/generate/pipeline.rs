@@ -90,19 +90,20 @@ impl Pipeline {
 
     /// Attaches a LoRA's UNet part at `scale`; returns how many modules it changed.
     pub fn apply_lora(&self, lora: &LoraWeights, scale: f64) -> Result<usize, GenerateError> {
-        self.install_lora(lora, scale, LoraMode::Live)
-    }
-
-    /// Attaches (live) or fuses (diffusers' `fuse_lora`) a LoRA's UNet part at `scale`.
-    pub fn install_lora(&self, lora: &LoraWeights, scale: f64, mode: LoraMode) -> Result<usize, GenerateError> {
-        let n = match mode {
-            LoraMode::Live => lora.apply("unet", &self.unet_adapters, scale)?,
-            LoraMode::Fused => lora.fuse("unet", &self.unet_adapters, scale)?,
-        };
+        let n = self.install_lora(lora, scale, LoraMode::Live)?;
         if n == 0 {
             return Err(GenerateError::Model(format!("{}: the LoRA has no UNet weights", lora.path.display())));
         }
         Ok(n)
+    }
+
+    /// Attaches (live) or fuses (diffusers' `fuse_lora`) a LoRA's UNet part at `scale`; returns
+    /// how many modules it changed (0 for a text-encoder-only LoRA).
+    pub fn install_lora(&self, lora: &LoraWeights, scale: f64, mode: LoraMode) -> Result<usize, GenerateError> {
+        Ok(match mode {
+            LoraMode::Live => lora.apply("unet", &self.unet_adapters, scale)?,
+            LoraMode::Fused => lora.fuse("unet", &self.unet_adapters, scale)?,
+        })
     }
 
     /// Latents shape [1, C, h/f, w/f] for an image of `height`×`width`.

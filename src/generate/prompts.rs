@@ -108,6 +108,7 @@ mod tests {
     use super::*;
     use crate::diffusion::nn::rel_error;
     use crate::diffusion::testing::{pipeline_dir, reference};
+    use crate::generate::sampling::Conditioning;
 
     #[test]
     fn prompt_embeddings_match_the_pipelines() {
@@ -126,6 +127,45 @@ mod tests {
                 let z = te.conditioning("x", "", 64, 64).unwrap();
                 assert_eq!(z.negative.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
             }
+        }
+    }
+
+    /// A text-encoder LoRA saved and loaded by real diffusers/peft (tests/fixtures/make_te_lora.py):
+    /// live at scale 1.0 and 0.5, and fused at 0.5, give diffusers' prompt embeddings.
+    #[test]
+    fn text_encoder_lora_matches_diffusers() {
+        use crate::diffusion::testing::fixtures_dir;
+        for name in ["tiny-sd15", "tiny-sdxl"] {
+            let files = PipelineFiles::open(&pipeline_dir(name)).unwrap();
+            let lora = LoraWeights::load(&fixtures_dir().join(format!("{name}-te-lora/pytorch_lora_weights.safetensors"))).unwrap();
+            let r = reference(&format!("{name}-te-lora"));
+            let xl = name == "tiny-sdxl";
+            let check = |c: &Conditioning, embeds: &str, pooled: &str| {
+                let e = rel_error(&c.positive, &r[embeds]).unwrap();
+                assert!(e < 1e-4, "{name} {embeds}: rel error {e:e}");
+                if xl {
+                    let e = rel_error(&c.pooled.as_ref().unwrap().1, &r[pooled]).unwrap();
+                    assert!(e < 1e-4, "{name} {pooled}: rel error {e:e}");
+                }
+            };
+            let te = TextEncoders::load(&files, DType::F32, &Device::Cpu).unwrap();
+            let base = te.conditioning("a photo of the SKY river", "blurry, low quality", 64, 64).unwrap();
+            assert!(rel_error(&base.positive, &r["prompt_embeds"]).unwrap() > 1e-2, "{name}: the fixture LoRA changes the embeddings");
+            assert_eq!(te.install_lora(&lora, 1.0, LoraMode::Live).unwrap(), if xl { 16 } else { 8 });
+            let c = te.conditioning("a photo of the SKY river", "blurry, low quality", 64, 64).unwrap();
+            check(&c, "prompt_embeds", "pooled_prompt_embeds");
+            assert!(rel_error(&c.negative, &r["negative_prompt_embeds"]).unwrap() < 1e-4);
+            if xl {
+                assert!(rel_error(&c.pooled.as_ref().unwrap().0, &r["negative_pooled_prompt_embeds"]).unwrap() < 1e-4);
+            }
+            for a in &te.adapters {
+                a.clear();
+            }
+            te.install_lora(&lora, 0.5, LoraMode::Live).unwrap();
+            check(&te.conditioning("a photo of the SKY river", "", 64, 64).unwrap(), "prompt_embeds_scale_0.5", "pooled_prompt_embeds_scale_0.5");
+            let fused = TextEncoders::load(&files, DType::F32, &Device::Cpu).unwrap();
+            fused.install_lora(&lora, 0.5, LoraMode::Fused).unwrap();
+            check(&fused.conditioning("a photo of the SKY river", "", 64, 64).unwrap(), "fused.prompt_embeds", "fused.pooled_prompt_embeds");
         }
     }
 }
