@@ -36,16 +36,21 @@ fn reproduces_diffusers_from_the_same_latents() {
         let latents = env.dir.path().join(format!("{name}-latents.safetensors"));
         candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_string(), refs["sample.init_latents"].clone())]), &latents).unwrap();
         let lora = fixtures().join(format!("{name}-lora/pytorch_lora_weights.safetensors"));
-        // The LoRA live and fused (diffusers' fuse_lora) must both give diffusers' LoRA image.
-        for (sched, lora_mode, key) in
-            [("ddim", None, "sample.ddim.image"), ("dpmpp-2m", Some("live"), "sample.dpmpp_2m_lora.image"), ("dpmpp-2m", Some("fused"), "sample.dpmpp_2m_lora.image")]
-        {
+        // The LoRA live and fused (diffusers' fuse_lora) must both give diffusers' LoRA image; f16
+        // (UNet and text encoders in half precision, SDXL's VAE upcast) stays close to diffusers' f32.
+        for (sched, lora_mode, dtype, key, tolerance) in [
+            ("ddim", None, "f32", "sample.ddim.image", 2.0),
+            ("dpmpp-2m", Some("live"), "f32", "sample.dpmpp_2m_lora.image", 2.0),
+            ("dpmpp-2m", Some("fused"), "f32", "sample.dpmpp_2m_lora.image", 2.0),
+            ("ddim", None, "f16", "sample.ddim.image", 2.0),
+            ("dpmpp-2m", Some("fused"), "f16", "sample.dpmpp_2m_lora.image", 2.0),
+        ] {
             let with_lora = lora_mode.is_some();
-            let out = env.dir.path().join(format!("{name}-{sched}-{}", lora_mode.unwrap_or("none")));
+            let out = env.dir.path().join(format!("{name}-{sched}-{}-{dtype}", lora_mode.unwrap_or("none")));
             let mut args = vec![
                 "--json", "generate", "--model", fixtures().join(name).to_str().unwrap().to_string().leak(),
                 "--prompt", "a photo of the SKY river", "--negative", "blurry, low quality", "--steps", "4", "--guidance", "5",
-                "--scheduler", sched, "--latents", latents.to_str().unwrap().to_string().leak(), "--out", out.to_str().unwrap().to_string().leak(),
+                "--scheduler", sched, "--dtype", dtype, "--latents", latents.to_str().unwrap().to_string().leak(), "--out", out.to_str().unwrap().to_string().leak(),
             ];
             if with_lora {
                 args.extend(["--lora", lora.to_str().unwrap().to_string().leak()]);
@@ -56,7 +61,8 @@ fn reproduces_diffusers_from_the_same_latents() {
             let v = json(&env.run(&args));
             let png = PathBuf::from(v["images"][0]["png"].as_str().unwrap());
             let diff = mean_abs_255(&png, &refs[key]);
-            assert!(diff < 2.0, "{name} {sched}: mean |Δ| {diff:.3}/255");
+            eprintln!("{name} {sched} {lora_mode:?} {dtype}: mean |Δ| {diff:.3}/255");
+            assert!(diff < tolerance, "{name} {sched} {lora_mode:?} {dtype}: mean |Δ| {diff:.3}/255");
             let text = hfsky::generate::png_out::read_png_text(&png).unwrap();
             let get = |k: &str| text.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
             assert_eq!(get("hfsky:prompt").as_deref(), Some("a photo of the SKY river"));
@@ -101,4 +107,46 @@ fn pulls_the_model_from_the_hub_and_checks_input() {
     assert!(e.contains("match no module") || e.contains("do not fit"), "{e}");
     let e = code(&env.run(&["generate", "--model", env.dir.path().to_str().unwrap(), "--prompt", "x", "--out", o]), 2);
     assert!(e.contains("model_index.json"), "{e}");
+}
+
+/// A VAE that overflows in half precision, like the original SDXL VAE in fp16: the test scales its
+/// decoder input so activations pass f16's 65504 but not f32's range. With `force_upcast: false`
+/// and --dtype f16 the run must fail and say what to do; f32, or the same VAE marked
+/// `force_upcast` (decoded in f32, as diffusers does), must give an image.
+#[test]
+fn an_overflowing_half_precision_vae_is_detected() {
+    let env = Env::new("http://127.0.0.1:9");
+    let src = fixtures().join("tiny-sdxl/vae");
+    let mut weights = candle_core::safetensors::load(src.join("diffusion_pytorch_model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    for key in ["decoder.conv_in.weight", "decoder.conv_in.bias"] {
+        let t = weights[key].affine(1e5, 0.0).unwrap();
+        weights.insert(key.to_string(), t);
+    }
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    let mut vae_for = |upcast: bool| {
+        let dir = env.dir.path().join(format!("vae-upcast-{upcast}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        config["force_upcast"] = serde_json::Value::Bool(upcast);
+        std::fs::write(dir.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+        candle_core::safetensors::save(&weights, dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+        dir
+    };
+    let (plain, upcast) = (vae_for(false), vae_for(true));
+    let model = fixtures().join("tiny-sdxl");
+    let out = env.dir.path().join("out");
+    let run = |vae: &std::path::Path, dtype: &str| {
+        env.run(&[
+            "generate", "--model", model.to_str().unwrap(), "--prompt", "a photo of SKY", "--steps", "2", "--dtype", dtype,
+            "--vae", vae.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        ])
+    };
+    let e = code(&run(&plain, "f16"), 1);
+    assert!(e.contains("VAE overflowed in f16") && e.contains("--dtype f32") && e.contains("madebyollin/sdxl-vae-fp16-fix"), "{e}");
+    assert!(!out.join("seed-0.png").exists(), "no image is written for an overflowed decode");
+    ok(&run(&plain, "f32"));
+    ok(&run(&upcast, "f16"));
+    let px = pixels(&out.join("seed-0.png"));
+    assert!(px.iter().any(|p| *p > 0), "the upcast VAE gives a real image");
+    let e = code(&env.run(&["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "--dtype", "bf16", "--out", out.to_str().unwrap()]), 2);
+    assert!(e.contains("--dtype bf16 needs a CUDA GPU"), "{e}");
 }

@@ -35,7 +35,7 @@ impl TextEncoders {
         for (tok, enc) in pairs {
             let tokenizer = ClipTokenizer::from_dir(&files.component(tok)?)?;
             let a = Adapters::new();
-            let variant = matches!(dtype, DType::F16).then_some("fp16");
+            let variant = super::pipeline::variant_for(dtype);
             let model = load(&files.component(enc)?, &files.weights(enc, variant)?, dtype, device, &a)?;
             encoders.push((tokenizer, model));
             adapters.push(a);

@@ -83,6 +83,8 @@ pub struct ImageSettings {
     pub seed: Option<u64>,
     pub latents_file: Option<String>,
     pub dtype: String,
+    /// The replacement VAE (--vae), when one was used.
+    pub vae: Option<String>,
     pub hfsky_version: String,
 }
 
