@@ -20,11 +20,16 @@ struct AdapterState {
     /// Module path → (out, in) features of its weight.
     known: BTreeMap<String, (usize, usize)>,
     live: BTreeMap<String, Vec<Adapter>>,
+    /// Module path → its loaded weight: the base for fusing, and the device adapters move to.
+    weights: BTreeMap<String, Tensor>,
+    /// Module path → `W0 + Σ scale·B·A`, used in place of the loaded weight.
+    fused: BTreeMap<String, Tensor>,
 }
 
 /// The adapters of one network, keyed by diffusers module path (`down_blocks.0…attn1.to_q`).
 /// Every `Linear` built with the same handle consults it on each forward, so LoRAs can be
-/// attached, scaled, replaced or trained without rebuilding the network.
+/// attached live (scaled, replaced or trained without rebuilding the network) or fused into the
+/// weights like diffusers' `fuse_lora` (no extra work per forward; rounded to the weight dtype).
 #[derive(Clone, Default, Debug)]
 pub struct Adapters(Arc<RwLock<AdapterState>>);
 
@@ -47,6 +52,10 @@ impl Adapters {
         self.register(name, out_in)
     }
 
+    fn register_weight(&self, name: &str, weight: &Tensor) {
+        self.0.write().expect("adapter lock").weights.insert(name.to_string(), weight.clone());
+    }
+
     /// Module paths that can take an adapter.
     pub fn known_modules(&self) -> BTreeSet<String> {
         self.0.read().expect("adapter lock").known.keys().cloned().collect()
@@ -55,7 +64,63 @@ impl Adapters {
     /// Attaches an adapter; the error names the module and what is wrong with it.
     pub fn attach(&self, module: &str, adapter: Adapter) -> std::result::Result<(), String> {
         let mut s = self.0.write().expect("adapter lock");
-        let Some(&(out_dim, in_dim)) = s.known.get(module) else {
+        let adapter = s.fitting(module, adapter)?;
+        s.live.entry(module.to_string()).or_default().push(adapter);
+        Ok(())
+    }
+
+    /// Adds `scale·B·A` to the module's weight, as diffusers' `fuse_lora`: the update is computed
+    /// in f32 and the sum rounded to the weight's dtype. Fusing again adds on top.
+    pub fn fuse(&self, module: &str, adapter: Adapter) -> std::result::Result<(), String> {
+        let mut s = self.0.write().expect("adapter lock");
+        let a = s.fitting(module, adapter)?;
+        let base = s.fused.get(module).or_else(|| s.weights.get(module)).ok_or_else(|| format!("{module}: no loaded weight to fuse into"))?;
+        let fused = (|| {
+            let delta = a.up.matmul(&a.down)?.affine(a.scale, 0.0)?;
+            (base.to_dtype(DType::F32)? + delta)?.to_dtype(base.dtype())
+        })()
+        .map_err(|e| format!("{module}: cannot fuse the LoRA: {e}"))?;
+        s.fused.insert(module.to_string(), fused);
+        Ok(())
+    }
+
+    /// Removes live adapters (fused ones stay; see `unfuse`).
+    pub fn clear(&self) {
+        self.0.write().expect("adapter lock").live.clear();
+    }
+
+    /// Restores the loaded weights of every fused module.
+    pub fn unfuse(&self) {
+        self.0.write().expect("adapter lock").fused.clear();
+    }
+
+    /// How many modules have fused weights.
+    pub fn fused_len(&self) -> usize {
+        self.0.read().expect("adapter lock").fused.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().expect("adapter lock").live.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// (fused weight, live adapters) of a module.
+    fn get(&self, module: &str) -> (Option<Tensor>, Option<Vec<Adapter>>) {
+        let s = self.0.read().expect("adapter lock");
+        if s.live.is_empty() && s.fused.is_empty() {
+            return (None, None);
+        }
+        (s.fused.get(module).cloned(), s.live.get(module).cloned())
+    }
+}
+
+impl AdapterState {
+    /// Checks an adapter's shapes against the module and moves it to the module's device.
+    fn fitting(&self, module: &str, adapter: Adapter) -> std::result::Result<Adapter, String> {
+        let Some(&(out_dim, in_dim)) = self.known.get(module) else {
             return Err(format!("{module}: no such linear layer in this network"));
         };
         let (r, a_in) = adapter.down.dims2().map_err(|e| format!("{module}: {e}"))?;
@@ -67,28 +132,13 @@ impl Adapters {
                 adapter.up.dims()
             ));
         }
-        s.live.entry(module.to_string()).or_default().push(adapter);
-        Ok(())
-    }
-
-    pub fn clear(&self) {
-        self.0.write().expect("adapter lock").live.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.read().expect("adapter lock").live.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn get(&self, module: &str) -> Option<Vec<Adapter>> {
-        let s = self.0.read().expect("adapter lock");
-        if s.live.is_empty() {
-            return None;
+        match self.weights.get(module).map(|w| w.device()) {
+            Some(dev) if !dev.same_device(adapter.down.device()) => {
+                let moved = |t: &Tensor| t.to_device(dev).map_err(|e| format!("{module}: {e}"));
+                Ok(Adapter { down: moved(&adapter.down)?, up: moved(&adapter.up)?, scale: adapter.scale })
+            }
+            _ => Ok(adapter),
         }
-        s.live.get(module).cloned()
     }
 }
 
@@ -107,6 +157,7 @@ impl Linear {
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
         let name = vb.prefix();
         adapters.register(&name, (out_dim, in_dim));
+        adapters.register_weight(&name, &weight);
         Ok(Linear { name, weight, bias, adapters: adapters.clone() })
     }
 
@@ -138,11 +189,12 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = matmul_t(x, &self.weight)?;
+        let (fused, live) = self.adapters.get(&self.name);
+        let mut y = matmul_t(x, fused.as_ref().unwrap_or(&self.weight))?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
         }
-        if let Some(adapters) = self.adapters.get(&self.name) {
+        if let Some(adapters) = live {
             for a in adapters {
                 // LoRA factors are kept in f32 (or f64); compute the update there and cast back.
                 let xf = x.to_dtype(compute_dtype(x.dtype()))?;
@@ -241,9 +293,17 @@ mod tests {
         let wrong = Adapter { down: down.t().unwrap(), up: up.clone(), scale: 1.0 };
         assert!(adapters.attach("proj", wrong).unwrap_err().contains("do not fit"));
         let with = lin.forward(&x).unwrap();
-        let merged_w = (lin.weight() + up.matmul(&adapters.get("proj").unwrap()[0].down).unwrap().affine(0.5, 0.0).unwrap()).unwrap();
+        let merged_w = (lin.weight() + up.matmul(&adapters.get("proj").1.unwrap()[0].down).unwrap().affine(0.5, 0.0).unwrap()).unwrap();
         let expected = x.matmul(&merged_w.t().unwrap()).unwrap();
         assert!(rel_error(&with, &expected).unwrap() < 1e-5);
         assert!(rel_error(&with, &base).unwrap() > 1e-3);
+
+        adapters.clear();
+        adapters.fuse("proj", Adapter { down, up, scale: 0.5 }).unwrap();
+        assert_eq!((adapters.len(), adapters.fused_len()), (0, 1));
+        let fused = lin.forward(&x).unwrap();
+        assert!(rel_error(&fused, &expected).unwrap() < 1e-5);
+        adapters.unfuse();
+        assert!(rel_error(&lin.forward(&x).unwrap(), &base).unwrap() < 1e-7);
     }
 }
