@@ -187,10 +187,58 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `x·Wᵀ` for a frozen `W` whose backward only gives `x` its gradient. candle's matmul backward
+/// always computes both sides, so a plain matmul would spend a full-size dW (a matmul as large
+/// as the forward one, and the memory to hold it) on every frozen layer downstream of a LoRA.
+fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = matmul_t(&x.detach(), w)?;
+    if !x.track_op() || w.track_op() {
+        return if w.track_op() { matmul_t(x, w) } else { Ok(y) };
+    }
+    x.apply_op2_arc(&y, std::sync::Arc::new(Box::new(GradToInputOnly { weight: w.clone() })))
+}
+
+/// Passes a precomputed `x·Wᵀ` through as its output; backward is `grad·W` for `x` and nothing
+/// for the precomputed value.
+struct GradToInputOnly {
+    weight: Tensor,
+}
+
+impl candle_core::CustomOp2 for GradToInputOnly {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &candle_core::Layout, y: &candle_core::CpuStorage, l: &candle_core::Layout) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        if !l.is_contiguous() || l.start_offset() != 0 {
+            candle_core::bail!("frozen-linear: expected a contiguous product");
+        }
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &candle_core::Layout, y: &candle_core::CudaStorage, l: &candle_core::Layout) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        if !l.is_contiguous() || l.start_offset() != 0 {
+            candle_core::bail!("frozen-linear: expected a contiguous product");
+        }
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let w = self.weight.to_dtype(grad.dtype())?;
+        let gx = match grad.dims() {
+            [b, n, k] => grad.reshape((b * n, *k))?.matmul(&w)?.reshape((*b, *n, ())),
+            _ => grad.broadcast_matmul(&w),
+        }?;
+        Ok((Some(gx), None))
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (fused, live) = self.adapters.get(&self.name);
-        let mut y = matmul_t(x, fused.as_ref().unwrap_or(&self.weight))?;
+        let mut y = frozen_matmul_t(x, fused.as_ref().unwrap_or(&self.weight))?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
         }
@@ -260,6 +308,27 @@ pub fn rel_error(a: &Tensor, b: &Tensor) -> Result<f64> {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn frozen_weights_get_no_gradient_and_inputs_the_right_one() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 6), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (4, 6), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
+        let ours = frozen_matmul_t(x.as_tensor(), &w).unwrap();
+        let plain = matmul_t(x.as_tensor(), &w).unwrap();
+        assert!(rel_error(&ours, &plain).unwrap() < 1e-7);
+        let go = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (plain * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(rel_error(go.get(x.as_tensor()).unwrap(), gp.get(x.as_tensor()).unwrap()).unwrap() < 1e-6);
+        let weight_shaped = |gs: &candle_core::backprop::GradStore| gs.get_ids().filter(|id| matches!(gs.get_id(**id).unwrap().dims(), [4, 6] | [6, 4])).count();
+        assert!(weight_shaped(&gp) > 0, "candle's own matmul computes a dW for the frozen weight");
+        assert_eq!(weight_shaped(&go), 0, "no gradient is computed for the frozen weight");
+        // A trainable weight keeps its gradient.
+        let wv = Var::from_tensor(&w).unwrap();
+        let gw = (frozen_matmul_t(x.as_tensor(), wv.as_tensor()).unwrap() * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(gw.get(wv.as_tensor()).is_some());
+    }
 
     #[test]
     fn layer_norm_matches_candle_and_has_gradients() {

@@ -103,6 +103,7 @@ pub struct TrainConfig {
     pub train_batch_size: usize,
     #[serde(default = "one")]
     pub gradient_accumulation_steps: usize,
+    /// Reserved: segment recompute is not implemented yet, so `true` is refused (never ignored).
     #[serde(default)]
     pub gradient_checkpointing: bool,
     #[serde(default)]
@@ -271,6 +272,9 @@ impl TrainConfig {
             if g <= 0.0 {
                 return Err(format!("min_snr_gamma: {g} must be positive"));
             }
+        }
+        if self.gradient_checkpointing {
+            return Err("gradient_checkpointing: not available yet in hfsky; lower resolution or train_batch_size (with gradient_accumulation_steps) to save memory".into());
         }
         if self.target_modules.is_empty() {
             return Err("target_modules: name at least one linear layer (e.g. to_q, to_k, to_v, to_out.0)".into());
