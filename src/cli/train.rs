@@ -14,9 +14,6 @@ pub struct Args {
     /// Training settings (YAML); see the README for every key
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Latent cache folder (default: $HF_HOME/hfsky/latent-cache)
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
     /// Any config key as a flag, overriding the file: --learning-rate 5e-5 --max-steps 800 …
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "--KEY VALUE")]
     overrides: Vec<String>,
@@ -47,9 +44,9 @@ fn load_config(a: &Args) -> anyhow::Result<TrainConfig> {
     TrainConfig::load(a.config.as_deref(), &a.overrides).map_err(|e| bad_input(e.to_string()))
 }
 
-fn train(ctx: &Ctx, a: &Args, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &tokio::runtime::Runtime) -> anyhow::Result<TrainSummary> {
+fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &tokio::runtime::Runtime) -> anyhow::Result<TrainSummary> {
     let model_dir = rt.block_on(resolve_pipeline(&cfg.base_model, client, None)).map_err(|e| bad_input(format!("base_model: {e}")))?;
-    let trainer = Trainer { cfg, model_dir, cache_dir: a.cache_dir.clone() };
+    let trainer = Trainer { cfg, model_dir, cache_dir: cfg.cache_dir.clone() };
     let show = ctx.show_progress();
     let bar = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}").expect("template").progress_chars("=> "));
@@ -129,7 +126,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     let cfg = load_config(&a)?;
     let client = super::client(ctx, false)?;
     let rt = ctx.runtime();
-    let summary = train(ctx, &a, &cfg, &client, &rt)?;
+    let summary = train(ctx, &cfg, &client, &rt)?;
     let name = cfg.output_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "my-lora".into());
     let card = write_card(&cfg, &summary, &format!("your-name/{name}"))?;
     ctx.say(&format!(
@@ -150,7 +147,7 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     let rt = ctx.runtime();
     // Before any GPU time is spent: the token must be valid and able to write there.
     super::push::ensure_can_write(&rt, &client, &repo)?;
-    let summary = train(ctx, &a.train, &cfg, &client, &rt)?;
+    let summary = train(ctx, &cfg, &client, &rt)?;
     let card = write_card(&cfg, &summary, &repo.to_string())?;
     let warnings = rt.block_on(client.validate_yaml(&std::fs::read_to_string(&card)?))?;
     for w in &warnings {

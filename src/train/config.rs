@@ -163,6 +163,9 @@ pub struct TrainConfig {
     #[serde(default)]
     pub license: Option<String>,
     pub output_dir: PathBuf,
+    /// VAE latent cache (default: $HF_HOME/hfsky/latent-cache).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 fn default_rank() -> usize {
@@ -232,6 +235,9 @@ impl TrainConfig {
         rebase(&mut cfg.dataset);
         rebase(&mut cfg.output_dir);
         if let Some(d) = cfg.class_data_dir.as_mut() {
+            rebase(d);
+        }
+        if let Some(d) = cfg.cache_dir.as_mut() {
             rebase(d);
         }
         if !cfg.base_model.contains('/') || Path::new(&cfg.base_model).exists() || cfg.base_model.starts_with('.') {
