@@ -288,8 +288,18 @@ fn pull_requests_paths_info_and_server_limits() {
         // Oversize JSON bodies → 413; an LFS upload whose bytes do not match its oid → 400.
         let http = reqwest::Client::new();
         let big = serde_json::json!({ "files": [], "pad": "x".repeat(2 * 1024 * 1024) });
-        let r = http.post(format!("{}/api/models/alice/pr/preupload/main", hub.endpoint)).bearer_auth(ALICE).json(&big).send().await.unwrap();
+        // Its own connection: the server answers 413 without reading the whole body and closes
+        // the connection, which a pooled client could otherwise reuse for the next request.
+        let r = http
+            .post(format!("{}/api/models/alice/pr/preupload/main", hub.endpoint))
+            .bearer_auth(ALICE)
+            .header(reqwest::header::CONNECTION, "close")
+            .json(&big)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 413);
+        let http = reqwest::Client::new();
         let oid = hfsky::hash::sha256_hex(b"abc");
         let batch = client.lfs_batch(&id, "main", &[hfsky::hub::protocol::LfsObject { oid: oid.clone(), size: 3 }], false).await.unwrap();
         let href = batch[0].actions.as_ref().unwrap().upload.as_ref().unwrap().href.clone();
