@@ -48,7 +48,10 @@ fn login_push_download_roundtrip_never_leaks_the_token() {
     transcript += &text(&push);
     let v = json(&push);
     assert_eq!(v["status"], "committed", "{v}");
-    assert_eq!(v["added"].as_array().unwrap().len(), 5);
+    assert_eq!(v["files"].as_array().unwrap().len(), 5);
+    assert!(v["files"].as_array().unwrap().iter().all(|f| f["action"] == "add"), "{v}");
+    assert!(v["commit_url"].as_str().unwrap().ends_with(&format!("/alice/sky-lora/commit/{}", v["commit_oid"].as_str().unwrap())), "{v}");
+    assert!(v["pr_url"].is_null() && v["new_repo"] == true, "{v}");
     assert!(v["uploaded_lfs_bytes"].as_u64().unwrap() > 3 * 1024 * 1024);
 
     // Same folder again: no commit.
@@ -56,12 +59,13 @@ fn login_push_download_roundtrip_never_leaks_the_token() {
     transcript += &text(&again);
     let v2 = json(&again);
     assert_eq!(v2["status"], "nothing_to_push");
-    assert_eq!(v2["commit"], v["commit"]);
+    assert_eq!(v2["commit_oid"], v["commit_oid"]);
+    assert_eq!(v2["commit_url"], v["commit_url"]);
 
     // One file changes: only it is sent, the stored LFS objects are reused.
     write(&data.join("README.md"), b"---\nlicense: mit\n---\n# v2\n");
     let third = json(&env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/sky-lora"]));
-    assert_eq!(third["added"], serde_json::json!(["README.md"]));
+    assert_eq!(third["files"], serde_json::json!([{"path": "README.md", "action": "update", "size": 26, "lfs": false}]));
     assert_eq!(third["uploaded_lfs_bytes"], 0);
 
     // Download into the standard cache and into a folder: byte-identical.
@@ -71,7 +75,7 @@ fn login_push_download_roundtrip_never_leaks_the_token() {
     assert_eq!(files.len(), 6, "5 files + .gitattributes");
     let repo_cache = env.hf_home().join("hub").join("models--alice--sky-lora");
     let commit = std::fs::read_to_string(repo_cache.join("refs/main")).unwrap();
-    assert_eq!(commit, third["commit"].as_str().unwrap());
+    assert_eq!(commit, third["commit_oid"].as_str().unwrap());
     for (rel, bytes) in files_under(&data) {
         let snap = repo_cache.join("snapshots").join(&commit).join(&rel);
         assert!(std::fs::symlink_metadata(&snap).unwrap().file_type().is_symlink(), "{rel} should link into blobs/");
@@ -84,7 +88,7 @@ fn login_push_download_roundtrip_never_leaks_the_token() {
     // Deleting remote files that are gone locally.
     std::fs::remove_file(data.join("empty.txt")).unwrap();
     let del = json(&env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/sky-lora", "--delete", "*.txt"]));
-    assert_eq!(del["deleted"], serde_json::json!(["empty.txt"]));
+    assert_eq!(del["files"], serde_json::json!([{"path": "empty.txt", "action": "delete", "size": 0, "lfs": false}]));
 
     let out = ok(&env.run(&["logout"]));
     transcript += &out;
@@ -231,7 +235,7 @@ fn stale_parent_commit_is_refused_and_state_survives_restart() {
         login_file(&env, ALICE);
         let data = env.dir.path().join("m");
         write(&data.join("a.txt"), b"one");
-        head = json(&env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/r"]))["commit"].as_str().unwrap().to_string();
+        head = json(&env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/r"]))["commit_oid"].as_str().unwrap().to_string();
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let http = reqwest::Client::new();
@@ -254,7 +258,7 @@ fn stale_parent_commit_is_refused_and_state_survives_restart() {
     let env2 = Env { dir: tempfile::tempdir().unwrap(), endpoint: hub.endpoint.clone(), vars: env.vars.clone() };
     let v = json(&env2.cmd(&["--json", "push", env.dir.path().join("m").to_str().unwrap(), "--repo", "alice/r"]).env("HF_TOKEN", ALICE).output().unwrap());
     assert_eq!(v["status"], "nothing_to_push");
-    assert_eq!(v["commit"], head);
+    assert_eq!(v["commit_oid"], head);
 }
 
 #[test]
@@ -268,7 +272,7 @@ fn pull_requests_paths_info_and_server_limits() {
     let first = json(&env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/pr"]));
     write(&data.join("a.txt"), b"two");
     let pr = json(&env.run(&["--json", "push", data.to_str().unwrap(), "--repo", "alice/pr", "--create-pr"]));
-    assert!(pr["pull_request_url"].as_str().unwrap().ends_with("/alice/pr/discussions/1"), "{pr}");
+    assert!(pr["pr_url"].as_str().unwrap().ends_with("/alice/pr/discussions/1"), "{pr}");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -276,8 +280,8 @@ fn pull_requests_paths_info_and_server_limits() {
         let client = hfsky::hub::HubClient::new(&hub.endpoint, Some(token)).unwrap();
         let id = hfsky::repo_id::RepoId::parse("alice/pr").unwrap();
         // main is untouched by the PR; the PR ref has the new content.
-        assert_eq!(client.model_info(&id, Some("main")).await.unwrap().sha, first["commit"].as_str().map(String::from));
-        assert_eq!(client.model_info(&id, Some("refs/pr/1")).await.unwrap().sha, pr["commit"].as_str().map(String::from));
+        assert_eq!(client.model_info(&id, Some("main")).await.unwrap().sha, first["commit_oid"].as_str().map(String::from));
+        assert_eq!(client.model_info(&id, Some("refs/pr/1")).await.unwrap().sha, pr["commit_oid"].as_str().map(String::from));
         let info = client.paths_info(&id, "refs/pr/1", &["a.txt".into(), "missing.txt".into()]).await.unwrap();
         assert_eq!(info.len(), 1);
         assert_eq!(info[0].oid, hfsky::hash::git_blob_sha1(b"two"));
@@ -286,7 +290,9 @@ fn pull_requests_paths_info_and_server_limits() {
         assert!(err.to_string().contains("request id: req-"), "{err}");
 
         // Oversize JSON bodies → 413; an LFS upload whose bytes do not match its oid → 400.
-        let http = reqwest::Client::new();
+        // No pooled connections: the server closes the one it answered 413 on without reading
+        // the body, and reusing it would race with that close.
+        let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
         let big = serde_json::json!({ "files": [], "pad": "x".repeat(2 * 1024 * 1024) });
         let r = http.post(format!("{}/api/models/alice/pr/preupload/main", hub.endpoint)).bearer_auth(ALICE).json(&big).send().await.unwrap();
         assert_eq!(r.status(), 413);

@@ -22,6 +22,12 @@ pub enum HubError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
+    /// No usable credential could be obtained (e.g. an OIDC id token or its exchange).
+    #[error("{0}")]
+    Auth(String),
+    /// The branch moved during the push and the new commits touched files this push writes.
+    #[error("{repo}@{revision} changed while pushing: commit {head} also changed {}; nothing was committed. Re-run the push to publish on top of it (or use --create-pr to open a pull request)", .paths.join(", "))]
+    Conflict { repo: String, revision: String, head: String, paths: Vec<String> },
     #[error("{0}")]
     Download(String),
 }
