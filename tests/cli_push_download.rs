@@ -308,3 +308,153 @@ fn pull_requests_paths_info_and_server_limits() {
         assert_eq!(r.status(), 200);
     });
 }
+
+#[test]
+fn dry_run_writes_nothing_and_checks_the_model_card() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &[]);
+    let env = Env::new(&hub.endpoint);
+    login_file(&env, ALICE);
+    let data = env.dir.path().join("model");
+    sample_model(&data);
+    let d = path(&data);
+
+    // A repo that does not exist yet: everything would be added, the repo created.
+    let v = json(&env.run(&["--json", "push", &d, "--repo", "alice/dry", "--dry-run"]));
+    assert_eq!(v["status"], "dry_run", "{v}");
+    assert_eq!(v["new_repo"], true);
+    assert!(v["commit_oid"].is_null() && v["commit_url"].is_null());
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len(), 5);
+    let lfs = |p: &str| files.iter().find(|f| f["path"] == p).unwrap()["lfs"].as_bool().unwrap();
+    assert!(lfs("pytorch_lora_weights.safetensors") && lfs("big.bin") && !lfs("README.md") && !lfs("empty.txt"));
+    let human = ok(&env.run(&["push", &d, "--repo", "alice/dry", "--dry-run"]));
+    assert!(human.contains("Dry run, nothing written") && human.contains("would be created") && human.contains("add    big.bin"), "{human}");
+    let anon = hfsky::hub::HubClient::new(&hub.endpoint, None).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id = hfsky::repo_id::RepoId::parse("alice/dry").unwrap();
+    assert_eq!(rt.block_on(anon.model_info(&id, None)).unwrap_err().error_code(), Some("RepoNotFound"));
+
+    // After a real push, a dry run of one changed file names only it, and still writes nothing.
+    let pushed = json(&env.run(&["--json", "push", &d, "--repo", "alice/dry"]));
+    write(&data.join("README.md"), b"---\nlicense: apache-2.0\n---\n# v2\n");
+    let v = json(&env.run(&["--json", "push", &d, "--repo", "alice/dry", "--dry-run", "--revision", "staging"]));
+    assert_eq!(v["files"], serde_json::json!([{"path": "README.md", "action": "update", "size": 33, "lfs": false}]));
+    assert_eq!((v["new_repo"].as_bool(), v["new_branch"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(v["parent_commit"], pushed["commit_oid"]);
+    let info = rt.block_on(anon.model_info(&id, None)).unwrap();
+    assert_eq!(info.sha.as_deref(), pushed["commit_oid"].as_str());
+    assert_eq!(rt.block_on(anon.model_info(&id, Some("staging"))).unwrap_err().error_code(), Some("RevisionNotFound"));
+
+    // A model card whose metadata does not parse is refused before anything is uploaded.
+    write(&data.join("README.md"), b"---\nlicense: [unclosed\n---\n# broken\n");
+    for extra in [&["--dry-run"][..], &[][..]] {
+        let mut args = vec!["push", d.as_str(), "--repo", "alice/dry"];
+        args.extend_from_slice(extra);
+        let msg = code(&env.run(&args), 2);
+        assert!(msg.contains("README.md") && msg.contains("metadata is invalid"), "{msg}");
+    }
+    assert_eq!(rt.block_on(anon.model_info(&id, None)).unwrap().sha, info.sha);
+}
+
+fn path(p: &std::path::Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn revision_creates_the_branch_and_leaves_main_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &[]);
+    let env = Env::new(&hub.endpoint);
+    login_file(&env, ALICE);
+    let data = env.dir.path().join("m");
+    write(&data.join("a.txt"), b"one");
+    let main = json(&env.run(&["--json", "push", &path(&data), "--repo", "alice/rev"]));
+    write(&data.join("a.txt"), b"two");
+    let staged = json(&env.run(&["--json", "push", &path(&data), "--repo", "alice/rev", "--revision", "staging"]));
+    assert_eq!(staged["status"], "committed", "{staged}");
+    assert_eq!((staged["new_branch"].as_bool(), staged["revision"].as_str()), (Some(true), Some("staging")));
+    assert_eq!(staged["parent_commit"], main["commit_oid"]);
+    let again = json(&env.run(&["--json", "push", &path(&data), "--repo", "alice/rev", "--revision", "staging"]));
+    assert_eq!((again["status"].as_str(), again["new_branch"].as_bool()), (Some("nothing_to_push"), Some(false)));
+    // A pull request against the new branch, and against a branch that does not exist.
+    write(&data.join("a.txt"), b"three");
+    let pr = json(&env.run(&["--json", "push", &path(&data), "--repo", "alice/rev", "--revision", "staging", "--create-pr"]));
+    assert!(pr["pr_url"].as_str().unwrap().ends_with("/alice/rev/discussions/1"), "{pr}");
+    let msg = code(&env.run(&["push", &path(&data), "--repo", "alice/rev", "--revision", "nope", "--create-pr"]), 2);
+    assert!(msg.contains("--revision nope does not exist"), "{msg}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let anon = hfsky::hub::HubClient::new(&hub.endpoint, None).unwrap();
+    let id = hfsky::repo_id::RepoId::parse("alice/rev").unwrap();
+    assert_eq!(rt.block_on(anon.model_info(&id, Some("main"))).unwrap().sha.as_deref(), main["commit_oid"].as_str());
+    assert_eq!(rt.block_on(anon.model_info(&id, Some("staging"))).unwrap().sha.as_deref(), staged["commit_oid"].as_str());
+}
+
+#[test]
+fn a_concurrent_push_is_rebased_onto_or_refused_when_files_overlap() {
+    use hfsky::hub::push::{commit_plan, plan_push, prepare_target, PushOptions};
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    let ours = work.path().join("ours");
+    let theirs = work.path().join("theirs");
+    write(&ours.join("weights.safetensors"), &noise(5000, 1));
+    write(&ours.join("README.md"), b"# ours\n");
+    let id = hfsky::repo_id::RepoId::parse("alice/race").unwrap();
+    let opts = |m: &str| PushOptions::new(id.clone(), m);
+    let client = hfsky::hub::HubClient::new(&hub.endpoint, Some(hfsky::token::Token::parse(ALICE).unwrap())).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        prepare_target(&client, &opts("ours")).await.unwrap();
+        let plan = plan_push(&client, &ours, &opts("ours")).await.unwrap();
+        // Someone else commits other files after we planned: our commit is rebased onto theirs.
+        write(&theirs.join("samples/one.png"), &noise(300, 2));
+        let other = hfsky::hub::push::push_folder(&client, &theirs, &opts("theirs")).await.unwrap();
+        let o = commit_plan(&client, &plan, &opts("ours")).await.unwrap();
+        assert_eq!(o.rebased, 1);
+        assert_eq!(o.parent_commit, other.commit_oid);
+        let tree: Vec<String> = client.list_tree(&id, "main").await.unwrap().into_iter().map(|e| e.path).collect();
+        for p in ["README.md", "weights.safetensors", "samples/one.png"] {
+            assert!(tree.contains(&p.to_string()), "{p} missing from {tree:?}");
+        }
+
+        // Someone else changes a file we are pushing too: refused, nothing of ours committed.
+        write(&ours.join("README.md"), b"# ours v2\n");
+        let plan = plan_push(&client, &ours, &opts("ours v2")).await.unwrap();
+        write(&theirs.join("README.md"), b"# theirs\n");
+        let other = hfsky::hub::push::push_folder(&client, &theirs, &opts("theirs v2")).await.unwrap();
+        let e = commit_plan(&client, &plan, &opts("ours v2")).await.unwrap_err();
+        assert!(matches!(&e, hfsky::hub::HubError::Conflict { paths, .. } if paths == &vec!["README.md".to_string()]), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("changed while pushing") && msg.contains("README.md") && msg.contains("nothing was committed"), "{msg}");
+        assert_eq!(client.model_info(&id, None).await.unwrap().sha, other.commit_oid);
+    });
+}
+
+#[test]
+fn exit_codes_follow_the_readme() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &[]);
+    let env = Env::new(&hub.endpoint);
+    let data = env.dir.path().join("m");
+    write(&data.join("a.txt"), b"a");
+    // 3: not logged in.
+    let out = env.run(&["--json", "push", &path(&data), "--repo", "alice/x"]);
+    assert_eq!(json(&out)["exit_code"], 3);
+    assert!(code(&out, 3).contains("not logged in"));
+    // 2: usage, and no prompt without a terminal.
+    code(&env.run(&["push"]), 2);
+    let out = env.run(&["login"]);
+    assert!(code(&out, 2).contains("no terminal to prompt on"), "{}", text(&out));
+    // 4: the Hub cannot be reached after retries.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let mut offline = Env::new(&dead_url);
+    offline.vars.push(("HFSKY_MAX_ATTEMPTS".into(), "2".into()));
+    let out = offline.cmd(&["--json", "push", &path(&data), "--repo", "alice/x"]).env("HF_TOKEN", ALICE).output().unwrap();
+    assert_eq!(json(&out)["exit_code"], 4);
+    assert!(code(&out, 4).contains("could not reach") && !text(&out).contains(ALICE));
+    let out = offline.cmd(&["download", "alice/x"]).output().unwrap();
+    code(&out, 4);
+}

@@ -29,6 +29,24 @@ pub struct PushOptions {
     pub show_progress: bool,
 }
 
+impl PushOptions {
+    /// A push of a whole folder to `main` of `repo`, no globs, no progress bars.
+    pub fn new(repo: RepoId, message: &str) -> PushOptions {
+        PushOptions {
+            repo,
+            revision: "main".into(),
+            private: None,
+            create_pr: false,
+            message: message.into(),
+            description: String::new(),
+            include: vec![],
+            exclude: vec![],
+            delete: vec![],
+            show_progress: false,
+        }
+    }
+}
+
 /// What a push does to one file.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
