@@ -55,6 +55,9 @@ fn http_message(
         s.push_str(&format!(": {message}"));
     }
     let hint = match (*status, error_code.as_deref()) {
+        (400..=499, _) if url.ends_with("/oauth/token") => {
+            " — the repo's Trusted Publishers settings on the Hub decide which CI repository, workflow and branch may publish"
+        }
         (401, _) => " — the token is missing or invalid: run `hfsky login` or set HF_TOKEN",
         (403, _) => " — the token may not write here: a `write` or fine-grained `repo.write` token is needed",
         (412, _) => " — the branch moved since this push started: run the command again",
