@@ -458,3 +458,50 @@ fn exit_codes_follow_the_readme() {
     let out = offline.cmd(&["download", "alice/x"]).output().unwrap();
     code(&out, 4);
 }
+
+#[test]
+fn every_command_speaks_json() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &[]);
+    let env = Env::new(&hub.endpoint);
+    let data = env.dir.path().join("m");
+    write(&data.join("a.txt"), b"a");
+    let d = path(&data);
+    let login = json(&env.run_stdin(&["--json", "login", "--token-stdin", "--store", "file", "--name", "ci"], ALICE));
+    assert_eq!((login["user"].as_str(), login["stored_as"].as_str(), login["store"].as_str()), (Some("alice"), Some("ci"), Some("file")));
+    assert_eq!(json(&env.run(&["--json", "whoami"]))["writable_namespaces"], serde_json::json!(["alice"]));
+    assert_eq!(json(&env.run(&["--json", "token", "list"]))["active"], "ci");
+    assert_eq!(json(&env.run(&["--json", "token", "switch", "ci"]))["active"], "ci");
+    let push = env.run(&["--json", "push", &d, "--repo", "alice/j"]);
+    let p = json(&push);
+    for key in ["status", "repo", "revision", "commit_oid", "commit_url", "pr_url", "parent_commit", "files", "unchanged", "total_bytes",
+        "uploaded_lfs_bytes", "reused_lfs_objects", "new_repo", "new_branch", "rebased"] {
+        assert!(p.get(key).is_some(), "push JSON lacks {key}: {p}");
+    }
+    let result = env.dir.path().join("push.json");
+    std::fs::write(&result, &push.stdout).unwrap();
+    assert!(json(&env.run(&["--json", "ci", "summary", result.to_str().unwrap()]))["markdown"].as_str().unwrap().contains("alice/j@main"));
+    let dl = json(&env.run(&["--json", "download", "alice/j", "a.txt"]));
+    assert_eq!(dl["files"][0]["path_in_repo"], "a.txt");
+    let wf = env.dir.path().join("wf.yml");
+    assert_eq!(json(&env.run(&["--json", "ci", "init", "--out", wf.to_str().unwrap()]))["provider"], "github");
+    assert_eq!(json(&env.run(&["--json", "logout"]))["removed"], serde_json::json!(["ci"]));
+    // Errors are one JSON document too, on stdout, with the exit code.
+    let e = json(&env.run(&["--json", "push", &d, "--repo", "bad"]));
+    assert_eq!(e["exit_code"], 2);
+    assert!(e["error"].as_str().unwrap().contains("invalid repo id"));
+    // The offline Hub announces its endpoint as JSON.
+    let hub_root = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["--json", "hub", "serve", "--port", "0", "--root"])
+        .arg(hub_root.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert!(v["endpoint"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{v}");
+}

@@ -254,6 +254,9 @@ async fn remote_state(client: &HubClient, opts: &PushOptions) -> Result<(bool, O
         Err(e) if e.error_code() == Some("RepoNotFound") || e.status() == Some(404) => return Ok((false, None, None)),
         Err(e) => return Err(e),
     };
+    if opts.revision == "main" {
+        return Ok((true, main.clone(), main));
+    }
     match client.model_info(&opts.repo, Some(&opts.revision)).await {
         Ok(info) => Ok((true, info.sha, main)),
         Err(e) if e.error_code() == Some("RevisionNotFound") => Ok((true, None, main)),
