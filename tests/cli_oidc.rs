@@ -286,3 +286,25 @@ fn an_expired_short_lived_token_is_exchanged_again_mid_push() {
         assert!(e.to_string().contains("refused the OIDC token exchange") && e.to_string().contains("expired"), "{e}");
     });
 }
+
+/// Hands out a token the Hub does not know: the retried request is refused again.
+struct UselessRefresh;
+
+impl hfsky::hub::client::TokenRefresh for UselessRefresh {
+    fn refresh(&self) -> futures_util::future::BoxFuture<'_, Result<hfsky::token::Token, hfsky::hub::HubError>> {
+        Box::pin(async { Ok(hfsky::token::Token::parse("hf_oidc_StillNotKnownToThisHub0123456789").unwrap()) })
+    }
+}
+
+#[test]
+fn a_token_refused_again_after_the_re_exchange_stops_the_request() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_oidc_hub(root.path(), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stale = hfsky::token::Token::parse("hf_oidc_ExpiredLongAgo0123456789abcdefgh").unwrap();
+    let client = hfsky::hub::HubClient::new(&hub.endpoint, Some(stale)).unwrap().with_refresh(std::sync::Arc::new(UselessRefresh));
+    let e = rt.block_on(client.whoami()).unwrap_err();
+    assert_eq!(e.status(), Some(401));
+    assert!(e.to_string().contains("refused again right after exchanging for a fresh token"), "{e}");
+    assert!(!e.to_string().contains("StillNotKnown") && !e.to_string().contains("ExpiredLongAgo"), "{e}");
+}
