@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole publishing flow with nothing from the internet: an offline Hub on loopback, a
-# throw-away token, login → push the bundled sky photos in one commit → push again (nothing
-# to do) → download into a Hugging Face cache → check every byte. Your real login and cache
-# are not touched (HF_HOME points into a temp folder).
+# The main job with nothing from the internet and no GPU: an offline Hub on loopback, a
+# throw-away token, login → publish a tiny SD 1.5 pipeline (tests/fixtures, random weights) as
+# the base model → `hfsky train-and-push` a DreamBooth LoRA on the bundled sky photos (model
+# card, validation image, one commit) → generate with base + LoRA pulled from the Hub → push
+# and download the photos byte for byte. Your real login and cache are not touched (HF_HOME
+# points into a temp folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --locked
@@ -24,6 +26,30 @@ echo "== hfsky login (token piped on stdin, kept in a 0600 file for this demo; t
 printf '%s' "$TOKEN" | "$HFSKY" login --token-stdin --store file --name demo
 echo "== hfsky whoami"
 "$HFSKY" whoami
+echo "== publish the base model: hfsky push tests/fixtures/tiny-sd15 --repo demo/tiny-sd15"
+"$HFSKY" push tests/fixtures/tiny-sd15 --repo demo/tiny-sd15 -m "Tiny random-weight SD 1.5 pipeline"
+echo "== hfsky train-and-push: DreamBooth LoRA on data/sky-photos, base model from the Hub"
+cat > "$WORK/train.yaml" <<YAML
+base_model: demo/tiny-sd15
+dataset: $PWD/data/sky-photos
+instance_prompt: "a photo of SKY"
+captions: instance
+resolution: 64
+random_flip: true
+rank: 4
+learning_rate: 1.0e-3
+max_steps: 30
+checkpointing_steps: 10
+validation_prompt: "a photo of SKY river"
+num_validation_images: 2
+validation_inference_steps: 10
+output_dir: $WORK/sky-lora
+YAML
+"$HFSKY" train-and-push --config "$WORK/train.yaml" --repo demo/sky-lora
+echo "== the model card's metadata"
+sed -n '1,/^---$/{p}' "$WORK/sky-lora/README.md" | sed -n '2,40p' | sed '/^---$/q'
+echo "== hfsky generate with base + LoRA, both pulled from the offline Hub"
+"$HFSKY" generate --model demo/tiny-sd15 --lora demo/sky-lora --prompt "a photo of SKY river" --steps 10 --seeds 0..2 --out "$WORK/images"
 echo "== hfsky push data/sky-photos --repo demo/sky-photos"
 "$HFSKY" push data/sky-photos --repo demo/sky-photos -m "Add 11 sky photos"
 echo "== the same push again"

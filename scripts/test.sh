@@ -24,6 +24,11 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import huggingface_hub" 2
 fi
 export HFSKY_PYTHON="$PWD/.venv/bin/python"
 
+# The reference ML stack (CPU torch, diffusers, transformers, peft; pinned) for the interop test
+# in which real diffusers loads a LoRA that hfsky trained. ~3 GB download, about a minute.
+HFSKY_PYREF_PYTHON="$(./scripts/pyref-venv.sh)"
+export HFSKY_PYREF_PYTHON
+
 # A fresh keyring folder each run: a keyring left by an earlier run (other password) would be
 # locked and answer every request with "prompt dismissed".
 KEYRING_HOME="$(mktemp -d)"

@@ -1,6 +1,8 @@
 //! hfsky: fine-tune text-to-image LoRAs on your own photos and publish them on the Hugging Face Hub.
 
 pub mod auth;
+pub mod card;
+pub mod dataset;
 pub mod diffusion;
 pub mod generate;
 pub mod hash;
@@ -8,3 +10,4 @@ pub mod hub;
 pub mod redact;
 pub mod repo_id;
 pub mod token;
+pub mod train;

@@ -2,11 +2,11 @@ use super::{bad_input, Ctx};
 use hfsky::diffusion::config::{Architecture, PipelineFiles};
 use hfsky::diffusion::lora::LoraWeights;
 use hfsky::diffusion::schedulers::SchedulerKind;
-use hfsky::generate::pipeline::{to_rgb8, Pipeline};
+use hfsky::generate::pipeline::{to_rgb8, variant_for, LoraMode, Pipeline};
 use hfsky::generate::png_out::write_png;
 use hfsky::generate::prompts::TextEncoders;
 use hfsky::generate::settings::{check_size, parse_seeds, read_latents, seeded_noise, ImageSettings};
-use hfsky::generate::source::{resolve_lora, resolve_pipeline};
+use hfsky::generate::source::{resolve_lora, resolve_pipeline, resolve_vae};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -27,6 +27,10 @@ pub struct Args {
     lora: Option<String>,
     #[arg(long, default_value_t = 1.0)]
     lora_scale: f64,
+    /// Fuse the LoRA into the weights (W0 + scale·B·A, as diffusers' fuse_lora and the Hub's
+    /// inference do) instead of applying it on the activations at every step
+    #[arg(long, requires = "lora")]
+    lora_merge: bool,
     #[arg(long)]
     prompt: String,
     #[arg(long, default_value = "")]
@@ -53,9 +57,10 @@ pub struct Args {
     latents: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Precision,
-    /// Replacement VAE: a folder with config.json + weights
+    /// Replacement VAE: a folder with config.json + weights, or a Hub repo id
+    /// (e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in f16)
     #[arg(long)]
-    vae: Option<PathBuf>,
+    vae: Option<String>,
     /// Output folder for PNGs and JSON sidecars
     #[arg(long)]
     out: PathBuf,
@@ -78,17 +83,22 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     if a.prompt.trim().is_empty() {
         return Err(bad_input("--prompt is empty"));
     }
-    let client = super::client(ctx, false)?;
-    let rt = ctx.runtime();
-    let variant = matches!(a.dtype, Precision::F16).then_some("fp16");
-    let root = rt.block_on(resolve_pipeline(&a.model, &client, variant)).map_err(|e| bad_input(e.to_string()))?;
-    let files = PipelineFiles::open(&root)?;
     let dtype = match a.dtype {
         Precision::F32 => candle_core::DType::F32,
         Precision::F16 => candle_core::DType::F16,
         Precision::Bf16 => candle_core::DType::BF16,
     };
     let dev = device()?;
+    if dtype == candle_core::DType::BF16 && dev.is_cpu() {
+        // candle's CPU backend has no bf16 matmul; quietly computing in another precision would
+        // make the recorded settings lie.
+        return Err(bad_input("--dtype bf16 needs a CUDA GPU (build with --features cuda); on the CPU use --dtype f16 (half the memory) or f32"));
+    }
+    let client = super::client(ctx, false)?;
+    let rt = ctx.runtime();
+    let variant = variant_for(dtype);
+    let root = rt.block_on(resolve_pipeline(&a.model, &client, variant)).map_err(|e| bad_input(e.to_string()))?;
+    let files = PipelineFiles::open(&root)?;
     let unet_cfg: serde_json::Value = files.config("unet")?;
     let vae_cfg: serde_json::Value = files.config("vae")?;
     let factor = 1usize << vae_cfg["block_out_channels"].as_array().map(|v| v.len().saturating_sub(1)).unwrap_or(3);
@@ -97,18 +107,25 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     check_size(width, height).map_err(|e| bad_input(e.to_string()))?;
     let guidance = a.guidance.unwrap_or(if files.architecture == Architecture::StableDiffusionXl { 5.0 } else { 7.5 });
 
-    let pipeline = Pipeline::load(files.clone(), a.vae.as_deref(), dtype, dev.clone())?;
+    let vae_dir = match &a.vae {
+        Some(spec) => Some(rt.block_on(resolve_vae(spec, &client, variant)).map_err(|e| bad_input(e.to_string()))?),
+        None => None,
+    };
+    let pipeline = Pipeline::load(files.clone(), vae_dir.as_deref(), dtype, dev.clone())?;
     let text = TextEncoders::load(&files, dtype, &dev)?;
+    let lora_mode = if a.lora_merge { LoraMode::Fused } else { LoraMode::Live };
     let (lora_path, lora_sha) = match &a.lora {
         Some(spec) => {
             let path = rt.block_on(resolve_lora(spec, &client)).map_err(|e| bad_input(e.to_string()))?;
             let lora = LoraWeights::load(&path)?;
-            let n = pipeline.apply_lora(&lora, a.lora_scale)?;
-            for (comp, adapters) in ["text_encoder", "text_encoder_2"].iter().zip(&text.adapters) {
-                lora.apply(comp, adapters, a.lora_scale)?;
+            let n = pipeline.install_lora(&lora, a.lora_scale, lora_mode)?;
+            let n_text = text.install_lora(&lora, a.lora_scale, lora_mode)?;
+            if n + n_text == 0 {
+                return Err(bad_input(format!("{}: the LoRA has no weights for this pipeline's UNet or text encoders", path.display())));
             }
             if !ctx.json {
-                ctx.say(&format!("LoRA {} ({:?}): {n} UNet modules at scale {}", path.display(), lora.format, a.lora_scale));
+                let how = if a.lora_merge { "fused" } else { "live" };
+                ctx.say(&format!("LoRA {} ({:?}, {how}): {n} UNet and {n_text} text-encoder modules at scale {}", path.display(), lora.format, a.lora_scale));
             }
             (Some(path.display().to_string()), Some(hfsky::hash::sha256_file(&path)?))
         }
@@ -144,6 +161,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
             lora: lora_path.clone(),
             lora_sha256: lora_sha.clone(),
             lora_scale: a.lora_scale,
+            lora_mode: a.lora.is_some().then_some(lora_mode),
             prompt: a.prompt.clone(),
             negative_prompt: a.negative.clone(),
             steps: a.steps,
@@ -154,6 +172,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
             seed,
             latents_file: a.latents.as_ref().map(|p| p.display().to_string()),
             dtype: format!("{:?}", a.dtype).to_lowercase(),
+            vae: a.vae.clone(),
             hfsky_version: env!("CARGO_PKG_VERSION").into(),
         };
         let stem = seed.map(|s| format!("seed-{s}")).unwrap_or_else(|| "latents".into());

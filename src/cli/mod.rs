@@ -1,6 +1,7 @@
 //! The `hfsky` command line: argument parsing, one module per command, and the single place
 //! where errors become messages (always redacted) and exit codes.
 
+mod card;
 mod ci;
 mod download;
 mod generate;
@@ -10,6 +11,7 @@ mod login;
 mod logout;
 mod push;
 mod token;
+mod train;
 mod whoami;
 
 use clap::{Parser, Subcommand};
@@ -71,6 +73,13 @@ pub enum Command {
     Download(download::Args),
     /// Generate images locally with a base pipeline and an optional LoRA
     Generate(generate::Args),
+    /// Train a DreamBooth LoRA from train.yaml (any key can also be a flag)
+    Train(train::Args),
+    /// Check the token can write to --repo, train, write the model card, push it all in one commit
+    TrainAndPush(train::PushArgs),
+    /// Model cards
+    #[command(subcommand)]
+    Card(card::Cmd),
     /// The offline Hub
     #[command(subcommand)]
     Hub(hub::Cmd),
@@ -207,6 +216,9 @@ pub fn run() -> i32 {
         Command::Generate(a) => generate::run(&ctx, a),
         Command::Hub(c) => hub::run(&ctx, c),
         Command::Ci(c) => ci::run(&ctx, c),
+        Command::Train(a) => train::run(&ctx, a),
+        Command::TrainAndPush(a) => train::run_and_push(&ctx, a),
+        Command::Card(c) => card::run(&ctx, c),
         Command::Hash { file } => hash::run(&ctx, &file),
     };
     match result {

@@ -1,4 +1,5 @@
 use super::{bad_input, exit, CliError, Ctx};
+use anyhow::Context;
 use hfsky::auth::{Credential, OidcOptions};
 use hfsky::hub::push::{commit_plan, plan_push, prepare_target, FileAction, PushOptions, PushOutcome, PushStatus};
 use hfsky::hub::HubClient;
@@ -59,8 +60,23 @@ pub struct Args {
     oidc: OidcArgs,
 }
 
-/// A client whose token can write to `repo` (checked with whoami before any long work), with
-/// the OIDC exchange first when asked for.
+/// Checks with whoami-v2 that the token is valid and can write to `repo` (its namespace, or the
+/// one repo a scoped token from an OIDC exchange may write).
+pub(super) fn ensure_can_write(rt: &tokio::runtime::Runtime, client: &HubClient, repo: &RepoId) -> anyhow::Result<()> {
+    match rt.block_on(client.whoami()) {
+        Err(e) if e.status() == Some(401) => Err(CliError { code: exit::AUTH, message: format!("invalid token: {e}") }.into()),
+        Err(e) => Err(e.into()),
+        Ok(who) if who.can_write(repo) == Some(false) => Err(CliError {
+            code: exit::AUTH,
+            message: format!("the token of {} cannot write to {repo} (writable: {})", who.name, who.writable_summary()),
+        }
+        .into()),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// A client whose token can write to `repo` (checked before any long work: hashing gigabytes,
+/// or training for an hour), with the OIDC exchange first when asked for.
 pub fn writer_client(
     ctx: &Ctx,
     rt: &tokio::runtime::Runtime,
@@ -69,19 +85,8 @@ pub fn writer_client(
 ) -> anyhow::Result<(HubClient, Credential)> {
     let (client, cred) = super::client_for(ctx, rt, Some(repo), &oidc.options(), true)?;
     let cred = cred.expect("client_for requires a token");
-    // Fail in a second on a bad token, not after hashing gigabytes (or training for an hour).
-    match rt.block_on(client.whoami()) {
-        Err(e) if e.status() == Some(401) => {
-            Err(CliError { code: exit::AUTH, message: format!("invalid token from {}: {e}", cred.source) }.into())
-        }
-        Err(e) => Err(e.into()),
-        Ok(who) if who.can_write(repo) == Some(false) => Err(CliError {
-            code: exit::AUTH,
-            message: format!("the token of {} (from {}) cannot write to {repo} (writable: {})", who.name, cred.source, who.writable_summary()),
-        }
-        .into()),
-        Ok(_) => Ok((client, cred)),
-    }
+    ensure_can_write(rt, &client, repo).with_context(|| format!("the token from {}", cred.source))?;
+    Ok((client, cred))
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {

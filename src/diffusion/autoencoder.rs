@@ -233,6 +233,11 @@ impl AutoencoderKl {
         &self.config
     }
 
+    /// The dtype the weights were loaded in (inputs must match it).
+    pub fn dtype(&self) -> candle_core::DType {
+        self.enc_conv_in.weight().dtype()
+    }
+
     /// The latent distribution of images in [-1, 1]: (mean, std).
     pub fn encode(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let f = self.config.downscale();
@@ -281,11 +286,16 @@ impl AutoencoderKl {
 
     /// Diffusion latents (scaled) → images in [0, 1], as the pipelines' `output_type="pt"`.
     pub fn latents_to_image(&self, latents: &Tensor) -> Result<Tensor> {
+        self.latents_to_image_unclamped(latents)?.clamp(0f32, 1f32)
+    }
+
+    /// `latents_to_image` before clamping to [0, 1], where overflow (NaN/inf) is still visible.
+    pub fn latents_to_image_unclamped(&self, latents: &Tensor) -> Result<Tensor> {
         let mut z = (latents / self.config.scaling_factor)?;
         if let Some(shift) = self.config.shift_factor {
             z = (z + shift)?;
         }
-        ((self.decode(&z)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)
+        (self.decode(&z)? / 2.0)? + 0.5
     }
 
     /// Images in [-1, 1] → diffusion latents from the distribution's mean (scaled), or from

@@ -157,19 +157,29 @@ impl LoraWeights {
     /// Attaches this LoRA's `component` modules to a network's adapters at `scale`
     /// (the user's --lora-scale; alpha/rank is applied on top). Returns how many were attached.
     pub fn apply(&self, component: &str, adapters: &Adapters, scale: f64) -> Result<usize, LoraError> {
+        self.install(component, adapters, scale, Adapters::attach)
+    }
+
+    /// Like `apply`, but fuses `W0 + scale·(alpha/r)·B·A` into the weights, as diffusers'
+    /// `fuse_lora` (what the Hub's inference widget runs). Returns how many modules were fused.
+    pub fn fuse(&self, component: &str, adapters: &Adapters, scale: f64) -> Result<usize, LoraError> {
+        self.install(component, adapters, scale, Adapters::fuse)
+    }
+
+    fn install(
+        &self,
+        component: &str,
+        adapters: &Adapters,
+        scale: f64,
+        put: fn(&Adapters, &str, Adapter) -> Result<(), String>,
+    ) -> Result<usize, LoraError> {
         let Some(modules) = self.components.get(component) else { return Ok(0) };
-        let known = adapters.known_modules();
-        let by_underscore: HashMap<String, &String> = if self.kohya_names {
-            known.iter().map(|k| (k.replace('.', "_"), k)).collect()
-        } else {
-            HashMap::new()
-        };
+        let names = module_names(&adapters.known_modules(), component != "unet", self.kohya_names);
         let mut unmatched = Vec::new();
         let mut plan = Vec::new();
         for (name, m) in modules {
-            let target = if self.kohya_names { by_underscore.get(name).map(|s| s.to_string()) } else { known.contains(name).then(|| name.clone()) };
-            match target {
-                Some(t) => plan.push((t, m)),
+            match names.get(name) {
+                Some(t) => plan.push((t.clone(), m)),
                 None => unmatched.push(name.clone()),
             }
         }
@@ -180,12 +190,31 @@ impl LoraWeights {
             let rank = m.down.dims()[0] as f64;
             let alpha = m.alpha.or_else(|| self.metadata.get(component).map(|(r, a)| a * rank / r)).unwrap_or(rank);
             let adapter = Adapter { down: m.down.clone(), up: m.up.clone(), scale: scale * alpha / rank };
-            adapters
-                .attach(target, adapter)
-                .map_err(|detail| LoraError::Format { path: self.path.clone(), detail })?;
+            put(adapters, target, adapter).map_err(|detail| LoraError::Format { path: self.path.clone(), detail })?;
         }
         Ok(plan.len())
     }
+}
+
+/// How a LoRA file may name each module → the network's module path. CLIP text encoders saved by
+/// transformers 4 (real SD repos, most LoRAs) have a `text_model.` prefix that transformers 5
+/// drops; a LoRA matches its encoder whichever version saved either. kohya names are the path
+/// with `_` for `.`.
+fn module_names(known: &std::collections::BTreeSet<String>, text_encoder: bool, kohya: bool) -> HashMap<String, String> {
+    let spell = |n: &str| if kohya { n.replace('.', "_") } else { n.to_string() };
+    let mut names = HashMap::new();
+    if text_encoder {
+        for k in known {
+            let other = match k.strip_prefix("text_model.") {
+                Some(bare) => bare.to_string(),
+                None => format!("text_model.{k}"),
+            };
+            names.insert(spell(&other), k.clone());
+        }
+    }
+    // Exact names win over the alternate spelling.
+    names.extend(known.iter().map(|k| (spell(k), k.clone())));
+    names
 }
 
 /// `…attn1.processor.to_q_lora.down.weight` → `…attn1.to_q` (diffusers' pre-PEFT format).
@@ -271,6 +300,25 @@ mod tests {
         let adapters = Adapters::new();
         Linear::new(vb.pp("mid.attn.to_q"), &adapters, 4, 3, false).unwrap();
         assert_eq!(kohya.apply("unet", &adapters, 1.0).unwrap(), 1);
+        // Text encoders: a LoRA made against transformers 4 (`text_model.` paths) fits a model saved
+        // by transformers 5 (no prefix), and the other way round, in PEFT and kohya naming.
+        for (base, lora_key, te_fmt) in [
+            ("encoder.layers.0.self_attn.q_proj", "text_encoder.text_model.encoder.layers.0.self_attn.q_proj", false),
+            ("text_model.encoder.layers.0.self_attn.q_proj", "text_encoder.encoder.layers.0.self_attn.q_proj", false),
+            ("encoder.layers.0.self_attn.q_proj", "lora_te_text_model_encoder_layers_0_self_attn_q_proj", true),
+        ] {
+            let mut map = HashMap::new();
+            map.insert(format!("{base}.weight"), Tensor::zeros((3, 4), DType::F32, &dev).unwrap());
+            let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
+            let adapters = Adapters::new();
+            Linear::new(vb.pp(base), &adapters, 4, 3, false).unwrap();
+            let file = if te_fmt {
+                save("te-k.safetensors", vec![(format!("{lora_key}.lora_down.weight").leak(), a.clone()), (format!("{lora_key}.lora_up.weight").leak(), b.clone())])
+            } else {
+                save("te-p.safetensors", vec![(format!("{lora_key}.lora_A.weight").leak(), a.clone()), (format!("{lora_key}.lora_B.weight").leak(), b.clone())])
+            };
+            assert_eq!(LoraWeights::load(&file).unwrap().apply("text_encoder", &adapters, 1.0).unwrap(), 1, "{lora_key} onto {base}");
+        }
         let err = LoraWeights::load(&save("u.safetensors", vec![("mid.attn.to_q.lora_A.weight", a), ("mid.attn.to_q.lora_B.weight", b)])).unwrap_err();
         assert!(err.to_string().contains("must be prefixed"), "{err}");
     }

@@ -20,11 +20,16 @@ struct AdapterState {
     /// Module path → (out, in) features of its weight.
     known: BTreeMap<String, (usize, usize)>,
     live: BTreeMap<String, Vec<Adapter>>,
+    /// Module path → its loaded weight: the base for fusing, and the device adapters move to.
+    weights: BTreeMap<String, Tensor>,
+    /// Module path → `W0 + Σ scale·B·A`, used in place of the loaded weight.
+    fused: BTreeMap<String, Tensor>,
 }
 
 /// The adapters of one network, keyed by diffusers module path (`down_blocks.0…attn1.to_q`).
 /// Every `Linear` built with the same handle consults it on each forward, so LoRAs can be
-/// attached, scaled, replaced or trained without rebuilding the network.
+/// attached live (scaled, replaced or trained without rebuilding the network) or fused into the
+/// weights like diffusers' `fuse_lora` (no extra work per forward; rounded to the weight dtype).
 #[derive(Clone, Default, Debug)]
 pub struct Adapters(Arc<RwLock<AdapterState>>);
 
@@ -37,6 +42,20 @@ impl Adapters {
         self.0.write().expect("adapter lock").known.insert(name.to_string(), out_in);
     }
 
+    /// Module path → (out, in) features of every linear that can take an adapter.
+    pub fn shapes(&self) -> BTreeMap<String, (usize, usize)> {
+        self.0.read().expect("adapter lock").known.clone()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn register_for_tests(&self, name: &str, out_in: (usize, usize)) {
+        self.register(name, out_in)
+    }
+
+    fn register_weight(&self, name: &str, weight: &Tensor) {
+        self.0.write().expect("adapter lock").weights.insert(name.to_string(), weight.clone());
+    }
+
     /// Module paths that can take an adapter.
     pub fn known_modules(&self) -> BTreeSet<String> {
         self.0.read().expect("adapter lock").known.keys().cloned().collect()
@@ -45,7 +64,63 @@ impl Adapters {
     /// Attaches an adapter; the error names the module and what is wrong with it.
     pub fn attach(&self, module: &str, adapter: Adapter) -> std::result::Result<(), String> {
         let mut s = self.0.write().expect("adapter lock");
-        let Some(&(out_dim, in_dim)) = s.known.get(module) else {
+        let adapter = s.fitting(module, adapter)?;
+        s.live.entry(module.to_string()).or_default().push(adapter);
+        Ok(())
+    }
+
+    /// Adds `scale·B·A` to the module's weight, as diffusers' `fuse_lora`: the update is computed
+    /// in f32 and the sum rounded to the weight's dtype. Fusing again adds on top.
+    pub fn fuse(&self, module: &str, adapter: Adapter) -> std::result::Result<(), String> {
+        let mut s = self.0.write().expect("adapter lock");
+        let a = s.fitting(module, adapter)?;
+        let base = s.fused.get(module).or_else(|| s.weights.get(module)).ok_or_else(|| format!("{module}: no loaded weight to fuse into"))?;
+        let fused = (|| {
+            let delta = a.up.matmul(&a.down)?.affine(a.scale, 0.0)?;
+            (base.to_dtype(DType::F32)? + delta)?.to_dtype(base.dtype())
+        })()
+        .map_err(|e| format!("{module}: cannot fuse the LoRA: {e}"))?;
+        s.fused.insert(module.to_string(), fused);
+        Ok(())
+    }
+
+    /// Removes live adapters (fused ones stay; see `unfuse`).
+    pub fn clear(&self) {
+        self.0.write().expect("adapter lock").live.clear();
+    }
+
+    /// Restores the loaded weights of every fused module.
+    pub fn unfuse(&self) {
+        self.0.write().expect("adapter lock").fused.clear();
+    }
+
+    /// How many modules have fused weights.
+    pub fn fused_len(&self) -> usize {
+        self.0.read().expect("adapter lock").fused.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().expect("adapter lock").live.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// (fused weight, live adapters) of a module.
+    fn get(&self, module: &str) -> (Option<Tensor>, Option<Vec<Adapter>>) {
+        let s = self.0.read().expect("adapter lock");
+        if s.live.is_empty() && s.fused.is_empty() {
+            return (None, None);
+        }
+        (s.fused.get(module).cloned(), s.live.get(module).cloned())
+    }
+}
+
+impl AdapterState {
+    /// Checks an adapter's shapes against the module and moves it to the module's device.
+    fn fitting(&self, module: &str, adapter: Adapter) -> std::result::Result<Adapter, String> {
+        let Some(&(out_dim, in_dim)) = self.known.get(module) else {
             return Err(format!("{module}: no such linear layer in this network"));
         };
         let (r, a_in) = adapter.down.dims2().map_err(|e| format!("{module}: {e}"))?;
@@ -57,28 +132,13 @@ impl Adapters {
                 adapter.up.dims()
             ));
         }
-        s.live.entry(module.to_string()).or_default().push(adapter);
-        Ok(())
-    }
-
-    pub fn clear(&self) {
-        self.0.write().expect("adapter lock").live.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.read().expect("adapter lock").live.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn get(&self, module: &str) -> Option<Vec<Adapter>> {
-        let s = self.0.read().expect("adapter lock");
-        if s.live.is_empty() {
-            return None;
+        match self.weights.get(module).map(|w| w.device()) {
+            Some(dev) if !dev.same_device(adapter.down.device()) => {
+                let moved = |t: &Tensor| t.to_device(dev).map_err(|e| format!("{module}: {e}"));
+                Ok(Adapter { down: moved(&adapter.down)?, up: moved(&adapter.up)?, scale: adapter.scale })
+            }
+            _ => Ok(adapter),
         }
-        s.live.get(module).cloned()
     }
 }
 
@@ -97,6 +157,7 @@ impl Linear {
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
         let name = vb.prefix();
         adapters.register(&name, (out_dim, in_dim));
+        adapters.register_weight(&name, &weight);
         Ok(Linear { name, weight, bias, adapters: adapters.clone() })
     }
 
@@ -126,13 +187,62 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `x·Wᵀ` for a frozen `W` whose backward only gives `x` its gradient. candle's matmul backward
+/// always computes both sides, so a plain matmul would spend a full-size dW (a matmul as large
+/// as the forward one, and the memory to hold it) on every frozen layer downstream of a LoRA.
+fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = matmul_t(&x.detach(), w)?;
+    if !x.track_op() || w.track_op() {
+        return if w.track_op() { matmul_t(x, w) } else { Ok(y) };
+    }
+    x.apply_op2_arc(&y, std::sync::Arc::new(Box::new(GradToInputOnly { weight: w.clone() })))
+}
+
+/// Passes a precomputed `x·Wᵀ` through as its output; backward is `grad·W` for `x` and nothing
+/// for the precomputed value.
+struct GradToInputOnly {
+    weight: Tensor,
+}
+
+impl candle_core::CustomOp2 for GradToInputOnly {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &candle_core::Layout, y: &candle_core::CpuStorage, l: &candle_core::Layout) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        if !l.is_contiguous() || l.start_offset() != 0 {
+            candle_core::bail!("frozen-linear: expected a contiguous product");
+        }
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &candle_core::Layout, y: &candle_core::CudaStorage, l: &candle_core::Layout) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        if !l.is_contiguous() || l.start_offset() != 0 {
+            candle_core::bail!("frozen-linear: expected a contiguous product");
+        }
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let w = self.weight.to_dtype(grad.dtype())?;
+        let gx = match grad.dims() {
+            [b, n, k] => grad.reshape((b * n, *k))?.matmul(&w)?.reshape((*b, *n, ())),
+            _ => grad.broadcast_matmul(&w),
+        }?;
+        Ok((Some(gx), None))
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = matmul_t(x, &self.weight)?;
+        let (fused, live) = self.adapters.get(&self.name);
+        let mut y = frozen_matmul_t(x, fused.as_ref().unwrap_or(&self.weight))?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
         }
-        if let Some(adapters) = self.adapters.get(&self.name) {
+        if let Some(adapters) = live {
             for a in adapters {
                 // LoRA factors are kept in f32 (or f64); compute the update there and cast back.
                 let xf = x.to_dtype(compute_dtype(x.dtype()))?;
@@ -200,6 +310,27 @@ mod tests {
     use candle_core::{Device, Var};
 
     #[test]
+    fn frozen_weights_get_no_gradient_and_inputs_the_right_one() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 6), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (4, 6), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
+        let ours = frozen_matmul_t(x.as_tensor(), &w).unwrap();
+        let plain = matmul_t(x.as_tensor(), &w).unwrap();
+        assert!(rel_error(&ours, &plain).unwrap() < 1e-7);
+        let go = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (plain * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(rel_error(go.get(x.as_tensor()).unwrap(), gp.get(x.as_tensor()).unwrap()).unwrap() < 1e-6);
+        let weight_shaped = |gs: &candle_core::backprop::GradStore| gs.get_ids().filter(|id| matches!(gs.get_id(**id).unwrap().dims(), [4, 6] | [6, 4])).count();
+        assert!(weight_shaped(&gp) > 0, "candle's own matmul computes a dW for the frozen weight");
+        assert_eq!(weight_shaped(&go), 0, "no gradient is computed for the frozen weight");
+        // A trainable weight keeps its gradient.
+        let wv = Var::from_tensor(&w).unwrap();
+        let gw = (frozen_matmul_t(x.as_tensor(), wv.as_tensor()).unwrap() * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(gw.get(wv.as_tensor()).is_some());
+    }
+
+    #[test]
     fn layer_norm_matches_candle_and_has_gradients() {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap()).unwrap();
@@ -231,9 +362,17 @@ mod tests {
         let wrong = Adapter { down: down.t().unwrap(), up: up.clone(), scale: 1.0 };
         assert!(adapters.attach("proj", wrong).unwrap_err().contains("do not fit"));
         let with = lin.forward(&x).unwrap();
-        let merged_w = (lin.weight() + up.matmul(&adapters.get("proj").unwrap()[0].down).unwrap().affine(0.5, 0.0).unwrap()).unwrap();
+        let merged_w = (lin.weight() + up.matmul(&adapters.get("proj").1.unwrap()[0].down).unwrap().affine(0.5, 0.0).unwrap()).unwrap();
         let expected = x.matmul(&merged_w.t().unwrap()).unwrap();
         assert!(rel_error(&with, &expected).unwrap() < 1e-5);
         assert!(rel_error(&with, &base).unwrap() > 1e-3);
+
+        adapters.clear();
+        adapters.fuse("proj", Adapter { down, up, scale: 0.5 }).unwrap();
+        assert_eq!((adapters.len(), adapters.fused_len()), (0, 1));
+        let fused = lin.forward(&x).unwrap();
+        assert!(rel_error(&fused, &expected).unwrap() < 1e-5);
+        adapters.unfuse();
+        assert!(rel_error(&lin.forward(&x).unwrap(), &base).unwrap() < 1e-7);
     }
 }

@@ -21,8 +21,18 @@ pub enum GenerateError {
     Scheduler(#[from] SchedulerError),
     #[error("{0}")]
     Model(String),
-    #[error("the VAE produced NaN/inf values ({dtype}): a half-precision SDXL VAE overflows; use --dtype f32 or an fp16-fixed VAE (--vae madebyollin/sdxl-vae-fp16-fix)")]
+    #[error("the VAE overflowed in {dtype} (NaN/inf or an all-black image): the original SDXL VAE cannot run in half precision; use --dtype f32, or a VAE fixed for fp16: --vae madebyollin/sdxl-vae-fp16-fix")]
     VaeOverflow { dtype: String },
+}
+
+/// How a LoRA is applied: on the activations at every forward (the trainer's form, exact in f32),
+/// or fused into the weights once (what diffusers' `fuse_lora` and the Hub's inference run do;
+/// in half precision the fused weights are rounded, as theirs are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraMode {
+    Live,
+    Fused,
 }
 
 fn model_err(what: &str) -> impl Fn(candle_core::Error) -> GenerateError + '_ {
@@ -39,8 +49,13 @@ pub struct Pipeline {
     pub device: Device,
 }
 
-fn weights(files: &PipelineFiles, component: &str, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, GenerateError> {
-    let variant = matches!(dtype, DType::F16).then_some("fp16");
+/// The `fp16` weight files serve every half-precision run; a component computed in f32 (an
+/// upcast VAE) still loads them, as diffusers does, and widens them.
+pub fn variant_for(dtype: DType) -> Option<&'static str> {
+    matches!(dtype, DType::F16 | DType::BF16).then_some("fp16")
+}
+
+fn weights(files: &PipelineFiles, component: &str, variant: Option<&str>, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, GenerateError> {
     let path = files.weights(component, variant)?;
     // SAFETY: the weights file is memory-mapped read-only and not modified while in use.
     unsafe { VarBuilder::from_mmaped_safetensors(&[&path], dtype, device) }.map_err(model_err(&path.display().to_string()))
@@ -59,19 +74,20 @@ impl Pipeline {
             )));
         }
         let unet_adapters = Adapters::new();
-        let unet = UNet2DConditionModel::new(weights(&files, "unet", dtype, &device)?, &ucfg, &unet_adapters).map_err(model_err("unet"))?;
+        let variant = variant_for(dtype);
+        let unet = UNet2DConditionModel::new(weights(&files, "unet", variant, dtype, &device)?, &ucfg, &unet_adapters).map_err(model_err("unet"))?;
         let vae = match vae_dir {
             Some(dir) => {
                 let cfg = VaeConfig::from_file(&dir.join("config.json"))?;
                 let vae_files = PipelineFiles { root: dir.parent().unwrap_or(dir).to_path_buf(), architecture: files.architecture, class_name: String::new() };
                 let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("vae");
                 let vdt = if cfg.force_upcast { DType::F32 } else { dtype };
-                AutoencoderKl::new(weights(&vae_files, name, vdt, &device)?, &cfg).map_err(model_err("vae"))?
+                AutoencoderKl::new(weights(&vae_files, name, variant, vdt, &device)?, &cfg).map_err(model_err("vae"))?
             }
             None => {
                 let cfg = VaeConfig::from_file(&files.component("vae")?.join("config.json"))?;
                 let vdt = if cfg.force_upcast { DType::F32 } else { dtype };
-                AutoencoderKl::new(weights(&files, "vae", vdt, &device)?, &cfg).map_err(model_err("vae"))?
+                AutoencoderKl::new(weights(&files, "vae", variant, vdt, &device)?, &cfg).map_err(model_err("vae"))?
             }
         };
         let scheduler_config = files.config("scheduler")?;
@@ -80,11 +96,20 @@ impl Pipeline {
 
     /// Attaches a LoRA's UNet part at `scale`; returns how many modules it changed.
     pub fn apply_lora(&self, lora: &LoraWeights, scale: f64) -> Result<usize, GenerateError> {
-        let n = lora.apply("unet", &self.unet_adapters, scale)?;
+        let n = self.install_lora(lora, scale, LoraMode::Live)?;
         if n == 0 {
             return Err(GenerateError::Model(format!("{}: the LoRA has no UNet weights", lora.path.display())));
         }
         Ok(n)
+    }
+
+    /// Attaches (live) or fuses (diffusers' `fuse_lora`) a LoRA's UNet part at `scale`; returns
+    /// how many modules it changed (0 for a text-encoder-only LoRA).
+    pub fn install_lora(&self, lora: &LoraWeights, scale: f64, mode: LoraMode) -> Result<usize, GenerateError> {
+        Ok(match mode {
+            LoraMode::Live => lora.apply("unet", &self.unet_adapters, scale)?,
+            LoraMode::Fused => lora.fuse("unet", &self.unet_adapters, scale)?,
+        })
     }
 
     /// Latents shape [1, C, h/f, w/f] for an image of `height`×`width`.
@@ -107,19 +132,34 @@ impl Pipeline {
         let mut sched = build(scheduler, &self.scheduler_config, steps, seed)?;
         let mut f = |x: &Tensor, t: &Tensor, c: &Tensor, a: Option<(&Tensor, &Tensor)>| {
             let added = a.map(|(p, ids)| SdxlConditioning { text_embeds: p.clone(), time_ids: ids.clone() });
-            self.unet.forward(x, t, c, added.as_ref())
+            // The loop and scheduler stay in f32 whatever the UNet computes in.
+            self.unet.forward(x, t, c, added.as_ref())?.to_dtype(DType::F32)
         };
         let latents = denoise(&mut f, sched.as_mut(), &noise.to_device(&self.device).map_err(model_err("noise"))?, cond, guidance, on_step)
             .map_err(model_err("sampling"))?;
+        if !all_finite(&latents).map_err(model_err("sampling"))? {
+            return Err(GenerateError::Model(format!(
+                "the UNet produced NaN/inf latents in {:?}; run with --dtype f32",
+                self.dtype
+            )));
+        }
+        self.decode(&latents)
+    }
+
+    /// Latents → image in [0, 1] (f32), or `VaeOverflow` when a half-precision VAE overflowed:
+    /// its NaNs/infs either survive or clamp every pixel to black.
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor, GenerateError> {
         let vae_dtype = self.vae_dtype();
-        let image = self
-            .vae
-            .latents_to_image(&latents.to_dtype(vae_dtype).map_err(model_err("vae"))?)
+        let raw = latents
+            .to_dtype(vae_dtype)
+            .and_then(|z| self.vae.latents_to_image_unclamped(&z))
             .and_then(|i| i.to_dtype(DType::F32))
             .map_err(model_err("vae"))?;
-        let finite = image.flatten_all().and_then(|v| v.to_vec1::<f32>()).map_err(model_err("vae"))?.iter().all(|x| x.is_finite());
-        if !finite {
-            return Err(GenerateError::VaeOverflow { dtype: format!("{vae_dtype:?}") });
+        let image = raw.clamp(0f32, 1f32).map_err(model_err("vae"))?;
+        let half = matches!(vae_dtype, DType::F16 | DType::BF16);
+        let black = || image.max_all().and_then(|m| m.to_scalar::<f32>()).map(|m| m <= 0.0);
+        if !all_finite(&raw).map_err(model_err("vae"))? || (half && black().map_err(model_err("vae"))?) {
+            return Err(GenerateError::VaeOverflow { dtype: format!("{vae_dtype:?}").to_lowercase() });
         }
         Ok(image)
     }
@@ -127,6 +167,10 @@ impl Pipeline {
     fn vae_dtype(&self) -> DType {
         if self.vae.config().force_upcast { DType::F32 } else { self.dtype }
     }
+}
+
+fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().all(|x| x.is_finite()))
 }
 
 /// [1, 3, H, W] in [0, 1] → row-major RGB bytes, rounded like torchvision's `to_pil_image`.

@@ -1,9 +1,10 @@
 //! Prompt → UNet conditioning, as StableDiffusionPipeline / StableDiffusionXLPipeline build it.
 
-use super::pipeline::GenerateError;
+use super::pipeline::{GenerateError, LoraMode};
 use super::sampling::{sdxl_time_ids, Conditioning};
 use crate::diffusion::clip_tokenizer::ClipTokenizer;
 use crate::diffusion::config::{Architecture, PipelineFiles};
+use crate::diffusion::lora::LoraWeights;
 use crate::diffusion::nn::Adapters;
 use crate::diffusion::text_encoder::{concat_last, load, ClipTextModel};
 use candle_core::{DType, Device, Tensor};
@@ -14,6 +15,8 @@ pub struct TextEncoders {
     /// SDXL: an empty negative prompt means zero embeddings (model_index `force_zeros_for_empty_prompt`).
     force_zeros_for_empty_prompt: bool,
     pub adapters: Vec<Adapters>,
+    /// The component name of each encoder (`text_encoder`, `text_encoder_2`), as LoRA files key them.
+    components: Vec<&'static str>,
     device: Device,
 }
 
@@ -23,7 +26,7 @@ fn model_err(e: impl std::fmt::Display) -> GenerateError {
 
 impl TextEncoders {
     pub fn load(files: &PipelineFiles, dtype: DType, device: &Device) -> Result<Self, GenerateError> {
-        let pairs: &[(&str, &str)] = match files.architecture {
+        let pairs: &[(&str, &'static str)] = match files.architecture {
             Architecture::StableDiffusion => &[("tokenizer", "text_encoder")],
             Architecture::StableDiffusionXl => &[("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")],
         };
@@ -32,7 +35,7 @@ impl TextEncoders {
         for (tok, enc) in pairs {
             let tokenizer = ClipTokenizer::from_dir(&files.component(tok)?)?;
             let a = Adapters::new();
-            let variant = matches!(dtype, DType::F16).then_some("fp16");
+            let variant = super::pipeline::variant_for(dtype);
             let model = load(&files.component(enc)?, &files.weights(enc, variant)?, dtype, device, &a)?;
             encoders.push((tokenizer, model));
             adapters.push(a);
@@ -43,12 +46,25 @@ impl TextEncoders {
             encoders,
             force_zeros_for_empty_prompt: index["force_zeros_for_empty_prompt"].as_bool().unwrap_or(true),
             adapters,
+            components: pairs.iter().map(|(_, enc)| *enc).collect(),
             device: device.clone(),
         })
     }
 
+    /// Applies a LoRA's text-encoder parts (if any) at `scale`; returns how many modules changed.
+    pub fn install_lora(&self, lora: &LoraWeights, scale: f64, mode: LoraMode) -> Result<usize, GenerateError> {
+        let mut n = 0;
+        for (comp, adapters) in self.components.iter().zip(&self.adapters) {
+            n += match mode {
+                LoraMode::Live => lora.apply(comp, adapters, scale)?,
+                LoraMode::Fused => lora.fuse(comp, adapters, scale)?,
+            };
+        }
+        Ok(n)
+    }
+
     /// (sequence embeddings [1, 77, D], pooled [1, P] for SDXL).
-    fn encode(&self, text: &str) -> Result<(Tensor, Option<Tensor>), GenerateError> {
+    pub fn encode(&self, text: &str) -> Result<(Tensor, Option<Tensor>), GenerateError> {
         let mut seqs = Vec::new();
         let mut pooled = None;
         for (tok, model) in &self.encoders {
@@ -92,6 +108,7 @@ mod tests {
     use super::*;
     use crate::diffusion::nn::rel_error;
     use crate::diffusion::testing::{pipeline_dir, reference};
+    use crate::generate::sampling::Conditioning;
 
     #[test]
     fn prompt_embeddings_match_the_pipelines() {
@@ -110,6 +127,45 @@ mod tests {
                 let z = te.conditioning("x", "", 64, 64).unwrap();
                 assert_eq!(z.negative.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
             }
+        }
+    }
+
+    /// A text-encoder LoRA saved and loaded by real diffusers/peft (tests/fixtures/make_te_lora.py):
+    /// live at scale 1.0 and 0.5, and fused at 0.5, give diffusers' prompt embeddings.
+    #[test]
+    fn text_encoder_lora_matches_diffusers() {
+        use crate::diffusion::testing::fixtures_dir;
+        for name in ["tiny-sd15", "tiny-sdxl"] {
+            let files = PipelineFiles::open(&pipeline_dir(name)).unwrap();
+            let lora = LoraWeights::load(&fixtures_dir().join(format!("{name}-te-lora/pytorch_lora_weights.safetensors"))).unwrap();
+            let r = reference(&format!("{name}-te-lora"));
+            let xl = name == "tiny-sdxl";
+            let check = |c: &Conditioning, embeds: &str, pooled: &str| {
+                let e = rel_error(&c.positive, &r[embeds]).unwrap();
+                assert!(e < 1e-4, "{name} {embeds}: rel error {e:e}");
+                if xl {
+                    let e = rel_error(&c.pooled.as_ref().unwrap().1, &r[pooled]).unwrap();
+                    assert!(e < 1e-4, "{name} {pooled}: rel error {e:e}");
+                }
+            };
+            let te = TextEncoders::load(&files, DType::F32, &Device::Cpu).unwrap();
+            let base = te.conditioning("a photo of the SKY river", "blurry, low quality", 64, 64).unwrap();
+            assert!(rel_error(&base.positive, &r["prompt_embeds"]).unwrap() > 1e-2, "{name}: the fixture LoRA changes the embeddings");
+            assert_eq!(te.install_lora(&lora, 1.0, LoraMode::Live).unwrap(), if xl { 16 } else { 8 });
+            let c = te.conditioning("a photo of the SKY river", "blurry, low quality", 64, 64).unwrap();
+            check(&c, "prompt_embeds", "pooled_prompt_embeds");
+            assert!(rel_error(&c.negative, &r["negative_prompt_embeds"]).unwrap() < 1e-4);
+            if xl {
+                assert!(rel_error(&c.pooled.as_ref().unwrap().0, &r["negative_pooled_prompt_embeds"]).unwrap() < 1e-4);
+            }
+            for a in &te.adapters {
+                a.clear();
+            }
+            te.install_lora(&lora, 0.5, LoraMode::Live).unwrap();
+            check(&te.conditioning("a photo of the SKY river", "", 64, 64).unwrap(), "prompt_embeds_scale_0.5", "pooled_prompt_embeds_scale_0.5");
+            let fused = TextEncoders::load(&files, DType::F32, &Device::Cpu).unwrap();
+            fused.install_lora(&lora, 0.5, LoraMode::Fused).unwrap();
+            check(&fused.conditioning("a photo of the SKY river", "", 64, 64).unwrap(), "fused.prompt_embeds", "fused.pooled_prompt_embeds");
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct ImageSettings {
     pub lora: Option<String>,
     pub lora_sha256: Option<String>,
     pub lora_scale: f64,
+    /// `live` (on the activations) or `fused` (into the weights); absent without a LoRA.
+    pub lora_mode: Option<super::pipeline::LoraMode>,
     pub prompt: String,
     pub negative_prompt: String,
     pub steps: usize,
@@ -81,6 +83,8 @@ pub struct ImageSettings {
     pub seed: Option<u64>,
     pub latents_file: Option<String>,
     pub dtype: String,
+    /// The replacement VAE (--vae), when one was used.
+    pub vae: Option<String>,
     pub hfsky_version: String,
 }
 

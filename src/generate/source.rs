@@ -51,6 +51,33 @@ pub async fn resolve_pipeline(spec: &str, client: &HubClient, variant: Option<&s
     Ok(dir)
 }
 
+/// Resolves a replacement VAE: a folder with `config.json` + weights (or a pipeline folder with
+/// `vae/`), or a Hub repo holding one (e.g. `madebyollin/sdxl-vae-fp16-fix`).
+pub async fn resolve_vae(spec: &str, client: &HubClient, variant: Option<&str>) -> Result<PathBuf, SourceError> {
+    let path = Path::new(spec);
+    let dir = if path.exists() {
+        path.to_path_buf()
+    } else {
+        let (id, revision) = match spec.split_once('@') {
+            Some((id, rev)) => (id, Some(rev)),
+            None => (spec, None),
+        };
+        let repo = RepoId::parse(id).map_err(|_| SourceError::NotFound { spec: spec.to_string() })?;
+        let mut allow: Vec<String> = vec!["config.json".into(), "vae/config.json".into()];
+        for stem in ["diffusion_pytorch_model", "vae/diffusion_pytorch_model"] {
+            allow.push(format!("{stem}.safetensors"));
+            if let Some(v) = variant {
+                allow.push(format!("{stem}.{v}.safetensors"));
+            }
+        }
+        snapshot(client, &repo, revision, allow).await?
+    };
+    [dir.clone(), dir.join("vae")]
+        .into_iter()
+        .find(|d| d.join("config.json").is_file())
+        .ok_or_else(|| SourceError::NotFound { spec: format!("{spec} (no VAE config.json in {})", dir.display()) })
+}
+
 /// Resolves a LoRA: a `.safetensors` file, a folder holding one, or a Hub repo
 /// (`pytorch_lora_weights.safetensors` preferred, as diffusers does).
 pub async fn resolve_lora(spec: &str, client: &HubClient) -> Result<PathBuf, SourceError> {
@@ -115,5 +142,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         assert!(matches!(rt.block_on(resolve_pipeline(d.path().to_str().unwrap(), &client, None)), Err(SourceError::NotAPipeline(_))));
         assert!(matches!(rt.block_on(resolve_pipeline("not a model", &client, None)), Err(SourceError::NotFound { .. })));
+        let vae = fixture.join("vae");
+        assert_eq!(rt.block_on(resolve_vae(vae.to_str().unwrap(), &client, None)).unwrap(), vae);
+        assert_eq!(rt.block_on(resolve_vae(fixture.to_str().unwrap(), &client, None)).unwrap(), vae);
+        assert!(matches!(rt.block_on(resolve_vae(d.path().to_str().unwrap(), &client, None)), Err(SourceError::NotFound { .. })));
     }
 }

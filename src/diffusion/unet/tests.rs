@@ -62,6 +62,30 @@ fn fixture_lora_matches_diffusers() {
     }
 }
 
+/// A fused LoRA (diffusers' `fuse_lora`) computes what the live one does: to f32 precision in
+/// f32, and within f16 rounding of the fused weights in f16.
+#[test]
+fn fused_lora_matches_live() {
+    for name in ["tiny-sd15", "tiny-sdxl"] {
+        let lora = LoraWeights::load(&fixtures_dir().join(format!("{name}-lora/pytorch_lora_weights.safetensors"))).unwrap();
+        let r = reference(name);
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::F16, 5e-3)] {
+            let (unet, adapters) = load(name, dtype);
+            let n = lora.apply("unet", &adapters, 0.7).unwrap();
+            let live = run(&unet, &r);
+            adapters.clear();
+            assert_eq!(lora.fuse("unet", &adapters, 0.7).unwrap(), n);
+            assert_eq!((adapters.len(), adapters.fused_len()), (0, n));
+            let fused = run(&unet, &r);
+            let err = rel_error(&fused, &live).unwrap();
+            eprintln!("{name} {dtype:?}: fused vs live LoRA rel error = {err:.3e}");
+            assert!(err < tol, "{name} {dtype:?}: fused vs live rel error {err}");
+            adapters.unfuse();
+            assert!(rel_error(&run(&unet, &r), &live).unwrap() > 1e-3, "{name}: unfuse restores the base weights");
+        }
+    }
+}
+
 #[test]
 fn lora_targets_use_diffusers_module_paths() {
     let (_, adapters) = load("tiny-sdxl", DType::F32);

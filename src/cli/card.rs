@@ -1,0 +1,56 @@
+//! `hfsky card render`: the model card of a finished training run, from its training_summary.json.
+
+use super::{bad_input, Ctx};
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Cmd {
+    /// Render README.md from a training output folder (training_summary.json)
+    Render {
+        /// The training output folder
+        dir: PathBuf,
+        /// The repo the card is for, `namespace/name` (used in snippets)
+        #[arg(long)]
+        repo: String,
+        /// A card template of your own (minijinja; default: model_cards/lora.md.j2)
+        #[arg(long)]
+        template: Option<PathBuf>,
+        /// Where to write (default: DIR/README.md; `-` for stdout)
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also check the metadata with the Hub's validate-yaml
+        #[arg(long)]
+        validate: bool,
+    },
+}
+
+pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
+    let Cmd::Render { dir, repo, template, out, validate } = cmd;
+    hfsky::repo_id::RepoId::parse(&repo)?;
+    let summary_path = dir.join("training_summary.json");
+    let text = std::fs::read_to_string(&summary_path)
+        .map_err(|e| bad_input(format!("{}: {e} (is {} a training output folder?)", summary_path.display(), dir.display())))?;
+    let summary: hfsky::train::TrainSummary = serde_json::from_str(&text).map_err(|e| bad_input(format!("{}: {e}", summary_path.display())))?;
+    let tpl = template
+        .as_ref()
+        .map(|p| std::fs::read_to_string(p).map_err(|e| bad_input(format!("{}: {e}", p.display()))))
+        .transpose()?;
+    let card = hfsky::card::render(&summary, &repo, tpl.as_deref()).map_err(|e| bad_input(e.to_string()))?;
+    if validate {
+        let client = super::client(ctx, false)?;
+        let warnings = ctx.runtime().block_on(client.validate_yaml(&card))?;
+        for w in &warnings {
+            eprintln!("model card: {w}");
+        }
+    }
+    match out.as_deref() {
+        Some(p) if p.as_os_str() == "-" => print!("{card}"),
+        other => {
+            let path = other.map(PathBuf::from).unwrap_or_else(|| dir.join("README.md"));
+            std::fs::write(&path, &card)?;
+            ctx.say(&path.display().to_string());
+            ctx.emit_json(&serde_json::json!({ "card": path }));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! `hfsky train` and `hfsky train-and-push`: DreamBooth LoRA training from train.yaml (every key
+//! also a flag), the model card, and one commit to the Hub.
+
+use super::{bad_input, Ctx};
+use hfsky::generate::source::resolve_pipeline;
+use hfsky::hub::push::{push_folder, PushOptions};
+use hfsky::repo_id::RepoId;
+use hfsky::train::{Event, TrainConfig, TrainError, TrainSummary, Trainer};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Training settings (YAML); see the README for every key
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Any config key as a flag, overriding the file: --learning-rate 5e-5 --max-steps 800 …
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "--KEY VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PushArgs {
+    /// Target model repo, `namespace/name`
+    #[arg(long)]
+    repo: String,
+    /// Create the repo private (if it does not exist yet)
+    #[arg(long)]
+    private: bool,
+    /// Open a pull request instead of committing to main
+    #[arg(long)]
+    create_pr: bool,
+    #[command(flatten)]
+    train: Args,
+}
+
+/// What `train-and-push` uploads from the output folder (never checkpoints, caches or tokens).
+const PUBLISHED: [&str; 5] = ["pytorch_lora_weights.safetensors", "README.md", "validation-seed-*.png", "train_config.yaml", "training_log.jsonl"];
+
+fn load_config(a: &Args) -> anyhow::Result<TrainConfig> {
+    if a.config.is_none() && a.overrides.is_empty() {
+        return Err(bad_input("give --config train.yaml (and/or settings as flags such as --base-model, --dataset, --instance-prompt, --output-dir)"));
+    }
+    TrainConfig::load(a.config.as_deref(), &a.overrides).map_err(|e| bad_input(e.to_string()))
+}
+
+fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &tokio::runtime::Runtime) -> anyhow::Result<TrainSummary> {
+    let model_dir = rt.block_on(resolve_pipeline(&cfg.base_model, client, None)).map_err(|e| bad_input(format!("base_model: {e}")))?;
+    let trainer = Trainer { cfg, model_dir, cache_dir: cfg.cache_dir.clone() };
+    let show = ctx.show_progress();
+    let bar = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}").expect("template").progress_chars("=> "));
+    let quiet = ctx.json || ctx.quiet;
+    let mut on = |e: Event| match e {
+        Event::Skipped { file, reason } => {
+            if !quiet {
+                bar.suspend(|| eprintln!("skipped {}: {reason}", file.display()));
+            }
+        }
+        Event::Note(n) => {
+            if !quiet {
+                bar.suspend(|| eprintln!("{n}"));
+            }
+        }
+        Event::Preparing { done, total } => {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message("preparing");
+        }
+        Event::Started { total_steps, start_step, examples, trainable_params } => {
+            bar.set_length(total_steps as u64);
+            bar.set_position(start_step as u64);
+            bar.reset_eta();
+            bar.set_message("training");
+            if !quiet {
+                bar.suspend(|| eprintln!("training {trainable_params} LoRA parameters on {examples} image(s), {total_steps} steps"));
+            }
+        }
+        Event::Step { step, loss, lr, .. } => {
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+        }
+        Event::Checkpoint { path } => {
+            if !quiet {
+                bar.suspend(|| eprintln!("checkpoint {}", path.display()));
+            }
+        }
+        Event::Validation { step, images } => {
+            if !quiet {
+                bar.suspend(|| eprintln!("validation images at step {step}: {}", images.len()));
+            }
+        }
+    };
+    use hfsky::generate::pipeline::GenerateError;
+    let summary = trainer.run(&mut on).map_err(|e| match e {
+        TrainError::Input(_) | TrainError::Model(GenerateError::Pipeline(_) | GenerateError::Lora(_) | GenerateError::Scheduler(_)) => bad_input(e.to_string()),
+        e => anyhow::Error::new(e),
+    })?;
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+fn write_card(cfg: &TrainConfig, summary: &TrainSummary, repo: &str) -> anyhow::Result<PathBuf> {
+    let card = hfsky::card::render(summary, repo, None)?;
+    let path = cfg.output_dir.join("README.md");
+    std::fs::write(&path, card)?;
+    Ok(path)
+}
+
+fn summary_json(cfg: &TrainConfig, s: &TrainSummary, card: &std::path::Path) -> serde_json::Value {
+    serde_json::json!({
+        "output_dir": cfg.output_dir,
+        "lora": cfg.output_dir.join(&s.lora_file),
+        "card": card,
+        "steps": s.steps,
+        "final_loss": s.final_loss,
+        "seconds": s.seconds,
+        "resolution": s.resolution,
+        "examples": s.examples.len(),
+        "skipped": s.skipped,
+        "validation_images": s.validation.as_ref().map(|v| v.images.clone()).unwrap_or_default(),
+    })
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
+    let cfg = load_config(&a)?;
+    let client = super::client(ctx, false)?;
+    let rt = ctx.runtime();
+    let summary = train(ctx, &cfg, &client, &rt)?;
+    let name = cfg.output_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "my-lora".into());
+    let card = write_card(&cfg, &summary, &format!("your-name/{name}"))?;
+    ctx.say(&format!(
+        "trained {} steps in {:.1} s (final loss {}): {}",
+        summary.steps,
+        summary.seconds,
+        summary.final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
+        cfg.output_dir.join(&summary.lora_file).display()
+    ));
+    ctx.emit_json(&summary_json(&cfg, &summary, &card));
+    Ok(())
+}
+
+pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
+    let repo = RepoId::parse(&a.repo)?;
+    let cfg = load_config(&a.train)?;
+    let client = super::client(ctx, true)?;
+    let rt = ctx.runtime();
+    // Before any GPU time is spent: the token must be valid and able to write there.
+    super::push::ensure_can_write(&rt, &client, &repo)?;
+    let summary = train(ctx, &cfg, &client, &rt)?;
+    let card = write_card(&cfg, &summary, &repo.to_string())?;
+    let warnings = rt.block_on(client.validate_yaml(&std::fs::read_to_string(&card)?))?;
+    for w in &warnings {
+        ctx.say(&format!("model card: {w}"));
+    }
+    let opts = PushOptions {
+        repo: repo.clone(),
+        revision: "main".into(),
+        private: a.private.then_some(true),
+        create_pr: a.create_pr,
+        message: format!("Upload LoRA trained with hfsky ({} steps at {} px)", summary.steps, summary.resolution),
+        description: String::new(),
+        include: PUBLISHED.iter().map(|s| s.to_string()).collect(),
+        exclude: Vec::new(),
+        delete: Vec::new(),
+        show_progress: ctx.show_progress(),
+    };
+    let outcome = rt.block_on(push_folder(&client, &cfg.output_dir, &opts))?;
+    ctx.say(&super::push::describe(&outcome));
+    let mut v = summary_json(&cfg, &summary, &card);
+    v["push"] = serde_json::to_value(&outcome)?;
+    ctx.emit_json(&v);
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! A folder of training photos: finding the images, loading them the way diffusers' training
+//! scripts do, their captions, and the checks and report that show what a model will learn.
+
+pub mod captions;
+pub mod images;
+
+#[cfg(test)]
+#[path = "../../tests/support/images.rs"]
+pub(crate) mod testgen;
+
+use std::path::{Path, PathBuf};
+
+/// Extensions `load_rgb` can decode (lowercase, compared case-insensitively).
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"];
+
+/// Photo formats people drop into a dataset that we cannot decode: reported, never silently skipped.
+pub const UNSUPPORTED_EXTENSIONS: &[&str] =
+    &["heic", "heif", "avif", "jxl", "jp2", "psd", "svg", "raw", "dng", "cr2", "cr3", "nef", "arw", "orf", "rw2", "raf", "ico", "exr", "hdr"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("dataset folder {0} does not exist: pass the folder that holds your photos")]
+    Missing(PathBuf),
+    #[error("{0} is not a folder: pass the folder that holds your photos, not a single file")]
+    NotADir(PathBuf),
+    #[error("no images in {dir}: put photos ({}) in it{found}", IMAGE_EXTENSIONS.join(", "))]
+    NoImages { dir: PathBuf, found: String },
+    #[error("cannot read folder {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// What a walk over a dataset folder found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Decodable images by extension, sorted by their path relative to the folder.
+    pub images: Vec<PathBuf>,
+    /// Files with a photo extension we cannot decode (HEIC, RAW, ...).
+    pub unsupported: Vec<PathBuf>,
+    /// Entries that could not be visited (symlink loops, permissions), with why.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// The images in `dir` and its subfolders (like the Hub's imagefolder), sorted; hidden files and
+/// folders (".git", macOS "._photo.jpg" resource forks) are ignored and symlink loops are skipped.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
+    let scan = scan(dir)?;
+    if scan.images.is_empty() {
+        return Err(no_images(dir, &scan));
+    }
+    Ok(scan.images)
+}
+
+/// Like `list_images`, but also returns what could not be used, for `dataset check`.
+pub fn scan(dir: &Path) -> Result<Scan, DatasetError> {
+    let meta = std::fs::metadata(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => DatasetError::Missing(dir.to_path_buf()),
+        _ => DatasetError::Io { path: dir.to_path_buf(), source: e },
+    })?;
+    if !meta.is_dir() {
+        return Err(DatasetError::NotADir(dir.to_path_buf()));
+    }
+    let mut out = Scan::default();
+    let walker = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
+    for entry in walker {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                let path = e.path().unwrap_or(dir).to_path_buf();
+                if e.depth() == 0 {
+                    return Err(DatasetError::Io { path, source: e.into() });
+                }
+                let why = if e.loop_ancestor().is_some() { "symlink loop".to_string() } else { e.to_string() };
+                out.skipped.push((path, why));
+                continue;
+            }
+        };
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let path = entry.into_path();
+        match extension(&path) {
+            Some(ext) if IMAGE_EXTENSIONS.contains(&ext.as_str()) => out.images.push(path),
+            Some(ext) if UNSUPPORTED_EXTENSIONS.contains(&ext.as_str()) => out.unsupported.push(path),
+            _ => {}
+        }
+    }
+    // walkdir sorts siblings; sorting whole relative paths keeps "a/b.jpg" vs "a.jpg" stable too.
+    out.images.sort();
+    out.unsupported.sort();
+    Ok(out)
+}
+
+pub(crate) fn no_images(dir: &Path, scan: &Scan) -> DatasetError {
+    let found = match scan.unsupported.first() {
+        Some(p) => format!(
+            " (found {} file(s) in formats hfsky cannot read, e.g. {}: convert them to JPEG or PNG)",
+            scan.unsupported.len(),
+            p.display()
+        ),
+        None => String::new(),
+    };
+    DatasetError::NoImages { dir: dir.to_path_buf(), found }
+}
+
+fn extension(path: &Path) -> Option<String> {
+    path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase())
+}
+
+/// `path` relative to `dir` with forward slashes: the `file_name` of HF imagefolder metadata.
+pub fn relative_name(dir: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(dir).unwrap_or(path);
+    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn touch(p: &Path) {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn lists_supported_images_sorted_and_recursive() {
+        let t = tempfile::tempdir().unwrap();
+        for n in ["b.JPG", "a.png", "sub/c.webp", "notes.txt", "a.txt", ".hidden.jpg", "._b.JPG", ".git/x.png", "d.heic"] {
+            touch(&t.path().join(n));
+        }
+        let got: Vec<String> = list_images(t.path()).unwrap().iter().map(|p| relative_name(t.path(), p)).collect();
+        assert_eq!(got, ["a.png", "b.JPG", "sub/c.webp"]);
+        let s = scan(t.path()).unwrap();
+        assert_eq!(s.unsupported.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_folder_and_the_fix() {
+        let t = tempfile::tempdir().unwrap();
+        let missing = t.path().join("nope");
+        let e = list_images(&missing).unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("does not exist"), "{e}");
+        let file = t.path().join("f.jpg");
+        touch(&file);
+        assert!(matches!(list_images(&file), Err(DatasetError::NotADir(_))));
+        let empty = t.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        touch(&empty.join("x.heic"));
+        let e = list_images(&empty).unwrap_err().to_string();
+        assert!(e.contains("no images in") && e.contains("x.heic") && e.contains("convert"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlink_loops_are_skipped_not_followed_forever() {
+        let t = tempfile::tempdir().unwrap();
+        touch(&t.path().join("sub/a.jpg"));
+        std::os::unix::fs::symlink(t.path(), t.path().join("sub/loop")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("gone.jpg"), t.path().join("dangling.jpg")).unwrap();
+        let s = scan(t.path()).unwrap();
+        assert_eq!(s.images, vec![t.path().join("sub/a.jpg")]);
+        assert!(s.skipped.iter().any(|(_, why)| why == "symlink loop"), "{:?}", s.skipped);
+        assert!(s.skipped.iter().any(|(p, _)| p.ends_with("dangling.jpg")), "{:?}", s.skipped);
+    }
+}

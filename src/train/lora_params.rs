@@ -1,0 +1,204 @@
+//! The trainable LoRA factors: one (A, B) pair of f32 `Var`s per target linear, attached to the
+//! network's adapter registry so every forward uses them, and saved the way diffusers'
+//! `save_lora_weights` writes a PEFT LoRA (`unet.<module>.lora_A.weight`, alpha in the metadata).
+
+use crate::diffusion::nn::{Adapter, Adapters};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoraParamsError {
+    #[error("target_modules {targets:?} match no linear layer of the {component}; layers look like {examples}")]
+    NoTargets { component: String, targets: Vec<String>, examples: String },
+    #[error("{0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("{}: {detail}", .path.display())]
+    File { path: std::path::PathBuf, detail: String },
+}
+
+/// One adapted layer: A [r, in] and B [out, r].
+pub struct LoraPair {
+    pub down: Var,
+    pub up: Var,
+}
+
+pub struct TrainableLora {
+    pub component: String,
+    pub rank: usize,
+    pub alpha: f64,
+    pub target_modules: Vec<String>,
+    /// Module path → factors, in a stable (sorted) order.
+    pub modules: BTreeMap<String, LoraPair>,
+}
+
+/// PEFT's rule: a target names a module path exactly or as its last dotted components.
+fn matches_target(module: &str, target: &str) -> bool {
+    module == target || module.ends_with(&format!(".{target}"))
+}
+
+impl TrainableLora {
+    /// Creates factors for every linear in `adapters` that a target names, initialised like PEFT
+    /// (A: kaiming-uniform with a = √5, i.e. U(±1/√in); B: zeros, so training starts at the base
+    /// model), from `seed`; attaches them at scale alpha/rank.
+    pub fn new(
+        component: &str,
+        adapters: &Adapters,
+        shapes: &BTreeMap<String, (usize, usize)>,
+        targets: &[String],
+        rank: usize,
+        alpha: f64,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self, LoraParamsError> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x4c6f5241);
+        let mut modules = BTreeMap::new();
+        for (name, &(out_dim, in_dim)) in shapes {
+            if !targets.iter().any(|t| matches_target(name, t)) {
+                continue;
+            }
+            let bound = 1.0 / (in_dim as f64).sqrt();
+            let a: Vec<f32> = (0..rank * in_dim).map(|_| rng.random_range(-bound..bound) as f32).collect();
+            let down = Var::from_tensor(&Tensor::from_vec(a, (rank, in_dim), device)?)?;
+            let up = Var::from_tensor(&Tensor::zeros((out_dim, rank), DType::F32, device)?)?;
+            modules.insert(name.clone(), LoraPair { down, up });
+        }
+        if modules.is_empty() {
+            let examples = shapes.keys().take(3).cloned().collect::<Vec<_>>().join(", ");
+            return Err(LoraParamsError::NoTargets { component: component.into(), targets: targets.to_vec(), examples });
+        }
+        let lora = TrainableLora { component: component.into(), rank, alpha, target_modules: targets.to_vec(), modules };
+        lora.attach(adapters)?;
+        Ok(lora)
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// (Re)attaches the factors; the network then trains them on every forward.
+    pub fn attach(&self, adapters: &Adapters) -> Result<(), LoraParamsError> {
+        adapters.clear();
+        for (name, p) in &self.modules {
+            adapters
+                .attach(name, Adapter { down: p.down.as_tensor().clone(), up: p.up.as_tensor().clone(), scale: self.scale() })
+                .map_err(|e| LoraParamsError::Tensor(candle_core::Error::msg(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Every trainable variable, in a stable order (A then B per module).
+    pub fn vars(&self) -> Vec<&Var> {
+        self.modules.values().flat_map(|p| [&p.down, &p.up]).collect()
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.vars().iter().map(|v| v.elem_count()).sum()
+    }
+
+    /// The factors under PEFT names, e.g. `unet.down_blocks.0…to_q.lora_A.weight`.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (name, p) in &self.modules {
+            out.push((format!("{}.{name}.lora_A.weight", self.component), p.down.as_tensor().clone()));
+            out.push((format!("{}.{name}.lora_B.weight", self.component), p.up.as_tensor().clone()));
+        }
+        out
+    }
+
+    /// Replaces the factors' values (resuming from a checkpoint); every module must be present.
+    pub fn load_values(&self, tensors: &HashMap<String, Tensor>) -> Result<(), LoraParamsError> {
+        for (name, t) in self.named_tensors() {
+            let src = tensors.get(&name).ok_or_else(|| candle_core::Error::msg(format!("checkpoint lacks {name}")))?;
+            let var = if name.ends_with("lora_A.weight") { &self.modules[strip(&name, &self.component, ".lora_A.weight")].down } else { &self.modules[strip(&name, &self.component, ".lora_B.weight")].up };
+            if src.dims() != t.dims() {
+                return Err(candle_core::Error::msg(format!("checkpoint {name}: shape {:?}, expected {:?}", src.dims(), t.dims())).into());
+            }
+            var.set(&src.to_dtype(DType::F32)?.to_device(t.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// `pytorch_lora_weights.safetensors` as diffusers writes it: f32 PEFT keys and
+    /// `lora_adapter_metadata` so loaders (ours, diffusers) get alpha without guessing.
+    pub fn save(&self, path: &Path) -> Result<(), LoraParamsError> {
+        let meta = serde_json::json!({
+            format!("{}.r", self.component): self.rank,
+            format!("{}.lora_alpha", self.component): self.alpha,
+            format!("{}.target_modules", self.component): self.target_modules,
+            format!("{}.init_lora_weights", self.component): true,
+        });
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string()), ("lora_adapter_metadata".to_string(), meta.to_string())]);
+        let tensors: Vec<(String, Tensor)> =
+            self.named_tensors().into_iter().map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?.contiguous()?))).collect::<candle_core::Result<_>>()?;
+        write_safetensors(path, tensors, Some(metadata))
+    }
+}
+
+fn strip<'a>(name: &'a str, component: &str, suffix: &str) -> &'a str {
+    &name[component.len() + 1..name.len() - suffix.len()]
+}
+
+/// Writes tensors atomically (temporary file, then rename): an interrupted write never leaves a
+/// truncated file under the real name.
+pub fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>, metadata: Option<HashMap<String, String>>) -> Result<(), LoraParamsError> {
+    let err = |detail: String| LoraParamsError::File { path: path.to_path_buf(), detail };
+    let tmp = path.with_extension("safetensors.partial");
+    safetensors::serialize_to_file(tensors, metadata, &tmp).map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffusion::lora::LoraWeights;
+
+    fn shapes() -> BTreeMap<String, (usize, usize)> {
+        BTreeMap::from([
+            ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q".to_string(), (8, 6)),
+            ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0".to_string(), (6, 8)),
+            ("down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2".to_string(), (6, 12)),
+            ("time_embedding.linear_1".to_string(), (16, 4)),
+        ])
+    }
+
+    fn registry() -> Adapters {
+        let a = Adapters::new();
+        for (n, s) in shapes() {
+            a.register_for_tests(&n, s);
+        }
+        a
+    }
+
+    #[test]
+    fn targets_match_by_suffix_and_b_starts_at_zero() {
+        let a = registry();
+        let t = vec!["to_q".to_string(), "to_out.0".to_string()];
+        let l = TrainableLora::new("unet", &a, &shapes(), &t, 2, 4.0, 0, &Device::Cpu).unwrap();
+        assert_eq!(l.modules.len(), 2);
+        assert_eq!(a.len(), 2);
+        assert_eq!(l.scale(), 2.0);
+        let up = l.modules.values().next().unwrap().up.as_tensor().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(up, 0.0);
+        let e = TrainableLora::new("unet", &a, &shapes(), &["to_k".to_string()], 2, 2.0, 0, &Device::Cpu).err().unwrap().to_string();
+        assert!(e.contains("to_k") && e.contains("match no linear"), "{e}");
+    }
+
+    #[test]
+    fn saved_file_reads_back_with_alpha_through_our_loader() {
+        let a = registry();
+        let l = TrainableLora::new("unet", &a, &shapes(), &["to_q".to_string()], 2, 8.0, 3, &Device::Cpu).unwrap();
+        l.modules.values().next().unwrap().up.set(&Tensor::ones((8, 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("pytorch_lora_weights.safetensors");
+        l.save(&p).unwrap();
+        let w = LoraWeights::load(&p).unwrap();
+        assert_eq!(w.metadata["unet"], (2.0, 8.0));
+        let b = Adapters::new();
+        for (n, s) in shapes() {
+            b.register_for_tests(&n, s);
+        }
+        assert_eq!(w.apply("unet", &b, 1.0).unwrap(), 1);
+    }
+}

@@ -1,0 +1,16 @@
+//! DreamBooth LoRA training on SD 1.5 / SDXL: config, examples and latent cache, the objective,
+//! AdamW, checkpoints, prior preservation and the loop.
+
+pub mod checkpoint;
+pub mod config;
+pub mod examples;
+pub mod lora_params;
+pub mod objective;
+pub mod optim;
+mod prior;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use trainer::{Event, TrainError, TrainSummary, Trainer};
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,506 @@
+//! The DreamBooth LoRA loop: prepare every example once (VAE latents cached on disk, captions
+//! encoded once), then for each optimizer step draw a batch, noise it, predict, take the
+//! (min-SNR weighted) MSE, backpropagate into the LoRA factors only, clip, AdamW, and write logs,
+//! checkpoints and validation images. A step's randomness and data order depend only on (seed,
+//! step), so `resume_from_checkpoint: latest` continues exactly where an interrupted run was.
+
+use super::checkpoint::{self, Checkpoint};
+use super::config::{CaptionSource, Precision, TrainConfig};
+use super::examples::{crop_at, default_cache_dir, file_sha, pick_offset, time_ids, CachedLatents, CropBox, LatentCache};
+use super::lora_params::TrainableLora;
+use super::objective::{normal, step_rng, weighted_mse, Objective, Prediction};
+use super::optim::{clip_grad_norm, learning_rate, AdamW};
+use crate::dataset;
+use crate::diffusion::config::{Architecture, PipelineFiles};
+use crate::diffusion::schedulers::NoiseSchedule;
+use crate::diffusion::unet::SdxlConditioning;
+use crate::generate::pipeline::{to_rgb8, GenerateError, Pipeline};
+use crate::generate::prompts::TextEncoders;
+use crate::generate::sampling::Conditioning;
+use candle_core::{DType, Device, Tensor};
+use rand::seq::SliceRandom;
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Model(#[from] GenerateError),
+    #[error("{0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("{}: {detail}", .path.display())]
+    Io { path: PathBuf, detail: String },
+    #[error("the loss became {value} at step {step}; training stopped. {kept} Try a lower learning_rate, precision f32, or max_grad_norm 1.0.")]
+    NonFinite { step: usize, value: f32, kept: String },
+}
+
+impl From<super::lora_params::LoraParamsError> for TrainError {
+    fn from(e: super::lora_params::LoraParamsError) -> Self {
+        TrainError::Input(e.to_string())
+    }
+}
+impl From<super::examples::CacheError> for TrainError {
+    fn from(e: super::examples::CacheError) -> Self {
+        TrainError::Input(e.to_string())
+    }
+}
+impl From<checkpoint::CheckpointError> for TrainError {
+    fn from(e: checkpoint::CheckpointError) -> Self {
+        TrainError::Input(e.to_string())
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Io { path: path.to_path_buf(), detail: e.to_string() }
+}
+
+/// What the trainer reports while it runs (the CLI draws progress bars from these).
+#[derive(Debug, Clone)]
+pub enum Event {
+    Skipped { file: PathBuf, reason: String },
+    Note(String),
+    Preparing { done: usize, total: usize },
+    Started { total_steps: usize, start_step: usize, examples: usize, trainable_params: usize },
+    Step { step: usize, total: usize, loss: f32, lr: f64, seconds: f64 },
+    Checkpoint { path: PathBuf },
+    Validation { step: usize, images: Vec<PathBuf> },
+}
+
+/// One prepared example: latent distributions (plain, and mirrored when random_flip) and the
+/// index of its prompt embedding.
+pub(super) struct Example {
+    pub(super) variants: Vec<(CachedLatents, CropBox)>,
+    pub(super) prompt: usize,
+}
+
+/// Encoded prompts: sequence [1, 77, D] and, for SDXL, pooled [1, P].
+pub(super) struct Prompts {
+    texts: Vec<String>,
+    seq: Vec<Tensor>,
+    pooled: Vec<Option<Tensor>>,
+}
+
+impl Prompts {
+    pub(super) fn index(&mut self, enc: &TextEncoders, text: &str) -> Result<usize, TrainError> {
+        if let Some(i) = self.texts.iter().position(|t| t == text) {
+            return Ok(i);
+        }
+        let (seq, pooled) = enc.encode(text)?;
+        self.texts.push(text.to_string());
+        self.seq.push(seq.to_dtype(DType::F32)?);
+        self.pooled.push(pooled.map(|p| p.to_dtype(DType::F32)).transpose()?);
+        Ok(self.texts.len() - 1)
+    }
+}
+
+/// Everything the model card and `train-and-push` need to know about a finished run.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct TrainSummary {
+    pub base_model: String,
+    pub architecture: String,
+    pub instance_prompt: String,
+    pub resolution: usize,
+    pub steps: usize,
+    pub epochs: f64,
+    pub rank: usize,
+    pub alpha: f64,
+    pub target_modules: Vec<String>,
+    pub learning_rate: f64,
+    pub lr_scheduler: String,
+    pub train_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub precision: String,
+    pub min_snr_gamma: Option<f64>,
+    pub noise_offset: f64,
+    pub prior_preservation: Option<String>,
+    pub captions: String,
+    pub caption_template: String,
+    /// (file, training prompt) for every image trained on.
+    pub examples: Vec<(String, String)>,
+    pub skipped: Vec<(String, String)>,
+    pub final_loss: Option<f32>,
+    pub seconds: f64,
+    pub validation: Option<ValidationSettings>,
+    pub license: String,
+    pub lora_file: String,
+}
+
+/// The exact settings that reproduce the validation images.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ValidationSettings {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub scheduler: String,
+    pub steps: usize,
+    pub guidance_scale: f64,
+    pub width: usize,
+    pub height: usize,
+    pub lora_scale: f64,
+    pub seeds: Vec<u64>,
+    /// Files relative to the output folder, one per seed.
+    pub images: Vec<String>,
+}
+
+pub fn pick_device(choice: super::config::DeviceChoice) -> Result<Device, TrainError> {
+    use super::config::DeviceChoice::*;
+    match choice {
+        Cpu => Ok(Device::Cpu),
+        Cuda => Device::new_cuda(0).map_err(|e| TrainError::Input(format!("device: cuda: {e} (build with --features cuda on a machine with an NVIDIA GPU, or use device: cpu)"))),
+        Auto => Ok(Device::new_cuda(0).unwrap_or(Device::Cpu)),
+    }
+}
+
+fn weights_dtype(p: Precision, device: &Device) -> Result<DType, TrainError> {
+    Ok(match p {
+        Precision::F32 => DType::F32,
+        Precision::F16 => DType::F16,
+        Precision::Bf16 if device.is_cpu() => {
+            return Err(TrainError::Input("precision: bf16 needs a GPU (candle's CPU backend has no bf16 matmul); use precision: f32 or f16 on CPU".into()))
+        }
+        Precision::Bf16 => DType::BF16,
+    })
+}
+
+pub(super) struct Prepared {
+    pub(super) pipeline: Pipeline,
+    pub(super) objective: Objective,
+    pub(super) examples: Vec<Example>,
+    pub(super) class_examples: Vec<Example>,
+    pub(super) prompts: Prompts,
+    pub(super) validation: Option<(Conditioning, String)>,
+    pub(super) trained_on: Vec<(String, String)>,
+    pub(super) skipped: Vec<(String, String)>,
+    pub(super) res: usize,
+    pub(super) xl: bool,
+}
+
+pub struct Trainer<'a> {
+    pub cfg: &'a TrainConfig,
+    /// The resolved pipeline folder (local, or the hf-hub snapshot of `cfg.base_model`).
+    pub model_dir: PathBuf,
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Trainer<'_> {
+    /// Loads the model, reads and prepares every example (latents, prompt embeddings).
+    pub(super) fn prepare(&self, on: &mut dyn FnMut(Event)) -> Result<Prepared, TrainError> {
+        let cfg = self.cfg;
+        let device = pick_device(cfg.device)?;
+        let dtype = weights_dtype(cfg.precision, &device)?;
+        let files = PipelineFiles::open(&self.model_dir).map_err(GenerateError::from)?;
+        let xl = files.architecture == Architecture::StableDiffusionXl;
+
+        // Photos and captions first: bad input should fail before any model is loaded.
+        let images = dataset::list_images(&cfg.dataset).map_err(|e| TrainError::Input(e.to_string()))?;
+        let captions = match cfg.captions {
+            CaptionSource::Instance => vec![None; images.len()],
+            mode => dataset::captions::load_captions(&cfg.dataset, &images, mode).map_err(|e| TrainError::Input(e.to_string()))?,
+        };
+        let mut loaded = Vec::new();
+        let mut skipped = Vec::new();
+        for (path, caption) in images.iter().zip(captions) {
+            match dataset::images::load_rgb(path) {
+                Ok(img) => {
+                    for c in &img.conversions {
+                        on(Event::Note(format!("{}: {c}", path.display())));
+                    }
+                    loaded.push((path.clone(), img, caption));
+                }
+                Err(problem) => {
+                    on(Event::Skipped { file: path.clone(), reason: problem.reason.clone() });
+                    skipped.push((file_name(path), problem.reason));
+                }
+            }
+        }
+        if loaded.is_empty() {
+            return Err(TrainError::Input(format!("{}: none of the {} image(s) could be read; nothing to train on", cfg.dataset.display(), images.len())));
+        }
+        if cfg.captions == CaptionSource::Sidecar {
+            let missing: Vec<String> = loaded.iter().filter(|(_, _, c)| c.is_none()).map(|(p, _, _)| file_name(p)).collect();
+            if !missing.is_empty() {
+                on(Event::Note(format!("{} image(s) have no caption .txt and train with the instance prompt alone: {}", missing.len(), missing.join(", "))));
+            }
+        }
+
+        let pipeline = Pipeline::load(files.clone(), None, dtype, device.clone())?;
+        let unet_json: serde_json::Value = files.config("unet").map_err(GenerateError::from)?;
+        let native = unet_json["sample_size"].as_u64().unwrap_or(64) as usize * pipeline.vae.config().downscale();
+        let res = cfg.resolution.unwrap_or(native);
+        let f = pipeline.vae.config().downscale();
+        if res % f != 0 {
+            return Err(TrainError::Input(format!("resolution: {res} is not a multiple of the VAE's downscale factor {f}")));
+        }
+        let prediction = Prediction::from_config(&pipeline.scheduler_config.prediction_type).map_err(TrainError::Input)?;
+        let objective = Objective {
+            schedule: NoiseSchedule::new(&pipeline.scheduler_config).map_err(GenerateError::from)?,
+            prediction,
+            min_snr_gamma: cfg.min_snr_gamma,
+            noise_offset: cfg.noise_offset,
+        };
+
+        // Encode captions once; the text encoders are dropped before training.
+        let text = TextEncoders::load(&files, dtype, &device)?;
+        let mut prompts = Prompts { texts: vec![], seq: vec![], pooled: vec![] };
+        let vae_weights = files.weights("vae", None).map_err(GenerateError::from)?;
+        let mut cache = LatentCache::new(self.cache_dir.clone().unwrap_or_else(default_cache_dir), file_sha(&vae_weights)?);
+        let mut examples = Vec::new();
+        let mut trained_on = Vec::new();
+        let mut crop_rng = step_rng(cfg.seed, u64::MAX, 1);
+        for (i, (path, img, caption)) in loaded.iter().enumerate() {
+            on(Event::Preparing { done: i, total: loaded.len() });
+            let prompt = cfg.prompt_for(caption.as_deref());
+            let p = prompts.index(&text, &prompt)?;
+            trained_on.push((file_name(path), prompt));
+            let sha = file_sha(path)?;
+            let mirrors: &[bool] = if cfg.random_flip { &[false, true] } else { &[false] };
+            // One crop offset per image, drawn from the seed, since the latents are cached.
+            let (w, h) = img.rgb.dimensions();
+            let offset = pick_offset(w, h, res as u32, cfg.center_crop, &mut crop_rng);
+            let mut variants = Vec::new();
+            for &m in mirrors {
+                let (crop, b) = crop_at(&img.rgb, res as u32, offset, m);
+                variants.push((cache.get_or_encode(&pipeline.vae, &sha, res as u32, &b, &crop, &device)?, b));
+            }
+            examples.push(Example { variants, prompt: p });
+        }
+        on(Event::Preparing { done: loaded.len(), total: loaded.len() });
+        on(Event::Note(format!("latents: {} from cache, {} encoded", cache.hits, cache.misses)));
+
+        let class_examples = if cfg.with_prior_preservation {
+            super::prior::class_examples(cfg, &pipeline, &text, res, &mut prompts, &mut cache, &device, on)?
+        } else {
+            Vec::new()
+        };
+
+        let validation = match &cfg.validation_prompt {
+            Some(p) => Some((text.conditioning(p, "", res, res)?, p.clone())),
+            None => None,
+        };
+        drop(text);
+        Ok(Prepared { pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl })
+    }
+
+    pub fn run(&self, on: &mut dyn FnMut(Event)) -> Result<TrainSummary, TrainError> {
+        let cfg = self.cfg;
+        let started = Instant::now();
+        let Prepared { pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl } = self.prepare(on)?;
+        let device = pipeline.device.clone();
+
+        // LoRA factors and optimizer.
+        let shapes = pipeline.unet_adapters.shapes();
+        let alpha = cfg.alpha.unwrap_or(cfg.rank as f64);
+        let lora = TrainableLora::new("unet", &pipeline.unet_adapters, &shapes, &cfg.target_modules, cfg.rank, alpha, cfg.seed, &device)?;
+        let vars = lora.vars();
+        let mut opt = AdamW::new(&vars, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, cfg.adam_weight_decay)?;
+
+        let per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps;
+        let total_steps = match (cfg.max_steps, cfg.num_epochs) {
+            (Some(s), _) => s,
+            (None, Some(e)) => (e * examples.len()).div_ceil(per_step),
+            (None, None) => 500,
+        };
+        std::fs::create_dir_all(&cfg.output_dir).map_err(io_err(&cfg.output_dir))?;
+        let ckpt_dir = cfg.output_dir.join("checkpoints");
+        let mut start_step = 0;
+        if let Some(spec) = &cfg.resume_from_checkpoint {
+            let ck = Checkpoint::find(&ckpt_dir, spec)?;
+            ck.restore(&lora, &mut opt)?;
+            start_step = ck.step;
+            on(Event::Note(format!("resuming from {} (step {})", ck.dir.display(), ck.step)));
+        }
+        let log_path = cfg.output_dir.join("training_log.jsonl");
+        checkpoint::truncate_log(&log_path, start_step).map_err(io_err(&log_path))?;
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
+
+        on(Event::Started { total_steps, start_step, examples: examples.len(), trainable_params: lora.num_params() });
+        let scaling = pipeline.vae.config().scaling_factor;
+        let shift = pipeline.vae.config().shift_factor;
+        let mut final_loss = None;
+        let mut last_ckpt: Option<PathBuf> = checkpoint::latest_complete(&ckpt_dir);
+        for step in start_step..total_steps {
+            let t0 = Instant::now();
+            let lr = learning_rate(cfg.learning_rate, cfg.lr_scheduler, cfg.lr_warmup_steps, step, total_steps);
+            let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+            let mut step_loss = 0f32;
+            for micro in 0..cfg.gradient_accumulation_steps {
+                let first = (step * cfg.gradient_accumulation_steps + micro) * cfg.train_batch_size;
+                let mut rng = step_rng(cfg.seed, step as u64, micro as u64);
+                let idx: Vec<usize> = (first..first + cfg.train_batch_size).map(|k| epoch_order(cfg.seed, k, examples.len())).collect();
+                let mut loss = batch_loss(&pipeline, &objective, &examples, &idx, &prompts, scaling, shift, res, xl, &mut rng)?;
+                if !class_examples.is_empty() {
+                    let cidx: Vec<usize> = (first..first + cfg.train_batch_size).map(|k| epoch_order(cfg.seed ^ 0xC1A55, k, class_examples.len())).collect();
+                    let prior = batch_loss(&pipeline, &objective, &class_examples, &cidx, &prompts, scaling, shift, res, xl, &mut rng)?;
+                    loss = (loss + (prior * cfg.prior_loss_weight)?)?;
+                }
+                let loss = (loss / cfg.gradient_accumulation_steps as f64)?;
+                let value = loss.to_scalar::<f32>()?;
+                if !value.is_finite() {
+                    let kept = match &last_ckpt {
+                        Some(p) => format!("The last good checkpoint is {} (resume_from_checkpoint: latest).", p.display()),
+                        None => "No checkpoint was written yet.".to_string(),
+                    };
+                    return Err(TrainError::NonFinite { step: step + 1, value, kept });
+                }
+                step_loss += value;
+                let g = loss.backward()?;
+                for (slot, v) in grads.iter_mut().zip(&vars) {
+                    if let Some(gv) = g.get(v.as_tensor()) {
+                        *slot = Some(match slot.take() {
+                            Some(acc) => (acc + gv)?,
+                            None => gv.clone(),
+                        });
+                    }
+                }
+            }
+            clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
+            opt.step(&vars, &grads, lr)?;
+            let seconds = t0.elapsed().as_secs_f64();
+            let done = step + 1;
+            writeln!(log, "{}", serde_json::json!({ "step": done, "loss": step_loss, "lr": lr, "seconds": seconds })).map_err(io_err(&log_path))?;
+            final_loss = Some(step_loss);
+            on(Event::Step { step: done, total: total_steps, loss: step_loss, lr, seconds });
+            if cfg.checkpointing_steps > 0 && done % cfg.checkpointing_steps == 0 && done < total_steps {
+                log.flush().map_err(io_err(&log_path))?;
+                let path = checkpoint::save(&ckpt_dir, done, &lora, &opt, cfg.checkpoints_total_limit)?;
+                on(Event::Checkpoint { path: path.clone() });
+                last_ckpt = Some(path);
+            }
+            if let (Some(every), Some((cond, prompt))) = (cfg.validation_steps, &validation) {
+                if every > 0 && done % every == 0 && done < total_steps {
+                    let dir = cfg.output_dir.join("validation").join(format!("step-{done:06}"));
+                    let v = render_validation(cfg, &pipeline, cond, prompt, res, &dir, &cfg.output_dir)?;
+                    on(Event::Validation { step: done, images: v.images.iter().map(|i| cfg.output_dir.join(i)).collect() });
+                }
+            }
+        }
+
+        let lora_file = cfg.output_dir.join("pytorch_lora_weights.safetensors");
+        lora.save(&lora_file)?;
+        let validation_settings = match &validation {
+            Some((cond, prompt)) => {
+                let v = render_validation(cfg, &pipeline, cond, prompt, res, &cfg.output_dir, &cfg.output_dir)?;
+                on(Event::Validation { step: total_steps, images: v.images.iter().map(|i| cfg.output_dir.join(i)).collect() });
+                Some(v)
+            }
+            None => None,
+        };
+        let summary = TrainSummary {
+            base_model: cfg.base_model.clone(),
+            architecture: if xl { "sdxl".into() } else { "sd".into() },
+            instance_prompt: cfg.instance_prompt.clone(),
+            resolution: res,
+            steps: total_steps,
+            epochs: (total_steps * per_step) as f64 / examples.len() as f64,
+            rank: cfg.rank,
+            alpha,
+            target_modules: cfg.target_modules.clone(),
+            learning_rate: cfg.learning_rate,
+            lr_scheduler: format!("{:?}", cfg.lr_scheduler).to_lowercase(),
+            train_batch_size: cfg.train_batch_size,
+            gradient_accumulation_steps: cfg.gradient_accumulation_steps,
+            precision: format!("{:?}", cfg.precision).to_lowercase(),
+            min_snr_gamma: cfg.min_snr_gamma,
+            noise_offset: cfg.noise_offset,
+            prior_preservation: cfg.with_prior_preservation.then(|| cfg.class_prompt.clone().unwrap_or_default()),
+            captions: cfg.captions.to_string(),
+            caption_template: cfg.caption_template.clone(),
+            examples: trained_on,
+            skipped,
+            final_loss,
+            seconds: started.elapsed().as_secs_f64(),
+            validation: validation_settings,
+            license: cfg.license.clone().unwrap_or_else(|| if xl { "openrail++".into() } else { "creativeml-openrail-m".into() }),
+            lora_file: "pytorch_lora_weights.safetensors".into(),
+        };
+        let summary_path = cfg.output_dir.join("training_summary.json");
+        std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary).expect("serializable")).map_err(io_err(&summary_path))?;
+        let cfg_path = cfg.output_dir.join("train_config.yaml");
+        std::fs::write(&cfg_path, serde_yaml::to_string(cfg).expect("serializable")).map_err(io_err(&cfg_path))?;
+        Ok(summary)
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The example at global sample position `k`: a fresh permutation of the examples each epoch.
+fn epoch_order(seed: u64, k: usize, n: usize) -> usize {
+    let epoch = k / n;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut step_rng(seed, epoch as u64, 0xE90C));
+    order[k % n]
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn batch_loss(
+    pipeline: &Pipeline,
+    objective: &Objective,
+    examples: &[Example],
+    idx: &[usize],
+    prompts: &Prompts,
+    scaling: f64,
+    shift: Option<f64>,
+    res: usize,
+    xl: bool,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<Tensor, TrainError> {
+    use rand::Rng;
+    let device = &pipeline.device;
+    let mut latents = Vec::new();
+    let mut seq = Vec::new();
+    let mut pooled = Vec::new();
+    let mut ids = Vec::new();
+    for &i in idx {
+        let ex = &examples[i];
+        let (lat, b) = &ex.variants[if ex.variants.len() > 1 { rng.random_range(0..ex.variants.len()) } else { 0 }];
+        let eps = normal(rng, lat.mean.dims(), device)?;
+        latents.push(lat.sample(&eps, scaling, shift)?.unsqueeze(0)?);
+        seq.push(prompts.seq[ex.prompt].clone());
+        if let Some(p) = &prompts.pooled[ex.prompt] {
+            pooled.push(p.clone());
+        }
+        ids.push(Tensor::new(&[time_ids(b, res as u32)], device)?);
+    }
+    let latents = Tensor::cat(&latents, 0)?;
+    let nb = objective.noise(&latents, rng)?;
+    let added = if xl { Some(SdxlConditioning { text_embeds: Tensor::cat(&pooled, 0)?, time_ids: Tensor::cat(&ids, 0)? }) } else { None };
+    let pred = pipeline.unet.forward(&nb.noisy, &nb.timesteps, &Tensor::cat(&seq, 0)?, added.as_ref())?;
+    Ok(weighted_mse(&pred, &nb.target, &nb.weights)?)
+}
+
+/// Renders the validation prompt for seeds seed..seed+n into `dir`; the returned settings name the
+/// files relative to `root`.
+fn render_validation(cfg: &TrainConfig, pipeline: &Pipeline, cond: &Conditioning, prompt: &str, res: usize, dir: &Path, root: &Path) -> Result<ValidationSettings, TrainError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let xl = pipeline.files.architecture == Architecture::StableDiffusionXl;
+    let guidance = cfg.validation_guidance.unwrap_or(if xl { 5.0 } else { 7.5 });
+    let seeds: Vec<u64> = (0..cfg.num_validation_images as u64).map(|i| cfg.seed + i).collect();
+    let mut images = Vec::new();
+    for &seed in &seeds {
+        let noise = crate::generate::settings::seeded_noise(seed, pipeline.latent_shape(res, res), &pipeline.device)?;
+        let img = pipeline.generate(cond, &noise, None, cfg.validation_inference_steps, guidance, seed, |_, _| {})?;
+        let (w, h, px) = to_rgb8(&img)?;
+        let path = dir.join(format!("validation-seed-{seed}.png"));
+        let text = vec![("hfsky:prompt".to_string(), prompt.to_string()), ("hfsky:seed".to_string(), seed.to_string())];
+        crate::generate::png_out::write_png(&path, w, h, &px, &text).map_err(|e| TrainError::Io { path: path.clone(), detail: e.to_string() })?;
+        images.push(path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/"));
+    }
+    Ok(ValidationSettings {
+        prompt: prompt.to_string(),
+        negative_prompt: String::new(),
+        scheduler: pipeline.scheduler_config.class_name.clone(),
+        steps: cfg.validation_inference_steps,
+        guidance_scale: guidance,
+        width: res,
+        height: res,
+        lora_scale: 1.0,
+        seeds,
+        images,
+    })
+}
+

@@ -1,0 +1,191 @@
+//! `hfsky train` / `train-and-push` on the tiny fixture pipelines (CPU), run as a user would:
+//! outputs, the LoRA changing generations, resume after a kill, bad input, and one commit to the
+//! offline Hub.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// A few small synthetic sky photos with sidecar captions.
+fn photos(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(96 + 8 * i as u32, 72, |x, y| {
+            if y < 45 { image::Rgb([(190 + i * 20) as u8, (90 + y * 2) as u8, (x * 2 % 255) as u8]) } else { image::Rgb([25, 30, 12]) }
+        });
+        img.save(dir.join(format!("sky-{i}.png"))).unwrap();
+        std::fs::write(dir.join(format!("sky-{i}.txt")), format!("orange sunset {i}")).unwrap();
+    }
+}
+
+fn config(dir: &Path, model: &str, extra: &str) -> PathBuf {
+    photos(&dir.join("photos"), 3);
+    let p = dir.join("train.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "base_model: {}\ndataset: ./photos\ninstance_prompt: a photo of SKY\ncaptions: sidecar\noutput_dir: ./out\nlearning_rate: 1.0e-2\nseed: 3\n{extra}",
+            fixture(model).display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn png_pixels(p: &Path) -> Vec<u8> {
+    image::open(p).unwrap().to_rgb8().into_raw()
+}
+
+#[test]
+fn trains_writes_outputs_and_the_lora_changes_generations() {
+    for model in ["tiny-sd15", "tiny-sdxl"] {
+        let env = Env::new("http://127.0.0.1:9");
+        let d = env.dir.path();
+        let cfg = config(d, model, "max_steps: 4\ncheckpointing_steps: 2\nvalidation_prompt: a photo of SKY river\nnum_validation_images: 1\nvalidation_inference_steps: 2\n");
+        let o = env.run(&["--json", "train", "--config", cfg.to_str().unwrap()]);
+        ok(&o);
+        let v = json(&o);
+        assert_eq!(v["steps"], 4, "{model}");
+        let out = d.join("out");
+        for f in ["pytorch_lora_weights.safetensors", "README.md", "training_log.jsonl", "training_summary.json", "train_config.yaml", "validation-seed-3.png"] {
+            assert!(out.join(f).is_file(), "{model}: {f} missing");
+        }
+        assert!(out.join("checkpoints/checkpoint-2/COMPLETE").is_file());
+        let log = std::fs::read_to_string(out.join("training_log.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines.iter().all(|l| l["loss"].as_f64().unwrap().is_finite() && l["lr"].as_f64().unwrap() > 0.0 && l["seconds"].as_f64().is_some()));
+        let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+        assert!(card.starts_with("---\n") && card.contains("instance_prompt: a photo of SKY") && card.contains("orange sunset"), "{card}");
+        // The latent cache was filled: a second run encodes nothing.
+        let o = env.run(&["train", "--config", cfg.to_str().unwrap(), "--max-steps", "1", "--output-dir", d.join("out2").to_str().unwrap()]);
+        assert!(ok(&o).contains("latents: 3 from cache, 0 encoded"), "{}", text(&o));
+
+        // Same prompt, seed and noise with and without the LoRA: the images differ.
+        let gen = |lora: Option<&Path>, dir: &str| {
+            let mut args = vec!["generate", "--model", fixture(model).to_str().unwrap().to_string().leak(), "--prompt", "a photo of SKY river", "--steps", "2", "--seed", "1"];
+            let out = d.join(dir);
+            args.extend(["--out", out.to_str().unwrap().to_string().leak()]);
+            if let Some(l) = lora {
+                args.extend(["--lora", l.to_str().unwrap().to_string().leak()]);
+            }
+            ok(&env.run(&args));
+            png_pixels(&out.join("seed-1.png"))
+        };
+        let base = gen(None, "gen-base");
+        let tuned = gen(Some(&out.join("pytorch_lora_weights.safetensors")), "gen-lora");
+        let diff: u64 = base.iter().zip(&tuned).map(|(a, b)| (*a as i64 - *b as i64).unsigned_abs()).sum();
+        assert!(diff > base.len() as u64 / 10, "{model}: the trained LoRA barely changes the image (sum |Δ| = {diff})");
+    }
+}
+
+fn lora_values(p: &Path) -> Vec<(String, Vec<f32>)> {
+    let t = candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
+    let mut v: Vec<_> = t.into_iter().map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_result() {
+    let env = Env::new("http://127.0.0.1:9");
+    let d = env.dir.path();
+    let cfg = config(d, "tiny-sd15", "max_steps: 40\ncheckpointing_steps: 2\ncheckpoints_total_limit: 2\nrandom_flip: true\nmin_snr_gamma: 5.0\n");
+    let cfg = cfg.to_str().unwrap();
+    // Uninterrupted reference run.
+    ok(&env.run(&["train", "--config", cfg, "--output-dir", d.join("full").to_str().unwrap()]));
+    // Interrupted: kill -9 once checkpoint-4 is complete, then resume.
+    let part = d.join("part");
+    let mut child = env.cmd(&["train", "--config", cfg, "--output-dir", part.to_str().unwrap()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while !part.join("checkpoints/checkpoint-4/COMPLETE").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint-4 after 5 minutes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!part.join("pytorch_lora_weights.safetensors").exists(), "the run finished before it could be killed");
+    let o = env.run(&["train", "--config", cfg, "--output-dir", part.to_str().unwrap(), "--resume-from-checkpoint", "latest"]);
+    assert!(ok(&o).contains("resuming from"), "{}", text(&o));
+    let (a, b) = (lora_values(&d.join("full/pytorch_lora_weights.safetensors")), lora_values(&part.join("pytorch_lora_weights.safetensors")));
+    assert_eq!(a.len(), b.len());
+    for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        let num: f32 = va.iter().zip(vb).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt();
+        let den: f32 = va.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        assert!(num / den < 1e-4, "{ka}: resumed differs from uninterrupted (rel {})", num / den);
+    }
+    // The log has each step once, in order.
+    let steps: Vec<u64> = std::fs::read_to_string(part.join("training_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=40).collect::<Vec<_>>());
+    // Only the newest two checkpoints are kept.
+    let kept = std::fs::read_dir(part.join("checkpoints")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("checkpoint-")).count();
+    assert_eq!(kept, 2);
+}
+
+#[test]
+fn bad_input_is_named_and_exits_2() {
+    let env = Env::new("http://127.0.0.1:9");
+    let d = env.dir.path();
+    let cfg = config(d, "tiny-sd15", "max_steps: 1\nlearnig_rate: 1\n");
+    let o = env.run(&["train", "--config", cfg.to_str().unwrap()]);
+    assert!(code(&o, 2).contains("learnig_rate"), "{}", text(&o));
+    let cfg = config(d, "tiny-sd15", "max_steps: 1\nresolution: 60\n");
+    assert!(code(&env.run(&["train", "--config", cfg.to_str().unwrap()]), 2).contains("multiple of 8"));
+    // A caption for an image that does not exist.
+    let cfg = config(d, "tiny-sd15", "max_steps: 1\n");
+    std::fs::write(d.join("photos/metadata.jsonl"), "{\"file_name\": \"nope.jpg\", \"text\": \"x\"}\n").unwrap();
+    assert!(code(&env.run(&["train", "--config", cfg.to_str().unwrap(), "--captions", "metadata"]), 2).contains("nope.jpg"));
+    std::fs::remove_file(d.join("photos/metadata.jsonl")).unwrap();
+    // An empty dataset.
+    std::fs::create_dir_all(d.join("empty")).unwrap();
+    let cfg = config(d, "tiny-sd15", "max_steps: 1\n");
+    let o = env.run(&["train", "--config", cfg.to_str().unwrap(), "--dataset", d.join("empty").to_str().unwrap()]);
+    code(&o, 2);
+    // A base model without a UNet.
+    let broken = d.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(fixture("tiny-sd15").join("model_index.json"), broken.join("model_index.json")).unwrap();
+    let o = env.run(&["train", "--config", cfg.to_str().unwrap(), "--base-model", broken.to_str().unwrap()]);
+    assert!(code(&o, 2).contains("unet"), "{}", text(&o));
+    // A corrupt photo is skipped with its reason, and training goes on.
+    std::fs::write(d.join("photos/broken.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
+    let o = env.run(&["train", "--config", cfg.to_str().unwrap(), "--output-dir", d.join("o3").to_str().unwrap()]);
+    assert!(ok(&o).contains("skipped") && text(&o).contains("broken.jpg"), "{}", text(&o));
+}
+
+#[test]
+fn train_and_push_checks_the_token_first_then_publishes_in_one_commit() {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(hub_dir.path(), &[]);
+    let env = Env::new(&hub.endpoint);
+    let d = env.dir.path();
+    let cfg = config(d, "tiny-sd15", "max_steps: 2\nvalidation_prompt: a photo of SKY river\nnum_validation_images: 1\nvalidation_inference_steps: 2\n");
+    // A read-only token fails before any training.
+    let o = env.cmd(&["train-and-push", "--repo", "bob/sky-lora", "--config", cfg.to_str().unwrap()]).env("HF_TOKEN", BOB_READ).output().unwrap();
+    code(&o, 3);
+    assert!(!d.join("out").exists(), "training started although the token cannot write");
+    let o = env.cmd(&["--json", "train-and-push", "--repo", "alice/sky-lora", "--config", cfg.to_str().unwrap()]).env("HF_TOKEN", ALICE).output().unwrap();
+    ok(&o);
+    let v = json(&o);
+    assert!(v["push"].to_string().contains("commit"), "{v}");
+    assert!(!text(&o).contains(ALICE));
+    // What landed, through the Hub's API: weights, card, validation image, config; no checkpoints or caches.
+    let dl = d.join("dl");
+    ok(&env.cmd(&["download", "alice/sky-lora", "--local-dir", dl.to_str().unwrap()]).env("HF_TOKEN", ALICE).output().unwrap());
+    let names: Vec<String> = files_under(&dl).into_iter().map(|(n, _)| n).filter(|n| !n.starts_with(".cache")).collect();
+    for f in ["pytorch_lora_weights.safetensors", "README.md", "train_config.yaml", "training_log.jsonl", "validation-seed-3.png"] {
+        assert!(names.contains(&f.to_string()), "{f} not pushed: {names:?}");
+    }
+    assert!(!names.iter().any(|n| n.contains("checkpoint") || n.contains("summary")), "{names:?}");
+    for (_, bytes) in files_under(&dl) {
+        assert!(!String::from_utf8_lossy(&bytes).contains(ALICE));
+    }
+    let card = std::fs::read_to_string(dl.join("README.md")).unwrap();
+    assert!(card.contains("alice/sky-lora") && card.contains("widget:"), "{card}");
+}

@@ -1,0 +1,222 @@
+//! Flawed and clean test photos, made in code. Shared by the dataset unit tests (through
+//! `#[path]`) and the CLI tests, so both exercise the same files.
+#![allow(dead_code)]
+
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+use std::io::Cursor;
+
+/// Deterministic hash noise in [0, 1).
+fn noise(x: u32, y: u32, seed: u32) -> f32 {
+    let mut h = x.wrapping_mul(0x9E37_79B1) ^ y.wrapping_mul(0x85EB_CA77) ^ seed.wrapping_mul(0xC2B2_AE3D);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x2C1B_3C6D);
+    h ^= h >> 12;
+    (h & 0xFFFF) as f32 / 65536.0
+}
+
+/// Smooth value noise: photographic texture whose detail is the same in x and y.
+fn value_noise(x: f32, y: f32, seed: u32) -> f32 {
+    let (xi, yi) = (x.floor(), y.floor());
+    let (fx, fy) = (x - xi, y - yi);
+    let (sx, sy) = (fx * fx * (3.0 - 2.0 * fx), fy * fy * (3.0 - 2.0 * fy));
+    let (xi, yi) = (xi as u32, yi as u32);
+    let a = noise(xi, yi, seed);
+    let b = noise(xi + 1, yi, seed);
+    let c = noise(xi, yi + 1, seed);
+    let d = noise(xi + 1, yi + 1, seed);
+    a + (b - a) * sx + (c - a) * sy + (a - b - c + d) * sx * sy
+}
+
+/// A sky-like photo: a gradient whose colours depend on `seed`, textured clouds, a dark
+/// ground below a horizon, and per-pixel sensor noise.
+pub fn photo(w: u32, h: u32, seed: u32) -> RgbImage {
+    let hue = (seed % 7) as f32 / 7.0;
+    let top = [0.15 + 0.5 * hue, 0.3 + 0.3 * (1.0 - hue), 0.8 - 0.4 * hue];
+    let bottom = [0.95, 0.55 + 0.3 * hue, 0.3 + 0.4 * (1.0 - hue)];
+    let horizon = 0.6 + 0.15 * ((seed % 5) as f32 / 5.0);
+    let scale = 48.0 / (w.max(h) as f32 / 8.0).max(1.0);
+    RgbImage::from_fn(w, h, |x, y| {
+        let t = y as f32 / h as f32;
+        let clouds = 0.6 * value_noise(x as f32 * scale / 6.0, y as f32 * scale / 6.0, seed)
+            + 0.4 * value_noise(x as f32 * scale / 1.5, y as f32 * scale / 1.5, seed + 1);
+        let grain = noise(x, y, seed + 2) - 0.5;
+        let mut px = [0u8; 3];
+        for (i, p) in px.iter_mut().enumerate() {
+            let sky = top[i] + (bottom[i] - top[i]) * t + 0.25 * (clouds - 0.5);
+            let v = if t > horizon { 0.12 + 0.1 * clouds } else { sky };
+            *p = ((v + 0.04 * grain).clamp(0.0, 1.0) * 255.0) as u8;
+        }
+        Rgb(px)
+    })
+}
+
+pub fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+pub fn jpeg(img: &RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 92).encode_image(img).unwrap();
+    out
+}
+
+pub fn png(img: &RgbImage) -> Vec<u8> {
+    encode(&DynamicImage::ImageRgb8(img.clone()), ImageFormat::Png)
+}
+
+pub fn png16(img: &RgbImage) -> Vec<u8> {
+    encode(&DynamicImage::ImageRgb16(DynamicImage::ImageRgb8(img.clone()).to_rgb16()), ImageFormat::Png)
+}
+
+/// An RGBA PNG; with `transparent`, the left half is fully transparent (over black pixels).
+pub fn png_alpha(img: &RgbImage, transparent: bool) -> Vec<u8> {
+    let mut rgba = DynamicImage::ImageRgb8(img.clone()).to_rgba8();
+    if transparent {
+        let w = rgba.width();
+        for (x, _, p) in rgba.enumerate_pixels_mut() {
+            if x < w / 2 {
+                p.0 = [0, 0, 0, 0];
+            }
+        }
+    }
+    encode(&DynamicImage::ImageRgba8(rgba), ImageFormat::Png)
+}
+
+/// Insert an EXIF APP1 segment carrying only the orientation tag after the JPEG's SOI.
+pub fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"II*\0\x08\0\0\0".to_vec();
+    tiff.extend_from_slice(&1u16.to_le_bytes()); // one IFD entry
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_le_bytes());
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // value padding, no next IFD
+    let mut payload = b"Exif\0\0".to_vec();
+    payload.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// Rewrite the frame header's size: a small file that claims to be enormous.
+pub fn jpeg_claiming_size(jpeg: &[u8], w: u16, h: u16) -> Vec<u8> {
+    let mut out = jpeg.to_vec();
+    let mut i = 2;
+    while i + 4 < out.len() {
+        let marker = out[i + 1];
+        let len = u16::from_be_bytes([out[i + 2], out[i + 3]]) as usize;
+        if (0xC0..=0xC3).contains(&marker) {
+            out[i + 5..i + 7].copy_from_slice(&h.to_be_bytes());
+            out[i + 7..i + 9].copy_from_slice(&w.to_be_bytes());
+            return out;
+        }
+        i += 2 + len;
+    }
+    panic!("no frame header");
+}
+
+/// A baseline Adobe CMYK JPEG of one flat colour (ink amounts 0..255), written by hand because
+/// no encoder we depend on writes CMYK. Adobe files store inverted samples.
+pub fn cmyk_jpeg(w: u16, h: u16, ink: [u8; 4]) -> Vec<u8> {
+    // Quantisation 1: a flat block's DC coefficient is 8 × (sample − 128), all AC are zero.
+    let dc: Vec<i32> = ink.iter().map(|&v| 8 * (i32::from(255 - v) - 128)).collect();
+    let category = |v: i32| 32 - v.unsigned_abs().leading_zeros();
+    let mut symbols: Vec<u8> = dc.iter().map(|&v| category(v) as u8).chain([0]).collect();
+    symbols.sort_unstable();
+    symbols.dedup();
+    let seg = |out: &mut Vec<u8>, marker: u8, body: &[u8]| {
+        out.extend_from_slice(&[0xFF, marker]);
+        out.extend_from_slice(&((body.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(body);
+    };
+    let mut out = vec![0xFF, 0xD8];
+    seg(&mut out, 0xEE, b"Adobe\0\x64\0\0\0\0\0");
+    let mut dqt = vec![0u8];
+    dqt.extend_from_slice(&[1; 64]);
+    seg(&mut out, 0xDB, &dqt);
+    let mut sof = vec![8];
+    sof.extend_from_slice(&h.to_be_bytes());
+    sof.extend_from_slice(&w.to_be_bytes());
+    sof.push(4);
+    for id in 1..=4 {
+        sof.extend_from_slice(&[id, 0x11, 0]);
+    }
+    seg(&mut out, 0xC0, &sof);
+    // DC table: every symbol a 3-bit code (000, 001, ...); AC table: only EOB, code "0".
+    let mut dht = vec![0x00, 0, 0, symbols.len() as u8];
+    dht.extend_from_slice(&[0; 13]);
+    dht.extend_from_slice(&symbols);
+    seg(&mut out, 0xC4, &dht);
+    let mut dht = vec![0x10, 1];
+    dht.extend_from_slice(&[0; 15]);
+    dht.push(0);
+    seg(&mut out, 0xC4, &dht);
+    seg(&mut out, 0xDA, &[4, 1, 0, 2, 0, 3, 0, 4, 0, 0, 63, 0]);
+
+    let mut bits: Vec<bool> = Vec::new();
+    let put = |v: u32, n: u32, bits: &mut Vec<bool>| (0..n).rev().for_each(|i| bits.push(v >> i & 1 == 1));
+    let blocks = u32::from(w).div_ceil(8) * u32::from(h).div_ceil(8);
+    for b in 0..blocks {
+        for &d in &dc {
+            let diff = if b == 0 { d } else { 0 };
+            let cat = category(diff);
+            let code = symbols.iter().position(|&s| u32::from(s) == cat).unwrap() as u32;
+            put(code, 3, &mut bits);
+            let extra = if diff < 0 { (diff - 1) as u32 & ((1 << cat) - 1) } else { diff as u32 };
+            put(extra, cat, &mut bits);
+            put(0, 1, &mut bits); // EOB
+        }
+    }
+    while !bits.len().is_multiple_of(8) {
+        bits.push(true);
+    }
+    for byte in bits.chunks(8) {
+        let v = byte.iter().fold(0u8, |a, &b| a << 1 | u8::from(b));
+        out.push(v);
+        if v == 0xFF {
+            out.push(0);
+        }
+    }
+    out.extend_from_slice(&[0xFF, 0xD9]);
+    out
+}
+
+/// An uncompressed CMYK TIFF of one flat colour (ink amounts 0..255).
+pub fn cmyk_tiff(w: u32, h: u32, ink: [u8; 4]) -> Vec<u8> {
+    let pixels: Vec<u8> = (0..w * h).flat_map(|_| ink).collect();
+    let entries: [(u16, u16, u32, u32); 9] = [
+        (256, 4, 1, w),                 // ImageWidth
+        (257, 4, 1, h),                 // ImageLength
+        (258, 3, 1, 8),                 // BitsPerSample (8 for each, one value suffices)
+        (259, 3, 1, 1),                 // no compression
+        (262, 3, 1, 5),                 // Photometric: separated (CMYK)
+        (273, 4, 1, 0),                 // StripOffsets, patched below
+        (277, 3, 1, 4),                 // SamplesPerPixel
+        (278, 4, 1, h),                 // RowsPerStrip
+        (279, 4, 1, pixels.len() as u32), // StripByteCounts
+    ];
+    let ifd_len = 2 + entries.len() * 12 + 4;
+    let data_at = (8 + ifd_len) as u32;
+    let mut out = b"II*\0\x08\0\0\0".to_vec();
+    out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+    for (tag, typ, count, value) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&typ.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+        let value = if tag == 273 { data_at } else { value };
+        if typ == 3 {
+            out.extend_from_slice(&(value as u16).to_le_bytes());
+            out.extend_from_slice(&[0, 0]);
+        } else {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&pixels);
+    out
+}
