@@ -18,9 +18,10 @@ fi
 
 # The official client for the conformance test (small: no torch). HF_HUB_DISABLE_XET=1 is set
 # by the test so uploads take the LFS path the offline Hub speaks.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import huggingface_hub" 2>/dev/null; then
+# Its trusted-publisher (OIDC) support is tested too, hence a version that has `_oidc`.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import huggingface_hub._oidc" 2>/dev/null; then
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check "huggingface_hub>=1.0"
+  .venv/bin/pip install -q --disable-pip-version-check "huggingface_hub==2.4.0"
 fi
 export HFSKY_PYTHON="$PWD/.venv/bin/python"
 

@@ -12,7 +12,7 @@ pub enum TokenError {
     Empty,
     #[error("the token contains whitespace or a line break; paste exactly the `hf_…` value from https://huggingface.co/settings/tokens")]
     Whitespace,
-    #[error("the token contains characters a Hub token never has (only ASCII letters, digits, `_` and `-`)")]
+    #[error("the token contains characters a Hub token never has (only ASCII letters, digits, `_`, `-` and `.`)")]
     Charset,
     #[error("this is an organization API token (`api_org_…`); those are no longer accepted by the Hub: create a user access token at https://huggingface.co/settings/tokens")]
     OrgToken,
@@ -31,7 +31,8 @@ impl Token {
         if t.chars().any(char::is_whitespace) {
             return Err(TokenError::Whitespace);
         }
-        if !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        // `.` appears in the Hub's short-lived JWT-based tokens (`hf_jwt_…`) from OIDC exchanges.
+        if !t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
             return Err(TokenError::Charset);
         }
         if t.starts_with("api_org") {
@@ -68,6 +69,8 @@ mod tests {
         assert_eq!(Token::parse("hf_abc\ndef"), Err(TokenError::Whitespace));
         assert_eq!(Token::parse("hf_é"), Err(TokenError::Charset));
         assert_eq!(Token::parse("api_org_abcdef"), Err(TokenError::OrgToken));
+        assert_eq!(Token::parse("hf_jwt_eyJhbGci.eyJzdWIi.c2ln").unwrap().expose(), "hf_jwt_eyJhbGci.eyJzdWIi.c2ln");
+        assert_eq!(Token::parse("hf_a/b"), Err(TokenError::Charset));
     }
 
     #[test]

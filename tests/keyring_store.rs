@@ -23,7 +23,7 @@ fn unreachable_keyring_is_a_clear_error_and_nothing_is_stored() {
             c.wait_with_output()
         })
         .unwrap();
-    let msg = code(&out, 4);
+    let msg = code(&out, 3);
     assert!(msg.contains("keyring is not reachable") && msg.contains("--store file") && msg.contains("HF_TOKEN"), "{msg}");
     assert!(!msg.contains(ALICE));
     assert!(!env.hf_home().join("token").exists());

@@ -60,3 +60,40 @@ fn huggingface_hub_and_hfsky_read_each_others_pushes() {
     let v = py(&python, &hub, env.dir.path(), &["--phase", "verify", "--repo", "alice/from-hfsky", "--expect-dir", mine.to_str().unwrap()]);
     assert_eq!(v["files"], 4);
 }
+
+#[test]
+fn huggingface_hub_publishes_through_the_offline_hubs_oidc_exchange() {
+    let Some(python) = python() else {
+        eprintln!("HFSKY_PYTHON not set: run scripts/test.sh for the Python conformance test");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_oidc_hub(root.path(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    let jwt = mint_jwt("ci-key.der", &ci_claims(&hub.endpoint, CI_SUBJECT, 300));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/oidc_conformance.py");
+    let run = |repo: &str| {
+        Command::new(&python)
+            .arg(script)
+            .args(["--endpoint", &hub.endpoint, "--repo", repo, "--work"])
+            .arg(work.path())
+            .env("HF_OIDC_RESOURCE", repo)
+            .env("HF_OIDC_ID_TOKEN", &jwt)
+            .env_remove("HF_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = run("alice/sky-lora");
+    let all = text(&out);
+    assert!(out.status.success(), "huggingface_hub's OIDC flow failed:\n{all}");
+    assert!(!all.contains(&jwt));
+    let v: serde_json::Value = serde_json::from_str(all.lines().rev().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert_eq!(v["user"], "alice");
+    // hfsky sees the commit huggingface_hub made with the exchanged token.
+    let env = Env::new(&hub.endpoint);
+    let dl = json(&env.cmd(&["--json", "download", "alice/sky-lora", "from-python-oidc.txt"]).output().unwrap());
+    assert_eq!(dl["files"][0]["path_in_repo"], "from-python-oidc.txt");
+    // The same publisher cannot get a token for another repo through huggingface_hub either.
+    let out = run("alice/other");
+    assert!(!out.status.success() && text(&out).contains("not a trusted publisher"), "{}", text(&out));
+}

@@ -1,17 +1,22 @@
 //! Where the Hub token lives and how it is found.
 //!
-//! Resolution order: `HF_TOKEN` > `HUGGING_FACE_HUB_TOKEN` > the OS keyring (active name) >
-//! `$HF_HOME/token` (huggingface_hub's file, read for compatibility; written only with
-//! `--store file`). Named tokens are listed in `$HF_HOME/hfsky/tokens.json`, which holds
+//! Resolution order: OIDC (when `HF_OIDC_RESOURCE` is set, or `--oidc`/`--oidc-token-file` is
+//! given: a CI id token exchanged for a short-lived token scoped to the target repo) >
+//! `HF_TOKEN` > `HUGGING_FACE_HUB_TOKEN` > the OS keyring (active name) > `$HF_HOME/token`
+//! (huggingface_hub's file, read for compatibility; written only with `--store file`). Named tokens are listed in `$HF_HOME/hfsky/tokens.json`, which holds
 //! names and where each is stored, never a secret.
 
 pub mod keyring;
+pub mod oidc;
 pub mod paths;
 pub mod stored_tokens;
 
+use crate::hub::{HubClient, HubError};
+use crate::repo_id::RepoId;
 use crate::token::{Token, TokenError};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -27,6 +32,16 @@ pub enum AuthError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{} is not a valid token index ({detail}); move it aside and log in again", .path.display())]
     Corrupt { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Oidc(#[from] oidc::OidcError),
+    #[error("HF_OIDC_RESOURCE is {resource:?} but this command publishes to {target}: the exchanged token could not write there. Set HF_OIDC_RESOURCE={target} (or unset it and pass --oidc)")]
+    OidcResourceMismatch { resource: String, target: String },
+    #[error("HF_OIDC_RESOURCE={0:?} is not a model repo id (namespace/name)")]
+    BadOidcResource(String),
+    #[error("--oidc needs the repo to publish to: the exchanged token is scoped to that one repo")]
+    OidcNeedsRepo,
+    #[error(transparent)]
+    Hub(#[from] HubError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -43,6 +58,8 @@ pub enum TokenSource {
     EnvHuggingFaceHubToken,
     Keyring { name: String },
     File { path: PathBuf },
+    /// A short-lived token from an OIDC exchange, scoped to `resource`.
+    Oidc { resource: String, id_token_from: String },
 }
 
 impl std::fmt::Display for TokenSource {
@@ -52,6 +69,9 @@ impl std::fmt::Display for TokenSource {
             TokenSource::EnvHuggingFaceHubToken => write!(f, "the HUGGING_FACE_HUB_TOKEN environment variable"),
             TokenSource::Keyring { name } => write!(f, "the OS keyring (token {name:?})"),
             TokenSource::File { path } => write!(f, "the file {}", path.display()),
+            TokenSource::Oidc { resource, id_token_from } => {
+                write!(f, "an OIDC token exchange for {resource} (id token from {id_token_from})")
+            }
         }
     }
 }
@@ -139,6 +159,75 @@ pub fn resolve() -> Result<Option<(Token, TokenSource)>, AuthError> {
         Ok(_) => Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(AuthError::Io { path, source }),
+    }
+}
+
+/// How a command asks for keyless publishing: `--oidc` and `--oidc-token-file FILE`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OidcOptions {
+    pub enabled: bool,
+    pub token_file: Option<PathBuf>,
+}
+
+/// A resolved credential. With OIDC, `client()` exchanges again when the short-lived token is
+/// refused mid-push.
+#[derive(Clone)]
+pub struct Credential {
+    pub token: Token,
+    pub source: TokenSource,
+    /// Lifetime of an exchanged token in seconds, when the Hub said.
+    pub expires_in: Option<u64>,
+    pub oidc: Option<Arc<oidc::OidcSession>>,
+}
+
+impl Credential {
+    pub fn client(&self, endpoint: &str) -> Result<HubClient, HubError> {
+        let client = HubClient::new(endpoint, Some(self.token.clone()))?;
+        Ok(match &self.oidc {
+            Some(s) => client.with_refresh(s.clone()),
+            None => client,
+        })
+    }
+}
+
+/// The repo an OIDC token must be scoped to, or `None` when OIDC is off. `write_target` is the
+/// repo the command writes to (None for read-only commands).
+pub fn oidc_resource(write_target: Option<&RepoId>, opts: &OidcOptions) -> Result<Option<RepoId>, AuthError> {
+    if let Some(res) = std::env::var("HF_OIDC_RESOURCE").ok().filter(|v| !v.trim().is_empty()) {
+        let resource = RepoId::parse(res.trim()).map_err(|_| AuthError::BadOidcResource(res.clone()))?;
+        if let Some(target) = write_target.filter(|t| **t != resource) {
+            return Err(AuthError::OidcResourceMismatch { resource: resource.to_string(), target: target.to_string() });
+        }
+        return Ok(Some(resource));
+    }
+    if opts.enabled || opts.token_file.is_some() {
+        return write_target.cloned().map(Some).ok_or(AuthError::OidcNeedsRepo);
+    }
+    Ok(None)
+}
+
+/// The credential for a command that talks to `endpoint` and writes to `write_target`: OIDC
+/// first (minting and exchanging now), else `resolve()`. `None` when there is none at all.
+pub async fn resolve_for(endpoint: &str, write_target: Option<&RepoId>, opts: &OidcOptions) -> Result<Option<Credential>, AuthError> {
+    let Some(resource) = oidc_resource(write_target, opts)? else {
+        return Ok(resolve()?.map(|(token, source)| Credential { token, source, expires_in: None, oidc: None }));
+    };
+    let source = oidc::IdTokenSource::detect(opts.token_file.clone())?;
+    let session = oidc::OidcSession::new(endpoint, &resource.to_string(), source.clone())?;
+    let (token, expires_in) = session.exchange().await?;
+    Ok(Some(Credential {
+        token,
+        source: TokenSource::Oidc { resource: resource.to_string(), id_token_from: source.to_string() },
+        expires_in,
+        oidc: Some(Arc::new(session)),
+    }))
+}
+
+/// A Hub client for `endpoint` with the credential `resolve_for` finds (anonymous if none).
+pub async fn hub_client(endpoint: &str, write_target: Option<&RepoId>, opts: &OidcOptions) -> Result<(HubClient, Option<Credential>), AuthError> {
+    match resolve_for(endpoint, write_target, opts).await? {
+        Some(c) => Ok((c.client(endpoint)?, Some(c))),
+        None => Ok((HubClient::new(endpoint, None)?, None)),
     }
 }
 

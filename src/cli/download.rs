@@ -19,9 +19,10 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let repo = RepoId::parse(&args.repo)?;
-    let client = super::client(ctx, false)?;
+    let rt = ctx.runtime();
+    let (client, _) = super::client_for(ctx, &rt, None, &hfsky::auth::OidcOptions::default(), false)?;
     let opts = DownloadOptions { repo, revision: args.revision, files: args.files, local_dir: args.local_dir };
-    let got = ctx.runtime().block_on(download(&client, &opts))?;
+    let got = rt.block_on(download(&client, &opts))?;
     for d in &got {
         ctx.say(&format!("{} -> {}", d.path_in_repo, d.local_path.display()));
     }

@@ -1,5 +1,5 @@
 use super::{bad_input, Ctx};
-use hfsky::hub::serve::{serve, Faults, ServeConfig, TokenSpec};
+use hfsky::hub::serve::{serve, Faults, OidcTrust, ServeConfig, TokenSpec, TrustedIssuer, TrustedSubject};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +33,38 @@ pub struct ServeArgs {
     /// Largest JSON/NDJSON request body (MiB); larger ones get 413
     #[arg(long, default_value_t = 256)]
     max_body_mib: usize,
+    /// Trust OIDC id tokens from this issuer, checked with the keys of a JWKS file:
+    /// ISSUER_URL=JWKS_FILE (repeatable)
+    #[arg(long = "trust-issuer", value_name = "URL=JWKS_FILE")]
+    trust_issuers: Vec<String>,
+    /// Let id tokens with this subject publish to this repo: SUBJECT=namespace/name, e.g.
+    /// "repo:org/project:ref:refs/heads/main=alice/sky-lora" (repeatable)
+    #[arg(long = "trust-subject", value_name = "SUBJECT=REPO")]
+    trust_subjects: Vec<String>,
+    /// The audience (aud) id tokens must name (default: this Hub's URL as clients reach it)
+    #[arg(long)]
+    oidc_audience: Option<String>,
+    /// Lifetime of tokens issued by /oauth/token, in seconds
+    #[arg(long, default_value_t = 3600)]
+    oidc_token_ttl: u64,
+}
+
+fn oidc_trust(a: &ServeArgs) -> anyhow::Result<Option<OidcTrust>> {
+    if a.trust_issuers.is_empty() {
+        if !a.trust_subjects.is_empty() {
+            return Err(bad_input("--trust-subject needs --trust-issuer URL=JWKS_FILE: whose id tokens should be trusted?"));
+        }
+        return Ok(None);
+    }
+    if a.oidc_token_ttl == 0 {
+        return Err(bad_input("--oidc-token-ttl must be at least 1 second"));
+    }
+    Ok(Some(OidcTrust {
+        issuers: a.trust_issuers.iter().map(|s| TrustedIssuer::parse(s).map_err(bad_input)).collect::<anyhow::Result<_>>()?,
+        subjects: a.trust_subjects.iter().map(|s| TrustedSubject::parse(s).map_err(bad_input)).collect::<anyhow::Result<_>>()?,
+        audience: a.oidc_audience.as_ref().map(|s| s.trim_end_matches('/').to_string()),
+        token_ttl: std::time::Duration::from_secs(a.oidc_token_ttl),
+    }))
 }
 
 pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
@@ -42,12 +74,14 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     if a.multipart_chunk_mib == 0 {
         return Err(bad_input("--multipart-chunk-mib must be at least 1"));
     }
+    let oidc = oidc_trust(&a)?;
     let cfg = ServeConfig {
         root: a.root.clone(),
         tokens,
         faults,
         multipart_chunk: a.multipart_chunk_mib * 1024 * 1024,
         max_body: a.max_body_mib * 1024 * 1024,
+        oidc,
     };
     let addr = std::net::SocketAddr::new(a.host, a.port);
     let json = ctx.json;

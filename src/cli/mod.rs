@@ -2,6 +2,7 @@
 //! where errors become messages (always redacted) and exit codes.
 
 mod card;
+mod ci;
 mod download;
 mod generate;
 mod hash;
@@ -14,18 +15,26 @@ mod train;
 mod whoami;
 
 use clap::{Parser, Subcommand};
-use hfsky::auth::AuthError;
+use hfsky::auth::oidc::OidcError;
+use hfsky::auth::{AuthError, Credential, OidcOptions};
 use hfsky::hub::HubError;
+use hfsky::repo_id::RepoId;
 use hfsky::redact::redact;
 use std::io::IsTerminal;
 
 /// Stable exit codes, documented in the README.
 pub mod exit {
+    /// Success, including "nothing to push" and a dry run.
     pub const OK: i32 = 0;
+    /// The job failed: a Hub error, I/O, a conflicting concurrent push, anything else.
     pub const FAILURE: i32 = 1;
+    /// Usage or bad input: flags, repo ids, paths, files, token format, endpoint.
     pub const BAD_INPUT: i32 = 2;
+    /// Authentication: no credential (not logged in, no usable credential store, no OIDC id
+    /// token), an invalid or refused token (401/403), a refused OIDC exchange.
     pub const AUTH: i32 = 3;
-    pub const KEYRING: i32 = 4;
+    /// The network: the Hub (or the CI's id-token endpoint) could not be reached after retries.
+    pub const NETWORK: i32 = 4;
 }
 
 #[derive(Parser, Debug)]
@@ -74,6 +83,9 @@ pub enum Command {
     /// The offline Hub
     #[command(subcommand)]
     Hub(hub::Cmd),
+    /// CI publishing: write a workflow, summarise a push for the job summary
+    #[command(subcommand)]
+    Ci(ci::Cmd),
     /// sha256 of a file (used by the benchmark)
     #[command(hide = true)]
     Hash { file: std::path::PathBuf },
@@ -122,24 +134,44 @@ pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
     CliError { code: exit::BAD_INPUT, message: message.into() }.into()
 }
 
+fn hub_exit_code(h: &HubError) -> i32 {
+    match h {
+        HubError::Invalid(_) => exit::BAD_INPUT,
+        HubError::Http { status: 401 | 403, .. } | HubError::Auth(_) => exit::AUTH,
+        HubError::Network { .. } => exit::NETWORK,
+        _ => exit::FAILURE,
+    }
+}
+
+fn auth_exit_code(a: &AuthError) -> i32 {
+    match a {
+        AuthError::KeyringUnavailable { .. } => exit::AUTH,
+        AuthError::BadToken { .. }
+        | AuthError::UnknownName(_)
+        | AuthError::OidcResourceMismatch { .. }
+        | AuthError::BadOidcResource(_)
+        | AuthError::OidcNeedsRepo => exit::BAD_INPUT,
+        AuthError::Oidc(o) => match o {
+            OidcError::File { .. } | OidcError::EmptyIdToken { .. } | OidcError::NotAJwt { .. } => exit::BAD_INPUT,
+            OidcError::MintNetwork(_) => exit::NETWORK,
+            OidcError::Exchange { error, .. } => hub_exit_code(error),
+            OidcError::MissingPermission | OidcError::NoSource | OidcError::Mint(_) | OidcError::Refused { .. } => exit::AUTH,
+        },
+        AuthError::Hub(h) => hub_exit_code(h),
+        AuthError::Keyring(_) | AuthError::Io { .. } | AuthError::Corrupt { .. } => exit::FAILURE,
+    }
+}
+
 fn exit_code(e: &anyhow::Error) -> i32 {
     for cause in e.chain() {
         if let Some(c) = cause.downcast_ref::<CliError>() {
             return c.code;
         }
         if let Some(h) = cause.downcast_ref::<HubError>() {
-            return match h {
-                HubError::Invalid(_) => exit::BAD_INPUT,
-                HubError::Http { status: 401 | 403, .. } => exit::AUTH,
-                _ => exit::FAILURE,
-            };
+            return hub_exit_code(h);
         }
         if let Some(a) = cause.downcast_ref::<AuthError>() {
-            return match a {
-                AuthError::KeyringUnavailable { .. } => exit::KEYRING,
-                AuthError::BadToken { .. } | AuthError::UnknownName(_) => exit::BAD_INPUT,
-                _ => exit::FAILURE,
-            };
+            return auth_exit_code(a);
         }
         if cause.downcast_ref::<hfsky::diffusion::config::PipelineError>().is_some()
             || cause.downcast_ref::<hfsky::diffusion::lora::LoraError>().is_some()
@@ -183,6 +215,7 @@ pub fn run() -> i32 {
         Command::Download(a) => download::run(&ctx, a),
         Command::Generate(a) => generate::run(&ctx, a),
         Command::Hub(c) => hub::run(&ctx, c),
+        Command::Ci(c) => ci::run(&ctx, c),
         Command::Train(a) => train::run(&ctx, a),
         Command::TrainAndPush(a) => train::run_and_push(&ctx, a),
         Command::Card(c) => card::run(&ctx, c),
@@ -209,15 +242,30 @@ pub fn run() -> i32 {
     }
 }
 
-/// A Hub client with the resolved token (if any).
-pub fn client(ctx: &Ctx, require_token: bool) -> anyhow::Result<hfsky::hub::HubClient> {
-    let resolved = hfsky::auth::resolve()?;
-    if require_token && resolved.is_none() {
-        return Err(CliError {
-            code: exit::AUTH,
-            message: "not logged in: run `hfsky login` (or set HF_TOKEN in CI)".into(),
-        }
-        .into());
+fn not_logged_in() -> anyhow::Error {
+    CliError { code: exit::AUTH, message: "not logged in: run `hfsky login` (in CI: set HF_TOKEN, or publish keylessly with --oidc)".into() }
+        .into()
+}
+
+/// A Hub client with the credential for a command that writes to `write_target` (OIDC first,
+/// see `hfsky::auth::resolve_for`), anonymous when there is none and `require_token` is false.
+pub fn client_for(
+    ctx: &Ctx,
+    rt: &tokio::runtime::Runtime,
+    write_target: Option<&RepoId>,
+    oidc: &OidcOptions,
+    require_token: bool,
+) -> anyhow::Result<(hfsky::hub::HubClient, Option<Credential>)> {
+    let (client, cred) = rt.block_on(hfsky::auth::hub_client(&ctx.endpoint, write_target, oidc))?;
+    if require_token && cred.is_none() {
+        return Err(not_logged_in());
     }
-    Ok(hfsky::hub::HubClient::new(&ctx.endpoint, resolved.map(|(t, _)| t))?)
+    Ok((client, cred))
+}
+
+/// A Hub client for reading (OIDC only through HF_OIDC_RESOURCE), for commands that do not
+/// write to a repo.
+pub fn client(ctx: &Ctx, require_token: bool) -> anyhow::Result<hfsky::hub::HubClient> {
+    let rt = ctx.runtime();
+    Ok(client_for(ctx, &rt, None, &OidcOptions::default(), require_token)?.0)
 }

@@ -1,7 +1,29 @@
 use super::{bad_input, exit, CliError, Ctx};
-use hfsky::hub::push::{push_folder, PushOptions, PushOutcome};
+use anyhow::Context;
+use hfsky::auth::{Credential, OidcOptions};
+use hfsky::hub::push::{commit_plan, plan_push, prepare_target, FileAction, PushOptions, PushOutcome, PushStatus};
+use hfsky::hub::HubClient;
 use hfsky::repo_id::RepoId;
 use std::path::PathBuf;
+
+/// Keyless publishing flags, shared by every command that publishes.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OidcArgs {
+    /// Publish keylessly from CI: exchange the CI's OIDC id token for a short-lived token that
+    /// can write only the target repo (GitHub Actions: needs `permissions: id-token: write`)
+    #[arg(long)]
+    pub oidc: bool,
+    /// Read the OIDC id token from this file (CI systems that mint their own, e.g. GitLab's
+    /// `id_tokens`); implies --oidc
+    #[arg(long, value_name = "FILE")]
+    pub oidc_token_file: Option<PathBuf>,
+}
+
+impl OidcArgs {
+    pub fn options(&self) -> OidcOptions {
+        OidcOptions { enabled: self.oidc, token_file: self.oidc_token_file.clone() }
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -13,10 +35,10 @@ pub struct Args {
     /// Create the repo private (if it does not exist yet)
     #[arg(long)]
     private: bool,
-    /// Branch to commit to
+    /// Branch to commit to (created from main if it does not exist)
     #[arg(long, default_value = "main")]
     revision: String,
-    /// Open a pull request instead of committing to the branch
+    /// Open a pull request against --revision instead of committing to it
     #[arg(long)]
     create_pr: bool,
     /// Commit message
@@ -31,6 +53,40 @@ pub struct Args {
     /// Delete remote files matching these globs that are not in the folder
     #[arg(long)]
     delete: Vec<String>,
+    /// Show what would be added, updated and deleted and check the model card, writing nothing
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    oidc: OidcArgs,
+}
+
+/// Checks with whoami-v2 that the token is valid and can write to `repo` (its namespace, or the
+/// one repo a scoped token from an OIDC exchange may write).
+pub(super) fn ensure_can_write(rt: &tokio::runtime::Runtime, client: &HubClient, repo: &RepoId) -> anyhow::Result<()> {
+    match rt.block_on(client.whoami()) {
+        Err(e) if e.status() == Some(401) => Err(CliError { code: exit::AUTH, message: format!("invalid token: {e}") }.into()),
+        Err(e) => Err(e.into()),
+        Ok(who) if who.can_write(repo) == Some(false) => Err(CliError {
+            code: exit::AUTH,
+            message: format!("the token of {} cannot write to {repo} (writable: {})", who.name, who.writable_summary()),
+        }
+        .into()),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// A client whose token can write to `repo` (checked before any long work: hashing gigabytes,
+/// or training for an hour), with the OIDC exchange first when asked for.
+pub fn writer_client(
+    ctx: &Ctx,
+    rt: &tokio::runtime::Runtime,
+    repo: &RepoId,
+    oidc: &OidcArgs,
+) -> anyhow::Result<(HubClient, Credential)> {
+    let (client, cred) = super::client_for(ctx, rt, Some(repo), &oidc.options(), true)?;
+    let cred = cred.expect("client_for requires a token");
+    ensure_can_write(rt, &client, repo).with_context(|| format!("the token from {}", cred.source))?;
+    Ok((client, cred))
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
@@ -38,10 +94,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     if !args.dir.is_dir() {
         return Err(bad_input(format!("{} is not an existing folder: pass the folder to push", args.dir.display())));
     }
-    let client = super::client(ctx, true)?;
     let rt = ctx.runtime();
-    // Fail in a second on a bad token, not after hashing gigabytes.
-    ensure_can_write(&rt, &client, &repo)?;
+    let (client, _) = writer_client(ctx, &rt, &repo, &args.oidc)?;
     let opts = PushOptions {
         repo,
         revision: args.revision,
@@ -54,46 +108,65 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         delete: args.delete,
         show_progress: ctx.show_progress(),
     };
-    let outcome = rt.block_on(push_folder(&client, &args.dir, &opts))?;
-    match &outcome {
-        PushOutcome::NothingToPush { repo, revision, unchanged, .. } => {
-            ctx.say(&format!("nothing to push: {repo}@{revision} already has these {unchanged} file(s)"))
-        }
-        PushOutcome::Committed { commit_url, added, deleted, unchanged, uploaded_lfs_bytes, reused_lfs_objects, pull_request_url, .. } => {
-            ctx.say(&format!(
-                "Committed {} file(s){}{} ({} unchanged; {} LFS bytes uploaded, {} LFS object(s) already stored)\n{}",
-                added.len(),
-                if deleted.is_empty() { String::new() } else { format!(", deleted {}", deleted.len()) },
-                pull_request_url.as_ref().map(|u| format!(", pull request {u}")).unwrap_or_default(),
-                unchanged, uploaded_lfs_bytes, reused_lfs_objects, commit_url
-            ));
-        }
-    }
+    let outcome = if args.dry_run {
+        rt.block_on(plan_push(&client, &args.dir, &opts))?.dry_run_outcome()
+    } else {
+        rt.block_on(async {
+            let (new_repo, new_branch) = prepare_target(&client, &opts).await?;
+            let plan = plan_push(&client, &args.dir, &opts).await?;
+            let mut o = commit_plan(&client, &plan, &opts).await?;
+            o.new_repo = new_repo;
+            o.new_branch = new_branch;
+            Ok::<_, hfsky::hub::HubError>(o)
+        })?
+    };
+    ctx.say(&describe(&outcome));
     ctx.emit_json(&serde_json::to_value(&outcome)?);
     Ok(())
 }
 
-/// Checks with whoami-v2 that the token is valid and can write to the repo's namespace.
-pub(super) fn ensure_can_write(rt: &tokio::runtime::Runtime, client: &hfsky::hub::HubClient, repo: &RepoId) -> anyhow::Result<()> {
-    match rt.block_on(client.whoami()) {
-        Err(e) if e.status() == Some(401) => Err(CliError { code: exit::AUTH, message: format!("invalid token: {e}") }.into()),
-        Err(e) => Err(e.into()),
-        Ok(who) => {
-            if let Some(ns) = who.writable_namespaces() {
-                if !ns.contains(&repo.namespace) {
-                    return Err(CliError {
-                        code: exit::AUTH,
-                        message: format!(
-                            "the token of {} cannot write to {} (writable: {})",
-                            who.name,
-                            repo.namespace,
-                            if ns.is_empty() { "nothing".into() } else { ns.join(", ") }
-                        ),
-                    }
-                    .into());
-                }
+fn count(o: &PushOutcome, action: FileAction) -> usize {
+    o.files.iter().filter(|f| f.action == action).count()
+}
+
+/// The human summary of a push or dry run.
+pub fn describe(o: &PushOutcome) -> String {
+    let target = format!("{}@{}", o.repo, o.revision);
+    let (added, updated, deleted) = (count(o, FileAction::Add), count(o, FileAction::Update), count(o, FileAction::Delete));
+    let mut changes = format!("{added} new, {updated} changed");
+    if deleted > 0 {
+        changes.push_str(&format!(", {deleted} deleted"));
+    }
+    match o.status {
+        PushStatus::NothingToPush => format!("nothing to push: {target} already has these {} file(s)", o.unchanged),
+        PushStatus::DryRun => {
+            let mut s = format!("Dry run, nothing written: pushing to {target} would commit {changes} file(s), {} bytes ({} unchanged)", o.total_bytes, o.unchanged);
+            if o.new_repo {
+                s.push_str(&format!("\n  the repo {} would be created", o.repo));
+            } else if o.new_branch {
+                s.push_str(&format!("\n  the branch {} would be created from main", o.revision));
             }
-            Ok(())
+            for f in &o.files {
+                let mode = if f.action == FileAction::Delete { String::new() } else { format!(" ({} bytes{})", f.size, if f.lfs { ", LFS" } else { "" }) };
+                s.push_str(&format!("\n  {:<6} {}{mode}", format!("{:?}", f.action).to_lowercase(), f.path));
+            }
+            s
+        }
+        PushStatus::Committed => {
+            let mut s = format!(
+                "Committed {changes} file(s) to {target} ({} unchanged; {} LFS bytes uploaded, {} LFS object(s) already stored)",
+                o.unchanged, o.uploaded_lfs_bytes, o.reused_lfs_objects
+            );
+            if o.rebased > 0 {
+                s.push_str(&format!("\n  rebased onto a concurrent commit that changed other files ({}x)", o.rebased));
+            }
+            if let Some(pr) = &o.pr_url {
+                s.push_str(&format!("\n  pull request: {pr}"));
+            }
+            if let Some(url) = &o.commit_url {
+                s.push_str(&format!("\n  {url}"));
+            }
+            s
         }
     }
 }

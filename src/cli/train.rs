@@ -166,14 +166,7 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
         show_progress: ctx.show_progress(),
     };
     let outcome = rt.block_on(push_folder(&client, &cfg.output_dir, &opts))?;
-    match &outcome {
-        hfsky::hub::push::PushOutcome::Committed { commit_url, pull_request_url, added, .. } => ctx.say(&format!(
-            "pushed {} file(s) to {repo} in one commit: {}",
-            added.len(),
-            pull_request_url.as_deref().unwrap_or(commit_url)
-        )),
-        hfsky::hub::push::PushOutcome::NothingToPush { .. } => ctx.say(&format!("{repo} already has exactly these files: nothing to push")),
-    }
+    ctx.say(&super::push::describe(&outcome));
     let mut v = summary_json(&cfg, &summary, &card);
     v["push"] = serde_json::to_value(&outcome)?;
     ctx.emit_json(&v);

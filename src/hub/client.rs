@@ -6,7 +6,9 @@ use super::protocol::*;
 use crate::redact::redact;
 use crate::repo_id::RepoId;
 use crate::token::Token;
+use futures_util::future::BoxFuture;
 use reqwest::{header, Method, RequestBuilder, Response, StatusCode};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -60,10 +62,18 @@ pub fn normalize_endpoint(raw: &str) -> Result<String, HubError> {
     Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
+/// Obtains a fresh token when the current one is refused (401): short-lived tokens from an OIDC
+/// exchange expire during long pushes and are exchanged again, once per refused request.
+pub trait TokenRefresh: Send + Sync {
+    fn refresh(&self) -> BoxFuture<'_, Result<Token, HubError>>;
+}
+
 #[derive(Clone)]
 pub struct HubClient {
     endpoint: String,
-    token: Option<Token>,
+    // Shared by clones, so a refreshed token serves every task of a push.
+    token: Arc<RwLock<Option<Token>>>,
+    refresher: Option<Arc<dyn TokenRefresh>>,
     http: reqwest::Client,
     retry: RetryPolicy,
 }
@@ -78,15 +88,25 @@ impl HubClient {
             .connect_timeout(Duration::from_secs(20))
             .build()
             .map_err(|e| HubError::Invalid(format!("cannot build the HTTP client: {e}")))?;
-        Ok(HubClient { endpoint, token, http, retry: RetryPolicy::from_env() })
+        Ok(HubClient { endpoint, token: Arc::new(RwLock::new(token)), refresher: None, http, retry: RetryPolicy::from_env() })
+    }
+
+    /// Re-obtains the token through `refresher` when the Hub answers 401.
+    pub fn with_refresh(mut self, refresher: Arc<dyn TokenRefresh>) -> Self {
+        self.refresher = Some(refresher);
+        self
     }
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
-    pub fn token(&self) -> Option<&Token> {
-        self.token.as_ref()
+    pub fn token(&self) -> Option<Token> {
+        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn has_token(&self) -> bool {
+        self.token.read().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
@@ -105,7 +125,7 @@ impl HubClient {
     /// A request to a Hub URL, with the token when there is one.
     pub fn request(&self, method: Method, url: &str) -> RequestBuilder {
         let rb = self.http.request(method, url);
-        match &self.token {
+        match self.token() {
             Some(t) => rb.header(header::AUTHORIZATION, t.bearer()),
             None => rb,
         }
@@ -123,11 +143,34 @@ impl HubClient {
         F: Fn() -> Result<RequestBuilder, HubError>,
     {
         let mut attempt = 0u32;
+        let mut refreshed = false;
         loop {
             attempt += 1;
             let last = attempt >= self.retry.max_attempts;
             match build()?.send().await {
                 Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => return Ok(resp),
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !refreshed && self.refresher.is_some() => {
+                    let refresher = self.refresher.as_ref().expect("checked");
+                    tracing_retry(method, url, "HTTP 401: exchanging for a fresh token", Duration::ZERO);
+                    let fresh = refresher.refresh().await?;
+                    *self.token.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+                    refreshed = true;
+                    attempt -= 1;
+                }
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && refreshed => {
+                    let e = error_from_response(method, url, resp).await;
+                    return Err(match e {
+                        HubError::Http { status, method, url, request_id, error_code, message } => HubError::Http {
+                            status,
+                            method,
+                            url,
+                            request_id,
+                            error_code,
+                            message: format!("{message} (refused again right after exchanging for a fresh token)"),
+                        },
+                        other => other,
+                    });
+                }
                 Ok(resp) if !last && retryable(resp.status()) => {
                     let wait = retry_after(&resp).unwrap_or_else(|| self.retry.backoff(attempt - 1));
                     tracing_retry(method, url, &format!("HTTP {}", resp.status().as_u16()), wait);
@@ -136,23 +179,23 @@ impl HubClient {
                 Ok(resp) => return Err(error_from_response(method, url, resp).await),
                 Err(e) if !last && transient(&e) => {
                     let wait = self.retry.backoff(attempt - 1);
-                    tracing_retry(method, url, &describe(&e), wait);
+                    tracing_retry(method, url, &describe_error(&e), wait);
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
-                    return Err(HubError::Network { url: url.to_string(), detail: describe(&e), attempts: attempt })
+                    return Err(HubError::Network { url: url.to_string(), detail: describe_error(&e), attempts: attempt })
                 }
             }
         }
     }
 
     async fn json<T: serde::de::DeserializeOwned>(url: &str, resp: Response) -> Result<T, HubError> {
-        let bytes = resp.bytes().await.map_err(|e| HubError::Network { url: url.into(), detail: describe(&e), attempts: 1 })?;
+        let bytes = resp.bytes().await.map_err(|e| HubError::Network { url: url.into(), detail: describe_error(&e), attempts: 1 })?;
         serde_json::from_slice(&bytes).map_err(|e| HubError::Protocol { url: url.into(), detail: format!("invalid JSON: {e}") })
     }
 
     pub async fn whoami(&self) -> Result<WhoAmI, HubError> {
-        if self.token.is_none() {
+        if !self.has_token() {
             return Err(HubError::Invalid("not logged in: run `hfsky login` or set HF_TOKEN".into()));
         }
         let url = self.url("/api/whoami-v2");
@@ -182,6 +225,33 @@ impl HubClient {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// RFC 8693: a CI's OIDC id token for a short-lived token scoped to `resource`. Sent without
+    /// any Authorization header; the id token is the credential.
+    pub async fn exchange_oidc(&self, id_token: &str, resource: &str) -> Result<(Token, Option<u64>), HubError> {
+        let url = self.url("/oauth/token");
+        let body = TokenExchangeRequest {
+            grant_type: TOKEN_EXCHANGE_GRANT.into(),
+            subject_token_type: ID_TOKEN_TYPE.into(),
+            subject_token: id_token.to_string(),
+            resource: Some(resource.to_string()),
+        };
+        let resp = self.execute("POST", &url, || Ok(self.http.post(&url).json(&body))).await?;
+        let answer: TokenExchangeResponse = Self::json(&url, resp).await?;
+        let token = Token::parse(&answer.access_token).map_err(|e| HubError::Protocol {
+            url: url.clone(),
+            detail: format!("the token exchange returned an unusable access_token: {e}"),
+        })?;
+        Ok((token, answer.expires_in))
+    }
+
+    /// Creates `branch` at `starting_point` (default: the repo's main branch).
+    pub async fn create_branch(&self, id: &RepoId, branch: &str, starting_point: Option<&str>) -> Result<(), HubError> {
+        let url = self.model_api(id, &format!("/branch/{}", encode_segment(branch)));
+        let body = CreateBranchRequest { starting_point: starting_point.map(String::from) };
+        self.execute("POST", &url, || Ok(self.request(Method::POST, &url).json(&body))).await?;
+        Ok(())
     }
 
     pub async fn model_info(&self, id: &RepoId, revision: Option<&str>) -> Result<ModelInfo, HubError> {
@@ -309,7 +379,7 @@ fn transient(e: &reqwest::Error) -> bool {
     e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode()
 }
 
-fn describe(e: &reqwest::Error) -> String {
+pub fn describe_error(e: &reqwest::Error) -> String {
     // reqwest's Display includes the URL, which we print separately.
     let mut s = e.without_url_ref().to_string();
     let mut src = std::error::Error::source(e);
@@ -377,7 +447,10 @@ pub async fn error_from_response(method: &str, url: &str, resp: Response) -> Hub
     let body_msg = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| match &v["error"] {
-            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::String(s) => Some(match v["error_description"].as_str() {
+                Some(d) => format!("{d} ({s})"),
+                None => s.clone(),
+            }),
             serde_json::Value::Array(a) => Some(a.iter().map(|x| x.as_str().map(String::from).unwrap_or(x.to_string())).collect::<Vec<_>>().join("; ")),
             _ => v["errors"].as_array().map(|a| {
                 a.iter().filter_map(|e| e["message"].as_str().map(String::from)).collect::<Vec<_>>().join("; ")

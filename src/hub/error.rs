@@ -22,6 +22,12 @@ pub enum HubError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
+    /// No usable credential could be obtained (e.g. an OIDC id token or its exchange).
+    #[error("{0}")]
+    Auth(String),
+    /// The branch moved during the push and the new commits touched files this push writes.
+    #[error("{repo}@{revision} changed while pushing: commit {head} also changed {}; nothing was committed. Re-run the push to publish on top of it (or use --create-pr to open a pull request)", .paths.join(", "))]
+    Conflict { repo: String, revision: String, head: String, paths: Vec<String> },
     #[error("{0}")]
     Download(String),
 }
@@ -49,6 +55,9 @@ fn http_message(
         s.push_str(&format!(": {message}"));
     }
     let hint = match (*status, error_code.as_deref()) {
+        (400..=499, _) if url.ends_with("/oauth/token") => {
+            " — the repo's Trusted Publishers settings on the Hub decide which CI repository, workflow and branch may publish"
+        }
         (401, _) => " — the token is missing or invalid: run `hfsky login` or set HF_TOKEN",
         (403, _) => " — the token may not write here: a `write` or fine-grained `repo.write` token is needed",
         (412, _) => " — the branch moved since this push started: run the command again",

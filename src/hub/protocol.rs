@@ -87,18 +87,86 @@ impl WhoAmI {
                 );
                 Some(ns)
             }
-            "fineGrained" => Some(
-                token
-                    .fine_grained
-                    .iter()
-                    .flat_map(|fg| fg.scoped.iter())
-                    .filter(|s| s.permissions.iter().any(|p| p == "repo.write"))
-                    .map(|s| s.entity.name.clone())
-                    .collect(),
-            ),
+            "fineGrained" => Some(self.write_scopes().filter(|s| s.entity.kind != "model").map(|s| s.entity.name.clone()).collect()),
             _ => Some(Vec::new()),
         }
     }
+
+    /// Single repos a fine-grained token may write to (e.g. a token from an OIDC exchange).
+    pub fn writable_repos(&self) -> Vec<String> {
+        self.write_scopes().filter(|s| s.entity.kind == "model").map(|s| s.entity.name.clone()).collect()
+    }
+
+    fn write_scopes(&self) -> impl Iterator<Item = &Scoped> {
+        self.auth
+            .iter()
+            .flat_map(|a| a.access_token.iter())
+            .filter(|t| t.role == "fineGrained")
+            .flat_map(|t| t.fine_grained.iter())
+            .flat_map(|fg| fg.scoped.iter())
+            .filter(|s| s.permissions.iter().any(|p| p == "repo.write"))
+    }
+
+    /// Whether this token may write to `repo`, as far as whoami can tell (`None` = unknown).
+    pub fn can_write(&self, repo: &crate::repo_id::RepoId) -> Option<bool> {
+        let ns = self.writable_namespaces()?;
+        Some(ns.contains(&repo.namespace) || self.writable_repos().contains(&repo.to_string()))
+    }
+
+    /// Where this token may write, for messages: namespaces and single repos.
+    pub fn writable_summary(&self) -> String {
+        let mut all = self.writable_namespaces().unwrap_or_default();
+        all.extend(self.writable_repos());
+        if all.is_empty() { "nothing".into() } else { all.join(", ") }
+    }
+}
+
+/// RFC 8693 token exchange, as the Hub's Trusted Publishers accept it at `POST /oauth/token`.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// No `Debug`: `subject_token` is a bearer credential.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenExchangeRequest {
+    pub grant_type: String,
+    pub subject_token_type: String,
+    pub subject_token: String,
+    #[serde(default)]
+    pub resource: Option<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenExchangeResponse {
+    pub access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<String>,
+    #[serde(default)]
+    pub token_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+}
+
+/// `POST /api/models/{repo}/branch/{branch}`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct CreateBranchRequest {
+    #[serde(rename = "startingPoint", default, skip_serializing_if = "Option::is_none")]
+    pub starting_point: Option<String>,
+}
+
+const LFS_EXTENSIONS: &[&str] = &[
+    "7z", "arrow", "bin", "bz2", "ckpt", "ftz", "gz", "h5", "joblib", "mlmodel", "model", "msgpack", "npy", "npz", "onnx",
+    "ot", "parquet", "pb", "pickle", "pkl", "pt", "pth", "rar", "safetensors", "tar", "tflite", "tgz", "wasm", "xz", "zip",
+    "zst", "png", "jpg", "jpeg", "webp", "gif",
+];
+const LFS_SIZE: u64 = 10 * 1024 * 1024;
+
+/// The Hub's preupload rule (big, binary-extension or NUL-containing files go to LFS): what the
+/// offline Hub answers, and what a dry run assumes for a repo that does not exist yet.
+pub fn likely_lfs(path: &str, size: u64, sample: &[u8]) -> bool {
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    size > 0 && (size >= LFS_SIZE || LFS_EXTENSIONS.contains(&ext.as_str()) || sample.contains(&0))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -360,8 +428,23 @@ mod tests {
             "fineGrained":{"global":[],"scoped":[{"entity":{"type":"user","name":"alice"},"permissions":["repo.content.read"]},
             {"entity":{"type":"org","name":"lab"},"permissions":["repo.write"]}]}}}}"#).unwrap();
         assert_eq!(fg.writable_namespaces().unwrap(), vec!["lab"]);
+        let repo: WhoAmI = serde_json::from_str(r#"{"name":"alice","auth":{"accessToken":{"displayName":"oidc","role":"fineGrained",
+            "fineGrained":{"scoped":[{"entity":{"type":"model","name":"alice/sky"},"permissions":["repo.write"]}]}}}}"#).unwrap();
+        let id = |s: &str| crate::repo_id::RepoId::parse(s).unwrap();
+        assert_eq!(repo.can_write(&id("alice/sky")), Some(true));
+        assert_eq!(repo.can_write(&id("alice/other")), Some(false));
+        assert_eq!(repo.writable_summary(), "alice/sky");
         let r: WhoAmI = serde_json::from_str(r#"{"name":"a","auth":{"accessToken":{"displayName":"t","role":"read"}}}"#).unwrap();
         assert!(r.writable_namespaces().unwrap().is_empty());
+    }
+
+    #[test]
+    fn lfs_mode_follows_extension_size_and_binary() {
+        assert!(likely_lfs("w.safetensors", 10, b"x"));
+        assert!(likely_lfs("a.txt", 11 * 1024 * 1024, b"x"));
+        assert!(likely_lfs("a.dat", 10, b"a\0b"));
+        assert!(!likely_lfs("README.md", 100, b"# hi"));
+        assert!(!likely_lfs("empty.bin", 0, b""));
     }
 
     #[test]

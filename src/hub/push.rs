@@ -29,22 +29,73 @@ pub struct PushOptions {
     pub show_progress: bool,
 }
 
+impl PushOptions {
+    /// A push of a whole folder to `main` of `repo`, no globs, no progress bars.
+    pub fn new(repo: RepoId, message: &str) -> PushOptions {
+        PushOptions {
+            repo,
+            revision: "main".into(),
+            private: None,
+            create_pr: false,
+            message: message.into(),
+            description: String::new(),
+            include: vec![],
+            exclude: vec![],
+            delete: vec![],
+            show_progress: false,
+        }
+    }
+}
+
+/// What a push does to one file.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileAction {
+    Add,
+    Update,
+    Delete,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FileChange {
+    pub path: String,
+    pub action: FileAction,
+    pub size: u64,
+    pub lfs: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PushStatus {
+    Committed,
+    NothingToPush,
+    DryRun,
+}
+
+/// The result of a push (or of a dry run), as `--json` prints it.
 #[derive(Debug, Clone, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum PushOutcome {
-    NothingToPush { repo: String, revision: String, commit: Option<String>, unchanged: usize },
-    Committed {
-        repo: String,
-        revision: String,
-        commit: String,
-        commit_url: String,
-        pull_request_url: Option<String>,
-        added: Vec<String>,
-        deleted: Vec<String>,
-        unchanged: usize,
-        uploaded_lfs_bytes: u64,
-        reused_lfs_objects: usize,
-    },
+pub struct PushOutcome {
+    pub status: PushStatus,
+    pub repo: String,
+    pub revision: String,
+    /// The new commit; for "nothing to push" the existing head; none for a dry run.
+    pub commit_oid: Option<String>,
+    pub commit_url: Option<String>,
+    pub pr_url: Option<String>,
+    /// The commit the push builds on (after any rebase).
+    pub parent_commit: Option<String>,
+    /// Files added, updated or deleted (would be, for a dry run).
+    pub files: Vec<FileChange>,
+    pub unchanged: usize,
+    /// Bytes of the added and updated files.
+    pub total_bytes: u64,
+    pub uploaded_lfs_bytes: u64,
+    pub reused_lfs_objects: usize,
+    /// The repo / branch did not exist and was (would be) created.
+    pub new_repo: bool,
+    pub new_branch: bool,
+    /// How often the commit was rebased onto a concurrent change that touched other files.
+    pub rebased: u32,
 }
 
 /// A local file selected for the push.
@@ -130,9 +181,136 @@ struct Planned {
     oid: String,
     size: u64,
     lfs: bool,
+    action: FileAction,
 }
 
-pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> Result<PushOutcome, HubError> {
+/// What a push would change, computed without writing anything: `--dry-run` prints it, and
+/// `commit_plan` carries it out.
+pub struct PushPlan {
+    pub repo: RepoId,
+    pub revision: String,
+    pub repo_exists: bool,
+    pub branch_exists: bool,
+    /// Head of the revision (of main when the branch does not exist yet).
+    pub parent: Option<String>,
+    changes: Vec<Planned>,
+    pub unchanged: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+impl PushPlan {
+    pub fn files(&self) -> Vec<FileChange> {
+        let mut out: Vec<FileChange> = self
+            .changes
+            .iter()
+            .map(|p| FileChange { path: p.file.path_in_repo.clone(), action: p.action, size: p.size, lfs: p.lfs })
+            .collect();
+        out.extend(self.deleted.iter().map(|p| FileChange { path: p.clone(), action: FileAction::Delete, size: 0, lfs: false }));
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.deleted.is_empty()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.changes.iter().map(|p| p.size).sum()
+    }
+
+    fn outcome(&self, status: PushStatus) -> PushOutcome {
+        PushOutcome {
+            status,
+            repo: self.repo.to_string(),
+            revision: self.revision.clone(),
+            commit_oid: None,
+            commit_url: None,
+            pr_url: None,
+            parent_commit: self.parent.clone(),
+            files: self.files(),
+            unchanged: self.unchanged.len(),
+            total_bytes: self.total_bytes(),
+            uploaded_lfs_bytes: 0,
+            reused_lfs_objects: 0,
+            new_repo: !self.repo_exists,
+            new_branch: !self.branch_exists,
+            rebased: 0,
+        }
+    }
+
+    /// The outcome a dry run reports.
+    pub fn dry_run_outcome(&self) -> PushOutcome {
+        self.outcome(PushStatus::DryRun)
+    }
+}
+
+fn is_commit_oid(rev: &str) -> bool {
+    rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// (repo exists, revision head) — `None` heads for a missing repo or branch.
+async fn remote_state(client: &HubClient, opts: &PushOptions) -> Result<(bool, Option<String>, Option<String>), HubError> {
+    let main = match client.model_info(&opts.repo, None).await {
+        Ok(info) => info.sha,
+        Err(e) if e.error_code() == Some("RepoNotFound") || e.status() == Some(404) => return Ok((false, None, None)),
+        Err(e) => return Err(e),
+    };
+    if opts.revision == "main" {
+        return Ok((true, main.clone(), main));
+    }
+    match client.model_info(&opts.repo, Some(&opts.revision)).await {
+        Ok(info) => Ok((true, info.sha, main)),
+        Err(e) if e.error_code() == Some("RevisionNotFound") => Ok((true, None, main)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates the repo and the branch a push targets when they are missing. Returns (new repo,
+/// new branch).
+pub async fn prepare_target(client: &HubClient, opts: &PushOptions) -> Result<(bool, bool), HubError> {
+    let (exists, mut head, _) = remote_state(client, opts).await?;
+    if !exists {
+        client.create_repo(&opts.repo, opts.private, true).await?;
+        head = remote_state(client, opts).await?.1;
+    }
+    if head.is_some() {
+        return Ok((!exists, false));
+    }
+    check_new_branch(opts)?;
+    client.create_branch(&opts.repo, &opts.revision, None).await?;
+    Ok((!exists, true))
+}
+
+fn check_new_branch(opts: &PushOptions) -> Result<(), HubError> {
+    if opts.create_pr {
+        return Err(HubError::Invalid(format!(
+            "--revision {} does not exist in {}: a pull request needs an existing base branch",
+            opts.revision, opts.repo
+        )));
+    }
+    if is_commit_oid(&opts.revision) || opts.revision.starts_with("refs/") {
+        return Err(HubError::Invalid(format!("--revision {} does not exist in {} (only branches are created on push)", opts.revision, opts.repo)));
+    }
+    Ok(())
+}
+
+/// Checks a model card's metadata with the Hub before anything is uploaded.
+async fn check_card(client: &HubClient, files: &[LocalFile]) -> Result<(), HubError> {
+    let Some(card) = files.iter().find(|f| f.path_in_repo == "README.md") else { return Ok(()) };
+    let text = std::fs::read_to_string(&card.abs).map_err(HubError::io(&card.abs))?;
+    match client.validate_yaml(&text).await {
+        Ok(_) => Ok(()),
+        Err(HubError::Http { status: 400 | 422, message, .. }) => Err(HubError::Invalid(format!(
+            "{}: the model card's metadata is invalid: {message} (fix the YAML block between the --- lines)",
+            card.abs.display()
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Works out what pushing `dir` would change, without writing anything: the files to add,
+/// update and delete, each with its upload mode, and the commit it would build on. Checks the
+/// model card (README.md) metadata with the Hub's validate-yaml.
+pub async fn plan_push(client: &HubClient, dir: &Path, opts: &PushOptions) -> Result<PushPlan, HubError> {
     let files = scan_folder(dir, &opts.include, &opts.exclude)?;
     let delete_globs = globs(&opts.delete, "--delete")?;
     if files.is_empty() && opts.delete.is_empty() {
@@ -145,9 +323,14 @@ pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> 
     if opts.message.trim().is_empty() {
         return Err(HubError::Invalid("the commit message is empty: pass --message".into()));
     }
-
-    client.create_repo(&opts.repo, opts.private, true).await?;
-    let head = client.model_info(&opts.repo, Some(&opts.revision)).await?.sha;
+    check_card(client, &files).await?;
+    let (repo_exists, head, main) = remote_state(client, opts).await?;
+    let branch_exists = head.is_some();
+    if repo_exists && !branch_exists {
+        check_new_branch(opts)?;
+    }
+    // A new branch starts at main: compare against it.
+    let base_rev = if branch_exists { opts.revision.as_str() } else { "main" };
 
     let mut preupload = Vec::with_capacity(files.len());
     for f in &files {
@@ -163,15 +346,29 @@ pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> 
     }
     let answers = if preupload.is_empty() {
         vec![]
+    } else if repo_exists {
+        client.preupload(&opts.repo, base_rev, preupload.clone(), opts.create_pr).await?
     } else {
-        client.preupload(&opts.repo, &opts.revision, preupload.clone(), opts.create_pr).await?
+        // No repo to ask yet: the Hub's own rule, and nothing on the remote side.
+        preupload
+            .iter()
+            .map(|p| {
+                let sample = base64::engine::general_purpose::STANDARD.decode(&p.sample).unwrap_or_default();
+                PreuploadAnswer {
+                    path: p.path.clone(),
+                    upload_mode: if likely_lfs(&p.path, p.size, &sample) { "lfs" } else { "regular" }.into(),
+                    should_ignore: false,
+                    oid: None,
+                }
+            })
+            .collect()
     };
 
     // Hash after preupload, so each file gets only the id its upload mode needs.
     let total: u64 = preupload.iter().map(|p| p.size).sum();
     let hash_bar = bar(opts.show_progress, total, "hashing");
-    let mut planned = Vec::new();
-    let mut unchanged = 0usize;
+    let mut changes = Vec::new();
+    let mut unchanged = Vec::new();
     for (f, pre) in files.into_iter().zip(&preupload) {
         let answer = answers.iter().find(|a| a.path == f.path_in_repo).ok_or_else(|| HubError::Protocol {
             url: client.endpoint().into(),
@@ -193,17 +390,19 @@ pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> 
         if std::fs::metadata(&f.abs).map_err(HubError::io(&f.abs))?.len() != pre.size {
             return Err(HubError::Invalid(format!("{} changed while being pushed; run the push again", f.abs.display())));
         }
-        if answer.oid.as_deref() == Some(oid.as_str()) {
-            unchanged += 1;
-            continue;
+        match answer.oid.as_deref() {
+            Some(remote) if remote == oid => unchanged.push(f.path_in_repo),
+            remote => {
+                let action = if remote.is_some() { FileAction::Update } else { FileAction::Add };
+                changes.push(Planned { file: f, oid, size: pre.size, lfs, action });
+            }
         }
-        planned.push(Planned { file: f, oid, size: pre.size, lfs });
     }
     hash_bar.finish_and_clear();
 
     let mut deleted = Vec::new();
-    if !opts.delete.is_empty() {
-        let remote = client.list_tree(&opts.repo, &opts.revision).await?;
+    if !opts.delete.is_empty() && repo_exists {
+        let remote = client.list_tree(&opts.repo, base_rev).await?;
         let local: std::collections::HashSet<String> =
             scan_folder(dir, &opts.include, &opts.exclude)?.into_iter().map(|f| f.path_in_repo).collect();
         deleted = remote
@@ -212,26 +411,52 @@ pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> 
             .map(|e| e.path)
             .collect();
     }
+    Ok(PushPlan {
+        repo: opts.repo.clone(),
+        revision: opts.revision.clone(),
+        repo_exists,
+        branch_exists,
+        parent: if branch_exists { head } else { main },
+        changes,
+        unchanged,
+        deleted,
+    })
+}
 
-    if planned.is_empty() && deleted.is_empty() {
-        return Ok(PushOutcome::NothingToPush {
-            repo: opts.repo.to_string(),
-            revision: opts.revision.clone(),
-            commit: head,
-            unchanged,
-        });
+/// One folder → one commit: creates the repo/branch if needed, plans, uploads, commits.
+pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> Result<PushOutcome, HubError> {
+    let (new_repo, new_branch) = prepare_target(client, opts).await?;
+    let plan = plan_push(client, dir, opts).await?;
+    let mut outcome = commit_plan(client, &plan, opts).await?;
+    outcome.new_repo = new_repo;
+    outcome.new_branch = new_branch;
+    Ok(outcome)
+}
+
+const MAX_REBASES: u32 = 3;
+
+/// Uploads and commits a plan made by `plan_push` after `prepare_target`. A concurrent commit
+/// (412 on `parentCommit`) is rebased onto when it touched none of this push's files, and
+/// refused with `HubError::Conflict` when it did.
+pub async fn commit_plan(client: &HubClient, plan: &PushPlan, opts: &PushOptions) -> Result<PushOutcome, HubError> {
+    if !plan.repo_exists || !plan.branch_exists {
+        return Err(HubError::Invalid(format!(
+            "{}@{} does not exist yet: call prepare_target before planning the push",
+            plan.repo, plan.revision
+        )));
     }
+    if plan.is_empty() {
+        let mut o = plan.outcome(PushStatus::NothingToPush);
+        o.commit_oid = plan.parent.clone();
+        o.commit_url = plan.parent.as_ref().map(|oid| client.url(&format!("/{}/commit/{oid}", plan.repo)));
+        return Ok(o);
+    }
+    let (uploaded, reused) = upload_lfs(client, opts, &plan.changes).await?;
 
-    let (uploaded, reused) = upload_lfs(client, opts, &planned).await?;
-
-    let mut lines = vec![CommitLine::Header {
-        summary: opts.message.clone(),
-        description: opts.description.clone(),
-        parent_commit: head,
-    }];
-    for p in &planned {
+    let mut file_lines = Vec::with_capacity(plan.changes.len() + plan.deleted.len());
+    for p in &plan.changes {
         if p.lfs {
-            lines.push(CommitLine::LfsFile {
+            file_lines.push(CommitLine::LfsFile {
                 path: p.file.path_in_repo.clone(),
                 algo: Some("sha256".into()),
                 oid: p.oid.clone(),
@@ -239,27 +464,78 @@ pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> 
             });
         } else {
             let bytes = std::fs::read(&p.file.abs).map_err(HubError::io(&p.file.abs))?;
-            lines.push(CommitLine::File {
+            if git_blob_sha1(&bytes) != p.oid {
+                return Err(HubError::Invalid(format!("{} changed while being pushed; run the push again", p.file.abs.display())));
+            }
+            file_lines.push(CommitLine::File {
                 content: base64::engine::general_purpose::STANDARD.encode(bytes),
                 path: p.file.path_in_repo.clone(),
                 encoding: "base64".into(),
             });
         }
     }
-    lines.extend(deleted.iter().map(|p| CommitLine::DeletedFile { path: p.clone() }));
-    let resp = client.commit(&opts.repo, &opts.revision, &lines, opts.create_pr).await?;
-    Ok(PushOutcome::Committed {
-        repo: opts.repo.to_string(),
-        revision: opts.revision.clone(),
-        commit: resp.commit_oid,
-        commit_url: resp.commit_url,
-        pull_request_url: resp.pull_request_url,
-        added: planned.iter().map(|p| p.file.path_in_repo.clone()).collect(),
-        deleted,
-        unchanged,
-        uploaded_lfs_bytes: uploaded,
-        reused_lfs_objects: reused,
-    })
+    file_lines.extend(plan.deleted.iter().map(|p| CommitLine::DeletedFile { path: p.clone() }));
+
+    let mut parent = plan.parent.clone();
+    let mut rebased = 0;
+    loop {
+        let mut lines = vec![CommitLine::Header {
+            summary: opts.message.clone(),
+            description: opts.description.clone(),
+            parent_commit: parent.clone(),
+        }];
+        lines.extend(file_lines.iter().cloned());
+        match client.commit(&opts.repo, &opts.revision, &lines, opts.create_pr).await {
+            Ok(resp) => {
+                let mut o = plan.outcome(PushStatus::Committed);
+                o.commit_oid = Some(resp.commit_oid);
+                o.commit_url = Some(resp.commit_url);
+                o.pr_url = resp.pull_request_url;
+                o.parent_commit = parent;
+                o.uploaded_lfs_bytes = uploaded;
+                o.reused_lfs_objects = reused;
+                o.rebased = rebased;
+                return Ok(o);
+            }
+            Err(e) if e.status() == Some(412) && rebased < MAX_REBASES => {
+                let Some(old) = parent.clone() else { return Err(e) };
+                let new = client.model_info(&opts.repo, Some(&opts.revision)).await?.sha.ok_or(e)?;
+                let theirs = changed_between(client, &opts.repo, &old, &new).await?;
+                let ours: std::collections::HashSet<&str> = plan
+                    .changes
+                    .iter()
+                    .map(|p| p.file.path_in_repo.as_str())
+                    .chain(plan.unchanged.iter().map(String::as_str))
+                    .chain(plan.deleted.iter().map(String::as_str))
+                    .collect();
+                let overlap: Vec<String> = theirs.into_iter().filter(|p| ours.contains(p.as_str())).collect();
+                if !overlap.is_empty() {
+                    return Err(HubError::Conflict {
+                        repo: opts.repo.to_string(),
+                        revision: opts.revision.clone(),
+                        head: new,
+                        paths: overlap,
+                    });
+                }
+                parent = Some(new);
+                rebased += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Paths whose content differs between two commits of a repo.
+async fn changed_between(client: &HubClient, repo: &RepoId, old: &str, new: &str) -> Result<Vec<String>, HubError> {
+    let files = |entries: Vec<TreeEntry>| -> std::collections::BTreeMap<String, String> {
+        entries.into_iter().filter(|e| e.kind == "file").map(|e| (e.path, e.oid)).collect()
+    };
+    let before = files(client.list_tree(repo, old).await?);
+    let after = files(client.list_tree(repo, new).await?);
+    let mut changed: Vec<String> = after.iter().filter(|(p, oid)| before.get(*p) != Some(*oid)).map(|(p, _)| p.clone()).collect();
+    changed.extend(before.keys().filter(|p| !after.contains_key(*p)).cloned());
+    changed.sort();
+    Ok(changed)
 }
 
 /// Uploads the LFS objects the server does not have yet. Returns (bytes sent, objects reused).

@@ -66,6 +66,11 @@ impl Env {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
         c.env_remove("HF_TOKEN").env_remove("HUGGING_FACE_HUB_TOKEN").env_remove("HF_TOKEN_PATH").env_remove("HF_HUB_CACHE");
+        // CI variables of the machine running the tests must not leak into the sandbox.
+        for v in ["HF_OIDC_RESOURCE", "HF_OIDC_SUBJECT_TOKEN", "HF_OIDC_ID_TOKEN", "HF_OIDC_AUDIENCE", "GITHUB_ACTIONS",
+            "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"] {
+            c.env_remove(v);
+        }
         for (k, v) in &self.vars {
             c.env(k, v);
         }
@@ -138,4 +143,109 @@ pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
         }
     }
     out
+}
+
+// ---- OIDC: a stand-in CI issuer (test-only keys in tests/fixtures/oidc) ----
+
+pub const CI_ISSUER: &str = "https://token.actions.githubusercontent.com";
+pub const CI_SUBJECT: &str = "repo:org/project:ref:refs/heads/main";
+pub const CI_REQUEST_TOKEN: &str = "ActionsRequestBearer-0123456789abcdef";
+
+pub fn oidc_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oidc").join(name)
+}
+
+/// An offline Hub that trusts the stand-in issuer and maps `CI_SUBJECT` to alice/sky-lora.
+pub fn start_oidc_hub(root: &Path, extra: &[&str]) -> Hub {
+    let issuer = format!("{CI_ISSUER}={}", oidc_fixture("ci-jwks.json").display());
+    let subject = format!("{CI_SUBJECT}=alice/sky-lora");
+    let mut args = vec!["--trust-issuer", issuer.as_str(), "--trust-subject", subject.as_str()];
+    args.extend_from_slice(extra);
+    start_hub(root, &args)
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// GitHub-shaped id token claims.
+pub fn ci_claims(aud: &str, sub: &str, exp_in: i64) -> serde_json::Value {
+    let now = now_secs();
+    serde_json::json!({
+        "iss": CI_ISSUER, "aud": aud, "sub": sub, "exp": now + exp_in, "iat": now, "nbf": now - 5,
+        "repository": "org/project", "ref": "refs/heads/main", "workflow": "publish",
+    })
+}
+
+/// An RS256 JWT signed with a test key (`ci-key.der`, or `attacker-key.der` to forge one).
+pub fn mint_jwt(key_file: &str, claims: &serde_json::Value) -> String {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("ci-test-key".into());
+    let key = jsonwebtoken::EncodingKey::from_rsa_der(&std::fs::read(oidc_fixture(key_file)).unwrap());
+    jsonwebtoken::encode(&h, claims, &key).unwrap()
+}
+
+/// Stands in for GitHub Actions' id-token endpoint (`ACTIONS_ID_TOKEN_REQUEST_URL`): checks
+/// the bearer, mints a JWT for the requested audience, and records every JWT it handed out.
+pub struct IdTokenServer {
+    pub url: String,
+    pub minted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub audiences: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl IdTokenServer {
+    /// `status` other than 200 makes it refuse every request with that status.
+    pub fn start(subject: &str, status: u16) -> IdTokenServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/_apis/idtoken?api-version=2.0", listener.local_addr().unwrap());
+        let minted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let audiences = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (m, a, subject) = (minted.clone(), audiences.clone(), subject.to_string());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let req = String::from_utf8_lossy(&buf).to_string();
+                let target = req.split_whitespace().nth(1).unwrap_or("").to_string();
+                let authorized = req.lines().any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {CI_REQUEST_TOKEN}")));
+                let audience = url::Url::parse(&format!("http://x{target}"))
+                    .ok()
+                    .and_then(|u| u.query_pairs().find(|(k, _)| k == "audience").map(|(_, v)| v.into_owned()));
+                let (code, body) = match (status, authorized, audience) {
+                    (200, true, Some(aud)) => {
+                        let jwt = mint_jwt("ci-key.der", &ci_claims(&aud, &subject, 300));
+                        m.lock().unwrap().push(jwt.clone());
+                        a.lock().unwrap().push(aud);
+                        (200, serde_json::json!({ "count": 1, "value": jwt }).to_string())
+                    }
+                    (200, false, _) => (401, "{\"message\":\"bad request token\"}".to_string()),
+                    (200, _, None) => (400, "{\"message\":\"audience missing\"}".to_string()),
+                    (other, _, _) => (other, "{\"message\":\"Unable to get ACTIONS_ID_TOKEN_REQUEST_URL token\"}".to_string()),
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        IdTokenServer { url, minted, audiences }
+    }
+
+    /// Environment variables of a GitHub Actions job with `permissions: id-token: write`.
+    pub fn github_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("GITHUB_ACTIONS".into(), "true".into()),
+            ("ACTIONS_ID_TOKEN_REQUEST_URL".into(), self.url.clone()),
+            ("ACTIONS_ID_TOKEN_REQUEST_TOKEN".into(), CI_REQUEST_TOKEN.into()),
+        ]
+    }
 }

@@ -3,9 +3,11 @@
 //! resolve with the Hub's headers and redirects, validate-yaml), with auth and fault injection.
 
 mod faults;
+mod oidc;
 mod store;
 
 pub use faults::Faults;
+pub use oidc::{OidcTrust, TrustedIssuer, TrustedSubject};
 pub use store::Store;
 
 use crate::hash::sha256_hex;
@@ -57,6 +59,18 @@ pub struct ServeConfig {
     pub multipart_chunk: u64,
     /// Largest JSON/NDJSON request body accepted (LFS uploads stream and are not limited).
     pub max_body: usize,
+    /// Trusted Publishers: which CI id tokens `/oauth/token` exchanges, for which repos.
+    pub oidc: Option<OidcTrust>,
+}
+
+/// Who is calling: a configured token, or a short-lived token from an OIDC exchange that may
+/// touch only `scope`.
+#[derive(Debug, Clone)]
+struct Caller {
+    user: String,
+    role: String,
+    display: String,
+    scope: Option<RepoId>,
 }
 
 struct Upload {
@@ -71,6 +85,7 @@ struct State {
     storage_port: u16,
     store: Store,
     uploads: Mutex<HashMap<String, Upload>>,
+    grants: oidc::Grants,
     // Serialises ref updates so parentCommit checks and commits are atomic.
     commit_lock: tokio::sync::Mutex<()>,
 }
@@ -81,19 +96,24 @@ struct HubFail {
     code: Option<&'static str>,
     message: String,
     headers: Vec<(&'static str, String)>,
+    /// OAuth endpoints answer `{"error": code, "error_description": message}` (RFC 6749 §5.2).
+    oauth_error: Option<&'static str>,
 }
 
 fn fail(status: StatusCode, message: impl Into<String>) -> HubFail {
-    HubFail { status, code: None, message: message.into(), headers: vec![] }
+    HubFail { status, code: None, message: message.into(), headers: vec![], oauth_error: None }
 }
 
 fn fail_code(status: StatusCode, code: &'static str, message: impl Into<String>) -> HubFail {
-    HubFail { status, code: Some(code), message: message.into(), headers: vec![] }
+    HubFail { status, code: Some(code), message: message.into(), headers: vec![], oauth_error: None }
 }
 
 impl HubFail {
     fn into_response(self) -> Response<Body> {
-        let body = serde_json::json!({ "error": self.message }).to_string();
+        let body = match self.oauth_error {
+            Some(e) => serde_json::json!({ "error": e, "error_description": self.message }).to_string(),
+            None => serde_json::json!({ "error": self.message }).to_string(),
+        };
         let mut r = Response::builder().status(self.status).header(header::CONTENT_TYPE, "application/json");
         if let Some(code) = self.code {
             r = r.header("X-Error-Code", code);
@@ -137,7 +157,14 @@ pub async fn serve(cfg: ServeConfig, addr: std::net::SocketAddr, on_ready: impl 
 
 pub fn router(cfg: ServeConfig, storage_port: u16) -> std::io::Result<axum::Router> {
     let store = Store::open(&cfg.root)?;
-    let state = Arc::new(State { cfg, storage_port, store, uploads: Mutex::new(HashMap::new()), commit_lock: tokio::sync::Mutex::new(()) });
+    let state = Arc::new(State {
+        cfg,
+        storage_port,
+        store,
+        uploads: Mutex::new(HashMap::new()),
+        grants: oidc::Grants::default(),
+        commit_lock: tokio::sync::Mutex::new(()),
+    });
     Ok(axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Body| {
         let state = state.clone();
         async move { handle(state, method, uri, headers, body).await }
@@ -226,9 +253,20 @@ fn base_url(headers: &HeaderMap) -> String {
 async fn route(state: &Arc<State>, method: &Method, uri: &Uri, headers: &HeaderMap, body: Body) -> Reply {
     let raw: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
     let seg = |i: usize| raw.get(i).copied().unwrap_or("");
+    if let (&Method::POST, ["oauth", "token"]) = (method, raw.as_slice()) {
+        let bytes = read_body(state, body).await?;
+        return token_exchange(state, headers, &bytes);
+    }
     let caller = authenticate(state, headers)?;
+    let caller = caller.as_ref();
     match (method.clone(), raw.as_slice()) {
         (Method::GET, ["api", "whoami-v2"]) => whoami(caller),
+        (Method::POST, ["api", "models", _, _, "branch", _]) => {
+            let id = repo_id(seg(2), seg(3))?;
+            let branch = decode(seg(5))?;
+            let bytes = read_body(state, body).await?;
+            create_branch(state, caller, &id, &branch, &bytes).await
+        }
         (Method::POST, ["api", "repos", "create"]) => create_repo(state, caller, read_json(state, body).await?),
         (Method::POST, ["api", "validate-yaml"]) => validate_yaml(read_json(state, body).await?),
         (Method::GET, ["api", "models", _, _]) | (Method::GET, ["api", "models", _, _, "revision", _]) => {
@@ -305,23 +343,41 @@ async fn read_json<T: serde::de::DeserializeOwned>(state: &State, body: Body) ->
 
 // ---- auth ----
 
-fn authenticate<'a>(state: &'a State, headers: &HeaderMap) -> Result<Option<&'a TokenSpec>, HubFail> {
+fn authenticate(state: &State, headers: &HeaderMap) -> Result<Option<Caller>, HubFail> {
     let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
     let value = value.to_str().unwrap_or("");
     let secret = value.strip_prefix("Bearer ").unwrap_or("");
-    state
-        .cfg
-        .tokens
-        .iter()
-        .find(|t| !secret.is_empty() && t.secret == secret)
-        .map(Some)
-        .ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "Invalid credentials in Authorization header"))
+    let invalid = || fail(StatusCode::UNAUTHORIZED, "Invalid credentials in Authorization header");
+    if secret.is_empty() {
+        return Err(invalid());
+    }
+    if let Some(t) = state.cfg.tokens.iter().find(|t| t.secret == secret) {
+        return Ok(Some(Caller { user: t.user.clone(), role: t.role.clone(), display: format!("offline-{}", t.role), scope: None }));
+    }
+    match state.grants.lookup(secret) {
+        oidc::Lookup::Valid(g) => Ok(Some(Caller {
+            user: g.repo.namespace.clone(),
+            role: "write".into(),
+            display: format!("oidc:{}", g.subject),
+            scope: Some(g.repo),
+        })),
+        oidc::Lookup::Expired(g) => Err(fail(
+            StatusCode::UNAUTHORIZED,
+            format!("Invalid credentials in Authorization header: the short-lived token for {} has expired; exchange a new OIDC id token", g.repo),
+        )),
+        oidc::Lookup::Unknown => Err(invalid()),
+    }
 }
 
-fn require_write<'a>(caller: Option<&'a TokenSpec>, id: &RepoId) -> Result<&'a TokenSpec, HubFail> {
+fn require_write<'a>(caller: Option<&'a Caller>, id: &RepoId) -> Result<&'a Caller, HubFail> {
     let t = caller.ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "You must be authenticated to write: pass a token"))?;
     if t.role != "write" {
         return Err(fail(StatusCode::FORBIDDEN, format!("this token is read-only: it cannot write to {id}")));
+    }
+    if let Some(scope) = &t.scope {
+        if scope != id {
+            return Err(fail(StatusCode::FORBIDDEN, format!("this token is scoped to {scope} and cannot write to {id}")));
+        }
     }
     if t.user != id.namespace {
         return Err(fail(StatusCode::FORBIDDEN, format!("you ({}) have no write access to the namespace {}", t.user, id.namespace)));
@@ -329,10 +385,12 @@ fn require_write<'a>(caller: Option<&'a TokenSpec>, id: &RepoId) -> Result<&'a T
     Ok(t)
 }
 
-/// A private repo is visible only to its owner; others get the Hub's "not found".
-fn require_read(state: &State, caller: Option<&TokenSpec>, id: &RepoId) -> Result<(), HubFail> {
+/// A private repo is visible only to its owner (and to a token scoped to it); others get the
+/// Hub's "not found".
+fn require_read(state: &State, caller: Option<&Caller>, id: &RepoId) -> Result<(), HubFail> {
+    let owner = |t: &Caller| t.user == id.namespace && t.scope.as_ref().is_none_or(|s| s == id);
     match state.store.meta(id) {
-        Some(m) if !m.private || caller.is_some_and(|t| t.user == id.namespace) => Ok(()),
+        Some(m) if !m.private || caller.is_some_and(owner) => Ok(()),
         _ => Err(fail_code(StatusCode::NOT_FOUND, "RepoNotFound", format!("Repository Not Found for url: {id}"))),
     }
 }
@@ -346,8 +404,22 @@ fn head_of(state: &State, id: &RepoId, rev: &str) -> Result<String, HubFail> {
 
 // ---- endpoints ----
 
-fn whoami(caller: Option<&TokenSpec>) -> Reply {
+fn whoami(caller: Option<&Caller>) -> Reply {
     let t = caller.ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "Invalid credentials in Authorization header"))?;
+    // A repo-scoped token looks like a fine-grained token with write access to that one repo.
+    let (role, fine_grained) = match &t.scope {
+        Some(repo) => (
+            "fineGrained".to_string(),
+            Some(FineGrained {
+                global: vec![],
+                scoped: vec![Scoped {
+                    entity: Entity { kind: "model".into(), name: repo.to_string() },
+                    permissions: vec!["repo.content.read".into(), "repo.write".into()],
+                }],
+            }),
+        ),
+        None => (t.role.clone(), None),
+    };
     let who = WhoAmI {
         kind: "user".into(),
         name: t.user.clone(),
@@ -355,13 +427,88 @@ fn whoami(caller: Option<&TokenSpec>) -> Reply {
         orgs: vec![],
         auth: Some(AuthInfo {
             kind: "access_token".into(),
-            access_token: Some(AccessToken { display_name: format!("offline-{}", t.role), role: t.role.clone(), fine_grained: None }),
+            access_token: Some(AccessToken { display_name: t.display.clone(), role, fine_grained }),
         }),
     };
     json_reply(StatusCode::OK, &who)
 }
 
-fn create_repo(state: &State, caller: Option<&TokenSpec>, req: CreateRepoRequest) -> Reply {
+/// `POST /oauth/token`: RFC 8693 token exchange of a CI's OIDC id token (JSON, as
+/// huggingface_hub sends it, or a form, as RFC 8693 describes it).
+fn token_exchange(state: &State, headers: &HeaderMap, body: &[u8]) -> Reply {
+    let oauth = |status: StatusCode, error: &'static str, message: String| HubFail { oauth_error: Some(error), ..fail(status, message) };
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let req: TokenExchangeRequest = if is_form {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+        let field = |k: &str| form.get(k).cloned().unwrap_or_default();
+        TokenExchangeRequest {
+            grant_type: field("grant_type"),
+            subject_token_type: field("subject_token_type"),
+            subject_token: field("subject_token"),
+            resource: form.get("resource").cloned(),
+        }
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| oauth(StatusCode::BAD_REQUEST, "invalid_request", format!("invalid token exchange request: {e}")))?
+    };
+    if req.grant_type != TOKEN_EXCHANGE_GRANT {
+        return Err(oauth(StatusCode::BAD_REQUEST, "unsupported_grant_type", format!("grant_type must be {TOKEN_EXCHANGE_GRANT}")));
+    }
+    if req.subject_token_type != ID_TOKEN_TYPE && req.subject_token_type != JWT_TOKEN_TYPE {
+        return Err(oauth(StatusCode::BAD_REQUEST, "invalid_request", format!("subject_token_type must be {ID_TOKEN_TYPE}")));
+    }
+    let resource = req.resource.as_deref().unwrap_or("");
+    let repo = RepoId::parse(resource).map_err(|e| {
+        oauth(StatusCode::BAD_REQUEST, "invalid_target", format!("resource must be the model repo to publish to (namespace/name): {e}"))
+    })?;
+    let Some(trust) = &state.cfg.oidc else {
+        return Err(oauth(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "this Hub trusts no OIDC issuer (start it with --trust-issuer and --trust-subject)".into(),
+        ));
+    };
+    let grant = trust
+        .verify(&req.subject_token, &repo, &base_url(headers))
+        .map_err(|r| oauth(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST), r.error, r.description))?;
+    let ttl = trust.token_ttl.as_secs();
+    let secret = state.grants.issue(grant);
+    json_reply(
+        StatusCode::OK,
+        &TokenExchangeResponse {
+            access_token: secret,
+            issued_token_type: Some(ACCESS_TOKEN_TYPE.into()),
+            token_type: "bearer".into(),
+            expires_in: Some(ttl),
+        },
+    )
+}
+
+/// `POST /api/models/{repo}/branch/{branch}`: a new branch at `startingPoint` (default: main).
+async fn create_branch(state: &State, caller: Option<&Caller>, id: &RepoId, branch: &str, body: &[u8]) -> Reply {
+    require_write(caller, id)?;
+    require_read(state, caller, id)?;
+    let req: CreateBranchRequest = if body.is_empty() {
+        CreateBranchRequest::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| fail(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?
+    };
+    if branch.is_empty() || branch.starts_with("refs/") || branch.contains("..") || branch.chars().any(|c| c.is_whitespace() || c == '~' || c == ':') {
+        return Err(fail(StatusCode::BAD_REQUEST, format!("invalid branch name {branch:?}")));
+    }
+    let _guard = state.commit_lock.lock().await;
+    if state.store.refs(id).contains_key(branch) {
+        return Err(fail(StatusCode::CONFLICT, format!("branch {branch} already exists")));
+    }
+    let start = head_of(state, id, req.starting_point.as_deref().unwrap_or("main"))?;
+    state.store.set_ref(id, branch, &start).map_err(io_fail)?;
+    json_reply(StatusCode::OK, &serde_json::json!({}))
+}
+
+fn create_repo(state: &State, caller: Option<&Caller>, req: CreateRepoRequest) -> Reply {
     if req.kind.as_deref().is_some_and(|k| k != "model") {
         return Err(fail(StatusCode::BAD_REQUEST, "the offline Hub serves model repos only"));
     }
@@ -408,7 +555,7 @@ pub fn front_matter(readme: &str) -> Result<serde_json::Value, String> {
     }
 }
 
-fn model_info(state: &State, caller: Option<&TokenSpec>, id: &RepoId, rev: &str, headers: &HeaderMap) -> Reply {
+fn model_info(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, headers: &HeaderMap) -> Reply {
     require_read(state, caller, id)?;
     let meta = state.store.meta(id).expect("checked by require_read");
     let oid = head_of(state, id, rev)?;
@@ -470,7 +617,7 @@ const TREE_PAGE: usize = 1000;
 
 fn tree(
     state: &State,
-    caller: Option<&TokenSpec>,
+    caller: Option<&Caller>,
     id: &RepoId,
     rev: &str,
     sub: &str,
@@ -518,7 +665,7 @@ fn tree(
     Ok(resp)
 }
 
-fn paths_info(state: &State, caller: Option<&TokenSpec>, id: &RepoId, rev: &str, body: &[u8]) -> Reply {
+fn paths_info(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, body: &[u8]) -> Reply {
     require_read(state, caller, id)?;
     let oid = head_of(state, id, rev)?;
     let c = state.store.commit(id, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;
@@ -538,19 +685,7 @@ fn paths_info(state: &State, caller: Option<&TokenSpec>, id: &RepoId, rev: &str,
     json_reply(StatusCode::OK, &out)
 }
 
-const LFS_EXTENSIONS: &[&str] = &[
-    "7z", "arrow", "bin", "bz2", "ckpt", "ftz", "gz", "h5", "joblib", "mlmodel", "model", "msgpack", "npy", "npz", "onnx",
-    "ot", "parquet", "pb", "pickle", "pkl", "pt", "pth", "rar", "safetensors", "tar", "tflite", "tgz", "wasm", "xz", "zip",
-    "zst", "png", "jpg", "jpeg", "webp", "gif",
-];
-const LFS_SIZE: u64 = 10 * 1024 * 1024;
-
-fn wants_lfs(path: &str, size: u64, sample: &[u8]) -> bool {
-    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
-    size > 0 && (size >= LFS_SIZE || LFS_EXTENSIONS.contains(&ext.as_str()) || sample.contains(&0))
-}
-
-fn preupload(state: &State, caller: Option<&TokenSpec>, id: &RepoId, rev: &str, req: PreuploadRequest) -> Reply {
+fn preupload(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, req: PreuploadRequest) -> Reply {
     require_write(caller, id)?;
     require_read(state, caller, id)?;
     let oid = head_of(state, id, rev)?;
@@ -561,7 +696,7 @@ fn preupload(state: &State, caller: Option<&TokenSpec>, id: &RepoId, rev: &str, 
         let sample = base64::engine::general_purpose::STANDARD
             .decode(&f.sample)
             .map_err(|_| fail(StatusCode::BAD_REQUEST, format!("sample of {} is not base64", f.path)))?;
-        let lfs = wants_lfs(&f.path, f.size, &sample);
+        let lfs = likely_lfs(&f.path, f.size, &sample);
         let remote = c.files.get(&f.path).map(|r| if lfs { r.sha256.clone() } else { r.git_sha1.clone() });
         files.push(PreuploadAnswer {
             path: f.path,
@@ -573,7 +708,7 @@ fn preupload(state: &State, caller: Option<&TokenSpec>, id: &RepoId, rev: &str, 
     json_reply(StatusCode::OK, &PreuploadResponse { files })
 }
 
-fn lfs_batch(state: &State, caller: Option<&TokenSpec>, id: &RepoId, req: LfsBatchRequest, headers: &HeaderMap) -> Reply {
+fn lfs_batch(state: &State, caller: Option<&Caller>, id: &RepoId, req: LfsBatchRequest, headers: &HeaderMap) -> Reply {
     require_write(caller, id)?;
     require_read(state, caller, id)?;
     if req.operation != "upload" {
@@ -726,7 +861,7 @@ fn complete_multipart(state: &State, upload_id: &str, req: CompleteMultipart) ->
     json_reply(StatusCode::OK, &serde_json::json!({}))
 }
 
-fn verify(state: &State, caller: Option<&TokenSpec>, id: &RepoId, req: LfsObject) -> Reply {
+fn verify(state: &State, caller: Option<&Caller>, id: &RepoId, req: LfsObject) -> Reply {
     require_write(caller, id)?;
     match state.store.blob_size(&req.oid) {
         Some(s) if s == req.size => json_reply(StatusCode::OK, &serde_json::json!({})),
@@ -737,7 +872,7 @@ fn verify(state: &State, caller: Option<&TokenSpec>, id: &RepoId, req: LfsObject
 
 async fn commit(
     state: &State,
-    caller: Option<&TokenSpec>,
+    caller: Option<&Caller>,
     id: &RepoId,
     rev: &str,
     create_pr: bool,
@@ -788,6 +923,11 @@ async fn commit(
                     "utf-8" | "utf8" => content.as_bytes().to_vec(),
                     other => return Err(fail(StatusCode::BAD_REQUEST, format!("unknown encoding {other:?} for {path}"))),
                 };
+                if path == "README.md" {
+                    // Like the Hub: a model card whose metadata does not parse is refused.
+                    front_matter(&String::from_utf8_lossy(&bytes))
+                        .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("Invalid metadata in README.md: {e}")))?;
+                }
                 files.insert(path.clone(), state.store.put_bytes(&bytes, false).map_err(io_fail)?);
             }
             CommitLine::LfsFile { path, oid, size, .. } => {
@@ -833,7 +973,7 @@ async fn commit(
 
 async fn resolve(
     state: &State,
-    caller: Option<&TokenSpec>,
+    caller: Option<&Caller>,
     id: &RepoId,
     rev: &str,
     path: &str,
@@ -907,14 +1047,5 @@ mod tests {
         assert!(front_matter("---\nlicense: [unclosed\n---\n").is_err());
         assert!(front_matter("---\nlicense: mit\n").is_err());
         assert_eq!(front_matter("# no metadata").unwrap(), serde_json::json!({}));
-    }
-
-    #[test]
-    fn lfs_mode_follows_extension_size_and_binary() {
-        assert!(wants_lfs("w.safetensors", 10, b"x"));
-        assert!(wants_lfs("a.txt", 11 * 1024 * 1024, b"x"));
-        assert!(wants_lfs("a.dat", 10, b"a\0b"));
-        assert!(!wants_lfs("README.md", 100, b"# hi"));
-        assert!(!wants_lfs("empty.bin", 0, b""));
     }
 }
