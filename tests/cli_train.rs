@@ -170,6 +170,13 @@ fn train_and_push_checks_the_token_first_then_publishes_in_one_commit() {
     let o = env.cmd(&["train-and-push", "--repo", "bob/sky-lora", "--config", cfg.to_str().unwrap()]).env("HF_TOKEN", BOB_READ).output().unwrap();
     code(&o, 3);
     assert!(!d.join("out").exists(), "training started although the token cannot write");
+    // A dry run checks everything, trains nothing and writes nothing.
+    let o = env.cmd(&["--json", "train-and-push", "--repo", "alice/sky-lora", "--dry-run", "--config", cfg.to_str().unwrap()]).env("HF_TOKEN", ALICE).output().unwrap();
+    let v = json(&o);
+    assert_eq!(v["dry_run"], true, "{v}");
+    assert_eq!(v["images"], 3, "{v}");
+    assert!(v["files"].as_array().unwrap().iter().any(|f| f == "pytorch_lora_weights.safetensors"), "{v}");
+    assert!(!d.join("out").exists(), "a dry run wrote the output folder");
     let o = env.cmd(&["--json", "train-and-push", "--repo", "alice/sky-lora", "--config", cfg.to_str().unwrap()]).env("HF_TOKEN", ALICE).output().unwrap();
     ok(&o);
     let v = json(&o);

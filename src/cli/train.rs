@@ -30,6 +30,12 @@ pub struct PushArgs {
     /// Open a pull request instead of committing to main
     #[arg(long)]
     create_pr: bool,
+    /// Check the token, config, base model and photos and say what would be trained and
+    /// uploaded; trains nothing and writes nothing
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    oidc: super::push::OidcArgs,
     #[command(flatten)]
     train: Args,
 }
@@ -143,10 +149,12 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
 pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     let repo = RepoId::parse(&a.repo)?;
     let cfg = load_config(&a.train)?;
-    let client = super::client(ctx, true)?;
     let rt = ctx.runtime();
-    // Before any GPU time is spent: the token must be valid and able to write there.
-    super::push::ensure_can_write(&rt, &client, &repo)?;
+    // Before any GPU time is spent: the token (OIDC-exchanged in CI) must be valid and able to write there.
+    let (client, _cred) = super::push::writer_client(ctx, &rt, &repo, &a.oidc)?;
+    if a.dry_run {
+        return dry_run(ctx, &rt, &client, &cfg, &repo);
+    }
     let summary = train(ctx, &cfg, &client, &rt)?;
     let card = write_card(&cfg, &summary, &repo.to_string())?;
     let warnings = rt.block_on(client.validate_yaml(&std::fs::read_to_string(&card)?))?;
@@ -170,5 +178,46 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     let mut v = summary_json(&cfg, &summary, &card);
     v["push"] = serde_json::to_value(&outcome)?;
     ctx.emit_json(&v);
+    Ok(())
+}
+
+/// What train-and-push would do: the base model resolves, the photos read, the files it would publish.
+fn dry_run(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::HubClient, cfg: &TrainConfig, repo: &RepoId) -> anyhow::Result<()> {
+    let model_dir = rt.block_on(resolve_pipeline(&cfg.base_model, client, None)).map_err(|e| bad_input(format!("base_model: {e}")))?;
+    hfsky::diffusion::config::PipelineFiles::open(&model_dir)?;
+    let images = hfsky::dataset::list_images(&cfg.dataset).map_err(|e| bad_input(e.to_string()))?;
+    let captions = match cfg.captions {
+        hfsky::train::config::CaptionSource::Instance => vec![None; images.len()],
+        mode => hfsky::dataset::captions::load_captions(&cfg.dataset, &images, mode).map_err(|e| bad_input(e.to_string()))?,
+    };
+    let mut unreadable = Vec::new();
+    for p in &images {
+        if let Err(problem) = hfsky::dataset::images::load_rgb(p) {
+            unreadable.push(serde_json::json!({ "file": p, "reason": problem.reason }));
+        }
+    }
+    let mut files: Vec<String> = vec!["pytorch_lora_weights.safetensors".into(), "README.md".into(), "train_config.yaml".into(), "training_log.jsonl".into()];
+    if cfg.validation_prompt.is_some() {
+        files.extend((0..cfg.num_validation_images as u64).map(|i| format!("validation-seed-{}.png", cfg.seed + i)));
+    }
+    ctx.say(&format!(
+        "dry run: would train on {} of {} image(s) ({} with captions) from {}, then push {} to {repo} in one commit; nothing was trained or written",
+        images.len() - unreadable.len(),
+        images.len(),
+        captions.iter().filter(|c| c.is_some()).count(),
+        cfg.dataset.display(),
+        files.join(", ")
+    ));
+    for u in &unreadable {
+        ctx.say(&format!("would skip {}: {}", u["file"].as_str().unwrap_or_default(), u["reason"].as_str().unwrap_or_default()));
+    }
+    ctx.emit_json(&serde_json::json!({
+        "dry_run": true,
+        "repo": repo.to_string(),
+        "base_model": cfg.base_model,
+        "images": images.len(),
+        "skipped": unreadable,
+        "files": files,
+    }));
     Ok(())
 }
