@@ -220,3 +220,55 @@ pub fn cmyk_tiff(w: u32, h: u32, ink: [u8; 4]) -> Vec<u8> {
     out.extend_from_slice(&pixels);
     out
 }
+
+/// A heavy "vivid" filter: saturation pushed far past the file's range, plus contrast.
+pub fn oversaturate(img: &RgbImage) -> RgbImage {
+    RgbImage::from_fn(img.width(), img.height(), |x, y| {
+        let p = img.get_pixel(x, y).0.map(f32::from);
+        let mean = (p[0] + p[1] + p[2]) / 3.0;
+        Rgb(p.map(|c| (mean + (c - mean) * 3.5 - 128.0) * 1.3 + 128.0).map(|c| c.clamp(0.0, 255.0) as u8))
+    })
+}
+
+/// 5×7 bitmap glyphs for the overlay text tests (a watermark's letters, digits and ©).
+const FONT: &[(char, [&str; 7])] = &[
+    ('A', [" ### ", "#   #", "#   #", "#####", "#   #", "#   #", "#   #"]),
+    ('C', [" ####", "#    ", "#    ", "#    ", "#    ", "#    ", " ####"]),
+    ('G', [" ####", "#    ", "#    ", "#  ##", "#   #", "#   #", " ####"]),
+    ('H', ["#   #", "#   #", "#   #", "#####", "#   #", "#   #", "#   #"]),
+    ('I', ["#####", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ", "#####"]),
+    ('K', ["#   #", "#  # ", "# #  ", "##   ", "# #  ", "#  # ", "#   #"]),
+    ('O', [" ### ", "#   #", "#   #", "#   #", "#   #", "#   #", " ### "]),
+    ('P', ["#### ", "#   #", "#   #", "#### ", "#    ", "#    ", "#    "]),
+    ('R', ["#### ", "#   #", "#   #", "#### ", "# #  ", "#  # ", "#   #"]),
+    ('S', [" ####", "#    ", "#    ", " ### ", "    #", "    #", "#### "]),
+    ('T', ["#####", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ", "  #  "]),
+    ('Y', ["#   #", "#   #", " # # ", "  #  ", "  #  ", "  #  ", "  #  "]),
+    ('0', [" ### ", "#   #", "#  ##", "# # #", "##  #", "#   #", " ### "]),
+    ('2', [" ### ", "#   #", "    #", "   # ", "  #  ", " #   ", "#####"]),
+    ('4', ["   # ", "  ## ", " # # ", "#  # ", "#####", "   # ", "   # "]),
+    ('©', [" ### ", "#   #", "# ###", "# #  ", "# ###", "#   #", " ### "]),
+];
+
+/// Draw `text` with its top-left corner at (x, y), each font pixel `scale` pixels wide.
+pub fn draw_text(img: &mut RgbImage, text: &str, x: u32, y: u32, scale: u32, colour: [u8; 3]) {
+    for (i, ch) in text.chars().enumerate() {
+        let Some((_, rows)) = FONT.iter().find(|(c, _)| *c == ch) else { continue };
+        let gx = x + i as u32 * 6 * scale;
+        for (ry, row) in rows.iter().enumerate() {
+            for (rx, cell) in row.chars().enumerate() {
+                if cell != '#' {
+                    continue;
+                }
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let (px, py) = (gx + rx as u32 * scale + dx, y + ry as u32 * scale + dy);
+                        if px < img.width() && py < img.height() {
+                            img.put_pixel(px, py, Rgb(colour));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
