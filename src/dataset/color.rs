@@ -103,9 +103,10 @@ impl Lab {
             };
         }
         match self.hue() {
-            h if !(25.0..340.0).contains(&h) => "pink",
+            h if !(25.0..340.0).contains(&h) => if self.l < 40.0 { "magenta" } else { "pink" },
             h if h < 50.0 => "red",
-            h if h < 80.0 => if self.l < 45.0 { "brown" } else { "orange" },
+            h if h < 110.0 && self.l < 45.0 => "brown",
+            h if h < 80.0 => "orange",
             h if h < 110.0 => "yellow",
             h if h < 185.0 => "green",
             h if h < 235.0 => "cyan",
@@ -198,6 +199,7 @@ mod tests {
             ([240, 150, 180], "pink"),
             ([128, 128, 130], "grey"),
             ([5, 5, 8], "black"),
+            ([110, 98, 62], "brown"),
             ([250, 250, 250], "white"),
         ] {
             assert_eq!(Lab::from_rgb(rgb).name(), name, "{rgb:?}");

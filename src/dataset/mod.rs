@@ -4,10 +4,13 @@
 pub mod captions;
 pub mod check;
 pub mod color;
+pub mod fix;
 pub mod images;
 pub mod overlay;
 pub mod phash;
+pub mod report;
 pub mod stretch;
+pub mod synth;
 pub mod tone;
 
 #[cfg(test)]
