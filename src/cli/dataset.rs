@@ -250,13 +250,14 @@ fn run_report(ctx: &Ctx, a: ReportArgs) -> anyhow::Result<()> {
     let source = source_or_detect(&a.dir, &images, a.source);
     let caps = load_captions(&a.dir, &images, source)?;
     let r = report::build(&a.dir, &images, &caps)?;
+    let json = serde_json::to_value(&r)?;
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let html = report::html::render(&r)?;
         std::fs::write(out.join("report.html"), html).with_context(|| format!("writing {}", out.join("report.html").display()))?;
-        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", out.join("report.json").display()))?;
+        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", out.join("report.json").display()))?;
     }
-    ctx.emit_json(&serde_json::to_value(&r)?);
+    ctx.emit_json(&json);
     for line in r.summary_lines() {
         ctx.say(&line);
     }

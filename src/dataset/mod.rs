@@ -126,7 +126,9 @@ pub fn thumbnail(rgb: &image::RgbImage, max: u32) -> image::RgbImage {
         return rgb.clone();
     }
     let s = max as f32 / w.max(h) as f32;
-    image::imageops::thumbnail(rgb, ((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1))
+    // Through DynamicImage: its methods are compiled (optimised) inside the image crate, while
+    // the generic imageops functions would be instantiated here, unoptimised in debug builds.
+    image::DynamicImage::ImageRgb8(rgb.clone()).thumbnail_exact(((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1)).into_rgb8()
 }
 
 /// `f` over `items` on all cores, results in order. Each worker holds one decoded photo at a

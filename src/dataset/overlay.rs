@@ -34,7 +34,7 @@ impl Glyph {
 pub fn find_text(rgb: &RgbImage) -> Option<TextLine> {
     let small;
     let img = if rgb.width() > WIDTH {
-        small = imageops::resize(rgb, WIDTH, (rgb.height() * WIDTH / rgb.width()).max(1), imageops::FilterType::Triangle);
+        small = image::DynamicImage::ImageRgb8(rgb.clone()).resize_exact(WIDTH, (rgb.height() * WIDTH / rgb.width()).max(1), imageops::FilterType::Triangle).into_rgb8();
         &small
     } else {
         rgb
@@ -42,7 +42,11 @@ pub fn find_text(rgb: &RgbImage) -> Option<TextLine> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut best: Option<TextLine> = None;
     for (colour, pick) in [("white", is_white as fn([u8; 3]) -> bool), ("black", is_black)] {
-        let mask: Vec<bool> = img.pixels().map(|p| pick(p.0)).collect();
+        let mask: Vec<bool> = img.as_raw().chunks_exact(3).map(|p| pick([p[0], p[1], p[2]])).collect();
+        // Glyphs of a colour that fills a third of the picture would not stand out from it.
+        if mask.iter().filter(|&&m| m).count() * 3 > mask.len() {
+            continue;
+        }
         let glyphs = glyph_like(&mask, w, h);
         if let Some((n, y)) = longest_row(&glyphs) {
             if n >= MIN_GLYPHS && best.as_ref().is_none_or(|b| n > b.glyphs) {
@@ -53,13 +57,13 @@ pub fn find_text(rgb: &RgbImage) -> Option<TextLine> {
     best
 }
 
-fn is_white(p: [u8; 3]) -> bool {
-    let (min, max) = (p.iter().min().copied().unwrap_or(0), p.iter().max().copied().unwrap_or(0));
+fn is_white([r, g, b]: [u8; 3]) -> bool {
+    let (min, max) = (r.min(g).min(b), r.max(g).max(b));
     min >= 225 && max - min <= 30
 }
 
-fn is_black(p: [u8; 3]) -> bool {
-    p.iter().all(|&c| c <= 30)
+fn is_black([r, g, b]: [u8; 3]) -> bool {
+    r <= 30 && g <= 30 && b <= 30
 }
 
 /// Connected components (4-neighbour) of `mask` that look like glyphs: 8 to 150 px tall, not

@@ -4,8 +4,7 @@
 use image::{imageops, GrayImage, RgbImage};
 
 pub fn phash(rgb: &RgbImage) -> u64 {
-    let small = imageops::resize(rgb, 32, 32, imageops::FilterType::Triangle);
-    let gray: GrayImage = image::DynamicImage::ImageRgb8(small).to_luma8();
+    let gray: GrayImage = image::DynamicImage::ImageRgb8(rgb.clone()).resize_exact(32, 32, imageops::FilterType::Triangle).to_luma8();
     let px: Vec<f32> = gray.pixels().map(|p| f32::from(p.0[0])).collect();
     let cos: Vec<f32> = (0..8 * 32).map(|i| ((2 * (i % 32) + 1) as f32 * (i / 32) as f32 * std::f32::consts::PI / 64.0).cos()).collect();
     // Separable DCT-II, keeping only the 8×8 lowest frequencies.

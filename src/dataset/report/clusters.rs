@@ -166,6 +166,10 @@ pub fn predict_blends(clusters: &[Cluster], coverage: &[Vec<f32>]) -> Vec<Blend>
         let avg = |s: Lab, k: usize| Lab { l: s.l / k as f32, a: s.a / k as f32, b: s.b / k as f32 };
         let (w, c) = (avg(sw, nw), avg(sc, nc));
         let (mix, name) = blend(w, c, 0.5);
+        // With one warm and one cool cluster this is the pair above again.
+        if out.iter().any(|b| b.into == name) {
+            return out;
+        }
         out.push(Blend {
             text: format!("warm ({} of images) + cool ({}) → {name}", pct(warm_share), pct(cool_share)),
             from: vec![part("warm", &w.hex(), warm_share), part("cool", &c.hex(), cool_share)],
