@@ -133,7 +133,9 @@ pub fn predict_blends(clusters: &[Cluster], coverage: &[Vec<f32>]) -> Vec<Blend>
                 continue;
             }
             let (mix, name) = blend(a.lab, b.lab, 0.5);
-            if name == a.name || name == b.name {
+            // Clusters come largest first, so a repeated pair of names keeps its strongest members.
+            let repeated = out.iter().any(|x: &Blend| x.from[0].name == a.name && x.from[1].name == b.name);
+            if name == a.name || name == b.name || repeated {
                 continue;
             }
             out.push(Blend {
@@ -167,7 +169,8 @@ pub fn predict_blends(clusters: &[Cluster], coverage: &[Vec<f32>]) -> Vec<Blend>
         let (w, c) = (avg(sw, nw), avg(sc, nc));
         let (mix, name) = blend(w, c, 0.5);
         // With one warm and one cool cluster this is the pair above again.
-        if out.iter().any(|b| b.into == name) {
+        let count = |t| strong.iter().filter(|c| c.lab.temperature() == Some(t)).count();
+        if count(Temperature::Warm) == 1 && count(Temperature::Cool) == 1 {
             return out;
         }
         out.push(Blend {
@@ -252,7 +255,14 @@ mod tests {
         let clusters = vec![mk([230, 150, 80], 0.5), mk([80, 140, 200], 0.5)];
         let coverage: Vec<Vec<f32>> = (0..10).map(|i| if i < 5 { vec![0.9, 0.1] } else { vec![0.1, 0.9] }).collect();
         let b = predict_blends(&clusters, &coverage);
-        assert!(b.iter().any(|b| b.text == "warm (50% of images) + cool (50%) → grey"), "{b:?}");
+        // The warm-against-cool line would repeat this pair, so it is left out.
+        assert_eq!(b.iter().map(|b| b.text.as_str()).collect::<Vec<_>>(), ["orange (50% of images) + blue (50%) → grey"]);
+        // Two warm and two cool colours: the pairs and the warm/cool summary.
+        let clusters = vec![mk([230, 150, 80], 0.3), mk([235, 120, 90], 0.2), mk([80, 140, 200], 0.3), mk([70, 120, 180], 0.2)];
+        let coverage: Vec<Vec<f32>> = (0..10).map(|i| { let mut c = vec![0.0; 4]; c[i % 4] = 0.9; c }).collect();
+        let b = predict_blends(&clusters, &coverage);
+        assert_eq!(b.iter().filter(|x| x.text.starts_with("orange (30% of images) + blue")).count(), 1, "{b:?}");
+        assert!(b.iter().any(|b| b.text.starts_with("warm (60% of images) + cool (40%) → ")), "{b:?}");
     }
 
     #[test]
