@@ -1,5 +1,8 @@
 //! hfsky: fine-tune text-to-image LoRAs on your own photos and publish them on the Hugging Face Hub.
 
+// Lets code shared with the integration tests name this crate `hfsky` from inside it too.
+extern crate self as hfsky;
+
 pub mod auth;
 pub mod card;
 pub mod dataset;

@@ -3,6 +3,7 @@
 
 mod card;
 mod ci;
+mod dataset;
 mod download;
 mod generate;
 mod hash;
@@ -80,6 +81,9 @@ pub enum Command {
     /// Model cards
     #[command(subcommand)]
     Card(card::Cmd),
+    /// Check photos, manage captions, and report what the model will learn from them
+    #[command(subcommand)]
+    Dataset(dataset::Cmd),
     /// The offline Hub
     #[command(subcommand)]
     Hub(hub::Cmd),
@@ -130,6 +134,15 @@ pub struct CliError {
     pub message: String,
 }
 
+/// The command already printed its result (with --json, its one JSON document) and fails only
+/// through its exit code, e.g. `dataset check` with findings at or above --fail-on.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Reported {
+    pub code: i32,
+    pub message: String,
+}
+
 pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
     CliError { code: exit::BAD_INPUT, message: message.into() }.into()
 }
@@ -166,6 +179,15 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     for cause in e.chain() {
         if let Some(c) = cause.downcast_ref::<CliError>() {
             return c.code;
+        }
+        if let Some(r) = cause.downcast_ref::<Reported>() {
+            return r.code;
+        }
+        if matches!(cause.downcast_ref::<hfsky::dataset::DatasetError>(), Some(d) if !matches!(d, hfsky::dataset::DatasetError::Io { .. }))
+            || matches!(cause.downcast_ref::<hfsky::dataset::captions::CaptionError>(), Some(c) if !matches!(c, hfsky::dataset::captions::CaptionError::Write { .. }))
+            || matches!(cause.downcast_ref::<hfsky::dataset::fix::FixError>(), Some(hfsky::dataset::fix::FixError::NotEmpty(_) | hfsky::dataset::fix::FixError::Inside { .. }))
+        {
+            return exit::BAD_INPUT;
         }
         if let Some(h) = cause.downcast_ref::<HubError>() {
             return hub_exit_code(h);
@@ -214,6 +236,7 @@ pub fn run() -> i32 {
         Command::Push(a) => push::run(&ctx, a),
         Command::Download(a) => download::run(&ctx, a),
         Command::Generate(a) => generate::run(&ctx, a),
+        Command::Dataset(c) => dataset::run(&ctx, c),
         Command::Hub(c) => hub::run(&ctx, c),
         Command::Ci(c) => ci::run(&ctx, c),
         Command::Train(a) => train::run(&ctx, a),
@@ -232,7 +255,7 @@ pub fn run() -> i32 {
                     msg.push_str(&format!(": {c}"));
                 }
             }
-            if ctx.json {
+            if ctx.json && e.downcast_ref::<Reported>().is_none() {
                 let v = serde_json::json!({ "error": msg, "exit_code": code });
                 println!("{}", redact(&v.to_string()));
             }

@@ -2,7 +2,16 @@
 //! scripts do, their captions, and the checks and report that show what a model will learn.
 
 pub mod captions;
+pub mod check;
+pub mod color;
+pub mod fix;
 pub mod images;
+pub mod overlay;
+pub mod phash;
+pub mod report;
+pub mod stretch;
+pub mod synth;
+pub mod tone;
 
 #[cfg(test)]
 #[path = "../../tests/support/images.rs"]
@@ -108,6 +117,38 @@ pub(crate) fn no_images(dir: &Path, scan: &Scan) -> DatasetError {
 
 fn extension(path: &Path) -> Option<String> {
     path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase())
+}
+
+/// The image scaled so its longer side is at most `max` pixels (never enlarged).
+pub fn thumbnail(rgb: &image::RgbImage, max: u32) -> image::RgbImage {
+    let (w, h) = rgb.dimensions();
+    if w.max(h) <= max {
+        return rgb.clone();
+    }
+    let s = max as f32 / w.max(h) as f32;
+    // Through DynamicImage: its methods are compiled (optimised) inside the image crate, while
+    // the generic imageops functions would be instantiated here, unoptimised in debug builds.
+    image::DynamicImage::ImageRgb8(rgb.clone()).thumbnail_exact(((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1)).into_rgb8()
+}
+
+/// `f` over `items` on all cores, results in order. Each worker holds one decoded photo at a
+/// time, so memory stays at a few photos however large the set.
+pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(items.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut slots: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
+    let results = std::sync::Mutex::new(&mut slots);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    slots.into_iter().map(|r| r.expect("every item processed")).collect()
 }
 
 /// `path` relative to `dir` with forward slashes: the `file_name` of HF imagefolder metadata.

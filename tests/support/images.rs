@@ -5,50 +5,7 @@
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use std::io::Cursor;
 
-/// Deterministic hash noise in [0, 1).
-fn noise(x: u32, y: u32, seed: u32) -> f32 {
-    let mut h = x.wrapping_mul(0x9E37_79B1) ^ y.wrapping_mul(0x85EB_CA77) ^ seed.wrapping_mul(0xC2B2_AE3D);
-    h ^= h >> 15;
-    h = h.wrapping_mul(0x2C1B_3C6D);
-    h ^= h >> 12;
-    (h & 0xFFFF) as f32 / 65536.0
-}
-
-/// Smooth value noise: photographic texture whose detail is the same in x and y.
-fn value_noise(x: f32, y: f32, seed: u32) -> f32 {
-    let (xi, yi) = (x.floor(), y.floor());
-    let (fx, fy) = (x - xi, y - yi);
-    let (sx, sy) = (fx * fx * (3.0 - 2.0 * fx), fy * fy * (3.0 - 2.0 * fy));
-    let (xi, yi) = (xi as u32, yi as u32);
-    let a = noise(xi, yi, seed);
-    let b = noise(xi + 1, yi, seed);
-    let c = noise(xi, yi + 1, seed);
-    let d = noise(xi + 1, yi + 1, seed);
-    a + (b - a) * sx + (c - a) * sy + (a - b - c + d) * sx * sy
-}
-
-/// A sky-like photo: a gradient whose colours depend on `seed`, textured clouds, a dark
-/// ground below a horizon, and per-pixel sensor noise.
-pub fn photo(w: u32, h: u32, seed: u32) -> RgbImage {
-    let hue = (seed % 7) as f32 / 7.0;
-    let top = [0.15 + 0.5 * hue, 0.3 + 0.3 * (1.0 - hue), 0.8 - 0.4 * hue];
-    let bottom = [0.95, 0.55 + 0.3 * hue, 0.3 + 0.4 * (1.0 - hue)];
-    let horizon = 0.6 + 0.15 * ((seed % 5) as f32 / 5.0);
-    let scale = 48.0 / (w.max(h) as f32 / 8.0).max(1.0);
-    RgbImage::from_fn(w, h, |x, y| {
-        let t = y as f32 / h as f32;
-        let clouds = 0.6 * value_noise(x as f32 * scale / 6.0, y as f32 * scale / 6.0, seed)
-            + 0.4 * value_noise(x as f32 * scale / 1.5, y as f32 * scale / 1.5, seed + 1);
-        let grain = noise(x, y, seed + 2) - 0.5;
-        let mut px = [0u8; 3];
-        for (i, p) in px.iter_mut().enumerate() {
-            let sky = top[i] + (bottom[i] - top[i]) * t + 0.25 * (clouds - 0.5);
-            let v = if t > horizon { 0.12 + 0.1 * clouds } else { sky };
-            *p = ((v + 0.04 * grain).clamp(0.0, 1.0) * 255.0) as u8;
-        }
-        Rgb(px)
-    })
-}
+pub use hfsky::dataset::synth::sky as photo;
 
 pub fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
@@ -219,4 +176,56 @@ pub fn cmyk_tiff(w: u32, h: u32, ink: [u8; 4]) -> Vec<u8> {
     out.extend_from_slice(&[0, 0, 0, 0]);
     out.extend_from_slice(&pixels);
     out
+}
+
+/// A heavy "vivid" filter: saturation pushed far past the file's range, plus contrast.
+pub fn oversaturate(img: &RgbImage) -> RgbImage {
+    RgbImage::from_fn(img.width(), img.height(), |x, y| {
+        let p = img.get_pixel(x, y).0.map(f32::from);
+        let mean = (p[0] + p[1] + p[2]) / 3.0;
+        Rgb(p.map(|c| (mean + (c - mean) * 3.5 - 128.0) * 1.3 + 128.0).map(|c| c.clamp(0.0, 255.0) as u8))
+    })
+}
+
+/// 5×7 bitmap glyphs for the overlay text tests (a watermark's letters, digits and ©).
+const FONT: &[(char, [&str; 7])] = &[
+    ('A', [" ### ", "#   #", "#   #", "#####", "#   #", "#   #", "#   #"]),
+    ('C', [" ####", "#    ", "#    ", "#    ", "#    ", "#    ", " ####"]),
+    ('G', [" ####", "#    ", "#    ", "#  ##", "#   #", "#   #", " ####"]),
+    ('H', ["#   #", "#   #", "#   #", "#####", "#   #", "#   #", "#   #"]),
+    ('I', ["#####", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ", "#####"]),
+    ('K', ["#   #", "#  # ", "# #  ", "##   ", "# #  ", "#  # ", "#   #"]),
+    ('O', [" ### ", "#   #", "#   #", "#   #", "#   #", "#   #", " ### "]),
+    ('P', ["#### ", "#   #", "#   #", "#### ", "#    ", "#    ", "#    "]),
+    ('R', ["#### ", "#   #", "#   #", "#### ", "# #  ", "#  # ", "#   #"]),
+    ('S', [" ####", "#    ", "#    ", " ### ", "    #", "    #", "#### "]),
+    ('T', ["#####", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ", "  #  "]),
+    ('Y', ["#   #", "#   #", " # # ", "  #  ", "  #  ", "  #  ", "  #  "]),
+    ('0', [" ### ", "#   #", "#  ##", "# # #", "##  #", "#   #", " ### "]),
+    ('2', [" ### ", "#   #", "    #", "   # ", "  #  ", " #   ", "#####"]),
+    ('4', ["   # ", "  ## ", " # # ", "#  # ", "#####", "   # ", "   # "]),
+    ('©', [" ### ", "#   #", "# ###", "# #  ", "# ###", "#   #", " ### "]),
+];
+
+/// Draw `text` with its top-left corner at (x, y), each font pixel `scale` pixels wide.
+pub fn draw_text(img: &mut RgbImage, text: &str, x: u32, y: u32, scale: u32, colour: [u8; 3]) {
+    for (i, ch) in text.chars().enumerate() {
+        let Some((_, rows)) = FONT.iter().find(|(c, _)| *c == ch) else { continue };
+        let gx = x + i as u32 * 6 * scale;
+        for (ry, row) in rows.iter().enumerate() {
+            for (rx, cell) in row.chars().enumerate() {
+                if cell != '#' {
+                    continue;
+                }
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let (px, py) = (gx + rx as u32 * scale + dx, y + ry as u32 * scale + dy);
+                        if px < img.width() && py < img.height() {
+                            img.put_pixel(px, py, Rgb(colour));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,282 @@
+use super::{bad_input, exit, Ctx, Reported};
+use anyhow::Context;
+use hfsky::dataset::captions::{self, caption_issues, detect_source, load_captions, save_captions, CaptionSource};
+use hfsky::dataset::check::{check, Severity};
+use hfsky::dataset::{fix, list_images, relative_name, report};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Cmd {
+    /// Find what would hurt training: unreadable, small, stretched, duplicate, filtered photos, overlays, conversions
+    Check(CheckArgs),
+    /// Export, import or check all captions at once
+    #[command(subcommand)]
+    Captions(CaptionsCmd),
+    /// Write captions from a template, e.g. "a photo of SKY, {caption}"
+    Caption(CaptionArgs),
+    /// Colour clusters and what they blend into, composition, caption vocabulary (HTML + JSON)
+    Report(ReportArgs),
+    /// Generate synthetic sky photos (for the benchmark)
+    #[command(hide = true)]
+    Synth(SynthArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    dir: PathBuf,
+    /// Training resolution: photos whose shorter side is below it are flagged
+    #[arg(long, default_value_t = 512)]
+    resolution: u32,
+    /// Exit 1 when a finding of this severity or worse exists (error, warning or info)
+    #[arg(long, default_value = "error")]
+    fail_on: Severity,
+    /// Write a cleaned, resized copy here (originals are never touched) plus dropped.tsv
+    #[arg(long, value_name = "OUT")]
+    fix: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CaptionsCmd {
+    /// Print all captions as TSV (file_name<TAB>text) for editing in one file
+    Export(SourceArgs),
+    /// Read a TSV (from `export`) back into sidecars or metadata.jsonl
+    Import(ImportArgs),
+    /// List images with missing, empty or duplicated captions (exit 1 if any)
+    Check(SourceArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SourceArgs {
+    dir: PathBuf,
+    /// sidecar, metadata or instance (default: metadata.jsonl if present, else sidecars)
+    #[arg(long)]
+    source: Option<CaptionSource>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    dir: PathBuf,
+    /// The TSV file ("-" for stdin)
+    file: PathBuf,
+    /// Write to sidecar .txt files or metadata.jsonl (default: what the folder uses, else sidecar)
+    #[arg(long)]
+    to: Option<CaptionSource>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CaptionArgs {
+    dir: PathBuf,
+    /// Caption template: {caption} is the image's current caption, {file} its file name without extension
+    #[arg(long)]
+    template: String,
+    /// Replace existing captions too (default: only images without one)
+    #[arg(long)]
+    overwrite: bool,
+    /// Write to sidecar .txt files or metadata.jsonl (default: what the folder uses, else sidecar)
+    #[arg(long)]
+    to: Option<CaptionSource>,
+    /// Show what would be written, write nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    dir: PathBuf,
+    /// Folder for report.html and report.json (default: print the summary only)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Caption source for the vocabulary section (default: detected)
+    #[arg(long)]
+    source: Option<CaptionSource>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SynthArgs {
+    out: PathBuf,
+    #[arg(long, default_value_t = 1000)]
+    count: u32,
+    #[arg(long, default_value_t = 1024)]
+    width: u32,
+    #[arg(long, default_value_t = 768)]
+    height: u32,
+}
+
+pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Check(a) => run_check(ctx, a),
+        Cmd::Captions(CaptionsCmd::Export(a)) => export(ctx, a),
+        Cmd::Captions(CaptionsCmd::Import(a)) => import(ctx, a),
+        Cmd::Captions(CaptionsCmd::Check(a)) => check_captions(ctx, a),
+        Cmd::Caption(a) => caption(ctx, a),
+        Cmd::Report(a) => run_report(ctx, a),
+        Cmd::Synth(a) => synth(ctx, a),
+    }
+}
+
+fn run_check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<()> {
+    if a.resolution < 64 {
+        return Err(bad_input(format!("--resolution {} is too small: use the size you train at (512 for SD 1.5, 1024 for SDXL)", a.resolution)));
+    }
+    let report = check(&a.dir, a.resolution)?;
+    let fixed = match &a.fix {
+        Some(out) => Some(fix::fix(&a.dir, &report, out, a.resolution, a.fail_on)?),
+        None => None,
+    };
+    let mut json = serde_json::to_value(&report)?;
+    if let Some(f) = &fixed {
+        json["fix"] = serde_json::to_value(f)?;
+    }
+    ctx.emit_json(&json);
+    for img in &report.images {
+        for f in &img.findings {
+            let sev = serde_json::to_value(f.severity)?;
+            let kind = serde_json::to_value(f.kind)?;
+            ctx.say(&format!("{}: {} {}: {}", img.file, sev.as_str().unwrap_or(""), kind.as_str().unwrap_or(""), f.message));
+        }
+    }
+    let (e, w, i) = (report.count(Severity::Error), report.count(Severity::Warning), report.count(Severity::Info));
+    ctx.say(&format!("{} files: {e} errors, {} warnings, {} info", report.images.len(), w - e, i - w));
+    if let Some(f) = &fixed {
+        ctx.say(&format!("wrote {} images to {}, dropped {} (listed in {})", f.written, f.out.display(), f.dropped.len(), f.out.join(fix::DROPPED_LIST).display()));
+        return Ok(());
+    }
+    let failing = report.count(a.fail_on);
+    if failing > 0 {
+        let level = serde_json::to_value(a.fail_on)?;
+        return Err(Reported { code: exit::FAILURE, message: format!("{failing} finding(s) at or above {}", level.as_str().unwrap_or("")) }.into());
+    }
+    Ok(())
+}
+
+fn source_or_detect(dir: &Path, images: &[PathBuf], source: Option<CaptionSource>) -> CaptionSource {
+    source.unwrap_or_else(|| detect_source(dir, images))
+}
+
+fn write_target(dir: &Path, images: &[PathBuf], to: Option<CaptionSource>) -> anyhow::Result<CaptionSource> {
+    match to.unwrap_or_else(|| detect_source(dir, images)) {
+        CaptionSource::Instance if to.is_some() => Err(bad_input("--to instance: captions can only be written to sidecar or metadata")),
+        CaptionSource::Instance => Ok(CaptionSource::Sidecar),
+        t => Ok(t),
+    }
+}
+
+fn export(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
+    let images = list_images(&a.dir)?;
+    let source = source_or_detect(&a.dir, &images, a.source);
+    let caps = load_captions(&a.dir, &images, source)?;
+    if ctx.json {
+        let rows: Vec<_> = images.iter().zip(&caps).map(|(p, c)| serde_json::json!({"file": relative_name(&a.dir, p), "caption": c})).collect();
+        ctx.emit_json(&serde_json::json!({ "source": source, "captions": rows }));
+    } else {
+        // TSV goes to stdout even with --quiet: it is the command's output, not chatter.
+        print!("{}", captions::to_tsv(&a.dir, &images, &caps));
+    }
+    Ok(())
+}
+
+fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<()> {
+    let images = list_images(&a.dir)?;
+    let text = if a.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading captions from stdin")?
+    } else {
+        std::fs::read_to_string(&a.file).map_err(|e| bad_input(format!("cannot read {}: {e}", a.file.display())))?
+    };
+    let origin = if a.file.as_os_str() == "-" { Path::new("<stdin>") } else { a.file.as_path() };
+    let caps = captions::from_tsv(&a.dir, &images, &text, origin).map_err(|e| bad_input(e.to_string()))?;
+    let target = write_target(&a.dir, &images, a.to)?;
+    let written = save_captions(&a.dir, &images, &caps, target)?;
+    let untouched: Vec<String> = images.iter().zip(&caps).filter(|(_, c)| c.is_none()).map(|(p, _)| relative_name(&a.dir, p)).collect();
+    ctx.emit_json(&serde_json::json!({ "written": written, "target": target, "untouched": untouched }));
+    ctx.say(&format!("wrote {written} captions ({target}); {} images not in the file kept theirs", untouched.len()));
+    Ok(())
+}
+
+fn check_captions(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
+    let images = list_images(&a.dir)?;
+    let source = source_or_detect(&a.dir, &images, a.source);
+    let caps = load_captions(&a.dir, &images, source)?;
+    let issues = caption_issues(&a.dir, &images, &caps);
+    ctx.emit_json(&serde_json::json!({ "source": source, "images": images.len(), "issues": issues }));
+    for i in &issues {
+        ctx.say(&format!("{}: {}", i.file, i.message));
+    }
+    ctx.say(&format!("{} images, captions from {source}: {} with problems", images.len(), issues.len()));
+    if !issues.is_empty() {
+        return Err(Reported { code: exit::FAILURE, message: format!("{} image(s) with missing, empty or duplicated captions", issues.len()) }.into());
+    }
+    Ok(())
+}
+
+fn caption(ctx: &Ctx, a: CaptionArgs) -> anyhow::Result<()> {
+    let images = list_images(&a.dir)?;
+    let target = write_target(&a.dir, &images, a.to)?;
+    let current = match detect_source(&a.dir, &images) {
+        CaptionSource::Instance => vec![None; images.len()],
+        s => load_captions(&a.dir, &images, s)?,
+    };
+    let needs_caption = a.template.contains("{caption}");
+    let mut new = vec![None; images.len()];
+    let mut skipped = Vec::new();
+    for (i, p) in images.iter().enumerate() {
+        let has = current[i].as_deref().is_some_and(|c| !c.is_empty());
+        if has && !a.overwrite {
+            continue;
+        }
+        if needs_caption && !has {
+            skipped.push(relative_name(&a.dir, p));
+            continue;
+        }
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = a.template.replace("{caption}", current[i].as_deref().unwrap_or("")).replace("{file}", &stem);
+        new[i] = Some(text.trim().to_string());
+    }
+    let written = if a.dry_run { new.iter().flatten().count() } else { save_captions(&a.dir, &images, &new, target)? };
+    let rows: Vec<_> = images.iter().zip(&new).filter_map(|(p, c)| c.as_ref().map(|c| serde_json::json!({"file": relative_name(&a.dir, p), "caption": c}))).collect();
+    ctx.emit_json(&serde_json::json!({ "written": if a.dry_run { 0 } else { written }, "dry_run": a.dry_run, "target": target, "captions": rows, "skipped_no_caption": skipped }));
+    for r in &rows {
+        ctx.say(&format!("{}: {}", r["file"].as_str().unwrap_or(""), r["caption"].as_str().unwrap_or("")));
+    }
+    let verb = if a.dry_run { "would write" } else { "wrote" };
+    ctx.say(&format!("{verb} {} captions ({target})", rows.len()));
+    if !skipped.is_empty() {
+        eprintln!("warning: {} image(s) have no caption to put in {{caption}}: {} (write them with `hfsky dataset captions import`)", skipped.len(), skipped.join(", "));
+    }
+    Ok(())
+}
+
+fn run_report(ctx: &Ctx, a: ReportArgs) -> anyhow::Result<()> {
+    let images = list_images(&a.dir)?;
+    let source = source_or_detect(&a.dir, &images, a.source);
+    let caps = load_captions(&a.dir, &images, source)?;
+    let r = report::build(&a.dir, &images, &caps)?;
+    let json = serde_json::to_value(&r)?;
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let html = report::html::render(&r)?;
+        std::fs::write(out.join("report.html"), html).with_context(|| format!("writing {}", out.join("report.html").display()))?;
+        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", out.join("report.json").display()))?;
+    }
+    ctx.emit_json(&json);
+    for line in r.summary_lines() {
+        ctx.say(&line);
+    }
+    if let Some(out) = &a.out {
+        ctx.say(&format!("report: {}", out.join("report.html").display()));
+    }
+    Ok(())
+}
+
+fn synth(ctx: &Ctx, a: SynthArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let ids: Vec<u32> = (0..a.count).collect();
+    let results = hfsky::dataset::par_map(&ids, |&i| {
+        let img = hfsky::dataset::synth::sky(a.width, a.height, i);
+        let path = a.out.join(format!("sky-{i:05}.jpg"));
+        let f = std::fs::File::create(&path)?;
+        image::codecs::jpeg::JpegEncoder::new_with_quality(std::io::BufWriter::new(f), 90).encode_image(&img).map_err(std::io::Error::other)
+    });
+    results.into_iter().collect::<Result<Vec<_>, _>>().context("writing synthetic photos")?;
+    ctx.say(&format!("wrote {} photos of {}×{} to {}", a.count, a.width, a.height, a.out.display()));
+    Ok(())
+}

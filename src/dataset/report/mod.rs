@@ -1,0 +1,270 @@
+//! `dataset report`: what the set will teach, before training. Colour clusters and their
+//! blends, the hue histogram, composition, and caption vocabulary, as JSON and HTML.
+
+pub mod clusters;
+pub mod composition;
+pub mod html;
+pub mod vocabulary;
+
+use super::color::{hsv, Lab};
+use super::images::load_rgb;
+use super::{par_map, relative_name, thumbnail};
+use clusters::{Blend, Cluster, HueBin, HUE_BINS};
+use composition::Composition;
+use std::path::{Path, PathBuf};
+use vocabulary::Vocabulary;
+
+/// Thumbnail size for the analysis: colours and composition do not need more.
+const THUMB: u32 = 96;
+/// Pixels per image that enter the k-means (a stride over the thumbnail).
+const SAMPLES_PER_IMAGE: usize = 600;
+/// Total k-means points, so 1,000 photos cluster as fast as 100.
+const MAX_SAMPLES: usize = 60_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("none of the {0} images could be read: run `hfsky dataset check` to see why")]
+    NothingReadable(usize),
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub images: usize,
+    pub unreadable: Vec<String>,
+    pub clusters: Vec<Cluster>,
+    pub blends: Vec<Blend>,
+    pub hue_histogram: Vec<HueBin>,
+    pub composition: CompositionSummary,
+    pub vocabulary: Vocabulary,
+    pub findings: Vec<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct CompositionSummary {
+    pub with_horizon: usize,
+    pub sky_on_top: usize,
+    pub mean_sky_fraction: f32,
+    pub median_horizon: Option<f32>,
+    /// Images whose horizon height (from the bottom) falls in each fifth: 0-20%, ..., 80-100%.
+    pub horizon_histogram: [usize; 5],
+    pub per_image: Vec<(String, Composition)>,
+}
+
+struct ImageData {
+    samples: Vec<Lab>,
+    hues: [u64; HUE_BINS],
+    composition: Composition,
+}
+
+fn analyse(path: &Path) -> Option<ImageData> {
+    let img = load_rgb(path).ok()?;
+    let thumb = thumbnail(&img.rgb, THUMB);
+    let px: Vec<[u8; 3]> = thumb.pixels().map(|p| p.0).collect();
+    let stride = (px.len() / SAMPLES_PER_IMAGE).max(1);
+    let samples = px.iter().step_by(stride).map(|&p| Lab::from_rgb(p)).collect();
+    let mut hues = [0u64; HUE_BINS];
+    for &p in &px {
+        let (h, s, v) = hsv(p);
+        if s >= 0.25 && v >= 0.2 {
+            hues[((h / 360.0 * HUE_BINS as f32) as usize).min(HUE_BINS - 1)] += 1;
+        }
+    }
+    Some(ImageData { samples, hues, composition: composition::composition(&thumb) })
+}
+
+pub fn build(dir: &Path, images: &[PathBuf], captions: &[Option<String>]) -> Result<Report, ReportError> {
+    let data = par_map(images, |p| analyse(p));
+    let names: Vec<String> = images.iter().map(|p| relative_name(dir, p)).collect();
+    let unreadable: Vec<String> = names.iter().zip(&data).filter(|(_, d)| d.is_none()).map(|(n, _)| n.clone()).collect();
+    let ok: Vec<(usize, &ImageData)> = data.iter().enumerate().filter_map(|(i, d)| d.as_ref().map(|d| (i, d))).collect();
+    if ok.is_empty() {
+        return Err(ReportError::NothingReadable(images.len()));
+    }
+
+    let all: Vec<Lab> = ok.iter().flat_map(|(_, d)| d.samples.iter().copied()).collect();
+    let stride = (all.len() / MAX_SAMPLES).max(1);
+    let points: Vec<Lab> = all.iter().step_by(stride).copied().collect();
+    let centres = clusters::kmeans(&points, clusters::K);
+    // Per image: the share of its samples nearest each centre.
+    let coverage: Vec<Vec<f32>> = ok
+        .iter()
+        .map(|(_, d)| {
+            let mut c = vec![0f32; centres.len()];
+            for s in &d.samples {
+                c[clusters::nearest(&centres, *s)] += 1.0;
+            }
+            let n = d.samples.len().max(1) as f32;
+            c.iter().map(|x| x / n).collect()
+        })
+        .collect();
+    let n_ok = ok.len() as f32;
+    let cluster_list: Vec<Cluster> = centres
+        .iter()
+        .enumerate()
+        .map(|(k, &lab)| {
+            let behind: Vec<String> = ok.iter().zip(&coverage).filter(|(_, c)| c[k] >= clusters::COVERAGE).map(|((i, _), _)| names[*i].clone()).collect();
+            Cluster {
+                name: lab.name(),
+                hex: lab.hex(),
+                lab,
+                pixel_share: coverage.iter().map(|c| c[k]).sum::<f32>() / n_ok,
+                image_share: behind.len() as f32 / n_ok,
+                images: behind,
+            }
+        })
+        .collect();
+    let blends = clusters::predict_blends(&cluster_list, &coverage);
+    let mut hue_counts = [0u64; HUE_BINS];
+    for (_, d) in &ok {
+        for (t, h) in hue_counts.iter_mut().zip(d.hues) {
+            *t += h;
+        }
+    }
+
+    let per_image: Vec<(String, Composition)> = ok.iter().map(|(i, d)| (names[*i].clone(), d.composition)).collect();
+    let mut horizons: Vec<f32> = per_image.iter().filter_map(|(_, c)| c.horizon).collect();
+    horizons.sort_by(f32::total_cmp);
+    let mut horizon_histogram = [0usize; 5];
+    for h in &horizons {
+        horizon_histogram[((h * 5.0) as usize).min(4)] += 1;
+    }
+    let comp = CompositionSummary {
+        with_horizon: horizons.len(),
+        sky_on_top: per_image.iter().filter(|(_, c)| c.horizon.is_some() && c.sky_on_top).count(),
+        mean_sky_fraction: per_image.iter().map(|(_, c)| c.sky_fraction).sum::<f32>() / n_ok,
+        median_horizon: horizons.get(horizons.len() / 2).copied(),
+        horizon_histogram,
+        per_image,
+    };
+
+    // Each image's dominant colourful cluster, for caption coverage.
+    let mut dominant: Vec<Option<&'static str>> = vec![None; images.len()];
+    for ((i, _), cov) in ok.iter().zip(&coverage) {
+        dominant[*i] = cov
+            .iter()
+            .enumerate()
+            .filter(|(k, &c)| centres[*k].chroma() >= Lab::GREY_CHROMA && c >= clusters::COVERAGE)
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(k, _)| centres[k].name());
+    }
+    let vocabulary = vocabulary::vocabulary(captions, &dominant);
+    let mut report = Report { images: images.len(), unreadable, clusters: cluster_list, blends, hue_histogram: clusters::hue_bins(&hue_counts), composition: comp, vocabulary, findings: Vec::new() };
+    report.findings = findings(&report);
+    Ok(report)
+}
+
+fn pct(x: f32) -> String {
+    format!("{:.0}%", x * 100.0)
+}
+
+/// The plain-language conclusions, most important first.
+fn findings(r: &Report) -> Vec<String> {
+    let mut out: Vec<String> = r.blends.iter().map(|b| format!("colours the model may blend: {}", b.text)).collect();
+    let c = &r.composition;
+    let readable = c.per_image.len();
+    if c.with_horizon > 0 {
+        let low = c.horizon_histogram[0] + c.horizon_histogram[1];
+        let all_top = c.sky_on_top == c.with_horizon;
+        let who = if all_top { "every photo with a horizon".to_string() } else { format!("{} of {} photos", c.sky_on_top, c.with_horizon) };
+        if c.sky_on_top * 10 >= c.with_horizon * 8 && low * 10 >= c.with_horizon * 7 {
+            out.push(format!(
+                "{who} has the sky on top and {} put the horizon in the lower 40% (sky fills {} on average): expect scenes seen from below",
+                if low == c.with_horizon { "all".to_string() } else { format!("{low}") },
+                pct(c.mean_sky_fraction)
+            ));
+        } else if c.sky_on_top * 10 >= c.with_horizon * 8 {
+            out.push(format!("{who} has the sky on top (sky fills {} on average)", pct(c.mean_sky_fraction)));
+        }
+        if c.horizon_histogram[3] + c.horizon_histogram[4] == 0 && c.with_horizon >= 5 {
+            out.push("no photo puts the horizon in the upper 40%: ground-dominated views are missing".into());
+        }
+    }
+    if readable > c.with_horizon {
+        out.push(format!("{} photo(s) show no clear horizon (sky only, or no strong split)", readable - c.with_horizon));
+    }
+    let v = &r.vocabulary;
+    if v.captioned == 0 {
+        out.push("no captions: every photo trains with the instance prompt alone, so nothing in the text separates sunsets from storms".into());
+    } else {
+        if v.captioned < v.images {
+            out.push(format!("{} of {} photos have no caption", v.images - v.captioned, v.images));
+        }
+        for cc in &v.colour_coverage {
+            if cc.images * 10 >= v.images && cc.captions_naming_it * 2 < cc.images {
+                out.push(format!("{} dominates {} photo(s) but only {} caption(s) say \"{}\": name it so prompts can ask for it", cc.colour, cc.images, cc.captions_naming_it, cc.colour));
+            }
+        }
+    }
+    if !r.unreadable.is_empty() {
+        out.push(format!("{} image(s) could not be read and are not counted: run `hfsky dataset check`", r.unreadable.len()));
+    }
+    out
+}
+
+impl Report {
+    pub fn summary_lines(&self) -> Vec<String> {
+        let mut out = vec![format!("{} images", self.images)];
+        out.push(format!(
+            "colour clusters: {}",
+            self.clusters.iter().map(|c| format!("{} {} ({} of images)", c.name, c.hex, pct(c.image_share))).collect::<Vec<_>>().join(", ")
+        ));
+        out.extend(self.findings.iter().map(|f| format!("- {f}")));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::testgen as gen;
+    use image::{Rgb, RgbImage};
+
+    /// A sky of one colour over dark ground, with a little grain.
+    fn sky(rgb: [u8; 3], horizon_from_top: f32, seed: u32) -> RgbImage {
+        let g = gen::photo(160, 120, seed);
+        RgbImage::from_fn(160, 120, |x, y| {
+            let n = g.get_pixel(x, y).0[0] as i32 / 32 - 4;
+            if (y as f32) < 120.0 * horizon_from_top {
+                Rgb(rgb.map(|c| (c as i32 + n).clamp(0, 255) as u8))
+            } else {
+                Rgb([25, 22, 20])
+            }
+        })
+    }
+
+    #[test]
+    fn orange_sunsets_and_purple_storms_blend_to_pink_seen_from_below() {
+        let t = tempfile::tempdir().unwrap();
+        let mut images = Vec::new();
+        for i in 0..10 {
+            let colour = if i < 6 { [245, 140, 40] } else { [110, 50, 150] };
+            let p = t.path().join(format!("{i}.png"));
+            std::fs::write(&p, gen::png(&sky(colour, 0.75, i))).unwrap();
+            images.push(p);
+        }
+        let caps: Vec<Option<String>> = (0..10).map(|i| Some(if i < 6 { "SKY sunset".to_string() } else { "SKY storm".into() })).collect();
+        let r = build(t.path(), &images, &caps).unwrap();
+        let orange = r.clusters.iter().find(|c| c.name == "orange").expect("orange cluster");
+        assert!((orange.image_share - 0.6).abs() < 1e-6, "{:?}", r.clusters);
+        assert!(r.blends.iter().any(|b| b.text == "orange (60% of images) + purple (40%) → pink"), "{:?}", r.blends);
+        assert!(r.findings.iter().any(|f| f.contains("every photo with a horizon has the sky on top") && f.contains("seen from below")), "{:?}", r.findings);
+        assert!(r.findings.iter().any(|f| f.starts_with("orange dominates 6 photo(s) but only 0 caption(s)")), "{:?}", r.findings);
+        assert_eq!(r.vocabulary.in_every_caption, ["sky"]);
+        let html = html::render(&r).unwrap();
+        assert!(html.contains("→ pink") && html.contains("seen from below"));
+    }
+
+    #[test]
+    fn the_bundled_sky_photos_report() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sky-photos");
+        let images = crate::dataset::list_images(&dir).unwrap();
+        let r = build(&dir, &images, &vec![None; images.len()]).unwrap();
+        assert_eq!(r.images, 11);
+        assert!(r.unreadable.is_empty());
+        assert!(!r.clusters.is_empty() && r.clusters.len() <= clusters::K);
+        let total: f32 = r.clusters.iter().map(|c| c.pixel_share).sum();
+        assert!((total - 1.0).abs() < 1e-3, "{total}");
+        assert!(r.composition.with_horizon >= 8, "{:?}", r.composition);
+        assert!(r.findings.iter().any(|f| f.starts_with("no captions")));
+    }
+}
