@@ -61,7 +61,7 @@ pub fn vocabulary(captions: &[Option<String>], dominant: &[Option<&'static str>]
     }
     let mut colour_coverage: Vec<ColourCoverage> =
         colours.into_iter().map(|(c, (images, named))| ColourCoverage { colour: c.to_string(), images, captions_naming_it: named }).collect();
-    colour_coverage.sort_by(|a, b| b.images.cmp(&a.images));
+    colour_coverage.sort_by_key(|c| std::cmp::Reverse(c.images));
     Vocabulary { captioned, images: captions.len(), distinct_words: counts.len(), top_words: top, in_every_caption, colour_coverage }
 }
 
