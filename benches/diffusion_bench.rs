@@ -1,0 +1,80 @@
+//! The hfsky half of benches/diffusion_bench.sh (not a test; run through that script, which times
+//! PyTorch diffusers the same way in the same run). Prints one JSON object per call.
+//!
+//!   diffusion_bench sample PIPELINE_DIR STEPS SIZE REPEATS
+//!       a whole text-to-image run (prompt encoding with CFG, STEPS sampler steps at SIZE×SIZE,
+//!       VAE decode) with the pipeline's own scheduler; one warm-up run, then the fastest of REPEATS
+//!   diffusion_bench unet CONFIG_JSON WEIGHTS INPUTS REPEATS
+//!       one UNet forward on the inputs diffusers used (INPUTS: sample, timesteps,
+//!       encoder_hidden_states[, text_embeds, time_ids], out); reports its time and the relative
+//!       error against diffusers' output
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use hfsky::diffusion::config::{Architecture, PipelineFiles};
+use hfsky::diffusion::nn::{rel_error, Adapters};
+use hfsky::diffusion::unet::{SdxlConditioning, UNet2DConditionModel, UNetConfig};
+use hfsky::generate::pipeline::Pipeline;
+use hfsky::generate::prompts::TextEncoders;
+use hfsky::generate::settings::seeded_noise;
+use std::path::Path;
+use std::time::Instant;
+
+const PROMPT: &str = "a photo of the SKY river";
+const NEGATIVE: &str = "blurry, low quality";
+
+fn fastest<T>(repeats: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> {
+    let mut out = f()?; // warm-up: first-touch allocations and page faults are not the method's cost
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats {
+        let t = Instant::now();
+        out = f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok((best, out))
+}
+
+fn sample(dir: &Path, steps: usize, size: usize, repeats: usize) -> Result<serde_json::Value> {
+    let dev = Device::Cpu;
+    let t = Instant::now();
+    let files = PipelineFiles::open(dir)?;
+    let pipeline = Pipeline::load(files.clone(), None, DType::F32, dev.clone())?;
+    let text = TextEncoders::load(&files, DType::F32, &dev)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let guidance = if files.architecture == Architecture::StableDiffusionXl { 5.0 } else { 7.5 };
+    let noise = seeded_noise(0, pipeline.latent_shape(size, size), &dev)?;
+    let (secs, image) = fastest(repeats, || {
+        let cond = text.conditioning(PROMPT, NEGATIVE, size, size)?;
+        Ok(pipeline.generate(&cond, &noise, None, steps, guidance, 0, |_, _| {})?)
+    })?;
+    Ok(serde_json::json!({ "load_s": load_s, "run_s": secs, "image_shape": image.dims() }))
+}
+
+fn unet(config: &Path, weights: &Path, inputs: &Path, repeats: usize) -> Result<serde_json::Value> {
+    let dev = Device::Cpu;
+    let t = Instant::now();
+    let cfg = UNetConfig::from_file(config)?;
+    // SAFETY: read-only map of a file this process does not modify.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &dev) }?;
+    let model = UNet2DConditionModel::new(vb, &cfg, &Adapters::new())?;
+    let load_s = t.elapsed().as_secs_f64();
+    let x = candle_core::safetensors::load(inputs, &dev).with_context(|| inputs.display().to_string())?;
+    let get = |k: &str| x.get(k).cloned().with_context(|| format!("{}: no tensor {k}", inputs.display()));
+    let added = if cfg.has_text_time() { Some(SdxlConditioning { text_embeds: get("text_embeds")?, time_ids: get("time_ids")? }) } else { None };
+    let (sample, ts, ehs) = (get("sample")?, get("timesteps")?, get("encoder_hidden_states")?);
+    let (secs, out): (f64, Tensor) = fastest(repeats, || Ok(model.forward(&sample, &ts, &ehs, added.as_ref())?))?;
+    Ok(serde_json::json!({ "load_s": load_s, "forward_s": secs, "rel_error_vs_diffusers": rel_error(&out, &get("out")?)? }))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let n = |i: usize| -> Result<usize> { args.get(i).context("missing argument")?.parse().context("not a number") };
+    let v = match args.first().map(String::as_str) {
+        Some("sample") if args.len() == 5 => sample(Path::new(&args[1]), n(2)?, n(3)?, n(4)?)?,
+        Some("unet") if args.len() == 5 => unet(Path::new(&args[1]), Path::new(&args[2]), Path::new(&args[3]), n(4)?)?,
+        _ => bail!("usage: diffusion_bench sample PIPELINE_DIR STEPS SIZE REPEATS | unet CONFIG WEIGHTS INPUTS REPEATS"),
+    };
+    println!("{v}");
+    Ok(())
+}
