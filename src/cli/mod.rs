@@ -192,6 +192,13 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         if let Some(h) = cause.downcast_ref::<HubError>() {
             return hub_exit_code(h);
         }
+        if let Some(r) = cause.downcast_ref::<hfsky::generate::render::RenderError>() {
+            return match r {
+                hfsky::generate::render::RenderError::Source(hfsky::generate::source::SourceError::Hub(h)) => hub_exit_code(h),
+                r if r.is_bad_input() => exit::BAD_INPUT,
+                _ => exit::FAILURE,
+            };
+        }
         if let Some(a) = cause.downcast_ref::<AuthError>() {
             return auth_exit_code(a);
         }

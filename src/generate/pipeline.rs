@@ -28,7 +28,7 @@ pub enum GenerateError {
 /// How a LoRA is applied: on the activations at every forward (the trainer's form, exact in f32),
 /// or fused into the weights once (what diffusers' `fuse_lora` and the Hub's inference run do;
 /// in half precision the fused weights are rounded, as theirs are).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LoraMode {
     Live,

@@ -1,0 +1,346 @@
+//! One place that turns a set of generation settings into images: `hfsky generate`, the offline
+//! Hub's inference route and both sides of `hfsky compare` render through it, so a seed and a
+//! settings record mean the same thing everywhere.
+
+use super::pipeline::{to_rgb8, variant_for, GenerateError, LoraMode, Pipeline};
+use super::prompts::TextEncoders;
+use super::sampling::Conditioning;
+use super::settings::{check_size, seeded_noise, ImageSettings, SettingsError};
+use super::source::{resolve_lora, resolve_pipeline, resolve_vae, SourceError};
+use crate::diffusion::config::{Architecture, PipelineError, PipelineFiles};
+use crate::diffusion::lora::{LoraError, LoraWeights};
+use crate::diffusion::schedulers::SchedulerKind;
+use crate::hub::HubClient;
+use candle_core::{DType, Device, Tensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    #[error(transparent)]
+    Lora(#[from] LoraError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("--dtype bf16 needs a CUDA GPU (build with --features cuda); on the CPU use --dtype f16 (half the memory) or f32")]
+    Bf16OnCpu,
+    #[error("{0}: the LoRA has no weights for this pipeline's UNet or text encoders")]
+    LoraMatchesNothing(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+impl RenderError {
+    /// Errors the user can fix by changing what they asked for (exit code 2), as opposed to a
+    /// failure while computing.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            RenderError::Source(SourceError::Hub(_)) | RenderError::Io { .. } | RenderError::Tensor(_) => false,
+            RenderError::Generate(g) => !matches!(g, GenerateError::Model(_) | GenerateError::VaeOverflow { .. }),
+            _ => true,
+        }
+    }
+}
+
+/// What to render. `None` fields take the pipeline's own defaults (see [`Renderer::settings`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RenderSpec {
+    /// Diffusers folder or Hub repo id (`namespace/name[@revision]`).
+    pub model: String,
+    /// LoRA: a .safetensors file, a folder, or a Hub repo id.
+    pub lora: Option<String>,
+    pub lora_scale: f64,
+    pub lora_mode: LoraMode,
+    pub prompt: String,
+    pub negative: String,
+    pub steps: usize,
+    /// Classifier-free guidance; `None`: 7.5 for SD 1.x, 5.0 for SDXL (diffusers' defaults).
+    pub guidance: Option<f64>,
+    /// `None`: the pipeline's scheduler_config.json.
+    pub scheduler: Option<SchedulerKind>,
+    /// `None`: the UNet's sample_size × the VAE's downscale factor (512 for SD 1.5, 1024 for SDXL).
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    #[serde(with = "dtype_name")]
+    pub dtype: DType,
+    /// Replacement VAE: a folder or a Hub repo id.
+    pub vae: Option<String>,
+}
+
+impl RenderSpec {
+    pub fn new(model: impl Into<String>, prompt: impl Into<String>) -> Self {
+        RenderSpec {
+            model: model.into(),
+            lora: None,
+            lora_scale: 1.0,
+            lora_mode: LoraMode::Live,
+            prompt: prompt.into(),
+            negative: String::new(),
+            steps: 30,
+            guidance: None,
+            scheduler: None,
+            width: None,
+            height: None,
+            dtype: DType::F32,
+            vae: None,
+        }
+    }
+}
+
+pub fn dtype_label(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
+pub fn parse_dtype(name: &str) -> Option<DType> {
+    match name.to_ascii_lowercase().as_str() {
+        "f32" | "fp32" | "float32" => Some(DType::F32),
+        "f16" | "fp16" | "float16" => Some(DType::F16),
+        "bf16" | "bfloat16" => Some(DType::BF16),
+        _ => None,
+    }
+}
+
+mod dtype_name {
+    use candle_core::DType;
+    pub fn serialize<S: serde::Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(super::dtype_label(*d))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DType, D::Error> {
+        let name = <String as serde::Deserialize>::deserialize(d)?;
+        super::parse_dtype(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown dtype {name:?} (f32, f16 or bf16)")))
+    }
+}
+
+/// The settings a render actually used, every default filled in.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ResolvedSettings {
+    pub model: String,
+    pub model_dir: std::path::PathBuf,
+    pub architecture: Architecture,
+    pub lora: Option<String>,
+    pub lora_sha256: Option<String>,
+    pub lora_scale: f64,
+    pub lora_mode: Option<LoraMode>,
+    pub steps: usize,
+    pub guidance: f64,
+    pub scheduler: String,
+    pub width: usize,
+    pub height: usize,
+    pub dtype: String,
+    pub vae: Option<String>,
+}
+
+pub struct RenderedImage {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+    pub settings: ImageSettings,
+}
+
+impl RenderedImage {
+    pub fn to_image(&self) -> image::RgbImage {
+        image::RgbImage::from_raw(self.width, self.height, self.rgb.clone()).expect("rgb buffer matches its size")
+    }
+
+    /// Writes the PNG with every setting in its text chunks.
+    pub fn write_png(&self, path: &std::path::Path) -> Result<(), super::png_out::PngError> {
+        super::png_out::write_png(path, self.width, self.height, &self.rgb, &self.settings.png_text())
+    }
+}
+
+/// A pipeline loaded for one [`RenderSpec`]; renders any number of seeds.
+pub struct Renderer {
+    spec: RenderSpec,
+    pipeline: Pipeline,
+    cond: Conditioning,
+    resolved: ResolvedSettings,
+    model_sha256: String,
+}
+
+impl Renderer {
+    /// The device renders run on: the first CUDA GPU in a `--features cuda` build, else the CPU.
+    pub fn default_device() -> Device {
+        #[cfg(feature = "cuda")]
+        {
+            if let Ok(d) = Device::new_cuda(0) {
+                return d;
+            }
+        }
+        Device::Cpu
+    }
+
+    pub async fn load(spec: &RenderSpec, client: &HubClient, device: Device) -> Result<Renderer, RenderError> {
+        if spec.steps == 0 {
+            return Err(RenderError::Invalid("steps must be at least 1".into()));
+        }
+        if spec.prompt.trim().is_empty() {
+            return Err(RenderError::Invalid("the prompt is empty".into()));
+        }
+        if spec.dtype == DType::BF16 && device.is_cpu() {
+            // candle's CPU backend has no bf16 matmul; quietly computing in another precision
+            // would make the recorded settings lie.
+            return Err(RenderError::Bf16OnCpu);
+        }
+        let variant = variant_for(spec.dtype);
+        let root = resolve_pipeline(&spec.model, client, variant).await?;
+        let vae_dir = match &spec.vae {
+            Some(v) => Some(resolve_vae(v, client, variant).await?),
+            None => None,
+        };
+        let lora_path = match &spec.lora {
+            Some(l) => Some(resolve_lora(l, client).await?),
+            None => None,
+        };
+        let spec = spec.clone();
+        // Loading and prompt encoding are CPU-bound; keep them off the async executor.
+        tokio::task::spawn_blocking(move || Renderer::load_local(spec, root, vae_dir, lora_path, device))
+            .await
+            .map_err(|e| RenderError::Invalid(format!("loading the pipeline panicked: {e}")))?
+    }
+
+    fn load_local(
+        spec: RenderSpec,
+        root: std::path::PathBuf,
+        vae_dir: Option<std::path::PathBuf>,
+        lora_path: Option<std::path::PathBuf>,
+        device: Device,
+    ) -> Result<Renderer, RenderError> {
+        let files = PipelineFiles::open(&root)?;
+        let unet_cfg: serde_json::Value = files.config("unet")?;
+        let vae_cfg: serde_json::Value = files.config("vae")?;
+        let factor = 1usize << vae_cfg["block_out_channels"].as_array().map(|v| v.len().saturating_sub(1)).unwrap_or(3);
+        let default_side = unet_cfg["sample_size"].as_u64().unwrap_or(64) as usize * factor;
+        let (width, height) = (spec.width.unwrap_or(default_side), spec.height.unwrap_or(default_side));
+        check_size(width, height)?;
+        let guidance = spec.guidance.unwrap_or(if files.architecture == Architecture::StableDiffusionXl { 5.0 } else { 7.5 });
+        let variant = variant_for(spec.dtype);
+        let pipeline = Pipeline::load(files.clone(), vae_dir.as_deref(), spec.dtype, device.clone())?;
+        let text = TextEncoders::load(&files, spec.dtype, &device)?;
+        let lora_sha256 = match &lora_path {
+            Some(path) => {
+                let lora = LoraWeights::load(path)?;
+                let n = pipeline.install_lora(&lora, spec.lora_scale, spec.lora_mode)? + text.install_lora(&lora, spec.lora_scale, spec.lora_mode)?;
+                if n == 0 {
+                    return Err(RenderError::LoraMatchesNothing(path.display().to_string()));
+                }
+                Some(crate::hash::sha256_file(path).map_err(|e| RenderError::Io { what: path.display().to_string(), source: e })?)
+            }
+            None => None,
+        };
+        let cond = text.conditioning(&spec.prompt, &spec.negative, height, width)?;
+        let unet_weights = files.weights("unet", variant)?;
+        let model_sha256 = crate::hash::sha256_file(&unet_weights).map_err(|e| RenderError::Io { what: unet_weights.display().to_string(), source: e })?;
+        let scheduler = spec.scheduler.map(|k| k.class_name().to_string()).unwrap_or_else(|| pipeline.scheduler_config.class_name.clone());
+        let resolved = ResolvedSettings {
+            model: spec.model.clone(),
+            model_dir: root,
+            architecture: files.architecture,
+            lora: lora_path.as_ref().map(|p| p.display().to_string()),
+            lora_sha256,
+            lora_scale: spec.lora_scale,
+            lora_mode: spec.lora.is_some().then_some(spec.lora_mode),
+            steps: spec.steps,
+            guidance,
+            scheduler,
+            width,
+            height,
+            dtype: dtype_label(spec.dtype).into(),
+            vae: spec.vae.clone(),
+        };
+        Ok(Renderer { spec, pipeline, cond, resolved, model_sha256 })
+    }
+
+    pub fn settings(&self) -> &ResolvedSettings {
+        &self.resolved
+    }
+
+    pub fn spec(&self) -> &RenderSpec {
+        &self.spec
+    }
+
+    /// Latents shape [1, C, h/f, w/f] of this render's size (for `--latents` files).
+    pub fn latent_shape(&self) -> (usize, usize, usize, usize) {
+        self.pipeline.latent_shape(self.resolved.height, self.resolved.width)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.pipeline.device
+    }
+
+    /// One image from the documented seeded noise ([`seeded_noise`]).
+    pub fn render(&self, seed: u64, progress: impl FnMut(usize)) -> Result<RenderedImage, RenderError> {
+        let noise = seeded_noise(seed, self.latent_shape(), &self.pipeline.device)?;
+        self.render_noise(&noise, Some(seed), None, progress)
+    }
+
+    /// One image from given initial noise; `latents_file` is recorded in the settings.
+    pub fn render_noise(&self, noise: &Tensor, seed: Option<u64>, latents_file: Option<String>, mut progress: impl FnMut(usize)) -> Result<RenderedImage, RenderError> {
+        let r = &self.resolved;
+        let image = self.pipeline.generate(&self.cond, noise, self.spec.scheduler, r.steps, r.guidance, seed.unwrap_or(0), |i, _| progress(i))?;
+        let (width, height, rgb) = to_rgb8(&image)?;
+        let settings = ImageSettings {
+            model: r.model.clone(),
+            model_sha256: self.model_sha256.clone(),
+            lora: r.lora.clone(),
+            lora_sha256: r.lora_sha256.clone(),
+            lora_scale: r.lora_scale,
+            lora_mode: r.lora_mode,
+            prompt: self.spec.prompt.clone(),
+            negative_prompt: self.spec.negative.clone(),
+            steps: r.steps,
+            guidance_scale: r.guidance,
+            scheduler: r.scheduler.clone(),
+            width: r.width,
+            height: r.height,
+            seed,
+            latents_file,
+            dtype: r.dtype.clone(),
+            vae: r.vae.clone(),
+            hfsky_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        Ok(RenderedImage { width, height, rgb, settings })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_through_json_with_dtype_names() {
+        let mut s = RenderSpec::new("tests/fixtures/tiny-sd15", "a photo of SKY");
+        s.dtype = DType::F16;
+        s.scheduler = Some(SchedulerKind::EulerAncestral);
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["dtype"], "f16");
+        assert_eq!(j["scheduler"], "euler-ancestral");
+        let back: RenderSpec = serde_json::from_value(j).unwrap();
+        assert_eq!(back, s);
+        assert!(serde_json::from_value::<RenderSpec>(serde_json::json!({"dtype": "f8"})).is_err());
+    }
+
+    #[test]
+    fn bad_specs_are_bad_input() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = HubClient::new("http://127.0.0.1:9", None).unwrap();
+        let mut s = RenderSpec::new("tests/fixtures/tiny-sd15", "x");
+        s.steps = 0;
+        let e = rt.block_on(Renderer::load(&s, &client, Device::Cpu)).err().unwrap();
+        assert!(e.is_bad_input() && e.to_string().contains("steps"), "{e}");
+        let mut s = RenderSpec::new("tests/fixtures/tiny-sd15", "x");
+        s.dtype = DType::BF16;
+        let e = rt.block_on(Renderer::load(&s, &client, Device::Cpu)).err().unwrap();
+        assert!(matches!(e, RenderError::Bf16OnCpu));
+    }
+}
