@@ -36,6 +36,26 @@ pub struct CardMetadata {
     pub tags: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub widget: Vec<WidgetEntry>,
+    /// What a renderer needs to reproduce this LoRA's intended output (`hfsky compare` reads it):
+    /// extra metadata keys are kept by the Hub.
+    pub hfsky: RenderHints,
+}
+
+/// The training resolution and the validation settings, machine-readable in the front matter.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RenderHints {
+    pub architecture: String,
+    pub training_resolution: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<crate::train::trainer::ValidationSettings>,
+}
+
+impl RenderHints {
+    /// From a card's README text, when it was written by hfsky.
+    pub fn from_readme(readme: &str) -> Option<RenderHints> {
+        let fm = front_matter(readme)?;
+        serde_yaml::from_value(fm.get("hfsky")?.clone()).ok()
+    }
 }
 
 impl CardMetadata {
@@ -59,6 +79,7 @@ impl CardMetadata {
             pipeline_tag: "text-to-image".into(),
             tags,
             widget,
+            hfsky: RenderHints { architecture: s.architecture.clone(), training_resolution: s.resolution, validation: s.validation.clone() },
         }
     }
 }
@@ -143,6 +164,9 @@ mod tests {
         let fm = front_matter(&card).expect("front matter parses");
         assert_eq!(fm["base_model"], "stabilityai/stable-diffusion-xl-base-1.0");
         assert_eq!(fm["instance_prompt"], "a photo of SKY");
+        let hints = RenderHints::from_readme(&card).expect("hfsky render hints");
+        assert_eq!((hints.architecture.as_str(), hints.training_resolution), ("sdxl", 512));
+        assert_eq!(hints.validation, summary("sdxl", 512).validation);
         assert_eq!(fm["library_name"], "diffusers");
         assert_eq!(fm["pipeline_tag"], "text-to-image");
         let tags: Vec<&str> = fm["tags"].as_sequence().unwrap().iter().map(|t| t.as_str().unwrap()).collect();

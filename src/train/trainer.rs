@@ -130,7 +130,7 @@ pub struct TrainSummary {
 }
 
 /// The exact settings that reproduce the validation images.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ValidationSettings {
     pub prompt: String,
     pub negative_prompt: String,
