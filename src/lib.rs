@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod diffusion;
 pub mod generate;
 pub mod hash;
+pub mod html;
 pub mod hub;
 pub mod redact;
 pub mod repo_id;
