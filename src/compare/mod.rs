@@ -2,4 +2,5 @@
 //! sides, the settings that differ, and ablations that measure which difference is the cause.
 
 pub mod diagnosis;
+pub mod local;
 pub mod settings;
