@@ -10,6 +10,7 @@ pub mod diffusion;
 pub mod generate;
 pub mod hash;
 pub mod hub;
+pub mod imagestats;
 pub mod redact;
 pub mod repo_id;
 pub mod token;
