@@ -5,6 +5,7 @@ extern crate self as hfsky;
 
 pub mod auth;
 pub mod card;
+pub mod compare;
 pub mod dataset;
 pub mod diffusion;
 pub mod generate;
