@@ -8,6 +8,7 @@ mod download;
 mod generate;
 mod hash;
 mod hub;
+mod hub_render;
 mod login;
 mod logout;
 mod push;

@@ -169,6 +169,27 @@ impl Store {
         self.write_refs(id, &refs)
     }
 
+    /// A folder holding the files of commit `c` that `keep` accepts, under their repo paths:
+    /// hard links into the blob store (copies where linking fails). Each file is made once, so
+    /// later renders of the same commit reuse the folder.
+    pub fn snapshot(&self, id: &RepoId, c: &CommitRec, keep: impl Fn(&str) -> bool) -> std::io::Result<PathBuf> {
+        let dir = self.root.join("snapshots").join(&id.namespace).join(&id.name).join(&c.oid);
+        for (path, f) in c.files.iter().filter(|(p, _)| keep(p)) {
+            let target = dir.join(path);
+            if target.is_file() {
+                continue;
+            }
+            let parent = target.parent().expect("a file inside the snapshot");
+            std::fs::create_dir_all(parent)?;
+            let tmp = parent.join(format!(".tmp-{}", rand::random::<u64>()));
+            if std::fs::hard_link(self.blob_path(&f.sha256), &tmp).is_err() {
+                std::fs::copy(self.blob_path(&f.sha256), &tmp)?;
+            }
+            std::fs::rename(&tmp, &target)?;
+        }
+        Ok(dir)
+    }
+
     pub fn next_pr_number(&self, id: &RepoId) -> u64 {
         self.refs(id).keys().filter(|k| k.starts_with("refs/pr/")).count() as u64 + 1
     }
@@ -191,5 +212,8 @@ mod tests {
         let c = s.commit(&id, &head).unwrap();
         assert!(c.files.contains_key(".gitattributes"));
         assert_eq!(s.resolve(&id, &head).as_deref(), Some(head.as_str()));
+        let snap = s.snapshot(&id, &c, |p| p == ".gitattributes").unwrap();
+        assert_eq!(std::fs::read_to_string(snap.join(".gitattributes")).unwrap(), DEFAULT_GITATTRIBUTES);
+        assert_eq!(s.snapshot(&id, &c, |_| true).unwrap(), snap);
     }
 }
