@@ -186,6 +186,15 @@ fn as_string<S: serde::Serializer>(id: &RepoId, s: S) -> Result<S::Ok, S::Error>
     s.collect_str(id)
 }
 
+/// A model card's `base_model` (the first when it lists several).
+pub fn card_base_model(card: &serde_json::Value) -> Option<String> {
+    match &card["base_model"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(a) => a.first().and_then(|v| v.as_str()).map(String::from),
+        _ => None,
+    }
+}
+
 /// A provider picked for a repo.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Selection {
@@ -643,11 +652,7 @@ impl InferenceClient {
         let bytes = resp.bytes().await.map_err(|e| HubError::Network { url: url.clone(), detail: describe_error(&e), attempts: 1 })?;
         let info: ExpandedInfo =
             serde_json::from_slice(&bytes).map_err(|e| HubError::Protocol { url: url.clone(), detail: format!("invalid model info: {e}") })?;
-        let base_model = info.card_data.as_ref().and_then(|c| match &c["base_model"] {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Array(a) => a.first().and_then(|v| v.as_str()).map(String::from),
-            _ => None,
-        });
+        let base_model = info.card_data.as_ref().and_then(card_base_model);
         Ok(RepoInference {
             repo: repo.clone(),
             mappings: info.mappings,
@@ -797,7 +802,7 @@ mod tests {
         RepoInference {
             repo: RepoId::parse("alice/sky-lora").unwrap(),
             mappings: e.mappings,
-            base_model: e.card_data.as_ref().and_then(|c| c["base_model"].as_str().map(String::from)),
+            base_model: e.card_data.as_ref().and_then(card_base_model),
             tags: e.tags,
             pipeline_tag: e.pipeline_tag,
             private: e.private,

@@ -8,7 +8,7 @@
 
 use super::store::CommitRec;
 use super::{fail, fail_code, head_of, json_reply, require_read, Caller, HubFail, Reply, State};
-use crate::hub::inference::{Provider, RenderReport, FAL_SD_LORA, RENDER_HEADER};
+use crate::hub::inference::{card_base_model, Provider, RenderReport, FAL_SD_LORA, RENDER_HEADER};
 use crate::repo_id::RepoId;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Response, StatusCode};
@@ -187,14 +187,6 @@ impl Route {
     }
 }
 
-fn card_base_model(card: Option<&Value>) -> Option<String> {
-    match card.map(|c| &c["base_model"]) {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Array(a)) => a.first().and_then(|v| v.as_str()).map(String::from),
-        _ => None,
-    }
-}
-
 fn card_tags(card: Option<&Value>) -> Vec<String> {
     card.and_then(|c| c["tags"].as_array()).map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect()).unwrap_or_default()
 }
@@ -233,7 +225,7 @@ pub(super) fn mappings(state: &State, c: &CommitRec, card: Option<&Value>, priva
     if !pipeline && weights.is_none() {
         return vec![];
     }
-    let base_served = card_base_model(card)
+    let base_served = card.and_then(card_base_model)
         .and_then(|b| RepoId::parse(&b).ok())
         .and_then(|b| state.store.resolve(&b, "main").and_then(|oid| state.store.commit(&b, &oid)))
         .is_some_and(|bc| is_pipeline(&bc));
@@ -408,12 +400,8 @@ fn resolve(state: &State, caller: Option<&Caller>, t: Target, prompt: String, p:
             None => worker_weight_file(c.files.keys())
                 .ok_or_else(|| unprocessable(format!("{} has no .safetensors LoRA weights to render (and no model_index.json)", t.repo)))?,
         };
-        let card = c
-            .files
-            .get("README.md")
-            .and_then(|f| std::fs::read_to_string(state.store.blob_path(&f.sha256)).ok())
-            .and_then(|s| super::front_matter(&s).ok());
-        let base = t.base_model.or_else(|| profile.base_model.clone()).or_else(|| card_base_model(card.as_ref())).ok_or_else(|| {
+        let card = super::card_of(state, &c);
+        let base = t.base_model.or_else(|| profile.base_model.clone()).or_else(|| card.as_ref().and_then(card_base_model)).ok_or_else(|| {
             unprocessable(format!(
                 "{} has no base_model in its model card: add `base_model: <namespace/name of the base pipeline>` to the README.md front matter, \
                  so the Hub knows which model the LoRA applies to",

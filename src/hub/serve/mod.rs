@@ -587,17 +587,19 @@ pub fn front_matter(readme: &str) -> Result<serde_json::Value, String> {
     }
 }
 
+/// The metadata of a commit's model card (None without a README or with broken metadata).
+fn card_of(state: &State, c: &store::CommitRec) -> Option<serde_json::Value> {
+    let readme = c.files.get("README.md")?;
+    front_matter(&std::fs::read_to_string(state.store.blob_path(&readme.sha256)).ok()?).ok()
+}
+
 /// Model info; with `expand`, only `id` and the expanded properties, as the Hub answers.
 fn model_info(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, expand: &[String], headers: &HeaderMap) -> Reply {
     require_read(state, caller, id)?;
     let meta = state.store.meta(id).expect("checked by require_read");
     let oid = head_of(state, id, rev)?;
     let c = state.store.commit(id, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;
-    let card = c
-        .files
-        .get("README.md")
-        .and_then(|f| std::fs::read_to_string(state.store.blob_path(&f.sha256)).ok())
-        .and_then(|s| front_matter(&s).ok());
+    let card = card_of(state, &c);
     let mut tags: Vec<String> = card
         .as_ref()
         .and_then(|c| c["tags"].as_array().cloned())
