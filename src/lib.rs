@@ -5,10 +5,12 @@ extern crate self as hfsky;
 
 pub mod auth;
 pub mod card;
+pub mod compare;
 pub mod dataset;
 pub mod diffusion;
 pub mod generate;
 pub mod hash;
+pub mod html;
 pub mod hub;
 pub mod redact;
 pub mod repo_id;

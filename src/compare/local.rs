@@ -1,0 +1,120 @@
+//! The local side's settings: what the user passed, else the card's validation settings, else
+//! the engine's defaults. The card (README front matter) also names the base model the Hub
+//! renders on and the training resolution.
+
+use crate::card::{front_matter, RenderHints};
+use crate::diffusion::schedulers::SchedulerKind;
+use crate::generate::render::RenderSpec;
+use crate::hub::{download::snapshot, HubClient, HubError};
+use crate::repo_id::RepoId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CardError {
+    #[error("{repo}: the repo has no README.md (model card); the Hub cannot tell which base model to render on. Push a card with `base_model:` in its front matter (hfsky train-and-push writes one), or pass --model for the local side")]
+    NoCard { repo: String },
+    #[error("{repo}: the model card has no `base_model` in its front matter, so the Hub does not know which model this LoRA belongs to and no provider will serve it. Add `base_model: <base repo id>` to README.md's front matter (and pass --model for the local side)")]
+    NoBaseModel { repo: String },
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
+/// What a LoRA repo's card says.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Card {
+    pub base_model: Option<String>,
+    pub instance_prompt: Option<String>,
+    pub hints: Option<RenderHints>,
+}
+
+impl Card {
+    pub fn parse(readme: &str) -> Card {
+        let fm = front_matter(readme);
+        let field = |k: &str| fm.as_ref().and_then(|f| f.get(k)).and_then(|v| match v {
+            serde_yaml::Value::String(s) => Some(s.clone()),
+            // `base_model` may be a list (merges); the first entry is the base.
+            serde_yaml::Value::Sequence(s) => s.first().and_then(|v| v.as_str()).map(String::from),
+            _ => None,
+        });
+        Card { base_model: field("base_model"), instance_prompt: field("instance_prompt"), hints: RenderHints::from_readme(readme) }
+    }
+
+    pub fn training_resolution(&self) -> Option<usize> {
+        self.hints.as_ref().map(|h| h.training_resolution)
+    }
+}
+
+/// Downloads and parses a repo's model card.
+pub async fn fetch_card(client: &HubClient, repo: &RepoId) -> Result<Card, CardError> {
+    let dir = snapshot(client, repo, None, vec!["README.md".into()]).await?;
+    let readme = std::fs::read_to_string(dir.join("README.md")).map_err(|_| CardError::NoCard { repo: repo.to_string() })?;
+    Ok(Card::parse(&readme))
+}
+
+/// The generation flags `compare` shares with `generate`; `None`: not given.
+#[derive(Debug, Clone, Default)]
+pub struct LocalFlags {
+    pub model: Option<String>,
+    pub lora: Option<String>,
+    pub lora_scale: Option<f64>,
+    pub negative: Option<String>,
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
+    pub scheduler: Option<SchedulerKind>,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub dtype: Option<candle_core::DType>,
+    pub vae: Option<String>,
+}
+
+/// Flags first, then the card's validation settings (the renders its author saw), then the
+/// engine's defaults. `lora_repo` is the LoRA when no --lora is given.
+pub fn local_spec(prompt: &str, flags: &LocalFlags, card: &Card, lora_repo: Option<&str>) -> Result<RenderSpec, CardError> {
+    let model = match (&flags.model, &card.base_model) {
+        (Some(m), _) => m.clone(),
+        (None, Some(b)) => b.clone(),
+        (None, None) => return Err(CardError::NoBaseModel { repo: lora_repo.unwrap_or("the LoRA").to_string() }),
+    };
+    let v = card.hints.as_ref().and_then(|h| h.validation.as_ref());
+    let mut spec = RenderSpec::new(model, prompt);
+    spec.lora = flags.lora.clone().or_else(|| lora_repo.map(String::from));
+    spec.lora_scale = flags.lora_scale.or(v.map(|v| v.lora_scale)).unwrap_or(1.0);
+    spec.negative = flags.negative.clone().or(v.map(|v| v.negative_prompt.clone())).unwrap_or_default();
+    spec.steps = flags.steps.or(v.map(|v| v.steps)).unwrap_or(30);
+    spec.guidance = flags.guidance.or(v.map(|v| v.guidance_scale));
+    spec.scheduler = flags.scheduler.or(v.and_then(|v| SchedulerKind::from_class_name(&v.scheduler)));
+    spec.width = flags.width.or(v.map(|v| v.width)).or(card.training_resolution());
+    spec.height = flags.height.or(v.map(|v| v.height)).or(card.training_resolution());
+    if let Some(d) = flags.dtype {
+        spec.dtype = d;
+    }
+    spec.vae = flags.vae.clone();
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CARD: &str = "---\nbase_model: tiny/sd15\ninstance_prompt: a photo of SKY\nhfsky:\n  architecture: sd15\n  training_resolution: 64\n  validation:\n    prompt: a photo of SKY\n    negative_prompt: blurry\n    scheduler: DDIMScheduler\n    steps: 12\n    guidance_scale: 6.0\n    width: 64\n    height: 64\n    lora_scale: 0.8\n    seeds: [3]\n    images: [validation-seed-3.png]\n---\n# card\n";
+
+    #[test]
+    fn flags_win_then_the_cards_validation_settings() {
+        let card = Card::parse(CARD);
+        assert_eq!(card.base_model.as_deref(), Some("tiny/sd15"));
+        assert_eq!(card.training_resolution(), Some(64));
+        let spec = local_spec("a photo of the SKY river", &LocalFlags { steps: Some(5), ..Default::default() }, &card, Some("me/sky")).unwrap();
+        assert_eq!((spec.model.as_str(), spec.lora.as_deref()), ("tiny/sd15", Some("me/sky")));
+        assert_eq!((spec.steps, spec.guidance, spec.scheduler), (5, Some(6.0), Some(SchedulerKind::Ddim)));
+        assert_eq!((spec.width, spec.height, spec.lora_scale, spec.negative.as_str()), (Some(64), Some(64), 0.8, "blurry"));
+    }
+
+    #[test]
+    fn a_card_without_base_model_needs_model() {
+        let card = Card::parse("---\nlicense: mit\n---\n");
+        let e = local_spec("x", &LocalFlags::default(), &card, Some("me/sky")).unwrap_err().to_string();
+        assert!(e.contains("me/sky") && e.contains("base_model"), "{e}");
+        let spec = local_spec("x", &LocalFlags { model: Some("base".into()), ..Default::default() }, &card, Some("me/sky")).unwrap();
+        assert_eq!((spec.model.as_str(), spec.steps, spec.width), ("base", 30, None));
+        assert_eq!(Card::parse("---\nbase_model:\n- a/b\n- c/d\n---\n").base_model.as_deref(), Some("a/b"));
+    }
+}

@@ -1,0 +1,360 @@
+//! The settings each side rendered with, where each Hub value comes from, and how the two sides
+//! differ. The Hub rarely says what it did: a value is `reported` (the offline Hub's
+//! `x-hfsky-render` header), `sent` (we asked for it), `assumed` (the Hub worker's documented
+//! defaults, ../shared/reference/hub-render.md) or unknown.
+
+use crate::diffusion::config::Architecture;
+use crate::diffusion::schedulers::SchedulerKind;
+use crate::generate::render::ResolvedSettings;
+use serde::{Deserialize, Serialize};
+
+/// The settings a cause can name (issue 5's `causes[].setting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Setting {
+    Lora,
+    LoraScale,
+    Size,
+    Scheduler,
+    Steps,
+    Guidance,
+    BaseModel,
+    Vae,
+    Dtype,
+    Seed,
+    Unknown,
+}
+
+impl Setting {
+    pub fn label(self) -> &'static str {
+        match self {
+            Setting::Lora => "LoRA applied",
+            Setting::LoraScale => "LoRA scale",
+            Setting::Size => "size",
+            Setting::Scheduler => "scheduler",
+            Setting::Steps => "steps",
+            Setting::Guidance => "guidance",
+            Setting::BaseModel => "base model",
+            Setting::Vae => "VAE",
+            Setting::Dtype => "dtype",
+            Setting::Seed => "noise (seed generator)",
+            Setting::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// What the local side used.
+    Local,
+    /// The Hub said so (response header).
+    Reported,
+    /// We sent it in the request.
+    Sent,
+    /// The Hub worker's documented default.
+    Assumed,
+}
+
+/// A value and where it comes from; `value: None` means nobody knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Known<T> {
+    pub value: Option<T>,
+    pub source: Option<Source>,
+}
+
+impl<T> Known<T> {
+    pub fn new(value: T, source: Source) -> Self {
+        Known { value: Some(value), source: Some(source) }
+    }
+    pub fn unknown() -> Self {
+        Known { value: None, source: None }
+    }
+    pub fn or(self, other: Known<T>) -> Known<T> {
+        if self.value.is_some() {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+/// One side's render settings, comparable field by field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SideSettings {
+    pub base_model: Known<String>,
+    pub lora_applied: Known<bool>,
+    pub lora_scale: Known<f64>,
+    /// Diffusers scheduler class name (e.g. `EulerAncestralDiscreteScheduler`).
+    pub scheduler: Known<String>,
+    pub steps: Known<usize>,
+    pub guidance: Known<f64>,
+    pub width: Known<usize>,
+    pub height: Known<usize>,
+    pub dtype: Known<String>,
+    /// `None` inside: the pipeline's own VAE.
+    pub vae: Known<Option<String>>,
+    /// Whose random numbers make the initial noise: `hfsky` (documented seeded CPU RNG) or
+    /// `torch-cpu` (the Hub worker's `torch.Generator()`).
+    pub noise: Known<String>,
+}
+
+pub const HFSKY_NOISE: &str = "hfsky";
+pub const TORCH_CPU_NOISE: &str = "torch-cpu";
+
+impl SideSettings {
+    /// The local side, from what the renderer actually used. `base_model` is the name the user
+    /// knows the model by (the card's id when it came from there).
+    pub fn local(r: &ResolvedSettings, base_model: &str) -> Self {
+        let l = Source::Local;
+        SideSettings {
+            base_model: Known::new(base_model.to_string(), l),
+            lora_applied: Known::new(r.lora.is_some(), l),
+            lora_scale: Known::new(r.lora_scale, l),
+            scheduler: Known::new(r.scheduler.clone(), l),
+            steps: Known::new(r.steps, l),
+            guidance: Known::new(r.guidance, l),
+            width: Known::new(r.width, l),
+            height: Known::new(r.height, l),
+            dtype: Known::new(r.dtype.clone(), l),
+            vae: Known::new(r.vae.clone(), l),
+            noise: Known::new(HFSKY_NOISE.to_string(), l),
+        }
+    }
+
+    fn all_unknown() -> Self {
+        SideSettings {
+            base_model: Known::unknown(),
+            lora_applied: Known::unknown(),
+            lora_scale: Known::unknown(),
+            scheduler: Known::unknown(),
+            steps: Known::unknown(),
+            guidance: Known::unknown(),
+            width: Known::unknown(),
+            height: Known::unknown(),
+            dtype: Known::unknown(),
+            vae: Known::unknown(),
+            noise: Known::unknown(),
+        }
+    }
+}
+
+/// What the Hub's diffusers worker does when a request leaves a setting out (hub-render.md):
+/// Euler Ancestral, 20 steps, the pipeline's default guidance and size, fp16, the LoRA fused at
+/// 1.0, the card's base model, a CPU torch generator; the fp16-fix VAE only for the exact SDXL
+/// base id.
+pub fn worker_defaults(card_base_model: Option<&str>, architecture: Option<Architecture>, default_side: Option<usize>) -> SideSettings {
+    let a = Source::Assumed;
+    let xl = architecture == Some(Architecture::StableDiffusionXl);
+    let mut s = SideSettings::all_unknown();
+    if let Some(b) = card_base_model {
+        s.base_model = Known::new(b.to_string(), a);
+        let vae = (b == "stabilityai/stable-diffusion-xl-base-1.0").then(|| "madebyollin/sdxl-vae-fp16-fix".to_string());
+        s.vae = Known::new(vae, a);
+    }
+    s.lora_applied = Known::new(true, a);
+    s.lora_scale = Known::new(1.0, a);
+    s.scheduler = Known::new(SchedulerKind::EulerAncestral.class_name().to_string(), a);
+    s.steps = Known::new(20, a);
+    if let Some(arch) = architecture {
+        s.guidance = Known::new(if arch == Architecture::StableDiffusionXl { 5.0 } else { 7.5 }, a);
+    }
+    if let Some(side) = default_side.or(if xl { Some(1024) } else { None }) {
+        s.width = Known::new(side, a);
+        s.height = Known::new(side, a);
+    }
+    s.dtype = Known::new("f16".to_string(), a);
+    s.noise = Known::new(TORCH_CPU_NOISE.to_string(), a);
+    s
+}
+
+/// What third-party providers (fal-ai, replicate) do is not public: only what we sent is known.
+pub fn provider_unknowns(card_base_model: Option<&str>) -> SideSettings {
+    let mut s = SideSettings::all_unknown();
+    if let Some(b) = card_base_model {
+        s.base_model = Known::new(b.to_string(), Source::Assumed);
+    }
+    s
+}
+
+/// Request parameters we sent (the hf-inference names), layered over `base`.
+pub fn with_sent(mut base: SideSettings, sent: &serde_json::Value) -> SideSettings {
+    let p = sent.get("parameters").unwrap_or(sent);
+    let src = Source::Sent;
+    if let Some(v) = p.get("num_inference_steps").and_then(|v| v.as_u64()) {
+        base.steps = Known::new(v as usize, src);
+    }
+    if let Some(v) = p.get("guidance_scale").and_then(|v| v.as_f64()) {
+        base.guidance = Known::new(v, src);
+    }
+    if let Some(v) = p.get("width").and_then(|v| v.as_u64()) {
+        base.width = Known::new(v as usize, src);
+    }
+    if let Some(v) = p.get("height").and_then(|v| v.as_u64()) {
+        base.height = Known::new(v as usize, src);
+    }
+    if let Some(v) = p.get("scheduler").and_then(|v| v.as_str()) {
+        base.scheduler = Known::new(scheduler_class(v), src);
+    }
+    base
+}
+
+fn scheduler_class(name: &str) -> String {
+    if SchedulerKind::from_class_name(name).is_some() {
+        return name.to_string();
+    }
+    <SchedulerKind as clap::ValueEnum>::from_str(name, true).map(|k| k.class_name().to_string()).unwrap_or_else(|_| name.to_string())
+}
+
+/// The offline Hub's `x-hfsky-render` header: what it actually rendered. It renders with
+/// hfsky's engine, so its noise is hfsky's.
+pub fn with_reported(mut base: SideSettings, r: &serde_json::Value) -> SideSettings {
+    let src = Source::Reported;
+    if let Some(v) = r.get("base_model").and_then(|v| v.as_str()) {
+        base.base_model = Known::new(v.to_string(), src);
+    }
+    if let Some(v) = r.get("apply_lora").and_then(|v| v.as_bool()) {
+        base.lora_applied = Known::new(v, src);
+    }
+    if let Some(v) = r.get("lora_scale").and_then(|v| v.as_f64()) {
+        base.lora_scale = Known::new(v, src);
+    }
+    if let Some(v) = r.get("scheduler").and_then(|v| v.as_str()) {
+        base.scheduler = Known::new(scheduler_class(v), src);
+    }
+    if let Some(v) = r.get("steps").and_then(|v| v.as_u64()) {
+        base.steps = Known::new(v as usize, src);
+    }
+    if let Some(v) = r.get("guidance").and_then(|v| v.as_f64()) {
+        base.guidance = Known::new(v, src);
+    }
+    if let Some(v) = r.get("width").and_then(|v| v.as_u64()) {
+        base.width = Known::new(v as usize, src);
+    }
+    if let Some(v) = r.get("height").and_then(|v| v.as_u64()) {
+        base.height = Known::new(v as usize, src);
+    }
+    if let Some(v) = r.get("dtype").and_then(|v| v.as_str()) {
+        base.dtype = Known::new(v.to_ascii_lowercase().replace("fp", "f").replace("float", "f"), src);
+    }
+    if let Some(v) = r.get("vae") {
+        base.vae = Known::new(v.as_str().map(String::from), src);
+    }
+    base.noise = Known::new(HFSKY_NOISE.to_string(), src);
+    base
+}
+
+/// One row of the settings table.
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingRow {
+    pub setting: Setting,
+    pub local: String,
+    pub hub: String,
+    pub hub_source: Option<Source>,
+    pub differs: bool,
+    /// Why it matters, when it does (e.g. the training resolution).
+    pub note: Option<String>,
+}
+
+fn show<T: std::fmt::Display>(k: &Known<T>) -> String {
+    k.value.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "unknown".into())
+}
+
+fn differs<T: PartialEq>(a: &Known<T>, b: &Known<T>) -> bool {
+    matches!((&a.value, &b.value), (Some(x), Some(y)) if x != y)
+}
+
+/// The settings table of the two sides. `training_resolution` comes from the card.
+pub fn diff(local: &SideSettings, hub: &SideSettings, training_resolution: Option<usize>) -> Vec<SettingRow> {
+    let size = |s: &SideSettings| match (s.width.value, s.height.value) {
+        (Some(w), Some(h)) => format!("{w}×{h}"),
+        _ => "unknown".into(),
+    };
+    let size_source = hub.width.source.or(hub.height.source);
+    let size_differs = differs(&local.width, &hub.width) || differs(&local.height, &hub.height);
+    let size_note = training_resolution.and_then(|r| {
+        let off = |s: &SideSettings| s.width.value.is_some_and(|w| w != r) || s.height.value.is_some_and(|h| h != r);
+        match (off(local), off(hub)) {
+            (false, false) => None,
+            (l, h) => Some(format!(
+                "trained at {r}×{r}; {} renders outside it",
+                match (l, h) {
+                    (true, true) => "each side",
+                    (true, false) => "the local side",
+                    _ => "the Hub",
+                }
+            )),
+        }
+    });
+    let vae = |k: &Known<Option<String>>| match &k.value {
+        Some(Some(v)) => v.clone(),
+        Some(None) => "the pipeline's".into(),
+        None => "unknown".into(),
+    };
+    let row = |setting, local: String, hub: String, source, differs| SettingRow { setting, local, hub, hub_source: source, differs, note: None };
+    vec![
+        row(Setting::BaseModel, show(&local.base_model), show(&hub.base_model), hub.base_model.source, differs(&local.base_model, &hub.base_model)),
+        row(Setting::Lora, show(&local.lora_applied), show(&hub.lora_applied), hub.lora_applied.source, differs(&local.lora_applied, &hub.lora_applied)),
+        row(Setting::LoraScale, show(&local.lora_scale), show(&hub.lora_scale), hub.lora_scale.source, differs(&local.lora_scale, &hub.lora_scale)),
+        SettingRow { note: size_note, ..row(Setting::Size, size(local), size(hub), size_source, size_differs) },
+        row(Setting::Scheduler, show(&local.scheduler), show(&hub.scheduler), hub.scheduler.source, differs(&local.scheduler, &hub.scheduler)),
+        row(Setting::Steps, show(&local.steps), show(&hub.steps), hub.steps.source, differs(&local.steps, &hub.steps)),
+        row(Setting::Guidance, show(&local.guidance), show(&hub.guidance), hub.guidance.source, differs(&local.guidance, &hub.guidance)),
+        row(Setting::Dtype, show(&local.dtype), show(&hub.dtype), hub.dtype.source, differs(&local.dtype, &hub.dtype)),
+        row(Setting::Vae, vae(&local.vae), vae(&hub.vae), hub.vae.source, differs(&local.vae, &hub.vae)),
+        row(Setting::Seed, show(&local.noise), show(&hub.noise), hub.noise.source, differs(&local.noise, &hub.noise)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> SideSettings {
+        let l = Source::Local;
+        SideSettings {
+            base_model: Known::new("stabilityai/stable-diffusion-xl-base-1.0".into(), l),
+            lora_applied: Known::new(true, l),
+            lora_scale: Known::new(1.0, l),
+            scheduler: Known::new("EulerDiscreteScheduler".into(), l),
+            steps: Known::new(30, l),
+            guidance: Known::new(5.0, l),
+            width: Known::new(512, l),
+            height: Known::new(512, l),
+            dtype: Known::new("f32".into(), l),
+            vae: Known::new(None, l),
+            noise: Known::new(HFSKY_NOISE.into(), l),
+        }
+    }
+
+    #[test]
+    fn the_worker_renders_sdxl_at_1024_with_euler_ancestral_and_sent_values_win() {
+        let hub = worker_defaults(Some("stabilityai/stable-diffusion-xl-base-1.0"), Some(Architecture::StableDiffusionXl), None);
+        let rows = diff(&local(), &hub, Some(512));
+        let get = |s| rows.iter().find(|r| r.setting == s).unwrap();
+        assert!(get(Setting::Size).differs && get(Setting::Size).hub == "1024×1024");
+        assert!(get(Setting::Size).note.as_deref().unwrap().contains("trained at 512×512; the Hub renders outside it"));
+        assert_eq!(get(Setting::Scheduler).hub, "EulerAncestralDiscreteScheduler");
+        assert!(get(Setting::Steps).differs && get(Setting::Seed).differs && get(Setting::Vae).differs);
+        assert!(!get(Setting::Guidance).differs && !get(Setting::BaseModel).differs);
+        let sent = with_sent(hub, &serde_json::json!({"inputs": "x", "parameters": {"width": 512, "height": 512, "num_inference_steps": 30, "scheduler": "euler"}}));
+        let rows = diff(&local(), &sent, Some(512));
+        let get = |s| rows.iter().find(|r| r.setting == s).unwrap();
+        assert!(!get(Setting::Size).differs && get(Setting::Size).hub_source == Some(Source::Sent));
+        assert!(!get(Setting::Steps).differs && !get(Setting::Scheduler).differs);
+        assert!(get(Setting::Size).note.is_none());
+    }
+
+    #[test]
+    fn reported_values_override_and_unknowns_never_differ() {
+        let hub = with_reported(
+            provider_unknowns(None),
+            &serde_json::json!({"scheduler": "ddim", "steps": 30, "apply_lora": false, "dtype": "F16", "width": 512, "height": 512}),
+        );
+        let rows = diff(&local(), &hub, None);
+        let differing: Vec<Setting> = rows.iter().filter(|r| r.differs).map(|r| r.setting).collect();
+        assert_eq!(differing, vec![Setting::Lora, Setting::Scheduler, Setting::Dtype]);
+        assert_eq!(rows.iter().find(|r| r.setting == Setting::Guidance).unwrap().hub, "unknown");
+        assert_eq!(hub.scheduler.source, Some(Source::Reported));
+    }
+}
