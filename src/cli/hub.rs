@@ -1,5 +1,6 @@
 use super::{bad_input, Ctx};
-use hfsky::hub::serve::{serve, Faults, OidcTrust, ServeConfig, TokenSpec, TrustedIssuer, TrustedSubject};
+use hfsky::hub::inference::Provider;
+use hfsky::hub::serve::{serve, Faults, InferenceConfig, InferenceRenderer, OidcTrust, RenderProfile, ServeConfig, TokenSpec, TrustedIssuer, TrustedSubject};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,9 +25,18 @@ pub struct ServeArgs {
     /// Accepted token, NAME:ROLE:SECRET with ROLE read or write (repeatable)
     #[arg(long = "token")]
     tokens: Vec<String>,
-    /// Inject failures: e.g. 500=0.1,429=0.05,drop=0.05,retry-after=1,seed=7
+    /// Inject failures: e.g. 500=0.1,429=0.05,drop=0.05,retry-after=1,seed=7; on the inference
+    /// routes also infer-402=RATE, infer-404=RATE, infer-429=RATE
     #[arg(long)]
     faults: Option<String>,
+    /// Inference providers to advertise and answer (rendered locally), in the order `auto`
+    /// picks them: hf-inference, fal-ai, replicate
+    #[arg(long, value_delimiter = ',', default_value = "hf-inference")]
+    providers: Vec<Provider>,
+    /// YAML overriding the Hub worker's render defaults: scheduler, steps, guidance, width,
+    /// height, apply_lora, lora_scale, base_model, dtype
+    #[arg(long, value_name = "FILE.yaml")]
+    render_profile: Option<PathBuf>,
     /// LFS objects above this size are uploaded in parts of this size (MiB)
     #[arg(long, default_value_t = 16)]
     multipart_chunk_mib: u64,
@@ -67,6 +77,23 @@ fn oidc_trust(a: &ServeArgs) -> anyhow::Result<Option<OidcTrust>> {
     }))
 }
 
+fn inference_config(a: &ServeArgs) -> anyhow::Result<InferenceConfig> {
+    let profile = match &a.render_profile {
+        Some(p) => RenderProfile::load(p).map_err(|e| bad_input(format!("--render-profile {e}")))?,
+        None => RenderProfile::default(),
+    };
+    let renderer = super::hub_render::EngineRenderer::new()?;
+    let origin = a.render_profile.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default();
+    renderer.check(&profile).map_err(|e| bad_input(format!("--render-profile{origin}: {e}")))?;
+    let mut providers: Vec<Provider> = vec![];
+    for p in &a.providers {
+        if !providers.contains(p) {
+            providers.push(*p);
+        }
+    }
+    Ok(InferenceConfig { providers, profile, renderer: Arc::new(renderer) })
+}
+
 pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     let Cmd::Serve(a) = cmd;
     let tokens = a.tokens.iter().map(|t| TokenSpec::parse(t).map_err(bad_input)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -75,6 +102,7 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
         return Err(bad_input("--multipart-chunk-mib must be at least 1"));
     }
     let oidc = oidc_trust(&a)?;
+    let inference = inference_config(&a)?;
     let cfg = ServeConfig {
         root: a.root.clone(),
         tokens,
@@ -82,6 +110,7 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
         multipart_chunk: a.multipart_chunk_mib * 1024 * 1024,
         max_body: a.max_body_mib * 1024 * 1024,
         oidc,
+        inference: Some(inference),
     };
     let addr = std::net::SocketAddr::new(a.host, a.port);
     let json = ctx.json;

@@ -8,6 +8,7 @@ mod download;
 mod generate;
 mod hash;
 mod hub;
+mod hub_render;
 mod login;
 mod logout;
 mod push;
@@ -201,6 +202,13 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         }
         if let Some(a) = cause.downcast_ref::<AuthError>() {
             return auth_exit_code(a);
+        }
+        if let Some(i) = cause.downcast_ref::<hfsky::hub::inference::InferenceError>() {
+            return match i {
+                hfsky::hub::inference::InferenceError::Hub(h) => hub_exit_code(h),
+                _ if i.is_auth() => exit::AUTH,
+                _ => exit::FAILURE,
+            };
         }
         if cause.downcast_ref::<hfsky::diffusion::config::PipelineError>().is_some()
             || cause.downcast_ref::<hfsky::diffusion::lora::LoraError>().is_some()

@@ -2,8 +2,10 @@
 //! Hub that speaks the same protocol for tests and CI dry runs.
 
 pub mod client;
+pub mod clock;
 pub mod download;
 pub mod error;
+pub mod inference;
 pub mod protocol;
 pub mod push;
 pub mod serve;

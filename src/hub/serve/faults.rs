@@ -1,5 +1,6 @@
 //! Fault injection for `hfsky hub serve --faults`: 500s, 429s with Retry-After, and dropped
-//! connections at given rates, so retry paths are tested against a real server.
+//! connections at given rates, so retry paths are tested against a real server; and, on the
+//! inference routes only, the providers' 402 (credits), 404 (not deployed) and 429.
 
 use std::sync::Mutex;
 
@@ -10,23 +11,38 @@ pub enum Fault {
     Drop,
 }
 
+/// A refusal of an inference route, as the router sends them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum InferenceFault {
+    PaymentRequired,
+    NotDeployed,
+    TooManyRequests,
+}
+
 #[derive(Debug)]
 pub struct Faults {
     pub server_error: f64,
     pub too_many: f64,
     pub drop: f64,
+    pub infer_402: f64,
+    pub infer_404: f64,
+    pub infer_429: f64,
     pub retry_after_secs: u64,
     rng: Mutex<rand::rngs::StdRng>,
 }
 
 impl Faults {
-    /// `SPEC` = comma-separated `500=RATE`, `429=RATE`, `drop=RATE`, `retry-after=SECS`, `seed=N`.
+    /// `SPEC` = comma-separated `500=RATE`, `429=RATE`, `drop=RATE`, `retry-after=SECS`, `seed=N`,
+    /// and for the inference routes `infer-402=RATE`, `infer-404=RATE`, `infer-429=RATE`.
     pub fn parse(spec: &str) -> Result<Faults, String> {
         use rand::SeedableRng;
         let mut f = Faults {
             server_error: 0.0,
             too_many: 0.0,
             drop: 0.0,
+            infer_402: 0.0,
+            infer_404: 0.0,
+            infer_429: 0.0,
             retry_after_secs: 1,
             rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(0)),
         };
@@ -42,16 +58,22 @@ impl Faults {
                 "500" => f.server_error = rate()?,
                 "429" => f.too_many = rate()?,
                 "drop" => f.drop = rate()?,
+                "infer-402" => f.infer_402 = rate()?,
+                "infer-404" => f.infer_404 = rate()?,
+                "infer-429" => f.infer_429 = rate()?,
                 "retry-after" => f.retry_after_secs = v.parse().map_err(|_| format!("--faults: bad retry-after {v:?}"))?,
                 "seed" => {
                     let seed = v.parse().map_err(|_| format!("--faults: bad seed {v:?}"))?;
                     f.rng = Mutex::new(rand::rngs::StdRng::seed_from_u64(seed));
                 }
-                _ => return Err(format!("--faults: unknown key {k:?} (expected 500, 429, drop, retry-after, seed)")),
+                _ => return Err(format!("--faults: unknown key {k:?} (expected 500, 429, drop, infer-402, infer-404, infer-429, retry-after, seed)")),
             }
         }
         if f.server_error + f.too_many + f.drop > 1.0 {
             return Err("--faults: the rates add up to more than 1".into());
+        }
+        if f.infer_402 + f.infer_404 + f.infer_429 > 1.0 {
+            return Err("--faults: the infer-* rates add up to more than 1".into());
         }
         Ok(f)
     }
@@ -71,6 +93,24 @@ impl Faults {
     }
 }
 
+impl Faults {
+    /// Drawn once per inference request, after [`draw`](Self::draw).
+    pub fn draw_inference(&self) -> Option<InferenceFault> {
+        use rand::Rng;
+        let x: f64 = self.rng.lock().unwrap_or_else(|e| e.into_inner()).random();
+        let (a, b, c) = (self.infer_402, self.infer_404, self.infer_429);
+        if x < a {
+            Some(InferenceFault::PaymentRequired)
+        } else if x < a + b {
+            Some(InferenceFault::NotDeployed)
+        } else if x < a + b + c {
+            Some(InferenceFault::TooManyRequests)
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +124,9 @@ mod tests {
         assert!(Faults::parse("500=2").is_err());
         assert!(Faults::parse("boom=0.1").is_err());
         assert!(Faults::parse("500=0.6,429=0.6").is_err());
+        assert!(Faults::parse("infer-402=0.6,infer-429=0.6").is_err());
+        let f = Faults::parse("infer-402=1").unwrap();
+        assert_eq!((f.draw(), f.draw_inference()), (None, Some(InferenceFault::PaymentRequired)));
+        assert_eq!(Faults::parse("infer-429=0.5").unwrap().draw(), None);
     }
 }

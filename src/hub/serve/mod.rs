@@ -1,12 +1,15 @@
 //! `hfsky hub serve`: an offline Hub on loopback that speaks the Hub's HTTP protocol
 //! (whoami-v2, repos, tree, paths-info, preupload, LFS batch basic/multipart, NDJSON commit,
-//! resolve with the Hub's headers and redirects, validate-yaml), with auth and fault injection.
+//! resolve with the Hub's headers and redirects, validate-yaml), with auth and fault injection;
+//! and the Inference Providers' text-to-image routes, rendered locally (see `inference`).
 
 mod faults;
+mod inference;
 mod oidc;
 mod store;
 
 pub use faults::Faults;
+pub use inference::{InferenceConfig, InferenceRenderer, RenderFailure, RenderJob, RenderProfile, RenderedPng, REPLICATE_LORA_MODEL};
 pub use oidc::{OidcTrust, TrustedIssuer, TrustedSubject};
 pub use store::Store;
 
@@ -61,6 +64,8 @@ pub struct ServeConfig {
     pub max_body: usize,
     /// Trusted Publishers: which CI id tokens `/oauth/token` exchanges, for which repos.
     pub oidc: Option<OidcTrust>,
+    /// The inference routes and provider mappings; `None`: no inference.
+    pub inference: Option<InferenceConfig>,
 }
 
 /// Who is calling: a configured token, or a short-lived token from an OIDC exchange that may
@@ -88,9 +93,11 @@ struct State {
     grants: oidc::Grants,
     // Serialises ref updates so parentCommit checks and commits are atomic.
     commit_lock: tokio::sync::Mutex<()>,
+    infer: inference::InferState,
 }
 
 /// An HTTP error the way the Hub sends it: status, `X-Error-Code`, `X-Error-Message`, JSON body.
+#[derive(Debug)]
 struct HubFail {
     status: StatusCode,
     code: Option<&'static str>,
@@ -164,6 +171,7 @@ pub fn router(cfg: ServeConfig, storage_port: u16) -> std::io::Result<axum::Rout
         uploads: Mutex::new(HashMap::new()),
         grants: oidc::Grants::default(),
         commit_lock: tokio::sync::Mutex::new(()),
+        infer: inference::InferState::default(),
     });
     Ok(axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Body| {
         let state = state.clone();
@@ -231,6 +239,14 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// `expand=a&expand[]=b` (huggingface_hub sends the first form, browsers the second).
+fn expands(uri: &Uri) -> Vec<String> {
+    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "expand" || k == "expand[]")
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
 fn query(uri: &Uri) -> HashMap<String, String> {
     url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
 }
@@ -272,7 +288,7 @@ async fn route(state: &Arc<State>, method: &Method, uri: &Uri, headers: &HeaderM
         (Method::GET, ["api", "models", _, _]) | (Method::GET, ["api", "models", _, _, "revision", _]) => {
             let id = repo_id(seg(2), seg(3))?;
             let rev = if raw.len() == 6 { decode(seg(5))? } else { "main".into() };
-            model_info(state, caller, &id, &rev, headers)
+            model_info(state, caller, &id, &rev, &expands(uri), headers)
         }
         (Method::GET, ["api", "models", _, _, "tree", _, ..]) => {
             let id = repo_id(seg(2), seg(3))?;
@@ -314,6 +330,22 @@ async fn route(state: &Arc<State>, method: &Method, uri: &Uri, headers: &HeaderM
             verify(state, caller, &id, req)
         }
         (Method::GET | Method::HEAD, ["lfs-objects", oid]) => lfs_object(state, oid, method == Method::HEAD).await,
+        (Method::POST, ["hf-inference", "models", ns, name]) => {
+            let route = inference::Route::HfInference(repo_id(ns, name)?);
+            inference::answer(state, caller, route, &read_body(state, body).await?, headers).await
+        }
+        (Method::POST, ["fal-ai", rest @ ..]) if !rest.is_empty() => {
+            let route = inference::Route::FalAi(rest.join("/"));
+            inference::answer(state, caller, route, &read_body(state, body).await?, headers).await
+        }
+        (Method::POST, ["replicate", "v1", "models", owner, name, "predictions"]) => {
+            let route = inference::Route::Replicate(Some(format!("{}/{}", decode(owner)?, decode(name)?)));
+            inference::answer(state, caller, route, &read_body(state, body).await?, headers).await
+        }
+        (Method::POST, ["replicate", "v1", "predictions"]) => {
+            inference::answer(state, caller, inference::Route::Replicate(None), &read_body(state, body).await?, headers).await
+        }
+        (Method::GET, ["inference-outputs", file]) => inference::output(state, file),
         (Method::GET | Method::HEAD, [ns, name, "resolve", rev, ..]) if raw.len() > 4 => {
             let id = repo_id(ns, name)?;
             let rev = decode(rev)?;
@@ -555,16 +587,19 @@ pub fn front_matter(readme: &str) -> Result<serde_json::Value, String> {
     }
 }
 
-fn model_info(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, headers: &HeaderMap) -> Reply {
+/// The metadata of a commit's model card (None without a README or with broken metadata).
+fn card_of(state: &State, c: &store::CommitRec) -> Option<serde_json::Value> {
+    let readme = c.files.get("README.md")?;
+    front_matter(&std::fs::read_to_string(state.store.blob_path(&readme.sha256)).ok()?).ok()
+}
+
+/// Model info; with `expand`, only `id` and the expanded properties, as the Hub answers.
+fn model_info(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, expand: &[String], headers: &HeaderMap) -> Reply {
     require_read(state, caller, id)?;
     let meta = state.store.meta(id).expect("checked by require_read");
     let oid = head_of(state, id, rev)?;
     let c = state.store.commit(id, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;
-    let card = c
-        .files
-        .get("README.md")
-        .and_then(|f| std::fs::read_to_string(state.store.blob_path(&f.sha256)).ok())
-        .and_then(|s| front_matter(&s).ok());
+    let card = card_of(state, &c);
     let mut tags: Vec<String> = card
         .as_ref()
         .and_then(|c| c["tags"].as_array().cloned())
@@ -573,6 +608,9 @@ fn model_info(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, he
         .filter_map(|t| t.as_str().map(String::from))
         .collect();
     tags.dedup();
+    let pipeline_tag = inference::pipeline_tag(&c, card.as_ref());
+    let library_name = card.as_ref().and_then(|c| c["library_name"].as_str()).map(String::from);
+    let mappings = expand.iter().any(|e| e == "inferenceProviderMapping").then(|| inference::mappings(state, &c, card.as_ref(), meta.private, id));
     let info = ModelInfo {
         id: id.to_string(),
         author: Some(id.namespace.clone()),
@@ -587,7 +625,26 @@ fn model_info(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, he
     let mut v = serde_json::to_value(&info).expect("serializable");
     v["modelId"] = serde_json::json!(id.to_string());
     v["_links"] = serde_json::json!({ "self": format!("{}/{id}", base_url(headers)) });
-    json_reply(StatusCode::OK, &v)
+    if let Some(t) = pipeline_tag {
+        v["pipeline_tag"] = t.into();
+    }
+    if let Some(l) = library_name {
+        v["library_name"] = l.into();
+    }
+    let serde_json::Value::Object(mut all) = v else { unreachable!("model info is an object") };
+    if expand.is_empty() {
+        return json_reply(StatusCode::OK, &all);
+    }
+    let mut picked = serde_json::Map::new();
+    for key in ["_id", "id"].iter().map(|k| k.to_string()).chain(expand.iter().cloned()) {
+        if let Some(val) = all.remove(&key) {
+            picked.insert(key, val);
+        }
+    }
+    match &mappings {
+        Some(m) => json_reply(StatusCode::OK, &inference::WithMappings { info: &picked, mappings: inference::Ordered(m) }),
+        None => json_reply(StatusCode::OK, &picked),
+    }
 }
 
 fn sibling(path: &str, f: &FileRec) -> Sibling {

@@ -3,6 +3,7 @@
 //! (temp file + rename) so a restart finds exactly what was committed.
 
 use crate::hash::{git_blob_sha1, sha256_hex};
+use crate::hub::clock::now_rfc3339;
 use crate::repo_id::RepoId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -37,28 +38,6 @@ pub const DEFAULT_GITATTRIBUTES: &str = "*.7z filter=lfs diff=lfs merge=lfs -tex
 
 pub struct Store {
     root: PathBuf,
-}
-
-pub fn now_rfc3339() -> String {
-    // Seconds precision is enough; no date crate needed for an ISO-8601 UTC stamp.
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let days = secs / 86400;
-    let rem = secs % 86400;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z.rem_euclid(146097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -190,6 +169,27 @@ impl Store {
         self.write_refs(id, &refs)
     }
 
+    /// A folder holding the files of commit `c` that `keep` accepts, under their repo paths:
+    /// hard links into the blob store (copies where linking fails). Each file is made once, so
+    /// later renders of the same commit reuse the folder.
+    pub fn snapshot(&self, id: &RepoId, c: &CommitRec, keep: impl Fn(&str) -> bool) -> std::io::Result<PathBuf> {
+        let dir = self.root.join("snapshots").join(&id.namespace).join(&id.name).join(&c.oid);
+        for (path, f) in c.files.iter().filter(|(p, _)| keep(p)) {
+            let target = dir.join(path);
+            if target.is_file() {
+                continue;
+            }
+            let parent = target.parent().expect("a file inside the snapshot");
+            std::fs::create_dir_all(parent)?;
+            let tmp = parent.join(format!(".tmp-{}", rand::random::<u64>()));
+            if std::fs::hard_link(self.blob_path(&f.sha256), &tmp).is_err() {
+                std::fs::copy(self.blob_path(&f.sha256), &tmp)?;
+            }
+            std::fs::rename(&tmp, &target)?;
+        }
+        Ok(dir)
+    }
+
     pub fn next_pr_number(&self, id: &RepoId) -> u64 {
         self.refs(id).keys().filter(|k| k.starts_with("refs/pr/")).count() as u64 + 1
     }
@@ -198,13 +198,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_are_iso() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20416), (2025, 11, 24));
-        assert!(now_rfc3339().ends_with('Z'));
-    }
 
     #[test]
     fn state_survives_reopen() {
@@ -219,5 +212,8 @@ mod tests {
         let c = s.commit(&id, &head).unwrap();
         assert!(c.files.contains_key(".gitattributes"));
         assert_eq!(s.resolve(&id, &head).as_deref(), Some(head.as_str()));
+        let snap = s.snapshot(&id, &c, |p| p == ".gitattributes").unwrap();
+        assert_eq!(std::fs::read_to_string(snap.join(".gitattributes")).unwrap(), DEFAULT_GITATTRIBUTES);
+        assert_eq!(s.snapshot(&id, &c, |_| true).unwrap(), snap);
     }
 }

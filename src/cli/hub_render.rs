@@ -1,0 +1,106 @@
+//! The offline Hub's inference renderer: hfsky's engine (`generate::render`) behind the Hub
+//! module's `InferenceRenderer` trait, fusing the LoRA as the Hub's worker does.
+
+use clap::ValueEnum;
+use hfsky::diffusion::schedulers::SchedulerKind;
+use hfsky::generate::pipeline::LoraMode;
+use hfsky::generate::render::{parse_dtype, RenderSpec, Renderer};
+use hfsky::generate::settings::check_size;
+use hfsky::hub::serve::{InferenceRenderer, RenderFailure, RenderJob, RenderProfile, RenderedPng};
+use hfsky::hub::HubClient;
+use std::sync::Mutex;
+
+/// A scheduler named the hfsky way (`euler-ancestral`) or as a diffusers class
+/// (`EulerAncestralDiscreteScheduler`, what huggingface_hub sends).
+fn scheduler_kind(name: &str) -> Result<SchedulerKind, String> {
+    SchedulerKind::from_class_name(name).or_else(|| SchedulerKind::from_str(name, true).ok()).ok_or_else(|| {
+        format!("unknown scheduler {name:?} (ddim, euler, euler-ancestral, dpmpp-2m, or their diffusers class names)")
+    })
+}
+
+pub struct EngineRenderer {
+    device: candle_core::Device,
+    // Render specs name local snapshot folders only, so this client never reaches a network.
+    client: HubClient,
+    // The last pipeline loaded: the seeds of one comparison share their spec.
+    loaded: Mutex<Option<Renderer>>,
+}
+
+impl EngineRenderer {
+    pub fn new() -> anyhow::Result<EngineRenderer> {
+        Ok(EngineRenderer {
+            device: Renderer::default_device(),
+            client: HubClient::new("http://127.0.0.1:9", None)?,
+            loaded: Mutex::new(None),
+        })
+    }
+
+    fn spec(job: &RenderJob) -> Result<RenderSpec, String> {
+        let dtype = parse_dtype(&job.dtype).ok_or_else(|| format!("unknown dtype {:?} (f32, f16 or bf16)", job.dtype))?;
+        Ok(RenderSpec {
+            model: job.base_dir.display().to_string(),
+            lora: job.lora_path.as_ref().map(|p| p.display().to_string()),
+            lora_scale: job.lora_scale,
+            lora_mode: LoraMode::Fused,
+            prompt: job.prompt.clone(),
+            negative: job.negative.clone(),
+            steps: job.steps,
+            guidance: job.guidance,
+            scheduler: Some(scheduler_kind(&job.scheduler)?),
+            width: job.width,
+            height: job.height,
+            dtype,
+            vae: None,
+        })
+    }
+}
+
+fn png_bytes(width: u32, height: u32, rgb: Vec<u8>) -> Result<Vec<u8>, String> {
+    let img = image::RgbImage::from_raw(width, height, rgb).ok_or("the rendered buffer does not match its size")?;
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).map_err(|e| format!("PNG encoding failed: {e}"))?;
+    Ok(out)
+}
+
+impl InferenceRenderer for EngineRenderer {
+    fn check(&self, p: &RenderProfile) -> Result<(), String> {
+        scheduler_kind(&p.scheduler)?;
+        let dtype = parse_dtype(&p.dtype).ok_or_else(|| format!("dtype: unknown {:?} (f32, f16 or bf16)", p.dtype))?;
+        if dtype == candle_core::DType::BF16 && self.device.is_cpu() {
+            return Err("dtype bf16 needs a CUDA GPU (build with --features cuda); use f16 or f32".into());
+        }
+        if let (Some(w), Some(h)) = (p.width, p.height) {
+            check_size(w, h).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn render(&self, job: &RenderJob) -> Result<RenderedPng, RenderFailure> {
+        let spec = EngineRenderer::spec(job).map_err(|message| RenderFailure { bad_request: true, message })?;
+        let failed = |e: hfsky::generate::render::RenderError| RenderFailure { bad_request: e.is_bad_input(), message: e.to_string() };
+        let mut slot = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_none_or(|r| r.spec() != &spec) {
+            // Free the previous pipeline before loading the next one.
+            *slot = None;
+            let loading = Renderer::load(&spec, &self.client, self.device.clone());
+            *slot = Some(tokio::runtime::Handle::current().block_on(loading).map_err(failed)?);
+        }
+        let renderer = slot.as_ref().expect("loaded above");
+        let image = renderer.render(job.seed, |_| {}).map_err(failed)?;
+        let png = png_bytes(image.width, image.height, image.rgb).map_err(|message| RenderFailure { bad_request: false, message })?;
+        let s = renderer.settings();
+        Ok(RenderedPng { png, report: job.report(&s.scheduler, s.guidance, s.width, s.height) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedulers_are_named_either_way() {
+        assert_eq!(scheduler_kind("euler-ancestral").unwrap(), SchedulerKind::EulerAncestral);
+        assert_eq!(scheduler_kind("DPMSolverMultistepScheduler").unwrap(), SchedulerKind::Dpmpp2m);
+        assert!(scheduler_kind("LMSDiscreteScheduler").unwrap_err().contains("LMSDiscreteScheduler"));
+    }
+}
