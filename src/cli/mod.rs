@@ -3,6 +3,7 @@
 
 mod card;
 mod ci;
+mod compare;
 mod dataset;
 mod download;
 mod generate;
@@ -75,6 +76,9 @@ pub enum Command {
     Download(download::Args),
     /// Generate images locally with a base pipeline and an optional LoRA
     Generate(generate::Args),
+    /// Render a prompt locally and through the Hub, measure both, and name the settings that
+    /// explain the difference (HTML + JSON report)
+    Compare(compare::Args),
     /// Train a DreamBooth LoRA from train.yaml (any key can also be a flag)
     Train(train::Args),
     /// Check the token can write to --repo, train, write the model card, push it all in one commit
@@ -176,6 +180,23 @@ fn auth_exit_code(a: &AuthError) -> i32 {
     }
 }
 
+fn inference_exit_code(i: &hfsky::hub::inference::InferenceError) -> i32 {
+    match i {
+        hfsky::hub::inference::InferenceError::Hub(h) => hub_exit_code(h),
+        _ if i.is_auth() => exit::AUTH,
+        hfsky::hub::inference::InferenceError::NoProvider { .. } => exit::BAD_INPUT,
+        _ => exit::FAILURE,
+    }
+}
+
+fn render_exit_code(r: &hfsky::generate::render::RenderError) -> i32 {
+    match r {
+        hfsky::generate::render::RenderError::Source(hfsky::generate::source::SourceError::Hub(h)) => hub_exit_code(h),
+        r if r.is_bad_input() => exit::BAD_INPUT,
+        _ => exit::FAILURE,
+    }
+}
+
 fn exit_code(e: &anyhow::Error) -> i32 {
     for cause in e.chain() {
         if let Some(c) = cause.downcast_ref::<CliError>() {
@@ -194,19 +215,21 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             return hub_exit_code(h);
         }
         if let Some(r) = cause.downcast_ref::<hfsky::generate::render::RenderError>() {
-            return match r {
-                hfsky::generate::render::RenderError::Source(hfsky::generate::source::SourceError::Hub(h)) => hub_exit_code(h),
-                r if r.is_bad_input() => exit::BAD_INPUT,
-                _ => exit::FAILURE,
-            };
+            return render_exit_code(r);
         }
         if let Some(a) = cause.downcast_ref::<AuthError>() {
             return auth_exit_code(a);
         }
         if let Some(i) = cause.downcast_ref::<hfsky::hub::inference::InferenceError>() {
-            return match i {
-                hfsky::hub::inference::InferenceError::Hub(h) => hub_exit_code(h),
-                _ if i.is_auth() => exit::AUTH,
+            return inference_exit_code(i);
+        }
+        if let Some(c) = cause.downcast_ref::<hfsky::compare::run::CompareError>() {
+            use hfsky::compare::run::CompareError as E;
+            return match c {
+                E::Inference(i) => inference_exit_code(i),
+                E::Hub(h) | E::Card(hfsky::compare::local::CardError::Hub(h)) => hub_exit_code(h),
+                E::Render(r) => render_exit_code(r),
+                c if c.is_bad_input() => exit::BAD_INPUT,
                 _ => exit::FAILURE,
             };
         }
@@ -251,6 +274,7 @@ pub fn run() -> i32 {
         Command::Push(a) => push::run(&ctx, a),
         Command::Download(a) => download::run(&ctx, a),
         Command::Generate(a) => generate::run(&ctx, a),
+        Command::Compare(a) => compare::run(&ctx, a),
         Command::Dataset(c) => dataset::run(&ctx, c),
         Command::Hub(c) => hub::run(&ctx, c),
         Command::Ci(c) => ci::run(&ctx, c),

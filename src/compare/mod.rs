@@ -5,5 +5,7 @@
 pub mod diagnosis;
 pub mod local;
 pub mod plots;
+pub mod report;
+pub mod run;
 pub mod settings;
 pub mod stats;

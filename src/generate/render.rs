@@ -137,6 +137,8 @@ pub struct ResolvedSettings {
     pub scheduler: String,
     pub width: usize,
     pub height: usize,
+    /// The side rendered when no size is asked for (UNet sample_size × VAE factor).
+    pub default_size: usize,
     pub dtype: String,
     pub vae: Option<String>,
 }
@@ -255,6 +257,7 @@ impl Renderer {
             scheduler,
             width,
             height,
+            default_size: default_side,
             dtype: dtype_label(spec.dtype).into(),
             vae: spec.vae.clone(),
         };

@@ -1,0 +1,381 @@
+//! One comparison, start to finish: the Hub side first (it fails fastest: token, provider,
+//! credits), then the local side, statistics, the settings diff and, with `explain`, the
+//! ablations. Every image is written to disk as soon as it exists, so a failure keeps what was
+//! already rendered.
+
+use super::diagnosis::{self, Ablation, Cause, Measured, Skipped};
+use super::local::{fetch_card, local_spec, Card, CardError, LocalFlags};
+use super::settings::{self, Setting, SettingRow, SideSettings};
+use super::stats::{self, ImageStats, SideStats, StatsError};
+use crate::diffusion::config::Architecture;
+use crate::generate::render::{RenderError, RenderSpec, Renderer, ResolvedSettings};
+use crate::hub::inference::{HubRender, InferenceClient, InferenceError, Provider, ProviderChoice, TextToImageRequest};
+use crate::hub::{HubClient, HubError};
+use crate::repo_id::RepoId;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error(transparent)]
+    Card(#[from] CardError),
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("local side: {0}")]
+    Render(#[from] RenderError),
+    #[error("{file}: not an image the comparison can read ({detail})")]
+    NotAnImage { file: String, detail: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Stats(#[from] StatsError),
+}
+
+impl CompareError {
+    /// What the user can fix by changing the request (exit code 2).
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            CompareError::Card(CardError::Hub(_)) => false,
+            CompareError::Card(_) | CompareError::NotAnImage { .. } | CompareError::Invalid(_) => true,
+            CompareError::Render(r) => r.is_bad_input(),
+            CompareError::Inference(i) => matches!(i, InferenceError::NoProvider { .. }),
+            _ => false,
+        }
+    }
+}
+
+fn io(what: &Path) -> impl FnOnce(std::io::Error) -> CompareError + '_ {
+    move |source| CompareError::Io { what: what.display().to_string(), source }
+}
+
+/// Which request parameters go to the Hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HubParams {
+    /// What the model page's widget sends: the prompt (and negative prompt, seed); the
+    /// provider's defaults decide the rest — the renders people see on the website.
+    Widget,
+    /// Also the local side's steps, guidance, size and scheduler, to see which ones the
+    /// provider honours.
+    Match,
+}
+
+pub enum HubSource {
+    Provider { repo: RepoId, choice: ProviderChoice, params: HubParams },
+    /// Images a person saved from the website; their seeds are unknown.
+    Images(Vec<PathBuf>),
+}
+
+pub struct Options {
+    pub prompt: String,
+    /// The LoRA repo: its card names the base model and training resolution.
+    pub repo: Option<RepoId>,
+    pub flags: LocalFlags,
+    pub seeds: Vec<u64>,
+    pub hub: HubSource,
+    pub explain: bool,
+    pub out: PathBuf,
+}
+
+/// What happens, for progress bars and the terminal.
+pub enum Event<'a> {
+    Stage(&'a str),
+    Image { side: &'a str, seed: Option<u64>, file: &'a Path },
+    Step { step: usize, of: usize },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SideImage {
+    pub seed: Option<u64>,
+    /// Relative to the output folder.
+    pub file: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HubRenderRecord {
+    pub seed: Option<u64>,
+    pub file: String,
+    #[serde(flatten)]
+    pub render: HubRender,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalSide {
+    pub settings: SideSettings,
+    pub resolved: ResolvedSettings,
+    pub images: Vec<SideImage>,
+    pub stats: SideStats,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HubSide {
+    /// Where the Hub images come from, in words.
+    pub origin: String,
+    pub provider: Option<String>,
+    pub settings: SideSettings,
+    pub images: Vec<SideImage>,
+    pub stats: SideStats,
+    pub renders: Vec<HubRenderRecord>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AblationResult {
+    /// `None`: every Hub setting at once.
+    pub setting: Option<Setting>,
+    pub change: String,
+    pub distance: f64,
+    pub effect: f64,
+    pub images: Vec<SideImage>,
+    pub stats: SideStats,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub prompt: String,
+    pub date: String,
+    pub repo: Option<String>,
+    pub seeds: Vec<u64>,
+    pub hfsky_version: String,
+    pub card: Card,
+    pub local: LocalSide,
+    pub hub: HubSide,
+    pub settings: Vec<SettingRow>,
+    /// Statistics distance between the two sides' means.
+    pub distance: f64,
+    /// How far two seeds of one side lie apart on average.
+    pub noise_floor: f64,
+    /// The biggest statistic changes from the local side to the Hub's, in words.
+    pub differences: Vec<String>,
+    pub explained: bool,
+    pub ablations: Vec<AblationResult>,
+    pub skipped: Vec<Skipped>,
+    pub causes: Vec<Cause>,
+    pub verdict: String,
+}
+
+fn rel(out: &Path, p: &Path) -> String {
+    p.strip_prefix(out).unwrap_or(p).display().to_string()
+}
+
+/// Renders `spec` for every seed into `dir`, measuring each image.
+async fn render_side(
+    client: &HubClient,
+    spec: &RenderSpec,
+    seeds: &[u64],
+    out: &Path,
+    dir: &Path,
+    side: &str,
+    on: &mut dyn FnMut(Event),
+) -> Result<(ResolvedSettings, Vec<SideImage>, Vec<ImageStats>), CompareError> {
+    let renderer = Renderer::load(spec, client, Renderer::default_device()).await?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut images = Vec::new();
+    let mut measured = Vec::new();
+    for &seed in seeds {
+        let image = renderer.render(seed, |i| on(Event::Step { step: i, of: spec.steps }))?;
+        let png = dir.join(format!("seed-{seed}.png"));
+        image.write_png(&png).map_err(|e| CompareError::Io { what: png.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
+        on(Event::Image { side, seed: Some(seed), file: &png });
+        measured.push(ImageStats::measure(&image.to_image())?);
+        images.push(SideImage { seed: Some(seed), file: rel(out, &png) });
+    }
+    Ok((renderer.settings().clone(), images, measured))
+}
+
+fn request(prompt: &str, spec: &RenderSpec, seed: Option<u64>, params: HubParams, resolved: Option<&ResolvedSettings>) -> TextToImageRequest {
+    let mut req = TextToImageRequest {
+        prompt: prompt.to_string(),
+        negative_prompt: (!spec.negative.is_empty()).then(|| spec.negative.clone()),
+        seed,
+        ..Default::default()
+    };
+    if let (HubParams::Match, Some(r)) = (params, resolved) {
+        req.width = Some(r.width);
+        req.height = Some(r.height);
+        req.num_inference_steps = Some(r.steps);
+        req.guidance_scale = Some(r.guidance);
+        req.scheduler = Some(r.scheduler.clone());
+        req.lora_scale = Some(r.lora_scale);
+    }
+    req
+}
+
+fn decode(bytes: &[u8], file: &str) -> Result<image::RgbImage, CompareError> {
+    image::load_from_memory(bytes).map(|i| i.to_rgb8()).map_err(|e| CompareError::NotAnImage { file: file.to_string(), detail: e.to_string() })
+}
+
+/// Runs the comparison. `client` carries the endpoint and token.
+pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> Result<Comparison, CompareError> {
+    if o.prompt.trim().is_empty() {
+        return Err(CompareError::Invalid("--prompt is empty".into()));
+    }
+    if o.seeds.is_empty() {
+        return Err(CompareError::Invalid("--seeds must be at least 1".into()));
+    }
+    let card = match &o.repo {
+        Some(repo) => {
+            on(Event::Stage("reading the model card"));
+            fetch_card(client, repo).await?
+        }
+        None => Card::default(),
+    };
+    let repo_name = o.repo.as_ref().map(|r| r.to_string());
+    let spec = local_spec(&o.prompt, &o.flags, &card, repo_name.as_deref())?;
+    std::fs::create_dir_all(&o.out).map_err(io(&o.out))?;
+
+    // The Hub side first: auth, provider and billing problems surface before minutes of rendering.
+    let hub_dir = o.out.join("hub");
+    std::fs::create_dir_all(&hub_dir).map_err(io(&hub_dir))?;
+    let mut hub_images = Vec::new();
+    let mut hub_stats = Vec::new();
+    let mut renders = Vec::new();
+    let (origin, provider) = match &o.hub {
+        HubSource::Provider { repo, choice, params } => {
+            on(Event::Stage("asking the Hub which provider serves the repo"));
+            let inference = InferenceClient::new(client.clone())?;
+            let sel = inference.choose(repo, *choice).await?;
+            // With `match`, the Hub gets the local side's resolved values; they are only known
+            // after loading, so resolve them first (cheap next to a render).
+            let resolved = match params {
+                HubParams::Match => Some(Renderer::load(&spec, client, Renderer::default_device()).await?.settings().clone()),
+                HubParams::Widget => None,
+            };
+            for &seed in &o.seeds {
+                on(Event::Stage(&format!("Hub render, seed {seed}")));
+                let r = inference.text_to_image(&sel, &request(&o.prompt, &spec, Some(seed), *params, resolved.as_ref())).await?;
+                let ext = match r.image_format.as_str() {
+                    "jpeg" => "jpg",
+                    other => other,
+                };
+                let file = hub_dir.join(format!("seed-{seed}.{ext}"));
+                std::fs::write(&file, &r.image).map_err(io(&file))?;
+                let record = HubRenderRecord { seed: Some(seed), file: rel(&o.out, &file), render: r };
+                let sidecar = hub_dir.join(format!("seed-{seed}.json"));
+                std::fs::write(&sidecar, serde_json::to_vec_pretty(&record).expect("serializable")).map_err(io(&sidecar))?;
+                on(Event::Image { side: "hub", seed: Some(seed), file: &file });
+                hub_stats.push(ImageStats::measure(&decode(&record.render.image, &record.file)?)?);
+                hub_images.push(SideImage { seed: Some(seed), file: record.file.clone() });
+                renders.push(record);
+            }
+            let origin = format!("{} ({}) through {}", sel.provider.name(), sel.mapping.provider_id, inference.router());
+            (origin, Some(sel.provider))
+        }
+        HubSource::Images(files) => {
+            for f in files {
+                let bytes = std::fs::read(f).map_err(io(f))?;
+                let name = f.display().to_string();
+                hub_stats.push(ImageStats::measure(&decode(&bytes, &name)?)?);
+                let copy = hub_dir.join(f.file_name().unwrap_or_default());
+                std::fs::write(&copy, &bytes).map_err(io(&copy))?;
+                hub_images.push(SideImage { seed: None, file: rel(&o.out, &copy) });
+            }
+            ("images saved from the website (settings assumed: the Hub worker's defaults)".to_string(), None)
+        }
+    };
+
+    on(Event::Stage("local renders"));
+    let (resolved, local_images, local_stats) = render_side(client, &spec, &o.seeds, &o.out, &o.out.join("local"), "local", on).await?;
+    let local = SideStats::aggregate(&local_stats)?;
+    let hub = SideStats::aggregate(&hub_stats)?;
+
+    let base_name = spec.model.clone();
+    let local_settings = SideSettings::local(&resolved, &base_name);
+    let same_base = card.base_model.as_deref().is_none_or(|b| b == base_name);
+    let architecture = same_base.then_some(resolved.architecture).or(card.hints.as_ref().map(|h| {
+        if h.architecture == "sdxl" {
+            Architecture::StableDiffusionXl
+        } else {
+            Architecture::StableDiffusion
+        }
+    }));
+    let default_side = same_base.then_some(resolved.default_size);
+    let card_base = card.base_model.as_deref().or(Some(base_name.as_str()));
+    let mut hub_settings = match provider {
+        None | Some(Provider::HfInference) => settings::worker_defaults(card_base, architecture, default_side),
+        Some(_) => settings::provider_unknowns(card_base),
+    };
+    if let Some(first) = renders.first() {
+        hub_settings = settings::with_sent(hub_settings, &first.render.parameters_sent);
+        if let Some(rep) = &first.render.reported_settings {
+            hub_settings = settings::with_reported(hub_settings, &serde_json::to_value(rep).expect("serializable"));
+        }
+    }
+    let rows = settings::diff(&local_settings, &hub_settings, card.training_resolution());
+    let gap = stats::distance(&local, &hub);
+    let floors: Vec<f64> = [stats::noise_floor(&local), stats::noise_floor(&hub)].into_iter().flatten().collect();
+    let noise_floor = if floors.is_empty() { 0.0 } else { floors.iter().sum::<f64>() / floors.len() as f64 };
+    let to_hub = stats::feature_changes(&local, &hub);
+    let differences: Vec<String> = to_hub.iter().take(5).map(|c| c.message.clone()).collect();
+
+    let mut ablations = Vec::new();
+    let mut skipped = Vec::new();
+    let mut causes = Vec::new();
+    let verdict;
+    if o.explain {
+        let bf16 = !Renderer::default_device().is_cpu();
+        let (plan, skip, together) = diagnosis::plan(&spec, &local_settings, &hub_settings, bf16);
+        skipped = skip;
+        let mut results: Vec<(Ablation, AblationResult)> = Vec::new();
+        for (k, a) in plan.into_iter().chain(together).enumerate() {
+            on(Event::Stage(&format!("ablation: {}", a.change)));
+            let name = a.setting.map(|s| serde_json::to_value(s).expect("serializable").as_str().unwrap_or("x").to_string()).unwrap_or_else(|| "all".into());
+            let dir = o.out.join("ablations").join(format!("{k:02}-{name}"));
+            let (_, images, measured) = render_side(client, &a.spec, &o.seeds, &o.out, &dir, "ablation", on).await?;
+            let s = SideStats::aggregate(&measured)?;
+            let d = stats::distance(&s, &hub);
+            let r = AblationResult { setting: a.setting, change: a.change.clone(), distance: d, effect: diagnosis::effect(gap, d), images, stats: s };
+            results.push((a, r));
+        }
+        let evidence = |abl: &SideStats| -> Option<String> {
+            let moved = stats::feature_changes(&local, abl);
+            to_hub.first().and_then(|top| moved.iter().find(|c| c.feature == top.feature)).or(moved.first()).map(|c| c.message.clone())
+        };
+        let measured: Vec<Measured> = results
+            .iter()
+            .filter(|(a, _)| a.setting.is_some())
+            .map(|(a, r)| Measured { ablation: a, distance: r.distance, top_change: evidence(&r.stats) })
+            .collect();
+        let together = results.iter().find(|(a, _)| a.setting.is_none()).map(|(_, r)| r.distance);
+        let noise_differs = rows.iter().any(|r| r.setting == Setting::Seed && r.differs);
+        let seed_share = (noise_differs && gap > 0.0).then(|| (noise_floor / gap).min(1.0));
+        // Within seed variation there is no gap to attribute.
+        if gap > noise_floor {
+            causes = diagnosis::rank(gap, &measured, together, seed_share, &hub_settings, card.training_resolution());
+        }
+        verdict = diagnosis::verdict(gap, noise_floor, &causes, together.map(|d| diagnosis::effect(gap, d)));
+        ablations = results.into_iter().map(|(_, r)| r).collect();
+    } else {
+        let differing: Vec<String> = rows.iter().filter(|r| r.differs).map(|r| format!("{} ({} here, {} on the Hub)", r.setting.label(), r.local, r.hub)).collect();
+        verdict = if gap <= noise_floor {
+            format!("the two sides differ no more than two seeds of the same side do (distance {gap:.3}, seed-to-seed {noise_floor:.3}): nothing to explain")
+        } else if differing.is_empty() {
+            format!("the sides differ (distance {gap:.3}; {}) but no known setting does; run with --explain", differences.first().cloned().unwrap_or_default())
+        } else {
+            format!("{} setting(s) differ: {}; run with --explain to measure which one causes the gap", differing.len(), differing.join(", "))
+        };
+    }
+
+    Ok(Comparison {
+        prompt: o.prompt.clone(),
+        date: crate::hub::clock::now_rfc3339(),
+        repo: repo_name,
+        seeds: o.seeds.clone(),
+        hfsky_version: env!("CARGO_PKG_VERSION").into(),
+        card,
+        local: LocalSide { settings: local_settings, resolved, images: local_images, stats: local },
+        hub: HubSide { origin, provider: provider.map(|p| p.name().to_string()), settings: hub_settings, images: hub_images, stats: hub, renders },
+        settings: rows,
+        distance: gap,
+        noise_floor,
+        differences,
+        explained: o.explain,
+        ablations,
+        skipped,
+        causes,
+        verdict,
+    })
+}

@@ -1,0 +1,256 @@
+//! `hfsky compare` end to end against the offline Hub on the tiny SD 1.5 fixture: each planted
+//! difference (`hub serve --render-profile`) must come out as the first cause under
+//! `--explain`; the report renders in a headless browser; bad input says what is wrong and
+//! keeps what was rendered.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+const CARD: &str = "---\nbase_model: alice/tiny-sd15\ninstance_prompt: a photo of SKY\ntags: [lora, text-to-image]\npipeline_tag: text-to-image\nhfsky:\n  architecture: sd15\n  training_resolution: 64\n---\n# Sky LoRA\n";
+
+/// The base every case shares: the Hub and the local side agree on everything but the planted key.
+const SAME: &str = "scheduler: ddim\nsteps: 4\nguidance: 7.5\nwidth: 64\nheight: 64\ndtype: f32\n";
+const LOCAL: [&str; 8] = ["--scheduler", "ddim", "--steps", "4", "--guidance", "7.5", "--dtype", "f32"];
+
+/// A second base model of the same architecture with other weights (the UNet's output layer
+/// flipped and scaled), for the "other base model" case.
+fn other_base(dir: &Path) -> PathBuf {
+    let out = dir.join("tiny-sd15-b");
+    let src = fixtures().join("tiny-sd15");
+    for e in walk(&src) {
+        let to = out.join(e.strip_prefix(&src).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&e, &to).unwrap();
+    }
+    let unet = out.join("unet/diffusion_pytorch_model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&unet, &candle_core::Device::Cpu).unwrap();
+    for (name, t) in tensors.iter_mut() {
+        if name.starts_with("conv_out") || name.starts_with("conv_in") {
+            *t = (t.clone() * -1.7).unwrap();
+        }
+    }
+    candle_core::safetensors::save(&tensors, &unet).unwrap();
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The tiny base, a second base, and the LoRA repo whose card names the first.
+fn publish(env: &Env) {
+    let push = |dir: &Path, repo: &str| ok(&env.cmd(&["push", dir.to_str().unwrap(), "--repo", repo]).env("HF_TOKEN", ALICE).output().unwrap());
+    push(&fixtures().join("tiny-sd15"), "alice/tiny-sd15");
+    push(&other_base(env.dir.path()), "alice/tiny-sd15-b");
+    let lora = std::fs::read(fixtures().join("tiny-sd15-lora/pytorch_lora_weights.safetensors")).unwrap();
+    let dir = env.dir.path().join("sky-lora");
+    write(&dir.join("README.md"), CARD.as_bytes());
+    write(&dir.join("pytorch_lora_weights.safetensors"), &lora);
+    push(&dir, "alice/sky-lora");
+}
+
+fn compare(env: &Env, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--json", "compare", "--prompt", "a photo of the SKY river", "--repo", "alice/sky-lora", "--seeds", "2", "--out", out.to_str().unwrap()];
+    args.extend(LOCAL);
+    args.extend(extra);
+    env.cmd(&args).env("HF_TOKEN", ALICE).output().unwrap()
+}
+
+/// Plants `profile` on the Hub and checks that `--explain` ranks one of `expected` first.
+fn planted(profile: &str, expected: &[&str]) -> serde_json::Value {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("profile.yaml");
+    write(&file, format!("{SAME}{profile}").as_bytes());
+    let hub = start_hub(&root.path().join("hub"), &["--render-profile", file.to_str().unwrap()]);
+    let env = Env::new(&hub.endpoint);
+    publish(&env);
+    let out = root.path().join("cmp");
+    let o = compare(&env, &out, &["--explain"]);
+    ok(&o);
+    let v = json(&o);
+    let causes = v["causes"].as_array().unwrap_or_else(|| panic!("no causes: {v}"));
+    let first = causes[0]["setting"].as_str().unwrap();
+    assert!(expected.contains(&first), "planted {profile:?}: first cause {first}, causes {:#}", v["causes"]);
+    assert!(causes[0]["effect"].as_f64().unwrap() > 0.5, "{:#}", v["causes"]);
+    assert!(causes.iter().all(|c| c["message"].as_str().is_some_and(|m| !m.is_empty())));
+    for c in causes {
+        let s = c["setting"].as_str().unwrap();
+        assert!(["lora", "lora_scale", "size", "scheduler", "steps", "guidance", "base_model", "vae", "dtype", "seed", "unknown"].contains(&s), "{s}");
+    }
+    for side in ["local", "hub"] {
+        assert!(v[side]["settings"].is_object() && v[side]["stats"]["families"].is_object(), "{side}: {v}");
+        for img in v[side]["images"].as_array().unwrap() {
+            assert!(out.join(img["file"].as_str().unwrap()).is_file());
+        }
+    }
+    assert!(out.join("report.html").is_file() && out.join("report.json").is_file());
+    v
+}
+
+#[test]
+fn a_hub_without_the_lora_is_named() {
+    let v = planted("apply_lora: false\n", &["lora"]);
+    assert!(v["verdict"].as_str().unwrap().contains("without the LoRA"), "{}", v["verdict"]);
+}
+
+#[test]
+fn another_render_size_is_named_with_the_training_resolution() {
+    let v = planted("width: 128\nheight: 128\n", &["size"]);
+    let top = v["causes"][0]["message"].as_str().unwrap();
+    assert!(top.contains("128×128") && top.contains("trained at 64 px"), "{top}");
+    let size_row = v["settings"].as_array().unwrap().iter().find(|r| r["setting"] == "size").unwrap().clone();
+    assert_eq!((size_row["differs"].as_bool(), size_row["hub_source"].as_str()), (Some(true), Some("reported")));
+}
+
+#[test]
+fn another_scheduler_and_step_count_are_named() {
+    planted("scheduler: euler-ancestral\nsteps: 12\n", &["scheduler", "steps"]);
+}
+
+#[test]
+fn another_guidance_is_named() {
+    planted("guidance: 1.5\n", &["guidance"]);
+}
+
+#[test]
+fn another_base_model_is_named() {
+    planted("base_model: alice/tiny-sd15-b\n", &["base_model"]);
+}
+
+/// The same settings on both sides: no setting differs and the verdict says there is nothing
+/// to explain; the report renders in a browser with every image and plot, escaping the prompt.
+#[test]
+fn same_settings_explain_nothing_and_the_report_renders() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("profile.yaml");
+    write(&file, SAME.as_bytes());
+    let hub = start_hub(&root.path().join("hub"), &["--render-profile", file.to_str().unwrap()]);
+    let env = Env::new(&hub.endpoint);
+    publish(&env);
+    let out = root.path().join("cmp");
+    let mut args = vec!["compare", "--prompt", "a photo of the <b>SKY</b> river & \"friends\"", "--repo", "alice/sky-lora", "--seeds", "2", "--out", out.to_str().unwrap()];
+    args.extend(LOCAL);
+    let o = env.cmd(&args).env("HF_TOKEN", ALICE).output().unwrap();
+    let t = ok(&o);
+    assert!(t.contains("nothing to explain"), "{t}");
+    assert!(t.contains("report.html"), "{t}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert!(v["settings"].as_array().unwrap().iter().all(|r| r["differs"] == false), "{:#}", v["settings"]);
+    assert_eq!(v["hub"]["renders"].as_array().unwrap().len(), 2);
+    assert!(v["hub"]["renders"][0]["route"].as_str().unwrap().contains("/hf-inference/models/alice/sky-lora"));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(!html.contains("<b>SKY</b>") && html.contains("&lt;b&gt;SKY&lt;&#x2f;b&gt;"), "the prompt must be escaped");
+    browser_check(&out.join("report.html"), 4);
+}
+
+/// Opens the page in headless Chromium (CI installs it; `HFSKY_TEST_BROWSER=1` makes its absence
+/// a failure), checks that every image loaded and every SVG plot has a size and content, and
+/// keeps a screenshot in target/compare-report.png.
+fn browser_check(page: &Path, min_images: usize) {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|c| std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success())) else {
+        assert!(std::env::var_os("HFSKY_TEST_BROWSER").is_none(), "HFSKY_TEST_BROWSER is set but no chromium is installed");
+        eprintln!("no chromium: browser check skipped");
+        return;
+    };
+    let checked = page.with_file_name("report-check.html");
+    let probe = "<script>addEventListener('load',()=>{const broken=[...document.images].filter(i=>!(i.complete&&i.naturalWidth>0)).map(i=>i.getAttribute('src'));\
+        const svgs=[...document.querySelectorAll('svg')];const empty=svgs.filter(e=>{const r=e.getBoundingClientRect();return !(r.width>100&&r.height>20&&e.querySelectorAll('rect,path,polyline,line,circle').length>0)}).length;\
+        document.documentElement.setAttribute('data-check',JSON.stringify({images:document.images.length,broken,svgs:svgs.length,empty}));});</script></body>";
+    std::fs::write(&checked, std::fs::read_to_string(page).unwrap().replace("</body>", probe)).unwrap();
+    let url = format!("file://{}", checked.display());
+    let common = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files", "--virtual-time-budget=5000"];
+    let o = std::process::Command::new(chromium).args(common).arg("--dump-dom").arg(&url).output().unwrap();
+    let dom = String::from_utf8_lossy(&o.stdout);
+    let attr = dom.split("data-check=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or_else(|| panic!("the page's load check did not run: {}", String::from_utf8_lossy(&o.stderr)));
+    let check: serde_json::Value = serde_json::from_str(&attr.replace("&quot;", "\"")).unwrap();
+    assert!(check["images"].as_u64().unwrap() >= min_images as u64, "{check}");
+    assert_eq!(check["broken"], serde_json::json!([]), "images that did not load: {check}");
+    assert!(check["svgs"].as_u64().unwrap() >= 4 && check["empty"] == 0, "plots: {check}");
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/compare-report.png");
+    let o = std::process::Command::new(chromium).args(common).arg(format!("--screenshot={}", shot.display())).arg("--window-size=1000,2400").arg(format!("file://{}", page.display())).output().unwrap();
+    assert!(shot.is_file(), "no screenshot: {}", String::from_utf8_lossy(&o.stderr));
+    let img = image::open(&shot).unwrap().to_rgb8();
+    let distinct: std::collections::HashSet<_> = img.pixels().step_by(97).map(|p| p.0).collect();
+    assert!(distinct.len() > 20, "the screenshot looks blank");
+}
+
+#[test]
+fn bad_input_is_named_and_rendered_images_are_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(&root.path().join("hub"), &["--faults", "infer-402=1"]);
+    let env = Env::new(&hub.endpoint);
+    publish(&env);
+    let out = root.path().join("cmp");
+    // The provider is out of credits: the status, the request id and what to do.
+    let o = compare(&env, &out, &[]);
+    let t = code(&o, 1);
+    assert!(t.contains("402") && t.contains("request id") && t.contains("--hub-image"), "{t}");
+    // A repo whose card has no base_model.
+    let dir = env.dir.path().join("no-base");
+    write(&dir.join("README.md"), b"---\ntags: [lora]\n---\n");
+    write(&dir.join("pytorch_lora_weights.safetensors"), &std::fs::read(fixtures().join("tiny-sd15-lora/pytorch_lora_weights.safetensors")).unwrap());
+    ok(&env.cmd(&["push", dir.to_str().unwrap(), "--repo", "alice/no-base"]).env("HF_TOKEN", ALICE).output().unwrap());
+    let o = env.cmd(&["compare", "--prompt", "x", "--repo", "alice/no-base", "--hub-image", fixtures().join("../../data/sky-photos").to_str().unwrap()]).env("HF_TOKEN", ALICE).output().unwrap();
+    let t = code(&o, 2);
+    assert!(t.contains("base_model"), "{t}");
+    // Images saved from the website: one is not an image. The good one is kept.
+    let good = root.path().join("widget-1.png");
+    image::RgbImage::from_pixel(64, 64, image::Rgb([30, 160, 40])).save(&good).unwrap();
+    let bad = root.path().join("widget-2.png");
+    write(&bad, b"<html>not an image</html>");
+    let out2 = root.path().join("cmp2");
+    let o = env
+        .cmd(&["compare", "--prompt", "x", "--repo", "alice/sky-lora", "--hub-image", good.to_str().unwrap(), bad.to_str().unwrap(), "--out", out2.to_str().unwrap()])
+        .env("HF_TOKEN", ALICE)
+        .output()
+        .unwrap();
+    let t = code(&o, 2);
+    assert!(t.contains("widget-2.png") && t.contains("not an image"), "{t}");
+    assert!(out2.join("hub/widget-1.png").is_file(), "the readable image is kept");
+    // Nothing to compare against.
+    let t = code(&env.run(&["compare", "--prompt", "x", "--model", "m"]), 2);
+    assert!(t.contains("--repo") && t.contains("--hub-image"), "{t}");
+}
+
+/// Images saved from the website: the Hub's settings are the worker's documented defaults
+/// (assumed), and the local side renders at the card's training resolution.
+#[test]
+fn saved_website_images_compare_against_assumed_worker_defaults() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(&root.path().join("hub"), &[]);
+    let env = Env::new(&hub.endpoint);
+    publish(&env);
+    let green = root.path().join("green.png");
+    image::RgbImage::from_fn(64, 64, |_, y| if y < 32 { image::Rgb([90, 140, 230]) } else { image::Rgb([30, 170, 50]) }).save(&green).unwrap();
+    let out = root.path().join("cmp");
+    let o = env
+        .cmd(&["--json", "compare", "--prompt", "a photo of the SKY river", "--repo", "alice/sky-lora", "--seeds", "2", "--hub-image", green.to_str().unwrap(), "--out", out.to_str().unwrap(), "--steps", "3"])
+        .env("HF_TOKEN", ALICE)
+        .output()
+        .unwrap();
+    ok(&o);
+    let v = json(&o);
+    let rows = v["settings"].as_array().unwrap();
+    let row = |s: &str| rows.iter().find(|r| r["setting"] == s).unwrap().clone();
+    assert_eq!(row("scheduler")["hub"], "EulerAncestralDiscreteScheduler");
+    assert_eq!(row("scheduler")["hub_source"], "assumed");
+    assert_eq!(row("steps")["hub"], "20");
+    assert_eq!(row("seed")["differs"], true, "the Hub's noise is torch's");
+    assert_eq!(v["local"]["resolved"]["width"], 64, "the card's training resolution");
+    assert!(v["verdict"].as_str().unwrap().contains("--explain"), "{}", v["verdict"]);
+    assert!(v["hub"]["stats"]["families"]["green"]["mean"].as_f64().unwrap() > 0.3, "{}", v["hub"]["stats"]["families"]);
+}
