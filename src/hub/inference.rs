@@ -238,6 +238,9 @@ pub struct RenderReport {
     pub seed: u64,
     /// Path of the LoRA weight file in its repo, when one was applied.
     pub lora_file: Option<String>,
+    /// A replacement VAE; `None`: the base pipeline's own.
+    #[serde(default)]
+    pub vae: Option<String>,
 }
 
 /// One Hub render, with everything needed to say later how it was made.

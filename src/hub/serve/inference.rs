@@ -124,6 +124,9 @@ impl RenderJob {
             dtype: self.dtype.clone(),
             seed: self.seed,
             lora_file: self.lora_file.clone(),
+            // The worker swaps in the fp16-fix VAE only for stabilityai/stable-diffusion-xl-base-1.0;
+            // the offline Hub always renders with the base pipeline's own VAE.
+            vae: None,
         }
     }
 }
