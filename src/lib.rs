@@ -12,6 +12,7 @@ pub mod generate;
 pub mod hash;
 pub mod html;
 pub mod hub;
+pub mod imagestats;
 pub mod redact;
 pub mod repo_id;
 pub mod token;

@@ -1,6 +1,9 @@
-//! `hfsky compare`: the same prompt rendered locally and through the Hub, statistics of both
-//! sides, the settings that differ, and ablations that measure which difference is the cause.
+//! `hfsky compare`: the same prompt and seeds rendered locally and by the Hub, measured, and the
+//! gap between them explained: the settings that differ, and ablations that measure which
+//! difference is the cause.
 
 pub mod diagnosis;
 pub mod local;
+pub mod plots;
 pub mod settings;
+pub mod stats;

@@ -4,7 +4,8 @@
 
 use super::images::{load_rgb, ImageProblem, ProblemKind};
 use super::tone::{robust_center, tone, Tone};
-use super::{overlay, par_map, phash, relative_name, scan, stretch, thumbnail, DatasetError};
+use super::{overlay, par_map, phash, relative_name, scan, stretch, DatasetError};
+use crate::imagestats::thumbnail;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]

@@ -3,7 +3,6 @@
 
 pub mod captions;
 pub mod check;
-pub mod color;
 pub mod fix;
 pub mod images;
 pub mod overlay;
@@ -117,18 +116,6 @@ pub(crate) fn no_images(dir: &Path, scan: &Scan) -> DatasetError {
 
 fn extension(path: &Path) -> Option<String> {
     path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase())
-}
-
-/// The image scaled so its longer side is at most `max` pixels (never enlarged).
-pub fn thumbnail(rgb: &image::RgbImage, max: u32) -> image::RgbImage {
-    let (w, h) = rgb.dimensions();
-    if w.max(h) <= max {
-        return rgb.clone();
-    }
-    let s = max as f32 / w.max(h) as f32;
-    // Through DynamicImage: its methods are compiled (optimised) inside the image crate, while
-    // the generic imageops functions would be instantiated here, unoptimised in debug builds.
-    image::DynamicImage::ImageRgb8(rgb.clone()).thumbnail_exact(((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1)).into_rgb8()
 }
 
 /// `f` over `items` on all cores, results in order. Each worker holds one decoded photo at a

@@ -1,7 +1,7 @@
 //! Colour and tone statistics of one photo, the raw material for spotting heavy filters and
 //! oversaturation as outliers against the rest of the set.
 
-use super::color::{hsv, Lab};
+use crate::imagestats::colour::{hsv, Lab};
 use image::RgbImage;
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]

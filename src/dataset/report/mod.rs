@@ -2,15 +2,16 @@
 //! blends, the hue histogram, composition, and caption vocabulary, as JSON and HTML.
 
 pub mod clusters;
-pub mod composition;
 pub mod html;
 pub mod vocabulary;
 
-use super::color::{hsv, Lab};
 use super::images::load_rgb;
-use super::{par_map, relative_name, thumbnail};
-use clusters::{Blend, Cluster, HueBin, HUE_BINS};
-use composition::Composition;
+use super::{par_map, relative_name};
+use crate::imagestats::colour::{hsv, Lab};
+use crate::imagestats::composition::{self, Composition};
+use crate::imagestats::hue::{self, HueBin};
+use crate::imagestats::{kmeans, thumbnail};
+use clusters::{Blend, Cluster, HUE_BINS};
 use std::path::{Path, PathBuf};
 use vocabulary::Vocabulary;
 
@@ -66,7 +67,7 @@ fn analyse(path: &Path) -> Option<ImageData> {
     for &p in &px {
         let (h, s, v) = hsv(p);
         if s >= 0.25 && v >= 0.2 {
-            hues[((h / 360.0 * HUE_BINS as f32) as usize).min(HUE_BINS - 1)] += 1;
+            hues[hue::bin(h, HUE_BINS)] += 1;
         }
     }
     Some(ImageData { samples, hues, composition: composition::composition(&thumb) })
@@ -84,14 +85,14 @@ pub fn build(dir: &Path, images: &[PathBuf], captions: &[Option<String>]) -> Res
     let all: Vec<Lab> = ok.iter().flat_map(|(_, d)| d.samples.iter().copied()).collect();
     let stride = (all.len() / MAX_SAMPLES).max(1);
     let points: Vec<Lab> = all.iter().step_by(stride).copied().collect();
-    let centres = clusters::kmeans(&points, clusters::K);
+    let centres = kmeans::kmeans(&points, clusters::K);
     // Per image: the share of its samples nearest each centre.
     let coverage: Vec<Vec<f32>> = ok
         .iter()
         .map(|(_, d)| {
             let mut c = vec![0f32; centres.len()];
             for s in &d.samples {
-                c[clusters::nearest(&centres, *s)] += 1.0;
+                c[kmeans::nearest(&centres, *s)] += 1.0;
             }
             let n = d.samples.len().max(1) as f32;
             c.iter().map(|x| x / n).collect()
@@ -148,7 +149,7 @@ pub fn build(dir: &Path, images: &[PathBuf], captions: &[Option<String>]) -> Res
             .map(|(k, _)| centres[k].name());
     }
     let vocabulary = vocabulary::vocabulary(captions, &dominant);
-    let mut report = Report { images: images.len(), unreadable, clusters: cluster_list, blends, hue_histogram: clusters::hue_bins(&hue_counts), composition: comp, vocabulary, findings: Vec::new() };
+    let mut report = Report { images: images.len(), unreadable, clusters: cluster_list, blends, hue_histogram: hue::hue_bins(&hue_counts.map(|c| c as f64)), composition: comp, vocabulary, findings: Vec::new() };
     report.findings = findings(&report);
     Ok(report)
 }
@@ -252,6 +253,20 @@ mod tests {
         assert_eq!(r.vocabulary.in_every_caption, ["sky"]);
         let html = html::render(&r).unwrap();
         assert!(html.contains("→ pink") && html.contains("seen from below"));
+    }
+
+    #[test]
+    fn finds_the_horizon_of_a_synthetic_sky() {
+        // The generator puts the horizon at 60-75% of the height from the top.
+        for seed in 0..5 {
+            let c = composition::composition(&gen::photo(128, 96, seed));
+            let horizon = c.horizon.expect("a horizon");
+            let expected = 1.0 - (0.6 + 0.15 * (seed % 5) as f32 / 5.0);
+            assert!((horizon - expected).abs() < 0.06, "seed {seed}: {horizon} vs {expected}");
+            assert!(c.sky_on_top && (c.sky_fraction - (1.0 - expected)).abs() < 0.06);
+        }
+        let flat = composition::composition(&RgbImage::from_pixel(64, 48, image::Rgb([100, 140, 220])));
+        assert_eq!(flat.horizon, None);
     }
 
     #[test]

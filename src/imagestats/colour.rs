@@ -1,8 +1,8 @@
-//! sRGB ↔ CIELAB (D65) and plain-English colour names, so clusters and blends read as "orange",
-//! "purple", "grey" rather than numbers.
+//! sRGB ↔ CIELAB (D65), HSV, and plain-English colour families, so clusters, blends and
+//! statistics read as "orange", "purple", "grey" rather than numbers.
 
 /// CIELAB colour: L* in 0..100, a* and b* roughly -128..127.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Lab {
     pub l: f32,
     pub a: f32,
@@ -92,26 +92,35 @@ impl Lab {
     /// Below this chroma a colour reads as grey rather than a hue.
     pub const GREY_CHROMA: f32 = 12.0;
 
-    /// A plain name: black/grey/white for unsaturated colours, otherwise a hue name from the
-    /// Lab hue angle (pure sRGB red sits near 40°, blue near 306°, pink near 350°-10°).
+    /// A plain name; see [`Lab::family`].
     pub fn name(self) -> &'static str {
+        self.family().name()
+    }
+
+    /// The named family a colour belongs to. Thresholds: chroma below [`Lab::GREY_CHROMA`] is
+    /// achromatic (black below L* 20, white above L* 88, grey between); otherwise the Lab hue
+    /// angle decides (pure sRGB red sits near 40°, blue near 306°, pink near 350°-10°):
+    /// pink 340°-25° (magenta when darker than L* 40), red 25°-50°, orange 50°-80°,
+    /// yellow 80°-110° (both brown when darker than L* 45), green 110°-185°, cyan 185°-235°,
+    /// blue 235°-305°, purple 305°-340°.
+    pub fn family(self) -> Family {
         if self.chroma() < Self::GREY_CHROMA {
             return match self.l {
-                l if l < 20.0 => "black",
-                l if l > 88.0 => "white",
-                _ => "grey",
+                l if l < 20.0 => Family::Black,
+                l if l > 88.0 => Family::White,
+                _ => Family::Grey,
             };
         }
         match self.hue() {
-            h if !(25.0..340.0).contains(&h) => if self.l < 40.0 { "magenta" } else { "pink" },
-            h if h < 50.0 => "red",
-            h if h < 110.0 && self.l < 45.0 => "brown",
-            h if h < 80.0 => "orange",
-            h if h < 110.0 => "yellow",
-            h if h < 185.0 => "green",
-            h if h < 235.0 => "cyan",
-            h if h < 305.0 => "blue",
-            _ => "purple",
+            h if !(25.0..340.0).contains(&h) => if self.l < 40.0 { Family::Magenta } else { Family::Pink },
+            h if h < 50.0 => Family::Red,
+            h if h < 110.0 && self.l < 45.0 => Family::Brown,
+            h if h < 80.0 => Family::Orange,
+            h if h < 110.0 => Family::Yellow,
+            h if h < 185.0 => Family::Green,
+            h if h < 235.0 => Family::Cyan,
+            h if h < 305.0 => Family::Blue,
+            _ => Family::Purple,
         }
     }
 
@@ -132,6 +141,80 @@ impl Lab {
 
     pub fn mix(self, o: Lab, w: f32) -> Lab {
         Lab { l: self.l + (o.l - self.l) * w, a: self.a + (o.a - self.a) * w, b: self.b + (o.b - self.b) * w }
+    }
+}
+
+/// Named colour families, in hue order then the achromatic ones (the order of JSON maps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Red,
+    Orange,
+    Yellow,
+    Brown,
+    Green,
+    Cyan,
+    Blue,
+    Purple,
+    Magenta,
+    Pink,
+    Black,
+    Grey,
+    White,
+}
+
+impl Family {
+    pub const ALL: [Family; 13] = [
+        Family::Red,
+        Family::Orange,
+        Family::Yellow,
+        Family::Brown,
+        Family::Green,
+        Family::Cyan,
+        Family::Blue,
+        Family::Purple,
+        Family::Magenta,
+        Family::Pink,
+        Family::Black,
+        Family::Grey,
+        Family::White,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Red => "red",
+            Family::Orange => "orange",
+            Family::Yellow => "yellow",
+            Family::Brown => "brown",
+            Family::Green => "green",
+            Family::Cyan => "cyan",
+            Family::Blue => "blue",
+            Family::Purple => "purple",
+            Family::Magenta => "magenta",
+            Family::Pink => "pink",
+            Family::Black => "black",
+            Family::Grey => "grey",
+            Family::White => "white",
+        }
+    }
+
+    /// A typical member, for legends and swatches.
+    pub fn hex(self) -> &'static str {
+        match self {
+            Family::Red => "#e0302a",
+            Family::Orange => "#f28c28",
+            Family::Yellow => "#f2d43a",
+            Family::Brown => "#7a5a32",
+            Family::Green => "#3aa845",
+            Family::Cyan => "#2ab7c4",
+            Family::Blue => "#3c6ee6",
+            Family::Purple => "#7d3fa8",
+            Family::Magenta => "#8c1f5e",
+            Family::Pink => "#f096b4",
+            Family::Black => "#141414",
+            Family::Grey => "#8a8a8a",
+            Family::White => "#f5f5f5",
+        }
     }
 }
 
@@ -205,6 +288,11 @@ mod tests {
             assert_eq!(Lab::from_rgb(rgb).name(), name, "{rgb:?}");
         }
         assert_eq!(Lab::from_rgb([255, 150, 40]).temperature(), Some(Temperature::Warm));
+        for f in Family::ALL {
+            let [r, g, b] = [1, 3, 5].map(|i| u8::from_str_radix(&f.hex()[i..i + 2], 16).unwrap());
+            assert_eq!(Lab::from_rgb([r, g, b]).family(), f, "{f:?}'s swatch {} is not one of it", f.hex());
+            assert_eq!(serde_json::to_string(&f).unwrap(), format!("\"{}\"", f.name()));
+        }
         assert_eq!(Lab::from_rgb([60, 110, 230]).temperature(), Some(Temperature::Cool));
     }
 
