@@ -97,3 +97,80 @@ fn huggingface_hub_publishes_through_the_offline_hubs_oidc_exchange() {
     let out = run("alice/other");
     assert!(!out.status.success() && text(&out).contains("not a trusted publisher"), "{}", text(&out));
 }
+
+/// Every number as f64: Python writes `1` where Rust writes `1.0`.
+fn numbers_as_floats(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Number(n) => serde_json::json!(n.as_f64().unwrap()),
+        serde_json::Value::Array(a) => a.iter().map(numbers_as_floats).collect(),
+        serde_json::Value::Object(o) => o.iter().map(|(k, v)| (k.clone(), numbers_as_floats(v))).collect::<serde_json::Map<_, _>>().into(),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn huggingface_hub_reads_the_offline_hubs_provider_mappings_and_sends_what_hfsky_sends() {
+    use hfsky::hub::inference::{prepare, select, InferenceClient, Provider, ProviderChoice, TextToImageRequest, PUBLIC_ROUTER};
+    let Some(python) = python() else {
+        eprintln!("HFSKY_PYTHON not set: run scripts/test.sh for the Python conformance test");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &["--providers", "replicate,hf-inference,fal-ai"]);
+    let env = Env::new(&hub.endpoint);
+    let base = env.dir.path().join("base");
+    write(&base.join("model_index.json"), b"{\"_class_name\": \"StableDiffusionPipeline\"}");
+    let lora = env.dir.path().join("lora");
+    write(&lora.join("README.md"), b"---\nbase_model: alice/base\ntags: [lora, text-to-image]\n---\n# Sky\n");
+    write(&lora.join("pytorch_lora_weights.safetensors"), &noise(1000, 3));
+    for (dir, repo) in [(&base, "alice/base"), (&lora, "alice/sky-lora")] {
+        ok(&env.cmd(&["push", dir.to_str().unwrap(), "--repo", repo]).env("HF_TOKEN", ALICE).output().unwrap());
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/inference_conformance.py");
+    let out = Command::new(&python).arg(script).args(["--endpoint", &hub.endpoint, "--token", ALICE, "--repo", "alice/sky-lora"]).output().unwrap();
+    let all = text(&out);
+    assert!(out.status.success() && !all.contains(ALICE), "huggingface_hub inference conformance failed:\n{all}");
+    let py: serde_json::Value = serde_json::from_str(all.lines().rev().find(|l| l.starts_with('{')).expect("a JSON line")).unwrap();
+
+    let repo = hfsky::repo_id::RepoId::parse("alice/sky-lora").unwrap();
+    let token = hfsky::token::Token::parse(ALICE).unwrap();
+    let client = InferenceClient::new(hfsky::hub::HubClient::new(&hub.endpoint, Some(token)).unwrap()).unwrap();
+    let info = tokio::runtime::Runtime::new().unwrap().block_on(client.inspect(&repo)).unwrap();
+    let ours: Vec<serde_json::Value> = info.mappings.iter().map(|m| serde_json::to_value(m).unwrap()).collect();
+    let theirs: Vec<serde_json::Value> = py["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_object().unwrap().iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect::<serde_json::Map<_, _>>().into())
+        .collect();
+    assert_eq!(ours, theirs, "both clients read the same mappings, in the --providers order");
+
+    let req = TextToImageRequest {
+        prompt: "a photo of the SKY river".into(),
+        negative_prompt: Some("blurry".into()),
+        width: Some(64),
+        height: Some(64),
+        num_inference_steps: Some(4),
+        guidance_scale: Some(5.0),
+        seed: Some(3),
+        ..Default::default()
+    };
+    for (choice, name) in [(ProviderChoice::Auto, "auto"), (ProviderChoice::Only(Provider::HfInference), "hf-inference"),
+        (ProviderChoice::Only(Provider::FalAi), "fal-ai"), (ProviderChoice::Only(Provider::Replicate), "replicate")] {
+        let sel = select(&info, choice).unwrap();
+        let theirs = &py["requests"][name];
+        assert_eq!(theirs["provider"], sel.provider.name(), "{name}: the same provider");
+        let mut p = prepare(&sel, &req, &hub.endpoint, PUBLIC_ROUTER);
+        let mut their_json = theirs["json"].clone();
+        if sel.provider == Provider::FalAi {
+            // The one deliberate difference: the card's base model, not always SDXL base.
+            assert_eq!(their_json["model_name"], "stabilityai/stable-diffusion-xl-base-1.0");
+            assert_eq!(p.body["model_name"], "alice/base");
+            their_json.as_object_mut().unwrap().remove("model_name");
+            p.body.as_object_mut().unwrap().remove("model_name");
+        }
+        assert_eq!(p.url, theirs["url"].as_str().unwrap(), "{name}: the same route");
+        assert_eq!(numbers_as_floats(&p.body), numbers_as_floats(&their_json), "{name}: the same payload");
+        assert_eq!(p.headers.iter().any(|(k, v)| *k == "prefer" && *v == "wait"), theirs["headers"]["prefer"] == "wait", "{name}");
+    }
+}

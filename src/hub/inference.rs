@@ -238,6 +238,9 @@ pub struct RenderReport {
     pub seed: u64,
     /// Path of the LoRA weight file in its repo, when one was applied.
     pub lora_file: Option<String>,
+    /// A replacement VAE; `None`: the base pipeline's own.
+    #[serde(default)]
+    pub vae: Option<String>,
 }
 
 /// One Hub render, with everything needed to say later how it was made.
@@ -556,7 +559,9 @@ pub fn prepare(sel: &Selection, req: &TextToImageRequest, endpoint: &str, router
             input.insert("prompt".into(), req.prompt.clone().into());
             input.extend(params);
             if m.adapter_weights_path.is_some() {
-                input.insert("lora_weights".into(), format!("{endpoint}/{}", sel.repo).into());
+                // huggingface_hub names the public Hub here whatever the endpoint (fal-ai gets the
+                // endpoint); the offline Hub reads only the repo from it.
+                input.insert("lora_weights".into(), format!("{}/{}", super::client::DEFAULT_ENDPOINT, sel.repo).into());
             }
             let mut body = serde_json::json!({ "input": input });
             let url = match m.provider_id.split_once(':') {
@@ -896,7 +901,7 @@ mod tests {
         let p = prepare(&sel(Provider::Replicate, "owner/model:abc", true), &req, "http://127.0.0.1:5", "http://127.0.0.1:5");
         assert_eq!(p.url, "http://127.0.0.1:5/replicate/v1/predictions");
         assert_eq!(p.body["version"], "abc");
-        assert_eq!(p.body["input"]["lora_weights"], "http://127.0.0.1:5/alice/sky-lora");
+        assert_eq!(p.body["input"]["lora_weights"], "https://huggingface.co/alice/sky-lora");
         assert_eq!(p.body["input"]["num_inference_steps"], 4);
         assert_eq!(p.headers, [("prefer", "wait")]);
         let p = prepare(&sel(Provider::Replicate, "owner/model", false), &req, "http://h", "http://h");

@@ -124,6 +124,9 @@ impl RenderJob {
             dtype: self.dtype.clone(),
             seed: self.seed,
             lora_file: self.lora_file.clone(),
+            // The worker swaps in the fp16-fix VAE only for stabilityai/stable-diffusion-xl-base-1.0;
+            // the offline Hub always renders with the base pipeline's own VAE.
+            vae: None,
         }
     }
 }
@@ -510,7 +513,7 @@ pub(super) async fn answer(state: &Arc<State>, caller: Option<&Caller>, route: R
         let status = if f.bad_request { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::INTERNAL_SERVER_ERROR };
         fail(status, format!("render failed: {}", f.message))
     })?;
-    let report = serde_json::to_string(&out.report).expect("serializable");
+    let report = ascii_json(&serde_json::to_string(&out.report).expect("serializable"));
     let mut resp = match &route {
         Route::HfInference(_) => Response::builder()
             .status(StatusCode::OK)
@@ -545,6 +548,22 @@ pub(super) async fn answer(state: &Arc<State>, caller: Option<&Caller>, route: R
     };
     resp.headers_mut().insert(RENDER_HEADER, axum::http::HeaderValue::from_str(&report).map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?);
     Ok(resp)
+}
+
+/// JSON with every non-ASCII character escaped (`\uXXXX`), so it fits in a header value.
+fn ascii_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{:04x}", u));
+            }
+        }
+    }
+    out
 }
 
 fn keep_output(state: &State, id: &str, png: Vec<u8>) {
@@ -607,6 +626,13 @@ mod tests {
         assert!(RenderProfile::from_yaml("steps: 0\n", "p.yaml").unwrap_err().contains("steps"));
         assert!(RenderProfile::from_yaml("apply_lora: maybe\n", "p.yaml").is_err());
         assert!(RenderProfile::from_yaml("base_model: not a repo\n", "p.yaml").unwrap_err().contains("base_model"));
+    }
+
+    #[test]
+    fn header_json_stays_ascii_and_parses_back() {
+        let j = ascii_json(r#"{"lora_file":"ciel/été🌅.safetensors"}"#);
+        assert!(j.is_ascii());
+        assert_eq!(serde_json::from_str::<Value>(&j).unwrap()["lora_file"], "ciel/été🌅.safetensors");
     }
 
     #[test]
