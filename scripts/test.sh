@@ -10,6 +10,8 @@ need=()
 command -v dbus-run-session >/dev/null || need+=(dbus)
 command -v gnome-keyring-daemon >/dev/null || need+=(gnome-keyring)
 command -v secret-tool >/dev/null || need+=(libsecret-tools)
+# Headless Chromium opens the compare report and screenshots it (tests/cli_compare.rs).
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
@@ -38,5 +40,5 @@ export KEYRING_HOME
 dbus-run-session -- bash -c '
   export XDG_DATA_HOME="$KEYRING_HOME"
   printf "hfsky-test-keyring" | gnome-keyring-daemon --unlock --components=secrets >/dev/null
-  HFSKY_TEST_SECRET_SERVICE=1 cargo test --locked "$@"
+  HFSKY_TEST_SECRET_SERVICE=1 HFSKY_TEST_BROWSER=1 cargo test --locked "$@"
 ' hfsky-tests "$@"

@@ -11,8 +11,10 @@ use serde::Serialize;
 /// One local re-render: the local spec with one (or every) Hub value adopted.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ablation {
-    /// `None` for the "all Hub settings together" render.
+    /// `None` for the "all Hub settings together" renders.
     pub setting: Option<Setting>,
+    /// For "all Hub settings but one" renders: the one left out.
+    pub without: Option<Setting>,
     /// What changed, e.g. `size 64×64 → 128×128`.
     pub change: String,
     #[serde(skip)]
@@ -33,35 +35,30 @@ fn hub_value<T: Clone + PartialEq>(local: &Known<T>, hub: &Known<T>) -> Option<T
     }
 }
 
-/// The ablations for every setting whose Hub value is known and differs. `bf16_possible`: the
-/// local device can compute in bf16 (a GPU).
-pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_possible: bool) -> (Vec<Ablation>, Vec<Skipped>, Option<Ablation>) {
-    let mut out = Vec::new();
+type Edit = Box<dyn Fn(&mut RenderSpec)>;
+
+/// The ablations for every setting whose Hub value is known and differs: one per setting, all
+/// together, and (with three or more) all but one per setting — settings interact (a scheduler
+/// change may only show at the Hub's step count), so a cause is also measured by how much of
+/// the gap re-opens when it alone is left out. `bf16_possible`: the local device computes bf16.
+pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_possible: bool) -> (Vec<Ablation>, Vec<Skipped>, Vec<Ablation>) {
+    let mut edits: Vec<(Setting, String, Edit)> = Vec::new();
     let mut skipped = Vec::new();
-    let mut all = spec.clone();
-    let mut all_changes = Vec::new();
-    let mut push = |setting: Setting, change: String, edit: &dyn Fn(&mut RenderSpec), all: &mut RenderSpec| {
-        let mut s = spec.clone();
-        edit(&mut s);
-        edit(all);
-        all_changes.push(change.clone());
-        out.push(Ablation { setting: Some(setting), change, spec: s });
-    };
 
     if let Some(b) = hub_value(&local.base_model, &hub.base_model) {
         let from = local.base_model.value.clone().unwrap_or_default();
-        push(Setting::BaseModel, format!("base model {from} → {b}"), &|s| s.model = b.clone(), &mut all);
+        edits.push((Setting::BaseModel, format!("base model {from} → {b}"), Box::new(move |s| s.model = b.clone())));
     }
     if let Some(applied) = hub_value(&local.lora_applied, &hub.lora_applied) {
         if applied {
             skipped.push(Skipped { setting: Setting::Lora, why: "the Hub applied a LoRA but the local side has none to apply".into() });
         } else {
-            push(Setting::Lora, "LoRA off".into(), &|s| s.lora = None, &mut all);
+            edits.push((Setting::Lora, "LoRA off".into(), Box::new(|s| s.lora = None)));
         }
     }
     if spec.lora.is_some() && hub.lora_applied.value != Some(false) {
         if let Some(scale) = hub_value(&local.lora_scale, &hub.lora_scale) {
-            push(Setting::LoraScale, format!("LoRA scale {} → {scale}", spec.lora_scale), &|s| s.lora_scale = scale, &mut all);
+            edits.push((Setting::LoraScale, format!("LoRA scale {} → {scale}", spec.lora_scale), Box::new(move |s| s.lora_scale = scale)));
         }
     }
     let w = hub_value(&local.width, &hub.width);
@@ -69,27 +66,35 @@ pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_po
     if w.is_some() || h.is_some() {
         let (lw, lh) = (local.width.value.unwrap_or(0), local.height.value.unwrap_or(0));
         let (hw, hh) = (w.unwrap_or(lw), h.unwrap_or(lh));
-        push(Setting::Size, format!("size {lw}×{lh} → {hw}×{hh}"), &|s| {
-            s.width = Some(hw);
-            s.height = Some(hh);
-        }, &mut all);
+        edits.push((
+            Setting::Size,
+            format!("size {lw}×{lh} → {hw}×{hh}"),
+            Box::new(move |s| {
+                s.width = Some(hw);
+                s.height = Some(hh);
+            }),
+        ));
     }
     if let Some(name) = hub_value(&local.scheduler, &hub.scheduler) {
         match SchedulerKind::from_class_name(&name) {
-            Some(kind) => push(Setting::Scheduler, format!("scheduler {} → {name}", local.scheduler.value.clone().unwrap_or_default()), &|s| s.scheduler = Some(kind), &mut all),
+            Some(kind) => edits.push((
+                Setting::Scheduler,
+                format!("scheduler {} → {name}", local.scheduler.value.clone().unwrap_or_default()),
+                Box::new(move |s| s.scheduler = Some(kind)),
+            )),
             None => skipped.push(Skipped { setting: Setting::Scheduler, why: format!("hfsky has no {name}") }),
         }
     }
     if let Some(steps) = hub_value(&local.steps, &hub.steps) {
-        push(Setting::Steps, format!("steps {} → {steps}", spec.steps), &|s| s.steps = steps, &mut all);
+        edits.push((Setting::Steps, format!("steps {} → {steps}", spec.steps), Box::new(move |s| s.steps = steps)));
     }
     if let Some(g) = hub_value(&local.guidance, &hub.guidance) {
-        push(Setting::Guidance, format!("guidance {} → {g}", local.guidance.value.unwrap_or_default()), &|s| s.guidance = Some(g), &mut all);
+        edits.push((Setting::Guidance, format!("guidance {} → {g}", local.guidance.value.unwrap_or_default()), Box::new(move |s| s.guidance = Some(g))));
     }
     if let Some(d) = hub_value(&local.dtype, &hub.dtype) {
         match parse_dtype(&d) {
             Some(dt) if dt != candle_core::DType::BF16 || bf16_possible => {
-                push(Setting::Dtype, format!("dtype {} → {d}", local.dtype.value.clone().unwrap_or_default()), &|s| s.dtype = dt, &mut all)
+                edits.push((Setting::Dtype, format!("dtype {} → {d}", local.dtype.value.clone().unwrap_or_default()), Box::new(move |s| s.dtype = dt)))
             }
             Some(_) => skipped.push(Skipped { setting: Setting::Dtype, why: "bf16 needs a CUDA GPU".into() }),
             None => skipped.push(Skipped { setting: Setting::Dtype, why: format!("unknown dtype {d}") }),
@@ -97,7 +102,7 @@ pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_po
     }
     if let Some(v) = hub_value(&local.vae, &hub.vae) {
         let label = v.clone().unwrap_or_else(|| "the pipeline's".into());
-        push(Setting::Vae, format!("VAE → {label}"), &|s| s.vae = v.clone(), &mut all);
+        edits.push((Setting::Vae, format!("VAE → {label}"), Box::new(move |s| s.vae = v.clone())));
     }
     if hub_value(&local.noise, &hub.noise).is_some() {
         skipped.push(Skipped {
@@ -105,12 +110,40 @@ pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_po
             why: "the Hub draws its noise from torch's CPU generator, hfsky from its own seeded RNG: the same seed gives different noise, so images pair only in distribution".into(),
         });
     }
-    // The Hub worker fuses the LoRA into the weights; only the all-together render copies that.
-    if all.lora.is_some() && hub.lora_applied.source.is_some() {
-        all.lora_mode = LoraMode::Fused;
+    // The Hub worker fuses the LoRA into the weights; the renders with every Hub setting copy that.
+    let fuse = hub.lora_applied.source.is_some();
+    let combined = |skip: Option<Setting>| {
+        let mut s = spec.clone();
+        for (setting, _, edit) in &edits {
+            if Some(*setting) != skip {
+                edit(&mut s);
+            }
+        }
+        if fuse && s.lora.is_some() {
+            s.lora_mode = LoraMode::Fused;
+        }
+        s
+    };
+    let singles: Vec<Ablation> = edits
+        .iter()
+        .map(|(setting, change, edit)| {
+            let mut s = spec.clone();
+            edit(&mut s);
+            Ablation { setting: Some(*setting), without: None, change: change.clone(), spec: s }
+        })
+        .collect();
+    let mut combos = Vec::new();
+    if edits.len() > 1 {
+        let all: Vec<&str> = edits.iter().map(|(_, c, _)| c.as_str()).collect();
+        combos.push(Ablation { setting: None, without: None, change: all.join(", "), spec: combined(None) });
     }
-    let together = (out.len() > 1).then(|| Ablation { setting: None, change: all_changes.join(", "), spec: all });
-    (out, skipped, together)
+    // With two settings, "all but one" is the other one alone: already rendered.
+    if edits.len() > 2 {
+        for (setting, change, _) in &edits {
+            combos.push(Ablation { setting: None, without: Some(*setting), change: format!("every Hub setting but {change}"), spec: combined(Some(*setting)) });
+        }
+    }
+    (singles, skipped, combos)
 }
 
 /// One cause, ranked by `effect`: the share of the local→Hub distance that adopting the Hub's
@@ -118,7 +151,12 @@ pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_po
 #[derive(Debug, Clone, Serialize)]
 pub struct Cause {
     pub setting: Setting,
+    /// The larger of `alone` and `with_others`.
     pub effect: f64,
+    /// Share of the gap closed by this setting alone.
+    pub alone: Option<f64>,
+    /// Share of the gap that re-opens when every other Hub setting is applied but this one.
+    pub with_others: Option<f64>,
     pub message: String,
     /// The statistic that moved most towards the Hub under this ablation.
     pub evidence: Option<String>,
@@ -128,6 +166,8 @@ pub struct Cause {
 pub struct Measured<'a> {
     pub ablation: &'a Ablation,
     pub distance: f64,
+    /// Distance of the render with every Hub setting but this one.
+    pub without_distance: Option<f64>,
     pub top_change: Option<String>,
 }
 
@@ -185,8 +225,13 @@ pub fn rank(gap: f64, measured: &[Measured], together: Option<f64>, seed_share: 
         .iter()
         .filter_map(|m| {
             let setting = m.ablation.setting?;
-            let e = effect(gap, m.distance);
-            let how = if e >= 0.8 {
+            let alone = effect(gap, m.distance);
+            // What re-opens when this setting alone keeps the local value.
+            let with_others = together.zip(m.without_distance).map(|(t, w)| effect(gap, t) - effect(gap, w));
+            let e = with_others.map_or(alone, |w| alone.max(w)).min(1.0);
+            let how = if with_others.is_some_and(|w| w > alone + 0.2 && w >= 0.3) {
+                "closes little alone but most of the gap together with the other Hub settings"
+            } else if e >= 0.8 {
                 "reproduces the Hub's look"
             } else if e >= 0.3 {
                 "moves the local renders part of the way to the Hub's"
@@ -200,7 +245,7 @@ pub fn rank(gap: f64, measured: &[Measured], together: Option<f64>, seed_share: 
             if let (Some(ev), true) = (&evidence, e > 0.05) {
                 message.push_str(&format!(": {ev}"));
             }
-            Some(Cause { setting, effect: e, message, evidence })
+            Some(Cause { setting, effect: e, alone: Some(alone), with_others, message, evidence })
         })
         .collect();
     if let Some(share) = seed_share {
@@ -209,6 +254,8 @@ pub fn rank(gap: f64, measured: &[Measured], together: Option<f64>, seed_share: 
             effect: (share * 1000.0).round() / 1000.0,
             message: format!("the Hub draws different noise for the same seed; seed-to-seed variation alone is about {:.0}% of the gap", share * 100.0),
             evidence: None,
+            alone: None,
+            with_others: None,
         });
     }
     let explained = together.map(|d| effect(gap, d)).into_iter().chain(causes.iter().map(|c| c.effect)).fold(0.0f64, f64::max);
@@ -221,18 +268,32 @@ pub fn rank(gap: f64, measured: &[Measured], together: Option<f64>, seed_share: 
                 explained.max(0.0) * 100.0
             ),
             evidence: None,
+            alone: None,
+            with_others: None,
         });
     }
     causes.sort_by(|a, b| b.effect.total_cmp(&a.effect));
     causes
 }
 
+/// With the same initial noise on both sides (paired seeds), a gap under this share of the
+/// seed-to-seed distance is numerical noise (fused vs live LoRA, f16 rounding), not a setting.
+pub const PAIRED_SHARE: f64 = 0.05;
+
+/// The gap below which there is nothing to explain: seed-to-seed variation, or with paired
+/// seeds a small share of it.
+pub fn threshold(noise_floor: f64, paired: bool) -> f64 {
+    if paired {
+        noise_floor * PAIRED_SHARE
+    } else {
+        noise_floor
+    }
+}
+
 /// One plain sentence for the terminal and the top of the report.
-pub fn verdict(gap: f64, noise_floor: f64, causes: &[Cause], together_effect: Option<f64>) -> String {
-    if gap <= noise_floor {
-        return format!(
-            "the two sides differ no more than two seeds of the same side do (distance {gap:.3}, seed-to-seed {noise_floor:.3}): nothing to explain"
-        );
+pub fn verdict(gap: f64, noise_floor: f64, paired: bool, causes: &[Cause], together_effect: Option<f64>) -> String {
+    if gap <= threshold(noise_floor, paired) {
+        return nothing_to_explain(gap, noise_floor, paired);
     }
     match causes.first() {
         Some(c) if c.setting != Setting::Unknown && c.effect >= 0.5 => {
@@ -244,6 +305,14 @@ pub fn verdict(gap: f64, noise_floor: f64, causes: &[Cause], together_effect: Op
         }
         Some(c) => c.message.clone(),
         None => "the two sides differ, and no setting that differs could be re-rendered here".into(),
+    }
+}
+
+pub fn nothing_to_explain(gap: f64, noise_floor: f64, paired: bool) -> String {
+    if paired {
+        format!("the two sides render the same noise into nearly the same images (distance {gap:.4}, under {:.0}% of the seed-to-seed {noise_floor:.3}): nothing to explain", PAIRED_SHARE * 100.0)
+    } else {
+        format!("the two sides differ no more than two seeds of the same side do (distance {gap:.3}, seed-to-seed {noise_floor:.3}): nothing to explain")
     }
 }
 
@@ -279,23 +348,27 @@ mod tests {
     #[test]
     fn one_ablation_per_differing_setting_and_one_together() {
         let hub = with_reported(local(), &serde_json::json!({"width": 128, "height": 128, "apply_lora": false, "scheduler": "euler-ancestral", "steps": 8}));
-        let (abl, skipped, together) = plan(&spec(), &local(), &hub, false);
+        let (abl, skipped, combos) = plan(&spec(), &local(), &hub, false);
         let settings: Vec<_> = abl.iter().map(|a| a.setting.unwrap()).collect();
         assert_eq!(settings, vec![Setting::Lora, Setting::Size, Setting::Scheduler]);
         assert!(skipped.is_empty());
         let size = &abl[1].spec;
         assert_eq!((size.width, size.height, size.lora.is_some()), (Some(128), Some(128), true));
-        let t = together.unwrap();
+        assert_eq!(combos.len(), 4, "all together, and all but each of three");
+        let but_size = combos.iter().find(|a| a.without == Some(Setting::Size)).unwrap();
+        assert_eq!((but_size.spec.width, but_size.spec.lora.is_none()), (None, true));
+        let t = &combos[0];
         assert_eq!((t.spec.width, t.spec.lora.is_none(), t.spec.scheduler), (Some(128), true, Some(SchedulerKind::EulerAncestral)));
     }
 
     #[test]
     fn ranking_puts_the_setting_that_closes_the_gap_first_and_says_when_nothing_does() {
         let hub = with_reported(local(), &serde_json::json!({"width": 128, "height": 128, "steps": 20}));
-        let (abl, _, _) = plan(&spec(), &local(), &hub, false);
+        let (abl, _, combos) = plan(&spec(), &local(), &hub, false);
+        assert_eq!(combos.len(), 1, "two settings: all together only");
         let measured = vec![
-            Measured { ablation: &abl[0], distance: 0.1, top_change: Some("green share 3% → 31%".into()) },
-            Measured { ablation: &abl[1], distance: 0.9, top_change: None },
+            Measured { ablation: &abl[0], distance: 0.1, without_distance: Some(0.9), top_change: Some("green share 3% → 31%".into()) },
+            Measured { ablation: &abl[1], distance: 0.9, without_distance: Some(0.1), top_change: None },
         ];
         let causes = rank(1.0, &measured, Some(0.05), None, &hub, Some(64));
         assert_eq!(causes[0].setting, Setting::Size);
@@ -303,13 +376,23 @@ mod tests {
         assert!(causes[0].message.contains("the Hub renders at 128×128 (reported by the Hub); this LoRA was trained at 64 px"), "{}", causes[0].message);
         assert!(causes[0].message.contains("green share 3% → 31%"));
         assert!(!causes.iter().any(|c| c.setting == Setting::Unknown));
-        let v = verdict(1.0, 0.1, &causes, Some(0.95));
+        let v = verdict(1.0, 0.1, false, &causes, Some(0.95));
         assert!(v.starts_with("the Hub renders at 128×128") && v.contains("together close 95%"), "{v}");
 
-        let weak = vec![Measured { ablation: &abl[0], distance: 0.95, top_change: None }];
+        let weak = vec![Measured { ablation: &abl[0], distance: 0.95, without_distance: None, top_change: None }];
+        // Interacting settings: neither closes the gap alone, both re-open it when left out.
+        let pair = vec![
+            Measured { ablation: &abl[0], distance: 0.9, without_distance: Some(1.1), top_change: None },
+            Measured { ablation: &abl[1], distance: 1.1, without_distance: Some(0.9), top_change: None },
+        ];
+        let causes = rank(1.0, &pair, Some(0.0), None, &hub, None);
+        assert!(causes[0].effect > 0.8 && causes[1].effect > 0.8, "{causes:?}");
+        assert!(causes[0].message.contains("together with the other Hub settings"), "{}", causes[0].message);
         let causes = rank(1.0, &weak, None, None, &hub, None);
         assert_eq!(causes[0].setting, Setting::Unknown);
-        assert!(verdict(1.0, 0.1, &causes, None).contains("none of the known settings"));
-        assert!(verdict(0.05, 0.1, &causes, None).contains("nothing to explain"));
+        assert!(verdict(1.0, 0.1, false, &causes, None).contains("none of the known settings"));
+        assert!(verdict(0.05, 0.1, false, &causes, None).contains("nothing to explain"));
+        assert!(!verdict(0.05, 0.1, true, &causes, None).contains("nothing to explain"), "paired seeds: a gap half the seed spread is real");
+        assert!(verdict(0.001, 0.1, true, &causes, None).contains("nothing to explain"));
     }
 }

@@ -124,8 +124,9 @@ pub struct HubSide {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AblationResult {
-    /// `None`: every Hub setting at once.
+    /// `None`: several Hub settings at once (all, or all but `without`).
     pub setting: Option<Setting>,
+    pub without: Option<Setting>,
     pub change: String,
     pub distance: f64,
     pub effect: f64,
@@ -148,6 +149,8 @@ pub struct Comparison {
     pub distance: f64,
     /// How far two seeds of one side lie apart on average.
     pub noise_floor: f64,
+    /// Both sides started from the same noise per seed (so images pair one to one).
+    pub paired: bool,
     /// The biggest statistic changes from the local side to the Hub's, in words.
     pub differences: Vec<String>,
     pub explained: bool,
@@ -309,6 +312,9 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
     let floors: Vec<f64> = [stats::noise_floor(&local), stats::noise_floor(&hub)].into_iter().flatten().collect();
     let noise_floor = if floors.is_empty() { 0.0 } else { floors.iter().sum::<f64>() / floors.len() as f64 };
     let to_hub = stats::feature_changes(&local, &hub);
+    // Paired seeds: the Hub said it rendered our noise (the offline Hub renders with hfsky).
+    let paired = hub_settings.noise.value.as_deref() == Some(settings::HFSKY_NOISE) && renders.iter().all(|r| r.seed.is_some());
+    let threshold = diagnosis::threshold(noise_floor, paired);
     let differences: Vec<String> = to_hub.iter().take(5).map(|c| c.message.clone()).collect();
 
     let mut ablations = Vec::new();
@@ -317,41 +323,53 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
     let verdict;
     if o.explain {
         let bf16 = !Renderer::default_device().is_cpu();
-        let (plan, skip, together) = diagnosis::plan(&spec, &local_settings, &hub_settings, bf16);
+        let (singles, skip, combos) = diagnosis::plan(&spec, &local_settings, &hub_settings, bf16);
         skipped = skip;
         let mut results: Vec<(Ablation, AblationResult)> = Vec::new();
-        for (k, a) in plan.into_iter().chain(together).enumerate() {
+        for (k, a) in singles.into_iter().chain(combos).enumerate() {
             on(Event::Stage(&format!("ablation: {}", a.change)));
-            let name = a.setting.map(|s| serde_json::to_value(s).expect("serializable").as_str().unwrap_or("x").to_string()).unwrap_or_else(|| "all".into());
+            let name = match (a.setting, a.without) {
+                (Some(s), _) => format!("{s:?}").to_lowercase(),
+                (None, Some(w)) => format!("all-but-{w:?}").to_lowercase(),
+                (None, None) => "all".into(),
+            };
             let dir = o.out.join("ablations").join(format!("{k:02}-{name}"));
             let (_, images, measured) = render_side(client, &a.spec, &o.seeds, &o.out, &dir, "ablation", on).await?;
             let s = SideStats::aggregate(&measured)?;
             let d = stats::distance(&s, &hub);
-            let r = AblationResult { setting: a.setting, change: a.change.clone(), distance: d, effect: diagnosis::effect(gap, d), images, stats: s };
+            let r = AblationResult { setting: a.setting, without: a.without, change: a.change.clone(), distance: d, effect: diagnosis::effect(gap, d), images, stats: s };
             results.push((a, r));
         }
         let evidence = |abl: &SideStats| -> Option<String> {
             let moved = stats::feature_changes(&local, abl);
             to_hub.first().and_then(|top| moved.iter().find(|c| c.feature == top.feature)).or(moved.first()).map(|c| c.message.clone())
         };
-        let measured: Vec<Measured> = results
+        let singles: Vec<&(Ablation, AblationResult)> = results.iter().filter(|(a, _)| a.setting.is_some()).collect();
+        let without = |s: Setting| -> Option<f64> {
+            match results.iter().find(|(a, _)| a.without == Some(s)) {
+                Some((_, r)) => Some(r.distance),
+                // Two settings: all but one is the other alone.
+                None if singles.len() == 2 => singles.iter().find(|(a, _)| a.setting != Some(s)).map(|(_, r)| r.distance),
+                None => None,
+            }
+        };
+        let measured: Vec<Measured> = singles
             .iter()
-            .filter(|(a, _)| a.setting.is_some())
-            .map(|(a, r)| Measured { ablation: a, distance: r.distance, top_change: evidence(&r.stats) })
+            .map(|(a, r)| Measured { ablation: a, distance: r.distance, without_distance: a.setting.and_then(without), top_change: evidence(&r.stats) })
             .collect();
-        let together = results.iter().find(|(a, _)| a.setting.is_none()).map(|(_, r)| r.distance);
+        let together = results.iter().find(|(a, _)| a.setting.is_none() && a.without.is_none()).map(|(_, r)| r.distance);
         let noise_differs = rows.iter().any(|r| r.setting == Setting::Seed && r.differs);
         let seed_share = (noise_differs && gap > 0.0).then(|| (noise_floor / gap).min(1.0));
         // Within seed variation there is no gap to attribute.
-        if gap > noise_floor {
+        if gap > threshold {
             causes = diagnosis::rank(gap, &measured, together, seed_share, &hub_settings, card.training_resolution());
         }
-        verdict = diagnosis::verdict(gap, noise_floor, &causes, together.map(|d| diagnosis::effect(gap, d)));
+        verdict = diagnosis::verdict(gap, noise_floor, paired, &causes, together.map(|d| diagnosis::effect(gap, d)));
         ablations = results.into_iter().map(|(_, r)| r).collect();
     } else {
         let differing: Vec<String> = rows.iter().filter(|r| r.differs).map(|r| format!("{} ({} here, {} on the Hub)", r.setting.label(), r.local, r.hub)).collect();
-        verdict = if gap <= noise_floor {
-            format!("the two sides differ no more than two seeds of the same side do (distance {gap:.3}, seed-to-seed {noise_floor:.3}): nothing to explain")
+        verdict = if gap <= threshold {
+            diagnosis::nothing_to_explain(gap, noise_floor, paired)
         } else if differing.is_empty() {
             format!("the sides differ (distance {gap:.3}; {}) but no known setting does; run with --explain", differences.first().cloned().unwrap_or_default())
         } else {
@@ -371,6 +389,7 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         settings: rows,
         distance: gap,
         noise_floor,
+        paired,
         differences,
         explained: o.explain,
         ablations,
