@@ -7,6 +7,7 @@ pub mod clip_tokenizer;
 pub mod config;
 pub mod lora;
 pub mod nn;
+pub mod recompute;
 pub mod schedulers;
 pub mod testing;
 pub mod text_encoder;

@@ -2,6 +2,7 @@
 //! written with differentiable primitives (candle's fused `layer_norm`/`softmax_last_dim` have no
 //! backward and silently cut gradients; see shared/reference/candle-notes.md).
 
+use super::recompute;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use std::collections::{BTreeMap, BTreeSet};
@@ -246,7 +247,8 @@ impl Module for Linear {
             for a in adapters {
                 // LoRA factors are kept in f32 (or f64); compute the update there and cast back.
                 let xf = x.to_dtype(compute_dtype(x.dtype()))?;
-                let delta = matmul_t(&matmul_t(&xf, &a.down)?, &a.up)?.affine(a.scale, 0.0)?;
+                let (down, up) = (recompute::factor(&a.down), recompute::factor(&a.up));
+                let delta = matmul_t(&matmul_t(&xf, &down)?, &up)?.affine(a.scale, 0.0)?;
                 let dtype = y.dtype();
                 y = (y + delta.to_dtype(dtype)?)?;
             }

@@ -287,8 +287,9 @@ impl Trainer<'_> {
     pub fn run(&self, on: &mut dyn FnMut(Event)) -> Result<TrainSummary, TrainError> {
         let cfg = self.cfg;
         let started = Instant::now();
-        let Prepared { pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl } = self.prepare(on)?;
+        let Prepared { mut pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl } = self.prepare(on)?;
         let device = pipeline.device.clone();
+        pipeline.unet.set_gradient_checkpointing(cfg.gradient_checkpointing);
 
         // LoRA factors and optimizer.
         let shapes = pipeline.unet_adapters.shapes();

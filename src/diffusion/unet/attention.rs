@@ -3,6 +3,7 @@
 //! Every projection is a LoRA-aware [`Linear`] named by its diffusers module path.
 
 use crate::diffusion::nn::{gelu_erf, softmax_last_dim, Adapters, LayerNorm, Linear};
+use crate::diffusion::recompute::checkpointed;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{group_norm, Conv2d, GroupNorm, VarBuilder};
 
@@ -166,8 +167,9 @@ impl Transformer2DModel {
         Ok(Transformer2DModel { norm: group_norm(groups, channels, 1e-6, vb.pp("norm"))?, proj_in, blocks, proj_out, inner })
     }
 
-    /// `x`: [B, C, H, W]; `context`: [B, M, context_dim].
-    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// `x`: [B, C, H, W]; `context`: [B, M, context_dim]. `ckpt`: gradient checkpointing, per
+    /// transformer block as in diffusers (the attention maps are what dominates memory).
+    pub fn forward(&self, x: &Tensor, context: &Tensor, ckpt: bool) -> Result<Tensor> {
         let (b, _, h, w) = x.dims4()?;
         let normed = self.norm.forward(x)?;
         let to_tokens = |t: &Tensor| -> Result<Tensor> {
@@ -184,7 +186,12 @@ impl Transformer2DModel {
         };
         debug_assert_eq!(tokens.dim(2)?, self.inner);
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context)?;
+            tokens = if ckpt {
+                let block = block.clone();
+                checkpointed(&tokens, context, move |x, context| block.forward(x, context))?
+            } else {
+                block.forward(&tokens, context)?
+            };
         }
         let out = match &self.proj_out {
             Projection::Conv(c) => c.forward(&from_tokens(&tokens)?)?,

@@ -5,6 +5,7 @@ use super::attention::Transformer2DModel;
 use super::config::{BlockPlan, MidPlan};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use crate::diffusion::nn::Adapters;
+use crate::diffusion::recompute::checkpointed;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -16,6 +17,16 @@ pub(crate) struct Shared {
     pub eps: f64,
     pub linear_projection: bool,
     pub downsample_padding: usize,
+}
+
+/// A resnet, recomputed in backward under gradient checkpointing.
+fn resnet_forward(resnet: &ResnetBlock2D, x: &Tensor, temb: &Tensor, ckpt: bool) -> Result<Tensor> {
+    if ckpt {
+        let r = resnet.clone();
+        checkpointed(x, temb, move |x, temb| r.forward(x, temb))
+    } else {
+        resnet.forward(x, temb)
+    }
 }
 
 fn attention_layers(vb: &VarBuilder, adapters: &Adapters, plan: &BlockPlan, s: &Shared) -> Result<Vec<Transformer2DModel>> {
@@ -63,13 +74,14 @@ impl DownBlock {
     }
 
     /// Returns the block output and the skip states (one per resnet, plus the downsampled one).
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+    /// `ckpt`: gradient checkpointing (resnets and transformer blocks recomputed in backward).
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, ckpt: bool) -> Result<(Tensor, Vec<Tensor>)> {
         let mut h = x.clone();
         let mut skips = Vec::with_capacity(self.resnets.len() + 1);
         for (i, resnet) in self.resnets.iter().enumerate() {
-            h = resnet.forward(&h, temb)?;
+            h = resnet_forward(resnet, &h, temb, ckpt)?;
             if let Some(attn) = self.attentions.get(i) {
-                h = attn.forward(&h, context)?;
+                h = attn.forward(&h, context, ckpt)?;
             }
             skips.push(h.clone());
         }
@@ -107,11 +119,11 @@ impl MidBlock {
         Ok(MidBlock { resnets, attentions })
     }
 
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let mut h = self.resnets[0].forward(x, temb)?;
+    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, ckpt: bool) -> Result<Tensor> {
+        let mut h = resnet_forward(&self.resnets[0], x, temb, ckpt)?;
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
-            h = attn.forward(&h, context)?;
-            h = resnet.forward(&h, temb)?;
+            h = attn.forward(&h, context, ckpt)?;
+            h = resnet_forward(resnet, &h, temb, ckpt)?;
         }
         Ok(h)
     }
@@ -161,13 +173,14 @@ impl UpBlock {
         temb: &Tensor,
         context: &Tensor,
         upsample_size: Option<(usize, usize)>,
+        ckpt: bool,
     ) -> Result<Tensor> {
         let mut h = x.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
             let skip = &skips[skips.len() - 1 - i];
-            h = resnet.forward(&Tensor::cat(&[&h, skip], 1)?, temb)?;
+            h = resnet_forward(resnet, &Tensor::cat(&[&h, skip], 1)?, temb, ckpt)?;
             if let Some(attn) = self.attentions.get(i) {
-                h = attn.forward(&h, context)?;
+                h = attn.forward(&h, context, ckpt)?;
             }
         }
         match &self.upsampler {

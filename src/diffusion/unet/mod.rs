@@ -51,6 +51,8 @@ pub struct UNet2DConditionModel {
     conv_out: Conv2d,
     /// Cross-attention widths the blocks expect (checked against encoder_hidden_states).
     cross_attention_dims: Vec<usize>,
+    /// Recompute resnets and transformer blocks in backward instead of keeping their activations.
+    gradient_checkpointing: bool,
 }
 
 impl UNet2DConditionModel {
@@ -120,7 +122,15 @@ impl UNet2DConditionModel {
             conv_norm_out,
             conv_out,
             cross_attention_dims,
+            gradient_checkpointing: false,
         })
+    }
+
+    /// Gradient checkpointing for training: each resnet and transformer block keeps only its
+    /// input for backward and runs again there (one extra forward; see `diffusion::recompute`).
+    /// Outputs and gradients are unchanged; without trainable inputs it costs nothing.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.gradient_checkpointing = on;
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -182,15 +192,16 @@ impl UNet2DConditionModel {
         }
 
         let sample = if self.config.center_input_sample { sample.affine(2.0, -1.0)? } else { sample };
+        let ckpt = self.gradient_checkpointing;
         let mut h = self.conv_in.forward(&sample)?;
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
-            let (out, states) = block.forward(&h, &emb, &context)?;
+            let (out, states) = block.forward(&h, &emb, &context, ckpt)?;
             h = out;
             skips.extend(states);
         }
         if let Some(mid) = &self.mid_block {
-            h = mid.forward(&h, &emb, &context)?;
+            h = mid.forward(&h, &emb, &context, ckpt)?;
         }
         // Sizes that are not multiples of 2^upsamplers: each upsampler targets its skip's size.
         let factor = 1usize << (self.up_blocks.len() - 1);
@@ -203,7 +214,7 @@ impl UNet2DConditionModel {
                 let (_, _, sh, sw) = skips.last().expect("a skip state below every up block").dims4()?;
                 upsample_size = Some((sh, sw));
             }
-            h = block.forward(&h, &these, &emb, &context, upsample_size)?;
+            h = block.forward(&h, &these, &emb, &context, upsample_size, ckpt)?;
         }
         self.conv_out.forward(&self.conv_norm_out.forward(&h)?.silu()?)
     }
