@@ -50,6 +50,10 @@ echo "== the model card's metadata"
 sed -n '1,/^---$/{p}' "$WORK/sky-lora/README.md" | sed -n '2,40p' | sed '/^---$/q'
 echo "== hfsky generate with base + LoRA, both pulled from the offline Hub"
 "$HFSKY" generate --model demo/tiny-sd15 --lora demo/sky-lora --prompt "a photo of SKY river" --steps 10 --seeds 0..2 --out "$WORK/images"
+echo "== hfsky compare: the same prompt locally and through the offline Hub's inference route (the Hub"
+echo "   worker's defaults: Euler Ancestral, 20 steps, f16, LoRA fused), with ablations that name the cause"
+# Kept after the demo (everything else lives in a temp dir): open it in a browser.
+"$HFSKY" compare --prompt "a photo of SKY river" --repo demo/sky-lora --seeds 2 --explain --out "${DEMO_OUT:-demo-output}/compare"
 echo "== hfsky push data/sky-photos --repo demo/sky-photos"
 "$HFSKY" push data/sky-photos --repo demo/sky-photos -m "Add 11 sky photos"
 echo "== the same push again"
