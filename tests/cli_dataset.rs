@@ -224,6 +224,61 @@ fn caption_template_fills_and_rewrites() {
     assert_eq!(std::fs::read_to_string(d.join("a.txt")).unwrap(), "SKY, orange clouds");
 }
 
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// BLIP captions through the offline Hub (the HF cache) and from a local folder: the photo the
+/// fixture was made with gets transformers' caption, existing captions are kept unless
+/// --overwrite, metadata.jsonl keeps its other columns, an unreadable photo is listed.
+#[test]
+fn caption_model_blip_writes_generated_captions() {
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(fixtures().join("tiny-blip-reference.json")).unwrap()).unwrap();
+    let caption = expected["caption"].as_str().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &[]);
+    let env = Env::new(&hub.endpoint);
+    ok(&env.cmd(&["push", p(&fixtures().join("tiny-blip")), "--repo", "alice/tiny-blip"]).env("HF_TOKEN", ALICE).output().unwrap());
+
+    let d = env.dir.path().join("photos");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(fixtures().join("tiny-blip-photo.png"), d.join("sunset.png")).unwrap();
+    std::fs::copy(fixtures().join("tiny-blip-photo.png"), d.join("kept.png")).unwrap();
+    write(&d.join("kept.txt"), b"my own words");
+    write(&d.join("broken.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg");
+    let o = env.run(&["--json", "dataset", "caption", p(&d), "--model", "alice/tiny-blip", "--template", "a photo of SKY, {caption}"]);
+    let v = json(&o);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(d.join("sunset.txt")).unwrap(), format!("a photo of SKY, {caption}"));
+    assert_eq!(std::fs::read_to_string(d.join("kept.txt")).unwrap(), "my own words", "kept without --overwrite");
+    assert!(!d.join("broken.txt").exists());
+    assert_eq!(v["written"], 1);
+    assert_eq!(v["kept_existing"], 1);
+    assert_eq!(v["unreadable"][0]["file"], "broken.jpg");
+    assert!(v["model"].as_str().unwrap().contains("models--alice--tiny-blip"), "went through the HF cache: {v}");
+    assert!(env.hf_home().join("hub/models--alice--tiny-blip/snapshots").is_dir());
+
+    // A local folder, --overwrite, metadata.jsonl with an extra column.
+    std::fs::remove_file(d.join("broken.jpg")).unwrap();
+    write(&d.join("metadata.jsonl"), b"{\"file_name\": \"kept.png\", \"text\": \"old\", \"source\": \"phone\"}\n");
+    let model = fixtures().join("tiny-blip");
+    ok(&env.run(&["dataset", "caption", p(&d), "--model", p(&model), "--overwrite"]));
+    let meta = std::fs::read_to_string(d.join("metadata.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = meta.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kept = rows.iter().find(|r| r["file_name"] == "kept.png").unwrap();
+    assert_eq!(kept["text"], caption);
+    assert_eq!(kept["source"], "phone");
+    assert!(rows.iter().any(|r| r["file_name"] == "sunset.png" && r["text"] == caption), "{meta}");
+
+    // Bad input: a template without {caption}, a folder that is not a BLIP model.
+    let e = code(&env.run(&["dataset", "caption", p(&d), "--model", p(&model), "--template", "a photo of SKY"]), 2);
+    assert!(e.contains("{caption}"), "{e}");
+    let e = code(&env.run(&["dataset", "caption", p(&d), "--model", p(&d), "--overwrite"]), 2);
+    assert!(e.contains("config.json"), "{e}");
+    let e = code(&env.run(&["dataset", "caption", p(&d)]), 2);
+    assert!(e.contains("--model blip"), "{e}");
+}
+
 #[test]
 fn report_writes_escaped_html_and_json() {
     let t = tempfile::tempdir().unwrap();

@@ -1,6 +1,7 @@
 //! A folder of training photos: finding the images, loading them the way diffusers' training
 //! scripts do, their captions, and the checks and report that show what a model will learn.
 
+pub mod blip;
 pub mod captions;
 pub mod check;
 pub mod fix;

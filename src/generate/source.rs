@@ -30,6 +30,15 @@ pub fn pipeline_patterns(variant: Option<&str>) -> Vec<String> {
     p
 }
 
+/// `namespace/name[@revision]` → the repo and the revision, if any.
+pub fn repo_spec(spec: &str) -> Option<(RepoId, Option<&str>)> {
+    let (id, revision) = match spec.split_once('@') {
+        Some((id, rev)) => (id, Some(rev)),
+        None => (spec, None),
+    };
+    Some((RepoId::parse(id).ok()?, revision))
+}
+
 /// Resolves `spec` to a local pipeline folder, downloading from the Hub if it is a repo id.
 pub async fn resolve_pipeline(spec: &str, client: &HubClient, variant: Option<&str>) -> Result<PathBuf, SourceError> {
     let path = Path::new(spec);
@@ -39,11 +48,7 @@ pub async fn resolve_pipeline(spec: &str, client: &HubClient, variant: Option<&s
         }
         return Ok(path.to_path_buf());
     }
-    let (id, revision) = match spec.split_once('@') {
-        Some((id, rev)) => (id, Some(rev)),
-        None => (spec, None),
-    };
-    let repo = RepoId::parse(id).map_err(|_| SourceError::NotFound { spec: spec.to_string() })?;
+    let (repo, revision) = repo_spec(spec).ok_or_else(|| SourceError::NotFound { spec: spec.to_string() })?;
     let dir = snapshot(client, &repo, revision, pipeline_patterns(variant)).await?;
     if !dir.join("model_index.json").is_file() {
         return Err(SourceError::NotAPipeline(dir));
@@ -58,11 +63,7 @@ pub async fn resolve_vae(spec: &str, client: &HubClient, variant: Option<&str>) 
     let dir = if path.exists() {
         path.to_path_buf()
     } else {
-        let (id, revision) = match spec.split_once('@') {
-            Some((id, rev)) => (id, Some(rev)),
-            None => (spec, None),
-        };
-        let repo = RepoId::parse(id).map_err(|_| SourceError::NotFound { spec: spec.to_string() })?;
+        let (repo, revision) = repo_spec(spec).ok_or_else(|| SourceError::NotFound { spec: spec.to_string() })?;
         let mut allow: Vec<String> = vec!["config.json".into(), "vae/config.json".into()];
         for stem in ["diffusion_pytorch_model", "vae/diffusion_pytorch_model"] {
             allow.push(format!("{stem}.safetensors"));
