@@ -258,3 +258,23 @@ fn saved_website_images_compare_against_assumed_worker_defaults() {
     assert!(v["verdict"].as_str().unwrap().contains("--explain"), "{}", v["verdict"]);
     assert!(v["hub"]["stats"]["families"]["green"]["mean"].as_f64().unwrap() > 0.3, "{}", v["hub"]["stats"]["families"]);
 }
+
+/// `--hub-params match` sends the local side's settings, so a size planted on the Hub is
+/// overridden by the request and no longer differs.
+#[test]
+fn hub_params_match_sends_the_local_settings() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("profile.yaml");
+    write(&file, b"scheduler: ddim\nsteps: 4\nguidance: 7.5\nwidth: 128\nheight: 128\ndtype: f32\n");
+    let hub = start_hub(&root.path().join("hub"), &["--render-profile", file.to_str().unwrap()]);
+    let env = Env::new(&hub.endpoint);
+    publish(&env);
+    let out = root.path().join("cmp");
+    let o = compare(&env, &out, &["--hub-params", "match"]);
+    ok(&o);
+    let v = json(&o);
+    let sent = &v["hub"]["renders"][0]["parameters_sent"]["parameters"];
+    assert_eq!((sent["width"].as_u64(), sent["num_inference_steps"].as_u64()), (Some(64), Some(4)), "{sent}");
+    let size = v["settings"].as_array().unwrap().iter().find(|r| r["setting"] == "size").unwrap().clone();
+    assert_eq!((size["hub"].as_str(), size["differs"].as_bool()), (Some("64×64"), Some(false)), "{size}");
+}

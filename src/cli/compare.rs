@@ -1,9 +1,8 @@
-use super::generate::{step_bar, Precision};
+use super::generate::{step_bar, RenderFlags};
 use super::{bad_input, Ctx};
 use hfsky::compare::local::LocalFlags;
 use hfsky::compare::report;
 use hfsky::compare::run::{run as compare, Event, HubParams, HubSource, Options};
-use hfsky::diffusion::schedulers::SchedulerKind;
 use hfsky::hub::inference::ProviderChoice;
 use hfsky::repo_id::RepoId;
 use std::path::PathBuf;
@@ -50,24 +49,8 @@ pub struct Args {
     /// LoRA for the local side (default: the --repo's weights)
     #[arg(long)]
     lora: Option<String>,
-    #[arg(long)]
-    lora_scale: Option<f64>,
-    #[arg(long)]
-    negative: Option<String>,
-    #[arg(long)]
-    steps: Option<usize>,
-    #[arg(long)]
-    guidance: Option<f64>,
-    #[arg(long, value_enum)]
-    scheduler: Option<SchedulerKind>,
-    #[arg(long)]
-    width: Option<usize>,
-    #[arg(long)]
-    height: Option<usize>,
-    #[arg(long, value_enum)]
-    dtype: Option<Precision>,
-    #[arg(long)]
-    vae: Option<String>,
+    #[command(flatten)]
+    render: RenderFlags,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
@@ -90,19 +73,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     if repo.is_none() && a.model.is_none() {
         return Err(bad_input("without --repo, give the local side's base model with --model (and its LoRA with --lora)"));
     }
-    let flags = LocalFlags {
-        model: a.model.clone(),
-        lora: a.lora.clone(),
-        lora_scale: a.lora_scale,
-        negative: a.negative.clone(),
-        steps: a.steps,
-        guidance: a.guidance,
-        scheduler: a.scheduler,
-        width: a.width,
-        height: a.height,
-        dtype: a.dtype.map(Into::into),
-        vae: a.vae.clone(),
-    };
+    let flags = LocalFlags { model: a.model.clone(), lora: a.lora.clone(), overrides: a.render.overrides() };
     let needs_token = matches!(hub, HubSource::Provider { .. });
     let client = super::client(ctx, needs_token)?;
     let options = Options { prompt: a.prompt.clone(), repo, flags, seeds: (0..a.seeds).collect(), hub, explain: a.explain, out: a.out.clone() };

@@ -1,7 +1,7 @@
 use super::{bad_input, Ctx};
 use hfsky::diffusion::schedulers::SchedulerKind;
 use hfsky::generate::pipeline::LoraMode;
-use hfsky::generate::render::{RenderSpec, Renderer};
+use hfsky::generate::render::{Overrides, RenderSpec, Renderer};
 use hfsky::generate::settings::{parse_seeds, read_latents};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -13,6 +13,55 @@ pub enum Precision {
     Bf16,
 }
 
+/// The generation settings `generate` and `compare` share; unset ones keep the spec's value
+/// (the engine's default, or for `compare` the card's validation settings).
+#[derive(clap::Args, Debug)]
+pub struct RenderFlags {
+    /// LoRA strength (default 1.0)
+    #[arg(long)]
+    lora_scale: Option<f64>,
+    /// Negative prompt (default: none)
+    #[arg(long)]
+    negative: Option<String>,
+    /// Denoising steps (default 30)
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale (default: 7.5 for SD 1.x, 5.0 for SDXL)
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// Sampler (default: the pipeline's scheduler_config.json)
+    #[arg(long, value_enum)]
+    scheduler: Option<SchedulerKind>,
+    /// Image width (default: the UNet's sample_size × the VAE's factor)
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    height: Option<usize>,
+    /// Weights and compute precision (default f32)
+    #[arg(long, value_enum)]
+    dtype: Option<Precision>,
+    /// Replacement VAE: a folder with config.json + weights, or a Hub repo id
+    /// (e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in f16)
+    #[arg(long)]
+    vae: Option<String>,
+}
+
+impl RenderFlags {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            lora_scale: self.lora_scale,
+            negative: self.negative.clone(),
+            steps: self.steps,
+            guidance: self.guidance,
+            scheduler: self.scheduler,
+            width: self.width,
+            height: self.height,
+            dtype: self.dtype.map(Into::into),
+            vae: self.vae.clone(),
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Base pipeline: a diffusers folder or a Hub repo id (`namespace/name[@revision]`)
@@ -21,28 +70,14 @@ pub struct Args {
     /// LoRA: a .safetensors file, a folder, or a Hub repo id
     #[arg(long)]
     lora: Option<String>,
-    #[arg(long, default_value_t = 1.0)]
-    lora_scale: f64,
     /// Fuse the LoRA into the weights (W0 + scale·B·A, as diffusers' fuse_lora and the Hub's
     /// inference do) instead of applying it on the activations at every step
     #[arg(long, requires = "lora")]
     lora_merge: bool,
     #[arg(long)]
     prompt: String,
-    #[arg(long, default_value = "")]
-    negative: String,
-    #[arg(long, default_value_t = 30)]
-    steps: usize,
-    /// Classifier-free guidance scale (default: 7.5 for SD 1.x, 5.0 for SDXL)
-    #[arg(long)]
-    guidance: Option<f64>,
-    /// Sampler (default: the pipeline's scheduler_config.json)
-    #[arg(long, value_enum)]
-    scheduler: Option<SchedulerKind>,
-    #[arg(long)]
-    width: Option<usize>,
-    #[arg(long)]
-    height: Option<usize>,
+    #[command(flatten)]
+    render: RenderFlags,
     #[arg(long, conflicts_with = "seeds")]
     seed: Option<u64>,
     /// Several seeds: A..B (B exclusive), A..=B or a,b,c
@@ -51,12 +86,6 @@ pub struct Args {
     /// Initial noise from a safetensors file (one tensor [1, C, h/8, w/8]) to reproduce another implementation
     #[arg(long, conflicts_with_all = ["seed", "seeds"])]
     latents: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "f32")]
-    dtype: Precision,
-    /// Replacement VAE: a folder with config.json + weights, or a Hub repo id
-    /// (e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in f16)
-    #[arg(long)]
-    vae: Option<String>,
     /// Output folder for PNGs and JSON sidecars
     #[arg(long)]
     out: PathBuf,
@@ -81,21 +110,10 @@ pub fn step_bar(ctx: &Ctx, steps: usize, label: String) -> ProgressBar {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
-    let spec = RenderSpec {
-        model: a.model.clone(),
-        lora: a.lora.clone(),
-        lora_scale: a.lora_scale,
-        lora_mode: if a.lora_merge { LoraMode::Fused } else { LoraMode::Live },
-        prompt: a.prompt.clone(),
-        negative: a.negative.clone(),
-        steps: a.steps,
-        guidance: a.guidance,
-        scheduler: a.scheduler,
-        width: a.width,
-        height: a.height,
-        dtype: a.dtype.into(),
-        vae: a.vae.clone(),
-    };
+    let mut spec = RenderSpec::new(a.model.clone(), a.prompt.clone());
+    spec.lora = a.lora.clone();
+    spec.lora_mode = if a.lora_merge { LoraMode::Fused } else { LoraMode::Live };
+    a.render.overrides().apply(&mut spec);
     let seeds = match &a.seeds {
         Some(s) => Some(parse_seeds(s).map_err(|e| bad_input(e.to_string()))?),
         None => None,
@@ -106,7 +124,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     let r = renderer.settings();
     if let (Some(path), false) = (&r.lora, ctx.json) {
         let how = if a.lora_merge { "fused" } else { "live" };
-        ctx.say(&format!("LoRA {path} ({how}) at scale {}", a.lora_scale));
+        ctx.say(&format!("LoRA {path} ({how}) at scale {}", spec.lora_scale));
     }
     std::fs::create_dir_all(&a.out).map_err(|e| bad_input(format!("cannot create {}: {e}", a.out.display())))?;
     let runs: Vec<Option<u64>> = match (&a.latents, seeds, a.seed) {
@@ -116,7 +134,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     };
     let mut written = Vec::new();
     for seed in runs {
-        let pb = step_bar(ctx, a.steps, seed.map(|s| format!("seed {s}")).unwrap_or_else(|| "latents".into()));
+        let pb = step_bar(ctx, spec.steps, seed.map(|s| format!("seed {s}")).unwrap_or_else(|| "latents".into()));
         let image = match (&a.latents, seed) {
             (Some(p), _) => {
                 let noise = read_latents(p, renderer.latent_shape(), renderer.device()).map_err(|e| bad_input(e.to_string()))?;

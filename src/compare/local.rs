@@ -4,7 +4,7 @@
 
 use crate::card::{front_matter, RenderHints};
 use crate::diffusion::schedulers::SchedulerKind;
-use crate::generate::render::RenderSpec;
+use crate::generate::render::{Overrides, RenderSpec};
 use crate::hub::{download::snapshot, HubClient, HubError};
 use crate::repo_id::RepoId;
 
@@ -50,44 +50,38 @@ pub async fn fetch_card(client: &HubClient, repo: &RepoId) -> Result<Card, CardE
     Ok(Card::parse(&readme))
 }
 
-/// The generation flags `compare` shares with `generate`; `None`: not given.
+/// The local side's flags: base model and LoRA, then the generation settings `compare` shares
+/// with `generate`.
 #[derive(Debug, Clone, Default)]
 pub struct LocalFlags {
     pub model: Option<String>,
     pub lora: Option<String>,
-    pub lora_scale: Option<f64>,
-    pub negative: Option<String>,
-    pub steps: Option<usize>,
-    pub guidance: Option<f64>,
-    pub scheduler: Option<SchedulerKind>,
-    pub width: Option<usize>,
-    pub height: Option<usize>,
-    pub dtype: Option<candle_core::DType>,
-    pub vae: Option<String>,
+    pub overrides: Overrides,
 }
 
-/// Flags first, then the card's validation settings (the renders its author saw), then the
-/// engine's defaults. `lora_repo` is the LoRA when no --lora is given.
+/// Flags first, then the card's validation settings (the renders its author saw), then its
+/// training resolution, then the engine's defaults. `lora_repo` is the LoRA when no --lora is given.
 pub fn local_spec(prompt: &str, flags: &LocalFlags, card: &Card, lora_repo: Option<&str>) -> Result<RenderSpec, CardError> {
     let model = match (&flags.model, &card.base_model) {
         (Some(m), _) => m.clone(),
         (None, Some(b)) => b.clone(),
         (None, None) => return Err(CardError::NoBaseModel { repo: lora_repo.unwrap_or("the LoRA").to_string() }),
     };
-    let v = card.hints.as_ref().and_then(|h| h.validation.as_ref());
     let mut spec = RenderSpec::new(model, prompt);
     spec.lora = flags.lora.clone().or_else(|| lora_repo.map(String::from));
-    spec.lora_scale = flags.lora_scale.or(v.map(|v| v.lora_scale)).unwrap_or(1.0);
-    spec.negative = flags.negative.clone().or(v.map(|v| v.negative_prompt.clone())).unwrap_or_default();
-    spec.steps = flags.steps.or(v.map(|v| v.steps)).unwrap_or(30);
-    spec.guidance = flags.guidance.or(v.map(|v| v.guidance_scale));
-    spec.scheduler = flags.scheduler.or(v.and_then(|v| SchedulerKind::from_class_name(&v.scheduler)));
-    spec.width = flags.width.or(v.map(|v| v.width)).or(card.training_resolution());
-    spec.height = flags.height.or(v.map(|v| v.height)).or(card.training_resolution());
-    if let Some(d) = flags.dtype {
-        spec.dtype = d;
+    if let Some(v) = card.hints.as_ref().and_then(|h| h.validation.as_ref()) {
+        spec.lora_scale = v.lora_scale;
+        spec.negative = v.negative_prompt.clone();
+        spec.steps = v.steps;
+        spec.guidance = Some(v.guidance_scale);
+        spec.scheduler = SchedulerKind::from_class_name(&v.scheduler);
+        spec.width = Some(v.width);
+        spec.height = Some(v.height);
+    } else if let Some(r) = card.training_resolution() {
+        spec.width = Some(r);
+        spec.height = Some(r);
     }
-    spec.vae = flags.vae.clone();
+    flags.overrides.apply(&mut spec);
     Ok(spec)
 }
 
@@ -102,7 +96,7 @@ mod tests {
         let card = Card::parse(CARD);
         assert_eq!(card.base_model.as_deref(), Some("tiny/sd15"));
         assert_eq!(card.training_resolution(), Some(64));
-        let spec = local_spec("a photo of the SKY river", &LocalFlags { steps: Some(5), ..Default::default() }, &card, Some("me/sky")).unwrap();
+        let spec = local_spec("a photo of the SKY river", &LocalFlags { overrides: Overrides { steps: Some(5), ..Default::default() }, ..Default::default() }, &card, Some("me/sky")).unwrap();
         assert_eq!((spec.model.as_str(), spec.lora.as_deref()), ("tiny/sd15", Some("me/sky")));
         assert_eq!((spec.steps, spec.guidance, spec.scheduler), (5, Some(6.0), Some(SchedulerKind::Ddim)));
         assert_eq!((spec.width, spec.height, spec.lora_scale, spec.negative.as_str()), (Some(64), Some(64), 0.8, "blurry"));

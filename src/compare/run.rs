@@ -164,22 +164,25 @@ fn rel(out: &Path, p: &Path) -> String {
     p.strip_prefix(out).unwrap_or(p).display().to_string()
 }
 
-/// Renders `spec` for every seed into `dir`, measuring each image.
-async fn render_side(
-    client: &HubClient,
-    spec: &RenderSpec,
+async fn load(spec: &RenderSpec, client: &HubClient) -> Result<Renderer, CompareError> {
+    Ok(Renderer::load(spec, client, Renderer::default_device()).await?)
+}
+
+/// Renders every seed into `dir`, measuring each image.
+fn render_side(
+    renderer: &Renderer,
     seeds: &[u64],
     out: &Path,
     dir: &Path,
     side: &str,
     on: &mut dyn FnMut(Event),
 ) -> Result<(ResolvedSettings, Vec<SideImage>, Vec<ImageStats>), CompareError> {
-    let renderer = Renderer::load(spec, client, Renderer::default_device()).await?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let steps = renderer.settings().steps;
     let mut images = Vec::new();
     let mut measured = Vec::new();
     for &seed in seeds {
-        let image = renderer.render(seed, |i| on(Event::Step { step: i, of: spec.steps }))?;
+        let image = renderer.render(seed, |i| on(Event::Step { step: i, of: steps }))?;
         let png = dir.join(format!("seed-{seed}.png"));
         image.write_png(&png).map_err(|e| CompareError::Io { what: png.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
         on(Event::Image { side, seed: Some(seed), file: &png });
@@ -236,17 +239,18 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
     let mut hub_images = Vec::new();
     let mut hub_stats = Vec::new();
     let mut renders = Vec::new();
+    let mut local_renderer = None;
     let (origin, provider) = match &o.hub {
         HubSource::Provider { repo, choice, params } => {
             on(Event::Stage("asking the Hub which provider serves the repo"));
             let inference = InferenceClient::new(client.clone())?;
             let sel = inference.choose(repo, *choice).await?;
-            // With `match`, the Hub gets the local side's resolved values; they are only known
-            // after loading, so resolve them first (cheap next to a render).
-            let resolved = match params {
-                HubParams::Match => Some(Renderer::load(&spec, client, Renderer::default_device()).await?.settings().clone()),
-                HubParams::Widget => None,
-            };
+            // With `match`, the Hub gets the local side's resolved values, known once the local
+            // pipeline is loaded: load it now and render the local side with it later.
+            if *params == HubParams::Match {
+                local_renderer = Some(load(&spec, client).await?);
+            }
+            let resolved = local_renderer.as_ref().map(|r| r.settings().clone());
             for &seed in &o.seeds {
                 on(Event::Stage(&format!("Hub render, seed {seed}")));
                 let r = inference.text_to_image(&sel, &request(&o.prompt, &spec, Some(seed), *params, resolved.as_ref())).await?;
@@ -281,7 +285,12 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
     };
 
     on(Event::Stage("local renders"));
-    let (resolved, local_images, local_stats) = render_side(client, &spec, &o.seeds, &o.out, &o.out.join("local"), "local", on).await?;
+    let renderer = match local_renderer {
+        Some(r) => r,
+        None => load(&spec, client).await?,
+    };
+    let (resolved, local_images, local_stats) = render_side(&renderer, &o.seeds, &o.out, &o.out.join("local"), "local", on)?;
+    drop(renderer);
     let local = SideStats::aggregate(&local_stats)?;
     let hub = SideStats::aggregate(&hub_stats)?;
 
@@ -334,7 +343,7 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
                 (None, None) => "all".into(),
             };
             let dir = o.out.join("ablations").join(format!("{k:02}-{name}"));
-            let (_, images, measured) = render_side(client, &a.spec, &o.seeds, &o.out, &dir, "ablation", on).await?;
+            let (_, images, measured) = render_side(&load(&a.spec, client).await?, &o.seeds, &o.out, &dir, "ablation", on)?;
             let s = SideStats::aggregate(&measured)?;
             let d = stats::distance(&s, &hub);
             let r = AblationResult { setting: a.setting, without: a.without, change: a.change.clone(), distance: d, effect: diagnosis::effect(gap, d), images, stats: s };

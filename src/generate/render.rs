@@ -94,6 +94,35 @@ impl RenderSpec {
     }
 }
 
+/// Settings a user gave explicitly (`generate`'s and `compare`'s flags); `None`: not given, so
+/// whatever the spec already holds (the engine's default, or a card's validation setting) stays.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub lora_scale: Option<f64>,
+    pub negative: Option<String>,
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
+    pub scheduler: Option<SchedulerKind>,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub dtype: Option<DType>,
+    pub vae: Option<String>,
+}
+
+impl Overrides {
+    pub fn apply(&self, spec: &mut RenderSpec) {
+        spec.lora_scale = self.lora_scale.unwrap_or(spec.lora_scale);
+        spec.negative = self.negative.clone().unwrap_or(std::mem::take(&mut spec.negative));
+        spec.steps = self.steps.unwrap_or(spec.steps);
+        spec.guidance = self.guidance.or(spec.guidance);
+        spec.scheduler = self.scheduler.or(spec.scheduler);
+        spec.width = self.width.or(spec.width);
+        spec.height = self.height.or(spec.height);
+        spec.dtype = self.dtype.unwrap_or(spec.dtype);
+        spec.vae = self.vae.clone().or(spec.vae.take());
+    }
+}
+
 pub fn dtype_label(dtype: DType) -> &'static str {
     match dtype {
         DType::F16 => "f16",
