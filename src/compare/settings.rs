@@ -70,13 +70,6 @@ impl<T> Known<T> {
     pub fn unknown() -> Self {
         Known { value: None, source: None }
     }
-    pub fn or(self, other: Known<T>) -> Known<T> {
-        if self.value.is_some() {
-            self
-        } else {
-            other
-        }
-    }
 }
 
 /// One side's render settings, comparable field by field.
