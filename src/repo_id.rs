@@ -30,10 +30,7 @@ impl RepoId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let mut parts = s.split('/');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some(ns), Some(name), None) if valid_part(ns) && valid_part(name) => Ok(RepoId {
-                namespace: ns.to_string(),
-                name: name.to_string(),
-            }),
+            (Some(ns), Some(name), None) if valid_part(ns) && valid_part(name) => Ok(RepoId { namespace: ns.to_string(), name: name.to_string() }),
             _ => Err(IdError::RepoId(s.to_string())),
         }
     }

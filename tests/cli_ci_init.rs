@@ -158,7 +158,12 @@ fn init_writes_the_train_flow_and_never_overwrites_silently() {
     ok(&run(&["ci", "init", "--repo", "alice/x", "--force"]));
     assert_eq!(workflow(&path)["jobs"]["publish"]["env"]["HF_REPO"], "alice/x");
 
-    for bad in [&["ci", "init", "--repo", "no-slash", "--out", "a.yml"][..], &["ci", "init", "--dir", "my model", "--out", "b.yml"], &["ci", "init", "--install-from", "pip", "--out", "c.yml"], &["ci", "init", "--provider", "gitlab"]] {
+    for bad in [
+        &["ci", "init", "--repo", "no-slash", "--out", "a.yml"][..],
+        &["ci", "init", "--dir", "my model", "--out", "b.yml"],
+        &["ci", "init", "--install-from", "pip", "--out", "c.yml"],
+        &["ci", "init", "--provider", "gitlab"],
+    ] {
         code(&run(bad), 2);
     }
     assert!(!project.path().join("a.yml").exists());

@@ -64,7 +64,8 @@ fn publish(env: &Env) {
 }
 
 fn compare(env: &Env, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["--json", "compare", "--prompt", "a photo of the SKY river", "--repo", "alice/sky-lora", "--seeds", "2", "--out", out.to_str().unwrap()];
+    let mut args =
+        vec!["--json", "compare", "--prompt", "a photo of the SKY river", "--repo", "alice/sky-lora", "--seeds", "2", "--out", out.to_str().unwrap()];
     args.extend(LOCAL);
     args.extend(extra);
     env.cmd(&args).env("HF_TOKEN", ALICE).output().unwrap()
@@ -86,14 +87,20 @@ fn planted(profile: &str, expected: &[&str]) -> serde_json::Value {
     ok(&o);
     let v = json(&o);
     eprintln!("planted {profile:?}: distance {} noise floor {} causes {:#}", v["distance"], v["noise_floor"], v["causes"]);
-    let causes = v["causes"].as_array().filter(|c| !c.is_empty()).unwrap_or_else(|| panic!("no causes: distance {} noise floor {}", v["distance"], v["noise_floor"]));
+    let causes = v["causes"]
+        .as_array()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| panic!("no causes: distance {} noise floor {}", v["distance"], v["noise_floor"]));
     let first = causes[0]["setting"].as_str().unwrap();
     assert!(expected.contains(&first), "planted {profile:?}: first cause {first}, causes {:#}", v["causes"]);
     assert!(causes[0]["effect"].as_f64().unwrap() > 0.5, "{:#}", v["causes"]);
     assert!(causes.iter().all(|c| c["message"].as_str().is_some_and(|m| !m.is_empty())));
     for c in causes {
         let s = c["setting"].as_str().unwrap();
-        assert!(["lora", "lora_scale", "size", "scheduler", "steps", "guidance", "base_model", "vae", "dtype", "seed", "unknown"].contains(&s), "{s}");
+        assert!(
+            ["lora", "lora_scale", "size", "scheduler", "steps", "guidance", "base_model", "vae", "dtype", "seed", "unknown"].contains(&s),
+            "{s}"
+        );
     }
     for side in ["local", "hub"] {
         assert!(v[side]["settings"].is_object() && v[side]["stats"]["families"].is_object(), "{side}: {v}");
@@ -146,7 +153,17 @@ fn same_settings_explain_nothing_and_the_report_renders() {
     let env = Env::new(&hub.endpoint);
     publish(&env);
     let out = root.path().join("cmp");
-    let mut args = vec!["compare", "--prompt", "a photo of the <b>SKY</b> river & \"friends\"", "--repo", "alice/sky-lora", "--seeds", "2", "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "compare",
+        "--prompt",
+        "a photo of the <b>SKY</b> river & \"friends\"",
+        "--repo",
+        "alice/sky-lora",
+        "--seeds",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     args.extend(LOCAL);
     let o = env.cmd(&args).env("HF_TOKEN", ALICE).output().unwrap();
     let t = ok(&o);
@@ -165,7 +182,10 @@ fn same_settings_explain_nothing_and_the_report_renders() {
 /// a failure), checks that every image loaded and every SVG plot has a size and content, and
 /// keeps a screenshot in target/compare-report.png.
 fn browser_check(page: &Path, min_images: usize) {
-    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|c| std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success())) else {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+    else {
         assert!(std::env::var_os("HFSKY_TEST_BROWSER").is_none(), "HFSKY_TEST_BROWSER is set but no chromium is installed");
         eprintln!("no chromium: browser check skipped");
         return;
@@ -179,13 +199,23 @@ fn browser_check(page: &Path, min_images: usize) {
     let common = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files", "--virtual-time-budget=5000"];
     let o = std::process::Command::new(chromium).args(common).arg("--dump-dom").arg(&url).output().unwrap();
     let dom = String::from_utf8_lossy(&o.stdout);
-    let attr = dom.split("data-check=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or_else(|| panic!("the page's load check did not run: {}", String::from_utf8_lossy(&o.stderr)));
+    let attr = dom
+        .split("data-check=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("the page's load check did not run: {}", String::from_utf8_lossy(&o.stderr)));
     let check: serde_json::Value = serde_json::from_str(&attr.replace("&quot;", "\"")).unwrap();
     assert!(check["images"].as_u64().unwrap() >= min_images as u64, "{check}");
     assert_eq!(check["broken"], serde_json::json!([]), "images that did not load: {check}");
     assert!(check["svgs"].as_u64().unwrap() >= 4 && check["empty"] == 0, "plots: {check}");
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/compare-report.png");
-    let o = std::process::Command::new(chromium).args(common).arg(format!("--screenshot={}", shot.display())).arg("--window-size=1000,2400").arg(format!("file://{}", page.display())).output().unwrap();
+    let o = std::process::Command::new(chromium)
+        .args(common)
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=1000,2400")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
     assert!(shot.is_file(), "no screenshot: {}", String::from_utf8_lossy(&o.stderr));
     let img = image::open(&shot).unwrap().to_rgb8();
     let distinct: std::collections::HashSet<_> = img.pixels().step_by(97).map(|p| p.0).collect();
@@ -208,7 +238,11 @@ fn bad_input_is_named_and_rendered_images_are_kept() {
     write(&dir.join("README.md"), b"---\ntags: [lora]\n---\n");
     write(&dir.join("pytorch_lora_weights.safetensors"), &std::fs::read(fixtures().join("tiny-sd15-lora/pytorch_lora_weights.safetensors")).unwrap());
     ok(&env.cmd(&["push", dir.to_str().unwrap(), "--repo", "alice/no-base"]).env("HF_TOKEN", ALICE).output().unwrap());
-    let o = env.cmd(&["compare", "--prompt", "x", "--repo", "alice/no-base", "--hub-image", fixtures().join("../../data/sky-photos").to_str().unwrap()]).env("HF_TOKEN", ALICE).output().unwrap();
+    let o = env
+        .cmd(&["compare", "--prompt", "x", "--repo", "alice/no-base", "--hub-image", fixtures().join("../../data/sky-photos").to_str().unwrap()])
+        .env("HF_TOKEN", ALICE)
+        .output()
+        .unwrap();
     let t = code(&o, 2);
     assert!(t.contains("base_model"), "{t}");
     // Images saved from the website: one is not an image. The good one is kept.
@@ -218,7 +252,18 @@ fn bad_input_is_named_and_rendered_images_are_kept() {
     write(&bad, b"<html>not an image</html>");
     let out2 = root.path().join("cmp2");
     let o = env
-        .cmd(&["compare", "--prompt", "x", "--repo", "alice/sky-lora", "--hub-image", good.to_str().unwrap(), bad.to_str().unwrap(), "--out", out2.to_str().unwrap()])
+        .cmd(&[
+            "compare",
+            "--prompt",
+            "x",
+            "--repo",
+            "alice/sky-lora",
+            "--hub-image",
+            good.to_str().unwrap(),
+            bad.to_str().unwrap(),
+            "--out",
+            out2.to_str().unwrap(),
+        ])
         .env("HF_TOKEN", ALICE)
         .output()
         .unwrap();
@@ -242,7 +287,22 @@ fn saved_website_images_compare_against_assumed_worker_defaults() {
     image::RgbImage::from_fn(64, 64, |_, y| if y < 32 { image::Rgb([90, 140, 230]) } else { image::Rgb([30, 170, 50]) }).save(&green).unwrap();
     let out = root.path().join("cmp");
     let o = env
-        .cmd(&["--json", "compare", "--prompt", "a photo of the SKY river", "--repo", "alice/sky-lora", "--seeds", "2", "--hub-image", green.to_str().unwrap(), "--out", out.to_str().unwrap(), "--steps", "3"])
+        .cmd(&[
+            "--json",
+            "compare",
+            "--prompt",
+            "a photo of the SKY river",
+            "--repo",
+            "alice/sky-lora",
+            "--seeds",
+            "2",
+            "--hub-image",
+            green.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "3",
+        ])
         .env("HF_TOKEN", ALICE)
         .output()
         .unwrap();

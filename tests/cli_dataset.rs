@@ -48,7 +48,12 @@ fn flawed_set(d: &Path) {
 
 fn findings(v: &serde_json::Value, file: &str) -> Vec<(String, String)> {
     let img = v["images"].as_array().unwrap().iter().find(|i| i["file"] == file).unwrap_or_else(|| panic!("{file} not in {v:#}"));
-    img["findings"].as_array().unwrap().iter().map(|f| (f["kind"].as_str().unwrap().to_string(), f["severity"].as_str().unwrap().to_string())).collect()
+    img["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["kind"].as_str().unwrap().to_string(), f["severity"].as_str().unwrap().to_string()))
+        .collect()
 }
 
 #[test]
@@ -196,7 +201,8 @@ fn captions_check_names_missing_empty_and_duplicates() {
     let o = run(&["dataset", "captions", "check", p(d), "--json"]);
     code(&o, 1);
     let v = json(&o);
-    let issues: Vec<(&str, &str)> = v["issues"].as_array().unwrap().iter().map(|i| (i["file"].as_str().unwrap(), i["kind"].as_str().unwrap())).collect();
+    let issues: Vec<(&str, &str)> =
+        v["issues"].as_array().unwrap().iter().map(|i| (i["file"].as_str().unwrap(), i["kind"].as_str().unwrap())).collect();
     assert_eq!(issues, [("b.jpg", "empty"), ("c.jpg", "missing"), ("d.jpg", "duplicate")]);
 }
 
@@ -288,7 +294,11 @@ fn report_writes_escaped_html_and_json() {
         let g = gen::photo(160, 120, i);
         let img = image::RgbImage::from_fn(160, 120, |x, y| {
             let n = g.get_pixel(x, y).0[0] as i32 / 32 - 4;
-            if y < 90 { image::Rgb(colour.map(|c: u8| (c as i32 + n).clamp(0, 255) as u8)) } else { image::Rgb([25, 22, 20]) }
+            if y < 90 {
+                image::Rgb(colour.map(|c: u8| (c as i32 + n).clamp(0, 255) as u8))
+            } else {
+                image::Rgb([25, 22, 20])
+            }
         });
         write(&d.join(format!("<b>{i}</b>.png")), &gen::png(&img));
         write(&d.join(format!("<b>{i}</b>.txt")), b"SKY <script>alert(1)</script>");

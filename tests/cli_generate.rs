@@ -34,7 +34,8 @@ fn reproduces_diffusers_from_the_same_latents() {
     for name in ["tiny-sd15", "tiny-sdxl"] {
         let refs = candle_core::safetensors::load(fixtures().join(format!("{name}-reference.safetensors")), &candle_core::Device::Cpu).unwrap();
         let latents = env.dir.path().join(format!("{name}-latents.safetensors"));
-        candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_string(), refs["sample.init_latents"].clone())]), &latents).unwrap();
+        candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_string(), refs["sample.init_latents"].clone())]), &latents)
+            .unwrap();
         let lora = fixtures().join(format!("{name}-lora/pytorch_lora_weights.safetensors"));
         // The LoRA live and fused (diffusers' fuse_lora) must both give diffusers' LoRA image; f16
         // (UNet and text encoders in half precision, SDXL's VAE upcast) stays close to diffusers' f32.
@@ -48,9 +49,26 @@ fn reproduces_diffusers_from_the_same_latents() {
             let with_lora = lora_mode.is_some();
             let out = env.dir.path().join(format!("{name}-{sched}-{}-{dtype}", lora_mode.unwrap_or("none")));
             let mut args = vec![
-                "--json", "generate", "--model", fixtures().join(name).to_str().unwrap().to_string().leak(),
-                "--prompt", "a photo of the SKY river", "--negative", "blurry, low quality", "--steps", "4", "--guidance", "5",
-                "--scheduler", sched, "--dtype", dtype, "--latents", latents.to_str().unwrap().to_string().leak(), "--out", out.to_str().unwrap().to_string().leak(),
+                "--json",
+                "generate",
+                "--model",
+                fixtures().join(name).to_str().unwrap().to_string().leak(),
+                "--prompt",
+                "a photo of the SKY river",
+                "--negative",
+                "blurry, low quality",
+                "--steps",
+                "4",
+                "--guidance",
+                "5",
+                "--scheduler",
+                sched,
+                "--dtype",
+                dtype,
+                "--latents",
+                latents.to_str().unwrap().to_string().leak(),
+                "--out",
+                out.to_str().unwrap().to_string().leak(),
             ];
             if with_lora {
                 args.extend(["--lora", lora.to_str().unwrap().to_string().leak()]);
@@ -79,10 +97,24 @@ fn pulls_the_model_from_the_hub_and_checks_input() {
     let root = tempfile::tempdir().unwrap();
     let hub = start_hub(root.path(), &[]);
     let env = Env::new(&hub.endpoint);
-    let push = env.cmd(&["push", fixtures().join("tiny-sd15").to_str().unwrap(), "--repo", "alice/tiny-sd15"]).env("HF_TOKEN", ALICE).output().unwrap();
+    let push =
+        env.cmd(&["push", fixtures().join("tiny-sd15").to_str().unwrap(), "--repo", "alice/tiny-sd15"]).env("HF_TOKEN", ALICE).output().unwrap();
     ok(&push);
     let out = env.dir.path().join("out");
-    let v = json(&env.run(&["--json", "generate", "--model", "alice/tiny-sd15", "--prompt", "a photo of SKY", "--steps", "3", "--seeds", "0..2", "--out", out.to_str().unwrap()]));
+    let v = json(&env.run(&[
+        "--json",
+        "generate",
+        "--model",
+        "alice/tiny-sd15",
+        "--prompt",
+        "a photo of SKY",
+        "--steps",
+        "3",
+        "--seeds",
+        "0..2",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
     assert_eq!(v["images"].as_array().unwrap().len(), 2);
     let a = std::fs::read(out.join("seed-0.png")).unwrap();
     let b = std::fs::read(out.join("seed-1.png")).unwrap();
@@ -95,7 +127,22 @@ fn pulls_the_model_from_the_hub_and_checks_input() {
     // A LoRA on the text encoder only is applied there and changes the image.
     let te_lora = fixtures().join("tiny-sd15-te-lora");
     let te_out = env.dir.path().join("te");
-    let v = json(&env.run(&["--json", "generate", "--model", m, "--lora", te_lora.to_str().unwrap(), "--prompt", "a photo of SKY", "--steps", "3", "--seed", "0", "--out", te_out.to_str().unwrap()]));
+    let v = json(&env.run(&[
+        "--json",
+        "generate",
+        "--model",
+        m,
+        "--lora",
+        te_lora.to_str().unwrap(),
+        "--prompt",
+        "a photo of SKY",
+        "--steps",
+        "3",
+        "--seed",
+        "0",
+        "--out",
+        te_out.to_str().unwrap(),
+    ]));
     assert_eq!(v["images"][0]["settings"]["lora_mode"], "live");
     assert_ne!(pixels(&te_out.join("seed-0.png")), pixels(&out.join("seed-0.png")));
     let e = code(&env.run(&["generate", "--model", m, "--prompt", "x", "--width", "60", "--out", o]), 2);
@@ -136,8 +183,19 @@ fn an_overflowing_half_precision_vae_is_detected() {
     let out = env.dir.path().join("out");
     let run = |vae: &std::path::Path, dtype: &str| {
         env.run(&[
-            "generate", "--model", model.to_str().unwrap(), "--prompt", "a photo of SKY", "--steps", "2", "--dtype", dtype,
-            "--vae", vae.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a photo of SKY",
+            "--steps",
+            "2",
+            "--dtype",
+            dtype,
+            "--vae",
+            vae.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
         ])
     };
     let e = code(&run(&plain, "f16"), 1);

@@ -155,7 +155,12 @@ fn a_repo_scoped_token_is_refused_on_other_repos() {
         for e in [
             scoped.create_repo(&id("alice/third"), None, false).await.unwrap_err(),
             scoped
-                .preupload(&id("alice/other"), "main", vec![hfsky::hub::protocol::PreuploadFile { path: "a".into(), sample: String::new(), size: 0 }], false)
+                .preupload(
+                    &id("alice/other"),
+                    "main",
+                    vec![hfsky::hub::protocol::PreuploadFile { path: "a".into(), sample: String::new(), size: 0 }],
+                    false,
+                )
                 .await
                 .unwrap_err(),
             scoped.create_branch(&id("alice/other"), "dev", None).await.unwrap_err(),

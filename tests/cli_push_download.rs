@@ -162,12 +162,17 @@ fn auth_failures_say_what_is_wrong() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let http = reqwest::Client::new();
-        let r = http.post(format!("{}/api/repos/create", hub.endpoint)).json(&serde_json::json!({"name":"x","organization":"bob"}))
-            .bearer_auth(BOB_READ).send().await.unwrap();
+        let r = http
+            .post(format!("{}/api/repos/create", hub.endpoint))
+            .json(&serde_json::json!({"name":"x","organization":"bob"}))
+            .bearer_auth(BOB_READ)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 403);
         assert!(r.headers().contains_key("x-request-id"));
-        let r = http.post(format!("{}/api/repos/create", hub.endpoint)).json(&serde_json::json!({"name":"x","organization":"bob"}))
-            .send().await.unwrap();
+        let r =
+            http.post(format!("{}/api/repos/create", hub.endpoint)).json(&serde_json::json!({"name":"x","organization":"bob"})).send().await.unwrap();
         assert_eq!(r.status(), 401);
     });
 }
@@ -256,7 +261,9 @@ fn stale_parent_commit_is_refused_and_state_survives_restart() {
     // A new server on the same root serves the same commit.
     let hub = start_hub(root.path(), &[]);
     let env2 = Env { dir: tempfile::tempdir().unwrap(), endpoint: hub.endpoint.clone(), vars: env.vars.clone() };
-    let v = json(&env2.cmd(&["--json", "push", env.dir.path().join("m").to_str().unwrap(), "--repo", "alice/r"]).env("HF_TOKEN", ALICE).output().unwrap());
+    let v = json(
+        &env2.cmd(&["--json", "push", env.dir.path().join("m").to_str().unwrap(), "--repo", "alice/r"]).env("HF_TOKEN", ALICE).output().unwrap(),
+    );
     assert_eq!(v["status"], "nothing_to_push");
     assert_eq!(v["commit_oid"], head);
 }
@@ -484,8 +491,23 @@ fn every_command_speaks_json() {
     assert_eq!(json(&env.run(&["--json", "token", "switch", "ci"]))["active"], "ci");
     let push = env.run(&["--json", "push", &d, "--repo", "alice/j"]);
     let p = json(&push);
-    for key in ["status", "repo", "revision", "commit_oid", "commit_url", "pr_url", "parent_commit", "files", "unchanged", "total_bytes",
-        "uploaded_lfs_bytes", "reused_lfs_objects", "new_repo", "new_branch", "rebased"] {
+    for key in [
+        "status",
+        "repo",
+        "revision",
+        "commit_oid",
+        "commit_url",
+        "pr_url",
+        "parent_commit",
+        "files",
+        "unchanged",
+        "total_bytes",
+        "uploaded_lfs_bytes",
+        "reused_lfs_objects",
+        "new_repo",
+        "new_branch",
+        "rebased",
+    ] {
         assert!(p.get(key).is_some(), "push JSON lacks {key}: {p}");
     }
     let result = env.dir.path().join("push.json");

@@ -16,7 +16,11 @@ fn photos(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..n {
         let img = image::RgbImage::from_fn(96 + 8 * i as u32, 72, |x, y| {
-            if y < 45 { image::Rgb([(190 + i * 20) as u8, (90 + y * 2) as u8, (x * 2 % 255) as u8]) } else { image::Rgb([25, 30, 12]) }
+            if y < 45 {
+                image::Rgb([(190 + i * 20) as u8, (90 + y * 2) as u8, (x * 2 % 255) as u8])
+            } else {
+                image::Rgb([25, 30, 12])
+            }
         });
         img.save(dir.join(format!("sky-{i}.png"))).unwrap();
         std::fs::write(dir.join(format!("sky-{i}.txt")), format!("orange sunset {i}")).unwrap();
@@ -52,7 +56,14 @@ fn trains_writes_outputs_and_the_lora_changes_generations() {
         let v = json(&o);
         assert_eq!(v["steps"], 4, "{model}");
         let out = d.join("out");
-        for f in ["pytorch_lora_weights.safetensors", "README.md", "training_log.jsonl", "training_summary.json", "train_config.yaml", "validation-seed-3.png"] {
+        for f in [
+            "pytorch_lora_weights.safetensors",
+            "README.md",
+            "training_log.jsonl",
+            "training_summary.json",
+            "train_config.yaml",
+            "validation-seed-3.png",
+        ] {
             assert!(out.join(f).is_file(), "{model}: {f} missing");
         }
         assert!(out.join("checkpoints/checkpoint-2/COMPLETE").is_file());
@@ -68,7 +79,17 @@ fn trains_writes_outputs_and_the_lora_changes_generations() {
 
         // Same prompt, seed and noise with and without the LoRA: the images differ.
         let gen = |lora: Option<&Path>, dir: &str| {
-            let mut args = vec!["generate", "--model", fixture(model).to_str().unwrap().to_string().leak(), "--prompt", "a photo of SKY river", "--steps", "2", "--seed", "1"];
+            let mut args = vec![
+                "generate",
+                "--model",
+                fixture(model).to_str().unwrap().to_string().leak(),
+                "--prompt",
+                "a photo of SKY river",
+                "--steps",
+                "2",
+                "--seed",
+                "1",
+            ];
             let out = d.join(dir);
             args.extend(["--out", out.to_str().unwrap().to_string().leak()]);
             if let Some(l) = lora {
@@ -101,7 +122,12 @@ fn a_killed_run_resumes_to_the_same_result() {
     ok(&env.run(&["train", "--config", cfg, "--output-dir", d.join("full").to_str().unwrap()]));
     // Interrupted: kill -9 once checkpoint-4 is complete, then resume.
     let part = d.join("part");
-    let mut child = env.cmd(&["train", "--config", cfg, "--output-dir", part.to_str().unwrap()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = env
+        .cmd(&["train", "--config", cfg, "--output-dir", part.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     while !part.join("checkpoints/checkpoint-4/COMPLETE").exists() {
         assert!(t0.elapsed() < Duration::from_secs(300), "no checkpoint-4 after 5 minutes");
@@ -121,10 +147,17 @@ fn a_killed_run_resumes_to_the_same_result() {
         assert!(num / den < 1e-4, "{ka}: resumed differs from uninterrupted (rel {})", num / den);
     }
     // The log has each step once, in order.
-    let steps: Vec<u64> = std::fs::read_to_string(part.join("training_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = std::fs::read_to_string(part.join("training_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, (1..=40).collect::<Vec<_>>());
     // Only the newest two checkpoints are kept.
-    let kept = std::fs::read_dir(part.join("checkpoints")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("checkpoint-")).count();
+    let kept = std::fs::read_dir(part.join("checkpoints"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("checkpoint-"))
+        .count();
     assert_eq!(kept, 2);
 }
 
@@ -165,19 +198,28 @@ fn train_and_push_checks_the_token_first_then_publishes_in_one_commit() {
     let hub = start_hub(hub_dir.path(), &[]);
     let env = Env::new(&hub.endpoint);
     let d = env.dir.path();
-    let cfg = config(d, "tiny-sd15", "max_steps: 2\nvalidation_prompt: a photo of SKY river\nnum_validation_images: 1\nvalidation_inference_steps: 2\n");
+    let cfg =
+        config(d, "tiny-sd15", "max_steps: 2\nvalidation_prompt: a photo of SKY river\nnum_validation_images: 1\nvalidation_inference_steps: 2\n");
     // A read-only token fails before any training.
     let o = env.cmd(&["train-and-push", "--repo", "bob/sky-lora", "--config", cfg.to_str().unwrap()]).env("HF_TOKEN", BOB_READ).output().unwrap();
     code(&o, 3);
     assert!(!d.join("out").exists(), "training started although the token cannot write");
     // A dry run checks everything, trains nothing and writes nothing.
-    let o = env.cmd(&["--json", "train-and-push", "--repo", "alice/sky-lora", "--dry-run", "--config", cfg.to_str().unwrap()]).env("HF_TOKEN", ALICE).output().unwrap();
+    let o = env
+        .cmd(&["--json", "train-and-push", "--repo", "alice/sky-lora", "--dry-run", "--config", cfg.to_str().unwrap()])
+        .env("HF_TOKEN", ALICE)
+        .output()
+        .unwrap();
     let v = json(&o);
     assert_eq!(v["dry_run"], true, "{v}");
     assert_eq!(v["images"], 3, "{v}");
     assert!(v["files"].as_array().unwrap().iter().any(|f| f == "pytorch_lora_weights.safetensors"), "{v}");
     assert!(!d.join("out").exists(), "a dry run wrote the output folder");
-    let o = env.cmd(&["--json", "train-and-push", "--repo", "alice/sky-lora", "--config", cfg.to_str().unwrap()]).env("HF_TOKEN", ALICE).output().unwrap();
+    let o = env
+        .cmd(&["--json", "train-and-push", "--repo", "alice/sky-lora", "--config", cfg.to_str().unwrap()])
+        .env("HF_TOKEN", ALICE)
+        .output()
+        .unwrap();
     ok(&o);
     let v = json(&o);
     assert!(v["push"].to_string().contains("commit"), "{v}");

@@ -39,7 +39,13 @@ fn client(endpoint: &str) -> InferenceClient {
     InferenceClient::new(HubClient::new(endpoint, Some(token)).unwrap()).unwrap()
 }
 
-fn render(rt: &tokio::runtime::Runtime, c: &InferenceClient, repo: &str, provider: ProviderChoice, req: &TextToImageRequest) -> Result<HubRender, InferenceError> {
+fn render(
+    rt: &tokio::runtime::Runtime,
+    c: &InferenceClient,
+    repo: &str,
+    provider: ProviderChoice,
+    req: &TextToImageRequest,
+) -> Result<HubRender, InferenceError> {
     let repo = RepoId::parse(repo).unwrap();
     rt.block_on(async { c.text_to_image(&c.choose(&repo, provider).await?, req).await })
 }
@@ -83,9 +89,28 @@ fn every_provider_route_renders_the_lora_with_the_profile_and_explicit_overrides
     let out = env.dir.path().join("local");
     let fx = fixtures();
     let (model, lora) = (fx.join("tiny-sd15"), fx.join("tiny-sd15-lora/pytorch_lora_weights.safetensors"));
-    ok(&env.run(&["generate", "--model", model.to_str().unwrap(), "--lora", lora.to_str().unwrap(), "--lora-merge",
-        "--prompt", "a photo of the SKY river", "--scheduler", "euler-ancestral", "--steps", "2", "--guidance", "3", "--dtype", "f16",
-        "--seed", "3", "--out", out.to_str().unwrap()]));
+    ok(&env.run(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--lora",
+        lora.to_str().unwrap(),
+        "--lora-merge",
+        "--prompt",
+        "a photo of the SKY river",
+        "--scheduler",
+        "euler-ancestral",
+        "--steps",
+        "2",
+        "--guidance",
+        "3",
+        "--dtype",
+        "f16",
+        "--seed",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
     assert_eq!(image::open(out.join("seed-3.png")).unwrap().to_rgb8(), images[0].1, "local render with the Hub's settings");
 
     let explicit = TextToImageRequest { num_inference_steps: Some(3), guidance_scale: Some(6.0), scheduler: Some("DDIMScheduler".into()), ..req(3) };
@@ -133,7 +158,8 @@ fn bad_input_says_what_is_wrong() {
     for (profile, named) in [("stepz: 3\n", "stepz"), ("scheduler: lms\n", "lms"), ("width: 30\nheight: 30\n", "30")] {
         let p = root.path().join("bad.yaml");
         write(&p, profile.as_bytes());
-        let o = env.run(&["hub", "serve", "--port", "0", "--root", root.path().join("other").to_str().unwrap(), "--render-profile", p.to_str().unwrap()]);
+        let o =
+            env.run(&["hub", "serve", "--port", "0", "--root", root.path().join("other").to_str().unwrap(), "--render-profile", p.to_str().unwrap()]);
         let out = code(&o, 2);
         assert!(out.contains("--render-profile") && out.contains("bad.yaml") && out.contains(named), "{out}");
     }
@@ -142,7 +168,9 @@ fn bad_input_says_what_is_wrong() {
 #[test]
 fn provider_refusals_name_status_and_request_id() {
     let root = tempfile::tempdir().unwrap();
-    for (faults, status, hint) in [("infer-402=1", 402, "credits"), ("infer-429=1,retry-after=4", 429, "retry after 4 s"), ("infer-404=1", 404, "not deployed on hf-inference")] {
+    for (faults, status, hint) in
+        [("infer-402=1", 402, "credits"), ("infer-429=1,retry-after=4", 429, "retry after 4 s"), ("infer-404=1", 404, "not deployed on hf-inference")]
+    {
         let hub = start_hub(&root.path().join(format!("hub-{status}")), &["--faults", faults]);
         let env = Env::new(&hub.endpoint);
         publish(&env);

@@ -141,7 +141,9 @@ fn huggingface_hub_reads_the_offline_hubs_provider_mappings_and_sends_what_hfsky
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m.as_object().unwrap().iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect::<serde_json::Map<_, _>>().into())
+        .map(|m| {
+            m.as_object().unwrap().iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect::<serde_json::Map<_, _>>().into()
+        })
         .collect();
     assert_eq!(ours, theirs, "both clients read the same mappings, in the --providers order");
 
@@ -155,8 +157,12 @@ fn huggingface_hub_reads_the_offline_hubs_provider_mappings_and_sends_what_hfsky
         seed: Some(3),
         ..Default::default()
     };
-    for (choice, name) in [(ProviderChoice::Auto, "auto"), (ProviderChoice::Only(Provider::HfInference), "hf-inference"),
-        (ProviderChoice::Only(Provider::FalAi), "fal-ai"), (ProviderChoice::Only(Provider::Replicate), "replicate")] {
+    for (choice, name) in [
+        (ProviderChoice::Auto, "auto"),
+        (ProviderChoice::Only(Provider::HfInference), "hf-inference"),
+        (ProviderChoice::Only(Provider::FalAi), "fal-ai"),
+        (ProviderChoice::Only(Provider::Replicate), "replicate"),
+    ] {
         let sel = select(&info, choice).unwrap();
         let theirs = &py["requests"][name];
         assert_eq!(theirs["provider"], sel.provider.name(), "{name}: the same provider");

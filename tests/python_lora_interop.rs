@@ -28,13 +28,31 @@ fn diffusers_loads_our_lora_without_missing_or_unexpected_keys() {
         let photos = d.join("photos");
         std::fs::create_dir_all(&photos).unwrap();
         for i in 0..2u8 {
-            image::RgbImage::from_fn(80, 64, |x, y| image::Rgb([200 - i * 50, (y * 3) as u8, (x * 3) as u8])).save(photos.join(format!("{i}.png"))).unwrap();
+            image::RgbImage::from_fn(80, 64, |x, y| image::Rgb([200 - i * 50, (y * 3) as u8, (x * 3) as u8]))
+                .save(photos.join(format!("{i}.png")))
+                .unwrap();
         }
         let out = d.join("out");
         ok(&env.run(&[
-            "train", "--base-model", fixture.to_str().unwrap(), "--dataset", photos.to_str().unwrap(), "--instance-prompt", "a photo of SKY",
-            "--output-dir", out.to_str().unwrap(), "--max-steps", "3", "--learning-rate", "0.01", "--rank", "2", "--alpha", "8",
-            "--target-modules", targets,
+            "train",
+            "--base-model",
+            fixture.to_str().unwrap(),
+            "--dataset",
+            photos.to_str().unwrap(),
+            "--instance-prompt",
+            "a photo of SKY",
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "3",
+            "--learning-rate",
+            "0.01",
+            "--rank",
+            "2",
+            "--alpha",
+            "8",
+            "--target-modules",
+            targets,
         ]));
         let o = std::process::Command::new(&python)
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_lora.py"))

@@ -52,9 +52,7 @@ fn map(e: Error) -> AuthError {
 
 pub fn get(store: &Arc<CredentialStore>, name: &str) -> Result<Option<Token>, AuthError> {
     match entry(store, name)?.get_password() {
-        Ok(p) => Token::parse(&p)
-            .map(Some)
-            .map_err(|error| AuthError::BadToken { source_name: format!("keyring entry {name:?}"), error }),
+        Ok(p) => Token::parse(&p).map(Some).map_err(|error| AuthError::BadToken { source_name: format!("keyring entry {name:?}"), error }),
         Err(Error::NoEntry) => Ok(None),
         Err(e) => Err(map(e)),
     }

@@ -56,10 +56,17 @@ pub enum StoreKind {
 pub enum TokenSource {
     EnvHfToken,
     EnvHuggingFaceHubToken,
-    Keyring { name: String },
-    File { path: PathBuf },
+    Keyring {
+        name: String,
+    },
+    File {
+        path: PathBuf,
+    },
     /// A short-lived token from an OIDC exchange, scoped to `resource`.
-    Oidc { resource: String, id_token_from: String },
+    Oidc {
+        resource: String,
+        id_token_from: String,
+    },
 }
 
 impl std::fmt::Display for TokenSource {
@@ -106,8 +113,7 @@ impl TokenIndex {
 
     pub fn save(&self) -> Result<(), AuthError> {
         let path = paths::index_file();
-        paths::write_private(&path, &serde_json::to_vec_pretty(self).expect("serializable"))
-            .map_err(|source| AuthError::Io { path, source })
+        paths::write_private(&path, &serde_json::to_vec_pretty(self).expect("serializable")).map_err(|source| AuthError::Io { path, source })
     }
 
     pub fn get(&self, name: &str) -> Option<&IndexEntry> {
@@ -123,9 +129,9 @@ impl TokenIndex {
 
 fn env_token(var: &str) -> Result<Option<Token>, AuthError> {
     match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => Token::parse(&v)
-            .map(Some)
-            .map_err(|error| AuthError::BadToken { source_name: format!("the {var} environment variable"), error }),
+        Ok(v) if !v.trim().is_empty() => {
+            Token::parse(&v).map(Some).map_err(|error| AuthError::BadToken { source_name: format!("the {var} environment variable"), error })
+        }
         _ => Ok(None),
     }
 }

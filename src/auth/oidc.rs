@@ -135,10 +135,7 @@ async fn mint_github(http: &reqwest::Client, audience: &str) -> Result<String, O
         }
         let v: serde_json::Value =
             serde_json::from_str(&body).map_err(|e| OidcError::Mint(format!("{shown} answered something that is not JSON ({e})")))?;
-        return v["value"]
-            .as_str()
-            .map(String::from)
-            .ok_or_else(|| OidcError::Mint(format!("{shown} answered without a \"value\" field")));
+        return v["value"].as_str().map(String::from).ok_or_else(|| OidcError::Mint(format!("{shown} answered without a \"value\" field")));
     }
     Err(OidcError::MintNetwork(last))
 }

@@ -53,9 +53,9 @@ fn save(s: &Sections) -> Result<(), AuthError> {
 pub fn get(name: &str) -> Result<Option<Token>, AuthError> {
     let s = load()?;
     match s.get(name).and_then(|kv| kv.get("hf_token")) {
-        Some(t) => Token::parse(t)
-            .map(Some)
-            .map_err(|error| AuthError::BadToken { source_name: paths::stored_tokens_file().display().to_string(), error }),
+        Some(t) => {
+            Token::parse(t).map(Some).map_err(|error| AuthError::BadToken { source_name: paths::stored_tokens_file().display().to_string(), error })
+        }
         None => Ok(None),
     }
 }

@@ -31,10 +31,7 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&summary_path)
         .map_err(|e| bad_input(format!("{}: {e} (is {} a training output folder?)", summary_path.display(), dir.display())))?;
     let summary: hfsky::train::TrainSummary = serde_json::from_str(&text).map_err(|e| bad_input(format!("{}: {e}", summary_path.display())))?;
-    let tpl = template
-        .as_ref()
-        .map(|p| std::fs::read_to_string(p).map_err(|e| bad_input(format!("{}: {e}", p.display()))))
-        .transpose()?;
+    let tpl = template.as_ref().map(|p| std::fs::read_to_string(p).map_err(|e| bad_input(format!("{}: {e}", p.display())))).transpose()?;
     let card = hfsky::card::render(&summary, &repo, tpl.as_deref()).map_err(|e| bad_input(e.to_string()))?;
     if validate {
         let client = super::client(ctx, false)?;

@@ -150,11 +150,7 @@ fn short(oid: &str) -> &str {
 /// train-and-push results may carry the push under `"push"`.
 pub fn summary_markdown(v: &serde_json::Value) -> String {
     if let Some(err) = v["error"].as_str() {
-        return format!(
-            "### ❌ Publishing failed (exit code {})\n\n```\n{}\n```\n",
-            v["exit_code"].as_i64().unwrap_or(1),
-            err.replace("```", "'''")
-        );
+        return format!("### ❌ Publishing failed (exit code {})\n\n```\n{}\n```\n", v["exit_code"].as_i64().unwrap_or(1), err.replace("```", "'''"));
     }
     let push = if v["push"].is_object() { &v["push"] } else { v };
     let s = |k: &str| push[k].as_str().unwrap_or("");
@@ -198,8 +194,8 @@ pub fn summary_markdown(v: &serde_json::Value) -> String {
 
 fn summary(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).map_err(|e| bad_input(format!("cannot read {}: {e}", file.display())))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| bad_input(format!("{} is not the JSON of `hfsky --json push` ({e})", file.display())))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad_input(format!("{} is not the JSON of `hfsky --json push` ({e})", file.display())))?;
     if v["error"].is_null() && v["status"].is_null() && v["push"].is_null() {
         return Err(bad_input(format!("{} has neither a push result nor an error: pass the output of `hfsky --json push`", file.display())));
     }

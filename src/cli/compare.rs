@@ -58,18 +58,21 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         return Err(bad_input("--seeds must be at least 1"));
     }
     let repo = a.repo.as_deref().map(RepoId::parse).transpose().map_err(|e| bad_input(format!("--repo: {e}")))?;
-    let hub = match (&repo, a.hub_image.is_empty()) {
-        (_, false) => HubSource::Images(a.hub_image.clone()),
-        (Some(r), true) => HubSource::Provider {
-            repo: r.clone(),
-            choice: a.provider.parse::<ProviderChoice>().map_err(|e| bad_input(format!("--provider: {e}")))?,
-            params: match a.hub_params {
-                HubParamsArg::Widget => HubParams::Widget,
-                HubParamsArg::Match => HubParams::Match,
+    let hub =
+        match (&repo, a.hub_image.is_empty()) {
+            (_, false) => HubSource::Images(a.hub_image.clone()),
+            (Some(r), true) => HubSource::Provider {
+                repo: r.clone(),
+                choice: a.provider.parse::<ProviderChoice>().map_err(|e| bad_input(format!("--provider: {e}")))?,
+                params: match a.hub_params {
+                    HubParamsArg::Widget => HubParams::Widget,
+                    HubParamsArg::Match => HubParams::Match,
+                },
             },
-        },
-        (None, true) => return Err(bad_input("nothing to compare against: give --repo namespace/name (the Hub renders it) or --hub-image FILE… (images saved from the website)")),
-    };
+            (None, true) => return Err(bad_input(
+                "nothing to compare against: give --repo namespace/name (the Hub renders it) or --hub-image FILE… (images saved from the website)",
+            )),
+        };
     if repo.is_none() && a.model.is_none() {
         return Err(bad_input("without --repo, give the local side's base model with --model (and its LoRA with --lora)"));
     }

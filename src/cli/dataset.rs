@@ -145,7 +145,13 @@ fn run_check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<()> {
     let (e, w, i) = (report.count(Severity::Error), report.count(Severity::Warning), report.count(Severity::Info));
     ctx.say(&format!("{} files: {e} errors, {} warnings, {} info", report.images.len(), w - e, i - w));
     if let Some(f) = &fixed {
-        ctx.say(&format!("wrote {} images to {}, dropped {} (listed in {})", f.written, f.out.display(), f.dropped.len(), f.out.join(fix::DROPPED_LIST).display()));
+        ctx.say(&format!(
+            "wrote {} images to {}, dropped {} (listed in {})",
+            f.written,
+            f.out.display(),
+            f.dropped.len(),
+            f.out.join(fix::DROPPED_LIST).display()
+        ));
         return Ok(());
     }
     let failing = report.count(a.fail_on);
@@ -269,7 +275,11 @@ fn caption(ctx: &Ctx, a: CaptionArgs) -> anyhow::Result<()> {
         new[i] = Some(template.replace("{caption}", fill).replace("{file}", &stem).trim().to_string());
     }
     let written = if a.dry_run { new.iter().flatten().count() } else { save_captions(&a.dir, &images, &new, target)? };
-    let rows: Vec<_> = images.iter().zip(&new).filter_map(|(p, c)| c.as_ref().map(|c| serde_json::json!({"file": relative_name(&a.dir, p), "caption": c}))).collect();
+    let rows: Vec<_> = images
+        .iter()
+        .zip(&new)
+        .filter_map(|(p, c)| c.as_ref().map(|c| serde_json::json!({"file": relative_name(&a.dir, p), "caption": c})))
+        .collect();
     let kept = images.len() - todo.len();
     ctx.emit_json(&serde_json::json!({
         "written": if a.dry_run { 0 } else { written }, "dry_run": a.dry_run, "target": target, "captions": rows,
@@ -301,7 +311,8 @@ fn run_report(ctx: &Ctx, a: ReportArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let html = report::html::render(&r)?;
         std::fs::write(out.join("report.html"), html).with_context(|| format!("writing {}", out.join("report.html").display()))?;
-        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", out.join("report.json").display()))?;
+        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", out.join("report.json").display()))?;
     }
     ctx.emit_json(&json);
     for line in r.summary_lines() {

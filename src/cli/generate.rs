@@ -141,8 +141,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
                 renderer.render_noise(&noise, None, Some(p.display().to_string()), |i| pb.set_position(i as u64))
             }
             (None, seed) => renderer.render(seed.unwrap_or(0), |i| pb.set_position(i as u64)),
-        }
-        ?;
+        }?;
         pb.finish_and_clear();
         let stem = seed.map(|s| format!("seed-{s}")).unwrap_or_else(|| "latents".into());
         let png = a.out.join(format!("{stem}.png"));

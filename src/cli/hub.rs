@@ -1,6 +1,8 @@
 use super::{bad_input, Ctx};
 use hfsky::hub::inference::Provider;
-use hfsky::hub::serve::{serve, Faults, InferenceConfig, InferenceRenderer, OidcTrust, RenderProfile, ServeConfig, TokenSpec, TrustedIssuer, TrustedSubject};
+use hfsky::hub::serve::{
+    serve, Faults, InferenceConfig, InferenceRenderer, OidcTrust, RenderProfile, ServeConfig, TokenSpec, TrustedIssuer, TrustedSubject,
+};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -114,19 +116,21 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     };
     let addr = std::net::SocketAddr::new(a.host, a.port);
     let json = ctx.json;
-    ctx.runtime().block_on(async move {
-        let server = serve(cfg, addr, |bound| {
-            if json {
-                println!("{}", serde_json::json!({ "endpoint": format!("http://{bound}") }));
-            } else {
-                println!("Offline Hub listening on http://{bound}");
+    ctx.runtime()
+        .block_on(async move {
+            let server = serve(cfg, addr, |bound| {
+                if json {
+                    println!("{}", serde_json::json!({ "endpoint": format!("http://{bound}") }));
+                } else {
+                    println!("Offline Hub listening on http://{bound}");
+                }
+                let _ = std::io::stdout().flush();
+            });
+            tokio::select! {
+                r = server => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
             }
-            let _ = std::io::stdout().flush();
-        });
-        tokio::select! {
-            r = server => r,
-            _ = tokio::signal::ctrl_c() => Ok(()),
-        }
-    }).map_err(|e| anyhow::anyhow!("offline Hub on {addr}: {e}"))?;
+        })
+        .map_err(|e| anyhow::anyhow!("offline Hub on {addr}: {e}"))?;
     Ok(())
 }

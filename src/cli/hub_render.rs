@@ -13,9 +13,9 @@ use std::sync::Mutex;
 /// A scheduler named the hfsky way (`euler-ancestral`) or as a diffusers class
 /// (`EulerAncestralDiscreteScheduler`, what huggingface_hub sends).
 fn scheduler_kind(name: &str) -> Result<SchedulerKind, String> {
-    SchedulerKind::from_class_name(name).or_else(|| SchedulerKind::from_str(name, true).ok()).ok_or_else(|| {
-        format!("unknown scheduler {name:?} (ddim, euler, euler-ancestral, dpmpp-2m, or their diffusers class names)")
-    })
+    SchedulerKind::from_class_name(name)
+        .or_else(|| SchedulerKind::from_str(name, true).ok())
+        .ok_or_else(|| format!("unknown scheduler {name:?} (ddim, euler, euler-ancestral, dpmpp-2m, or their diffusers class names)"))
 }
 
 pub struct EngineRenderer {
@@ -28,11 +28,7 @@ pub struct EngineRenderer {
 
 impl EngineRenderer {
     pub fn new() -> anyhow::Result<EngineRenderer> {
-        Ok(EngineRenderer {
-            device: Renderer::default_device(),
-            client: HubClient::new("http://127.0.0.1:9", None)?,
-            loaded: Mutex::new(None),
-        })
+        Ok(EngineRenderer { device: Renderer::default_device(), client: HubClient::new("http://127.0.0.1:9", None)?, loaded: Mutex::new(None) })
     }
 
     fn spec(job: &RenderJob) -> Result<RenderSpec, String> {

@@ -59,7 +59,12 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         StoreKind::Keyring => "the OS keyring".to_string(),
         StoreKind::File => auth::paths::token_file().display().to_string(),
     };
-    ctx.say(&format!("Logged in as {} (token {:?}, role {}), stored in {where_} as {name:?}.", who.name, who.token_name().unwrap_or("?"), role.as_deref().unwrap_or("unknown")));
+    ctx.say(&format!(
+        "Logged in as {} (token {:?}, role {}), stored in {where_} as {name:?}.",
+        who.name,
+        who.token_name().unwrap_or("?"),
+        role.as_deref().unwrap_or("unknown")
+    ));
     match &writable {
         Some(ns) if ns.is_empty() => ctx.say("This token cannot write to any namespace: pushing will fail. Create a write token to publish."),
         Some(ns) => ctx.say(&format!("Can write to: {}", ns.join(", "))),

@@ -21,8 +21,8 @@ use clap::{Parser, Subcommand};
 use hfsky::auth::oidc::OidcError;
 use hfsky::auth::{AuthError, Credential, OidcOptions};
 use hfsky::hub::HubError;
-use hfsky::repo_id::RepoId;
 use hfsky::redact::redact;
+use hfsky::repo_id::RepoId;
 use std::io::IsTerminal;
 
 /// Stable exit codes, documented in the README.
@@ -207,7 +207,10 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         }
         if matches!(cause.downcast_ref::<hfsky::dataset::DatasetError>(), Some(d) if !matches!(d, hfsky::dataset::DatasetError::Io { .. }))
             || matches!(cause.downcast_ref::<hfsky::dataset::captions::CaptionError>(), Some(c) if !matches!(c, hfsky::dataset::captions::CaptionError::Write { .. }))
-            || matches!(cause.downcast_ref::<hfsky::dataset::fix::FixError>(), Some(hfsky::dataset::fix::FixError::NotEmpty(_) | hfsky::dataset::fix::FixError::Inside { .. }))
+            || matches!(
+                cause.downcast_ref::<hfsky::dataset::fix::FixError>(),
+                Some(hfsky::dataset::fix::FixError::NotEmpty(_) | hfsky::dataset::fix::FixError::Inside { .. })
+            )
         {
             return exit::BAD_INPUT;
         }
@@ -305,8 +308,7 @@ pub fn run() -> i32 {
 }
 
 fn not_logged_in() -> anyhow::Error {
-    CliError { code: exit::AUTH, message: "not logged in: run `hfsky login` (in CI: set HF_TOKEN, or publish keylessly with --oidc)".into() }
-        .into()
+    CliError { code: exit::AUTH, message: "not logged in: run `hfsky login` (in CI: set HF_TOKEN, or publish keylessly with --oidc)".into() }.into()
 }
 
 /// A Hub client with the credential for a command that writes to `write_target` (OIDC first,

@@ -77,12 +77,7 @@ pub(super) fn ensure_can_write(rt: &tokio::runtime::Runtime, client: &HubClient,
 
 /// A client whose token can write to `repo` (checked before any long work: hashing gigabytes,
 /// or training for an hour), with the OIDC exchange first when asked for.
-pub fn writer_client(
-    ctx: &Ctx,
-    rt: &tokio::runtime::Runtime,
-    repo: &RepoId,
-    oidc: &OidcArgs,
-) -> anyhow::Result<(HubClient, Credential)> {
+pub fn writer_client(ctx: &Ctx, rt: &tokio::runtime::Runtime, repo: &RepoId, oidc: &OidcArgs) -> anyhow::Result<(HubClient, Credential)> {
     let (client, cred) = super::client_for(ctx, rt, Some(repo), &oidc.options(), true)?;
     let cred = cred.expect("client_for requires a token");
     ensure_can_write(rt, &client, repo).with_context(|| format!("the token from {}", cred.source))?;
@@ -140,14 +135,18 @@ pub fn describe(o: &PushOutcome) -> String {
     match o.status {
         PushStatus::NothingToPush => format!("nothing to push: {target} already has these {} file(s)", o.unchanged),
         PushStatus::DryRun => {
-            let mut s = format!("Dry run, nothing written: pushing to {target} would commit {changes} file(s), {} bytes ({} unchanged)", o.total_bytes, o.unchanged);
+            let mut s = format!(
+                "Dry run, nothing written: pushing to {target} would commit {changes} file(s), {} bytes ({} unchanged)",
+                o.total_bytes, o.unchanged
+            );
             if o.new_repo {
                 s.push_str(&format!("\n  the repo {} would be created", o.repo));
             } else if o.new_branch {
                 s.push_str(&format!("\n  the branch {} would be created from main", o.revision));
             }
             for f in &o.files {
-                let mode = if f.action == FileAction::Delete { String::new() } else { format!(" ({} bytes{})", f.size, if f.lfs { ", LFS" } else { "" }) };
+                let mode =
+                    if f.action == FileAction::Delete { String::new() } else { format!(" ({} bytes{})", f.size, if f.lfs { ", LFS" } else { "" }) };
                 s.push_str(&format!("\n  {:<6} {}{mode}", format!("{:?}", f.action).to_lowercase(), f.path));
             }
             s

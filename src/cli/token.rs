@@ -18,8 +18,13 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
             }
             for t in &index.tokens {
                 let mark = if index.active.as_deref() == Some(t.name.as_str()) { "*" } else { " " };
-                ctx.say(&format!("{mark} {:<20} {:<8} user {:<16} role {}", t.name, format!("{:?}", t.store).to_lowercase(),
-                    t.user.as_deref().unwrap_or("?"), t.role.as_deref().unwrap_or("?")));
+                ctx.say(&format!(
+                    "{mark} {:<20} {:<8} user {:<16} role {}",
+                    t.name,
+                    format!("{:?}", t.store).to_lowercase(),
+                    t.user.as_deref().unwrap_or("?"),
+                    t.role.as_deref().unwrap_or("?")
+                ));
             }
             if std::env::var_os("HF_TOKEN").is_some() {
                 ctx.say("Note: HF_TOKEN is set and overrides the active stored token.");

@@ -45,7 +45,9 @@ const PUBLISHED: [&str; 5] = ["pytorch_lora_weights.safetensors", "README.md", "
 
 fn load_config(a: &Args) -> anyhow::Result<TrainConfig> {
     if a.config.is_none() && a.overrides.is_empty() {
-        return Err(bad_input("give --config train.yaml (and/or settings as flags such as --base-model, --dataset, --instance-prompt, --output-dir)"));
+        return Err(bad_input(
+            "give --config train.yaml (and/or settings as flags such as --base-model, --dataset, --instance-prompt, --output-dir)",
+        ));
     }
     TrainConfig::load(a.config.as_deref(), &a.overrides).map_err(|e| bad_input(e.to_string()))
 }
@@ -99,7 +101,9 @@ fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &toki
     };
     use hfsky::generate::pipeline::GenerateError;
     let summary = trainer.run(&mut on).map_err(|e| match e {
-        TrainError::Input(_) | TrainError::Model(GenerateError::Pipeline(_) | GenerateError::Lora(_) | GenerateError::Scheduler(_)) => bad_input(e.to_string()),
+        TrainError::Input(_) | TrainError::Model(GenerateError::Pipeline(_) | GenerateError::Lora(_) | GenerateError::Scheduler(_)) => {
+            bad_input(e.to_string())
+        }
         e => anyhow::Error::new(e),
     })?;
     bar.finish_and_clear();
@@ -196,7 +200,8 @@ fn dry_run(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::HubClie
             unreadable.push(serde_json::json!({ "file": p, "reason": problem.reason }));
         }
     }
-    let mut files: Vec<String> = vec!["pytorch_lora_weights.safetensors".into(), "README.md".into(), "train_config.yaml".into(), "training_log.jsonl".into()];
+    let mut files: Vec<String> =
+        vec!["pytorch_lora_weights.safetensors".into(), "README.md".into(), "train_config.yaml".into(), "training_log.jsonl".into()];
     if cfg.validation_prompt.is_some() {
         files.extend((0..cfg.num_validation_images as u64).map(|i| format!("validation-seed-{}.png", cfg.seed + i)));
     }

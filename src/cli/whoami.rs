@@ -14,9 +14,17 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     let writable = who.writable_namespaces();
-    ctx.say(&format!("{}\n  token: {:?} (role {})\n  from: {source}\n  can write to: {}", who.name,
-        who.token_name().unwrap_or("?"), who.role().unwrap_or("unknown"),
-        match &writable { Some(_) if who.writable_summary() != "nothing" => who.writable_summary(), Some(_) => "nothing (read-only token)".into(), None => "unknown".into() }));
+    ctx.say(&format!(
+        "{}\n  token: {:?} (role {})\n  from: {source}\n  can write to: {}",
+        who.name,
+        who.token_name().unwrap_or("?"),
+        who.role().unwrap_or("unknown"),
+        match &writable {
+            Some(_) if who.writable_summary() != "nothing" => who.writable_summary(),
+            Some(_) => "nothing (read-only token)".into(),
+            None => "unknown".into(),
+        }
+    ));
     ctx.emit_json(&serde_json::json!({
         "user": who.name, "token_name": who.token_name(), "role": who.role(), "source": source,
         "writable_namespaces": writable, "writable_repos": who.writable_repos(), "orgs": who.orgs.iter().map(|o| &o.name).collect::<Vec<_>>(),

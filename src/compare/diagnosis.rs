@@ -89,13 +89,19 @@ pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_po
         edits.push((Setting::Steps, format!("steps {} → {steps}", spec.steps), Box::new(move |s| s.steps = steps)));
     }
     if let Some(g) = hub_value(&local.guidance, &hub.guidance) {
-        edits.push((Setting::Guidance, format!("guidance {} → {g}", local.guidance.value.unwrap_or_default()), Box::new(move |s| s.guidance = Some(g))));
+        edits.push((
+            Setting::Guidance,
+            format!("guidance {} → {g}", local.guidance.value.unwrap_or_default()),
+            Box::new(move |s| s.guidance = Some(g)),
+        ));
     }
     if let Some(d) = hub_value(&local.dtype, &hub.dtype) {
         match parse_dtype(&d) {
-            Some(dt) if dt != candle_core::DType::BF16 || bf16_possible => {
-                edits.push((Setting::Dtype, format!("dtype {} → {d}", local.dtype.value.clone().unwrap_or_default()), Box::new(move |s| s.dtype = dt)))
-            }
+            Some(dt) if dt != candle_core::DType::BF16 || bf16_possible => edits.push((
+                Setting::Dtype,
+                format!("dtype {} → {d}", local.dtype.value.clone().unwrap_or_default()),
+                Box::new(move |s| s.dtype = dt),
+            )),
             Some(_) => skipped.push(Skipped { setting: Setting::Dtype, why: "bf16 needs a CUDA GPU".into() }),
             None => skipped.push(Skipped { setting: Setting::Dtype, why: format!("unknown dtype {d}") }),
         }
@@ -140,7 +146,12 @@ pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_po
     // With two settings, "all but one" is the other one alone: already rendered.
     if edits.len() > 2 {
         for (setting, change, _) in &edits {
-            combos.push(Ablation { setting: None, without: Some(*setting), change: format!("every Hub setting but {change}"), spec: combined(Some(*setting)) });
+            combos.push(Ablation {
+                setting: None,
+                without: Some(*setting),
+                change: format!("every Hub setting but {change}"),
+                spec: combined(Some(*setting)),
+            });
         }
     }
     (singles, skipped, combos)
@@ -199,20 +210,29 @@ fn what_the_hub_does(setting: Setting, hub: &SideSettings, training_resolution: 
     let v = |k: Option<String>| k.unwrap_or_else(|| "?".into());
     match setting {
         Setting::Size => {
-            let mut m = format!("the Hub renders at {}×{}{}", v(hub.width.value.map(|x| x.to_string())), v(hub.height.value.map(|x| x.to_string())), src(hub.width.source));
+            let mut m = format!(
+                "the Hub renders at {}×{}{}",
+                v(hub.width.value.map(|x| x.to_string())),
+                v(hub.height.value.map(|x| x.to_string())),
+                src(hub.width.source)
+            );
             if let Some(r) = training_resolution {
                 m.push_str(&format!("; this LoRA was trained at {r} px"));
             }
             m
         }
         Setting::Lora => format!("the Hub rendered without the LoRA{}", src(hub.lora_applied.source)),
-        Setting::LoraScale => format!("the Hub applies the LoRA at scale {}{}", v(hub.lora_scale.value.map(|x| x.to_string())), src(hub.lora_scale.source)),
+        Setting::LoraScale => {
+            format!("the Hub applies the LoRA at scale {}{}", v(hub.lora_scale.value.map(|x| x.to_string())), src(hub.lora_scale.source))
+        }
         Setting::Scheduler => format!("the Hub samples with {}{}", v(hub.scheduler.value.clone()), src(hub.scheduler.source)),
         Setting::Steps => format!("the Hub runs {} steps{}", v(hub.steps.value.map(|x| x.to_string())), src(hub.steps.source)),
         Setting::Guidance => format!("the Hub uses guidance {}{}", v(hub.guidance.value.map(|x| x.to_string())), src(hub.guidance.source)),
         Setting::BaseModel => format!("the Hub renders on {}{}", v(hub.base_model.value.clone()), src(hub.base_model.source)),
         Setting::Dtype => format!("the Hub computes in {}{}", v(hub.dtype.value.clone()), src(hub.dtype.source)),
-        Setting::Vae => format!("the Hub decodes with {}{}", hub.vae.value.clone().flatten().unwrap_or_else(|| "the pipeline's VAE".into()), src(hub.vae.source)),
+        Setting::Vae => {
+            format!("the Hub decodes with {}{}", hub.vae.value.clone().flatten().unwrap_or_else(|| "the pipeline's VAE".into()), src(hub.vae.source))
+        }
         Setting::Seed => "the Hub draws different noise for the same seed".into(),
         Setting::Unknown => "something outside the known settings".into(),
     }
@@ -220,7 +240,14 @@ fn what_the_hub_does(setting: Setting, hub: &SideSettings, training_resolution: 
 
 /// Causes ranked most likely first. `seed_share`: how much of the gap seed variation alone
 /// explains, when the two sides' noise differs; `together`: the all-at-once render's distance.
-pub fn rank(gap: f64, measured: &[Measured], together: Option<f64>, seed_share: Option<f64>, hub: &SideSettings, training_resolution: Option<usize>) -> Vec<Cause> {
+pub fn rank(
+    gap: f64,
+    measured: &[Measured],
+    together: Option<f64>,
+    seed_share: Option<f64>,
+    hub: &SideSettings,
+    training_resolution: Option<usize>,
+) -> Vec<Cause> {
     let mut causes: Vec<Cause> = measured
         .iter()
         .filter_map(|m| {
@@ -241,7 +268,12 @@ pub fn rank(gap: f64, measured: &[Measured], together: Option<f64>, seed_share: 
                 "does not move the local renders towards the Hub's"
             };
             let evidence = m.top_change.clone();
-            let mut message = format!("{}; rendering locally with {} {how} ({:.0}% of the gap)", what_the_hub_does(setting, hub, training_resolution), m.ablation.change, e.max(0.0) * 100.0);
+            let mut message = format!(
+                "{}; rendering locally with {} {how} ({:.0}% of the gap)",
+                what_the_hub_does(setting, hub, training_resolution),
+                m.ablation.change,
+                e.max(0.0) * 100.0
+            );
             if let (Some(ev), true) = (&evidence, e > 0.05) {
                 message.push_str(&format!(": {ev}"));
             }
@@ -252,7 +284,10 @@ pub fn rank(gap: f64, measured: &[Measured], together: Option<f64>, seed_share: 
         causes.push(Cause {
             setting: Setting::Seed,
             effect: (share * 1000.0).round() / 1000.0,
-            message: format!("the Hub draws different noise for the same seed; seed-to-seed variation alone is about {:.0}% of the gap", share * 100.0),
+            message: format!(
+                "the Hub draws different noise for the same seed; seed-to-seed variation alone is about {:.0}% of the gap",
+                share * 100.0
+            ),
             evidence: None,
             alone: None,
             with_others: None,
@@ -312,7 +347,9 @@ pub fn nothing_to_explain(gap: f64, noise_floor: f64, paired: bool) -> String {
     if paired {
         format!("the two sides render the same noise into nearly the same images (distance {gap:.4}, under {:.0}% of the seed-to-seed {noise_floor:.3}): nothing to explain", PAIRED_SHARE * 100.0)
     } else {
-        format!("the two sides differ no more than two seeds of the same side do (distance {gap:.3}, seed-to-seed {noise_floor:.3}): nothing to explain")
+        format!(
+            "the two sides differ no more than two seeds of the same side do (distance {gap:.3}, seed-to-seed {noise_floor:.3}): nothing to explain"
+        )
     }
 }
 
@@ -347,7 +384,10 @@ mod tests {
 
     #[test]
     fn one_ablation_per_differing_setting_and_one_together() {
-        let hub = with_reported(local(), &serde_json::json!({"width": 128, "height": 128, "apply_lora": false, "scheduler": "euler-ancestral", "steps": 8}));
+        let hub = with_reported(
+            local(),
+            &serde_json::json!({"width": 128, "height": 128, "apply_lora": false, "scheduler": "euler-ancestral", "steps": 8}),
+        );
         let (abl, skipped, combos) = plan(&spec(), &local(), &hub, false);
         let settings: Vec<_> = abl.iter().map(|a| a.setting.unwrap()).collect();
         assert_eq!(settings, vec![Setting::Lora, Setting::Size, Setting::Scheduler]);
@@ -373,7 +413,11 @@ mod tests {
         let causes = rank(1.0, &measured, Some(0.05), None, &hub, Some(64));
         assert_eq!(causes[0].setting, Setting::Size);
         assert!((causes[0].effect - 0.9).abs() < 1e-9);
-        assert!(causes[0].message.contains("the Hub renders at 128×128 (reported by the Hub); this LoRA was trained at 64 px"), "{}", causes[0].message);
+        assert!(
+            causes[0].message.contains("the Hub renders at 128×128 (reported by the Hub); this LoRA was trained at 64 px"),
+            "{}",
+            causes[0].message
+        );
         assert!(causes[0].message.contains("green share 3% → 31%"));
         assert!(!causes.iter().any(|c| c.setting == Setting::Unknown));
         let v = verdict(1.0, 0.1, false, &causes, Some(0.95));

@@ -29,12 +29,14 @@ pub struct Card {
 impl Card {
     pub fn parse(readme: &str) -> Card {
         let fm = front_matter(readme);
-        let field = |k: &str| fm.as_ref().and_then(|f| f.get(k)).and_then(|v| match v {
-            serde_yaml::Value::String(s) => Some(s.clone()),
-            // `base_model` may be a list (merges); the first entry is the base.
-            serde_yaml::Value::Sequence(s) => s.first().and_then(|v| v.as_str()).map(String::from),
-            _ => None,
-        });
+        let field = |k: &str| {
+            fm.as_ref().and_then(|f| f.get(k)).and_then(|v| match v {
+                serde_yaml::Value::String(s) => Some(s.clone()),
+                // `base_model` may be a list (merges); the first entry is the base.
+                serde_yaml::Value::Sequence(s) => s.first().and_then(|v| v.as_str()).map(String::from),
+                _ => None,
+            })
+        };
         Card { base_model: field("base_model"), instance_prompt: field("instance_prompt"), hints: RenderHints::from_readme(readme) }
     }
 
@@ -96,7 +98,13 @@ mod tests {
         let card = Card::parse(CARD);
         assert_eq!(card.base_model.as_deref(), Some("tiny/sd15"));
         assert_eq!(card.training_resolution(), Some(64));
-        let spec = local_spec("a photo of the SKY river", &LocalFlags { overrides: Overrides { steps: Some(5), ..Default::default() }, ..Default::default() }, &card, Some("me/sky")).unwrap();
+        let spec = local_spec(
+            "a photo of the SKY river",
+            &LocalFlags { overrides: Overrides { steps: Some(5), ..Default::default() }, ..Default::default() },
+            &card,
+            Some("me/sky"),
+        )
+        .unwrap();
         assert_eq!((spec.model.as_str(), spec.lora.as_deref()), ("tiny/sd15", Some("me/sky")));
         assert_eq!((spec.steps, spec.guidance, spec.scheduler), (5, Some(6.0), Some(SchedulerKind::Ddim)));
         assert_eq!((spec.width, spec.height, spec.lora_scale, spec.negative.as_str()), (Some(64), Some(64), 0.8, "blurry"));

@@ -98,7 +98,13 @@ pub fn palettes(sides: &[Side]) -> String {
     for (i, side) in sides.iter().enumerate() {
         let y = 12.0 + i as f64 * (row_h + 14.0);
         let _ = write!(b, "<rect x=\"8\" y=\"{:.1}\" width=\"6\" height=\"{row_h}\" fill=\"{}\"/>", y, side_colour(i));
-        let _ = write!(b, "<text x=\"20\" y=\"{:.1}\" fill=\"#222\">{}<title>{}</title></text>", y + row_h / 2.0 + 4.0, escape(&shortened(side.label, 16)), escape(side.label));
+        let _ = write!(
+            b,
+            "<text x=\"20\" y=\"{:.1}\" fill=\"#222\">{}<title>{}</title></text>",
+            y + row_h / 2.0 + 4.0,
+            escape(&shortened(side.label, 16)),
+            escape(side.label)
+        );
         let mut x = left;
         for sw in &side.stats.palette {
             let w = sw.share * bar_w;
@@ -196,7 +202,12 @@ pub fn luminance_profiles(sides: &[Side]) -> String {
         let line: Vec<String> = p.iter().enumerate().map(|(k, s)| format!("{:.1},{:.1}", x_of(s.mean), y_of(k))).collect();
         let c = side_colour(i);
         let _ = write!(b, "<polygon points=\"{}\" fill=\"{c}\" fill-opacity=\"0.15\" stroke=\"none\"/>", band.join(" "));
-        let _ = write!(b, "<polyline points=\"{}\" fill=\"none\" stroke=\"{c}\" stroke-width=\"2\"><title>{}</title></polyline>", line.join(" "), escape(side.label));
+        let _ = write!(
+            b,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{c}\" stroke-width=\"2\"><title>{}</title></polyline>",
+            line.join(" "),
+            escape(side.label)
+        );
         if let Some(h) = side.stats.horizon {
             let y = top + (1.0 - h.mean) * (bottom - top);
             let _ = write!(b, "<line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{x1}\" y2=\"{y:.1}\" stroke=\"{c}\" stroke-dasharray=\"6 4\"><title>{}: horizon at {:.2} of the height</title></line>", escape(side.label), h.mean);
@@ -222,7 +233,12 @@ pub fn family_shares(sides: &[Side]) -> String {
     text(&mut b, 8.0, 16.0, "start", "#222", "share of pixels per colour family");
     for (r, &f) in shown.iter().enumerate() {
         let y = top + r as f64 * row_h;
-        let _ = write!(b, "<rect x=\"8\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\" stroke=\"#888\" stroke-width=\"0.5\"/>", y + row_h / 2.0 - 10.0, f.hex());
+        let _ = write!(
+            b,
+            "<rect x=\"8\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\" stroke=\"#888\" stroke-width=\"0.5\"/>",
+            y + row_h / 2.0 - 10.0,
+            f.hex()
+        );
         text(&mut b, 26.0, y + row_h / 2.0, "start", "#222", f.name());
         for (i, side) in sides.iter().enumerate() {
             let v = share(side.stats, f);
@@ -259,7 +275,10 @@ mod tests {
     fn parse_xml(s: &str) -> Result<Vec<String>, String> {
         fn entity_ok(rest: &str) -> bool {
             ["&amp;", "&lt;", "&gt;", "&quot;", "&apos;"].iter().any(|e| rest.starts_with(e))
-                || rest.strip_prefix("&#").and_then(|r| r.split_once(';')).is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+                || rest
+                    .strip_prefix("&#")
+                    .and_then(|r| r.split_once(';'))
+                    .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
         }
         fn check_text(t: &str) -> Result<(), String> {
             for (i, _) in t.match_indices('&') {
@@ -336,7 +355,9 @@ mod tests {
     #[test]
     fn the_checker_rejects_broken_xml() {
         assert!(parse_xml("<svg><g></g></svg>").is_ok());
-        for bad in ["<svg><g></svg>", "<svg>a & b</svg>", "<svg a=b/>", "<svg><text>x</text>", "<svg/><svg/>", "<svg a=\"<\"/>", "<svg a=\"1\" a=\"2\"/>"] {
+        for bad in
+            ["<svg><g></svg>", "<svg>a & b</svg>", "<svg a=b/>", "<svg><text>x</text>", "<svg/><svg/>", "<svg a=\"<\"/>", "<svg a=\"1\" a=\"2\"/>"]
+        {
             assert!(parse_xml(bad).is_err(), "{bad}");
         }
     }
@@ -366,7 +387,12 @@ mod tests {
         let (local, hub) = (side_of(&[sunset(0), sunset(4)]), side_of(&[sunset(20), sunset(24)]));
         let label = "Hub <widget> & \"friends\"";
         let sides = [Side { label: "local", stats: &local }, Side { label, stats: &hub }];
-        for (name, out) in [("palettes", palettes(&sides)), ("hue", hue_histograms(&sides)), ("luminance", luminance_profiles(&sides)), ("families", family_shares(&sides))] {
+        for (name, out) in [
+            ("palettes", palettes(&sides)),
+            ("hue", hue_histograms(&sides)),
+            ("luminance", luminance_profiles(&sides)),
+            ("families", family_shares(&sides)),
+        ] {
             let names = parse_xml(&out).unwrap_or_else(|e| panic!("{name}: {e}\n{out}"));
             assert_eq!(names[0], "svg", "{name}");
             assert!(out.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 640 "), "{name}");
@@ -398,7 +424,8 @@ mod tests {
         let bright_top = side_of(&[RgbImage::from_fn(20, 32, |_, y| Rgb(if y < 16 { [250, 250, 250] } else { [5, 5, 5] }))]);
         let svg = luminance_profiles(&[Side { label: "x", stats: &bright_top }]);
         let points = svg.split("<polyline points=\"").nth(1).unwrap().split('"').next().unwrap();
-        let xy: Vec<(f64, f64)> = points.split(' ').map(|p| p.split_once(',').map(|(x, y)| (x.parse().unwrap(), y.parse().unwrap())).unwrap()).collect();
+        let xy: Vec<(f64, f64)> =
+            points.split(' ').map(|p| p.split_once(',').map(|(x, y)| (x.parse().unwrap(), y.parse().unwrap())).unwrap()).collect();
         assert_eq!(xy.len(), 16);
         // SVG y grows downwards: the first band (top of the image) is highest on the page and bright (far right).
         assert!(xy[0].1 < xy[15].1 && xy[0].0 > xy[15].0, "{xy:?}");
@@ -408,7 +435,8 @@ mod tests {
     #[test]
     fn one_side_and_no_sides_still_draw() {
         let s = side_of(&[sunset(10)]);
-        for out in [palettes(&[]), hue_histograms(&[]), luminance_profiles(&[]), family_shares(&[]), hue_histograms(&[Side { label: "", stats: &s }])] {
+        for out in [palettes(&[]), hue_histograms(&[]), luminance_profiles(&[]), family_shares(&[]), hue_histograms(&[Side { label: "", stats: &s }])]
+        {
             parse_xml(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
         }
         assert_eq!(escape("a\u{1}b<"), "a\u{fffd}b&lt;");

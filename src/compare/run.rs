@@ -65,7 +65,11 @@ pub enum HubParams {
 }
 
 pub enum HubSource {
-    Provider { repo: RepoId, choice: ProviderChoice, params: HubParams },
+    Provider {
+        repo: RepoId,
+        choice: ProviderChoice,
+        params: HubParams,
+    },
     /// Images a person saved from the website; their seeds are unknown.
     Images(Vec<PathBuf>),
 }
@@ -346,7 +350,15 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
             let (_, images, measured) = render_side(&load(&a.spec, client).await?, &o.seeds, &o.out, &dir, "ablation", on)?;
             let s = SideStats::aggregate(&measured)?;
             let d = stats::distance(&s, &hub);
-            let r = AblationResult { setting: a.setting, without: a.without, change: a.change.clone(), distance: d, effect: diagnosis::effect(gap, d), images, stats: s };
+            let r = AblationResult {
+                setting: a.setting,
+                without: a.without,
+                change: a.change.clone(),
+                distance: d,
+                effect: diagnosis::effect(gap, d),
+                images,
+                stats: s,
+            };
             results.push((a, r));
         }
         let evidence = |abl: &SideStats| -> Option<String> {
@@ -364,7 +376,12 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         };
         let measured: Vec<Measured> = singles
             .iter()
-            .map(|(a, r)| Measured { ablation: a, distance: r.distance, without_distance: a.setting.and_then(without), top_change: evidence(&r.stats) })
+            .map(|(a, r)| Measured {
+                ablation: a,
+                distance: r.distance,
+                without_distance: a.setting.and_then(without),
+                top_change: evidence(&r.stats),
+            })
             .collect();
         let together = results.iter().find(|(a, _)| a.setting.is_none() && a.without.is_none()).map(|(_, r)| r.distance);
         let noise_differs = rows.iter().any(|r| r.setting == Setting::Seed && r.differs);
@@ -376,11 +393,15 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         verdict = diagnosis::verdict(gap, noise_floor, paired, &causes, together.map(|d| diagnosis::effect(gap, d)));
         ablations = results.into_iter().map(|(_, r)| r).collect();
     } else {
-        let differing: Vec<String> = rows.iter().filter(|r| r.differs).map(|r| format!("{} ({} here, {} on the Hub)", r.setting.label(), r.local, r.hub)).collect();
+        let differing: Vec<String> =
+            rows.iter().filter(|r| r.differs).map(|r| format!("{} ({} here, {} on the Hub)", r.setting.label(), r.local, r.hub)).collect();
         verdict = if gap <= threshold {
             diagnosis::nothing_to_explain(gap, noise_floor, paired)
         } else if differing.is_empty() {
-            format!("the sides differ (distance {gap:.3}; {}) but no known setting does; run with --explain", differences.first().cloned().unwrap_or_default())
+            format!(
+                "the sides differ (distance {gap:.3}; {}) but no known setting does; run with --explain",
+                differences.first().cloned().unwrap_or_default()
+            )
         } else {
             format!("{} setting(s) differ: {}; run with --explain to measure which one causes the gap", differing.len(), differing.join(", "))
         };

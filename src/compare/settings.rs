@@ -287,7 +287,13 @@ pub fn diff(local: &SideSettings, hub: &SideSettings, training_resolution: Optio
     let row = |setting, local: String, hub: String, source, differs| SettingRow { setting, local, hub, hub_source: source, differs, note: None };
     vec![
         row(Setting::BaseModel, show(&local.base_model), show(&hub.base_model), hub.base_model.source, differs(&local.base_model, &hub.base_model)),
-        row(Setting::Lora, show(&local.lora_applied), show(&hub.lora_applied), hub.lora_applied.source, differs(&local.lora_applied, &hub.lora_applied)),
+        row(
+            Setting::Lora,
+            show(&local.lora_applied),
+            show(&hub.lora_applied),
+            hub.lora_applied.source,
+            differs(&local.lora_applied, &hub.lora_applied),
+        ),
         row(Setting::LoraScale, show(&local.lora_scale), show(&hub.lora_scale), hub.lora_scale.source, differs(&local.lora_scale, &hub.lora_scale)),
         SettingRow { note: size_note, ..row(Setting::Size, size(local), size(hub), size_source, size_differs) },
         row(Setting::Scheduler, show(&local.scheduler), show(&hub.scheduler), hub.scheduler.source, differs(&local.scheduler, &hub.scheduler)),
@@ -330,7 +336,10 @@ mod tests {
         assert_eq!(get(Setting::Scheduler).hub, "EulerAncestralDiscreteScheduler");
         assert!(get(Setting::Steps).differs && get(Setting::Seed).differs && get(Setting::Vae).differs);
         assert!(!get(Setting::Guidance).differs && !get(Setting::BaseModel).differs);
-        let sent = with_sent(hub, &serde_json::json!({"inputs": "x", "parameters": {"width": 512, "height": 512, "num_inference_steps": 30, "scheduler": "euler"}}));
+        let sent = with_sent(
+            hub,
+            &serde_json::json!({"inputs": "x", "parameters": {"width": 512, "height": 512, "num_inference_steps": 30, "scheduler": "euler"}}),
+        );
         let rows = diff(&local(), &sent, Some(512));
         let get = |s| rows.iter().find(|r| r.setting == s).unwrap();
         assert!(!get(Setting::Size).differs && get(Setting::Size).hub_source == Some(Source::Sent));

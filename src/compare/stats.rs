@@ -257,7 +257,9 @@ pub fn distance_terms(a: &SideStats, b: &SideStats) -> DistanceTerms {
         mean_colour: f64::from(a.mean_colour().dist2(b.mean_colour()).sqrt()) / 100.0,
         hue: side_hue_emd(a, b) / 180.0,
         families: Family::ALL.iter().map(|&f| (a.family(f).mean - b.family(f).mean).abs()).sum::<f64>() / 2.0,
-        luminance_profile: a.luminance_profile.iter().zip(&b.luminance_profile).map(|(x, y)| (x.mean - y.mean).abs()).sum::<f64>() / bands as f64 / 100.0,
+        luminance_profile: a.luminance_profile.iter().zip(&b.luminance_profile).map(|(x, y)| (x.mean - y.mean).abs()).sum::<f64>()
+            / bands as f64
+            / 100.0,
         saturation: (a.saturation.mean - b.saturation.mean).abs(),
         brightness: (a.brightness.mean - b.brightness.mean).abs(),
     }
@@ -314,24 +316,58 @@ pub fn feature_changes(from: &SideStats, to: &SideStats) -> Vec<FeatureChange> {
     let scalar = |feature: String, x: Spread, y: Spread, message: String| {
         let pooled = ((x.sd * x.sd + y.sd * y.sd) / 2.0).sqrt();
         let d = y.mean - x.mean;
-        FeatureChange { feature, from: Some(x.mean), to: Some(y.mean), amount: d, size: d.abs(), z: (pooled > 1e-12).then(|| d.abs() / pooled), message }
+        FeatureChange {
+            feature,
+            from: Some(x.mean),
+            to: Some(y.mean),
+            amount: d,
+            size: d.abs(),
+            z: (pooled > 1e-12).then(|| d.abs() / pooled),
+            message,
+        }
     };
     let (ca, cb) = (from.mean_colour(), to.mean_colour());
     let de = f64::from(ca.dist2(cb).sqrt());
     let names = if ca.family() == cb.family() { format!("both {}", ca.name()) } else { format!("{} → {}", ca.name(), cb.name()) };
-    out.push(FeatureChange { feature: "mean_colour".into(), from: None, to: None, amount: de, size: de / 100.0, z: None, message: format!("mean colour ΔE {de:.1} ({names})") });
+    out.push(FeatureChange {
+        feature: "mean_colour".into(),
+        from: None,
+        to: None,
+        amount: de,
+        size: de / 100.0,
+        z: None,
+        message: format!("mean colour ΔE {de:.1} ({names})"),
+    });
 
     let emd = side_hue_emd(from, to);
     let (pa, pb) = (peak_hue(&from.hue_histogram), peak_hue(&to.hue_histogram));
     let peaks = if pa == pb { format!("peak {pa} on both") } else { format!("peak {pa} → {pb}") };
-    out.push(FeatureChange { feature: "hue".into(), from: None, to: None, amount: emd, size: emd / 180.0, z: None, message: format!("hue histogram shift {emd:.0}° ({peaks})") });
+    out.push(FeatureChange {
+        feature: "hue".into(),
+        from: None,
+        to: None,
+        amount: emd,
+        size: emd / 180.0,
+        z: None,
+        message: format!("hue histogram shift {emd:.0}° ({peaks})"),
+    });
 
     for f in Family::ALL {
         let (x, y) = (from.family(f), to.family(f));
         out.push(scalar(format!("family.{}", f.name()), x, y, format!("{} share {} → {}", f.name(), pct(x.mean), pct(y.mean))));
     }
-    out.push(scalar("brightness".into(), from.brightness, to.brightness, format!("mean brightness {:.2} → {:.2}", from.brightness.mean, to.brightness.mean)));
-    out.push(scalar("saturation".into(), from.saturation, to.saturation, format!("mean saturation {:.2} → {:.2}", from.saturation.mean, to.saturation.mean)));
+    out.push(scalar(
+        "brightness".into(),
+        from.brightness,
+        to.brightness,
+        format!("mean brightness {:.2} → {:.2}", from.brightness.mean, to.brightness.mean),
+    ));
+    out.push(scalar(
+        "saturation".into(),
+        from.saturation,
+        to.saturation,
+        format!("mean saturation {:.2} → {:.2}", from.saturation.mean, to.saturation.mean),
+    ));
     match (from.horizon, to.horizon) {
         (Some(x), Some(y)) => out.push(scalar("horizon".into(), x, y, format!("horizon height {:.2} → {:.2}", x.mean, y.mean))),
         // Without a horizon on one side, how much of the picture is sky still compares.
@@ -339,11 +375,20 @@ pub fn feature_changes(from: &SideStats, to: &SideStats) -> Vec<FeatureChange> {
             "sky_fraction".into(),
             from.sky_fraction,
             to.sky_fraction,
-            format!("sky fraction {} → {} (horizon found in {} of {} → {} of {} images)", pct(from.sky_fraction.mean), pct(to.sky_fraction.mean), from.with_horizon, from.images.len(), to.with_horizon, to.images.len()),
+            format!(
+                "sky fraction {} → {} (horizon found in {} of {} → {} of {} images)",
+                pct(from.sky_fraction.mean),
+                pct(to.sky_fraction.mean),
+                from.with_horizon,
+                from.images.len(),
+                to.with_horizon,
+                to.images.len()
+            ),
         )),
     }
 
-    let diffs: Vec<(f64, f64, f64)> = from.luminance_profile.iter().zip(&to.luminance_profile).map(|(x, y)| ((y.mean - x.mean).abs(), x.mean, y.mean)).collect();
+    let diffs: Vec<(f64, f64, f64)> =
+        from.luminance_profile.iter().zip(&to.luminance_profile).map(|(x, y)| ((y.mean - x.mean).abs(), x.mean, y.mean)).collect();
     if !diffs.is_empty() {
         let mean = diffs.iter().map(|d| d.0).sum::<f64>() / diffs.len() as f64;
         let (k, &(_, x, y)) = diffs.iter().enumerate().max_by(|a, b| a.1 .0.total_cmp(&b.1 .0)).expect("non-empty");
@@ -425,7 +470,12 @@ mod tests {
         let grey = measure(&solid([128, 128, 128]));
         assert!((share(&grey, Family::Grey) - 1.0).abs() < 1e-9, "{:?}", grey.families);
         assert!(grey.hue_histogram.iter().all(|&x| x == 0.0) && grey.saturation == 0.0, "greys have no hue");
-        for (rgb, family) in [([0xff, 0x8c, 0x00], Family::Orange), ([0x80, 0x00, 0x80], Family::Purple), ([0xff, 0xc0, 0xcb], Family::Pink), ([0x1e, 0x50, 0xdc], Family::Blue)] {
+        for (rgb, family) in [
+            ([0xff, 0x8c, 0x00], Family::Orange),
+            ([0x80, 0x00, 0x80], Family::Purple),
+            ([0xff, 0xc0, 0xcb], Family::Pink),
+            ([0x1e, 0x50, 0xdc], Family::Blue),
+        ] {
             let s = measure(&solid(rgb));
             assert!((share(&s, family) - 1.0).abs() < 1e-9, "{rgb:02x?}: {:?}", s.families);
             assert_eq!(s.palette.len(), 1);

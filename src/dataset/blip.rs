@@ -4,9 +4,9 @@
 //! defaults, the tied LM-head weight that transformers does not save, the image processor's
 //! resize/rescale/normalize, and `generate`'s greedy decoding.
 
+use crate::generate::source::repo_spec;
 use crate::hub::download::snapshot;
 use crate::hub::{HubClient, HubError};
-use crate::generate::source::repo_spec;
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{blip, blip_text};
@@ -44,7 +44,8 @@ fn file_err(path: &Path) -> impl Fn(String) -> BlipError + '_ {
 }
 
 /// The files a BLIP captioning model needs.
-const PATTERNS: &[&str] = &["config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "processor_config.json", "generation_config.json"];
+const PATTERNS: &[&str] =
+    &["config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "processor_config.json", "generation_config.json"];
 
 /// Resolves `spec` (`blip`, a local folder, or a Hub repo id `namespace/name[@revision]`, fetched
 /// through hf-hub into the standard cache, honouring the client's endpoint) to a model folder.
@@ -59,7 +60,10 @@ pub async fn resolve(spec: &str, client: &HubClient) -> Result<PathBuf, BlipErro
     };
     for need in ["config.json", "model.safetensors", "tokenizer.json"] {
         if !dir.join(need).is_file() {
-            return Err(BlipError::File { path: dir.join(need), detail: "missing: a BLIP captioning model needs config.json, model.safetensors and tokenizer.json".into() });
+            return Err(BlipError::File {
+                path: dir.join(need),
+                detail: "missing: a BLIP captioning model needs config.json, model.safetensors and tokenizer.json".into(),
+            });
         }
     }
     Ok(dir)
@@ -129,20 +133,48 @@ struct VisionConfigFile {
 }
 
 // transformers' BlipConfig / BlipTextConfig / BlipVisionConfig defaults.
-fn d8() -> usize { 8 }
-fn d12() -> usize { 12 }
-fn d16() -> usize { 16 }
-fn d256() -> usize { 256 }
-fn d384() -> usize { 384 }
-fn d512() -> usize { 512 }
-fn d768() -> usize { 768 }
-fn d3072() -> usize { 3072 }
-fn d30524() -> usize { 30524 }
-fn d30522() -> u32 { 30522 }
-fn d102() -> u32 { 102 }
-fn gelu() -> candle_nn::Activation { candle_nn::Activation::Gelu }
-fn eps12() -> f64 { 1e-12 }
-fn eps5() -> f64 { 1e-5 }
+fn d8() -> usize {
+    8
+}
+fn d12() -> usize {
+    12
+}
+fn d16() -> usize {
+    16
+}
+fn d256() -> usize {
+    256
+}
+fn d384() -> usize {
+    384
+}
+fn d512() -> usize {
+    512
+}
+fn d768() -> usize {
+    768
+}
+fn d3072() -> usize {
+    3072
+}
+fn d30524() -> usize {
+    30524
+}
+fn d30522() -> u32 {
+    30522
+}
+fn d102() -> u32 {
+    102
+}
+fn gelu() -> candle_nn::Activation {
+    candle_nn::Activation::Gelu
+}
+fn eps12() -> f64 {
+    1e-12
+}
+fn eps5() -> f64 {
+    1e-5
+}
 
 /// The image processor's settings (`preprocessor_config.json`, or transformers 5's
 /// `processor_config.json` holding them under `image_processor`).
@@ -173,11 +205,21 @@ struct Size {
     width: u32,
 }
 
-fn yes() -> bool { true }
-fn bicubic() -> u32 { 3 }
-fn rescale() -> f64 { 1.0 / 255.0 }
-fn clip_mean() -> [f64; 3] { [0.48145466, 0.4578275, 0.40821073] }
-fn clip_std() -> [f64; 3] { [0.26862954, 0.26130258, 0.27577711] }
+fn yes() -> bool {
+    true
+}
+fn bicubic() -> u32 {
+    3
+}
+fn rescale() -> f64 {
+    1.0 / 255.0
+}
+fn clip_mean() -> [f64; 3] {
+    [0.48145466, 0.4578275, 0.40821073]
+}
+fn clip_std() -> [f64; 3] {
+    [0.26862954, 0.26130258, 0.27577711]
+}
 
 impl ImageProcessor {
     fn load(dir: &Path, image_size: u32) -> Result<Self, BlipError> {
@@ -287,7 +329,10 @@ impl Blip {
         let weights = dir.join("model.safetensors");
         let mut tensors = candle_core::safetensors::load(&weights, device).map_err(|e| file_err(&weights)(e.to_string()))?;
         if !tensors.contains_key(LM_HEAD) {
-            let tied = tensors.get(WORD_EMBEDDINGS).cloned().ok_or_else(|| file_err(&weights)(format!("has neither {LM_HEAD} nor {WORD_EMBEDDINGS}: not a BLIP captioning checkpoint")))?;
+            let tied = tensors
+                .get(WORD_EMBEDDINGS)
+                .cloned()
+                .ok_or_else(|| file_err(&weights)(format!("has neither {LM_HEAD} nor {WORD_EMBEDDINGS}: not a BLIP captioning checkpoint")))?;
             tensors.insert(LM_HEAD.to_string(), tied);
         }
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
@@ -336,7 +381,8 @@ impl Blip {
     /// The caption text of generated ids (special tokens dropped, WordPiece joined).
     pub fn decode(&self, ids: &[u32]) -> Result<String, BlipError> {
         let words: Vec<u32> = ids.iter().copied().filter(|&i| i != self.bos && i != self.sep && i != self.pad).collect();
-        let text = self.tokenizer.decode(&words, true).map_err(|e| BlipError::File { path: PathBuf::from("tokenizer.json"), detail: e.to_string() })?;
+        let text =
+            self.tokenizer.decode(&words, true).map_err(|e| BlipError::File { path: PathBuf::from("tokenizer.json"), detail: e.to_string() })?;
         Ok(text.trim().to_string())
     }
 
@@ -351,7 +397,8 @@ impl Blip {
 /// transformers 5's default is 20 new tokens; a generation_config.json may say otherwise
 /// (`max_length` counts the BOS token).
 fn max_new_tokens(dir: &Path) -> usize {
-    let cfg: serde_json::Value = std::fs::read(dir.join("generation_config.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let cfg: serde_json::Value =
+        std::fs::read(dir.join("generation_config.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
     match (cfg["max_new_tokens"].as_u64(), cfg["max_length"].as_u64()) {
         (Some(n), _) => n as usize,
         (None, Some(l)) => (l as usize).saturating_sub(1).max(1),

@@ -154,13 +154,21 @@ fn per_image(out: &mut Vec<Finding>, m: &Measured, resolution: u32) {
     let short = w.min(h);
     if short < resolution {
         let severity = if short * 2 < resolution { Severity::Error } else { Severity::Warning };
-        add(Kind::TooSmall, severity, format!("{w}×{h}: the shorter side {short} px is below the training resolution {resolution}, so it is upscaled and trains blur"));
+        add(
+            Kind::TooSmall,
+            severity,
+            format!("{w}×{h}: the shorter side {short} px is below the training resolution {resolution}, so it is upscaled and trains blur"),
+        );
     }
     let ratio = w.max(h) as f32 / short.max(1) as f32;
     let camera = CAMERA_RATIOS.iter().any(|r| (ratio / r - 1.0).abs() < 0.02);
     if ratio >= 2.0 {
         let severity = if ratio >= 4.0 { Severity::Error } else { Severity::Warning };
-        add(Kind::Aspect, severity, format!("{w}×{h} is {ratio:.2}:1: a square training crop keeps only {:.0}% of it; crop it yourself", 100.0 / ratio));
+        add(
+            Kind::Aspect,
+            severity,
+            format!("{w}×{h} is {ratio:.2}:1: a square training crop keeps only {:.0}% of it; crop it yourself", 100.0 / ratio),
+        );
     } else if !camera {
         add(Kind::Aspect, Severity::Info, format!("{w}×{h} is {ratio:.2}:1, not a camera format: cropped, or stretched?"));
     }
@@ -168,7 +176,14 @@ fn per_image(out: &mut Vec<Finding>, m: &Measured, resolution: u32) {
         let strong = skew.abs() >= stretch::STRONG;
         if strong || (skew.abs() >= stretch::HINT && !camera) {
             let axis = if skew > 0.0 { "horizontally" } else { "vertically" };
-            add(Kind::Stretched, Severity::Warning, format!("likely stretched {axis}: the grain is smeared along one axis (skew {skew:+.2}){}; the model learns squashed shapes", if camera { "" } else { " and the aspect ratio is not a camera format" }));
+            add(
+                Kind::Stretched,
+                Severity::Warning,
+                format!(
+                    "likely stretched {axis}: the grain is smeared along one axis (skew {skew:+.2}){}; the model learns squashed shapes",
+                    if camera { "" } else { " and the aspect ratio is not a camera format" }
+                ),
+            );
         }
     }
     if let Some(t) = &m.text {
@@ -177,20 +192,42 @@ fn per_image(out: &mut Vec<Finding>, m: &Measured, resolution: u32) {
             y if y < 0.66 => "middle",
             _ => "bottom",
         };
-        add(Kind::TextOverlay, Severity::Warning, format!("{} {} text-like shapes in a row near the {place}: a caption or watermark trains into every image; crop or retouch it", t.glyphs, t.colour));
+        add(
+            Kind::TextOverlay,
+            Severity::Warning,
+            format!(
+                "{} {} text-like shapes in a row near the {place}: a caption or watermark trains into every image; crop or retouch it",
+                t.glyphs, t.colour
+            ),
+        );
     }
     let s = &m.conversions;
     if s.exif_orientation != 1 {
-        add(Kind::ExifOrientation, Severity::Info, format!("EXIF orientation {}: training uses it upright, like diffusers' exif_transpose; check that is how it should look", s.exif_orientation));
+        add(
+            Kind::ExifOrientation,
+            Severity::Info,
+            format!(
+                "EXIF orientation {}: training uses it upright, like diffusers' exif_transpose; check that is how it should look",
+                s.exif_orientation
+            ),
+        );
     }
     if s.cmyk {
-        add(Kind::Cmyk, Severity::Warning, "CMYK (a print export): converted to RGB without its colour profile, so colours may shift; export it as sRGB".into());
+        add(
+            Kind::Cmyk,
+            Severity::Warning,
+            "CMYK (a print export): converted to RGB without its colour profile, so colours may shift; export it as sRGB".into(),
+        );
     }
     if s.bits_per_channel > 8 {
         add(Kind::HighBitDepth, Severity::Info, format!("{}-bit per channel: reduced to 8-bit for training", s.bits_per_channel));
     }
     if s.transparent_pixels {
-        add(Kind::Alpha, Severity::Warning, "has transparent pixels: training sees the colour hidden under them (often black); flatten it onto a background".into());
+        add(
+            Kind::Alpha,
+            Severity::Warning,
+            "has transparent pixels: training sees the colour hidden under them (often black); flatten it onto a background".into(),
+        );
     } else if s.has_alpha {
         add(Kind::Alpha, Severity::Info, "has an alpha channel (fully opaque): dropped for training".into());
     }
@@ -205,7 +242,10 @@ fn duplicates(images: &mut [ImageFindings], measured: &[Result<Measured, ImagePr
             .min_by_key(|&(_, d)| d);
         if let Some((i, d)) = closest {
             let what = if d == 0 { "a duplicate" } else { "a near-duplicate" };
-            let message = format!("{what} of {} (perceptual hash distance {d}/64): the scene counts twice in training; --fix keeps {}", images[i].file, images[i].file);
+            let message = format!(
+                "{what} of {} (perceptual hash distance {d}/64): the scene counts twice in training; --fix keeps {}",
+                images[i].file, images[i].file
+            );
             images[j].findings.push(Finding { kind: Kind::Duplicate, severity: Severity::Warning, message });
         }
     }
@@ -237,7 +277,8 @@ fn filter_outliers(images: &mut [ImageFindings], measured: &[Result<Measured, Im
                 reasons.push(format!("saturation {:.0} against the set's typical {:.0} (oversaturated or a vivid filter)", t.chroma, chroma.0));
             }
             if z(t.chroma, chroma) < -OUTLIER_Z {
-                reasons.push(format!("saturation {:.0} against the set's typical {:.0} (black-and-white or desaturating filter)", t.chroma, chroma.0));
+                reasons
+                    .push(format!("saturation {:.0} against the set's typical {:.0} (black-and-white or desaturating filter)", t.chroma, chroma.0));
             }
             if z(t.contrast, contrast).abs() > OUTLIER_Z {
                 reasons.push(format!("contrast {:.0} against the set's typical {:.0} (HDR or heavy tone filter)", t.contrast, contrast.0));

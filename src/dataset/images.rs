@@ -67,11 +67,13 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<LoadedImage, ImageProblem> {
     if bytes.is_empty() {
         return Err(problem(path, ProblemKind::Unreadable, "the file is empty"));
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| problem(path, ProblemKind::Unreadable, e.to_string()))?;
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| problem(path, ProblemKind::Unreadable, e.to_string()))?;
     let Some(format) = reader.format() else {
-        return Err(problem(path, ProblemKind::Unsupported, "not a JPEG, PNG, WebP, BMP, TIFF or GIF file (unknown contents): convert it to JPEG or PNG"));
+        return Err(problem(
+            path,
+            ProblemKind::Unsupported,
+            "not a JPEG, PNG, WebP, BMP, TIFF or GIF file (unknown contents): convert it to JPEG or PNG",
+        ));
     };
     if format == ImageFormat::Jpeg && !jpeg_complete(bytes) {
         return Err(problem(path, ProblemKind::Truncated, "the JPEG data ends early (truncated download or copy): copy the photo again"));
@@ -83,7 +85,11 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<LoadedImage, ImageProblem> {
         return Err(problem(
             path,
             ProblemKind::TooLarge,
-            format!("{w}×{h} is {:.0} megapixels, above the {} MP limit (a decompression bomb or a huge scan): downscale it first", pixels as f64 / 1e6, MAX_PIXELS / 1_000_000),
+            format!(
+                "{w}×{h} is {:.0} megapixels, above the {} MP limit (a decompression bomb or a huge scan): downscale it first",
+                pixels as f64 / 1e6,
+                MAX_PIXELS / 1_000_000
+            ),
         ));
     }
     if pixels == 0 {
@@ -95,7 +101,8 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<LoadedImage, ImageProblem> {
     decoder.set_limits(limits).map_err(|e| classify(path, format, e))?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let color = decoder.original_color_type();
-    let cmyk = matches!(color, ExtendedColorType::Cmyk8 | ExtendedColorType::Cmyk16) || (format == ImageFormat::Jpeg && jpeg_components(bytes) == Some(4));
+    let cmyk =
+        matches!(color, ExtendedColorType::Cmyk8 | ExtendedColorType::Cmyk16) || (format == ImageFormat::Jpeg && jpeg_components(bytes) == Some(4));
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| classify(path, format, e))?;
 
     let has_alpha = img.color().has_alpha();
@@ -133,7 +140,9 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<LoadedImage, ImageProblem> {
 fn classify(path: &Path, format: ImageFormat, e: ImageError) -> ImageProblem {
     let name = format!("{format:?}").to_uppercase();
     match e {
-        ImageError::Unsupported(u) => problem(path, ProblemKind::Unsupported, format!("{name} variant hfsky cannot decode ({u}): re-save it as a standard JPEG or PNG")),
+        ImageError::Unsupported(u) => {
+            problem(path, ProblemKind::Unsupported, format!("{name} variant hfsky cannot decode ({u}): re-save it as a standard JPEG or PNG"))
+        }
         ImageError::Limits(l) => problem(path, ProblemKind::TooLarge, format!("{l}: downscale it first")),
         ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
             problem(path, ProblemKind::Truncated, format!("the {name} data ends early (truncated download or copy): copy the photo again"))
@@ -273,11 +282,9 @@ mod tests {
         let png = gen::encode(&DynamicImage::ImageRgb8(gen::photo(64, 48, 6)), ImageFormat::Png);
         let e = decode(Path::new("t.png"), &png[..png.len() / 2]).unwrap_err();
         assert_eq!(e.kind, ProblemKind::Truncated, "{e}");
-        for (bytes, kind) in [
-            (&b""[..], ProblemKind::Unreadable),
-            (&b"hello, not an image"[..], ProblemKind::Unsupported),
-            (&png[..30], ProblemKind::Truncated),
-        ] {
+        for (bytes, kind) in
+            [(&b""[..], ProblemKind::Unreadable), (&b"hello, not an image"[..], ProblemKind::Unsupported), (&png[..30], ProblemKind::Truncated)]
+        {
             assert_eq!(decode(Path::new("x.png"), bytes).unwrap_err().kind, kind);
         }
         let mut garbage = png.clone();

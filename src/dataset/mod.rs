@@ -105,11 +105,9 @@ pub fn scan(dir: &Path) -> Result<Scan, DatasetError> {
 
 pub(crate) fn no_images(dir: &Path, scan: &Scan) -> DatasetError {
     let found = match scan.unsupported.first() {
-        Some(p) => format!(
-            " (found {} file(s) in formats hfsky cannot read, e.g. {}: convert them to JPEG or PNG)",
-            scan.unsupported.len(),
-            p.display()
-        ),
+        Some(p) => {
+            format!(" (found {} file(s) in formats hfsky cannot read, e.g. {}: convert them to JPEG or PNG)", scan.unsupported.len(), p.display())
+        }
         None => String::new(),
     };
     DatasetError::NoImages { dir: dir.to_path_buf(), found }

@@ -34,7 +34,9 @@ impl Glyph {
 pub fn find_text(rgb: &RgbImage) -> Option<TextLine> {
     let small;
     let img = if rgb.width() > WIDTH {
-        small = image::DynamicImage::ImageRgb8(rgb.clone()).resize_exact(WIDTH, (rgb.height() * WIDTH / rgb.width()).max(1), imageops::FilterType::Triangle).into_rgb8();
+        small = image::DynamicImage::ImageRgb8(rgb.clone())
+            .resize_exact(WIDTH, (rgb.height() * WIDTH / rgb.width()).max(1), imageops::FilterType::Triangle)
+            .into_rgb8();
         &small
     } else {
         rgb

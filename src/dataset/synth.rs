@@ -47,4 +47,3 @@ pub fn sky(w: u32, h: u32, seed: u32) -> RgbImage {
         Rgb(px)
     })
 }
-

@@ -324,7 +324,8 @@ mod tests {
     fn load(name: &str) -> AutoencoderKl {
         let dir = pipeline_dir(name).join("vae");
         let cfg = VaeConfig::from_file(&dir.join("config.json")).unwrap();
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("diffusion_pytorch_model.safetensors")], DType::F32, &Device::Cpu) }.unwrap();
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("diffusion_pytorch_model.safetensors")], DType::F32, &Device::Cpu) }.unwrap();
         AutoencoderKl::new(vb, &cfg).unwrap()
     }
 

@@ -90,10 +90,9 @@ impl ClipTokenizer {
         };
         let token = |key: &str, default: &str| -> Result<u32, PipelineError> {
             let name = config_token(&cfg, key).unwrap_or(default);
-            inner.token_to_id(name).ok_or_else(|| PipelineError::BadConfig {
-                path: dir.to_path_buf(),
-                detail: format!("{key} {name:?} is not in the vocabulary"),
-            })
+            inner
+                .token_to_id(name)
+                .ok_or_else(|| PipelineError::BadConfig { path: dir.to_path_buf(), detail: format!("{key} {name:?} is not in the vocabulary") })
         };
         Ok(ClipTokenizer {
             bos: token("bos_token", "<|startoftext|>")?,
@@ -162,9 +161,8 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let alphabet: Vec<char> = "abcdefghijklmnopqrstuvwxyzSKYRIVER0123456789 \t\n'!?.,;:-_()<|>\u{e9}\u{301}\u{fc}\u{4e2d}\u{1f600}"
-            .chars()
-            .collect();
+        let alphabet: Vec<char> =
+            "abcdefghijklmnopqrstuvwxyzSKYRIVER0123456789 \t\n'!?.,;:-_()<|>\u{e9}\u{301}\u{fc}\u{4e2d}\u{1f600}".chars().collect();
         let words = ["photo", "sky", "river", "sunset", "storm", "sks", "dog", "blurry", "low", "quality", "'s", "'re", "<|endoftext|>"];
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..300 {

@@ -104,7 +104,9 @@ impl LoraWeights {
                 match kind {
                     "down" => drop(downs.insert(id, t)),
                     "up" => drop(ups.insert(id, t)),
-                    _ => drop(alphas.insert(id, t.flatten_all().and_then(|a| a.to_vec1::<f32>()).map_err(|e| fmt_err(format!("{key}: {e}")))?[0] as f64)),
+                    _ => drop(
+                        alphas.insert(id, t.flatten_all().and_then(|a| a.to_vec1::<f32>()).map_err(|e| fmt_err(format!("{key}: {e}")))?[0] as f64),
+                    ),
                 }
                 continue;
             }
@@ -286,13 +288,21 @@ mod tests {
             candle_core::safetensors::save(&m, &p).unwrap();
             p
         };
-        let peft = LoraWeights::load(&save("p.safetensors", vec![("unet.mid.attn.to_q.lora_A.weight", a.clone()), ("unet.mid.attn.to_q.lora_B.weight", b.clone())])).unwrap();
+        let peft = LoraWeights::load(&save(
+            "p.safetensors",
+            vec![("unet.mid.attn.to_q.lora_A.weight", a.clone()), ("unet.mid.attn.to_q.lora_B.weight", b.clone())],
+        ))
+        .unwrap();
         assert_eq!(peft.format, LoraFormat::Peft);
-        let kohya = LoraWeights::load(&save("k.safetensors", vec![
-            ("lora_unet_mid_attn_to_q.lora_down.weight", a.clone()),
-            ("lora_unet_mid_attn_to_q.lora_up.weight", b.clone()),
-            ("lora_unet_mid_attn_to_q.alpha", Tensor::new(&[1f32], &dev).unwrap()),
-        ])).unwrap();
+        let kohya = LoraWeights::load(&save(
+            "k.safetensors",
+            vec![
+                ("lora_unet_mid_attn_to_q.lora_down.weight", a.clone()),
+                ("lora_unet_mid_attn_to_q.lora_up.weight", b.clone()),
+                ("lora_unet_mid_attn_to_q.alpha", Tensor::new(&[1f32], &dev).unwrap()),
+            ],
+        ))
+        .unwrap();
         assert_eq!(kohya.format, LoraFormat::Kohya);
         let mut map = HashMap::new();
         map.insert("mid.attn.to_q.weight".to_string(), Tensor::zeros((3, 4), DType::F32, &dev).unwrap());
@@ -313,13 +323,20 @@ mod tests {
             let adapters = Adapters::new();
             Linear::new(vb.pp(base), &adapters, 4, 3, false).unwrap();
             let file = if te_fmt {
-                save("te-k.safetensors", vec![(format!("{lora_key}.lora_down.weight").leak(), a.clone()), (format!("{lora_key}.lora_up.weight").leak(), b.clone())])
+                save(
+                    "te-k.safetensors",
+                    vec![(format!("{lora_key}.lora_down.weight").leak(), a.clone()), (format!("{lora_key}.lora_up.weight").leak(), b.clone())],
+                )
             } else {
-                save("te-p.safetensors", vec![(format!("{lora_key}.lora_A.weight").leak(), a.clone()), (format!("{lora_key}.lora_B.weight").leak(), b.clone())])
+                save(
+                    "te-p.safetensors",
+                    vec![(format!("{lora_key}.lora_A.weight").leak(), a.clone()), (format!("{lora_key}.lora_B.weight").leak(), b.clone())],
+                )
             };
             assert_eq!(LoraWeights::load(&file).unwrap().apply("text_encoder", &adapters, 1.0).unwrap(), 1, "{lora_key} onto {base}");
         }
-        let err = LoraWeights::load(&save("u.safetensors", vec![("mid.attn.to_q.lora_A.weight", a), ("mid.attn.to_q.lora_B.weight", b)])).unwrap_err();
+        let err =
+            LoraWeights::load(&save("u.safetensors", vec![("mid.attn.to_q.lora_A.weight", a), ("mid.attn.to_q.lora_B.weight", b)])).unwrap_err();
         assert!(err.to_string().contains("must be prefixed"), "{err}");
     }
 }

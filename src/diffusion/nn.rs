@@ -210,7 +210,13 @@ impl candle_core::CustomOp2 for GradToInputOnly {
         "frozen-linear"
     }
 
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &candle_core::Layout, y: &candle_core::CpuStorage, l: &candle_core::Layout) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        y: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use candle_core::backend::BackendStorage;
         if !l.is_contiguous() || l.start_offset() != 0 {
             candle_core::bail!("frozen-linear: expected a contiguous product");
@@ -218,7 +224,13 @@ impl candle_core::CustomOp2 for GradToInputOnly {
         Ok((y.try_clone(l)?, l.shape().clone()))
     }
 
-    fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &candle_core::Layout, y: &candle_core::CudaStorage, l: &candle_core::Layout) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &candle_core::Layout,
+        y: &candle_core::CudaStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
         use candle_core::backend::BackendStorage;
         if !l.is_contiguous() || l.start_offset() != 0 {
             candle_core::bail!("frozen-linear: expected a contiguous product");
@@ -280,10 +292,7 @@ impl Module for LayerNorm {
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .broadcast_mul(&self.weight.to_dtype(work)?)?
-            .broadcast_add(&self.bias.to_dtype(work)?)?
-            .to_dtype(dtype)
+        normed.broadcast_mul(&self.weight.to_dtype(work)?)?.broadcast_add(&self.bias.to_dtype(work)?)?.to_dtype(dtype)
     }
 }
 
@@ -323,7 +332,8 @@ mod tests {
         let go = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
         let gp = (plain * &g).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(rel_error(go.get(x.as_tensor()).unwrap(), gp.get(x.as_tensor()).unwrap()).unwrap() < 1e-6);
-        let weight_shaped = |gs: &candle_core::backprop::GradStore| gs.get_ids().filter(|id| matches!(gs.get_id(**id).unwrap().dims(), [4, 6] | [6, 4])).count();
+        let weight_shaped =
+            |gs: &candle_core::backprop::GradStore| gs.get_ids().filter(|id| matches!(gs.get_id(**id).unwrap().dims(), [4, 6] | [6, 4])).count();
         assert!(weight_shaped(&gp) > 0, "candle's own matmul computes a dW for the frozen weight");
         assert_eq!(weight_shaped(&go), 0, "no gradient is computed for the frozen weight");
         // A trainable weight keeps its gradient.

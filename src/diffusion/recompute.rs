@@ -110,8 +110,21 @@ impl candle_core::CustomOp3 for Recompute {
         }
     }
 
-    fn bwd(&self, a: &Tensor, b: &Tensor, _packed: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let leaf = |t: &Tensor| -> Result<Option<Var>> { if t.track_op() { Ok(Some(Var::from_tensor(&t.detach())?)) } else { Ok(None) } };
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _packed: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let leaf = |t: &Tensor| -> Result<Option<Var>> {
+            if t.track_op() {
+                Ok(Some(Var::from_tensor(&t.detach())?))
+            } else {
+                Ok(None)
+            }
+        };
         let (va, vb) = (leaf(a)?, leaf(b)?);
         let ia = va.as_ref().map(|v| v.as_tensor().clone()).unwrap_or_else(|| a.detach());
         let ib = vb.as_ref().map(|v| v.as_tensor().clone()).unwrap_or_else(|| b.detach());

@@ -174,7 +174,8 @@ impl ClipTextModel {
                 }
             })
             .collect();
-        let pooled = Tensor::cat(&positions.iter().enumerate().map(|(bi, &p)| last.i((bi, p)).and_then(|t| t.unsqueeze(0))).collect::<Result<Vec<_>>>()?, 0)?;
+        let pooled =
+            Tensor::cat(&positions.iter().enumerate().map(|(bi, &p)| last.i((bi, p)).and_then(|t| t.unsqueeze(0))).collect::<Result<Vec<_>>>()?, 0)?;
         let text_embeds = match &self.projection {
             Some(w) => Some(pooled.matmul(&w.to_dtype(pooled.dtype())?.t()?)?),
             None => None,

@@ -55,7 +55,13 @@ pub fn variant_for(dtype: DType) -> Option<&'static str> {
     matches!(dtype, DType::F16 | DType::BF16).then_some("fp16")
 }
 
-fn weights(files: &PipelineFiles, component: &str, variant: Option<&str>, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, GenerateError> {
+fn weights(
+    files: &PipelineFiles,
+    component: &str,
+    variant: Option<&str>,
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>, GenerateError> {
     let path = files.weights(component, variant)?;
     // SAFETY: the weights file is memory-mapped read-only and not modified while in use.
     unsafe { VarBuilder::from_mmaped_safetensors(&[&path], dtype, device) }.map_err(model_err(&path.display().to_string()))
@@ -79,7 +85,8 @@ impl Pipeline {
         let vae = match vae_dir {
             Some(dir) => {
                 let cfg = VaeConfig::from_file(&dir.join("config.json"))?;
-                let vae_files = PipelineFiles { root: dir.parent().unwrap_or(dir).to_path_buf(), architecture: files.architecture, class_name: String::new() };
+                let vae_files =
+                    PipelineFiles { root: dir.parent().unwrap_or(dir).to_path_buf(), architecture: files.architecture, class_name: String::new() };
                 let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("vae");
                 let vdt = if cfg.force_upcast { DType::F32 } else { dtype };
                 AutoencoderKl::new(weights(&vae_files, name, variant, vdt, &device)?, &cfg).map_err(model_err("vae"))?
@@ -138,10 +145,7 @@ impl Pipeline {
         let latents = denoise(&mut f, sched.as_mut(), &noise.to_device(&self.device).map_err(model_err("noise"))?, cond, guidance, on_step)
             .map_err(model_err("sampling"))?;
         if !all_finite(&latents).map_err(model_err("sampling"))? {
-            return Err(GenerateError::Model(format!(
-                "the UNet produced NaN/inf latents in {:?}; run with --dtype f32",
-                self.dtype
-            )));
+            return Err(GenerateError::Model(format!("the UNet produced NaN/inf latents in {:?}; run with --dtype f32", self.dtype)));
         }
         self.decode(&latents)
     }
@@ -165,7 +169,11 @@ impl Pipeline {
     }
 
     fn vae_dtype(&self) -> DType {
-        if self.vae.config().force_upcast { DType::F32 } else { self.dtype }
+        if self.vae.config().force_upcast {
+            DType::F32
+        } else {
+            self.dtype
+        }
     }
 }
 

@@ -271,7 +271,8 @@ impl Renderer {
         };
         let cond = text.conditioning(&spec.prompt, &spec.negative, height, width)?;
         let unet_weights = files.weights("unet", variant)?;
-        let model_sha256 = crate::hash::sha256_file(&unet_weights).map_err(|e| RenderError::Io { what: unet_weights.display().to_string(), source: e })?;
+        let model_sha256 =
+            crate::hash::sha256_file(&unet_weights).map_err(|e| RenderError::Io { what: unet_weights.display().to_string(), source: e })?;
         let scheduler = spec.scheduler.map(|k| k.class_name().to_string()).unwrap_or_else(|| pipeline.scheduler_config.class_name.clone());
         let resolved = ResolvedSettings {
             model: spec.model.clone(),
@@ -317,7 +318,13 @@ impl Renderer {
     }
 
     /// One image from given initial noise; `latents_file` is recorded in the settings.
-    pub fn render_noise(&self, noise: &Tensor, seed: Option<u64>, latents_file: Option<String>, mut progress: impl FnMut(usize)) -> Result<RenderedImage, RenderError> {
+    pub fn render_noise(
+        &self,
+        noise: &Tensor,
+        seed: Option<u64>,
+        latents_file: Option<String>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<RenderedImage, RenderError> {
         let r = &self.resolved;
         let image = self.pipeline.generate(&self.cond, noise, self.spec.scheduler, r.steps, r.guidance, seed.unwrap_or(0), |i, _| progress(i))?;
         let (width, height, rgb) = to_rgb8(&image)?;

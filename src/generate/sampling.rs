@@ -78,7 +78,8 @@ mod tests {
     #[test]
     fn guidance_batches_negative_first_and_visits_every_timestep() {
         let dev = Device::Cpu;
-        let cfg: SchedulerConfig = serde_json::from_value(crate::diffusion::testing::reference_json("tiny-sd15")["sample.ddim"]["config"].clone()).unwrap();
+        let cfg: SchedulerConfig =
+            serde_json::from_value(crate::diffusion::testing::reference_json("tiny-sd15")["sample.ddim"]["config"].clone()).unwrap();
         let mut sched = build(Some(SchedulerKind::Ddim), &cfg, 4, 0).unwrap();
         let cond = Conditioning {
             negative: Tensor::zeros((1, 3, 2), DType::F32, &dev).unwrap(),

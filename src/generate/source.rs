@@ -17,10 +17,8 @@ pub enum SourceError {
 
 /// The files a pipeline needs, with weights of the chosen variant (e.g. "fp16") or the default.
 pub fn pipeline_patterns(variant: Option<&str>) -> Vec<String> {
-    let mut p: Vec<String> = ["model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer*/*"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut p: Vec<String> =
+        ["model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer*/*"].iter().map(|s| s.to_string()).collect();
     for stem in ["diffusion_pytorch_model", "model"] {
         p.push(format!("*/{stem}.safetensors"));
         if let Some(v) = variant {

@@ -48,7 +48,8 @@ impl RetryPolicy {
 
 /// Checks that an endpoint is an http(s) URL with a host and returns it without a trailing `/`.
 pub fn normalize_endpoint(raw: &str) -> Result<String, HubError> {
-    let bad = |why: &str| HubError::Invalid(format!("invalid endpoint {raw:?}: {why} (expected e.g. https://huggingface.co or http://127.0.0.1:8080)"));
+    let bad =
+        |why: &str| HubError::Invalid(format!("invalid endpoint {raw:?}: {why} (expected e.g. https://huggingface.co or http://127.0.0.1:8080)"));
     let url = url::Url::parse(raw.trim()).map_err(|e| bad(&e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("the scheme must be http or https"));
@@ -182,9 +183,7 @@ impl HubClient {
                     tracing_retry(method, url, &describe_error(&e), wait);
                     tokio::time::sleep(wait).await;
                 }
-                Err(e) => {
-                    return Err(HubError::Network { url: url.to_string(), detail: describe_error(&e), attempts: attempt })
-                }
+                Err(e) => return Err(HubError::Network { url: url.to_string(), detail: describe_error(&e), attempts: attempt }),
             }
         }
     }
@@ -239,10 +238,8 @@ impl HubClient {
         };
         let resp = self.execute("POST", &url, || Ok(self.http.post(&url).json(&body))).await?;
         let answer: TokenExchangeResponse = Self::json(&url, resp).await?;
-        let token = Token::parse(&answer.access_token).map_err(|e| HubError::Protocol {
-            url: url.clone(),
-            detail: format!("the token exchange returned an unusable access_token: {e}"),
-        })?;
+        let token = Token::parse(&answer.access_token)
+            .map_err(|e| HubError::Protocol { url: url.clone(), detail: format!("the token exchange returned an unusable access_token: {e}") })?;
         Ok((token, answer.expires_in))
     }
 
@@ -286,13 +283,7 @@ impl HubClient {
         Ok(out)
     }
 
-    pub async fn preupload(
-        &self,
-        id: &RepoId,
-        revision: &str,
-        files: Vec<PreuploadFile>,
-        create_pr: bool,
-    ) -> Result<Vec<PreuploadAnswer>, HubError> {
+    pub async fn preupload(&self, id: &RepoId, revision: &str, files: Vec<PreuploadFile>, create_pr: bool) -> Result<Vec<PreuploadAnswer>, HubError> {
         let pr = if create_pr { "?create_pr=1" } else { "" };
         let url = self.model_api(id, &format!("/preupload/{}{pr}", encode_segment(revision)));
         let mut out = Vec::new();
@@ -304,13 +295,7 @@ impl HubClient {
         Ok(out)
     }
 
-    pub async fn lfs_batch(
-        &self,
-        id: &RepoId,
-        revision: &str,
-        objects: &[LfsObject],
-        create_pr: bool,
-    ) -> Result<Vec<LfsBatchObject>, HubError> {
+    pub async fn lfs_batch(&self, id: &RepoId, revision: &str, objects: &[LfsObject], create_pr: bool) -> Result<Vec<LfsBatchObject>, HubError> {
         let url = self.url(&format!("/{id}.git/info/lfs/objects/batch"));
         let mut out = Vec::new();
         for chunk in objects.chunks(256) {
@@ -336,13 +321,7 @@ impl HubClient {
         Ok(out)
     }
 
-    pub async fn commit(
-        &self,
-        id: &RepoId,
-        revision: &str,
-        lines: &[CommitLine],
-        create_pr: bool,
-    ) -> Result<CommitResponse, HubError> {
+    pub async fn commit(&self, id: &RepoId, revision: &str, lines: &[CommitLine], create_pr: bool) -> Result<CommitResponse, HubError> {
         let pr = if create_pr { "?create_pr=1" } else { "" };
         let url = self.model_api(id, &format!("/commit/{}{pr}", encode_segment(revision)));
         let mut body = Vec::new();
@@ -351,9 +330,7 @@ impl HubClient {
             body.push(b'\n');
         }
         let resp = self
-            .execute("POST", &url, || {
-                Ok(self.request(Method::POST, &url).header(header::CONTENT_TYPE, "application/x-ndjson").body(body.clone()))
-            })
+            .execute("POST", &url, || Ok(self.request(Method::POST, &url).header(header::CONTENT_TYPE, "application/x-ndjson").body(body.clone())))
             .await?;
         Self::json(&url, resp).await
     }
@@ -364,10 +341,7 @@ impl HubClient {
         let body = serde_json::json!({ "content": readme, "repoType": "model" });
         let resp = self.execute("POST", &url, || Ok(self.request(Method::POST, &url).json(&body))).await?;
         let v: serde_json::Value = Self::json(&url, resp).await?;
-        Ok(v["warnings"]
-            .as_array()
-            .map(|w| w.iter().filter_map(|m| m["message"].as_str().map(String::from)).collect())
-            .unwrap_or_default())
+        Ok(v["warnings"].as_array().map(|w| w.iter().filter_map(|m| m["message"].as_str().map(String::from)).collect()).unwrap_or_default())
     }
 }
 
@@ -451,21 +425,14 @@ pub async fn error_from_response(method: &str, url: &str, resp: Response) -> Hub
                 Some(d) => format!("{d} ({s})"),
                 None => s.clone(),
             }),
-            serde_json::Value::Array(a) => Some(a.iter().map(|x| x.as_str().map(String::from).unwrap_or(x.to_string())).collect::<Vec<_>>().join("; ")),
-            _ => v["errors"].as_array().map(|a| {
-                a.iter().filter_map(|e| e["message"].as_str().map(String::from)).collect::<Vec<_>>().join("; ")
-            }),
+            serde_json::Value::Array(a) => {
+                Some(a.iter().map(|x| x.as_str().map(String::from).unwrap_or(x.to_string())).collect::<Vec<_>>().join("; "))
+            }
+            _ => v["errors"].as_array().map(|a| a.iter().filter_map(|e| e["message"].as_str().map(String::from)).collect::<Vec<_>>().join("; ")),
         })
         .unwrap_or_else(|| body.chars().take(500).collect());
     let message = header_msg.unwrap_or(body_msg);
-    HubError::Http {
-        status,
-        method: method.to_string(),
-        url: url.to_string(),
-        request_id,
-        error_code,
-        message: redact(message.trim()),
-    }
+    HubError::Http { status, method: method.to_string(), url: url.to_string(), request_id, error_code, message: redact(message.trim()) }
 }
 
 #[cfg(test)]

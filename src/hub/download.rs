@@ -31,13 +31,7 @@ pub struct Downloaded {
 pub async fn download(client: &HubClient, opts: &DownloadOptions) -> Result<Vec<Downloaded>, HubError> {
     let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
     let files = if opts.files.is_empty() {
-        client
-            .list_tree(&opts.repo, &revision)
-            .await?
-            .into_iter()
-            .filter(|e| e.kind == "file")
-            .map(|e| e.path)
-            .collect()
+        client.list_tree(&opts.repo, &revision).await?.into_iter().filter(|e| e.kind == "file").map(|e| e.path).collect()
     } else {
         opts.files.clone()
     };
@@ -68,12 +62,7 @@ pub async fn download(client: &HubClient, opts: &DownloadOptions) -> Result<Vec<
 
 /// Files of a revision selected by globs, into the cache; returns the snapshot folder.
 /// With `HF_HUB_OFFLINE=1` only the cache is consulted.
-pub async fn snapshot(
-    client: &HubClient,
-    repo: &RepoId,
-    revision: Option<&str>,
-    allow: Vec<String>,
-) -> Result<PathBuf, HubError> {
+pub async fn snapshot(client: &HubClient, repo: &RepoId, revision: Option<&str>, allow: Vec<String>) -> Result<PathBuf, HubError> {
     let mut builder = hf_hub::HFClient::builder().endpoint(client.endpoint());
     if let Some(t) = client.token() {
         builder = builder.token(t.expose());

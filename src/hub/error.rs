@@ -6,14 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error("{}", http_message(.status, .method, .url, .request_id, .error_code, .message))]
-    Http {
-        status: u16,
-        method: String,
-        url: String,
-        request_id: Option<String>,
-        error_code: Option<String>,
-        message: String,
-    },
+    Http { status: u16, method: String, url: String, request_id: Option<String>, error_code: Option<String>, message: String },
     #[error("could not reach {url}: {detail} (after {attempts} attempt(s); check --endpoint / HF_ENDPOINT and your network)")]
     Network { url: String, detail: String, attempts: u32 },
     #[error("unexpected answer from {url}: {detail}")]
@@ -32,18 +25,8 @@ pub enum HubError {
     Download(String),
 }
 
-fn http_message(
-    status: &u16,
-    method: &str,
-    url: &str,
-    request_id: &Option<String>,
-    error_code: &Option<String>,
-    message: &str,
-) -> String {
-    let reason = reqwest::StatusCode::from_u16(*status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
+fn http_message(status: &u16, method: &str, url: &str, request_id: &Option<String>, error_code: &Option<String>, message: &str) -> String {
+    let reason = reqwest::StatusCode::from_u16(*status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
     let mut s = format!("HTTP {status} {reason} from {method} {url}");
     let mut details = vec![];
     if let Some(code) = error_code {

@@ -285,24 +285,9 @@ pub enum InferenceError {
         reasons: Vec<String>,
     },
     #[error("{}", http_message(.provider, .status, .url, .request_id, .message, .retry_after, .repo))]
-    Http {
-        provider: Provider,
-        repo: String,
-        status: u16,
-        url: String,
-        request_id: Option<String>,
-        message: String,
-        retry_after: Option<String>,
-    },
+    Http { provider: Provider, repo: String, status: u16, url: String, request_id: Option<String>, message: String, retry_after: Option<String> },
     #[error("{provider}: the answer from {url} is not an image (HTTP {status}, request id: {}, content-type: {}): {detail}", .request_id.as_deref().unwrap_or("none"), .content_type.as_deref().unwrap_or("none"))]
-    NotAnImage {
-        provider: Provider,
-        status: u16,
-        url: String,
-        request_id: Option<String>,
-        content_type: Option<String>,
-        detail: String,
-    },
+    NotAnImage { provider: Provider, status: u16, url: String, request_id: Option<String>, content_type: Option<String>, detail: String },
     #[error("{provider}: unexpected answer from {url} (request id: {}): {detail}", .request_id.as_deref().unwrap_or("none"))]
     Protocol { provider: Provider, url: String, request_id: Option<String>, detail: String },
     #[error(transparent)]
@@ -320,9 +305,9 @@ impl InferenceError {
 
     pub fn request_id(&self) -> Option<&str> {
         match self {
-            InferenceError::Http { request_id, .. }
-            | InferenceError::NotAnImage { request_id, .. }
-            | InferenceError::Protocol { request_id, .. } => request_id.as_deref(),
+            InferenceError::Http { request_id, .. } | InferenceError::NotAnImage { request_id, .. } | InferenceError::Protocol { request_id, .. } => {
+                request_id.as_deref()
+            }
             InferenceError::Hub(HubError::Http { request_id, .. }) => request_id.as_deref(),
             _ => None,
         }
@@ -408,11 +393,7 @@ pub fn router_for(endpoint: &str) -> String {
 pub fn select(info: &RepoInference, choice: ProviderChoice) -> Result<Selection, InferenceError> {
     let usable = |m: &ProviderMapping| m.status == "live" && m.task == TASK;
     let picked = match choice {
-        ProviderChoice::Auto => info
-            .mappings
-            .iter()
-            .find(|m| usable(m) && Provider::from_name(&m.provider).is_some())
-            .cloned(),
+        ProviderChoice::Auto => info.mappings.iter().find(|m| usable(m) && Provider::from_name(&m.provider).is_some()).cloned(),
         ProviderChoice::Only(p) => match info.mappings.iter().find(|m| m.provider == p.name()) {
             Some(m) if usable(m) => Some(m.clone()),
             None if p == Provider::HfInference => Some(ProviderMapping {
@@ -607,13 +588,8 @@ fn header_value(resp: &Response, name: &str) -> Option<String> {
 }
 
 fn request_id(resp: &Response) -> Option<String> {
-    header_value(resp, "x-request-id").or_else(|| {
-        resp.headers()
-            .iter()
-            .find(|(k, _)| k.as_str().ends_with("request-id"))
-            .and_then(|(_, v)| v.to_str().ok())
-            .map(redact)
-    })
+    header_value(resp, "x-request-id")
+        .or_else(|| resp.headers().iter().find(|(k, _)| k.as_str().ends_with("request-id")).and_then(|(_, v)| v.to_str().ok()).map(redact))
 }
 
 /// The calls of `hfsky compare`'s Hub side.
@@ -839,7 +815,10 @@ mod tests {
         let s = select(&i, ProviderChoice::Auto).unwrap();
         assert_eq!(s.provider, Provider::Replicate);
         let e = select(&i, ProviderChoice::Only(Provider::FalAi)).unwrap_err().to_string();
-        assert!(e.contains("fal-ai does not serve alice/sky-lora") && e.contains("fal-ai (staging)") && e.contains("together (not supported by hfsky)"), "{e}");
+        assert!(
+            e.contains("fal-ai does not serve alice/sky-lora") && e.contains("fal-ai (staging)") && e.contains("together (not supported by hfsky)"),
+            "{e}"
+        );
         // hf-inference is tried without a mapping, as huggingface_hub does.
         let s = select(&info(serde_json::json!({})), ProviderChoice::Only(Provider::HfInference)).unwrap();
         assert_eq!(s.mapping.provider_id, "alice/sky-lora");
@@ -850,8 +829,15 @@ mod tests {
         let i = info(serde_json::json!({"private": true, "tags": ["diffusers"], "siblings": [{"rfilename": "sky.safetensors"}], "cardData": {}}));
         let e = select(&i, ProviderChoice::Auto).unwrap_err();
         let s = e.to_string();
-        for part in ["no Inference Provider serves alice/sky-lora", "lists for it: none", "no `base_model`", "`lora` is missing", "private",
-            "sky.safetensors rather than pytorch_lora_weights.safetensors", "--hub-image FILE"] {
+        for part in [
+            "no Inference Provider serves alice/sky-lora",
+            "lists for it: none",
+            "no `base_model`",
+            "`lora` is missing",
+            "private",
+            "sky.safetensors rather than pytorch_lora_weights.safetensors",
+            "--hub-image FILE",
+        ] {
             assert!(s.contains(part), "{s} lacks {part}");
         }
         assert!(!e.is_auth());
@@ -888,15 +874,21 @@ mod tests {
         };
         let p = prepare(&sel(Provider::HfInference, "alice/sky-lora", false), &req, "https://huggingface.co", PUBLIC_ROUTER);
         assert_eq!(p.url, "https://router.huggingface.co/hf-inference/models/alice/sky-lora");
-        assert_eq!(p.body, serde_json::json!({"inputs": "a photo of the SKY river", "parameters": {"negative_prompt": "blurry", "height": 64, "width": 64, "num_inference_steps": 4, "guidance_scale": 5.0, "seed": 3}}));
+        assert_eq!(
+            p.body,
+            serde_json::json!({"inputs": "a photo of the SKY river", "parameters": {"negative_prompt": "blurry", "height": 64, "width": 64, "num_inference_steps": 4, "guidance_scale": 5.0, "seed": 3}})
+        );
         assert_eq!(p.headers, [("accept", "image/png")]);
 
         let p = prepare(&sel(Provider::FalAi, FAL_SD_LORA, true), &req, "https://huggingface.co", PUBLIC_ROUTER);
         assert_eq!(p.url, "https://router.huggingface.co/fal-ai/fal-ai/lora");
-        assert_eq!(p.body, serde_json::json!({"prompt": "a photo of the SKY river", "negative_prompt": "blurry", "num_inference_steps": 4,
+        assert_eq!(
+            p.body,
+            serde_json::json!({"prompt": "a photo of the SKY river", "negative_prompt": "blurry", "num_inference_steps": 4,
             "guidance_scale": 5.0, "seed": 3, "image_size": {"width": 64, "height": 64},
             "loras": [{"path": "https://huggingface.co/alice/sky-lora/resolve/main/pytorch_lora_weights.safetensors", "scale": 1.0}],
-            "model_name": "alice/tiny-sd15"}));
+            "model_name": "alice/tiny-sd15"})
+        );
 
         let p = prepare(&sel(Provider::Replicate, "owner/model:abc", true), &req, "http://127.0.0.1:5", "http://127.0.0.1:5");
         assert_eq!(p.url, "http://127.0.0.1:5/replicate/v1/predictions");
@@ -940,7 +932,9 @@ mod tests {
             }
             .to_string()
         };
-        for (status, part) in [(401, "Make calls to Inference Providers"), (402, "credits"), (404, "not deployed on fal-ai"), (503, "try again later")] {
+        for (status, part) in
+            [(401, "Make calls to Inference Providers"), (402, "credits"), (404, "not deployed on fal-ai"), (503, "try again later")]
+        {
             let s = e(status, None);
             assert!(s.contains(&status.to_string()) && s.contains("req-9") && s.contains("fal-ai/fal-ai/lora") && s.contains(part), "{s}");
         }

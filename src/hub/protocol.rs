@@ -117,7 +117,11 @@ impl WhoAmI {
     pub fn writable_summary(&self) -> String {
         let mut all = self.writable_namespaces().unwrap_or_default();
         all.extend(self.writable_repos());
-        if all.is_empty() { "nothing".into() } else { all.join(", ") }
+        if all.is_empty() {
+            "nothing".into()
+        } else {
+            all.join(", ")
+        }
     }
 }
 
@@ -156,9 +160,42 @@ pub struct CreateBranchRequest {
 }
 
 const LFS_EXTENSIONS: &[&str] = &[
-    "7z", "arrow", "bin", "bz2", "ckpt", "ftz", "gz", "h5", "joblib", "mlmodel", "model", "msgpack", "npy", "npz", "onnx",
-    "ot", "parquet", "pb", "pickle", "pkl", "pt", "pth", "rar", "safetensors", "tar", "tflite", "tgz", "wasm", "xz", "zip",
-    "zst", "png", "jpg", "jpeg", "webp", "gif",
+    "7z",
+    "arrow",
+    "bin",
+    "bz2",
+    "ckpt",
+    "ftz",
+    "gz",
+    "h5",
+    "joblib",
+    "mlmodel",
+    "model",
+    "msgpack",
+    "npy",
+    "npz",
+    "onnx",
+    "ot",
+    "parquet",
+    "pb",
+    "pickle",
+    "pkl",
+    "pt",
+    "pth",
+    "rar",
+    "safetensors",
+    "tar",
+    "tflite",
+    "tgz",
+    "wasm",
+    "xz",
+    "zip",
+    "zst",
+    "png",
+    "jpg",
+    "jpeg",
+    "webp",
+    "gif",
 ];
 const LFS_SIZE: u64 = 10 * 1024 * 1024;
 
@@ -361,7 +398,12 @@ pub enum CommitLine {
         parent_commit: Option<String>,
     },
     #[serde(rename = "file")]
-    File { content: String, path: String, #[serde(default = "default_encoding")] encoding: String },
+    File {
+        content: String,
+        path: String,
+        #[serde(default = "default_encoding")]
+        encoding: String,
+    },
     #[serde(rename = "lfsFile")]
     LfsFile {
         path: String,
@@ -411,25 +453,31 @@ mod tests {
     #[test]
     fn commit_lines_serialize_like_the_hub_expects() {
         let l = CommitLine::LfsFile { path: "a.bin".into(), algo: Some("sha256".into()), oid: "ab".into(), size: Some(3) };
-        assert_eq!(
-            serde_json::to_string(&l).unwrap(),
-            r#"{"key":"lfsFile","value":{"path":"a.bin","algo":"sha256","oid":"ab","size":3}}"#
-        );
+        assert_eq!(serde_json::to_string(&l).unwrap(), r#"{"key":"lfsFile","value":{"path":"a.bin","algo":"sha256","oid":"ab","size":3}}"#);
         let h: CommitLine = serde_json::from_str(r#"{"key":"header","value":{"summary":"s","description":""}}"#).unwrap();
         assert!(matches!(h, CommitLine::Header { parent_commit: None, .. }));
     }
 
     #[test]
     fn writable_namespaces_follow_role_and_scopes() {
-        let w: WhoAmI = serde_json::from_str(r#"{"type":"user","name":"alice","orgs":[{"name":"sky-lab"}],
-            "auth":{"type":"access_token","accessToken":{"displayName":"t","role":"write"}}}"#).unwrap();
+        let w: WhoAmI = serde_json::from_str(
+            r#"{"type":"user","name":"alice","orgs":[{"name":"sky-lab"}],
+            "auth":{"type":"access_token","accessToken":{"displayName":"t","role":"write"}}}"#,
+        )
+        .unwrap();
         assert_eq!(w.writable_namespaces().unwrap(), vec!["alice", "sky-lab"]);
-        let fg: WhoAmI = serde_json::from_str(r#"{"name":"alice","auth":{"accessToken":{"displayName":"t","role":"fineGrained",
+        let fg: WhoAmI = serde_json::from_str(
+            r#"{"name":"alice","auth":{"accessToken":{"displayName":"t","role":"fineGrained",
             "fineGrained":{"global":[],"scoped":[{"entity":{"type":"user","name":"alice"},"permissions":["repo.content.read"]},
-            {"entity":{"type":"org","name":"lab"},"permissions":["repo.write"]}]}}}}"#).unwrap();
+            {"entity":{"type":"org","name":"lab"},"permissions":["repo.write"]}]}}}}"#,
+        )
+        .unwrap();
         assert_eq!(fg.writable_namespaces().unwrap(), vec!["lab"]);
-        let repo: WhoAmI = serde_json::from_str(r#"{"name":"alice","auth":{"accessToken":{"displayName":"oidc","role":"fineGrained",
-            "fineGrained":{"scoped":[{"entity":{"type":"model","name":"alice/sky"},"permissions":["repo.write"]}]}}}}"#).unwrap();
+        let repo: WhoAmI = serde_json::from_str(
+            r#"{"name":"alice","auth":{"accessToken":{"displayName":"oidc","role":"fineGrained",
+            "fineGrained":{"scoped":[{"entity":{"type":"model","name":"alice/sky"},"permissions":["repo.write"]}]}}}}"#,
+        )
+        .unwrap();
         let id = |s: &str| crate::repo_id::RepoId::parse(s).unwrap();
         assert_eq!(repo.can_write(&id("alice/sky")), Some(true));
         assert_eq!(repo.can_write(&id("alice/other")), Some(false));

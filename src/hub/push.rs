@@ -116,9 +116,8 @@ fn globs(patterns: &[String], flag: &str) -> Result<globset::GlobSet, HubError> 
 
 /// Lists the files of `dir` to push, refusing anything that would escape it.
 pub fn scan_folder(dir: &Path, include: &[String], exclude: &[String]) -> Result<Vec<LocalFile>, HubError> {
-    let meta = std::fs::metadata(dir).map_err(|e| {
-        HubError::Invalid(format!("cannot read folder {}: {e} (pass an existing folder to push)", dir.display()))
-    })?;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| HubError::Invalid(format!("cannot read folder {}: {e} (pass an existing folder to push)", dir.display())))?;
     if !meta.is_dir() {
         return Err(HubError::Invalid(format!("{} is not a folder: push takes a folder", dir.display())));
     }
@@ -200,11 +199,8 @@ pub struct PushPlan {
 
 impl PushPlan {
     pub fn files(&self) -> Vec<FileChange> {
-        let mut out: Vec<FileChange> = self
-            .changes
-            .iter()
-            .map(|p| FileChange { path: p.file.path_in_repo.clone(), action: p.action, size: p.size, lfs: p.lfs })
-            .collect();
+        let mut out: Vec<FileChange> =
+            self.changes.iter().map(|p| FileChange { path: p.file.path_in_repo.clone(), action: p.action, size: p.size, lfs: p.lfs }).collect();
         out.extend(self.deleted.iter().map(|p| FileChange { path: p.clone(), action: FileAction::Delete, size: 0, lfs: false }));
         out
     }
@@ -403,13 +399,9 @@ pub async fn plan_push(client: &HubClient, dir: &Path, opts: &PushOptions) -> Re
     let mut deleted = Vec::new();
     if !opts.delete.is_empty() && repo_exists {
         let remote = client.list_tree(&opts.repo, base_rev).await?;
-        let local: std::collections::HashSet<String> =
-            scan_folder(dir, &opts.include, &opts.exclude)?.into_iter().map(|f| f.path_in_repo).collect();
-        deleted = remote
-            .into_iter()
-            .filter(|e| e.kind == "file" && delete_globs.is_match(&e.path) && !local.contains(&e.path))
-            .map(|e| e.path)
-            .collect();
+        let local: std::collections::HashSet<String> = scan_folder(dir, &opts.include, &opts.exclude)?.into_iter().map(|f| f.path_in_repo).collect();
+        deleted =
+            remote.into_iter().filter(|e| e.kind == "file" && delete_globs.is_match(&e.path) && !local.contains(&e.path)).map(|e| e.path).collect();
     }
     Ok(PushPlan {
         repo: opts.repo.clone(),
@@ -440,10 +432,7 @@ const MAX_REBASES: u32 = 3;
 /// refused with `HubError::Conflict` when it did.
 pub async fn commit_plan(client: &HubClient, plan: &PushPlan, opts: &PushOptions) -> Result<PushOutcome, HubError> {
     if !plan.repo_exists || !plan.branch_exists {
-        return Err(HubError::Invalid(format!(
-            "{}@{} does not exist yet: call prepare_target before planning the push",
-            plan.repo, plan.revision
-        )));
+        return Err(HubError::Invalid(format!("{}@{} does not exist yet: call prepare_target before planning the push", plan.repo, plan.revision)));
     }
     if plan.is_empty() {
         let mut o = plan.outcome(PushStatus::NothingToPush);
@@ -479,11 +468,8 @@ pub async fn commit_plan(client: &HubClient, plan: &PushPlan, opts: &PushOptions
     let mut parent = plan.parent.clone();
     let mut rebased = 0;
     loop {
-        let mut lines = vec![CommitLine::Header {
-            summary: opts.message.clone(),
-            description: opts.description.clone(),
-            parent_commit: parent.clone(),
-        }];
+        let mut lines =
+            vec![CommitLine::Header { summary: opts.message.clone(), description: opts.description.clone(), parent_commit: parent.clone() }];
         lines.extend(file_lines.iter().cloned());
         match client.commit(&opts.repo, &opts.revision, &lines, opts.create_pr).await {
             Ok(resp) => {
@@ -510,12 +496,7 @@ pub async fn commit_plan(client: &HubClient, plan: &PushPlan, opts: &PushOptions
                     .collect();
                 let overlap: Vec<String> = theirs.into_iter().filter(|p| ours.contains(p.as_str())).collect();
                 if !overlap.is_empty() {
-                    return Err(HubError::Conflict {
-                        repo: opts.repo.to_string(),
-                        revision: opts.revision.clone(),
-                        head: new,
-                        paths: overlap,
-                    });
+                    return Err(HubError::Conflict { repo: opts.repo.to_string(), revision: opts.revision.clone(), head: new, paths: overlap });
                 }
                 parent = Some(new);
                 rebased += 1;
@@ -591,14 +572,7 @@ async fn upload_lfs(client: &HubClient, opts: &PushOptions, planned: &[Planned])
     Ok((total, objects.len() - todo.len()))
 }
 
-async fn upload_basic(
-    client: &HubClient,
-    path: &Path,
-    obj: &LfsBatchObject,
-    href: &str,
-    pb: &ProgressBar,
-    start: u64,
-) -> Result<(), HubError> {
+async fn upload_basic(client: &HubClient, path: &Path, obj: &LfsBatchObject, href: &str, pb: &ProgressBar, start: u64) -> Result<(), HubError> {
     client
         .execute("PUT", href, || {
             pb.set_position(start);
@@ -610,10 +584,7 @@ async fn upload_basic(
                     pb.inc(c.len() as u64);
                 }
             });
-            Ok(client
-                .storage_request(Method::PUT, href)
-                .header(header::CONTENT_LENGTH, obj.size)
-                .body(reqwest::Body::wrap_stream(stream)))
+            Ok(client.storage_request(Method::PUT, href).header(header::CONTENT_LENGTH, obj.size).body(reqwest::Body::wrap_stream(stream)))
         })
         .await?;
     Ok(())
@@ -629,10 +600,11 @@ async fn upload_multipart(
     chunk: &str,
     pb: &ProgressBar,
 ) -> Result<(), HubError> {
-    let chunk_size: u64 = chunk.parse().ok().filter(|c| *c > 0).ok_or_else(|| HubError::Protocol {
-        url: upload.href.clone(),
-        detail: format!("invalid multipart chunk_size {chunk:?}"),
-    })?;
+    let chunk_size: u64 = chunk
+        .parse()
+        .ok()
+        .filter(|c| *c > 0)
+        .ok_or_else(|| HubError::Protocol { url: upload.href.clone(), detail: format!("invalid multipart chunk_size {chunk:?}") })?;
     let mut parts: Vec<(u32, &String)> = upload
         .header
         .iter()
@@ -666,12 +638,11 @@ async fn upload_multipart(
         pb.inc(len as u64);
         Ok::<_, HubError>(CompletePart { part_number: *number, etag })
     });
-    let mut done: Vec<CompletePart> =
-        futures_util::StreamExt::buffer_unordered(futures_util::stream::iter(uploads), PARALLEL_PARTS)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
+    let mut done: Vec<CompletePart> = futures_util::StreamExt::buffer_unordered(futures_util::stream::iter(uploads), PARALLEL_PARTS)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
     done.sort_by_key(|p| p.part_number);
     let body = CompleteMultipart { oid: obj.oid.clone(), parts: done };
     client
@@ -700,11 +671,9 @@ mod tests {
         std::fs::write(d.path().join(".git/HEAD"), b"z").unwrap();
         let all: Vec<_> = scan_folder(d.path(), &[], &[]).unwrap().into_iter().map(|f| f.path_in_repo).collect();
         assert_eq!(all, vec!["a.safetensors", "sub/b.png"]);
-        let png: Vec<_> =
-            scan_folder(d.path(), &["*.png".into()], &[]).unwrap().into_iter().map(|f| f.path_in_repo).collect();
+        let png: Vec<_> = scan_folder(d.path(), &["*.png".into()], &[]).unwrap().into_iter().map(|f| f.path_in_repo).collect();
         assert_eq!(png, vec!["sub/b.png"]);
-        let no_png: Vec<_> =
-            scan_folder(d.path(), &[], &["sub/*".into()]).unwrap().into_iter().map(|f| f.path_in_repo).collect();
+        let no_png: Vec<_> = scan_folder(d.path(), &[], &["sub/*".into()]).unwrap().into_iter().map(|f| f.path_in_repo).collect();
         assert_eq!(no_png, vec!["a.safetensors"]);
     }
 

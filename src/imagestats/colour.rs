@@ -112,7 +112,13 @@ impl Lab {
             };
         }
         match self.hue() {
-            h if !(25.0..340.0).contains(&h) => if self.l < 40.0 { Family::Magenta } else { Family::Pink },
+            h if !(25.0..340.0).contains(&h) => {
+                if self.l < 40.0 {
+                    Family::Magenta
+                } else {
+                    Family::Pink
+                }
+            }
             h if h < 50.0 => Family::Red,
             h if h < 110.0 && self.l < 45.0 => Family::Brown,
             h if h < 80.0 => Family::Orange,

@@ -56,11 +56,7 @@ pub fn composition(thumb: &RgbImage) -> Composition {
     }
     let sky_on_top = top.0.l > bottom.0.l || top.1 < bottom.1;
     let split = y as f32 / h as f32;
-    Composition {
-        horizon: Some(1.0 - split),
-        sky_fraction: if sky_on_top { split } else { 1.0 - split },
-        sky_on_top,
-    }
+    Composition { horizon: Some(1.0 - split), sky_fraction: if sky_on_top { split } else { 1.0 - split }, sky_on_top }
 }
 
 fn mean(rows: &[(Lab, f32)]) -> (Lab, f32) {
@@ -76,9 +72,8 @@ pub fn luminance_profile(thumb: &RgbImage, bands: usize) -> Vec<f32> {
     if w == 0 || h == 0 {
         return vec![0.0; bands];
     }
-    let rows: Vec<f64> = (0..h)
-        .map(|y| (0..w).map(|x| f64::from(Lab::from_rgb(thumb.get_pixel(x as u32, y as u32).0).l)).sum::<f64>() / w as f64)
-        .collect();
+    let rows: Vec<f64> =
+        (0..h).map(|y| (0..w).map(|x| f64::from(Lab::from_rgb(thumb.get_pixel(x as u32, y as u32).0).l)).sum::<f64>() / w as f64).collect();
     (0..bands)
         .map(|i| {
             let y0 = i * h / bands;

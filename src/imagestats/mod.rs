@@ -17,5 +17,7 @@ pub fn thumbnail(rgb: &image::RgbImage, max: u32) -> image::RgbImage {
     let s = max as f32 / w.max(h) as f32;
     // Through DynamicImage: its methods are compiled (optimised) inside the image crate, while
     // the generic imageops functions would be instantiated here, unoptimised in debug builds.
-    image::DynamicImage::ImageRgb8(rgb.clone()).thumbnail_exact(((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1)).into_rgb8()
+    image::DynamicImage::ImageRgb8(rgb.clone())
+        .thumbnail_exact(((w as f32 * s).round() as u32).max(1), ((h as f32 * s).round() as u32).max(1))
+        .into_rgb8()
 }

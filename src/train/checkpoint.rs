@@ -88,13 +88,20 @@ pub fn save(root: &Path, step: usize, lora: &TrainableLora, opt: &AdamW, keep: O
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let cpu = |v: Vec<(String, candle_core::Tensor)>| -> Result<Vec<(String, candle_core::Tensor)>, CheckpointError> {
         v.into_iter()
-            .map(|(n, t)| t.to_device(&Device::Cpu).and_then(|t| t.contiguous()).map(|t| (n, t)).map_err(|e| CheckpointError::Io { path: tmp.clone(), detail: e.to_string() }))
+            .map(|(n, t)| {
+                t.to_device(&Device::Cpu)
+                    .and_then(|t| t.contiguous())
+                    .map(|t| (n, t))
+                    .map_err(|e| CheckpointError::Io { path: tmp.clone(), detail: e.to_string() })
+            })
             .collect()
     };
-    let write = |name: &str, t| write_safetensors(&tmp.join(name), t, None).map_err(|e| CheckpointError::Io { path: tmp.join(name), detail: e.to_string() });
+    let write =
+        |name: &str, t| write_safetensors(&tmp.join(name), t, None).map_err(|e| CheckpointError::Io { path: tmp.join(name), detail: e.to_string() });
     write("lora.safetensors", cpu(lora.named_tensors())?)?;
     write("optimizer.safetensors", cpu(opt.state_tensors())?)?;
-    let state = serde_json::json!({ "step": step, "optimizer_step": opt.step, "rank": lora.rank, "alpha": lora.alpha, "modules": lora.modules.len() });
+    let state =
+        serde_json::json!({ "step": step, "optimizer_step": opt.step, "rank": lora.rank, "alpha": lora.alpha, "modules": lora.modules.len() });
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&state).expect("json")).map_err(io(&tmp))?;
     if final_dir.exists() {
         // A leftover from an interrupted earlier run at the same step: replace it.

@@ -264,7 +264,9 @@ impl TrainConfig {
         if !self.caption_template.contains("{caption}") && self.captions != CaptionSource::Instance {
             return Err(format!("caption_template: {:?} has no {{caption}} placeholder, so captions would be ignored", self.caption_template));
         }
-        for (name, v) in [("rank", self.rank), ("train_batch_size", self.train_batch_size), ("gradient_accumulation_steps", self.gradient_accumulation_steps)] {
+        for (name, v) in
+            [("rank", self.rank), ("train_batch_size", self.train_batch_size), ("gradient_accumulation_steps", self.gradient_accumulation_steps)]
+        {
             if v == 0 {
                 return Err(format!("{name}: must be at least 1"));
             }
@@ -328,7 +330,9 @@ fn apply_overrides(map: &mut serde_yaml::Mapping, args: &[String]) -> Result<(),
         };
         let parsed = if key == "target_modules" {
             serde_yaml::Value::Sequence(value.split(',').map(|s| serde_yaml::Value::String(s.trim().to_string())).collect())
-        } else if ["base_model", "instance_prompt", "caption_template", "class_prompt", "validation_prompt", "resume_from_checkpoint", "license"].contains(&key.as_str()) {
+        } else if ["base_model", "instance_prompt", "caption_template", "class_prompt", "validation_prompt", "resume_from_checkpoint", "license"]
+            .contains(&key.as_str())
+        {
             // Free text stays text even when it looks like a number or `yes`.
             serde_yaml::Value::String(value)
         } else {
@@ -350,7 +354,8 @@ mod tests {
         p
     }
 
-    const MINIMAL: &str = "base_model: stabilityai/stable-diffusion-xl-base-1.0\ndataset: ./photos\ninstance_prompt: a photo of SKY\noutput_dir: ./out\n";
+    const MINIMAL: &str =
+        "base_model: stabilityai/stable-diffusion-xl-base-1.0\ndataset: ./photos\ninstance_prompt: a photo of SKY\noutput_dir: ./out\n";
 
     #[test]
     fn the_issue_example_loads_and_paths_are_relative_to_the_file() {
@@ -386,8 +391,21 @@ mod tests {
     fn flags_override_the_file() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), MINIMAL);
-        let args: Vec<String> =
-            ["--learning-rate", "5e-5", "--center-crop", "--target-modules", "to_q,to_v", "--instance-prompt", "1234", "--max-steps=7", "--gradient-checkpointing", "true"].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> = [
+            "--learning-rate",
+            "5e-5",
+            "--center-crop",
+            "--target-modules",
+            "to_q,to_v",
+            "--instance-prompt",
+            "1234",
+            "--max-steps=7",
+            "--gradient-checkpointing",
+            "true",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let c = TrainConfig::load(Some(&p), &args).unwrap();
         assert_eq!(c.learning_rate, 5e-5);
         assert!(c.center_crop);

@@ -117,7 +117,15 @@ impl LatentCache {
     }
 
     /// The cached distribution, or the VAE's encoding of `crop` (stored for next time).
-    pub fn get_or_encode(&mut self, vae: &AutoencoderKl, image_sha: &str, res: u32, b: &CropBox, crop: &RgbImage, device: &Device) -> Result<CachedLatents, CacheError> {
+    pub fn get_or_encode(
+        &mut self,
+        vae: &AutoencoderKl,
+        image_sha: &str,
+        res: u32,
+        b: &CropBox,
+        crop: &RgbImage,
+        device: &Device,
+    ) -> Result<CachedLatents, CacheError> {
         let key = self.key(image_sha, res, b);
         let path = self.dir.join(&key[..2]).join(format!("{key}.safetensors"));
         if let Ok(t) = candle_core::safetensors::load(&path, device) {

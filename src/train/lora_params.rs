@@ -111,7 +111,11 @@ impl TrainableLora {
     pub fn load_values(&self, tensors: &HashMap<String, Tensor>) -> Result<(), LoraParamsError> {
         for (name, t) in self.named_tensors() {
             let src = tensors.get(&name).ok_or_else(|| candle_core::Error::msg(format!("checkpoint lacks {name}")))?;
-            let var = if name.ends_with("lora_A.weight") { &self.modules[strip(&name, &self.component, ".lora_A.weight")].down } else { &self.modules[strip(&name, &self.component, ".lora_B.weight")].up };
+            let var = if name.ends_with("lora_A.weight") {
+                &self.modules[strip(&name, &self.component, ".lora_A.weight")].down
+            } else {
+                &self.modules[strip(&name, &self.component, ".lora_B.weight")].up
+            };
             if src.dims() != t.dims() {
                 return Err(candle_core::Error::msg(format!("checkpoint {name}: shape {:?}, expected {:?}", src.dims(), t.dims())).into());
             }

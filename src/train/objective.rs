@@ -122,12 +122,22 @@ mod tests {
 
     fn schedule() -> NoiseSchedule {
         let n = 1000;
-        let betas: Vec<f64> = (0..n).map(|i| {
-            let s = 0.00085f64.sqrt() + (0.012f64.sqrt() - 0.00085f64.sqrt()) * i as f64 / (n - 1) as f64;
-            s * s
-        }).collect();
+        let betas: Vec<f64> = (0..n)
+            .map(|i| {
+                let s = 0.00085f64.sqrt() + (0.012f64.sqrt() - 0.00085f64.sqrt()) * i as f64 / (n - 1) as f64;
+                s * s
+            })
+            .collect();
         let mut acc = 1.0;
-        NoiseSchedule { alphas_cumprod: betas.iter().map(|b| { acc *= 1.0 - b; acc }).collect() }
+        NoiseSchedule {
+            alphas_cumprod: betas
+                .iter()
+                .map(|b| {
+                    acc *= 1.0 - b;
+                    acc
+                })
+                .collect(),
+        }
     }
 
     #[test]

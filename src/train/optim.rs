@@ -21,7 +21,15 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(vars: &[&Var], beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Self> {
         let zeros = |v: &&Var| v.as_tensor().zeros_like();
-        Ok(AdamW { beta1, beta2, eps, weight_decay, step: 0, m: vars.iter().map(zeros).collect::<Result<_>>()?, v: vars.iter().map(zeros).collect::<Result<_>>()? })
+        Ok(AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step: 0,
+            m: vars.iter().map(zeros).collect::<Result<_>>()?,
+            v: vars.iter().map(zeros).collect::<Result<_>>()?,
+        })
     }
 
     /// One update with learning rate `lr`; `grads[i]` belongs to `vars[i]` (None: no gradient).

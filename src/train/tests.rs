@@ -13,7 +13,11 @@ pub(crate) fn write_photos(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..n {
         let img = image::RgbImage::from_fn(96 + 16 * i as u32, 80, |x, y| {
-            if y < 50 { image::Rgb([(200 + i * 20) as u8, (100 + y * 2) as u8, (x % 255) as u8]) } else { image::Rgb([20, 30, 10]) }
+            if y < 50 {
+                image::Rgb([(200 + i * 20) as u8, (100 + y * 2) as u8, (x % 255) as u8])
+            } else {
+                image::Rgb([20, 30, 10])
+            }
         });
         img.save(dir.join(format!("sky-{i}.png"))).unwrap();
         std::fs::write(dir.join(format!("sky-{i}.txt")), format!("orange sunset number {i}")).unwrap();

@@ -149,7 +149,9 @@ pub fn pick_device(choice: super::config::DeviceChoice) -> Result<Device, TrainE
     use super::config::DeviceChoice::*;
     match choice {
         Cpu => Ok(Device::Cpu),
-        Cuda => Device::new_cuda(0).map_err(|e| TrainError::Input(format!("device: cuda: {e} (build with --features cuda on a machine with an NVIDIA GPU, or use device: cpu)"))),
+        Cuda => Device::new_cuda(0).map_err(|e| {
+            TrainError::Input(format!("device: cuda: {e} (build with --features cuda on a machine with an NVIDIA GPU, or use device: cpu)"))
+        }),
         Auto => Ok(Device::new_cuda(0).unwrap_or(Device::Cpu)),
     }
 }
@@ -159,7 +161,9 @@ fn weights_dtype(p: Precision, device: &Device) -> Result<DType, TrainError> {
         Precision::F32 => DType::F32,
         Precision::F16 => DType::F16,
         Precision::Bf16 if device.is_cpu() => {
-            return Err(TrainError::Input("precision: bf16 needs a GPU (candle's CPU backend has no bf16 matmul); use precision: f32 or f16 on CPU".into()))
+            return Err(TrainError::Input(
+                "precision: bf16 needs a GPU (candle's CPU backend has no bf16 matmul); use precision: f32 or f16 on CPU".into(),
+            ))
         }
         Precision::Bf16 => DType::BF16,
     })
@@ -217,12 +221,20 @@ impl Trainer<'_> {
             }
         }
         if loaded.is_empty() {
-            return Err(TrainError::Input(format!("{}: none of the {} image(s) could be read; nothing to train on", cfg.dataset.display(), images.len())));
+            return Err(TrainError::Input(format!(
+                "{}: none of the {} image(s) could be read; nothing to train on",
+                cfg.dataset.display(),
+                images.len()
+            )));
         }
         if cfg.captions == CaptionSource::Sidecar {
             let missing: Vec<String> = loaded.iter().filter(|(_, _, c)| c.is_none()).map(|(p, _, _)| file_name(p)).collect();
             if !missing.is_empty() {
-                on(Event::Note(format!("{} image(s) have no caption .txt and train with the instance prompt alone: {}", missing.len(), missing.join(", "))));
+                on(Event::Note(format!(
+                    "{} image(s) have no caption .txt and train with the instance prompt alone: {}",
+                    missing.len(),
+                    missing.join(", ")
+                )));
             }
         }
 
@@ -333,7 +345,8 @@ impl Trainer<'_> {
                 let idx: Vec<usize> = (first..first + cfg.train_batch_size).map(|k| epoch_order(cfg.seed, k, examples.len())).collect();
                 let mut loss = batch_loss(&pipeline, &objective, &examples, &idx, &prompts, scaling, shift, res, xl, &mut rng)?;
                 if !class_examples.is_empty() {
-                    let cidx: Vec<usize> = (first..first + cfg.train_batch_size).map(|k| epoch_order(cfg.seed ^ 0xC1A55, k, class_examples.len())).collect();
+                    let cidx: Vec<usize> =
+                        (first..first + cfg.train_batch_size).map(|k| epoch_order(cfg.seed ^ 0xC1A55, k, class_examples.len())).collect();
                     let prior = batch_loss(&pipeline, &objective, &class_examples, &cidx, &prompts, scaling, shift, res, xl, &mut rng)?;
                     loss = (loss + (prior * cfg.prior_loss_weight)?)?;
                 }
@@ -476,7 +489,15 @@ pub(super) fn batch_loss(
 
 /// Renders the validation prompt for seeds seed..seed+n into `dir`; the returned settings name the
 /// files relative to `root`.
-fn render_validation(cfg: &TrainConfig, pipeline: &Pipeline, cond: &Conditioning, prompt: &str, res: usize, dir: &Path, root: &Path) -> Result<ValidationSettings, TrainError> {
+fn render_validation(
+    cfg: &TrainConfig,
+    pipeline: &Pipeline,
+    cond: &Conditioning,
+    prompt: &str,
+    res: usize,
+    dir: &Path,
+    root: &Path,
+) -> Result<ValidationSettings, TrainError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let xl = pipeline.files.architecture == Architecture::StableDiffusionXl;
     let guidance = cfg.validation_guidance.unwrap_or(if xl { 5.0 } else { 7.5 });
@@ -504,4 +525,3 @@ fn render_validation(cfg: &TrainConfig, pipeline: &Pipeline, cond: &Conditioning
         images,
     })
 }
-

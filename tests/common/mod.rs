@@ -67,8 +67,15 @@ impl Env {
         let mut c = Command::new(bin());
         c.env_remove("HF_TOKEN").env_remove("HUGGING_FACE_HUB_TOKEN").env_remove("HF_TOKEN_PATH").env_remove("HF_HUB_CACHE");
         // CI variables of the machine running the tests must not leak into the sandbox.
-        for v in ["HF_OIDC_RESOURCE", "HF_OIDC_SUBJECT_TOKEN", "HF_OIDC_ID_TOKEN", "HF_OIDC_AUDIENCE", "GITHUB_ACTIONS",
-            "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"] {
+        for v in [
+            "HF_OIDC_RESOURCE",
+            "HF_OIDC_SUBJECT_TOKEN",
+            "HF_OIDC_ID_TOKEN",
+            "HF_OIDC_AUDIENCE",
+            "GITHUB_ACTIONS",
+            "ACTIONS_ID_TOKEN_REQUEST_URL",
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+        ] {
             c.env_remove(v);
         }
         for (k, v) in &self.vars {

@@ -147,14 +147,14 @@ pub fn cmyk_jpeg(w: u16, h: u16, ink: [u8; 4]) -> Vec<u8> {
 pub fn cmyk_tiff(w: u32, h: u32, ink: [u8; 4]) -> Vec<u8> {
     let pixels: Vec<u8> = (0..w * h).flat_map(|_| ink).collect();
     let entries: [(u16, u16, u32, u32); 9] = [
-        (256, 4, 1, w),                 // ImageWidth
-        (257, 4, 1, h),                 // ImageLength
-        (258, 3, 1, 8),                 // BitsPerSample (8 for each, one value suffices)
-        (259, 3, 1, 1),                 // no compression
-        (262, 3, 1, 5),                 // Photometric: separated (CMYK)
-        (273, 4, 1, 0),                 // StripOffsets, patched below
-        (277, 3, 1, 4),                 // SamplesPerPixel
-        (278, 4, 1, h),                 // RowsPerStrip
+        (256, 4, 1, w),                   // ImageWidth
+        (257, 4, 1, h),                   // ImageLength
+        (258, 3, 1, 8),                   // BitsPerSample (8 for each, one value suffices)
+        (259, 3, 1, 1),                   // no compression
+        (262, 3, 1, 5),                   // Photometric: separated (CMYK)
+        (273, 4, 1, 0),                   // StripOffsets, patched below
+        (277, 3, 1, 4),                   // SamplesPerPixel
+        (278, 4, 1, h),                   // RowsPerStrip
         (279, 4, 1, pixels.len() as u32), // StripByteCounts
     ];
     let ifd_len = 2 + entries.len() * 12 + 4;

@@ -115,7 +115,14 @@ mod tests {
 
     #[test]
     fn orange_and_purple_sets_predict_pink_and_warm_with_cool_grey() {
-        let mk = |rgb, share| Cluster { name: Lab::from_rgb(rgb).name(), hex: String::new(), lab: Lab::from_rgb(rgb), pixel_share: share, image_share: share, images: vec![] };
+        let mk = |rgb, share| Cluster {
+            name: Lab::from_rgb(rgb).name(),
+            hex: String::new(),
+            lab: Lab::from_rgb(rgb),
+            pixel_share: share,
+            image_share: share,
+            images: vec![],
+        };
         let clusters = vec![mk([245, 140, 40], 0.5), mk([110, 50, 150], 0.4), mk([20, 20, 20], 0.9)];
         let coverage: Vec<Vec<f32>> = (0..10).map(|i| if i < 5 { vec![0.6, 0.0, 0.4] } else { vec![0.0, 0.6, 0.4] }).collect();
         let b = predict_blends(&clusters, &coverage);
@@ -128,7 +135,13 @@ mod tests {
         assert_eq!(b.iter().map(|b| b.text.as_str()).collect::<Vec<_>>(), ["orange (50% of images) + blue (50%) → grey"]);
         // Two warm and two cool colours: the pairs and the warm/cool summary.
         let clusters = vec![mk([230, 150, 80], 0.3), mk([235, 120, 90], 0.2), mk([80, 140, 200], 0.3), mk([70, 120, 180], 0.2)];
-        let coverage: Vec<Vec<f32>> = (0..10).map(|i| { let mut c = vec![0.0; 4]; c[i % 4] = 0.9; c }).collect();
+        let coverage: Vec<Vec<f32>> = (0..10)
+            .map(|i| {
+                let mut c = vec![0.0; 4];
+                c[i % 4] = 0.9;
+                c
+            })
+            .collect();
         let b = predict_blends(&clusters, &coverage);
         assert_eq!(b.iter().filter(|x| x.text.starts_with("orange (30% of images) + blue")).count(), 1, "{b:?}");
         assert!(b.iter().any(|b| b.text.starts_with("warm (60% of images) + cool (40%) → ")), "{b:?}");

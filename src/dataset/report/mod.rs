@@ -103,7 +103,8 @@ pub fn build(dir: &Path, images: &[PathBuf], captions: &[Option<String>]) -> Res
         .iter()
         .enumerate()
         .map(|(k, &lab)| {
-            let behind: Vec<String> = ok.iter().zip(&coverage).filter(|(_, c)| c[k] >= clusters::COVERAGE).map(|((i, _), _)| names[*i].clone()).collect();
+            let behind: Vec<String> =
+                ok.iter().zip(&coverage).filter(|(_, c)| c[k] >= clusters::COVERAGE).map(|((i, _), _)| names[*i].clone()).collect();
             Cluster {
                 name: lab.name(),
                 hex: lab.hex(),
@@ -149,7 +150,16 @@ pub fn build(dir: &Path, images: &[PathBuf], captions: &[Option<String>]) -> Res
             .map(|(k, _)| centres[k].name());
     }
     let vocabulary = vocabulary::vocabulary(captions, &dominant);
-    let mut report = Report { images: images.len(), unreadable, clusters: cluster_list, blends, hue_histogram: hue::hue_bins(&hue_counts.map(|c| c as f64)), composition: comp, vocabulary, findings: Vec::new() };
+    let mut report = Report {
+        images: images.len(),
+        unreadable,
+        clusters: cluster_list,
+        blends,
+        hue_histogram: hue::hue_bins(&hue_counts.map(|c| c as f64)),
+        composition: comp,
+        vocabulary,
+        findings: Vec::new(),
+    };
     report.findings = findings(&report);
     Ok(report)
 }
@@ -192,7 +202,10 @@ fn findings(r: &Report) -> Vec<String> {
         }
         for cc in &v.colour_coverage {
             if cc.images * 10 >= v.images && cc.captions_naming_it * 2 < cc.images {
-                out.push(format!("{} dominates {} photo(s) but only {} caption(s) say \"{}\": name it so prompts can ask for it", cc.colour, cc.images, cc.captions_naming_it, cc.colour));
+                out.push(format!(
+                    "{} dominates {} photo(s) but only {} caption(s) say \"{}\": name it so prompts can ask for it",
+                    cc.colour, cc.images, cc.captions_naming_it, cc.colour
+                ));
             }
         }
     }
@@ -248,7 +261,11 @@ mod tests {
         let orange = r.clusters.iter().find(|c| c.name == "orange").expect("orange cluster");
         assert!((orange.image_share - 0.6).abs() < 1e-6, "{:?}", r.clusters);
         assert!(r.blends.iter().any(|b| b.text == "orange (60% of images) + purple (40%) → pink"), "{:?}", r.blends);
-        assert!(r.findings.iter().any(|f| f.contains("every photo with a horizon has the sky on top") && f.contains("seen from below")), "{:?}", r.findings);
+        assert!(
+            r.findings.iter().any(|f| f.contains("every photo with a horizon has the sky on top") && f.contains("seen from below")),
+            "{:?}",
+            r.findings
+        );
         assert!(r.findings.iter().any(|f| f.starts_with("orange dominates 6 photo(s) but only 0 caption(s)")), "{:?}", r.findings);
         assert_eq!(r.vocabulary.in_every_caption, ["sky"]);
         let html = html::render(&r).unwrap();

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, HashSet};
 
 const STOPWORDS: &[&str] = &[
-    "a", "an", "the", "of", "in", "on", "at", "and", "with", "over", "under", "by", "for", "to", "from", "is", "are", "its", "it", "this", "that", "photo", "picture", "image",
+    "a", "an", "the", "of", "in", "on", "at", "and", "with", "over", "under", "by", "for", "to", "from", "is", "are", "its", "it", "this", "that",
+    "photo", "picture", "image",
 ];
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,7 +49,11 @@ pub fn vocabulary(captions: &[Option<String>], dominant: &[Option<&'static str>]
     let captioned = sets.iter().flatten().count();
     let mut top: Vec<(String, usize)> = counts.iter().map(|(w, &n)| (w.clone(), n)).collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let in_every_caption = if captioned == captions.len() && captioned > 1 { top.iter().filter(|(_, n)| *n == captioned).map(|(w, _)| w.clone()).collect() } else { Vec::new() };
+    let in_every_caption = if captioned == captions.len() && captioned > 1 {
+        top.iter().filter(|(_, n)| *n == captioned).map(|(w, _)| w.clone()).collect()
+    } else {
+        Vec::new()
+    };
     top.truncate(20);
     let mut colours: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for (s, d) in sets.iter().zip(dominant) {

@@ -57,11 +57,7 @@ impl Scheduler for Dpmpp2m {
 
     fn step(&mut self, out: &Tensor, i: usize, sample: &Tensor) -> Result<Tensor> {
         let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
-        let x0 = if self.v_prediction {
-            lin(alpha_s0, sample, -sigma_s0, out)?
-        } else {
-            lin(1.0 / alpha_s0, sample, -sigma_s0 / alpha_s0, out)?
-        };
+        let x0 = if self.v_prediction { lin(alpha_s0, sample, -sigma_s0, out)? } else { lin(1.0 / alpha_s0, sample, -sigma_s0 / alpha_s0, out)? };
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
         let h = lambda(self.sigmas[i + 1]) - lambda(self.sigmas[i]);
         // exp(−h) − 1, which is −1 when the target σ is 0 (h = ∞).

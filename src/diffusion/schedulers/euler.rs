@@ -15,12 +15,7 @@ pub struct Euler {
 }
 
 impl Euler {
-    pub fn new(
-        schedule: NoiseSchedule,
-        c: &SchedulerConfig,
-        steps: usize,
-        ancestral_seed: Option<u64>,
-    ) -> std::result::Result<Self, SchedulerError> {
+    pub fn new(schedule: NoiseSchedule, c: &SchedulerConfig, steps: usize, ancestral_seed: Option<u64>) -> std::result::Result<Self, SchedulerError> {
         use rand::SeedableRng;
         let timesteps = spaced_timesteps(c, steps, false)?;
         let mut sigmas: Vec<f64> = timesteps.iter().map(|t| schedule.sigma_at(*t)).collect();

@@ -82,8 +82,7 @@ pub fn build(
 ) -> std::result::Result<Box<dyn Scheduler>, SchedulerError> {
     let kind = match kind {
         Some(k) => k,
-        None => SchedulerKind::from_class_name(&config.class_name)
-            .ok_or_else(|| SchedulerError::UnknownClass(config.class_name.clone()))?,
+        None => SchedulerKind::from_class_name(&config.class_name).ok_or_else(|| SchedulerError::UnknownClass(config.class_name.clone()))?,
     };
     let schedule = NoiseSchedule::new(config)?;
     if steps == 0 || steps > config.num_train_timesteps {

@@ -87,9 +87,7 @@ impl NoiseSchedule {
     pub fn new(c: &SchedulerConfig) -> Result<Self, SchedulerError> {
         c.check_supported()?;
         let n = c.num_train_timesteps;
-        let linspace = |a: f64, b: f64| -> Vec<f64> {
-            (0..n).map(|i| if n == 1 { a } else { a + (b - a) * i as f64 / (n - 1) as f64 }).collect()
-        };
+        let linspace = |a: f64, b: f64| -> Vec<f64> { (0..n).map(|i| if n == 1 { a } else { a + (b - a) * i as f64 / (n - 1) as f64 }).collect() };
         let betas: Vec<f64> = match (&c.trained_betas, c.beta_schedule.as_str()) {
             (Some(b), _) => b.clone(),
             (None, "linear") => linspace(c.beta_start, c.beta_end),
@@ -137,10 +135,7 @@ pub fn spaced_timesteps(c: &SchedulerConfig, steps: usize, dpm_style: bool) -> R
             let ratio = n as f64 / steps as f64;
             (0..steps).map(|i| (n as f64 - i as f64 * ratio).round() - 1.0).collect()
         }
-        "linspace" => (0..k)
-            .map(|i| ((n - 1) as f64 * i as f64 / (k - 1).max(1) as f64).round())
-            .rev()
-            .collect(),
+        "linspace" => (0..k).map(|i| ((n - 1) as f64 * i as f64 / (k - 1).max(1) as f64).round()).rev().collect(),
         other => return Err(SchedulerError::Unsupported(format!("timestep_spacing {other:?} is not supported"))),
     };
     if dpm_style && c.timestep_spacing != "trailing" {

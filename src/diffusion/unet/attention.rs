@@ -54,8 +54,7 @@ impl Attention {
         let scores = (q.to_dtype(work)?.matmul(&k.to_dtype(work)?.t()?)? * scale)?;
         let probs = softmax_last_dim(&scores)?.to_dtype(dtype)?;
         let out = probs.matmul(&v)?;
-        let out =
-            out.reshape((b, self.heads, n, self.head_dim))?.transpose(1, 2)?.contiguous()?.reshape((b, n, self.heads * self.head_dim))?;
+        let out = out.reshape((b, self.heads, n, self.head_dim))?.transpose(1, 2)?.contiguous()?.reshape((b, n, self.heads * self.head_dim))?;
         self.to_out.forward(&out)
     }
 }

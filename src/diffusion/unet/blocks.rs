@@ -65,11 +65,8 @@ impl DownBlock {
             })
             .collect::<Result<Vec<_>>>()?;
         let attentions = attention_layers(&vb, adapters, plan, s)?;
-        let downsampler = if plan.resample {
-            Some(Downsample2D::new(vb.pp("downsamplers").pp(0), plan.out_channels, s.downsample_padding)?)
-        } else {
-            None
-        };
+        let downsampler =
+            if plan.resample { Some(Downsample2D::new(vb.pp("downsamplers").pp(0), plan.out_channels, s.downsample_padding)?) } else { None };
         Ok(DownBlock { resnets, attentions, downsampler })
     }
 
@@ -143,16 +140,7 @@ impl UpBlock {
             .map(|i| {
                 let skip_ch = if i + 1 == n { plan.in_channels } else { plan.out_channels };
                 let in_ch = if i == 0 { plan.prev_output_channels } else { plan.out_channels };
-                ResnetBlock2D::new(
-                    vb.pp("resnets").pp(i),
-                    adapters,
-                    in_ch + skip_ch,
-                    plan.out_channels,
-                    s.temb_channels,
-                    s.groups,
-                    s.eps,
-                    1.0,
-                )
+                ResnetBlock2D::new(vb.pp("resnets").pp(i), adapters, in_ch + skip_ch, plan.out_channels, s.temb_channels, s.groups, s.eps, 1.0)
             })
             .collect::<Result<Vec<_>>>()?;
         let attentions = attention_layers(&vb, adapters, plan, s)?;

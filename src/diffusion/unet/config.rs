@@ -210,10 +210,7 @@ impl UNetConfig {
             return Err(format!("invalid UNet config: `up_block_types` has {} entries, `down_block_types` {n}", self.up_block_types.len()));
         }
         if self.block_out_channels.len() != n {
-            return Err(format!(
-                "invalid UNet config: `block_out_channels` has {} entries, `down_block_types` {n}",
-                self.block_out_channels.len()
-            ));
+            return Err(format!("invalid UNet config: `block_out_channels` has {} entries, `down_block_types` {n}", self.block_out_channels.len()));
         }
         if !matches!(self.act_fn.as_str(), "silu" | "swish") {
             return unsupported("act_fn", &self.act_fn, "only silu/swish is implemented");
@@ -265,11 +262,7 @@ impl UNetConfig {
             return unsupported("dropout", &self.dropout, "only 0.0 is implemented");
         }
         if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
-            return unsupported(
-                "conv_in_kernel/conv_out_kernel",
-                &(self.conv_in_kernel, self.conv_out_kernel),
-                "even kernels are not implemented",
-            );
+            return unsupported("conv_in_kernel/conv_out_kernel", &(self.conv_in_kernel, self.conv_out_kernel), "even kernels are not implemented");
         }
         let only_cross = self.only_cross_attention.per_block(n, "only_cross_attention")?;
         if only_cross.iter().any(|&b| b) {
@@ -283,9 +276,7 @@ impl UNetConfig {
                     return Err("invalid UNet config: `addition_embed_type` \"text_time\" needs `addition_time_embed_dim`".into());
                 };
                 let Some(in_dim) = self.projection_class_embeddings_input_dim else {
-                    return Err(
-                        "invalid UNet config: `addition_embed_type` \"text_time\" needs `projection_class_embeddings_input_dim`".into()
-                    );
+                    return Err("invalid UNet config: `addition_embed_type` \"text_time\" needs `projection_class_embeddings_input_dim`".into());
                 };
                 Some(AddedPlan { time_dim, in_dim })
             }
@@ -362,9 +353,7 @@ impl UNetConfig {
         let rev_channels: Vec<usize> = self.block_out_channels.iter().rev().copied().collect();
         let rev_tlayers: Vec<OneOrMany<usize>> = match &self.reverse_transformer_layers_per_block {
             Some(r) if r.len() == n => r.clone(),
-            Some(r) => {
-                return Err(format!("invalid UNet config: `reverse_transformer_layers_per_block` has {} entries, expected {n}", r.len()))
-            }
+            Some(r) => return Err(format!("invalid UNet config: `reverse_transformer_layers_per_block` has {} entries, expected {n}", r.len())),
             None => tlayers.iter().rev().cloned().collect(),
         };
         let mut up = Vec::with_capacity(n);

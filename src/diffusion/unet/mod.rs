@@ -70,8 +70,7 @@ impl UNet2DConditionModel {
             downsample_padding: config.downsample_padding,
         };
         let conv_in = resnet::conv(vb.pp("conv_in"), config.in_channels, c0, config.conv_in_kernel, 1, (config.conv_in_kernel - 1) / 2)?;
-        let time_embedding =
-            TimestepEmbedding::new(vb.pp("time_embedding"), adapters, c0, plan.time_embed_dim, config.timestep_post_act.is_some())?;
+        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), adapters, c0, plan.time_embed_dim, config.timestep_post_act.is_some())?;
         let add_embedding = match &plan.added {
             Some(a) => Some(AddEmbedding {
                 time_dim: a.time_dim,
@@ -90,15 +89,10 @@ impl UNet2DConditionModel {
             Some(m) => Some(MidBlock::new(vb.pp("mid_block"), adapters, m, &shared)?),
             None => None,
         };
-        let up_blocks = plan
-            .up
-            .iter()
-            .enumerate()
-            .map(|(i, p)| UpBlock::new(vb.pp("up_blocks").pp(i), adapters, p, &shared))
-            .collect::<Result<Vec<_>>>()?;
+        let up_blocks =
+            plan.up.iter().enumerate().map(|(i, p)| UpBlock::new(vb.pp("up_blocks").pp(i), adapters, p, &shared)).collect::<Result<Vec<_>>>()?;
         let conv_norm_out = group_norm(plan.groups, c0, config.norm_eps, vb.pp("conv_norm_out"))?;
-        let conv_out =
-            resnet::conv(vb.pp("conv_out"), c0, config.out_channels, config.conv_out_kernel, 1, (config.conv_out_kernel - 1) / 2)?;
+        let conv_out = resnet::conv(vb.pp("conv_out"), c0, config.out_channels, config.conv_out_kernel, 1, (config.conv_out_kernel - 1) / 2)?;
         let mut cross_attention_dims: Vec<usize> = plan
             .down
             .iter()
@@ -148,13 +142,7 @@ impl UNet2DConditionModel {
     /// Predicts noise (or whatever the model was trained for) for `sample` [B, C, H, W] at
     /// `timesteps` ([B], or one value for the whole batch; any numeric dtype), conditioned on
     /// `encoder_hidden_states` [B, M, D] and, for SDXL, `added`. Inputs are cast to the model's dtype.
-    pub fn forward(
-        &self,
-        sample: &Tensor,
-        timesteps: &Tensor,
-        encoder_hidden_states: &Tensor,
-        added: Option<&SdxlConditioning>,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, encoder_hidden_states: &Tensor, added: Option<&SdxlConditioning>) -> Result<Tensor> {
         let (b, c, height, width) = sample.dims4()?;
         if c != self.config.in_channels {
             bail!("unet: sample has {c} channels, the model takes {}", self.config.in_channels);

@@ -115,8 +115,7 @@ fn conditioning_mismatches_are_errors() {
     assert!(err.contains("text_embeds"), "{err}");
     let cond = SdxlConditioning { text_embeds: r["unet.text_embeds"].clone(), time_ids: r["unet.time_ids"].clone() };
     let rs = reference("tiny-sd15");
-    let err =
-        sd.forward(&rs["unet.sample"], &rs["unet.timesteps"], &rs["unet.encoder_hidden_states"], Some(&cond)).unwrap_err().to_string();
+    let err = sd.forward(&rs["unet.sample"], &rs["unet.timesteps"], &rs["unet.encoder_hidden_states"], Some(&cond)).unwrap_err().to_string();
     assert!(err.contains("no added conditioning"), "{err}");
     let err = sd.forward(&rs["unet.sample"], &rs["unet.timesteps"], &r["unet.encoder_hidden_states"], None).unwrap_err().to_string();
     assert!(err.contains("cross-attention width"), "{err}");

@@ -66,7 +66,9 @@ impl Faults {
                     let seed = v.parse().map_err(|_| format!("--faults: bad seed {v:?}"))?;
                     f.rng = Mutex::new(rand::rngs::StdRng::seed_from_u64(seed));
                 }
-                _ => return Err(format!("--faults: unknown key {k:?} (expected 500, 429, drop, infer-402, infer-404, infer-429, retry-after, seed)")),
+                _ => {
+                    return Err(format!("--faults: unknown key {k:?} (expected 500, 429, drop, infer-402, infer-404, infer-429, retry-after, seed)"))
+                }
             }
         }
         if f.server_error + f.too_many + f.drop > 1.0 {

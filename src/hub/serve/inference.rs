@@ -65,9 +65,8 @@ impl RenderProfile {
         let p: RenderProfile = if text.trim().is_empty() {
             RenderProfile::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| {
-                format!("{origin}: {e} (keys: scheduler, steps, guidance, width, height, apply_lora, lora_scale, base_model, dtype)")
-            })?
+            serde_yaml::from_str(text)
+                .map_err(|e| format!("{origin}: {e} (keys: scheduler, steps, guidance, width, height, apply_lora, lora_scale, base_model, dtype)"))?
         };
         if p.steps == 0 {
             return Err(format!("{origin}: steps must be at least 1"));
@@ -228,7 +227,8 @@ pub(super) fn mappings(state: &State, c: &CommitRec, card: Option<&Value>, priva
     if !pipeline && weights.is_none() {
         return vec![];
     }
-    let base_served = card.and_then(card_base_model)
+    let base_served = card
+        .and_then(card_base_model)
         .and_then(|b| RepoId::parse(&b).ok())
         .and_then(|b| state.store.resolve(&b, "main").and_then(|oid| state.store.commit(&b, &oid)))
         .is_some_and(|bc| is_pipeline(&bc));
@@ -323,10 +323,7 @@ struct Target {
 /// `{endpoint}/{ns}/{name}[/resolve/{rev}/{path}]` → repo and path.
 fn repo_from_url(url: &str, field: &str) -> Result<(RepoId, Option<String>), HubFail> {
     let parsed = url::Url::parse(url).map_err(|e| unprocessable(format!("{field} {url:?} is not a URL: {e}")))?;
-    let segs: Vec<String> = parsed
-        .path_segments()
-        .map(|s| s.map(|x| super::percent_decode(x).unwrap_or_default()).collect())
-        .unwrap_or_default();
+    let segs: Vec<String> = parsed.path_segments().map(|s| s.map(|x| super::percent_decode(x).unwrap_or_default()).collect()).unwrap_or_default();
     let bad = || unprocessable(format!("{field} {url:?} does not name a model repo ({{endpoint}}/namespace/name)"));
     if segs.len() < 2 {
         return Err(bad());
@@ -491,7 +488,10 @@ pub(super) async fn answer(state: &Arc<State>, caller: Option<&Caller>, route: R
         return Err(fail(StatusCode::NOT_FOUND, format!("{provider} model {asked} is not served by this offline Hub (it serves {offered})")));
     }
     if caller.is_none() {
-        return Err(fail(StatusCode::UNAUTHORIZED, "You must be authenticated to call Inference Providers: pass a token (Authorization: Bearer hf_…)"));
+        return Err(fail(
+            StatusCode::UNAUTHORIZED,
+            "You must be authenticated to call Inference Providers: pass a token (Authorization: Bearer hf_…)",
+        ));
     }
     if let Some(faults) = &state.cfg.faults {
         if let Some(f) = faults.draw_inference() {
@@ -515,11 +515,9 @@ pub(super) async fn answer(state: &Arc<State>, caller: Option<&Caller>, route: R
     })?;
     let report = ascii_json(&serde_json::to_string(&out.report).expect("serializable"));
     let mut resp = match &route {
-        Route::HfInference(_) => Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "image/png")
-            .body(Body::from(out.png))
-            .expect("valid response"),
+        Route::HfInference(_) => {
+            Response::builder().status(StatusCode::OK).header(header::CONTENT_TYPE, "image/png").body(Body::from(out.png)).expect("valid response")
+        }
         Route::FalAi(_) | Route::Replicate(_) => {
             let id = format!("{:016x}", rand::random::<u64>());
             let url = format!("{}/inference-outputs/{id}.png", super::base_url(headers));
@@ -546,7 +544,8 @@ pub(super) async fn answer(state: &Arc<State>, caller: Option<&Caller>, route: R
             json_reply(status, &v)?
         }
     };
-    resp.headers_mut().insert(RENDER_HEADER, axum::http::HeaderValue::from_str(&report).map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?);
+    resp.headers_mut()
+        .insert(RENDER_HEADER, axum::http::HeaderValue::from_str(&report).map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?);
     Ok(resp)
 }
 
@@ -579,7 +578,11 @@ fn keep_output(state: &State, id: &str, png: Vec<u8>) {
 pub(super) fn output(state: &State, file: &str) -> Reply {
     let id = file.strip_suffix(".png").unwrap_or(file);
     let outs = state.infer.outputs.lock().unwrap_or_else(|e| e.into_inner());
-    let png = outs.iter().find(|(k, _)| k == id).map(|(_, v)| v.clone()).ok_or_else(|| fail(StatusCode::NOT_FOUND, "no such output (outputs are kept for the last 64 renders)"))?;
+    let png = outs
+        .iter()
+        .find(|(k, _)| k == id)
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "no such output (outputs are kept for the last 64 renders)"))?;
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "image/png")
@@ -651,7 +654,17 @@ mod tests {
         let hf = serde_json::json!({"inputs": "sky", "parameters": {"width": 64, "height": 32, "num_inference_steps": 3, "seed": 7, "scheduler": "DDIMScheduler"}});
         let (t, prompt, p) = target_and_params(&Route::HfInference(repo.clone()), &hf).unwrap();
         assert_eq!((t.repo.to_string(), prompt.as_str()), ("alice/sky-lora".into(), "sky"));
-        assert_eq!(p, Params { width: Some(64), height: Some(32), steps: Some(3), seed: Some(7), scheduler: Some("DDIMScheduler".into()), ..Default::default() });
+        assert_eq!(
+            p,
+            Params {
+                width: Some(64),
+                height: Some(32),
+                steps: Some(3),
+                seed: Some(7),
+                scheduler: Some("DDIMScheduler".into()),
+                ..Default::default()
+            }
+        );
 
         let fal = serde_json::json!({"prompt": "sky", "image_size": {"width": 64, "height": 64}, "guidance_scale": 2.5, "model_name": "alice/base",
             "loras": [{"path": "http://127.0.0.1:1/alice/sky-lora/resolve/main/sub/w.safetensors", "scale": 0.5}]});
@@ -665,7 +678,11 @@ mod tests {
 
         for (route, bad, part) in [
             (Route::HfInference(RepoId::parse("a/b").unwrap()), serde_json::json!({"inputs": ""}), "inputs"),
-            (Route::HfInference(RepoId::parse("a/b").unwrap()), serde_json::json!({"inputs": "x", "parameters": {"num_inference_steps": "many"}}), "parameters.num_inference_steps"),
+            (
+                Route::HfInference(RepoId::parse("a/b").unwrap()),
+                serde_json::json!({"inputs": "x", "parameters": {"num_inference_steps": "many"}}),
+                "parameters.num_inference_steps",
+            ),
             (Route::FalAi(FAL_SD_LORA.into()), serde_json::json!({"prompt": "x"}), "loras"),
             (Route::FalAi(FAL_SD_LORA.into()), serde_json::json!({"prompt": "x", "image_size": "square_hd", "loras": []}), "image_size"),
             (Route::Replicate(None), serde_json::json!({"input": {"prompt": "x", "lora_weights": "http://h/only-one"}}), "lora_weights"),
@@ -740,7 +757,12 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let card = |extra: &str| format!("---\ntags: [lora, text-to-image]\n{extra}---\n# LoRA\n");
         commit_files(&store, "alice/base", &[("model_index.json", b"{}"), ("unet/config.json", b"{}")], false);
-        commit_files(&store, "alice/sky-lora", &[("README.md", card("base_model: alice/base\n").as_bytes()), ("pytorch_lora_weights.safetensors", b"w")], false);
+        commit_files(
+            &store,
+            "alice/sky-lora",
+            &[("README.md", card("base_model: alice/base\n").as_bytes()), ("pytorch_lora_weights.safetensors", b"w")],
+            false,
+        );
         commit_files(&store, "alice/no-base", &[("README.md", card("").as_bytes()), ("sky.safetensors", b"w")], false);
         commit_files(&store, "alice/gone-base", &[("README.md", card("base_model: alice/missing\n").as_bytes()), ("a.safetensors", b"w")], false);
         commit_files(&store, "alice/notes", &[("README.md", b"# just notes")], false);
@@ -809,7 +831,10 @@ mod tests {
         assert!(e.contains("fal-ai does not serve alice/no-base") && e.contains("no `base_model`"), "{e}");
         let e = s.render("alice/sky-lora", ProviderChoice::Only(Provider::Replicate), &req(1)).unwrap_err().to_string();
         assert!(e.contains("replicate does not serve"), "{e}");
-        let e = s.render("alice/sky-lora", ProviderChoice::Auto, &TextToImageRequest { scheduler: Some("bogus".into()), ..req(1) }).unwrap_err().to_string();
+        let e = s
+            .render("alice/sky-lora", ProviderChoice::Auto, &TextToImageRequest { scheduler: Some("bogus".into()), ..req(1) })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("422") && e.contains("bogus"), "{e}");
         let c = s.client(false);
         let sel = s.rt.block_on(c.choose(&RepoId::parse("alice/sky-lora").unwrap(), ProviderChoice::Auto)).unwrap();
@@ -826,7 +851,11 @@ mod tests {
 
     #[test]
     fn injected_provider_refusals_carry_status_and_request_id() {
-        for (spec, status, part) in [("infer-402=1", 402, "credits"), ("infer-429=1,retry-after=9", 429, "retry after 9 s"), ("infer-404=1", 404, "not deployed on hf-inference")] {
+        for (spec, status, part) in [
+            ("infer-402=1", 402, "credits"),
+            ("infer-429=1,retry-after=9", 429, "retry after 9 s"),
+            ("infer-404=1", 404, "not deployed on hf-inference"),
+        ] {
             let s = serve(&[Provider::HfInference], "", Some(spec));
             let e = s.render("alice/sky-lora", ProviderChoice::Auto, &req(1)).unwrap_err();
             let text = e.to_string();

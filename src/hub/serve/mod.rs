@@ -363,9 +363,9 @@ fn repo_id(ns: &str, name: &str) -> Result<RepoId, HubFail> {
 }
 
 async fn read_body(state: &State, body: Body) -> Result<bytes::Bytes, HubFail> {
-    axum::body::to_bytes(body, state.cfg.max_body).await.map_err(|_| {
-        fail(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {} bytes", state.cfg.max_body))
-    })
+    axum::body::to_bytes(body, state.cfg.max_body)
+        .await
+        .map_err(|_| fail(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {} bytes", state.cfg.max_body)))
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(state: &State, body: Body) -> Result<T, HubFail> {
@@ -387,12 +387,9 @@ fn authenticate(state: &State, headers: &HeaderMap) -> Result<Option<Caller>, Hu
         return Ok(Some(Caller { user: t.user.clone(), role: t.role.clone(), display: format!("offline-{}", t.role), scope: None }));
     }
     match state.grants.lookup(secret) {
-        oidc::Lookup::Valid(g) => Ok(Some(Caller {
-            user: g.repo.namespace.clone(),
-            role: "write".into(),
-            display: format!("oidc:{}", g.subject),
-            scope: Some(g.repo),
-        })),
+        oidc::Lookup::Valid(g) => {
+            Ok(Some(Caller { user: g.repo.namespace.clone(), role: "write".into(), display: format!("oidc:{}", g.subject), scope: Some(g.repo) }))
+        }
         oidc::Lookup::Expired(g) => Err(fail(
             StatusCode::UNAUTHORIZED,
             format!("Invalid credentials in Authorization header: the short-lived token for {} has expired; exchange a new OIDC id token", g.repo),
@@ -428,10 +425,7 @@ fn require_read(state: &State, caller: Option<&Caller>, id: &RepoId) -> Result<(
 }
 
 fn head_of(state: &State, id: &RepoId, rev: &str) -> Result<String, HubFail> {
-    state
-        .store
-        .resolve(id, rev)
-        .ok_or_else(|| fail_code(StatusCode::NOT_FOUND, "RevisionNotFound", format!("Invalid rev id: {rev}")))
+    state.store.resolve(id, rev).ok_or_else(|| fail_code(StatusCode::NOT_FOUND, "RevisionNotFound", format!("Invalid rev id: {rev}")))
 }
 
 // ---- endpoints ----
@@ -457,10 +451,7 @@ fn whoami(caller: Option<&Caller>) -> Reply {
         name: t.user.clone(),
         fullname: Some(t.user.clone()),
         orgs: vec![],
-        auth: Some(AuthInfo {
-            kind: "access_token".into(),
-            access_token: Some(AccessToken { display_name: t.display.clone(), role, fine_grained }),
-        }),
+        auth: Some(AuthInfo { kind: "access_token".into(), access_token: Some(AccessToken { display_name: t.display.clone(), role, fine_grained }) }),
     };
     json_reply(StatusCode::OK, &who)
 }
@@ -469,10 +460,7 @@ fn whoami(caller: Option<&Caller>) -> Reply {
 /// huggingface_hub sends it, or a form, as RFC 8693 describes it).
 fn token_exchange(state: &State, headers: &HeaderMap, body: &[u8]) -> Reply {
     let oauth = |status: StatusCode, error: &'static str, message: String| HubFail { oauth_error: Some(error), ..fail(status, message) };
-    let is_form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let is_form = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let req: TokenExchangeRequest = if is_form {
         let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
         let field = |k: &str| form.get(k).cloned().unwrap_or_default();
@@ -483,8 +471,7 @@ fn token_exchange(state: &State, headers: &HeaderMap, body: &[u8]) -> Reply {
             resource: form.get("resource").cloned(),
         }
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| oauth(StatusCode::BAD_REQUEST, "invalid_request", format!("invalid token exchange request: {e}")))?
+        serde_json::from_slice(body).map_err(|e| oauth(StatusCode::BAD_REQUEST, "invalid_request", format!("invalid token exchange request: {e}")))?
     };
     if req.grant_type != TOKEN_EXCHANGE_GRANT {
         return Err(oauth(StatusCode::BAD_REQUEST, "unsupported_grant_type", format!("grant_type must be {TOKEN_EXCHANGE_GRANT}")));
@@ -528,7 +515,8 @@ async fn create_branch(state: &State, caller: Option<&Caller>, id: &RepoId, bran
     } else {
         serde_json::from_slice(body).map_err(|e| fail(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?
     };
-    if branch.is_empty() || branch.starts_with("refs/") || branch.contains("..") || branch.chars().any(|c| c.is_whitespace() || c == '~' || c == ':') {
+    if branch.is_empty() || branch.starts_with("refs/") || branch.contains("..") || branch.chars().any(|c| c.is_whitespace() || c == '~' || c == ':')
+    {
         return Err(fail(StatusCode::BAD_REQUEST, format!("invalid branch name {branch:?}")));
     }
     let _guard = state.commit_lock.lock().await;
@@ -600,13 +588,8 @@ fn model_info(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, ex
     let oid = head_of(state, id, rev)?;
     let c = state.store.commit(id, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;
     let card = card_of(state, &c);
-    let mut tags: Vec<String> = card
-        .as_ref()
-        .and_then(|c| c["tags"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|t| t.as_str().map(String::from))
-        .collect();
+    let mut tags: Vec<String> =
+        card.as_ref().and_then(|c| c["tags"].as_array().cloned()).unwrap_or_default().iter().filter_map(|t| t.as_str().map(String::from)).collect();
     tags.dedup();
     let pipeline_tag = inference::pipeline_tag(&c, card.as_ref());
     let library_name = card.as_ref().and_then(|c| c["library_name"].as_str()).map(String::from);
@@ -652,7 +635,12 @@ fn sibling(path: &str, f: &FileRec) -> Sibling {
         rfilename: path.to_string(),
         size: Some(f.size),
         blob_id: Some(f.git_sha1.clone()),
-        lfs: f.lfs.then(|| LfsPointerInfo { sha256: Some(f.sha256.clone()), oid: None, size: f.size, pointer_size: crate::hash::lfs_pointer(&f.sha256, f.size).len() as u64 }),
+        lfs: f.lfs.then(|| LfsPointerInfo {
+            sha256: Some(f.sha256.clone()),
+            oid: None,
+            size: f.size,
+            pointer_size: crate::hash::lfs_pointer(&f.sha256, f.size).len() as u64,
+        }),
     }
 }
 
@@ -662,7 +650,12 @@ fn tree_entry(path: &str, f: &FileRec) -> TreeEntry {
         path: path.into(),
         oid: f.git_sha1.clone(),
         size: f.size,
-        lfs: f.lfs.then(|| LfsPointerInfo { sha256: None, oid: Some(f.sha256.clone()), size: f.size, pointer_size: crate::hash::lfs_pointer(&f.sha256, f.size).len() as u64 }),
+        lfs: f.lfs.then(|| LfsPointerInfo {
+            sha256: None,
+            oid: Some(f.sha256.clone()),
+            size: f.size,
+            pointer_size: crate::hash::lfs_pointer(&f.sha256, f.size).len() as u64,
+        }),
     }
 }
 
@@ -672,15 +665,7 @@ fn dir_entry(path: &str) -> TreeEntry {
 
 const TREE_PAGE: usize = 1000;
 
-fn tree(
-    state: &State,
-    caller: Option<&Caller>,
-    id: &RepoId,
-    rev: &str,
-    sub: &str,
-    q: &HashMap<String, String>,
-    headers: &HeaderMap,
-) -> Reply {
+fn tree(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, sub: &str, q: &HashMap<String, String>, headers: &HeaderMap) -> Reply {
     require_read(state, caller, id)?;
     let oid = head_of(state, id, rev)?;
     let c = state.store.commit(id, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;
@@ -755,12 +740,7 @@ fn preupload(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, req
             .map_err(|_| fail(StatusCode::BAD_REQUEST, format!("sample of {} is not base64", f.path)))?;
         let lfs = likely_lfs(&f.path, f.size, &sample);
         let remote = c.files.get(&f.path).map(|r| if lfs { r.sha256.clone() } else { r.git_sha1.clone() });
-        files.push(PreuploadAnswer {
-            path: f.path,
-            upload_mode: if lfs { "lfs" } else { "regular" }.into(),
-            should_ignore: false,
-            oid: remote,
-        });
+        files.push(PreuploadAnswer { path: f.path, upload_mode: if lfs { "lfs" } else { "regular" }.into(), should_ignore: false, oid: remote });
     }
     json_reply(StatusCode::OK, &PreuploadResponse { files })
 }
@@ -927,22 +907,14 @@ fn verify(state: &State, caller: Option<&Caller>, id: &RepoId, req: LfsObject) -
     }
 }
 
-async fn commit(
-    state: &State,
-    caller: Option<&Caller>,
-    id: &RepoId,
-    rev: &str,
-    create_pr: bool,
-    body: &[u8],
-    headers: &HeaderMap,
-) -> Reply {
+async fn commit(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, create_pr: bool, body: &[u8], headers: &HeaderMap) -> Reply {
     require_write(caller, id)?;
     require_read(state, caller, id)?;
     let text = std::str::from_utf8(body).map_err(|_| fail(StatusCode::BAD_REQUEST, "commit body is not UTF-8"))?;
     let mut lines = Vec::new();
     for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let line: CommitLine = serde_json::from_str(l)
-            .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("malformed NDJSON commit line {}: {e}", i + 1)))?;
+        let line: CommitLine =
+            serde_json::from_str(l).map_err(|e| fail(StatusCode::BAD_REQUEST, format!("malformed NDJSON commit line {}: {e}", i + 1)))?;
         lines.push(line);
     }
     let Some(CommitLine::Header { summary, description, parent_commit }) = lines.first().cloned() else {
@@ -953,15 +925,11 @@ async fn commit(
     }
     let _guard = state.commit_lock.lock().await;
     let refs = state.store.refs(id);
-    let head = refs
-        .get(rev)
-        .cloned()
-        .ok_or_else(|| fail_code(StatusCode::NOT_FOUND, "RevisionNotFound", format!("branch {rev} does not exist")))?;
+    let head = refs.get(rev).cloned().ok_or_else(|| fail_code(StatusCode::NOT_FOUND, "RevisionNotFound", format!("branch {rev} does not exist")))?;
     let base = match parent_commit {
-        Some(p) if create_pr => state
-            .store
-            .resolve(id, &p)
-            .ok_or_else(|| fail(StatusCode::BAD_REQUEST, format!("parentCommit {p} is not a commit of {id}")))?,
+        Some(p) if create_pr => {
+            state.store.resolve(id, &p).ok_or_else(|| fail(StatusCode::BAD_REQUEST, format!("parentCommit {p} is not a commit of {id}")))?
+        }
         Some(p) if !head.starts_with(&p) || p.len() < 5 => {
             return Err(fail(StatusCode::PRECONDITION_FAILED, "A commit has happened since. Please refresh and try again."));
         }
@@ -1028,15 +996,7 @@ async fn commit(
     )
 }
 
-async fn resolve(
-    state: &State,
-    caller: Option<&Caller>,
-    id: &RepoId,
-    rev: &str,
-    path: &str,
-    head_only: bool,
-    headers: &HeaderMap,
-) -> Reply {
+async fn resolve(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, path: &str, head_only: bool, headers: &HeaderMap) -> Reply {
     require_read(state, caller, id)?;
     let oid = head_of(state, id, rev)?;
     let c = state.store.commit(id, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;

@@ -107,8 +107,8 @@ struct UnverifiedClaims {
 impl OidcTrust {
     /// Checks an id token for `resource`, as seen by a client that reached this Hub at `own_url`.
     pub fn verify(&self, id_token: &str, resource: &RepoId, own_url: &str) -> Result<Grant, Refusal> {
-        let header = jsonwebtoken::decode_header(id_token)
-            .map_err(|e| refuse(400, "invalid_request", format!("subject_token is not a JWT ({e})")))?;
+        let header =
+            jsonwebtoken::decode_header(id_token).map_err(|e| refuse(400, "invalid_request", format!("subject_token is not a JWT ({e})")))?;
         if matches!(header.alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
             return Err(refuse(400, "invalid_grant", format!("id tokens signed with {:?} (a shared secret) are not accepted", header.alg)));
         }
@@ -122,9 +122,10 @@ impl OidcTrust {
             .find(|i| i.issuer == iss.trim_end_matches('/'))
             .ok_or_else(|| refuse(400, "invalid_grant", format!("the id token's issuer {iss:?} is not trusted by this Hub")))?;
         let jwk = match &header.kid {
-            Some(kid) => issuer.jwks.find(kid).ok_or_else(|| {
-                refuse(400, "invalid_grant", format!("no key with kid {kid:?} in the JWKS of {}", issuer.issuer))
-            })?,
+            Some(kid) => issuer
+                .jwks
+                .find(kid)
+                .ok_or_else(|| refuse(400, "invalid_grant", format!("no key with kid {kid:?} in the JWKS of {}", issuer.issuer)))?,
             None if issuer.jwks.keys.len() == 1 => &issuer.jwks.keys[0],
             None => return Err(refuse(400, "invalid_grant", "the id token names no key (kid) and its issuer has several")),
         };
@@ -137,7 +138,9 @@ impl OidcTrust {
         v.validate_nbf = true;
         v.leeway = 30;
         let data = jsonwebtoken::decode::<Claims>(id_token, &key, &v).map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => refuse(400, "invalid_grant", "the id token's signature does not verify with the issuer's keys (forged or tampered)"),
+            ErrorKind::InvalidSignature => {
+                refuse(400, "invalid_grant", "the id token's signature does not verify with the issuer's keys (forged or tampered)")
+            }
             ErrorKind::ExpiredSignature => refuse(400, "invalid_grant", "the id token has expired: mint a fresh one"),
             ErrorKind::ImmatureSignature => refuse(400, "invalid_grant", "the id token is not valid yet (nbf in the future)"),
             ErrorKind::InvalidAudience => {
@@ -173,10 +176,8 @@ pub enum Lookup {
 impl Grants {
     /// Issues a fresh secret for `grant`.
     pub fn issue(&self, grant: Grant) -> String {
-        let secret: String = format!(
-            "hf_oidc_{}",
-            rand::Rng::sample_iter(rand::rng(), rand::distr::Alphanumeric).take(40).map(char::from).collect::<String>()
-        );
+        let secret: String =
+            format!("hf_oidc_{}", rand::Rng::sample_iter(rand::rng(), rand::distr::Alphanumeric).take(40).map(char::from).collect::<String>());
         let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         // Expired grants stay a while so their use is reported as "expired", not "unknown".
         let horizon = Instant::now().checked_sub(Duration::from_secs(3600));

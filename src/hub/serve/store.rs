@@ -101,10 +101,7 @@ impl Store {
     }
 
     pub fn refs(&self, id: &RepoId) -> BTreeMap<String, String> {
-        std::fs::read(self.repo_dir(id).join("refs.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        std::fs::read(self.repo_dir(id).join("refs.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
 
     fn write_refs(&self, id: &RepoId, refs: &BTreeMap<String, String>) -> std::io::Result<()> {
