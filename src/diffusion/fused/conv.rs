@@ -113,6 +113,10 @@ pub fn input_grad(g: &Tensor, weight: &Tensor, stride: usize, padding: usize, in
     let (c_out, c_in, k, _) = weight.dims4()?;
     let (b, _, ho, wo) = g.dims4()?;
     let w = weight.to_dtype(g.dtype())?;
+    if g.device().is_cpu() && g.dtype() == DType::F32 {
+        let geometry = Geometry { stride, top: padding, left: padding, out_h: ho, out_w: wo };
+        return cpu_conv::input_grad(g, &w, geometry, in_hw);
+    }
     if k == 1 && stride == 1 && padding == 0 {
         // A 1×1 conv is a matmul over channels: dx = Wᵀ·g per pixel.
         let w2 = w.reshape((c_out, c_in))?.t()?;
@@ -138,11 +142,6 @@ pub fn input_grad(g: &Tensor, weight: &Tensor, stride: usize, padding: usize, in
     let (top, bottom) = pad(in_hw.0, ho);
     let (left, right) = pad(in_hw.1, wo);
     let flipped = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
-    if g.device().is_cpu() && g.dtype() == DType::F32 && top >= 0 && left >= 0 {
-        // The kernel reads zeros past the bottom/right edge, so only the leading pads matter.
-        let geometry = Geometry { stride: 1, top: top as usize, left: left as usize, out_h: in_hw.0, out_w: in_hw.1 };
-        return cpu_conv::conv2d(&g, &flipped, geometry);
-    }
     let same = top == bottom && left == right && top == left && top >= 0;
     if same {
         return conv2d(&g, &flipped, 1, top as usize);

@@ -120,6 +120,100 @@ unsafe fn gemm_into(dst: *mut f32, dst_rs: isize, lhs: &[f32], rhs: *const f32, 
     gemm::gemm(m, n, k, dst, 1, dst_rs, false, lhs.as_ptr(), 1, k as isize, rhs, 1, rhs_rs, 0.0, 1.0, false, false, false, par)
 }
 
+/// The input gradient of `conv2d(x, weight, g)` for an `in_h × in_w` input, from the output
+/// gradient `grad` [B, C_out, out_h, out_w] (f32, CPU) → [B, C_in, in_h, in_w]: the column
+/// gradient Wᵀ·grad (W read in place as a transposed [C_out, C_in·K·K] matrix), scattered back
+/// onto the input pixels each column came from (col2im), as PyTorch's `slow_conv2d_backward`.
+/// Any stride and padding; no flipped copy of the weight, no zero-inserted gradient.
+pub fn input_grad(grad: &Tensor, weight: &Tensor, g: Geometry, in_hw: (usize, usize)) -> Result<Tensor> {
+    grad.contiguous()?.apply_op2_no_bwd(&weight.contiguous()?, &Col2Im(g, in_hw, COLS_BUDGET))
+}
+
+struct Col2Im(Geometry, (usize, usize), usize);
+
+impl candle_core::CustomOp2 for Col2Im {
+    fn name(&self) -> &'static str {
+        "conv2d-input-grad-col2im"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, (h, w)) = (self.0, self.1);
+        let (b, c_out, oh, ow) = gl.shape().dims4()?;
+        let (wc_out, c_in, k, _) = wl.shape().dims4()?;
+        if wc_out != c_out || (oh, ow) != (g.out_h, g.out_w) {
+            bail!("conv2d backward: gradient {:?} does not fit weight {:?} / geometry {g:?}", gl.dims(), wl.dims());
+        }
+        let gy = &gs.as_slice::<f32>()?[gl.start_offset()..gl.start_offset() + gl.shape().elem_count()];
+        let wt = &ws.as_slice::<f32>()?[wl.start_offset()..wl.start_offset() + wl.shape().elem_count()];
+        let kk = c_in * k * k;
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        let mut dx = vec![0f32; b * c_in * h * w];
+        let direct = k == 1 && g.stride == 1 && g.top == 0 && g.left == 0 && (oh, ow) == (h, w);
+        let rows_per_tile = (self.2 / (kk * ow).max(1)).clamp(1, oh);
+        let mut cols = if direct { Vec::new() } else { vec![0f32; kk * rows_per_tile * ow] };
+        for bi in 0..b {
+            let gb = &gy[bi * c_out * oh * ow..(bi + 1) * c_out * oh * ow];
+            let db = &mut dx[bi * c_in * h * w..(bi + 1) * c_in * h * w];
+            if direct {
+                // 1×1, stride 1: dx = Wᵀ·grad per pixel, written in place.
+                unsafe { gemm_t_into(db.as_mut_ptr(), (h * w) as isize, wt, kk, gb[..].as_ptr(), (oh * ow) as isize, c_in, oh * ow, c_out, par) };
+                continue;
+            }
+            for r0 in (0..oh).step_by(rows_per_tile) {
+                let rows = rows_per_tile.min(oh - r0);
+                let n = rows * ow;
+                let cols = &mut cols[..kk * n];
+                unsafe { gemm_t_into(cols.as_mut_ptr(), n as isize, wt, kk, gb[r0 * ow..].as_ptr(), (oh * ow) as isize, kk, n, c_out, par) };
+                // Each input channel's plane takes the K·K rows of its own columns: no two threads write one pixel.
+                db.par_chunks_mut(h * w).enumerate().for_each(|(ci, plane)| {
+                    for kh in 0..k {
+                        for kw in 0..k {
+                            let src = &cols[((ci * k + kh) * k + kw) * n..((ci * k + kh) * k + kw + 1) * n];
+                            for r in 0..rows {
+                                let iy = ((r0 + r) * g.stride + kh) as isize - g.top as isize;
+                                if iy < 0 || iy >= h as isize {
+                                    continue;
+                                }
+                                let dst = &mut plane[iy as usize * w..(iy as usize + 1) * w];
+                                for (c, &v) in src[r * ow..(r + 1) * ow].iter().enumerate() {
+                                    let ix = (c * g.stride + kw) as isize - g.left as isize;
+                                    if ix >= 0 && ix < w as isize {
+                                        dst[ix as usize] += v;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        Ok((CpuStorage::F32(dx), Shape::from((b, c_in, h, w))))
+    }
+}
+
+/// dst[m × n] (row stride `dst_rs`) = Wᵀ · rhs, with W a contiguous [k × w_cols] matrix read as
+/// its transpose [m = w_cols × k], and rhs [k × n] of row stride `rhs_rs`.
+///
+/// # Safety
+/// As [`gemm_into`]; `w` must hold k·w_cols elements.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_t_into(
+    dst: *mut f32,
+    dst_rs: isize,
+    w: &[f32],
+    w_cols: usize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    m: usize,
+    n: usize,
+    k: usize,
+    par: gemm::Parallelism,
+) {
+    debug_assert!(w.len() >= k * w_cols && m <= w_cols);
+    gemm::gemm(m, n, k, dst, 1, dst_rs, false, w.as_ptr(), w_cols as isize, 1, rhs, 1, rhs_rs, 0.0, 1.0, false, false, false, par)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +234,19 @@ mod tests {
                 let ours = with_budget(&x, &wt, Geometry::symmetric(h, w, k, s, p).unwrap(), budget).unwrap();
                 assert_eq!(ours.dims(), theirs.dims());
                 assert!(rel_error(&ours, &theirs).unwrap() < 1e-6, "k{k} s{s} p{p} budget {budget}");
+            }
+        }
+        // Input gradients against candle's autograd (conv_transpose2d), one tile and row tiles.
+        for &(k, s, p, h, w) in &[(3, 1, 1, 6, 5), (1, 1, 0, 4, 4), (3, 2, 1, 8, 8), (3, 2, 1, 7, 9), (3, 2, 0, 9, 9), (1, 2, 0, 6, 6)] {
+            let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap()).unwrap();
+            let wt = Tensor::randn(0f32, 1.0, (4, 3, k, k), &dev).unwrap();
+            let y = x.as_tensor().conv2d(&wt, p, s, 1, 1).unwrap();
+            let gy = Tensor::randn(0f32, 1.0, y.shape(), &dev).unwrap();
+            let theirs = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap().remove(x.as_tensor()).unwrap();
+            for budget in [COLS_BUDGET, 1] {
+                let geometry = Geometry::symmetric(h, w, k, s, p).unwrap();
+                let ours = gy.contiguous().unwrap().apply_op2_no_bwd(&wt, &Col2Im(geometry, (h, w), budget)).unwrap();
+                assert!(rel_error(&ours, &theirs).unwrap() < 1e-5, "backward k{k} s{s} p{p} budget {budget}");
             }
         }
         // Asymmetric padding: one extra row/column after, as padding the input right/bottom would.
