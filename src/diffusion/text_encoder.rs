@@ -188,8 +188,7 @@ impl ClipTextModel {
 pub fn load(dir: &Path, weights: &Path, dtype: DType, device: &Device, adapters: &Adapters) -> std::result::Result<ClipTextModel, PipelineError> {
     let cfg = ClipConfig::from_file(&dir.join("config.json"))?;
     let err = |e: candle_core::Error| PipelineError::BadConfig { path: weights.to_path_buf(), detail: e.to_string() };
-    // SAFETY: read-only memory map of a weights file not modified while in use.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device) }.map_err(err)?;
+    let vb = super::weights::var_builder(&[weights], dtype, device).map_err(err)?;
     ClipTextModel::new(vb, &cfg, adapters).map_err(err)
 }
 
