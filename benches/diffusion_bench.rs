@@ -119,6 +119,7 @@ fn peak_rss() -> Option<u64> {
 }
 
 fn main() -> Result<()> {
+    hfsky::runtime::configure();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let n = |i: usize| -> Result<usize> { args.get(i).context("missing argument")?.parse().context("not a number") };
     let v = match args.first().map(String::as_str) {

@@ -47,11 +47,15 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resolution", type=int, default=None, help="default: the UNet's native size")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="float32", help="frozen weights: float32, bfloat16 or float16 (LoRA stays float32)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    pipe = DiffusionPipeline.from_pretrained(a.model, torch_dtype=torch.float32)
+    dev = torch.device(a.device)
+    wdtype = getattr(torch, a.dtype)
+    pipe = DiffusionPipeline.from_pretrained(a.model, torch_dtype=torch.float32).to(dev)
     xl = hasattr(pipe, "text_encoder_2")
     res = a.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     sched = pipe.scheduler
@@ -64,22 +68,28 @@ def main():
             if not name.lower().endswith((".png", ".jpg", ".jpeg")):
                 continue
             px, (h, w, top, left) = load_photo(os.path.join(a.photos, name), res)
-            dist = pipe.vae.encode(px).latent_dist
-            time_ids = torch.tensor([[h, w, top, left, res, res]], dtype=torch.float32)
+            dist = pipe.vae.encode(px.to(dev)).latent_dist
+            time_ids = torch.tensor([[h, w, top, left, res, res]], dtype=torch.float32, device=dev)
             examples.append((dist, time_ids))
         if xl:
             # force_upcast: the SDXL VAE runs in f32 (it already is here), as the SDXL script does.
-            seq, _, pooled, _ = pipe.encode_prompt(a.prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
+            seq, _, pooled, _ = pipe.encode_prompt(a.prompt, device=dev, num_images_per_prompt=1, do_classifier_free_guidance=False)
         else:
-            seq, _ = pipe.encode_prompt(a.prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
+            seq, _ = pipe.encode_prompt(a.prompt, device=dev, num_images_per_prompt=1, do_classifier_free_guidance=False)
             pooled = None
 
-    unet = pipe.unet
+    unet = pipe.unet.to(wdtype)
     del pipe
+    seq = seq.to(wdtype)
+    pooled = pooled.to(wdtype) if pooled is not None else None
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=a.rank, lora_alpha=a.rank, init_lora_weights="gaussian",
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     unet.train()
+    # LoRA factors in float32 over half-precision frozen weights, as the diffusers scripts' cast_training_params.
+    for p in unet.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
     if a.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     params = [p for p in unet.parameters() if p.requires_grad]
@@ -93,22 +103,25 @@ def main():
         dist, time_ids = examples[step % len(examples)]
         latents = (dist.sample() - shift) * vae_cfg.scaling_factor
         noise = torch.randn_like(latents)
-        t = torch.randint(0, n_t, (latents.shape[0],)).long()
+        t = torch.randint(0, n_t, (latents.shape[0],), device=dev).long()
         noisy = sched.add_noise(latents, noise, t)
         target = sched.get_velocity(latents, noise, t) if v_pred else noise
-        added = {"text_embeds": pooled, "time_ids": time_ids} if xl else None
-        pred = unet(noisy, t, seq, added_cond_kwargs=added, return_dict=False)[0]
+        added = {"text_embeds": pooled, "time_ids": time_ids.to(wdtype)} if xl else None
+        with torch.autocast(dev.type, dtype=wdtype, enabled=wdtype != torch.float32):
+            pred = unet(noisy.to(wdtype), t, seq, added_cond_kwargs=added, return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="mean")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad()
-        loss_value = loss.item()
+        loss_value = loss.item()  # also waits for the GPU
         if step >= a.warmup:
             times.append(time.perf_counter() - t0)
 
+    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
     print(json.dumps({"model": os.path.basename(a.model.rstrip("/")), "threads": a.threads, "steps": a.steps,
-                      "warmup": a.warmup, "median_ms": 1000 * statistics.median(times), "loss": loss_value}))
+                      "warmup": a.warmup, "median_ms": 1000 * statistics.median(times), "loss": loss_value,
+                      "peak_device_memory_bytes": peak}))
 
 
 if __name__ == "__main__":

@@ -15,5 +15,6 @@ pub mod hub;
 pub mod imagestats;
 pub mod redact;
 pub mod repo_id;
+pub mod runtime;
 pub mod token;
 pub mod train;

@@ -1,5 +1,6 @@
 mod cli;
 
 fn main() {
+    hfsky::runtime::configure();
     std::process::exit(cli::run());
 }

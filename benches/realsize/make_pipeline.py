@@ -89,7 +89,7 @@ def main(kind, out):
         elif name.startswith("text_encoder"):
             cfg = read(kind, f"{name}/config.json")
             model_cls = CLIPTextModelWithProjection if cls == "CLIPTextModelWithProjection" else CLIPTextModel
-            component(name, model_cls(CLIPTextConfig(**cfg)), "model.safetensors")
+            component(name, model_cls(CLIPTextConfig(**cfg)).float(), "model.safetensors")
             write_json(os.path.join(out, name, "config.json"), cfg)
         elif name.startswith("tokenizer"):
             shutil.copytree(os.path.join(ROOT, "tests/fixtures/tiny-sd15/tokenizer"), os.path.join(out, name), dirs_exist_ok=True)

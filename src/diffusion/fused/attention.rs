@@ -6,7 +6,7 @@
 //! Backward per chunk, with P = softmax(s·QKᵀ): dV += Pᵀ·dO, dP = dO·Vᵀ,
 //! dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = s·dS·K, dK += s·dSᵀ·Q.
 
-use super::record;
+use super::{cpu_attention, record};
 use candle_core::{DType, Result, Tensor};
 
 /// Elements of one chunk's score matrix (64 MiB in f32).
@@ -38,7 +38,33 @@ fn probs(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
 /// diffusers' `F.scaled_dot_product_attention` with `heads` heads: `q` [B, N, H·d], `k`/`v`
 /// [B, M, H·d] → [B, N, H·d], scale 1/√d. Differentiable in q, k and v.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
-    chunked(q, k, v, heads, SCORE_BUDGET)
+    let cpu_f32 = [q, k, v].iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if cpu_f32 {
+        fused_cpu(q, k, v, heads)
+    } else {
+        chunked(q, k, v, heads, SCORE_BUDGET)
+    }
+}
+
+/// The CPU kernel (`cpu_attention`): no score matrix beyond one block per thread.
+fn fused_cpu(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let (qd, kd, vd) = (q.detach().contiguous()?, k.detach().contiguous()?, v.detach().contiguous()?);
+    let fwd = cpu_attention::Forward { heads, lse: std::sync::Mutex::new(None) };
+    let out = qd.apply_op3_no_bwd(&kd, &vd, &fwd)?;
+    if !(q.track_op() || k.track_op() || v.track_op()) {
+        return Ok(out);
+    }
+    let lse = std::sync::Arc::new(fwd.lse.lock().expect("lse lock").take().unwrap_or_default());
+    record("attention", &[q, k, v], out, move |g| {
+        let bwd = cpu_attention::Backward { heads, grad: g.contiguous()?, lse: lse.clone() };
+        let flat = qd.apply_op3_no_bwd(&kd, &vd, &bwd)?;
+        let (nq, nk) = (qd.elem_count(), kd.elem_count());
+        Ok(vec![
+            Some(flat.narrow(0, 0, nq)?.reshape(qd.shape())?),
+            Some(flat.narrow(0, nq, nk)?.reshape(kd.shape())?),
+            Some(flat.narrow(0, nq + nk, nk)?.reshape(kd.shape())?),
+        ])
+    })
 }
 
 fn chunked(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, budget: usize) -> Result<Tensor> {
@@ -100,12 +126,18 @@ mod tests {
     fn chunked_attention_equals_dense_in_values_and_gradients() {
         let dev = Device::Cpu;
         let r = |s: &[usize]| Tensor::randn(0f32, 1.0, s, &dev).unwrap();
-        // Self- and cross-attention shapes, in one chunk and in chunks of 2 queries (the last shorter).
+        // Self- and cross-attention shapes. The device-generic path (f64 here) in one chunk and in
+        // chunks of 2 queries (the last shorter); the CPU kernel (f32) with more queries than
+        // one block holds.
         for (n, m) in [(7, 7), (6, 5)] {
             for budget in [SCORE_BUDGET, 2 * 4 * m] {
-                let inputs = [r(&[2, n, 8]), r(&[2, m, 8]), r(&[2, m, 8])];
-                check_against_composed(&inputs, |t| chunked(&t[0], &t[1], &t[2], 2, budget), |t| composed(&t[0], &t[1], &t[2], 2), 1e-5);
+                let inputs = [r(&[2, n, 8]), r(&[2, m, 8]), r(&[2, m, 8])].map(|t| t.to_dtype(DType::F64).unwrap());
+                check_against_composed(&inputs, |t| chunked(&t[0], &t[1], &t[2], 2, budget), |t| composed(&t[0], &t[1], &t[2], 2), 1e-9);
             }
+        }
+        for (n, m) in [(150, 70), (9, 77)] {
+            let inputs = [r(&[2, n, 12]), r(&[2, m, 12]), r(&[2, m, 12])];
+            check_against_composed(&inputs, |t| attention(&t[0], &t[1], &t[2], 3), |t| composed(&t[0], &t[1], &t[2], 3), 1e-5);
         }
         assert_eq!(chunk_len(SCORE_BUDGET, 8, 4096, 4096), 512);
         assert_eq!(chunk_len(SCORE_BUDGET, 1, 3, 5), 5);

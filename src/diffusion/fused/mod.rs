@@ -16,6 +16,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod cpu_attention;
 pub mod cpu_conv;
 pub mod geglu;
 pub mod norm;
