@@ -6,6 +6,7 @@ mod ci;
 mod compare;
 mod dataset;
 mod download;
+mod download_bar;
 mod generate;
 mod hash;
 mod hub;
@@ -320,9 +321,12 @@ pub fn client_for(
     oidc: &OidcOptions,
     require_token: bool,
 ) -> anyhow::Result<(hfsky::hub::HubClient, Option<Credential>)> {
-    let (client, cred) = rt.block_on(hfsky::auth::hub_client(&ctx.endpoint, write_target, oidc))?;
+    let (mut client, cred) = rt.block_on(hfsky::auth::hub_client(&ctx.endpoint, write_target, oidc))?;
     if require_token && cred.is_none() {
         return Err(not_logged_in());
+    }
+    if ctx.show_progress() {
+        client = client.with_download_progress(download_bar::bar());
     }
     Ok((client, cred))
 }

@@ -62,9 +62,9 @@ fn weights(
     dtype: DType,
     device: &Device,
 ) -> Result<VarBuilder<'static>, GenerateError> {
-    let path = files.weights(component, variant)?;
-    // SAFETY: the weights file is memory-mapped read-only and not modified while in use.
-    unsafe { VarBuilder::from_mmaped_safetensors(&[&path], dtype, device) }.map_err(model_err(&path.display().to_string()))
+    let w = files.weights(component, variant)?;
+    // SAFETY: the weight files are memory-mapped read-only and not modified while in use.
+    unsafe { VarBuilder::from_mmaped_safetensors(&w.files, dtype, device) }.map_err(model_err(&w.display()))
 }
 
 impl Pipeline {

@@ -6,7 +6,7 @@
 
 use super::checkpoint::{self, Checkpoint};
 use super::config::{CaptionSource, Precision, TrainConfig};
-use super::examples::{crop_at, default_cache_dir, file_sha, pick_offset, time_ids, CachedLatents, CropBox, LatentCache};
+use super::examples::{crop_at, default_cache_dir, file_sha, pick_offset, time_ids, CacheError, CachedLatents, CropBox, LatentCache};
 use super::lora_params::TrainableLora;
 use super::objective::{normal, step_rng, weighted_mse, Objective, Prediction};
 use super::optim::{clip_grad_norm, learning_rate, AdamW};
@@ -257,8 +257,9 @@ impl Trainer<'_> {
         // Encode captions once; the text encoders are dropped before training.
         let text = TextEncoders::load(&files, dtype, &device)?;
         let mut prompts = Prompts { texts: vec![], seq: vec![], pooled: vec![] };
-        let vae_weights = files.weights("vae", None).map_err(GenerateError::from)?;
-        let mut cache = LatentCache::new(self.cache_dir.clone().unwrap_or_else(default_cache_dir), file_sha(&vae_weights)?);
+        let vae_weights = files.weights("vae", crate::generate::pipeline::variant_for(dtype)).map_err(GenerateError::from)?;
+        let vae_sha = vae_weights.sha256().map_err(|e| CacheError::Io { path: vae_weights.files[0].clone(), detail: e.to_string() })?;
+        let mut cache = LatentCache::new(self.cache_dir.clone().unwrap_or_else(default_cache_dir), vae_sha);
         let mut examples = Vec::new();
         let mut trained_on = Vec::new();
         let mut crop_rng = step_rng(cfg.seed, u64::MAX, 1);
