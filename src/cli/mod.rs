@@ -7,6 +7,7 @@ mod compare;
 mod dataset;
 mod download;
 mod download_bar;
+mod env;
 mod generate;
 mod hash;
 mod hub;
@@ -96,6 +97,8 @@ pub enum Command {
     /// CI publishing: write a workflow, summarise a push for the job summary
     #[command(subcommand)]
     Ci(ci::Cmd),
+    /// Version, build, devices, cache and token source, for bug reports (never the token)
+    Env,
     /// sha256 of a file (used by the benchmark)
     #[command(hide = true)]
     Hash { file: std::path::PathBuf },
@@ -274,6 +277,7 @@ pub fn run() -> i32 {
         Command::Login(a) => login::run(&ctx, a),
         Command::Logout(a) => logout::run(&ctx, a),
         Command::Whoami => whoami::run(&ctx),
+        Command::Env => env::run(&ctx),
         Command::Token(c) => token::run(&ctx, c),
         Command::Push(a) => push::run(&ctx, a),
         Command::Download(a) => download::run(&ctx, a),
