@@ -426,7 +426,7 @@ fn next_link(resp: &Response) -> Option<String> {
 }
 
 fn header_str(resp: &Response, name: &str) -> Option<String> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok()).map(|s| redact(s))
+    resp.headers().get(name).and_then(|v| v.to_str().ok()).map(redact)
 }
 
 /// Turns a non-2xx answer into `HubError::Http`, reading the Hub's error headers and body.
