@@ -5,6 +5,7 @@
 pub mod autoencoder;
 pub mod clip_tokenizer;
 pub mod config;
+pub mod fused;
 pub mod lora;
 pub mod nn;
 pub mod recompute;
