@@ -481,7 +481,7 @@ mod tests {
         assert_eq!(r(Precision::Auto, true, true).unwrap(), (DType::BF16, false, "bf16".into()));
         assert_eq!(r(Precision::Auto, true, false).unwrap(), (DType::F16, true, "f16 (dynamic loss scaling)".into()));
         assert_eq!(r(Precision::Auto, false, false).unwrap(), (DType::F32, false, "f32".into()));
-        assert_eq!(r(Precision::F16, false, false).unwrap().1, true, "f16 always scales its loss");
+        assert!(r(Precision::F16, false, false).unwrap().1, "f16 always scales its loss");
         assert_eq!(r(Precision::F32, true, true).unwrap().0, DType::F32);
         let e = r(Precision::Bf16, true, false).unwrap_err();
         assert!(e.contains("compute capability 8.0") && e.contains("precision: auto"), "{e}");
