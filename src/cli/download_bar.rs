@@ -26,9 +26,10 @@ pub fn bar() -> OnDownload {
         match event {
             DownloadEvent::Start { files, total_bytes } => {
                 *s = State { files, ..State::default() };
-                pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
                 pb.reset();
+                pb.set_message("");
                 pb.set_length(total_bytes);
+                pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             }
             DownloadEvent::Progress { path, bytes, .. } => {
                 pb.set_message(path.clone());
