@@ -15,7 +15,6 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use hfsky::diffusion::config::{Architecture, PipelineFiles};
 use hfsky::diffusion::nn::{rel_error, Adapters};
 use hfsky::diffusion::unet::config::OneOrMany;
@@ -61,8 +60,7 @@ fn unet(config: &Path, weights: &Path, inputs: &Path, repeats: usize) -> Result<
     let dev = Device::Cpu;
     let t = Instant::now();
     let cfg = UNetConfig::from_file(config)?;
-    // SAFETY: read-only map of a file this process does not modify.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &dev) }?;
+    let vb = hfsky::diffusion::weights::var_builder(&[weights], DType::F32, &dev)?;
     let model = UNet2DConditionModel::new(vb, &cfg, &Adapters::new())?;
     let load_s = t.elapsed().as_secs_f64();
     let x = candle_core::safetensors::load(inputs, &dev).with_context(|| inputs.display().to_string())?;
@@ -77,8 +75,7 @@ fn train_step(dir: &Path, res: usize, steps: usize, gc: bool) -> Result<serde_js
     let dev = Device::Cpu;
     let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
     let weights = dir.join("diffusion_pytorch_model.safetensors");
-    // SAFETY: read-only map of a file this process does not modify.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &dev) }?;
+    let vb = hfsky::diffusion::weights::var_builder(&[weights], DType::F32, &dev)?;
     let adapters = Adapters::new();
     let mut model = UNet2DConditionModel::new(vb, &cfg, &adapters)?;
     model.set_gradient_checkpointing(gc);

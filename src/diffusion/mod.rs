@@ -13,3 +13,4 @@ pub mod schedulers;
 pub mod testing;
 pub mod text_encoder;
 pub mod unet;
+pub mod weights;

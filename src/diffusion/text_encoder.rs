@@ -195,8 +195,7 @@ pub fn load(
     let cfg = ClipConfig::from_file(&dir.join("config.json"))?;
     let first = weights.first().cloned().unwrap_or_else(|| dir.to_path_buf());
     let err = |e: candle_core::Error| PipelineError::BadConfig { path: first.clone(), detail: e.to_string() };
-    // SAFETY: read-only memory maps of weight files not modified while in use.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(weights, dtype, device) }.map_err(err)?;
+    let vb = super::weights::var_builder(weights, dtype, device).map_err(err)?;
     ClipTextModel::new(vb, &cfg, adapters).map_err(err)
 }
 

@@ -63,8 +63,7 @@ fn weights(
     device: &Device,
 ) -> Result<VarBuilder<'static>, GenerateError> {
     let w = files.weights(component, variant)?;
-    // SAFETY: the weight files are memory-mapped read-only and not modified while in use.
-    unsafe { VarBuilder::from_mmaped_safetensors(&w.files, dtype, device) }.map_err(model_err(&w.display()))
+    crate::diffusion::weights::var_builder(&w.files, dtype, device).map_err(model_err(&w.display()))
 }
 
 impl Pipeline {
