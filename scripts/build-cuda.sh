@@ -2,9 +2,19 @@
 # Builds hfsky with the CUDA backend (`--features cuda`) on a machine with no GPU and no CUDA
 # install: a pinned CUDA 13.0 toolkit comes from PyPI wheels (nvcc, nvvm, crt, runtime, cccl),
 # and the GPU libraries cudarc links against (driver, cuBLAS, cuBLASLt, cuRAND, NVRTC) are
-# replaced by stub .so files with the real sonames. Kernels are compiled for sm_90 (H100/H200).
+# replaced by stub .so files with the real sonames.
 #
-#   scripts/build-cuda.sh                 toolkit + stubs + release build → target-cuda/release/hfsky
+# One binary per GPU generation: candle's kernels are compiled to PTX for one compute capability
+# (`CUDA_COMPUTE_CAP`), which the driver JIT-compiles for that GPU and any newer one; bf16 kernels
+# exist only from 8.0 on. So:
+#   sm75 → T4 (Colab/Kaggle), RTX 20 (f16 only: hfsky trains in f16 with loss scaling there)
+#   sm80 → A100 (8.0), A10 / RTX 30 (8.6), L4 / RTX 40 (8.9) (bf16)
+#   sm90 → H100 / H200 (bf16, kernels built for Hopper)
+#
+#   scripts/build-cuda.sh                 toolkit + stubs + one release build per arch in CUDA_ARCHS
+#                                         (default "75 80 90") → target-cuda-sm<arch>/release/hfsky
+#   CUDA_ARCHS=80 scripts/build-cuda.sh   only that one (each build is ~17 min on 2 cores)
+#   CUDA_COMPUTE_CAP=90 scripts/build-cuda.sh   the former single build → target-cuda/release/hfsky
 #   scripts/build-cuda.sh --runtime-libs  also fetch the real runtime libraries the binary needs on a
 #                                         GPU host without them (cuBLAS is large: ~600 MB)
 #
@@ -20,8 +30,16 @@ TREE="$TOOLS/tree"
 CU="$TREE/nvidia/cu13"
 STUBS="$TOOLS/stubs"
 WHEELS="$TOOLS/wheels"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target-cuda}"
-export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+if [ -n "${CUDA_COMPUTE_CAP:-}" ]; then
+  ARCHS="$CUDA_COMPUTE_CAP"
+  SINGLE_TARGET="${CARGO_TARGET_DIR:-$ROOT/target-cuda}"
+else
+  ARCHS="${CUDA_ARCHS:-75 80 90}"
+  SINGLE_TARGET=""
+fi
+for arch in $ARCHS; do
+  case "$arch" in 75|80|86|89|90) ;; *) echo "build-cuda: unsupported compute capability '$arch' (use 75, 80, 86, 89 or 90)" >&2; exit 2 ;; esac
+done
 
 TOOLKIT=(
   nvidia-cuda-nvcc==13.0.88
@@ -76,13 +94,20 @@ stub nvrtc libnvrtc.so.13 nvrtc
 # candle-kernels links the CUDA runtime itself; link against the real one from the wheel.
 ln -sf "$CU/lib/libcudart.so.13" "$STUBS/libcudart.so"
 
-say "building (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-PATH="$CU/bin:$PATH" CUDA_HOME="$CU" CUDA_PATH="$CU" CUDA_ROOT="$CU" \
-  RUSTFLAGS="${RUSTFLAGS:-} -L native=$STUBS -L native=$CU/lib" \
-  cargo build --release --features cuda --bin hfsky
+BUILT=()
+for arch in $ARCHS; do
+  export CUDA_COMPUTE_CAP="$arch"
+  export CARGO_TARGET_DIR="${SINGLE_TARGET:-$ROOT/target-cuda-sm$arch}"
+  say "building for sm_$arch (CUDA_COMPUTE_CAP=$arch, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+  # CUDA_COMPUTE_CAP is also compiled into the binary (`hfsky env` reports it).
+  PATH="$CU/bin:$PATH" CUDA_HOME="$CU" CUDA_PATH="$CU" CUDA_ROOT="$CU" \
+    RUSTFLAGS="${RUSTFLAGS:-} -L native=$STUBS -L native=$CU/lib" \
+    cargo build --release --features cuda --bin hfsky
+  BUILT+=("$CARGO_TARGET_DIR/release/hfsky")
+  say "built $CARGO_TARGET_DIR/release/hfsky ($(du -h "$CARGO_TARGET_DIR/release/hfsky" | cut -f1))"
+done
 
-BIN="$CARGO_TARGET_DIR/release/hfsky"
-say "built $BIN ($(du -h "$BIN" | cut -f1))"
+BIN="${BUILT[0]}"
 NEEDED=$(readelf -d "$BIN" | sed -nE 's/.*\(NEEDED\).*\[(.*)\]/\1/p' | grep -E 'cuda|cublas|curand|nvrtc|cudart|cudnn' || true)
 say "CUDA libraries the binary needs at run time (NEEDED): $(echo $NEEDED)"
 say "  libcuda.so.1 comes with the NVIDIA driver; the others from a CUDA 13 runtime or PyPI wheels:"
@@ -94,5 +119,5 @@ if [ "${1:-}" = "--runtime-libs" ]; then
   fetch "$TOOLS/runtime-tree" "${RUNTIME[@]}"
   mkdir -p "$LIBS"
   find "$TOOLS/runtime-tree" "$CU/lib" -name '*.so.*' \( -name 'libcublas*' -o -name 'libcurand*' -o -name 'libnvrtc*' -o -name 'libcudart*' \) -exec cp -L {} "$LIBS/" \;
-  say "run with: LD_LIBRARY_PATH=$LIBS $BIN generate --dtype f16 …"
+  say "run with: LD_LIBRARY_PATH=$LIBS <binary> generate --dtype f16 …   (binaries: ${BUILT[*]})"
 fi

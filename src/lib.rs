@@ -7,6 +7,7 @@ pub mod auth;
 pub mod card;
 pub mod compare;
 pub mod dataset;
+pub mod devices;
 pub mod diffusion;
 pub mod generate;
 pub mod hash;

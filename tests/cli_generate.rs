@@ -10,16 +10,6 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// The RGB bytes of a PNG.
-fn pixels(png: &std::path::Path) -> Vec<u8> {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.width as usize * info.height as usize * 3);
-    buf
-}
-
 /// Mean absolute difference between our PNG and diffusers' image tensor, in 1/255 units.
 fn mean_abs_255(png: &std::path::Path, reference: &candle_core::Tensor) -> f64 {
     let buf = pixels(png);

@@ -105,6 +105,40 @@ fn trains_writes_outputs_and_the_lora_changes_generations() {
     }
 }
 
+/// `precision: auto` (the default) is f32 on the CPU; `precision: f16` trains with torch
+/// GradScaler-style loss scaling, keeps its scale in checkpoints, and both runs record the
+/// resolved precision in training_summary.json and the model card.
+#[test]
+fn precision_is_resolved_recorded_and_f16_scales_its_loss() {
+    let env = Env::new("http://127.0.0.1:9");
+    let d = env.dir.path();
+    let cfg = config(d, "tiny-sd15", "max_steps: 3\ncheckpointing_steps: 2\n");
+    let summary =
+        |out: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(d.join(out).join("training_summary.json")).unwrap()).unwrap() };
+    let o = env.run(&["train", "--config", cfg.to_str().unwrap(), "--max-steps", "1", "--output-dir", d.join("auto").to_str().unwrap()]);
+    ok(&o);
+    assert_eq!(summary("auto")["precision"], "f32");
+    assert!(text(&o).contains("device auto: training on the CPU"), "auto says why it is not on a GPU: {}", text(&o));
+
+    let o = env.run(&["--json", "train", "--config", cfg.to_str().unwrap(), "--precision", "f16", "--output-dir", d.join("f16").to_str().unwrap()]);
+    ok(&o);
+    assert_eq!(summary("f16")["precision"], "f16 (dynamic loss scaling)");
+    let card = std::fs::read_to_string(d.join("f16/README.md")).unwrap();
+    assert!(card.contains("f16 (dynamic loss scaling)"), "{card}");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("f16/checkpoints/checkpoint-2/state.json")).unwrap()).unwrap();
+    let scale = state["loss_scaler"]["scale"].as_f64().unwrap();
+    assert!(scale > 0.0 && scale <= 65536.0 && (scale.log2().fract() == 0.0), "a power of two from 2^16 down: {state}");
+    let log = std::fs::read_to_string(d.join("f16/training_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 3);
+    assert!(log.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap().is_finite()));
+    // The f16 LoRA is trained: its up factors moved from their zero init.
+    let lora = lora_values(&d.join("f16/pytorch_lora_weights.safetensors"));
+    assert!(lora.iter().filter(|(k, _)| k.contains("lora_B")).any(|(_, v)| v.iter().any(|x| *x != 0.0)));
+    // bf16 on the CPU is refused with what to use.
+    let e = code(&env.run(&["train", "--config", cfg.to_str().unwrap(), "--precision", "bf16"]), 2);
+    assert!(e.contains("bf16 needs a GPU") && e.contains("precision: auto"), "{e}");
+}
+
 fn lora_values(p: &Path) -> Vec<(String, Vec<f32>)> {
     let t = candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
     let mut v: Vec<_> = t.into_iter().map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();

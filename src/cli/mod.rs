@@ -6,6 +6,8 @@ mod ci;
 mod compare;
 mod dataset;
 mod download;
+mod download_bar;
+mod env;
 mod generate;
 mod hash;
 mod hub;
@@ -95,6 +97,8 @@ pub enum Command {
     /// CI publishing: write a workflow, summarise a push for the job summary
     #[command(subcommand)]
     Ci(ci::Cmd),
+    /// Version, build, devices, cache and token source, for bug reports (never the token)
+    Env,
     /// sha256 of a file (used by the benchmark)
     #[command(hide = true)]
     Hash { file: std::path::PathBuf },
@@ -273,6 +277,7 @@ pub fn run() -> i32 {
         Command::Login(a) => login::run(&ctx, a),
         Command::Logout(a) => logout::run(&ctx, a),
         Command::Whoami => whoami::run(&ctx),
+        Command::Env => env::run(&ctx),
         Command::Token(c) => token::run(&ctx, c),
         Command::Push(a) => push::run(&ctx, a),
         Command::Download(a) => download::run(&ctx, a),
@@ -320,9 +325,12 @@ pub fn client_for(
     oidc: &OidcOptions,
     require_token: bool,
 ) -> anyhow::Result<(hfsky::hub::HubClient, Option<Credential>)> {
-    let (client, cred) = rt.block_on(hfsky::auth::hub_client(&ctx.endpoint, write_target, oidc))?;
+    let (mut client, cred) = rt.block_on(hfsky::auth::hub_client(&ctx.endpoint, write_target, oidc))?;
     if require_token && cred.is_none() {
         return Err(not_logged_in());
+    }
+    if ctx.show_progress() {
+        client = client.with_download_progress(download_bar::bar());
     }
     Ok((client, cred))
 }

@@ -7,7 +7,7 @@ use super::nn::{softmax_last_dim, Adapters, LayerNorm, Linear};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{embedding, Embedding, VarBuilder};
 use serde::Deserialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipConfig {
@@ -45,7 +45,7 @@ impl ClipConfig {
         if !matches!(c.hidden_act.as_str(), "quick_gelu" | "gelu") {
             return Err(PipelineError::BadConfig { path: path.to_path_buf(), detail: format!("hidden_act {:?} is not supported", c.hidden_act) });
         }
-        if c.hidden_size % c.num_attention_heads != 0 {
+        if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(PipelineError::BadConfig { path: path.to_path_buf(), detail: "hidden_size is not divisible by num_attention_heads".into() });
         }
         Ok(c)
@@ -184,11 +184,18 @@ impl ClipTextModel {
     }
 }
 
-/// Loads the text encoder in `dir` (config.json + model.safetensors).
-pub fn load(dir: &Path, weights: &Path, dtype: DType, device: &Device, adapters: &Adapters) -> std::result::Result<ClipTextModel, PipelineError> {
+/// Loads the text encoder in `dir` (config.json) from its weight files (one, or all shards).
+pub fn load(
+    dir: &Path,
+    weights: &[PathBuf],
+    dtype: DType,
+    device: &Device,
+    adapters: &Adapters,
+) -> std::result::Result<ClipTextModel, PipelineError> {
     let cfg = ClipConfig::from_file(&dir.join("config.json"))?;
-    let err = |e: candle_core::Error| PipelineError::BadConfig { path: weights.to_path_buf(), detail: e.to_string() };
-    let vb = super::weights::var_builder(&[weights], dtype, device).map_err(err)?;
+    let first = weights.first().cloned().unwrap_or_else(|| dir.to_path_buf());
+    let err = |e: candle_core::Error| PipelineError::BadConfig { path: first.clone(), detail: e.to_string() };
+    let vb = super::weights::var_builder(weights, dtype, device).map_err(err)?;
     ClipTextModel::new(vb, &cfg, adapters).map_err(err)
 }
 
@@ -205,7 +212,7 @@ mod tests {
 
     fn model(name: &str, comp: &str) -> ClipTextModel {
         let dir = pipeline_dir(name).join(comp);
-        load(&dir, &dir.join("model.safetensors"), DType::F32, &Device::Cpu, &Adapters::new()).unwrap()
+        load(&dir, &[dir.join("model.safetensors")], DType::F32, &Device::Cpu, &Adapters::new()).unwrap()
     }
 
     fn ids(r: &std::collections::HashMap<String, Tensor>, key: &str) -> Tensor {

@@ -5,6 +5,7 @@ pub mod pipeline;
 pub mod png_out;
 pub mod prompts;
 pub mod render;
+pub mod repo_files;
 pub mod sampling;
 pub mod settings;
 pub mod source;

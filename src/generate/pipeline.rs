@@ -62,8 +62,8 @@ fn weights(
     dtype: DType,
     device: &Device,
 ) -> Result<VarBuilder<'static>, GenerateError> {
-    let path = files.weights(component, variant)?;
-    crate::diffusion::weights::var_builder(&[&path], dtype, device).map_err(model_err(&path.display().to_string()))
+    let w = files.weights(component, variant)?;
+    crate::diffusion::weights::var_builder(&w.files, dtype, device).map_err(model_err(&w.display()))
 }
 
 impl Pipeline {

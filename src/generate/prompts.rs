@@ -36,7 +36,7 @@ impl TextEncoders {
             let tokenizer = ClipTokenizer::from_dir(&files.component(tok)?)?;
             let a = Adapters::new();
             let variant = super::pipeline::variant_for(dtype);
-            let model = load(&files.component(enc)?, &files.weights(enc, variant)?, dtype, device, &a)?;
+            let model = load(&files.component(enc)?, &files.weights(enc, variant)?.files, dtype, device, &a)?;
             encoders.push((tokenizer, model));
             adapters.push(a);
         }

@@ -271,8 +271,7 @@ impl Renderer {
         };
         let cond = text.conditioning(&spec.prompt, &spec.negative, height, width)?;
         let unet_weights = files.weights("unet", variant)?;
-        let model_sha256 =
-            crate::hash::sha256_file(&unet_weights).map_err(|e| RenderError::Io { what: unet_weights.display().to_string(), source: e })?;
+        let model_sha256 = unet_weights.sha256().map_err(|e| RenderError::Io { what: unet_weights.display(), source: e })?;
         let scheduler = spec.scheduler.map(|k| k.class_name().to_string()).unwrap_or_else(|| pipeline.scheduler_config.class_name.clone());
         let resolved = ResolvedSettings {
             model: spec.model.clone(),

@@ -1,7 +1,10 @@
 //! Where a pipeline comes from: a local folder, or a Hub repo id fetched through hf-hub into the
 //! standard cache (honouring --endpoint, so the offline Hub can serve it).
 
-use crate::hub::{download::snapshot, HubClient, HubError};
+use super::repo_files::{choose_weights, select, shards_of, WeightsChoice};
+use crate::diffusion::config::read_json;
+use crate::hub::download::{snapshot, RepoFetcher};
+use crate::hub::{HubClient, HubError};
 use crate::repo_id::RepoId;
 use std::path::{Path, PathBuf};
 
@@ -13,19 +16,9 @@ pub enum SourceError {
     NotAPipeline(PathBuf),
     #[error(transparent)]
     Hub(#[from] HubError),
-}
-
-/// The files a pipeline needs, with weights of the chosen variant (e.g. "fp16") or the default.
-pub fn pipeline_patterns(variant: Option<&str>) -> Vec<String> {
-    let mut p: Vec<String> =
-        ["model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer*/*"].iter().map(|s| s.to_string()).collect();
-    for stem in ["diffusion_pytorch_model", "model"] {
-        p.push(format!("*/{stem}.safetensors"));
-        if let Some(v) = variant {
-            p.push(format!("*/{stem}.{v}.safetensors"));
-        }
-    }
-    p
+    /// The repo's `model_index.json` or weights cannot be used (bad input).
+    #[error("{0}")]
+    Select(String),
 }
 
 /// `namespace/name[@revision]` → the repo and the revision, if any.
@@ -47,10 +40,28 @@ pub async fn resolve_pipeline(spec: &str, client: &HubClient, variant: Option<&s
         return Ok(path.to_path_buf());
     }
     let (repo, revision) = repo_spec(spec).ok_or_else(|| SourceError::NotFound { spec: spec.to_string() })?;
-    let dir = snapshot(client, &repo, revision, pipeline_patterns(variant)).await?;
-    if !dir.join("model_index.json").is_file() {
-        return Err(SourceError::NotAPipeline(dir));
+    fetch_pipeline(&mut RepoFetcher::new(client, &repo, revision)?, variant).await
+}
+
+/// Downloads a pipeline the way diffusers' `DiffusionPipeline.download` does: `model_index.json`
+/// first, then only the files [`repo_files::select`] picks for the components it lists (shards
+/// once their index is read); returns the snapshot folder.
+pub async fn fetch_pipeline(fetcher: &mut RepoFetcher, variant: Option<&str>) -> Result<PathBuf, SourceError> {
+    let index_path = fetcher.file("model_index.json").await?;
+    let dir = index_path.parent().map(Path::to_path_buf).ok_or_else(|| SourceError::NotAPipeline(index_path.clone()))?;
+    let model_index: serde_json::Value = read_json(&index_path).map_err(|e| SourceError::Select(format!("{}: {e}", fetcher.repo())))?;
+    let listing = fetcher.list(&dir).await?;
+    let names: Vec<String> = listing.iter().map(|(p, _)| p.clone()).collect();
+    let selection = select(&model_index, &names, variant).map_err(|e| SourceError::Select(format!("{}: {e}", fetcher.repo())))?;
+    let size_of = |p: &str| listing.iter().find(|(n, _)| n == p).map(|(_, s)| *s).unwrap_or(0);
+    let mut wanted: Vec<String> = selection.files.iter().filter(|f| *f != "model_index.json" && !selection.indexes.contains(f)).cloned().collect();
+    for index in &selection.indexes {
+        let local = fetcher.file(index).await?;
+        let json: serde_json::Value = read_json(&local).map_err(|e| SourceError::Select(e.to_string()))?;
+        wanted.extend(shards_of(index, &json, &names).map_err(|e| SourceError::Select(format!("{}: {e}", fetcher.repo())))?);
     }
+    let total = wanted.iter().map(|f| size_of(f)).sum();
+    fetcher.files(&wanted, total).await?;
     Ok(dir)
 }
 
@@ -62,19 +73,49 @@ pub async fn resolve_vae(spec: &str, client: &HubClient, variant: Option<&str>) 
         path.to_path_buf()
     } else {
         let (repo, revision) = repo_spec(spec).ok_or_else(|| SourceError::NotFound { spec: spec.to_string() })?;
-        let mut allow: Vec<String> = vec!["config.json".into(), "vae/config.json".into()];
-        for stem in ["diffusion_pytorch_model", "vae/diffusion_pytorch_model"] {
-            allow.push(format!("{stem}.safetensors"));
-            if let Some(v) = variant {
-                allow.push(format!("{stem}.{v}.safetensors"));
-            }
-        }
-        snapshot(client, &repo, revision, allow).await?
+        fetch_vae(&mut RepoFetcher::new(client, &repo, revision)?, variant).await?
     };
     [dir.clone(), dir.join("vae")]
         .into_iter()
         .find(|d| d.join("config.json").is_file())
         .ok_or_else(|| SourceError::NotFound { spec: format!("{spec} (no VAE config.json in {})", dir.display()) })
+}
+
+/// A VAE repo's `config.json` and one set of weights (the variant, else the default), at the
+/// root or in `vae/`; returns the snapshot folder.
+async fn fetch_vae(fetcher: &mut RepoFetcher, variant: Option<&str>) -> Result<PathBuf, SourceError> {
+    // The listing needs a snapshot folder offline; any file pins it, and every VAE repo has a config.
+    let mut snapshot_dir = PathBuf::new();
+    if fetcher.offline() {
+        snapshot_dir = match fetcher.file("config.json").await {
+            Ok(p) => p.parent().map(Path::to_path_buf),
+            Err(_) => fetcher.file("vae/config.json").await?.parent().and_then(Path::parent).map(Path::to_path_buf),
+        }
+        .unwrap_or_default();
+    }
+    let listing = fetcher.list(&snapshot_dir).await?;
+    let names: Vec<String> = listing.iter().map(|(p, _)| p.clone()).collect();
+    let folder = ["", "vae"]
+        .into_iter()
+        .find(|f| names.iter().any(|n| *n == if f.is_empty() { "config.json".to_string() } else { format!("{f}/config.json") }))
+        .ok_or_else(|| SourceError::NotFound { spec: format!("{} (no config.json or vae/config.json in the repo)", fetcher.repo()) })?;
+    let prefix = if folder.is_empty() { String::new() } else { format!("{folder}/") };
+    let in_folder: Vec<&str> = names.iter().filter_map(|p| p.strip_prefix(&prefix)).filter(|r| !r.contains('/')).collect();
+    let present = names.iter().map(String::as_str).collect();
+    let repo = fetcher.repo().to_string();
+    let select_err = |e: super::repo_files::SelectError| SourceError::Select(format!("{repo}: {e}"));
+    let mut wanted = vec![format!("{prefix}config.json")];
+    match choose_weights(folder, &present, variant, &in_folder).map_err(select_err)? {
+        WeightsChoice::Single(f) => wanted.push(f),
+        WeightsChoice::Sharded(index) => {
+            let local = fetcher.file(&index).await?;
+            let json: serde_json::Value = read_json(&local).map_err(|e| SourceError::Select(e.to_string()))?;
+            wanted.extend(shards_of(&index, &json, &names).map_err(select_err)?);
+        }
+    }
+    let total = wanted.iter().map(|f| listing.iter().find(|(n, _)| n == f).map(|(_, s)| *s).unwrap_or(0)).sum();
+    let local = fetcher.files(&wanted, total).await?;
+    Ok(local[0].parent().map(|p| if folder.is_empty() { p } else { p.parent().unwrap_or(p) }).unwrap_or(Path::new(".")).to_path_buf())
 }
 
 /// Resolves a LoRA: a `.safetensors` file, a folder holding one, or a Hub repo
@@ -114,13 +155,6 @@ fn pick_lora_file(dir: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn variant_patterns_include_both_weight_files() {
-        let p = pipeline_patterns(Some("fp16"));
-        assert!(p.contains(&"*/diffusion_pytorch_model.fp16.safetensors".to_string()));
-        assert!(p.contains(&"*/model.safetensors".to_string()));
-    }
 
     #[test]
     fn lora_file_choice_follows_diffusers() {

@@ -77,6 +77,7 @@ pub struct HubClient {
     refresher: Option<Arc<dyn TokenRefresh>>,
     http: reqwest::Client,
     retry: RetryPolicy,
+    download_progress: Option<super::download::OnDownload>,
 }
 
 impl HubClient {
@@ -89,7 +90,14 @@ impl HubClient {
             .connect_timeout(Duration::from_secs(20))
             .build()
             .map_err(|e| HubError::Invalid(format!("cannot build the HTTP client: {e}")))?;
-        Ok(HubClient { endpoint, token: Arc::new(RwLock::new(token)), refresher: None, http, retry: RetryPolicy::from_env() })
+        Ok(HubClient {
+            endpoint,
+            token: Arc::new(RwLock::new(token)),
+            refresher: None,
+            http,
+            retry: RetryPolicy::from_env(),
+            download_progress: None,
+        })
     }
 
     /// Re-obtains the token through `refresher` when the Hub answers 401.
@@ -100,6 +108,16 @@ impl HubClient {
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Sends the progress of file downloads ([`super::download::DownloadEvent`]) to `on`.
+    pub fn with_download_progress(mut self, on: super::download::OnDownload) -> Self {
+        self.download_progress = Some(on);
+        self
+    }
+
+    pub fn download_progress(&self) -> Option<&super::download::OnDownload> {
+        self.download_progress.as_ref()
     }
 
     pub fn token(&self) -> Option<Token> {
@@ -408,7 +426,7 @@ fn next_link(resp: &Response) -> Option<String> {
 }
 
 fn header_str(resp: &Response, name: &str) -> Option<String> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok()).map(|s| redact(s))
+    resp.headers().get(name).and_then(|v| v.to_str().ok()).map(redact)
 }
 
 /// Turns a non-2xx answer into `HubError::Http`, reading the Hub's error headers and body.

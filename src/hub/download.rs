@@ -12,7 +12,157 @@ use super::error::HubError;
 use crate::redact::redact;
 use crate::repo_id::{validate_repo_path, RepoId};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a download reports while it runs; the CLI draws it (library code prints nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownloadEvent {
+    /// These files are about to be fetched (cached ones included), `total_bytes` in all (from the repo listing; 0 when unknown).
+    Start { files: usize, total_bytes: u64 },
+    /// Bytes of one file received so far (a cached file reports nothing until `Done`).
+    Progress { path: String, bytes: u64, total_bytes: u64 },
+    /// One file is in the cache, `size` bytes.
+    Done { path: String, size: u64 },
+}
+
+/// Where a [`HubClient`] sends [`DownloadEvent`]s (called from download tasks: must not block).
+pub type OnDownload = Arc<dyn Fn(DownloadEvent) + Send + Sync>;
+
+/// Forwards hf-hub's per-file byte counts for one file as [`DownloadEvent::Progress`].
+struct Forward {
+    path: String,
+    on: OnDownload,
+}
+
+impl hf_hub::progress::ProgressHandler for Forward {
+    fn on_progress(&self, event: &hf_hub::progress::ProgressEvent) {
+        if let hf_hub::progress::ProgressEvent::Download(hf_hub::progress::DownloadEvent::Progress { files }) = event {
+            for f in files {
+                (self.on)(DownloadEvent::Progress { path: self.path.clone(), bytes: f.bytes_completed, total_bytes: f.total_bytes });
+            }
+        }
+    }
+}
+
+fn hf_client(client: &HubClient) -> Result<hf_hub::HFClient, HubError> {
+    let mut builder = hf_hub::HFClient::builder().endpoint(client.endpoint());
+    if let Some(t) = client.token() {
+        builder = builder.token(t.expose());
+    }
+    builder.build().map_err(|e| HubError::Download(redact(&e.to_string())))
+}
+
+/// `HF_HUB_OFFLINE` as huggingface_hub reads it (`constants.HF_HUB_OFFLINE`).
+pub fn hub_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.to_ascii_uppercase().as_str(), "1" | "TRUE" | "ON" | "YES"))
+}
+
+/// Files of one repo revision fetched one by one into the standard cache, pinned to the commit
+/// the first file resolved to (a branch that moves meanwhile does not mix two commits), with
+/// [`DownloadEvent`]s to the client's progress sink. With `HF_HUB_OFFLINE=1` only the cache is read.
+pub struct RepoFetcher {
+    client: HubClient,
+    hf: hf_hub::HFClient,
+    repo: RepoId,
+    revision: String,
+    offline: bool,
+}
+
+impl RepoFetcher {
+    pub fn new(client: &HubClient, repo: &RepoId, revision: Option<&str>) -> Result<Self, HubError> {
+        Ok(RepoFetcher {
+            client: client.clone(),
+            hf: hf_client(client)?,
+            repo: repo.clone(),
+            revision: revision.unwrap_or("main").to_string(),
+            offline: hub_offline(),
+        })
+    }
+
+    pub fn offline(&self) -> bool {
+        self.offline
+    }
+
+    pub fn repo(&self) -> &RepoId {
+        &self.repo
+    }
+
+    /// One file into the cache; returns its path in the snapshot folder. After the first file,
+    /// the revision is pinned to the snapshot's commit.
+    pub async fn file(&mut self, path_in_repo: &str) -> Result<PathBuf, HubError> {
+        validate_repo_path(path_in_repo).map_err(|e| HubError::Invalid(e.to_string()))?;
+        let progress =
+            self.client.download_progress().map(|on| hf_hub::progress::Progress::new(Forward { path: path_in_repo.to_string(), on: on.clone() }));
+        let local = self
+            .hf
+            .model(self.repo.namespace.clone(), self.repo.name.clone())
+            .download_file()
+            .filename(path_in_repo.to_string())
+            .revision(self.revision.clone())
+            .local_files_only(self.offline)
+            .maybe_progress(progress)
+            .send()
+            .await
+            .map_err(|e| {
+                HubError::Download(redact(&format!("{path_in_repo} ({}/{} at {}): {e}", self.client.endpoint(), self.repo, self.revision)))
+            })?;
+        if let Some(commit) = snapshot_commit(&local, path_in_repo) {
+            self.revision = commit;
+        }
+        if let Some(on) = self.client.download_progress() {
+            on(DownloadEvent::Done { path: path_in_repo.to_string(), size: std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0) });
+        }
+        Ok(local)
+    }
+
+    /// The repo's files at the pinned revision with their sizes: the Hub's tree listing, or
+    /// offline the files of the cached snapshot folder `snapshot`.
+    pub async fn list(&self, snapshot: &Path) -> Result<Vec<(String, u64)>, HubError> {
+        if self.offline {
+            let mut out = Vec::new();
+            list_dir(snapshot, snapshot, &mut out).map_err(|e| HubError::Download(format!("{}: {e}", snapshot.display())))?;
+            out.sort();
+            return Ok(out);
+        }
+        Ok(self.client.list_tree(&self.repo, &self.revision).await?.into_iter().filter(|e| e.kind == "file").map(|e| (e.path, e.size)).collect())
+    }
+
+    /// Several files, announced with their total size first.
+    pub async fn files(&mut self, paths: &[String], total_bytes: u64) -> Result<Vec<PathBuf>, HubError> {
+        if let Some(on) = self.client.download_progress() {
+            on(DownloadEvent::Start { files: paths.len(), total_bytes });
+        }
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
+            out.push(self.file(p).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// `…/snapshots/<commit>/<path_in_repo>` → the commit.
+fn snapshot_commit(local: &Path, path_in_repo: &str) -> Option<String> {
+    let mut dir = local;
+    for _ in path_in_repo.split('/') {
+        dir = dir.parent()?;
+    }
+    let commit = dir.file_name()?.to_str()?;
+    (dir.parent()?.file_name()? == "snapshots" && commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit())).then(|| commit.to_string())
+}
+
+fn list_dir(root: &Path, dir: &Path, out: &mut Vec<(String, u64)>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            list_dir(root, &p, out)?;
+        } else if let Ok(rel) = p.strip_prefix(root) {
+            let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            out.push((rel.to_string_lossy().replace('\\', "/"), size));
+        }
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
@@ -39,11 +189,7 @@ pub async fn download(client: &HubClient, opts: &DownloadOptions) -> Result<Vec<
     for f in &files {
         validate_repo_path(f).map_err(|e| HubError::Invalid(e.to_string()))?;
     }
-    let mut builder = hf_hub::HFClient::builder().endpoint(client.endpoint());
-    if let Some(t) = client.token() {
-        builder = builder.token(t.expose());
-    }
-    let hf = builder.build().map_err(|e| HubError::Download(redact(&e.to_string())))?;
+    let hf = hf_client(client)?;
     let repo = hf.model(opts.repo.namespace.clone(), opts.repo.name.clone());
     let mut out = Vec::with_capacity(files.len());
     for f in files {
@@ -63,12 +209,8 @@ pub async fn download(client: &HubClient, opts: &DownloadOptions) -> Result<Vec<
 /// Files of a revision selected by globs, into the cache; returns the snapshot folder.
 /// With `HF_HUB_OFFLINE=1` only the cache is consulted.
 pub async fn snapshot(client: &HubClient, repo: &RepoId, revision: Option<&str>, allow: Vec<String>) -> Result<PathBuf, HubError> {
-    let mut builder = hf_hub::HFClient::builder().endpoint(client.endpoint());
-    if let Some(t) = client.token() {
-        builder = builder.token(t.expose());
-    }
-    let hf = builder.build().map_err(|e| HubError::Download(redact(&e.to_string())))?;
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "ON" | "YES"));
+    let hf = hf_client(client)?;
+    let offline = hub_offline();
     hf.model(repo.namespace.clone(), repo.name.clone())
         .snapshot_download()
         .maybe_revision(revision.map(String::from))

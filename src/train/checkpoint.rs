@@ -4,6 +4,7 @@
 //! checkpoint or a complete new one. The newest K are kept.
 
 use super::lora_params::{write_safetensors, TrainableLora};
+use super::loss_scale::LossScaler;
 use super::optim::AdamW;
 use candle_core::Device;
 use std::path::{Path, PathBuf};
@@ -64,7 +65,9 @@ impl Checkpoint {
         Ok(Checkpoint { dir, step })
     }
 
-    pub fn restore(&self, lora: &TrainableLora, opt: &mut AdamW) -> Result<(), CheckpointError> {
+    /// Restores the LoRA factors and optimizer; returns the loss scaler's state when the run
+    /// that wrote the checkpoint scaled its loss (f16), so a resumed run continues with its scale.
+    pub fn restore(&self, lora: &TrainableLora, opt: &mut AdamW) -> Result<Option<LossScaler>, CheckpointError> {
         let device = lora.vars().first().map(|v| v.device().clone()).unwrap_or(Device::Cpu);
         let load = |name: &str| {
             let p = self.dir.join(name);
@@ -73,12 +76,27 @@ impl Checkpoint {
         let mismatch = |detail: String| CheckpointError::Mismatch { path: self.dir.clone(), detail };
         lora.load_values(&load("lora.safetensors")?).map_err(|e| mismatch(e.to_string()))?;
         opt.load_state(&load("optimizer.safetensors")?, self.step).map_err(|e| mismatch(e.to_string()))?;
-        Ok(())
+        let state_path = self.dir.join("state.json");
+        let state: serde_json::Value = match std::fs::read(&state_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| mismatch(format!("state.json: {e}")))?,
+            Err(_) => serde_json::Value::Null,
+        };
+        match state.get("loss_scaler") {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| mismatch(format!("state.json loss_scaler: {e}"))),
+        }
     }
 }
 
 /// Writes checkpoint-`step` atomically and prunes to the newest `keep`.
-pub fn save(root: &Path, step: usize, lora: &TrainableLora, opt: &AdamW, keep: Option<usize>) -> Result<PathBuf, CheckpointError> {
+pub fn save(
+    root: &Path,
+    step: usize,
+    lora: &TrainableLora,
+    opt: &AdamW,
+    scaler: Option<&LossScaler>,
+    keep: Option<usize>,
+) -> Result<PathBuf, CheckpointError> {
     std::fs::create_dir_all(root).map_err(io(root))?;
     let final_dir = root.join(format!("checkpoint-{step}"));
     let tmp = root.join(format!(".checkpoint-{step}.partial"));
@@ -100,8 +118,9 @@ pub fn save(root: &Path, step: usize, lora: &TrainableLora, opt: &AdamW, keep: O
         |name: &str, t| write_safetensors(&tmp.join(name), t, None).map_err(|e| CheckpointError::Io { path: tmp.join(name), detail: e.to_string() });
     write("lora.safetensors", cpu(lora.named_tensors())?)?;
     write("optimizer.safetensors", cpu(opt.state_tensors())?)?;
-    let state =
-        serde_json::json!({ "step": step, "optimizer_step": opt.step, "rank": lora.rank, "alpha": lora.alpha, "modules": lora.modules.len() });
+    let state = serde_json::json!({
+        "step": step, "optimizer_step": opt.step, "rank": lora.rank, "alpha": lora.alpha, "modules": lora.modules.len(), "loss_scaler": scaler,
+    });
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&state).expect("json")).map_err(io(&tmp))?;
     if final_dir.exists() {
         // A leftover from an interrupted earlier run at the same step: replace it.

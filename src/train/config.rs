@@ -26,13 +26,67 @@ pub enum LrSchedule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// f32 weights and compute.
+    /// Resolved per device ([`Precision::resolve`]): bf16 on a GPU that has it, f16 with dynamic
+    /// loss scaling on one that does not (T4, V100), f32 on the CPU.
     #[default]
+    Auto,
+    /// f32 weights and compute.
     F32,
     /// bf16 frozen weights, f32 LoRA factors and optimizer state.
     Bf16,
     /// f16 frozen weights, f32 LoRA factors and optimizer state.
     F16,
+}
+
+/// What a run's `precision` became on its device: the frozen weights' dtype, and whether the loss
+/// is scaled (f16 only: gradients that would underflow in half precision, as accelerate's fp16
+/// mixed precision does with torch's `GradScaler`). LoRA factors and optimizer state stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedPrecision {
+    pub weights: candle_core::DType,
+    pub loss_scaling: bool,
+}
+
+impl ResolvedPrecision {
+    /// How training_summary.json and the model card record it.
+    pub fn label(&self) -> String {
+        let dtype = match self.weights {
+            candle_core::DType::BF16 => "bf16",
+            candle_core::DType::F16 => "f16",
+            _ => "f32",
+        };
+        if self.loss_scaling {
+            format!("{dtype} (dynamic loss scaling)")
+        } else {
+            dtype.to_string()
+        }
+    }
+}
+
+impl Precision {
+    /// The precision on a device: `gpu` (a CUDA device) and whether it has bf16 kernels
+    /// (compute capability ≥ 8.0). `auto`: bf16 where supported, else f16 with loss scaling on a
+    /// GPU, f32 on the CPU (half precision there is slower than f32 and candle's CPU backend has
+    /// no bf16 matmul). An explicit choice the device cannot run is an error naming what to use.
+    pub fn resolve(self, gpu: bool, bf16: bool) -> Result<ResolvedPrecision, String> {
+        use candle_core::DType;
+        let (weights, loss_scaling) = match self {
+            Precision::Auto if gpu && bf16 => (DType::BF16, false),
+            Precision::Auto if gpu => (DType::F16, true),
+            Precision::Auto | Precision::F32 => (DType::F32, false),
+            Precision::F16 => (DType::F16, true),
+            Precision::Bf16 if !gpu => {
+                return Err("precision: bf16 needs a GPU (candle's CPU backend has no bf16 matmul); use precision: auto, f32 or f16 on the CPU".into())
+            }
+            Precision::Bf16 if !bf16 => {
+                return Err("precision: bf16 needs a GPU with compute capability 8.0 or newer (A100, A10, RTX 30/40, L4, H100); \
+                            on this one use precision: auto (f16 with loss scaling) or f16"
+                    .into())
+            }
+            Precision::Bf16 => (DType::BF16, false),
+        };
+        Ok(ResolvedPrecision { weights, loss_scaling })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -414,5 +468,25 @@ mod tests {
         assert_eq!(c.max_steps, Some(7));
         assert!(c.gradient_checkpointing);
         assert!(!TrainConfig::load(Some(&p), &[]).unwrap().gradient_checkpointing, "off by default");
+    }
+
+    #[test]
+    fn precision_auto_is_the_default_and_resolves_per_device() {
+        use candle_core::DType;
+        let d = tempfile::tempdir().unwrap();
+        let c = TrainConfig::load(Some(&write(d.path(), MINIMAL)), &[]).unwrap();
+        assert_eq!(c.precision, Precision::Auto);
+        let r = |p: Precision, gpu, bf16| p.resolve(gpu, bf16).map(|r| (r.weights, r.loss_scaling, r.label()));
+        // auto: bf16 on an Ampere+ GPU, f16 with loss scaling on a T4, f32 on the CPU.
+        assert_eq!(r(Precision::Auto, true, true).unwrap(), (DType::BF16, false, "bf16".into()));
+        assert_eq!(r(Precision::Auto, true, false).unwrap(), (DType::F16, true, "f16 (dynamic loss scaling)".into()));
+        assert_eq!(r(Precision::Auto, false, false).unwrap(), (DType::F32, false, "f32".into()));
+        assert!(r(Precision::F16, false, false).unwrap().1, "f16 always scales its loss");
+        assert_eq!(r(Precision::F32, true, true).unwrap().0, DType::F32);
+        let e = r(Precision::Bf16, true, false).unwrap_err();
+        assert!(e.contains("compute capability 8.0") && e.contains("precision: auto"), "{e}");
+        assert!(r(Precision::Bf16, false, false).unwrap_err().contains("needs a GPU"));
+        let c = TrainConfig::load(Some(&write(d.path(), MINIMAL)), &["--precision".into(), "f16".into()]).unwrap();
+        assert_eq!(c.precision, Precision::F16);
     }
 }

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod examples;
 pub mod lora_params;
+pub mod loss_scale;
 pub mod objective;
 pub mod optim;
 mod prior;

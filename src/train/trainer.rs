@@ -5,9 +5,10 @@
 //! step), so `resume_from_checkpoint: latest` continues exactly where an interrupted run was.
 
 use super::checkpoint::{self, Checkpoint};
-use super::config::{CaptionSource, Precision, TrainConfig};
-use super::examples::{crop_at, default_cache_dir, file_sha, pick_offset, time_ids, CachedLatents, CropBox, LatentCache};
+use super::config::{CaptionSource, Precision, ResolvedPrecision, TrainConfig};
+use super::examples::{crop_at, default_cache_dir, file_sha, pick_offset, time_ids, CacheError, CachedLatents, CropBox, LatentCache};
 use super::lora_params::TrainableLora;
+use super::loss_scale::LossScaler;
 use super::objective::{normal, step_rng, weighted_mse, Objective, Prediction};
 use super::optim::{clip_grad_norm, learning_rate, AdamW};
 use crate::dataset;
@@ -145,28 +146,33 @@ pub struct ValidationSettings {
     pub images: Vec<String>,
 }
 
-pub fn pick_device(choice: super::config::DeviceChoice) -> Result<Device, TrainError> {
+/// The device a run uses, and for `auto` on the CPU why no GPU was used.
+pub fn pick_device(choice: super::config::DeviceChoice) -> Result<(Device, Option<String>), TrainError> {
     use super::config::DeviceChoice::*;
     match choice {
-        Cpu => Ok(Device::Cpu),
-        Cuda => Device::new_cuda(0).map_err(|e| {
-            TrainError::Input(format!("device: cuda: {e} (build with --features cuda on a machine with an NVIDIA GPU, or use device: cpu)"))
-        }),
-        Auto => Ok(Device::new_cuda(0).unwrap_or(Device::Cpu)),
+        Cpu => Ok((Device::Cpu, None)),
+        Cuda => {
+            let probe = crate::devices::cuda();
+            if let (Some(d), Some(compiled)) = (probe.devices.first(), crate::devices::compiled_compute_caps()) {
+                crate::devices::kernels_fit(&compiled, d.compute_capability.as_deref().unwrap_or(""))
+                    .map_err(|e| TrainError::Input(format!("device: cuda: {e}")))?;
+            }
+            Device::new_cuda(0).map(|d| (d, None)).map_err(|e| {
+                let why = crate::devices::cuda().unavailable.unwrap_or_else(|| e.to_string());
+                TrainError::Input(format!(
+                    "device: cuda: {why} (use device: cpu, or build with scripts/build-cuda.sh on a machine with an NVIDIA GPU)"
+                ))
+            })
+        }
+        Auto => Ok(crate::devices::auto()),
     }
 }
 
-fn weights_dtype(p: Precision, device: &Device) -> Result<DType, TrainError> {
-    Ok(match p {
-        Precision::F32 => DType::F32,
-        Precision::F16 => DType::F16,
-        Precision::Bf16 if device.is_cpu() => {
-            return Err(TrainError::Input(
-                "precision: bf16 needs a GPU (candle's CPU backend has no bf16 matmul); use precision: f32 or f16 on CPU".into(),
-            ))
-        }
-        Precision::Bf16 => DType::BF16,
-    })
+/// `precision` on `device` ([`Precision::resolve`]): bf16 support from the GPU's compute capability.
+fn resolve_precision(p: Precision, device: &Device) -> Result<ResolvedPrecision, TrainError> {
+    let gpu = !device.is_cpu();
+    let bf16 = gpu && crate::devices::cuda().devices.first().is_some_and(|d| d.bf16);
+    p.resolve(gpu, bf16).map_err(TrainError::Input)
 }
 
 pub(super) struct Prepared {
@@ -180,6 +186,7 @@ pub(super) struct Prepared {
     pub(super) skipped: Vec<(String, String)>,
     pub(super) res: usize,
     pub(super) xl: bool,
+    pub(super) precision: ResolvedPrecision,
 }
 
 pub struct Trainer<'a> {
@@ -193,8 +200,12 @@ impl Trainer<'_> {
     /// Loads the model, reads and prepares every example (latents, prompt embeddings).
     pub(super) fn prepare(&self, on: &mut dyn FnMut(Event)) -> Result<Prepared, TrainError> {
         let cfg = self.cfg;
-        let device = pick_device(cfg.device)?;
-        let dtype = weights_dtype(cfg.precision, &device)?;
+        let (device, why_cpu) = pick_device(cfg.device)?;
+        if let Some(why) = why_cpu {
+            on(Event::Note(format!("device auto: training on the CPU ({why})")));
+        }
+        let precision = resolve_precision(cfg.precision, &device)?;
+        let dtype = precision.weights;
         let files = PipelineFiles::open(&self.model_dir).map_err(GenerateError::from)?;
         let xl = files.architecture == Architecture::StableDiffusionXl;
 
@@ -243,7 +254,7 @@ impl Trainer<'_> {
         let native = unet_json["sample_size"].as_u64().unwrap_or(64) as usize * pipeline.vae.config().downscale();
         let res = cfg.resolution.unwrap_or(native);
         let f = pipeline.vae.config().downscale();
-        if res % f != 0 {
+        if !res.is_multiple_of(f) {
             return Err(TrainError::Input(format!("resolution: {res} is not a multiple of the VAE's downscale factor {f}")));
         }
         let prediction = Prediction::from_config(&pipeline.scheduler_config.prediction_type).map_err(TrainError::Input)?;
@@ -257,8 +268,9 @@ impl Trainer<'_> {
         // Encode captions once; the text encoders are dropped before training.
         let text = TextEncoders::load(&files, dtype, &device)?;
         let mut prompts = Prompts { texts: vec![], seq: vec![], pooled: vec![] };
-        let vae_weights = files.weights("vae", None).map_err(GenerateError::from)?;
-        let mut cache = LatentCache::new(self.cache_dir.clone().unwrap_or_else(default_cache_dir), file_sha(&vae_weights)?);
+        let vae_weights = files.weights("vae", crate::generate::pipeline::variant_for(dtype)).map_err(GenerateError::from)?;
+        let vae_sha = vae_weights.sha256().map_err(|e| CacheError::Io { path: vae_weights.files[0].clone(), detail: e.to_string() })?;
+        let mut cache = LatentCache::new(self.cache_dir.clone().unwrap_or_else(default_cache_dir), vae_sha);
         let mut examples = Vec::new();
         let mut trained_on = Vec::new();
         let mut crop_rng = step_rng(cfg.seed, u64::MAX, 1);
@@ -293,13 +305,16 @@ impl Trainer<'_> {
             None => None,
         };
         drop(text);
-        Ok(Prepared { pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl })
+        Ok(Prepared { pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl, precision })
     }
 
     pub fn run(&self, on: &mut dyn FnMut(Event)) -> Result<TrainSummary, TrainError> {
         let cfg = self.cfg;
         let started = Instant::now();
-        let Prepared { mut pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl } = self.prepare(on)?;
+        let Prepared { mut pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl, precision } =
+            self.prepare(on)?;
+        // f16 frozen weights: dynamic loss scaling, as accelerate's fp16 mixed precision does.
+        let mut scaler = precision.loss_scaling.then(LossScaler::default);
         let device = pipeline.device.clone();
         pipeline.unet.set_gradient_checkpointing(cfg.gradient_checkpointing);
 
@@ -321,7 +336,9 @@ impl Trainer<'_> {
         let mut start_step = 0;
         if let Some(spec) = &cfg.resume_from_checkpoint {
             let ck = Checkpoint::find(&ckpt_dir, spec)?;
-            ck.restore(&lora, &mut opt)?;
+            if let Some(saved) = ck.restore(&lora, &mut opt)? {
+                scaler = scaler.map(|_| saved);
+            }
             start_step = ck.step;
             on(Event::Note(format!("resuming from {} (step {})", ck.dir.display(), ck.step)));
         }
@@ -360,7 +377,10 @@ impl Trainer<'_> {
                     return Err(TrainError::NonFinite { step: step + 1, value, kept });
                 }
                 step_loss += value;
-                let g = loss.backward()?;
+                let g = match &scaler {
+                    Some(s) => s.scale_loss(&loss)?.backward()?,
+                    None => loss.backward()?,
+                };
                 for (slot, v) in grads.iter_mut().zip(&vars) {
                     if let Some(gv) = g.get(v.as_tensor()) {
                         *slot = Some(match slot.take() {
@@ -370,8 +390,19 @@ impl Trainer<'_> {
                     }
                 }
             }
-            clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
-            opt.step(&vars, &grads, lr)?;
+            let finite = match &scaler {
+                Some(s) => s.unscale(&mut grads)?,
+                None => true,
+            };
+            if finite {
+                clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
+                opt.step(&vars, &grads, lr)?;
+            }
+            if let Some(s) = &mut scaler {
+                if !s.update(finite) {
+                    on(Event::Note(format!("step {}: inf/NaN gradients in f16, step skipped, loss scale now {}", step + 1, s.scale())));
+                }
+            }
             let seconds = t0.elapsed().as_secs_f64();
             let done = step + 1;
             writeln!(log, "{}", serde_json::json!({ "step": done, "loss": step_loss, "lr": lr, "seconds": seconds })).map_err(io_err(&log_path))?;
@@ -379,7 +410,7 @@ impl Trainer<'_> {
             on(Event::Step { step: done, total: total_steps, loss: step_loss, lr, seconds });
             if cfg.checkpointing_steps > 0 && done % cfg.checkpointing_steps == 0 && done < total_steps {
                 log.flush().map_err(io_err(&log_path))?;
-                let path = checkpoint::save(&ckpt_dir, done, &lora, &opt, cfg.checkpoints_total_limit)?;
+                let path = checkpoint::save(&ckpt_dir, done, &lora, &opt, scaler.as_ref(), cfg.checkpoints_total_limit)?;
                 on(Event::Checkpoint { path: path.clone() });
                 last_ckpt = Some(path);
             }
@@ -416,7 +447,7 @@ impl Trainer<'_> {
             lr_scheduler: format!("{:?}", cfg.lr_scheduler).to_lowercase(),
             train_batch_size: cfg.train_batch_size,
             gradient_accumulation_steps: cfg.gradient_accumulation_steps,
-            precision: format!("{:?}", cfg.precision).to_lowercase(),
+            precision: precision.label(),
             min_snr_gamma: cfg.min_snr_gamma,
             noise_offset: cfg.noise_offset,
             prior_preservation: cfg.with_prior_preservation.then(|| cfg.class_prompt.clone().unwrap_or_default()),

@@ -256,3 +256,13 @@ impl IdTokenServer {
         ]
     }
 }
+
+/// The RGB bytes of a PNG.
+pub fn pixels(png: &std::path::Path) -> Vec<u8> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.width as usize * info.height as usize * 3);
+    buf
+}

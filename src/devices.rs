@@ -1,0 +1,235 @@
+//! The compute devices this binary can use, what each supports, and why `device: auto` picks
+//! the one it picks (as `accelerate env` / `torch.cuda` report them).
+
+use serde::Serialize;
+
+/// One device, as `hfsky env` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceInfo {
+    /// `cpu` or `cuda`.
+    pub kind: &'static str,
+    /// The CUDA ordinal (`cuda:N`); null for the CPU.
+    pub ordinal: Option<usize>,
+    pub name: String,
+    /// `major.minor` (e.g. "8.6"); null for the CPU.
+    pub compute_capability: Option<String>,
+    pub memory_total_bytes: Option<u64>,
+    pub memory_free_bytes: Option<u64>,
+    /// Whether bf16 matmuls run here (CUDA compute capability ≥ 8.0; candle's CPU backend has none).
+    pub bf16: bool,
+    /// Whether f16 runs here (every CUDA GPU hfsky can use; on the CPU through candle's f16 kernels).
+    pub f16: bool,
+    /// Compute threads (candle's rayon pool on the CPU); null for GPUs.
+    pub threads: Option<usize>,
+}
+
+/// The CUDA devices found, or why there are none.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CudaProbe {
+    pub devices: Vec<DeviceInfo>,
+    /// Why no GPU can be used: no CUDA build, no driver, or the driver's error.
+    pub unavailable: Option<String>,
+}
+
+/// Whether this binary was built with `--features cuda`.
+pub const CUDA_BUILD: bool = cfg!(feature = "cuda");
+
+/// The compute capabilities this binary's CUDA kernels were compiled for
+/// (`CUDA_COMPUTE_CAP` at build time, set by scripts/build-cuda.sh), if known.
+pub fn compiled_compute_caps() -> Option<Vec<String>> {
+    if !CUDA_BUILD {
+        return None;
+    }
+    option_env!("CUDA_COMPUTE_CAP").map(|s| s.split([',', ' ']).filter(|c| !c.is_empty()).map(String::from).collect())
+}
+
+/// Whether kernels compiled (as PTX) for `compiled` run on a GPU of capability `device`
+/// ("major.minor"): the driver JIT-compiles PTX for its own GPU only when that GPU is at least the
+/// PTX's capability. `Err` says which build to use instead.
+pub fn kernels_fit(compiled: &[String], device: &str) -> Result<(), String> {
+    let num = |s: &str| -> Option<u32> {
+        match s.split_once('.') {
+            Some((a, b)) => Some(a.parse::<u32>().ok()? * 10 + b.parse::<u32>().ok()?),
+            None => s.parse().ok(),
+        }
+    };
+    let Some(dev) = num(device) else { return Ok(()) };
+    let caps: Vec<u32> = compiled.iter().filter_map(|c| num(c)).collect();
+    match caps.iter().min() {
+        Some(&lowest) if dev < lowest => Err(format!(
+            "this binary's CUDA kernels are built for sm_{lowest} and newer, and this GPU is sm_{dev}: use the sm75 build \
+             (scripts/build-cuda.sh; see the README's CUDA section), or device: cpu"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// bf16 kernels need compute capability 8.0 (Ampere) or newer.
+pub fn supports_bf16(major: u32) -> bool {
+    major >= 8
+}
+
+/// The CPU: name from /proc/cpuinfo where there is one, threads from candle's pool (rayon; `RAYON_NUM_THREADS`).
+pub fn cpu() -> DeviceInfo {
+    let name = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let (total, free) = host_memory();
+    DeviceInfo {
+        kind: "cpu",
+        ordinal: None,
+        name,
+        compute_capability: None,
+        memory_total_bytes: total,
+        memory_free_bytes: free,
+        bf16: false,
+        f16: true,
+        threads: Some(candle_core::utils::get_num_threads()),
+    }
+}
+
+/// (MemTotal, MemAvailable) from /proc/meminfo, where there is one.
+fn host_memory() -> (Option<u64>, Option<u64>) {
+    let Ok(text) = std::fs::read_to_string("/proc/meminfo") else { return (None, None) };
+    let field = |name: &str| {
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()).map(|kb| kb * 1024)
+    };
+    (field("MemTotal:"), field("MemAvailable:"))
+}
+
+/// The CUDA devices: none without a CUDA build, else what the driver reports.
+pub fn cuda() -> CudaProbe {
+    #[cfg(feature = "cuda")]
+    {
+        cuda_impl::probe()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        CudaProbe {
+            devices: Vec::new(),
+            unavailable: Some(
+                "this hfsky binary was built without CUDA (build one with scripts/build-cuda.sh, or cargo build --release --features cuda)".into(),
+            ),
+        }
+    }
+}
+
+/// What `device: auto` resolves to: the first GPU, else the CPU with the reason.
+pub fn auto() -> (candle_core::Device, Option<String>) {
+    if CUDA_BUILD {
+        let probe = cuda();
+        if let (Some(d), Some(compiled)) = (probe.devices.first(), compiled_compute_caps()) {
+            if let Err(why) = kernels_fit(&compiled, d.compute_capability.as_deref().unwrap_or("")) {
+                return (candle_core::Device::Cpu, Some(why));
+            }
+        }
+    }
+    match candle_core::Device::new_cuda(0) {
+        Ok(d) => (d, None),
+        Err(e) => {
+            let why = cuda().unavailable.unwrap_or_else(|| format!("CUDA device 0 failed to initialise: {e}"));
+            (candle_core::Device::Cpu, Some(why))
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_impl {
+    //! Straight from the CUDA driver API (through candle's cudarc): `cuInit`, `cuDeviceGetCount`,
+    //! `cuDeviceGetName`, `cuDeviceGetAttribute`, `cuDeviceTotalMem`, and `cuMemGetInfo` in the
+    //! device's primary context.
+    use super::{supports_bf16, CudaProbe, DeviceInfo};
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+
+    pub fn probe() -> CudaProbe {
+        if let Err(e) = result::init() {
+            return CudaProbe { devices: Vec::new(), unavailable: Some(format!("no usable NVIDIA driver (cuInit: {e})")) };
+        }
+        let count = match result::device::get_count() {
+            Ok(n) => n.max(0) as usize,
+            Err(e) => return CudaProbe { devices: Vec::new(), unavailable: Some(format!("cuDeviceGetCount: {e}")) },
+        };
+        if count == 0 {
+            return CudaProbe { devices: Vec::new(), unavailable: Some("the NVIDIA driver reports no GPU".into()) };
+        }
+        let mut devices = Vec::new();
+        for ordinal in 0..count {
+            match info(ordinal) {
+                Ok(d) => devices.push(d),
+                Err(e) => return CudaProbe { devices, unavailable: Some(format!("cuda:{ordinal}: {e}")) },
+            }
+        }
+        CudaProbe { devices, unavailable: None }
+    }
+
+    fn info(ordinal: usize) -> Result<DeviceInfo, result::DriverError> {
+        let dev = result::device::get(ordinal as i32)?;
+        let name = result::device::get_name(dev)?;
+        // SAFETY: `dev` is a valid device handle from cuDeviceGet.
+        let (major, minor, total) = unsafe {
+            (
+                result::device::get_attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                result::device::get_attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+                result::device::total_mem(dev)?,
+            )
+        };
+        // Free memory needs a context: candle's device for this ordinal makes the primary one current.
+        let free = candle_core::Device::new_cuda(ordinal).ok().and_then(|_| result::mem_get_info().ok()).map(|(free, _)| free as u64);
+        Ok(DeviceInfo {
+            kind: "cuda",
+            ordinal: Some(ordinal),
+            name,
+            compute_capability: Some(format!("{major}.{minor}")),
+            memory_total_bytes: Some(total as u64),
+            memory_free_bytes: free,
+            bf16: supports_bf16(major as u32),
+            f16: true,
+            threads: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_reported_with_threads_and_no_bf16() {
+        let c = cpu();
+        assert_eq!(c.kind, "cpu");
+        assert_eq!(c.threads, Some(candle_core::utils::get_num_threads()));
+        assert!(!c.bf16 && c.f16 && !c.name.is_empty());
+        if std::path::Path::new("/proc/meminfo").exists() {
+            assert!(c.memory_total_bytes.unwrap() >= c.memory_free_bytes.unwrap());
+        }
+    }
+
+    #[test]
+    fn ptx_runs_on_its_capability_and_newer_only() {
+        let sm80 = vec!["80".to_string()];
+        assert!(kernels_fit(&sm80, "8.0").is_ok());
+        assert!(kernels_fit(&sm80, "8.9").is_ok() && kernels_fit(&sm80, "9.0").is_ok());
+        let e = kernels_fit(&sm80, "7.5").unwrap_err();
+        assert!(e.contains("sm_80") && e.contains("sm_75") && e.contains("sm75 build"), "{e}");
+        assert!(kernels_fit(&[], "7.5").is_ok(), "unknown build: nothing to say");
+    }
+
+    #[test]
+    fn bf16_needs_ampere() {
+        assert!(!supports_bf16(7)); // T4 (7.5)
+        assert!(supports_bf16(8) && supports_bf16(9)); // A100, L4, H100
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_cpu_build_says_why_it_has_no_gpu() {
+        let p = cuda();
+        assert!(p.devices.is_empty());
+        assert!(p.unavailable.unwrap().contains("built without CUDA"));
+        let (d, why) = auto();
+        assert!(d.is_cpu());
+        assert!(why.unwrap().contains("scripts/build-cuda.sh"));
+        assert_eq!(compiled_compute_caps(), None);
+    }
+}

@@ -1,0 +1,69 @@
+//! `hfsky env`: the report a user pastes into a bug report, in both forms, never with the token.
+
+mod common;
+use common::*;
+
+#[test]
+fn env_reports_build_devices_cache_and_token_source_without_the_token() {
+    let env = Env::new("http://127.0.0.1:9");
+    write(&env.hf_home().join("hub/models--a--b/blobs/x"), &[7u8; 1234]);
+    let run = |args: &[&str]| env.cmd(args).env("HF_TOKEN", ALICE).env("RAYON_NUM_THREADS", "3").output().unwrap();
+    let o = run(&["--json", "env"]);
+    let out = ok(&o);
+    assert!(!text(&o).contains(ALICE), "the token never appears");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "auto_device",
+            "build",
+            "devices",
+            "endpoint",
+            "git_hash",
+            "gpu_unavailable",
+            "hf_home",
+            "hf_hub_offline",
+            "hub_cache",
+            "hub_cache_bytes",
+            "os",
+            "rayon_threads",
+            "token",
+            "version"
+        ]
+    );
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let head = std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output();
+    if let Some(h) = head.ok().filter(|h| h.status.success()) {
+        assert_eq!(v["git_hash"], String::from_utf8_lossy(&h.stdout).trim(), "built from this checkout's commit");
+    }
+    assert_eq!(v["build"]["cuda"], cfg!(feature = "cuda"));
+    let cpu = &v["devices"][0];
+    let dkeys: Vec<&str> = cpu.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(dkeys, ["bf16", "compute_capability", "f16", "kind", "memory_free_bytes", "memory_total_bytes", "name", "ordinal", "threads"]);
+    assert_eq!((cpu["kind"].as_str(), cpu["threads"].as_u64(), cpu["bf16"].as_bool()), (Some("cpu"), Some(3), Some(false)));
+    assert_eq!(v["rayon_threads"], 3);
+    if !cfg!(feature = "cuda") {
+        assert_eq!(v["devices"].as_array().unwrap().len(), 1);
+        assert_eq!(v["auto_device"], "cpu");
+        assert!(v["gpu_unavailable"].as_str().unwrap().contains("built without CUDA"), "{v}");
+        assert_eq!(v["build"]["cuda_compute_caps"], serde_json::Value::Null);
+    }
+    assert_eq!(v["hf_home"], env.hf_home().display().to_string());
+    assert_eq!(v["hub_cache"], env.hf_home().join("hub").display().to_string());
+    assert_eq!(v["hub_cache_bytes"], 1234);
+    assert_eq!(v["endpoint"], "http://127.0.0.1:9");
+    assert_eq!(v["token"]["source"]["kind"], "env_hf_token", "{v}");
+    assert_eq!(v["token"]["oidc_resource"], serde_json::Value::Null);
+
+    let o = run(&["env"]);
+    let human = ok(&o);
+    assert!(!text(&o).contains(ALICE));
+    for want in ["hfsky ", "device cpu: ", "3 threads", "token from: the HF_TOKEN environment variable", "hub cache: "] {
+        assert!(human.contains(want), "{want:?} in {human}");
+    }
+    // Not logged in at all: said so, exit 0.
+    let o = env.cmd(&["--json", "env"]).env_remove("HF_TOKEN").output().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(v["token"]["source"], serde_json::Value::Null, "{v}");
+}
