@@ -4,6 +4,7 @@
 //! Everything is measured on a thumbnail of at most [`THUMB`] pixels: colour statistics and
 //! composition do not need more, and 1024² renders measure in milliseconds.
 
+use crate::html::pct;
 use crate::imagestats::colour::{hsv, Family, Lab};
 use crate::imagestats::hue;
 pub use crate::imagestats::hue::hue_emd;
@@ -414,15 +415,6 @@ fn peak_hue(histogram: &[f64]) -> &'static str {
     match histogram.iter().enumerate().filter(|(_, &x)| x > 0.0).max_by(|a, b| a.1.total_cmp(b.1)) {
         Some((k, _)) => Lab::from_rgb(hue::hsv_to_rgb(hue::centre(k, histogram.len()), 0.75, 0.9)).name(),
         None => "no colour",
-    }
-}
-
-/// A share as a percentage, with a decimal below 1% so small shares do not read as zero.
-fn pct(x: f64) -> String {
-    if x > 0.0 && x < 0.01 {
-        format!("{:.1}%", x * 100.0)
-    } else {
-        format!("{:.0}%", x * 100.0)
     }
 }
 

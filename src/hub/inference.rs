@@ -16,6 +16,7 @@
 use super::client::{describe_error, error_from_response, normalize_endpoint};
 use super::error::HubError;
 use super::HubClient;
+use crate::names;
 use crate::redact::redact;
 use crate::repo_id::RepoId;
 use base64::Engine;
@@ -184,15 +185,6 @@ pub struct RepoInference {
 
 fn as_string<S: serde::Serializer>(id: &RepoId, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(id)
-}
-
-/// A model card's `base_model` (the first when it lists several).
-pub fn card_base_model(card: &serde_json::Value) -> Option<String> {
-    match &card["base_model"] {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Array(a) => a.first().and_then(|v| v.as_str()).map(String::from),
-        _ => None,
-    }
 }
 
 /// A provider picked for a repo.
@@ -450,7 +442,7 @@ pub fn select(info: &RepoInference, choice: ProviderChoice) -> Result<Selection,
 /// The card and file facts that keep providers from serving a LoRA repo (hub-protocol.md §5.2).
 fn why_not_served(info: &RepoInference) -> Vec<String> {
     let mut out = vec![];
-    if info.files.iter().any(|f| f == "model_index.json") {
+    if info.files.iter().any(|f| f == names::MODEL_INDEX) {
         return out; // a full pipeline: only providers that map this exact model serve it
     }
     if info.base_model.is_none() {
@@ -469,8 +461,8 @@ fn why_not_served(info: &RepoInference) -> Vec<String> {
     let weights: Vec<&String> = info.files.iter().filter(|f| f.ends_with(".safetensors")).collect();
     if weights.is_empty() {
         out.push("there is no .safetensors weight file".into());
-    } else if !weights.iter().any(|f| *f == "pytorch_lora_weights.safetensors") {
-        out.push(format!("the weight file is {} rather than pytorch_lora_weights.safetensors", weights[0]));
+    } else if !weights.iter().any(|f| *f == names::LORA_WEIGHTS) {
+        out.push(format!("the weight file is {} rather than {}", weights[0], names::LORA_WEIGHTS));
     }
     out
 }
@@ -633,7 +625,7 @@ impl InferenceClient {
         let bytes = resp.bytes().await.map_err(|e| HubError::Network { url: url.clone(), detail: describe_error(&e), attempts: 1 })?;
         let info: ExpandedInfo =
             serde_json::from_slice(&bytes).map_err(|e| HubError::Protocol { url: url.clone(), detail: format!("invalid model info: {e}") })?;
-        let base_model = info.card_data.as_ref().and_then(card_base_model);
+        let base_model = info.card_data.as_ref().and_then(crate::card::base_model);
         Ok(RepoInference {
             repo: repo.clone(),
             mappings: info.mappings,
@@ -783,7 +775,7 @@ mod tests {
         RepoInference {
             repo: RepoId::parse("alice/sky-lora").unwrap(),
             mappings: e.mappings,
-            base_model: e.card_data.as_ref().and_then(card_base_model),
+            base_model: e.card_data.as_ref().and_then(crate::card::base_model),
             tags: e.tags,
             pipeline_tag: e.pipeline_tag,
             private: e.private,

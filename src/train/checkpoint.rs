@@ -130,9 +130,7 @@ pub fn truncate_log(path: &Path, step: usize) -> std::io::Result<()> {
     if !out.is_empty() {
         out.push('\n');
     }
-    let tmp = path.with_extension("jsonl.partial");
-    std::fs::write(&tmp, out)?;
-    std::fs::rename(tmp, path)
+    crate::atomic::write(path, out.as_bytes())
 }
 
 #[cfg(test)]

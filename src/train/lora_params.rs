@@ -144,13 +144,11 @@ fn strip<'a>(name: &'a str, component: &str, suffix: &str) -> &'a str {
     &name[component.len() + 1..name.len() - suffix.len()]
 }
 
-/// Writes tensors atomically (temporary file, then rename): an interrupted write never leaves a
+/// Writes tensors with [`crate::atomic::write_with`]: an interrupted write never leaves a
 /// truncated file under the real name.
 pub fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>, metadata: Option<HashMap<String, String>>) -> Result<(), LoraParamsError> {
-    let err = |detail: String| LoraParamsError::File { path: path.to_path_buf(), detail };
-    let tmp = path.with_extension("safetensors.partial");
-    safetensors::serialize_to_file(tensors, metadata, &tmp).map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    crate::atomic::write_with(path, |_, tmp| safetensors::serialize_to_file(tensors, metadata, tmp).map_err(std::io::Error::other))
+        .map_err(|e| LoraParamsError::File { path: path.to_path_buf(), detail: e.to_string() })
 }
 
 #[cfg(test)]

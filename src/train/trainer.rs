@@ -17,6 +17,7 @@ use crate::diffusion::unet::SdxlConditioning;
 use crate::generate::pipeline::{to_rgb8, GenerateError, Pipeline};
 use crate::generate::prompts::TextEncoders;
 use crate::generate::sampling::Conditioning;
+use crate::names;
 use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use serde::Serialize;
@@ -325,7 +326,7 @@ impl Trainer<'_> {
             start_step = ck.step;
             on(Event::Note(format!("resuming from {} (step {})", ck.dir.display(), ck.step)));
         }
-        let log_path = cfg.output_dir.join("training_log.jsonl");
+        let log_path = cfg.output_dir.join(names::TRAINING_LOG);
         checkpoint::truncate_log(&log_path, start_step).map_err(io_err(&log_path))?;
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
 
@@ -392,7 +393,7 @@ impl Trainer<'_> {
             }
         }
 
-        let lora_file = cfg.output_dir.join("pytorch_lora_weights.safetensors");
+        let lora_file = cfg.output_dir.join(names::LORA_WEIGHTS);
         lora.save(&lora_file)?;
         let validation_settings = match &validation {
             Some((cond, prompt)) => {
@@ -428,11 +429,11 @@ impl Trainer<'_> {
             seconds: started.elapsed().as_secs_f64(),
             validation: validation_settings,
             license: cfg.license.clone().unwrap_or_else(|| if xl { "openrail++".into() } else { "creativeml-openrail-m".into() }),
-            lora_file: "pytorch_lora_weights.safetensors".into(),
+            lora_file: names::LORA_WEIGHTS.into(),
         };
-        let summary_path = cfg.output_dir.join("training_summary.json");
+        let summary_path = cfg.output_dir.join(names::TRAINING_SUMMARY);
         std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary).expect("serializable")).map_err(io_err(&summary_path))?;
-        let cfg_path = cfg.output_dir.join("train_config.yaml");
+        let cfg_path = cfg.output_dir.join(names::TRAIN_CONFIG);
         std::fs::write(&cfg_path, serde_yaml::to_string(cfg).expect("serializable")).map_err(io_err(&cfg_path))?;
         Ok(summary)
     }
