@@ -155,7 +155,8 @@ pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
 fn hub_exit_code(h: &HubError) -> i32 {
     match h {
         HubError::Invalid(_) => exit::BAD_INPUT,
-        HubError::Http { status: 401 | 403, .. } | HubError::Auth(_) => exit::AUTH,
+        HubError::Auth(_) => exit::AUTH,
+        HubError::Http(f) if matches!(f.status, 401 | 403) => exit::AUTH,
         HubError::Network { .. } => exit::NETWORK,
         _ => exit::FAILURE,
     }

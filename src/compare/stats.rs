@@ -584,7 +584,7 @@ mod tests {
     #[test]
     fn distance_also_grows_as_a_picture_fades_to_green() {
         let img = sunset(0.6, 3);
-        let a = side(&[img.clone()]);
+        let a = side(std::slice::from_ref(&img));
         let mut last = 0.0;
         for t in [0.1f32, 0.3, 0.5, 0.7, 0.9] {
             let faded = RgbImage::from_fn(img.width(), img.height(), |x, y| {

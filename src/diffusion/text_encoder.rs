@@ -45,7 +45,7 @@ impl ClipConfig {
         if !matches!(c.hidden_act.as_str(), "quick_gelu" | "gelu") {
             return Err(PipelineError::BadConfig { path: path.to_path_buf(), detail: format!("hidden_act {:?} is not supported", c.hidden_act) });
         }
-        if c.hidden_size % c.num_attention_heads != 0 {
+        if !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(PipelineError::BadConfig { path: path.to_path_buf(), detail: "hidden_size is not divisible by num_attention_heads".into() });
         }
         Ok(c)

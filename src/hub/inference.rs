@@ -14,7 +14,7 @@
 //! billed, so failures are reported (with the Retry-After of a 429), never retried blindly.
 
 use super::client::{describe_error, error_from_response, normalize_endpoint};
-use super::error::HubError;
+use super::error::{HttpFailure, HubError};
 use super::HubClient;
 use crate::names;
 use crate::redact::redact;
@@ -276,8 +276,9 @@ pub enum InferenceError {
         /// Why no provider serves it, from the card and files.
         reasons: Vec<String>,
     },
-    #[error("{}", http_message(.provider, .status, .url, .request_id, .message, .retry_after, .repo))]
-    Http { provider: Provider, repo: String, status: u16, url: String, request_id: Option<String>, message: String, retry_after: Option<String> },
+    /// Boxed, so every `Result<_, InferenceError>` stays small.
+    #[error("{0}")]
+    Http(Box<ProviderFailure>),
     #[error("{provider}: the answer from {url} is not an image (HTTP {status}, request id: {}, content-type: {}): {detail}", .request_id.as_deref().unwrap_or("none"), .content_type.as_deref().unwrap_or("none"))]
     NotAnImage { provider: Provider, status: u16, url: String, request_id: Option<String>, content_type: Option<String>, detail: String },
     #[error("{provider}: unexpected answer from {url} (request id: {}): {detail}", .request_id.as_deref().unwrap_or("none"))]
@@ -286,10 +287,30 @@ pub enum InferenceError {
     Hub(#[from] HubError),
 }
 
+/// A provider route's HTTP error answer, and the repo it was asked to render.
+#[derive(Debug)]
+pub struct ProviderFailure {
+    pub provider: Provider,
+    pub repo: String,
+    pub status: u16,
+    pub url: String,
+    pub request_id: Option<String>,
+    pub message: String,
+    pub retry_after: Option<String>,
+}
+
+impl std::fmt::Display for ProviderFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ProviderFailure { provider, repo, status, url, request_id, message, retry_after } = self;
+        f.write_str(&http_message(provider, status, url, request_id, message, retry_after, repo))
+    }
+}
+
 impl InferenceError {
     pub fn status(&self) -> Option<u16> {
         match self {
-            InferenceError::Http { status, .. } | InferenceError::NotAnImage { status, .. } => Some(*status),
+            InferenceError::Http(f) => Some(f.status),
+            InferenceError::NotAnImage { status, .. } => Some(*status),
             InferenceError::Hub(h) => h.status(),
             _ => None,
         }
@@ -297,10 +318,9 @@ impl InferenceError {
 
     pub fn request_id(&self) -> Option<&str> {
         match self {
-            InferenceError::Http { request_id, .. } | InferenceError::NotAnImage { request_id, .. } | InferenceError::Protocol { request_id, .. } => {
-                request_id.as_deref()
-            }
-            InferenceError::Hub(HubError::Http { request_id, .. }) => request_id.as_deref(),
+            InferenceError::Http(f) => f.request_id.as_deref(),
+            InferenceError::NotAnImage { request_id, .. } | InferenceError::Protocol { request_id, .. } => request_id.as_deref(),
+            InferenceError::Hub(HubError::Http(f)) => f.request_id.as_deref(),
             _ => None,
         }
     }
@@ -660,8 +680,17 @@ impl InferenceClient {
         if !resp.status().is_success() {
             let retry_after = header_value(&resp, "retry-after");
             return Err(match error_from_response("POST", &url, resp).await {
-                HubError::Http { status, url, request_id, message, .. } => {
-                    InferenceError::Http { provider, repo: sel.repo.to_string(), status, url, request_id, message, retry_after }
+                HubError::Http(f) => {
+                    let HttpFailure { status, url, request_id, message, .. } = *f;
+                    InferenceError::Http(Box::new(ProviderFailure {
+                        provider,
+                        repo: sel.repo.to_string(),
+                        status,
+                        url,
+                        request_id,
+                        message,
+                        retry_after,
+                    }))
                 }
                 other => other.into(),
             });
@@ -913,7 +942,7 @@ mod tests {
     #[test]
     fn http_errors_name_status_url_request_id_and_the_fix() {
         let e = |status: u16, retry: Option<&str>| {
-            InferenceError::Http {
+            InferenceError::Http(Box::new(ProviderFailure {
                 provider: Provider::FalAi,
                 repo: "alice/sky-lora".into(),
                 status,
@@ -921,7 +950,7 @@ mod tests {
                 request_id: Some("req-9".into()),
                 message: "boom".into(),
                 retry_after: retry.map(String::from),
-            }
+            }))
             .to_string()
         };
         for (status, part) in

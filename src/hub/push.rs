@@ -3,7 +3,7 @@
 //! a push with nothing to change makes no commit.
 
 use super::client::HubClient;
-use super::error::HubError;
+use super::error::{HubError, PushConflict};
 use super::protocol::*;
 use crate::hash::{git_blob_sha1, sha256_file_progress};
 use crate::names;
@@ -369,9 +369,10 @@ async fn check_card(client: &HubClient, files: &[LocalFile]) -> Result<(), HubEr
     let text = std::fs::read_to_string(&card.abs).map_err(HubError::io(&card.abs))?;
     match client.validate_yaml(&text).await {
         Ok(_) => Ok(()),
-        Err(HubError::Http { status: 400 | 422, message, .. }) => Err(HubError::Invalid(format!(
-            "{}: the model card's metadata is invalid: {message} (fix the YAML block between the --- lines)",
-            card.abs.display()
+        Err(HubError::Http(f)) if matches!(f.status, 400 | 422) => Err(HubError::Invalid(format!(
+            "{}: the model card's metadata is invalid: {} (fix the YAML block between the --- lines)",
+            card.abs.display(),
+            f.message
         ))),
         Err(e) => Err(e),
     }
@@ -570,7 +571,12 @@ pub async fn commit_plan(client: &HubClient, plan: &PushPlan, opts: &PushOptions
                     .collect();
                 let overlap: Vec<String> = theirs.into_iter().filter(|p| ours.contains(p.as_str())).collect();
                 if !overlap.is_empty() {
-                    return Err(HubError::Conflict { repo: opts.repo.to_string(), revision: opts.revision.clone(), head: new, paths: overlap });
+                    return Err(HubError::Conflict(Box::new(PushConflict {
+                        repo: opts.repo.to_string(),
+                        revision: opts.revision.clone(),
+                        head: new,
+                        paths: overlap,
+                    })));
                 }
                 parent = Some(new);
                 rebased += 1;

@@ -42,6 +42,7 @@ impl TrainableLora {
     /// Creates factors for every linear in `adapters` that a target names, initialised like PEFT
     /// (A: kaiming-uniform with a = √5, i.e. U(±1/√in); B: zeros, so training starts at the base
     /// model), from `seed`; attaches them at scale alpha/rank.
+    #[expect(clippy::too_many_arguments, reason = "PEFT's LoraConfig fields, each named at every call site")]
     pub fn new(
         component: &str,
         adapters: &Adapters,

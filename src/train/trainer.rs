@@ -244,7 +244,7 @@ impl Trainer<'_> {
         let native = unet_json["sample_size"].as_u64().unwrap_or(64) as usize * pipeline.vae.config().downscale();
         let res = cfg.resolution.unwrap_or(native);
         let f = pipeline.vae.config().downscale();
-        if res % f != 0 {
+        if !res.is_multiple_of(f) {
             return Err(TrainError::Input(format!("resolution: {res} is not a multiple of the VAE's downscale factor {f}")));
         }
         let prediction = Prediction::from_config(&pipeline.scheduler_config.prediction_type).map_err(TrainError::Input)?;
