@@ -8,16 +8,21 @@
 //!       one UNet forward on the inputs diffusers used (INPUTS: sample, timesteps,
 //!       encoder_hidden_states[, text_embeds, time_ids], out); reports its time and the relative
 //!       error against diffusers' output
+//!   diffusion_bench train-step UNET_DIR RESOLUTION STEPS [gc]
+//!       forward + backward of a rank-4 LoRA on to_q/k/v/out.0 (what a training step spends in the
+//!       UNet), on random latents; prints each step's seconds and the process's peak RSS. Run it
+//!       under `perf record` for a per-op profile (benches/README or the README's benchmark section)
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use hfsky::diffusion::config::{Architecture, PipelineFiles};
 use hfsky::diffusion::nn::{rel_error, Adapters};
+use hfsky::diffusion::unet::config::OneOrMany;
 use hfsky::diffusion::unet::{SdxlConditioning, UNet2DConditionModel, UNetConfig};
 use hfsky::generate::pipeline::Pipeline;
 use hfsky::generate::prompts::TextEncoders;
 use hfsky::generate::settings::seeded_noise;
+use hfsky::train::lora_params::TrainableLora;
 use std::path::Path;
 use std::time::Instant;
 
@@ -55,8 +60,7 @@ fn unet(config: &Path, weights: &Path, inputs: &Path, repeats: usize) -> Result<
     let dev = Device::Cpu;
     let t = Instant::now();
     let cfg = UNetConfig::from_file(config)?;
-    // SAFETY: read-only map of a file this process does not modify.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &dev) }?;
+    let vb = hfsky::diffusion::weights::var_builder(&[weights], DType::F32, &dev)?;
     let model = UNet2DConditionModel::new(vb, &cfg, &Adapters::new())?;
     let load_s = t.elapsed().as_secs_f64();
     let x = candle_core::safetensors::load(inputs, &dev).with_context(|| inputs.display().to_string())?;
@@ -67,13 +71,65 @@ fn unet(config: &Path, weights: &Path, inputs: &Path, repeats: usize) -> Result<
     Ok(serde_json::json!({ "load_s": load_s, "forward_s": secs, "rel_error_vs_diffusers": rel_error(&out, &get("out")?)? }))
 }
 
+fn train_step(dir: &Path, res: usize, steps: usize, gc: bool) -> Result<serde_json::Value> {
+    let dev = Device::Cpu;
+    let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
+    let weights = dir.join("diffusion_pytorch_model.safetensors");
+    let vb = hfsky::diffusion::weights::var_builder(&[weights], DType::F32, &dev)?;
+    let adapters = Adapters::new();
+    let mut model = UNet2DConditionModel::new(vb, &cfg, &adapters)?;
+    model.set_gradient_checkpointing(gc);
+    let targets: Vec<String> = ["to_q", "to_k", "to_v", "to_out.0"].iter().map(|s| s.to_string()).collect();
+    let lora = TrainableLora::new("unet", &adapters, &adapters.shapes(), &targets, 4, 4.0, 0, &dev)?;
+    let lat = res / 8;
+    let sample = Tensor::randn(0f32, 1.0, (1, 4, lat, lat), &dev)?;
+    let target = Tensor::randn(0f32, 1.0, (1, 4, lat, lat), &dev)?;
+    let ctx_dim = match &cfg.cross_attention_dim {
+        OneOrMany::One(d) => *d,
+        OneOrMany::Many(v) => v[0],
+    };
+    let ehs = Tensor::randn(0f32, 1.0, (1, 77, ctx_dim), &dev)?;
+    let added = if cfg.has_text_time() {
+        Some(SdxlConditioning {
+            text_embeds: Tensor::randn(0f32, 1.0, (1, 1280), &dev)?,
+            time_ids: Tensor::new(&[[res as f32, res as f32, 0.0, 0.0, res as f32, res as f32]], &dev)?,
+        })
+    } else {
+        None
+    };
+    let ts = Tensor::new(&[500u32], &dev)?;
+    let mut secs = Vec::new();
+    for _ in 0..steps {
+        let t = Instant::now();
+        let pred = model.forward(&sample, &ts, &ehs, added.as_ref())?;
+        let loss = (pred - &target)?.sqr()?.mean_all()?;
+        let f = t.elapsed().as_secs_f64();
+        let grads = loss.backward()?;
+        let n = lora.vars().iter().filter(|v| grads.get(v.as_tensor()).is_some()).count();
+        secs.push(serde_json::json!({ "forward_s": f, "step_s": t.elapsed().as_secs_f64(), "lora_grads": n }));
+    }
+    Ok(serde_json::json!({ "steps": secs, "peak_rss_bytes": peak_rss() }))
+}
+
+/// VmHWM of this process (Linux), in bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let n = |i: usize| -> Result<usize> { args.get(i).context("missing argument")?.parse().context("not a number") };
     let v = match args.first().map(String::as_str) {
         Some("sample") if args.len() == 5 => sample(Path::new(&args[1]), n(2)?, n(3)?, n(4)?)?,
         Some("unet") if args.len() == 5 => unet(Path::new(&args[1]), Path::new(&args[2]), Path::new(&args[3]), n(4)?)?,
-        _ => bail!("usage: diffusion_bench sample PIPELINE_DIR STEPS SIZE REPEATS | unet CONFIG WEIGHTS INPUTS REPEATS"),
+        Some("train-step") if args.len() == 4 || args.len() == 5 => {
+            train_step(Path::new(&args[1]), n(2)?, n(3)?, args.get(4).is_some_and(|a| a == "gc"))?
+        }
+        _ => bail!(
+            "usage: diffusion_bench sample PIPELINE_DIR STEPS SIZE REPEATS | unet CONFIG WEIGHTS INPUTS REPEATS | train-step UNET_DIR RES STEPS [gc]"
+        ),
     };
     println!("{v}");
     Ok(())

@@ -45,13 +45,15 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resolution", type=int, default=None, help="default: the UNet's native size")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     pipe = DiffusionPipeline.from_pretrained(a.model, torch_dtype=torch.float32)
     xl = hasattr(pipe, "text_encoder_2")
-    res = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    res = a.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     sched = pipe.scheduler
     vae_cfg = pipe.vae.config
     shift = getattr(vae_cfg, "shift_factor", None) or 0.0
@@ -66,6 +68,7 @@ def main():
             time_ids = torch.tensor([[h, w, top, left, res, res]], dtype=torch.float32)
             examples.append((dist, time_ids))
         if xl:
+            # force_upcast: the SDXL VAE runs in f32 (it already is here), as the SDXL script does.
             seq, _, pooled, _ = pipe.encode_prompt(a.prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
         else:
             seq, _ = pipe.encode_prompt(a.prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
@@ -77,6 +80,8 @@ def main():
     unet.add_adapter(LoraConfig(r=a.rank, lora_alpha=a.rank, init_lora_weights="gaussian",
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     unet.train()
+    if a.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     n_t = sched.config.num_train_timesteps

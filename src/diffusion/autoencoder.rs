@@ -2,10 +2,12 @@
 //! Same tensor names as diffusers' `vae/diffusion_pytorch_model.safetensors`.
 
 use super::config::{read_json, PipelineError};
-use super::nn::softmax_last_dim;
+use super::fused::attention::attention;
+use super::fused::conv::Conv2d;
+use super::fused::norm::GroupNorm;
 use super::unet::resnet::{conv, nearest_2x};
-use candle_core::{bail, DType, Module, Result, Tensor, D};
-use candle_nn::{group_norm, linear, Conv2d, GroupNorm, Linear, VarBuilder};
+use candle_core::{bail, Module, Result, Tensor, D};
+use candle_nn::{linear, Linear, VarBuilder};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -87,22 +89,21 @@ struct Resnet {
 impl Resnet {
     fn new(vb: VarBuilder, groups: usize, cin: usize, cout: usize) -> Result<Self> {
         Ok(Resnet {
-            norm1: group_norm(groups, cin, EPS, vb.pp("norm1"))?,
+            norm1: GroupNorm::load(vb.pp("norm1"), groups, cin, EPS, true)?,
             conv1: conv(vb.pp("conv1"), cin, cout, 3, 1, 1)?,
-            norm2: group_norm(groups, cout, EPS, vb.pp("norm2"))?,
+            norm2: GroupNorm::load(vb.pp("norm2"), groups, cout, EPS, true)?,
             conv2: conv(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
             shortcut: if cin != cout { Some(conv(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?) } else { None },
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward(x)?)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),
         };
-        skip + h
+        self.conv2.forward_with(&self.norm2.forward(&h)?, None, Some(&skip))
     }
 }
 
@@ -119,7 +120,7 @@ struct SpatialAttention {
 impl SpatialAttention {
     fn new(vb: VarBuilder, groups: usize, c: usize) -> Result<Self> {
         Ok(SpatialAttention {
-            norm: group_norm(groups, c, EPS, vb.pp("group_norm"))?,
+            norm: GroupNorm::load(vb.pp("group_norm"), groups, c, EPS, false)?,
             q: linear(c, c, vb.pp("to_q"))?,
             k: linear(c, c, vb.pp("to_k"))?,
             v: linear(c, c, vb.pp("to_v"))?,
@@ -131,9 +132,8 @@ impl SpatialAttention {
         let (b, c, h, w) = x.dims4()?;
         let t = self.norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
         let (q, k, v) = (self.q.forward(&t)?, self.k.forward(&t)?, self.v.forward(&t)?);
-        let scores = (q.matmul(&k.transpose(1, 2)?.contiguous()?)? / (c as f64).sqrt())?;
-        let attn = softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
-        let o = self.out.forward(&attn.matmul(&v)?)?;
+        // One head over all positions; chunked, so a 1024 px image's 16384² scores are never whole.
+        let o = self.out.forward(&attention(&q, &k, &v, 1)?)?;
         o.transpose(1, 2)?.reshape((b, c, h, w))? + x
     }
 }
@@ -216,14 +216,14 @@ impl AutoencoderKl {
             enc_conv_in: conv(e.pp("conv_in"), cfg.in_channels, ch[0], 3, 1, 1)?,
             enc_blocks,
             enc_mid: Mid::new(e.pp("mid_block"), cfg, last)?,
-            enc_norm: group_norm(g, last, EPS, e.pp("conv_norm_out"))?,
+            enc_norm: GroupNorm::load(e.pp("conv_norm_out"), g, last, EPS, true)?,
             enc_conv_out: conv(e.pp("conv_out"), last, 2 * lat, 3, 1, 1)?,
             quant_conv: if cfg.use_quant_conv { Some(conv(vb.pp("quant_conv"), 2 * lat, 2 * lat, 1, 1, 0)?) } else { None },
             post_quant_conv: if cfg.use_post_quant_conv { Some(conv(vb.pp("post_quant_conv"), lat, lat, 1, 1, 0)?) } else { None },
             dec_conv_in: conv(d.pp("conv_in"), lat, last, 3, 1, 1)?,
             dec_mid: Mid::new(d.pp("mid_block"), cfg, last)?,
             dec_blocks,
-            dec_norm: group_norm(g, ch[0], EPS, d.pp("conv_norm_out"))?,
+            dec_norm: GroupNorm::load(d.pp("conv_norm_out"), g, ch[0], EPS, true)?,
             dec_conv_out: conv(d.pp("conv_out"), ch[0], cfg.out_channels, 3, 1, 1)?,
             config: cfg.clone(),
         })
@@ -256,7 +256,7 @@ impl AutoencoderKl {
             }
         }
         h = self.enc_mid.forward(&h)?;
-        h = self.enc_conv_out.forward(&self.enc_norm.forward(&h)?.silu()?)?;
+        h = self.enc_conv_out.forward(&self.enc_norm.forward(&h)?)?;
         if let Some(q) = &self.quant_conv {
             h = q.forward(&h)?;
         }
@@ -281,7 +281,7 @@ impl AutoencoderKl {
                 h = u.forward(&nearest_2x(&h)?)?;
             }
         }
-        self.dec_conv_out.forward(&self.dec_norm.forward(&h)?.silu()?)
+        self.dec_conv_out.forward(&self.dec_norm.forward(&h)?)
     }
 
     /// Diffusion latents (scaled) → images in [0, 1], as the pipelines' `output_type="pt"`.
@@ -319,7 +319,7 @@ mod tests {
     use super::*;
     use crate::diffusion::nn::rel_error;
     use crate::diffusion::testing::{pipeline_dir, reference};
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     fn load(name: &str) -> AutoencoderKl {
         let dir = pipeline_dir(name).join("vae");

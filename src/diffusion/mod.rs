@@ -5,6 +5,7 @@
 pub mod autoencoder;
 pub mod clip_tokenizer;
 pub mod config;
+pub mod fused;
 pub mod lora;
 pub mod nn;
 pub mod recompute;
@@ -12,3 +13,4 @@ pub mod schedulers;
 pub mod testing;
 pub mod text_encoder;
 pub mod unet;
+pub mod weights;

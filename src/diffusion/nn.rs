@@ -2,7 +2,7 @@
 //! written with differentiable primitives (candle's fused `layer_norm`/`softmax_last_dim` have no
 //! backward and silently cut gradients; see shared/reference/candle-notes.md).
 
-use super::recompute;
+use super::{fused, recompute};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use std::collections::{BTreeMap, BTreeSet};
@@ -192,109 +192,74 @@ fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// always computes both sides, so a plain matmul would spend a full-size dW (a matmul as large
 /// as the forward one, and the memory to hold it) on every frozen layer downstream of a LoRA.
 fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if w.track_op() {
+        return matmul_t(x, w);
+    }
     let y = matmul_t(&x.detach(), w)?;
-    if !x.track_op() || w.track_op() {
-        return if w.track_op() { matmul_t(x, w) } else { Ok(y) };
-    }
-    x.apply_op2_arc(&y, std::sync::Arc::new(Box::new(GradToInputOnly { weight: w.clone() })))
+    let w = w.clone();
+    fused::record("frozen-linear", &[x], y, move |g| Ok(vec![Some(grad_input(g, &w)?)]))
 }
 
-/// Passes a precomputed `x·Wᵀ` through as its output; backward is `grad·W` for `x` and nothing
-/// for the precomputed value.
-struct GradToInputOnly {
-    weight: Tensor,
+/// `g·W`: the input gradient of `x·Wᵀ` (g: [..., out], W: [out, in]).
+fn grad_input(g: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let w = w.to_dtype(g.dtype())?;
+    match g.dims() {
+        [b, n, k] => g.reshape((b * n, *k))?.matmul(&w)?.reshape((*b, *n, ())),
+        _ => g.broadcast_matmul(&w),
+    }
 }
 
-impl candle_core::CustomOp2 for GradToInputOnly {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
+/// `x·Wᵀ + bias + u·Bᵀ` as one op for a LoRA linear (u = scale·x·Aᵀ, [..., r], already tracked
+/// through x and A): only x, the small u and B are kept for backward, where a composed version
+/// would keep the frozen product and the full-size update as well. Backward: g·W for x (the path
+/// through u reaches x by u's own graph), g·B for u, gᵀ·u for B. The update is computed in f32
+/// (LoRA factors stay f32) and added in the output dtype.
+fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, u: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let mut y = matmul_t(&x.detach(), w)?;
+    if let Some(b) = bias {
+        y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
     }
-
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        y: &candle_core::CpuStorage,
-        l: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        if !l.is_contiguous() || l.start_offset() != 0 {
-            candle_core::bail!("frozen-linear: expected a contiguous product");
-        }
-        Ok((y.try_clone(l)?, l.shape().clone()))
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &candle_core::Layout,
-        y: &candle_core::CudaStorage,
-        l: &candle_core::Layout,
-    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        if !l.is_contiguous() || l.start_offset() != 0 {
-            candle_core::bail!("frozen-linear: expected a contiguous product");
-        }
-        Ok((y.try_clone(l)?, l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let w = self.weight.to_dtype(grad.dtype())?;
-        let gx = match grad.dims() {
-            [b, n, k] => grad.reshape((b * n, *k))?.matmul(&w)?.reshape((*b, *n, ())),
-            _ => grad.broadcast_matmul(&w),
-        }?;
-        Ok((Some(gx), None))
-    }
+    let y = (&y + matmul_t(&u.detach(), &up.detach())?.to_dtype(y.dtype())?)?;
+    let (w, u_saved, up_saved) = (w.clone(), u.detach(), up.detach());
+    fused::record("lora-linear", &[x, u, up], y, move |g| {
+        let gf = g.to_dtype(u_saved.dtype())?;
+        let gx = grad_input(g, &w)?;
+        let gu = grad_input(&gf, &up_saved)?;
+        let (out_dim, r) = (up_saved.dim(0)?, up_saved.dim(1)?);
+        let gup = gf.reshape(((), out_dim))?.t()?.matmul(&u_saved.reshape(((), r))?)?.to_dtype(up_saved.dtype())?;
+        Ok(vec![Some(gx), Some(gu), Some(gup)])
+    })
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (fused, live) = self.adapters.get(&self.name);
-        let mut y = frozen_matmul_t(x, fused.as_ref().unwrap_or(&self.weight))?;
+        let w = fused.as_ref().unwrap_or(&self.weight);
+        let live = live.unwrap_or_default();
+        if let [a] = live.as_slice() {
+            // LoRA factors are kept in f32 (or f64); the low-rank product is computed there.
+            let xf = x.to_dtype(compute_dtype(x.dtype()))?;
+            let (down, up) = (recompute::factor(&a.down), recompute::factor(&a.up));
+            let u = matmul_t(&xf, &down)?.affine(a.scale, 0.0)?;
+            return lora_linear(x, w, self.bias.as_ref(), &u, &up);
+        }
+        let mut y = frozen_matmul_t(x, w)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
         }
-        if let Some(adapters) = live {
-            for a in adapters {
-                // LoRA factors are kept in f32 (or f64); compute the update there and cast back.
-                let xf = x.to_dtype(compute_dtype(x.dtype()))?;
-                let (down, up) = (recompute::factor(&a.down), recompute::factor(&a.up));
-                let delta = matmul_t(&matmul_t(&xf, &down)?, &up)?.affine(a.scale, 0.0)?;
-                let dtype = y.dtype();
-                y = (y + delta.to_dtype(dtype)?)?;
-            }
+        for a in live {
+            let xf = x.to_dtype(compute_dtype(x.dtype()))?;
+            let (down, up) = (recompute::factor(&a.down), recompute::factor(&a.up));
+            let delta = matmul_t(&matmul_t(&xf, &down)?, &up)?.affine(a.scale, 0.0)?;
+            let dtype = y.dtype();
+            y = (y + delta.to_dtype(dtype)?)?;
         }
         Ok(y)
     }
 }
 
-/// Layer norm over the last dimension from differentiable primitives.
-#[derive(Clone, Debug)]
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
-        Ok(LayerNorm { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
-    }
-}
-
-impl Module for LayerNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let work = compute_dtype(dtype);
-        let x = x.to_dtype(work)?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed.broadcast_mul(&self.weight.to_dtype(work)?)?.broadcast_add(&self.bias.to_dtype(work)?)?.to_dtype(dtype)
-    }
-}
+/// Layer norm over the last dimension (one op keeping x̂ and 1/σ; see `fused::norm`).
+pub use super::fused::norm::LayerNorm;
 
 /// Softmax over the last dimension from differentiable primitives (max-subtracted).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -348,7 +313,7 @@ mod tests {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap()).unwrap();
         let w = Tensor::randn(0f32, 1.0, 8, &dev).unwrap();
         let b = Tensor::randn(0f32, 1.0, 8, &dev).unwrap();
-        let ln = LayerNorm { weight: w.clone(), bias: b.clone(), eps: 1e-5 };
+        let ln = LayerNorm::new(w.clone(), b.clone(), 1e-5);
         let ours = ln.forward(x.as_tensor()).unwrap();
         let fused = candle_nn::ops::layer_norm(x.as_tensor(), &w, &b, 1e-5).unwrap();
         assert!(rel_error(&ours, &fused).unwrap() < 1e-5);

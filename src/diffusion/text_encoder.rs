@@ -101,12 +101,12 @@ impl ClipTextModel {
                 let l = m.pp(format!("encoder.layers.{i}"));
                 let a = l.pp("self_attn");
                 Ok(Layer {
-                    ln1: LayerNorm::new(l.pp("layer_norm1"), h, c.layer_norm_eps)?,
+                    ln1: LayerNorm::load(l.pp("layer_norm1"), h, c.layer_norm_eps)?,
                     q: Linear::new(a.pp("q_proj"), adapters, h, h, true)?,
                     k: Linear::new(a.pp("k_proj"), adapters, h, h, true)?,
                     v: Linear::new(a.pp("v_proj"), adapters, h, h, true)?,
                     out: Linear::new(a.pp("out_proj"), adapters, h, h, true)?,
-                    ln2: LayerNorm::new(l.pp("layer_norm2"), h, c.layer_norm_eps)?,
+                    ln2: LayerNorm::load(l.pp("layer_norm2"), h, c.layer_norm_eps)?,
                     fc1: Linear::new(l.pp("mlp.fc1"), adapters, h, c.intermediate_size, true)?,
                     fc2: Linear::new(l.pp("mlp.fc2"), adapters, c.intermediate_size, h, true)?,
                 })
@@ -120,7 +120,7 @@ impl ClipTextModel {
             tok: embedding(c.vocab_size, h, m.pp("embeddings.token_embedding"))?,
             pos: embedding(c.max_position_embeddings, h, m.pp("embeddings.position_embedding"))?,
             layers,
-            final_ln: LayerNorm::new(m.pp("final_layer_norm"), h, c.layer_norm_eps)?,
+            final_ln: LayerNorm::load(m.pp("final_layer_norm"), h, c.layer_norm_eps)?,
             projection,
             config: c.clone(),
         })
@@ -188,8 +188,7 @@ impl ClipTextModel {
 pub fn load(dir: &Path, weights: &Path, dtype: DType, device: &Device, adapters: &Adapters) -> std::result::Result<ClipTextModel, PipelineError> {
     let cfg = ClipConfig::from_file(&dir.join("config.json"))?;
     let err = |e: candle_core::Error| PipelineError::BadConfig { path: weights.to_path_buf(), detail: e.to_string() };
-    // SAFETY: read-only memory map of a weights file not modified while in use.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device) }.map_err(err)?;
+    let vb = super::weights::var_builder(&[weights], dtype, device).map_err(err)?;
     ClipTextModel::new(vb, &cfg, adapters).map_err(err)
 }
 

@@ -63,8 +63,7 @@ fn weights(
     device: &Device,
 ) -> Result<VarBuilder<'static>, GenerateError> {
     let path = files.weights(component, variant)?;
-    // SAFETY: the weights file is memory-mapped read-only and not modified while in use.
-    unsafe { VarBuilder::from_mmaped_safetensors(&[&path], dtype, device) }.map_err(model_err(&path.display().to_string()))
+    crate::diffusion::weights::var_builder(&[&path], dtype, device).map_err(model_err(&path.display().to_string()))
 }
 
 impl Pipeline {

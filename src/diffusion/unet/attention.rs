@@ -2,10 +2,14 @@
 //! cross-attention and a GEGLU feed-forward, each pre-normed with LayerNorm and residual.
 //! Every projection is a LoRA-aware [`Linear`] named by its diffusers module path.
 
-use crate::diffusion::nn::{gelu_erf, softmax_last_dim, Adapters, LayerNorm, Linear};
+use crate::diffusion::fused::attention::attention;
+use crate::diffusion::fused::conv::Conv2d;
+use crate::diffusion::fused::geglu::geglu;
+use crate::diffusion::fused::norm::GroupNorm;
+use crate::diffusion::nn::{Adapters, LayerNorm, Linear};
 use crate::diffusion::recompute::checkpointed;
-use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{group_norm, Conv2d, GroupNorm, VarBuilder};
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
 
 use super::resnet::conv;
 
@@ -33,29 +37,16 @@ impl Attention {
         })
     }
 
-    /// [B, N, inner] → [B·heads, N, head_dim]
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        x.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?.reshape((b * self.heads, n, self.head_dim))
-    }
-
-    /// `x`: [B, N, query_dim]; `context`: [B, M, context_dim] (None: self-attention).
+    /// `x`: [B, N, query_dim]; `context`: [B, M, context_dim] (None: self-attention). Scores
+    /// and softmax in f32 at least, as PyTorch's SDPA kernels accumulate half precision (this
+    /// also covers `upcast_attention`), in query chunks (`fused::attention`).
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let context = context.unwrap_or(x);
-        let (b, n, _) = x.dims3()?;
-        let q = self.split_heads(&self.to_q.forward(x)?)?;
-        let k = self.split_heads(&self.to_k.forward(context)?)?;
-        let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let dtype = q.dtype();
-        // Scores and softmax in f32 at least: PyTorch's SDPA kernels accumulate half-precision
-        // attention in f32 (this also covers `upcast_attention`); f32/f64 stay as they are.
-        let work = if matches!(dtype, DType::F16 | DType::BF16) { DType::F32 } else { dtype };
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.to_dtype(work)?.matmul(&k.to_dtype(work)?.t()?)? * scale)?;
-        let probs = softmax_last_dim(&scores)?.to_dtype(dtype)?;
-        let out = probs.matmul(&v)?;
-        let out = out.reshape((b, self.heads, n, self.head_dim))?.transpose(1, 2)?.contiguous()?.reshape((b, n, self.heads * self.head_dim))?;
-        self.to_out.forward(&out)
+        let q = self.to_q.forward(x)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        debug_assert_eq!(q.dim(2)?, self.heads * self.head_dim);
+        self.to_out.forward(&attention(&q, &k, &v, self.heads)?)
     }
 }
 
@@ -81,10 +72,8 @@ impl FeedForward {
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(x)?;
-        // First half is the value, second half the gate (torch `chunk(2, -1)`); exact erf GELU.
-        let value = h.narrow(D::Minus1, 0, self.inner)?;
-        let gate = h.narrow(D::Minus1, self.inner, self.inner)?;
-        self.out.forward(&(value * gelu_erf(&gate)?)?)
+        debug_assert_eq!(h.dim(D::Minus1)?, 2 * self.inner);
+        self.out.forward(&geglu(&h)?)
     }
 }
 
@@ -101,11 +90,11 @@ pub struct BasicTransformerBlock {
 impl BasicTransformerBlock {
     pub fn new(vb: VarBuilder, adapters: &Adapters, dim: usize, heads: usize, head_dim: usize, context_dim: usize) -> Result<Self> {
         Ok(BasicTransformerBlock {
-            norm1: LayerNorm::new(vb.pp("norm1"), dim, 1e-5)?,
+            norm1: LayerNorm::load(vb.pp("norm1"), dim, 1e-5)?,
             attn1: Attention::new(vb.pp("attn1"), adapters, dim, dim, heads, head_dim)?,
-            norm2: LayerNorm::new(vb.pp("norm2"), dim, 1e-5)?,
+            norm2: LayerNorm::load(vb.pp("norm2"), dim, 1e-5)?,
             attn2: Attention::new(vb.pp("attn2"), adapters, dim, context_dim, heads, head_dim)?,
-            norm3: LayerNorm::new(vb.pp("norm3"), dim, 1e-5)?,
+            norm3: LayerNorm::load(vb.pp("norm3"), dim, 1e-5)?,
             ff: FeedForward::new(vb.pp("ff"), adapters, dim)?,
         })
     }
@@ -163,7 +152,7 @@ impl Transformer2DModel {
         let blocks = (0..layers)
             .map(|i| BasicTransformerBlock::new(vb.pp("transformer_blocks").pp(i), adapters, inner, heads, head_dim, context_dim))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Transformer2DModel { norm: group_norm(groups, channels, 1e-6, vb.pp("norm"))?, proj_in, blocks, proj_out, inner })
+        Ok(Transformer2DModel { norm: GroupNorm::load(vb.pp("norm"), groups, channels, 1e-6, false)?, proj_in, blocks, proj_out, inner })
     }
 
     /// `x`: [B, C, H, W]; `context`: [B, M, context_dim]. `ckpt`: gradient checkpointing, per
@@ -192,10 +181,9 @@ impl Transformer2DModel {
                 block.forward(&tokens, context)?
             };
         }
-        let out = match &self.proj_out {
-            Projection::Conv(c) => c.forward(&from_tokens(&tokens)?)?,
-            Projection::Linear(l) => from_tokens(&l.forward(&tokens)?)?,
-        };
-        out + x
+        match &self.proj_out {
+            Projection::Conv(c) => c.forward_with(&from_tokens(&tokens)?, None, Some(x)),
+            Projection::Linear(l) => from_tokens(&l.forward(&tokens)?)? + x,
+        }
     }
 }

@@ -14,10 +14,12 @@ pub mod resnet;
 
 pub use config::UNetConfig;
 
+use crate::diffusion::fused::conv::Conv2d;
+use crate::diffusion::fused::norm::GroupNorm;
 use crate::diffusion::nn::Adapters;
 use blocks::{DownBlock, MidBlock, Shared, UpBlock};
 use candle_core::{bail, DType, Device, Module, Result, Tensor};
-use candle_nn::{group_norm, Conv2d, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use config::Plan;
 use embeddings::{timestep_embedding, TimestepEmbedding};
 
@@ -91,7 +93,7 @@ impl UNet2DConditionModel {
         };
         let up_blocks =
             plan.up.iter().enumerate().map(|(i, p)| UpBlock::new(vb.pp("up_blocks").pp(i), adapters, p, &shared)).collect::<Result<Vec<_>>>()?;
-        let conv_norm_out = group_norm(plan.groups, c0, config.norm_eps, vb.pp("conv_norm_out"))?;
+        let conv_norm_out = GroupNorm::load(vb.pp("conv_norm_out"), plan.groups, c0, config.norm_eps, true)?;
         let conv_out = resnet::conv(vb.pp("conv_out"), c0, config.out_channels, config.conv_out_kernel, 1, (config.conv_out_kernel - 1) / 2)?;
         let mut cross_attention_dims: Vec<usize> = plan
             .down
@@ -204,7 +206,7 @@ impl UNet2DConditionModel {
             }
             h = block.forward(&h, &these, &emb, &context, upsample_size, ckpt)?;
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.conv_norm_out.forward(&h)?)
     }
 
     /// SDXL: sinusoids of every time id, flattened per sample, after the pooled text embeddings,

@@ -1,12 +1,15 @@
 //! `ResnetBlock2D` (time-conditioned, "default" time-embedding norm) and the conv down/up
 //! samplers of the UNet blocks.
 
+use crate::diffusion::fused::conv::Conv2d;
+use crate::diffusion::fused::norm::GroupNorm;
 use crate::diffusion::nn::{Adapters, Linear};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
+/// A frozen conv (weight + bias) of the diffusers layout under `vb`.
 pub(crate) fn conv(vb: VarBuilder, in_ch: usize, out_ch: usize, kernel: usize, stride: usize, padding: usize) -> Result<Conv2d> {
-    conv2d(in_ch, out_ch, kernel, Conv2dConfig { padding, stride, ..Default::default() }, vb)
+    Conv2d::load(vb, in_ch, out_ch, kernel, stride, padding)
 }
 
 #[derive(Debug, Clone)]
@@ -33,11 +36,12 @@ impl ResnetBlock2D {
         output_scale_factor: f64,
     ) -> Result<Self> {
         Ok(ResnetBlock2D {
-            norm1: group_norm(groups, in_ch, eps, vb.pp("norm1"))?,
+            // Every resnet norm is followed by SiLU: one fused op each.
+            norm1: GroupNorm::load(vb.pp("norm1"), groups, in_ch, eps, true)?,
             conv1: conv(vb.pp("conv1"), in_ch, out_ch, 3, 1, 1)?,
             // A LoRA-aware linear so that adapters may target it (PEFT/kohya LoRAs sometimes do).
             time_emb_proj: Linear::new(vb.pp("time_emb_proj"), adapters, temb_ch, out_ch, true)?,
-            norm2: group_norm(groups, out_ch, eps, vb.pp("norm2"))?,
+            norm2: GroupNorm::load(vb.pp("norm2"), groups, out_ch, eps, true)?,
             conv2: conv(vb.pp("conv2"), out_ch, out_ch, 3, 1, 1)?,
             conv_shortcut: if in_ch != out_ch { Some(conv(vb.pp("conv_shortcut"), in_ch, out_ch, 1, 1, 0)?) } else { None },
             output_scale_factor,
@@ -46,15 +50,13 @@ impl ResnetBlock2D {
 
     /// `x`: [B, C, H, W]; `temb`: [B, T] (the UNet's time embedding, before the SiLU).
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let t = self.time_emb_proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let t = self.time_emb_proj.forward(&temb.silu()?)?;
+        let h = self.conv1.forward_with(&self.norm1.forward(x)?, Some(&t), None)?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        let out = (skip + h)?;
+        let out = self.conv2.forward_with(&self.norm2.forward(&h)?, None, Some(&skip))?;
         if self.output_scale_factor == 1.0 {
             Ok(out)
         } else {

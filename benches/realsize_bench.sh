@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): hfsky against diffusers(+peft) at the real SD 1.5 / SDXL sizes, side by
+# side in one run, same threads, same photos, same settings. Prints a Markdown table last.
+#
+# Pipelines: random weights in the real component configs (benches/realsize/<kind>/, verbatim from
+# the public stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0 repos), made once by
+# benches/realsize/make_pipeline.py with the pinned Python reference stack and kept in $DIR.
+# Rows (CASES, space-separated; default all):
+#   sd15-256 sd15-512   DreamBooth LoRA training step (rank 4 on to_q,to_k,to_v,to_out.0, AdamW,
+#                       batch 1, center crop, f32): median s/step after WARMUP steps, and the peak
+#                       RSS of the whole training process (model loading and latent caching included)
+#   sdxl-512-gc         the same for SDXL at 512 px with gradient checkpointing on both sides
+#   unet                one SD 1.5 UNet forward at 32×32 latents (benches/diffusion_bench.*)
+#   gen                 a whole 20-step 512 px SD 1.5 generation with CFG (DDIM), VAE decode included
+#
+#   THREADS=2 STEPS=3 WARMUP=1 CASES="sd15-256 unet" DIR=target/realsize benches/realsize_bench.sh
+#   HFSKY=path/to/hfsky   PYTHON=python-with-torch-diffusers-peft   DEVICE=cpu|cuda
+# Needs ~3 GB of disk for SD 1.5 and ~14 GB for SDXL in $DIR; SDXL rows need ~20 GB of RAM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS="${THREADS:-$(nproc)}"
+STEPS="${STEPS:-3}"
+WARMUP="${WARMUP:-1}"
+CASES="${CASES:-sd15-256 sd15-512 sdxl-512-gc unet gen}"
+DIR="${DIR:-target/realsize}"
+DEVICE="${DEVICE:-cpu}"
+HFSKY="${HFSKY:-target/release/hfsky}"
+PY="${PYTHON:-$(./scripts/pyref-venv.sh)}"
+export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" RAYON_NUM_THREADS="$THREADS"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error DIFFUSERS_VERBOSITY=error PYTHONWARNINGS=ignore
+if [ "$HFSKY" = target/release/hfsky ]; then cargo build --release --locked >&2; fi
+[ -x "$HFSKY" ] || { echo "no executable $HFSKY (cargo build --release, or set HFSKY)" >&2; exit 2; }
+
+W="$(mktemp -d)"
+trap 'rm -rf "$W"' EXIT
+trap 'exit 130' INT TERM
+mkdir -p "$DIR" "$W/photos"
+# Four of the bundled sky photos (real JPEGs of several sizes), the same for both sides.
+ls data/sky-photos/*.jpg | head -4 | xargs -I{} cp {} "$W/photos/"
+
+pipeline() { # pipeline sd15|sdxl → prints its folder, making it once
+  if [ ! -f "$DIR/$1/model_index.json" ]; then
+    echo "making the random-weight $1 pipeline in $DIR/$1 (once)…" >&2
+    "$PY" benches/realsize/make_pipeline.py "$1" "$DIR/$1" >&2
+  fi
+  echo "$DIR/$1"
+}
+
+peak_rss() { # peak_rss OUTFILE CMD… : runs CMD, writes its peak RSS (bytes) to OUTFILE
+  local out="$1"; shift
+  /usr/bin/time -f "%M" -o "$out.kb" "$@"
+  echo $(($(tail -1 "$out.kb") * 1024)) > "$out"
+}
+
+median_after_warmup() {
+  "$PY" -c 'import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+secs = [r["seconds"] for r in rows[int(sys.argv[2]):]]
+print(statistics.median(secs))' "$1" "$WARMUP"
+}
+
+ROWS=()
+row() { # row LABEL REF HFSKY UNIT [NOTE]
+  ROWS+=("$("$PY" -c 'import sys
+l, p, r, unit, note = sys.argv[1:6]
+p, r = float(p), float(r)
+fmt = (lambda v: f"{v / 2**30:.2f} GiB") if unit == "bytes" else (lambda v: f"{v:.2f} s")
+print(f"| {l} | {fmt(r)} | {fmt(p)} | {r / p:.2f}× | {note} |")' "$1" "$2" "$3" "$4" "${5:-}")")
+}
+
+train_case() { # train_case LABEL KIND RES [gc]
+  local label="$1" kind="$2" res="$3" gc="${4:-}" dir out
+  dir="$(pipeline "$kind")"
+  out="$W/train-$label"
+  local hf_gc=() py_gc=()
+  if [ -n "$gc" ]; then hf_gc=(--gradient-checkpointing); py_gc=(--gradient-checkpointing); fi
+  echo "$label: hfsky…" >&2
+  peak_rss "$W/rss-hfsky-$label" "$HFSKY" -q train --cache-dir "$W/cache-$label" --base-model "$dir" --dataset "$W/photos" \
+    --instance-prompt "a photo of SKY" --output-dir "$out" --max-steps "$((STEPS + WARMUP))" --resolution "$res" --center-crop \
+    --rank 4 --target-modules to_q,to_k,to_v,to_out.0 --precision f32 --device "$DEVICE" --train-batch-size 1 "${hf_gc[@]}" \
+    > "$W/hfsky-$label.log" 2>&1 || { echo "hfsky train failed ($label):" >&2; tail -20 "$W/hfsky-$label.log" >&2; exit 1; }
+  local rs; rs=$(median_after_warmup "$out/training_log.jsonl")
+  echo "$label: diffusers + peft…" >&2
+  peak_rss "$W/rss-py-$label" "$PY" benches/train_step_reference.py --model "$dir" --photos "$W/photos" --steps "$STEPS" \
+    --warmup "$WARMUP" --threads "$THREADS" --resolution "$res" "${py_gc[@]}" > "$W/py-$label.json" 2> "$W/py-$label.log" \
+    || { echo "reference failed ($label):" >&2; tail -20 "$W/py-$label.log" >&2; exit 1; }
+  local py; py=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["median_ms"] / 1000)' "$W/py-$label.json")
+  local gcn=""; [ -n "$gc" ] && gcn=", gradient checkpointing"
+  row "$kind $res px training step$gcn" "$py" "$rs" s
+  row "$kind $res px training peak RSS$gcn" "$(cat "$W/rss-py-$label")" "$(cat "$W/rss-hfsky-$label")" bytes
+}
+
+BENCH=""
+bench_bin() {
+  if [ -z "$BENCH" ]; then
+    BENCH=$(cargo bench --bench diffusion_bench --no-run --message-format=json 2>/dev/null |
+      python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="diffusion_bench" and m.get("executable")][-1])')
+  fi
+  echo "$BENCH"
+}
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+for c in $CASES; do
+  case "$c" in
+    sd15-256) train_case sd15-256 sd15 256 ;;
+    sd15-512) train_case sd15-512 sd15 512 ;;
+    sdxl-512-gc) train_case sdxl-512-gc sdxl 512 gc ;;
+    unet)
+      echo "unet: SD 1.5 forward at 32×32 latents…" >&2
+      b=$(bench_bin)
+      p=$("$PY" benches/diffusion_bench.py unet sd15 "$W/unet" 2 | tail -1)
+      r=$("$b" unet "$W/unet/config.json" "$W/unet/unet.safetensors" "$W/unet/inputs.safetensors" 2 | tail -1)
+      row "sd15 UNet forward, 32×32 latents, batch 1" "$(field "$p" forward_s)" "$(field "$r" forward_s)" s \
+        "rel. error vs diffusers $(printf '%.1e' "$(field "$r" rel_error_vs_diffusers)")"
+      rm -rf "$W/unet" ;;
+    gen)
+      echo "gen: SD 1.5 20 steps at 512 px with CFG…" >&2
+      b=$(bench_bin); dir="$(pipeline sd15)"
+      p=$("$PY" benches/diffusion_bench.py sample "$dir" 20 512 1 | tail -1)
+      r=$("$b" sample "$dir" 20 512 1 | tail -1)
+      row "sd15 20-step 512 px generation, CFG, VAE decode" "$(field "$p" run_s)" "$(field "$r" run_s)" s ;;
+    *) echo "unknown case $c" >&2; exit 2 ;;
+  esac
+done
+
+VERS="$("$PY" -c 'import torch, diffusers, peft; print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, peft {peft.__version__}")')"
+echo
+echo "$(date -u +%Y-%m-%d), $DEVICE, $(nproc) cores, $THREADS threads each side, f32, batch 1, $STEPS steps after $WARMUP warm-up; $VERS."
+echo
+echo "| same run | hfsky | diffusers (+peft) | hfsky / diffusers | |"
+echo "|---|--:|--:|--:|---|"
+printf "%s\n" "${ROWS[@]}"

@@ -1,0 +1,209 @@
+//! A 2-D convolution with a frozen weight: backward gives the input its gradient and nothing else.
+//!
+//! candle's conv backward computes the weight gradient whatever the weight is, and the input
+//! gradient with `conv_transpose2d`, whose CPU kernel is a direct loop far slower than its conv.
+//! Here the input gradient is itself a convolution (the "full" correlation of the output gradient
+//! with the kernel flipped in space and transposed in channels; for stride s the output gradient
+//! first gets s−1 zeros between its elements), the textbook identity behind PyTorch's
+//! `convolution_backward` for `grad_input` — so it runs on the same fast conv path (im2col + GEMM on
+//! the CPU, cuDNN/GEMM on the GPU).
+
+use super::cpu_conv::{self, Geometry};
+use super::record;
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// `torch.nn.Conv2d` with square kernel, equal stride/padding on both axes, frozen weight
+/// [C_out, C_in, K, K] and optional bias [C_out]. Input [B, C_in, H, W] → [B, C_out, H', W'].
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    /// Loads `weight` (and `bias`) under `vb`, as `candle_nn::conv2d`; shapes are checked.
+    pub fn load(vb: VarBuilder, in_ch: usize, out_ch: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+        let weight = vb.get((out_ch, in_ch, kernel, kernel), "weight")?;
+        let bias = Some(vb.get(out_ch, "bias")?);
+        Ok(Conv2d { weight, bias, stride, padding })
+    }
+
+    pub fn new(weight: Tensor, bias: Option<Tensor>, stride: usize, padding: usize) -> Self {
+        Conv2d { weight, bias, stride, padding }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The convolution plus `extra` ([B, C_out], added per sample and channel, e.g. a resnet's time
+    /// embedding) and `residual` (same shape as the output); both may be tracked and get `grad`
+    /// (summed over space for `extra`). Fusing them saves keeping the bare conv output for backward.
+    pub fn forward_with(&self, x: &Tensor, extra: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
+        let plain = |x: &Tensor, extra: Option<&Tensor>, residual: Option<&Tensor>| -> Result<Tensor> {
+            let w = self.weight.to_dtype(x.dtype())?;
+            let mut y = conv2d(x, &w, self.stride, self.padding)?;
+            if let Some(b) = &self.bias {
+                y = y.broadcast_add(&b.to_dtype(y.dtype())?.reshape((1, (), 1, 1))?)?;
+            }
+            if let Some(e) = extra {
+                y = y.broadcast_add(&e.to_dtype(y.dtype())?.unsqueeze(2)?.unsqueeze(3)?)?;
+            }
+            if let Some(r) = residual {
+                y = (y + r.to_dtype(x.dtype())?)?;
+            }
+            Ok(y)
+        };
+        let tracked = x.track_op() || extra.is_some_and(|e| e.track_op()) || residual.is_some_and(|r| r.track_op());
+        if !tracked {
+            return plain(x, extra, residual);
+        }
+        let out = plain(&x.detach(), extra.map(|e| e.detach()).as_ref(), residual.map(|r| r.detach()).as_ref())?;
+        let (weight, stride, padding) = (self.weight.clone(), self.stride, self.padding);
+        let (_, _, h, w) = x.dims4()?;
+        let (x_dtype, e_dtype, r_dtype) = (x.dtype(), extra.map(|e| e.dtype()), residual.map(|r| r.dtype()));
+        let x_tracked = x.track_op();
+        let bwd = move |g: &Tensor| -> Result<Vec<Option<Tensor>>> {
+            let gx = if x_tracked { Some(input_grad(g, &weight, stride, padding, (h, w))?.to_dtype(x_dtype)?) } else { None };
+            let ge = match e_dtype {
+                Some(d) => Some(g.sum((2, 3))?.to_dtype(d)?),
+                None => None,
+            };
+            let gr = match r_dtype {
+                Some(d) => Some(g.to_dtype(d)?),
+                None => None,
+            };
+            Ok(match (ge, gr) {
+                (Some(ge), Some(gr)) => vec![gx, Some(ge), Some(gr)],
+                (Some(ge), None) => vec![gx, Some(ge)],
+                (None, Some(gr)) => vec![gx, Some(gr)],
+                (None, None) => vec![gx],
+            })
+        };
+        let mut args = vec![x];
+        args.extend(extra);
+        args.extend(residual);
+        record("frozen-conv2d", &args, out, bwd)
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None, None)
+    }
+}
+
+/// `x ⋆ w` with torch's `Conv2d(stride, padding)` geometry: our im2col + GEMM kernel for f32 on
+/// the CPU, candle's conv elsewhere (cuDNN/CUDA kernels on the GPU).
+fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let (_, _, h, wd) = x.dims4()?;
+        cpu_conv::conv2d(x, w, Geometry::symmetric(h, wd, w.dim(2)?, stride, padding)?)
+    } else {
+        x.conv2d(w, padding, stride, 1, 1)
+    }
+}
+
+/// d(loss)/d(input) of `conv2d(x, weight, padding, stride)` for an input of spatial size `in_hw`,
+/// from the output gradient `g` [B, C_out, H', W'] → [B, C_in, H, W].
+pub fn input_grad(g: &Tensor, weight: &Tensor, stride: usize, padding: usize, in_hw: (usize, usize)) -> Result<Tensor> {
+    let (c_out, c_in, k, _) = weight.dims4()?;
+    let (b, _, ho, wo) = g.dims4()?;
+    let w = weight.to_dtype(g.dtype())?;
+    if g.device().is_cpu() && g.dtype() == DType::F32 {
+        let geometry = Geometry { stride, top: padding, left: padding, out_h: ho, out_w: wo };
+        return cpu_conv::input_grad(g, &w, geometry, in_hw);
+    }
+    if k == 1 && stride == 1 && padding == 0 {
+        // A 1×1 conv is a matmul over channels: dx = Wᵀ·g per pixel.
+        let w2 = w.reshape((c_out, c_in))?.t()?;
+        return w2.broadcast_matmul(&g.reshape((b, c_out, ho * wo))?)?.reshape((b, c_in, ho, wo));
+    }
+    // Zero-insert for stride s: [.., H'] → [.., s·H'] with the values at multiples of s.
+    let g = if stride > 1 {
+        g.reshape((b, c_out, ho, 1, wo, 1))?.pad_with_zeros(3, 0, stride - 1)?.pad_with_zeros(5, 0, stride - 1)?.reshape((
+            b,
+            c_out,
+            ho * stride,
+            wo * stride,
+        ))?
+    } else {
+        g.clone()
+    };
+    // Padding of the full correlation: K−1−p before; after, whatever makes the result H long.
+    let pad = |in_len: usize, out_len: usize| -> (isize, isize) {
+        let lo = k as isize - 1 - padding as isize;
+        let hi = in_len as isize + k as isize - 1 - lo - (out_len * stride) as isize;
+        (lo, hi)
+    };
+    let (top, bottom) = pad(in_hw.0, ho);
+    let (left, right) = pad(in_hw.1, wo);
+    let flipped = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+    let same = top == bottom && left == right && top == left && top >= 0;
+    if same {
+        return conv2d(&g, &flipped, 1, top as usize);
+    }
+    let fit = |t: Tensor, dim: usize, lo: isize, hi: isize| -> Result<Tensor> {
+        let t = if lo < 0 { t.narrow(dim, (-lo) as usize, t.dim(dim)? - (-lo) as usize)? } else { t };
+        let t = if hi < 0 { t.narrow(dim, 0, t.dim(dim)? - (-hi) as usize)? } else { t };
+        t.pad_with_zeros(dim, lo.max(0) as usize, hi.max(0) as usize)
+    };
+    let g = fit(fit(g, 2, top, bottom)?, 3, left, right)?;
+    g.conv2d(&flipped, 0, 1, 1, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::check_against_composed;
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn randn(shape: &[usize]) -> Tensor {
+        Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn input_gradient_equals_candles_for_every_stride_padding_and_size() {
+        // f32 runs our CPU kernel; f64 the device-generic path that CUDA takes.
+        for dtype in [DType::F32, DType::F64] {
+            let r = |shape: &[usize]| randn(shape).to_dtype(dtype).unwrap();
+            for &(k, s, p, h, w) in
+                &[(3, 1, 1, 6, 5), (1, 1, 0, 4, 4), (3, 2, 1, 8, 8), (3, 2, 1, 7, 9), (3, 2, 0, 9, 9), (3, 1, 0, 5, 6), (1, 2, 0, 6, 6)]
+            {
+                let conv = Conv2d::new(r(&[5, 3, k, k]), Some(r(&[5])), s, p);
+                let composed = |t: &[Tensor]| -> Result<Tensor> {
+                    t[0].conv2d(conv.weight(), p, s, 1, 1)?.broadcast_add(&conv.bias.as_ref().unwrap().reshape((1, 5, 1, 1))?)
+                };
+                check_against_composed(&[r(&[2, 3, h, w])], |t| conv.forward(&t[0]), composed, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn extra_and_residual_are_added_and_get_their_gradients() {
+        let conv = Conv2d::new(randn(&[4, 3, 3, 3]), Some(randn(&[4])), 1, 1);
+        let composed = |t: &[Tensor]| -> Result<Tensor> {
+            let y = t[0].conv2d(conv.weight(), 1, 1, 1, 1)?.broadcast_add(&conv.bias.as_ref().unwrap().reshape((1, 4, 1, 1))?)?;
+            y.broadcast_add(&t[1].unsqueeze(2)?.unsqueeze(3)?)? + &t[2]
+        };
+        let inputs = [randn(&[2, 3, 5, 5]), randn(&[2, 4]), randn(&[2, 4, 5, 5])];
+        check_against_composed(&inputs, |t| conv.forward_with(&t[0], Some(&t[1]), Some(&t[2])), composed, 1e-5);
+    }
+
+    #[test]
+    fn the_frozen_weight_gets_no_gradient() {
+        let x = candle_core::Var::from_tensor(&randn(&[1, 3, 4, 4])).unwrap();
+        let conv = Conv2d::new(randn(&[2, 3, 3, 3]), None, 1, 1);
+        let grads = conv.forward(x.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(x.as_tensor()).is_some());
+        let weight_shaped = grads.get_ids().filter(|id| grads.get_id(**id).unwrap().dims() == [2, 3, 3, 3]).count();
+        assert_eq!(weight_shaped, 0);
+        // Untracked input: a plain conv, no op recorded.
+        let y = conv.forward(&randn(&[1, 3, 4, 4])).unwrap();
+        assert!(!y.track_op());
+        assert_eq!(y.dtype(), DType::F32);
+    }
+}
