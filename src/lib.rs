@@ -9,6 +9,7 @@ pub mod card;
 pub mod compare;
 pub mod dataset;
 pub mod diffusion;
+pub mod exit;
 pub mod generate;
 pub mod hash;
 pub mod html;

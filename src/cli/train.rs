@@ -6,7 +6,7 @@ use hfsky::generate::source::resolve_pipeline;
 use hfsky::hub::push::{push_folder, PushOptions};
 use hfsky::names;
 use hfsky::repo_id::RepoId;
-use hfsky::train::{Event, TrainConfig, TrainError, TrainSummary, Trainer};
+use hfsky::train::{Event, TrainConfig, TrainSummary, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -100,13 +100,9 @@ fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &toki
             }
         }
     };
-    use hfsky::generate::pipeline::GenerateError;
-    let summary = trainer.run(&mut on).map_err(|e| match e {
-        TrainError::Input(_) | TrainError::Model(GenerateError::Pipeline(_) | GenerateError::Lora(_) | GenerateError::Scheduler(_)) => {
-            bad_input(e.to_string())
-        }
-        e => anyhow::Error::new(e),
-    })?;
+    // The exit code follows from the error's category (`hfsky::exit`): bad input, or a failure
+    // such as a full disk while writing a checkpoint.
+    let summary = trainer.run(&mut on)?;
     bar.finish_and_clear();
     Ok(summary)
 }

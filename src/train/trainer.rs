@@ -37,22 +37,14 @@ pub enum TrainError {
     Io { path: PathBuf, detail: String },
     #[error("the loss became {value} at step {step}; training stopped. {kept} Try a lower learning_rate, precision f32, or max_grad_norm 1.0.")]
     NonFinite { step: usize, value: f32, kept: String },
-}
-
-impl From<super::lora_params::LoraParamsError> for TrainError {
-    fn from(e: super::lora_params::LoraParamsError) -> Self {
-        TrainError::Input(e.to_string())
-    }
-}
-impl From<super::examples::CacheError> for TrainError {
-    fn from(e: super::examples::CacheError) -> Self {
-        TrainError::Input(e.to_string())
-    }
-}
-impl From<checkpoint::CheckpointError> for TrainError {
-    fn from(e: checkpoint::CheckpointError) -> Self {
-        TrainError::Input(e.to_string())
-    }
+    /// Writing or reading a checkpoint (a full disk is a failure, a checkpoint that does not
+    /// fit is bad input: see `crate::exit`).
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    Cache(#[from] super::examples::CacheError),
+    #[error(transparent)]
+    Lora(#[from] super::lora_params::LoraParamsError),
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
