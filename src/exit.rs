@@ -5,7 +5,14 @@
 //! contract: 1 failure, 2 bad input, 3 authentication, 4 network.
 
 use crate::auth::{oidc::OidcError, AuthError};
+use crate::compare::local::CardError;
+use crate::compare::run::CompareError;
+use crate::dataset::captions::CaptionError;
+use crate::dataset::fix::FixError;
+use crate::dataset::DatasetError;
 use crate::generate::pipeline::GenerateError;
+use crate::generate::render::RenderError;
+use crate::generate::source::SourceError;
 use crate::hub::inference::InferenceError;
 use crate::hub::HubError;
 use crate::train::checkpoint::CheckpointError;
@@ -54,6 +61,12 @@ pub fn category_of(e: &(dyn std::error::Error + 'static)) -> Option<ExitCategory
         .or_else(|| of::<CheckpointError>(e))
         .or_else(|| of::<CacheError>(e))
         .or_else(|| of::<LoraParamsError>(e))
+        .or_else(|| of::<GenerateError>(e))
+        .or_else(|| of::<RenderError>(e))
+        .or_else(|| of::<CompareError>(e))
+        .or_else(|| of::<DatasetError>(e))
+        .or_else(|| of::<CaptionError>(e))
+        .or_else(|| of::<FixError>(e))
 }
 
 fn http(status: u16) -> ExitCategory {
@@ -160,6 +173,87 @@ impl Categorized for TrainError {
             TrainError::Cache(c) => c.category(),
             TrainError::Lora(l) => l.category(),
             TrainError::Tensor(_) | TrainError::Io { .. } | TrainError::NonFinite { .. } => ExitCategory::Failure,
+        }
+    }
+}
+
+impl Categorized for SourceError {
+    fn category(&self) -> ExitCategory {
+        match self {
+            SourceError::NotFound { .. } | SourceError::NotAPipeline(_) => ExitCategory::BadInput,
+            SourceError::Hub(h) => h.category(),
+        }
+    }
+}
+
+impl Categorized for RenderError {
+    fn category(&self) -> ExitCategory {
+        match self {
+            RenderError::Source(s) => s.category(),
+            RenderError::Generate(g) => g.category(),
+            RenderError::Pipeline(_)
+            | RenderError::Lora(_)
+            | RenderError::Settings(_)
+            | RenderError::Bf16OnCpu
+            | RenderError::LoraMatchesNothing(_)
+            | RenderError::Invalid(_) => ExitCategory::BadInput,
+            RenderError::Io { .. } | RenderError::Tensor(_) => ExitCategory::Failure,
+        }
+    }
+}
+
+impl Categorized for CardError {
+    fn category(&self) -> ExitCategory {
+        match self {
+            CardError::NoCard { .. } | CardError::NoBaseModel { .. } => ExitCategory::BadInput,
+            CardError::Hub(h) => h.category(),
+        }
+    }
+}
+
+impl Categorized for CompareError {
+    fn category(&self) -> ExitCategory {
+        match self {
+            CompareError::Card(c) => c.category(),
+            CompareError::Inference(i) => i.category(),
+            CompareError::Hub(h) => h.category(),
+            CompareError::Render(r) => r.category(),
+            CompareError::NotAnImage { .. } | CompareError::Invalid(_) => ExitCategory::BadInput,
+            CompareError::Io { .. } | CompareError::Stats(_) => ExitCategory::Failure,
+        }
+    }
+}
+
+impl Categorized for DatasetError {
+    fn category(&self) -> ExitCategory {
+        match self {
+            DatasetError::Missing(_) | DatasetError::NotADir(_) | DatasetError::NoImages { .. } => ExitCategory::BadInput,
+            DatasetError::Io { .. } => ExitCategory::Failure,
+        }
+    }
+}
+
+impl Categorized for CaptionError {
+    fn category(&self) -> ExitCategory {
+        match self {
+            // A caption file that cannot be read is one the user named or put there.
+            CaptionError::Read { .. }
+            | CaptionError::NotUtf8 { .. }
+            | CaptionError::Line { .. }
+            | CaptionError::NoMetadata { .. }
+            | CaptionError::SidecarClash { .. }
+            | CaptionError::InstanceTarget => ExitCategory::BadInput,
+            CaptionError::Write { .. } => ExitCategory::Failure,
+        }
+    }
+}
+
+impl Categorized for FixError {
+    fn category(&self) -> ExitCategory {
+        match self {
+            FixError::NotEmpty(_) | FixError::Inside { .. } => ExitCategory::BadInput,
+            FixError::Write { .. } => ExitCategory::Failure,
+            FixError::Captions(c) => c.category(),
         }
     }
 }

@@ -19,7 +19,6 @@ mod whoami;
 
 use clap::{Parser, Subcommand};
 use hfsky::auth::{Credential, OidcOptions};
-use hfsky::exit::Categorized;
 use hfsky::redact::redact;
 use hfsky::repo_id::RepoId;
 use std::io::IsTerminal;
@@ -151,14 +150,6 @@ pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
     CliError { code: exit::BAD_INPUT, message: message.into() }.into()
 }
 
-fn render_exit_code(r: &hfsky::generate::render::RenderError) -> i32 {
-    match r {
-        hfsky::generate::render::RenderError::Source(hfsky::generate::source::SourceError::Hub(h)) => h.category().code(),
-        r if r.is_bad_input() => exit::BAD_INPUT,
-        _ => exit::FAILURE,
-    }
-}
-
 fn exit_code(e: &anyhow::Error) -> i32 {
     for cause in e.chain() {
         if let Some(c) = cause.downcast_ref::<CliError>() {
@@ -167,43 +158,16 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         if let Some(r) = cause.downcast_ref::<Reported>() {
             return r.code;
         }
-        if matches!(cause.downcast_ref::<hfsky::dataset::DatasetError>(), Some(d) if !matches!(d, hfsky::dataset::DatasetError::Io { .. }))
-            || matches!(cause.downcast_ref::<hfsky::dataset::captions::CaptionError>(), Some(c) if !matches!(c, hfsky::dataset::captions::CaptionError::Write { .. }))
-            || matches!(
-                cause.downcast_ref::<hfsky::dataset::fix::FixError>(),
-                Some(hfsky::dataset::fix::FixError::NotEmpty(_) | hfsky::dataset::fix::FixError::Inside { .. })
-            )
-        {
-            return exit::BAD_INPUT;
-        }
-        // Error types that know their category (`hfsky::exit`); the ones below are still mapped here.
+        // Error types that know their category (`hfsky::exit`); the diffusion errors (all about
+        // the model files the user named), repo ids and tokens below are bad input as a whole.
         if let Some(c) = hfsky::exit::category_of(cause) {
             return c.code();
-        }
-        if let Some(r) = cause.downcast_ref::<hfsky::generate::render::RenderError>() {
-            return render_exit_code(r);
-        }
-        if let Some(c) = cause.downcast_ref::<hfsky::compare::run::CompareError>() {
-            use hfsky::compare::run::CompareError as E;
-            return match c {
-                E::Inference(i) => i.category().code(),
-                E::Hub(h) | E::Card(hfsky::compare::local::CardError::Hub(h)) => h.category().code(),
-                E::Render(r) => render_exit_code(r),
-                c if c.is_bad_input() => exit::BAD_INPUT,
-                _ => exit::FAILURE,
-            };
         }
         if cause.downcast_ref::<hfsky::diffusion::config::PipelineError>().is_some()
             || cause.downcast_ref::<hfsky::diffusion::lora::LoraError>().is_some()
             || cause.downcast_ref::<hfsky::diffusion::schedulers::SchedulerError>().is_some()
         {
             return exit::BAD_INPUT;
-        }
-        if let Some(g) = cause.downcast_ref::<hfsky::generate::pipeline::GenerateError>() {
-            return match g {
-                hfsky::generate::pipeline::GenerateError::Model(_) | hfsky::generate::pipeline::GenerateError::VaeOverflow { .. } => exit::FAILURE,
-                _ => exit::BAD_INPUT,
-            };
         }
         if cause.downcast_ref::<hfsky::repo_id::IdError>().is_some() || cause.downcast_ref::<hfsky::token::TokenError>().is_some() {
             return exit::BAD_INPUT;

@@ -42,19 +42,6 @@ impl From<InferenceError> for CompareError {
     }
 }
 
-impl CompareError {
-    /// What the user can fix by changing the request (exit code 2).
-    pub fn is_bad_input(&self) -> bool {
-        match self {
-            CompareError::Card(CardError::Hub(_)) => false,
-            CompareError::Card(_) | CompareError::NotAnImage { .. } | CompareError::Invalid(_) => true,
-            CompareError::Render(r) => r.is_bad_input(),
-            CompareError::Inference(i) => matches!(**i, InferenceError::NoProvider { .. }),
-            _ => false,
-        }
-    }
-}
-
 fn io(what: &Path) -> impl FnOnce(std::io::Error) -> CompareError + '_ {
     move |source| CompareError::Io { what: what.display().to_string(), source }
 }
