@@ -142,6 +142,7 @@ impl Categorized for CheckpointError {
     fn category(&self) -> ExitCategory {
         match self {
             CheckpointError::Io { .. } => ExitCategory::Failure,
+            CheckpointError::Tensors(t) => t.category(),
             CheckpointError::NotFound(_) | CheckpointError::Mismatch { .. } => ExitCategory::BadInput,
         }
     }

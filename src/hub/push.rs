@@ -134,7 +134,8 @@ pub fn scan_folder(dir: &Path, include: &[String], exclude: &[String]) -> Result
         !(e.depth() > 0 && e.file_type().is_dir() && (name == ".git" || name == ".cache"))
     });
     for entry in walker {
-        let entry = entry.map_err(|e| HubError::Invalid(format!("cannot read {}: {e}", dir.display())))?;
+        // A folder that cannot be read (permissions, a disk error) is an I/O failure, not bad input.
+        let entry = entry.map_err(|e| HubError::Io { path: e.path().unwrap_or(dir).to_path_buf(), source: e.into() })?;
         if !entry.file_type().is_file() {
             continue;
         }

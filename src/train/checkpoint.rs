@@ -18,6 +18,9 @@ pub enum CheckpointError {
     NotFound(String),
     #[error("{}: checkpoint does not fit this run: {detail}", .path.display())]
     Mismatch { path: PathBuf, detail: String },
+    /// Writing the LoRA or optimizer tensors.
+    #[error(transparent)]
+    Tensors(super::lora_params::LoraParamsError),
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
@@ -96,8 +99,8 @@ pub fn save(root: &Path, step: usize, lora: &TrainableLora, opt: &AdamW, keep: O
             })
             .collect()
     };
-    let write =
-        |name: &str, t| write_safetensors(&tmp.join(name), t, None).map_err(|e| CheckpointError::Io { path: tmp.join(name), detail: e.to_string() });
+    // The weights writer's error names the file already.
+    let write = |name: &str, t| write_safetensors(&tmp.join(name), t, None).map_err(CheckpointError::Tensors);
     write("lora.safetensors", cpu(lora.named_tensors())?)?;
     write("optimizer.safetensors", cpu(opt.state_tensors())?)?;
     let state =
