@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The hygiene gate, first (it needs nothing installed): the tree is formatted (rustfmt.toml)
+# and clippy has nothing to say about any target.
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+
 need=()
 command -v dbus-run-session >/dev/null || need+=(dbus)
 command -v gnome-keyring-daemon >/dev/null || need+=(gnome-keyring)

@@ -50,7 +50,7 @@ fn github_actions_push_exchanges_the_id_token_and_never_prints_it() {
     assert_eq!(v["files"].as_array().unwrap().len(), 2);
     assert!(v["commit_url"].as_str().unwrap().contains("/alice/sky-lora/commit/"), "{v}");
     // The id token was requested for this Hub's audience, with the job's request bearer.
-    assert_eq!(ci.audiences.lock().unwrap().as_slice(), [hub.endpoint.clone()]);
+    assert_eq!(ci.audiences.lock().unwrap().as_slice(), std::slice::from_ref(&hub.endpoint));
 
     // whoami through HF_OIDC_RESOURCE, as huggingface_hub does it.
     let mut vars2 = ci.github_env();

@@ -441,7 +441,7 @@ fn a_concurrent_push_is_rebased_onto_or_refused_when_files_overlap() {
         write(&theirs.join("README.md"), b"# theirs\n");
         let other = hfsky::hub::push::push_folder(&client, &theirs, &opts("theirs v2")).await.unwrap();
         let e = commit_plan(&client, &plan, &opts("ours v2")).await.unwrap_err();
-        assert!(matches!(&e, hfsky::hub::HubError::Conflict { paths, .. } if paths == &vec!["README.md".to_string()]), "{e:?}");
+        assert!(matches!(&e, hfsky::hub::HubError::Conflict(c) if c.paths == vec!["README.md".to_string()]), "{e:?}");
         let msg = e.to_string();
         assert!(msg.contains("changed while pushing") && msg.contains("README.md") && msg.contains("nothing was committed"), "{msg}");
         assert_eq!(client.model_info(&id, None).await.unwrap().sha, other.commit_oid);

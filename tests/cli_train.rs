@@ -195,6 +195,41 @@ fn a_killed_run_resumes_to_the_same_result() {
     assert_eq!(kept, 2);
 }
 
+/// A full disk while a checkpoint is written is a failure (exit 1) that names the cause, not
+/// bad input: the checkpoint folder is a full one-page tmpfs, mounted in a user and mount
+/// namespace of its own (`unshare -rm`, no root needed where user namespaces are allowed).
+#[test]
+fn a_checkpoint_on_a_full_disk_exits_1_with_the_cause() {
+    if !std::process::Command::new("unshare").args(["-rm", "true"]).status().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: `unshare -rm` (user and mount namespaces) is not allowed here, so no tiny tmpfs can be mounted");
+        return;
+    }
+    let env = Env::new("http://127.0.0.1:9");
+    let d = env.dir.path();
+    let cfg = config(d, "tiny-sd15", "max_steps: 2\ncheckpointing_steps: 1\n");
+    let ckpts = d.join("out/checkpoints");
+    std::fs::create_dir_all(&ckpts).unwrap();
+    let inner = env.cmd(&["train", "--config", cfg.to_str().unwrap()]);
+    let mut c = std::process::Command::new("unshare");
+    c.args([
+        "-rm",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=4k tmpfs \"$1\" && { head -c 65536 /dev/zero > \"$1/fill\" 2>/dev/null; shift; exec \"$@\"; }",
+        "sh",
+    ]);
+    c.arg(&ckpts).arg(inner.get_program()).args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let o = c.stdin(std::process::Stdio::null()).output().unwrap();
+    let out = code(&o, 1);
+    assert!(out.contains("No space left on device") && out.contains("checkpoint"), "{out}");
+}
+
 #[test]
 fn bad_input_is_named_and_exits_2() {
     let env = Env::new("http://127.0.0.1:9");

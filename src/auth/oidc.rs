@@ -169,7 +169,7 @@ impl OidcSession {
     pub async fn exchange(&self) -> Result<(Token, Option<u64>), OidcError> {
         let jwt = self.source.id_token(&self.http, &self.audience).await?;
         self.exchanger.exchange_oidc(&jwt, &self.resource).await.map_err(|error| match error {
-            HubError::Http { status, .. } if status < 500 => OidcError::Refused { resource: self.resource.clone(), error },
+            HubError::Http(ref f) if f.status < 500 => OidcError::Refused { resource: self.resource.clone(), error },
             error => OidcError::Exchange { resource: self.resource.clone(), error },
         })
     }

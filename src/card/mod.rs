@@ -53,8 +53,8 @@ pub struct RenderHints {
 impl RenderHints {
     /// From a card's README text, when it was written by hfsky.
     pub fn from_readme(readme: &str) -> Option<RenderHints> {
-        let fm = front_matter(readme)?;
-        serde_yaml::from_value(fm.get("hfsky")?.clone()).ok()
+        let fm = front_matter(readme).ok()?;
+        serde_json::from_value(fm.get("hfsky")?.clone()).ok()
     }
 }
 
@@ -104,11 +104,46 @@ pub fn render(summary: &TrainSummary, repo: &str, template: Option<&str>) -> Res
     Ok(out.trim_start().to_string())
 }
 
-/// The YAML front matter of a card, parsed (for checks before a push).
-pub fn front_matter(readme: &str) -> Option<serde_yaml::Value> {
-    let rest = readme.strip_prefix("---\n")?;
-    let end = rest.find("\n---")?;
-    serde_yaml::from_str(&rest[..end]).ok()
+/// Why a card's metadata block does not parse (the texts the offline Hub's `validate-yaml`
+/// answers with).
+#[derive(Debug, thiserror::Error)]
+pub enum FrontMatterError {
+    #[error("the metadata block opened with --- is never closed")]
+    Unclosed,
+    #[error("invalid YAML metadata: {0}")]
+    Yaml(#[source] serde_yaml::Error),
+    #[error("the metadata must be a YAML mapping")]
+    NotMapping,
+}
+
+/// The YAML metadata block of a model card as a JSON mapping (empty when the card has none):
+/// opened by `---` on the first line and closed by the next `---` that starts a line, with LF
+/// or CRLF line ends (the shape of `REGEX_YAML_BLOCK` in huggingface_hub's `repocard.py`).
+pub fn front_matter(readme: &str) -> Result<serde_json::Value, FrontMatterError> {
+    let Some(rest) = readme.strip_prefix("---\n").or_else(|| readme.strip_prefix("---\r\n")) else {
+        return Ok(serde_json::json!({}));
+    };
+    let end = rest.find("\n---").ok_or(FrontMatterError::Unclosed)?;
+    let v: serde_json::Value = serde_yaml::from_str(&rest[..end]).map_err(FrontMatterError::Yaml)?;
+    match v {
+        serde_json::Value::Object(_) => Ok(v),
+        serde_json::Value::Null => Ok(serde_json::json!({})),
+        _ => Err(FrontMatterError::NotMapping),
+    }
+}
+
+/// A card's `base_model` from its metadata (the first when it lists several, as merges do).
+pub fn base_model(meta: &serde_json::Value) -> Option<String> {
+    first_string(&meta["base_model"])
+}
+
+/// A metadata field that is a string, or a list whose first entry is one.
+pub fn first_string(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(a) => a.first().and_then(|v| v.as_str()).map(String::from),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -169,7 +204,7 @@ mod tests {
         assert_eq!(hints.validation, summary("sdxl", 512).validation);
         assert_eq!(fm["library_name"], "diffusers");
         assert_eq!(fm["pipeline_tag"], "text-to-image");
-        let tags: Vec<&str> = fm["tags"].as_sequence().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        let tags: Vec<&str> = fm["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
         for t in ["text-to-image", "diffusers", "lora", "template:sd-lora", "stable-diffusion-xl"] {
             assert!(tags.contains(&t), "{t} in {tags:?}");
         }
@@ -189,6 +224,26 @@ mod tests {
         assert!(card.contains("<purple> storm"), "markdown is not HTML-escaped");
         let sd = render(&summary("sd", 512), "alice/x", None).unwrap();
         assert!(!sd.contains("renders at 1024"));
-        assert!(front_matter(&sd).unwrap()["tags"].as_sequence().unwrap().iter().any(|t| t == "stable-diffusion"));
+        assert!(front_matter(&sd).unwrap()["tags"].as_array().unwrap().iter().any(|t| t == "stable-diffusion"));
+    }
+
+    #[test]
+    fn front_matter_is_checked() {
+        assert_eq!(front_matter("---\nlicense: mit\ntags: [a]\n---\n# x").unwrap()["license"], "mit");
+        assert!(matches!(front_matter("---\nlicense: [unclosed\n---\n"), Err(FrontMatterError::Yaml(_))));
+        assert!(matches!(front_matter("---\nlicense: mit\n"), Err(FrontMatterError::Unclosed)));
+        assert!(matches!(front_matter("---\n- a\n---\n"), Err(FrontMatterError::NotMapping)));
+        assert_eq!(front_matter("# no metadata").unwrap(), serde_json::json!({}));
+    }
+
+    #[test]
+    fn a_crlf_cards_base_model_is_read() {
+        let readme = "---\r\nlicense: mit\r\nbase_model: alice/base\r\ntags:\r\n- lora\r\n---\r\n# Sky\r\n";
+        let meta = front_matter(readme).unwrap();
+        assert_eq!(base_model(&meta).as_deref(), Some("alice/base"));
+        assert_eq!(meta["tags"][0], "lora");
+        let listed = front_matter("---\nbase_model:\n- alice/first\n- bob/second\n---\n").unwrap();
+        assert_eq!(base_model(&listed).as_deref(), Some("alice/first"));
+        assert_eq!(base_model(&serde_json::json!({})), None);
     }
 }

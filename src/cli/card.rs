@@ -1,6 +1,7 @@
 //! `hfsky card render`: the model card of a finished training run, from its training_summary.json.
 
 use super::{bad_input, Ctx};
+use hfsky::names;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
@@ -27,7 +28,7 @@ pub enum Cmd {
 pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     let Cmd::Render { dir, repo, template, out, validate } = cmd;
     hfsky::repo_id::RepoId::parse(&repo)?;
-    let summary_path = dir.join("training_summary.json");
+    let summary_path = dir.join(names::TRAINING_SUMMARY);
     let text = std::fs::read_to_string(&summary_path)
         .map_err(|e| bad_input(format!("{}: {e} (is {} a training output folder?)", summary_path.display(), dir.display())))?;
     let summary: hfsky::train::TrainSummary = serde_json::from_str(&text).map_err(|e| bad_input(format!("{}: {e}", summary_path.display())))?;
@@ -43,7 +44,7 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     match out.as_deref() {
         Some(p) if p.as_os_str() == "-" => print!("{card}"),
         other => {
-            let path = other.map(PathBuf::from).unwrap_or_else(|| dir.join("README.md"));
+            let path = other.map(PathBuf::from).unwrap_or_else(|| dir.join(names::README));
             std::fs::write(&path, &card)?;
             ctx.say(&path.display().to_string());
             ctx.emit_json(&serde_json::json!({ "card": path }));

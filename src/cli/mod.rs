@@ -20,26 +20,24 @@ mod train;
 mod whoami;
 
 use clap::{Parser, Subcommand};
-use hfsky::auth::oidc::OidcError;
-use hfsky::auth::{AuthError, Credential, OidcOptions};
-use hfsky::hub::HubError;
+use hfsky::auth::{Credential, OidcOptions};
 use hfsky::redact::redact;
 use hfsky::repo_id::RepoId;
 use std::io::IsTerminal;
 
 /// Stable exit codes, documented in the README.
 pub mod exit {
+    use hfsky::exit::ExitCategory;
     /// Success, including "nothing to push" and a dry run.
     pub const OK: i32 = 0;
     /// The job failed: a Hub error, I/O, a conflicting concurrent push, anything else.
-    pub const FAILURE: i32 = 1;
+    pub const FAILURE: i32 = ExitCategory::Failure.code();
     /// Usage or bad input: flags, repo ids, paths, files, token format, endpoint.
-    pub const BAD_INPUT: i32 = 2;
+    pub const BAD_INPUT: i32 = ExitCategory::BadInput.code();
     /// Authentication: no credential (not logged in, no usable credential store, no OIDC id
     /// token), an invalid or refused token (401/403), a refused OIDC exchange.
-    pub const AUTH: i32 = 3;
-    /// The network: the Hub (or the CI's id-token endpoint) could not be reached after retries.
-    pub const NETWORK: i32 = 4;
+    pub const AUTH: i32 = ExitCategory::Auth.code();
+    // The network (4) is only ever decided by a library error: `ExitCategory::Network`.
 }
 
 #[derive(Parser, Debug)]
@@ -156,51 +154,6 @@ pub fn bad_input(message: impl Into<String>) -> anyhow::Error {
     CliError { code: exit::BAD_INPUT, message: message.into() }.into()
 }
 
-fn hub_exit_code(h: &HubError) -> i32 {
-    match h {
-        HubError::Invalid(_) => exit::BAD_INPUT,
-        HubError::Http { status: 401 | 403, .. } | HubError::Auth(_) => exit::AUTH,
-        HubError::Network { .. } => exit::NETWORK,
-        _ => exit::FAILURE,
-    }
-}
-
-fn auth_exit_code(a: &AuthError) -> i32 {
-    match a {
-        AuthError::KeyringUnavailable { .. } => exit::AUTH,
-        AuthError::BadToken { .. }
-        | AuthError::UnknownName(_)
-        | AuthError::OidcResourceMismatch { .. }
-        | AuthError::BadOidcResource(_)
-        | AuthError::OidcNeedsRepo => exit::BAD_INPUT,
-        AuthError::Oidc(o) => match o {
-            OidcError::File { .. } | OidcError::EmptyIdToken { .. } | OidcError::NotAJwt { .. } => exit::BAD_INPUT,
-            OidcError::MintNetwork(_) => exit::NETWORK,
-            OidcError::Exchange { error, .. } => hub_exit_code(error),
-            OidcError::MissingPermission | OidcError::NoSource | OidcError::Mint(_) | OidcError::Refused { .. } => exit::AUTH,
-        },
-        AuthError::Hub(h) => hub_exit_code(h),
-        AuthError::Keyring(_) | AuthError::Io { .. } | AuthError::Corrupt { .. } => exit::FAILURE,
-    }
-}
-
-fn inference_exit_code(i: &hfsky::hub::inference::InferenceError) -> i32 {
-    match i {
-        hfsky::hub::inference::InferenceError::Hub(h) => hub_exit_code(h),
-        _ if i.is_auth() => exit::AUTH,
-        hfsky::hub::inference::InferenceError::NoProvider { .. } => exit::BAD_INPUT,
-        _ => exit::FAILURE,
-    }
-}
-
-fn render_exit_code(r: &hfsky::generate::render::RenderError) -> i32 {
-    match r {
-        hfsky::generate::render::RenderError::Source(hfsky::generate::source::SourceError::Hub(h)) => hub_exit_code(h),
-        r if r.is_bad_input() => exit::BAD_INPUT,
-        _ => exit::FAILURE,
-    }
-}
-
 fn exit_code(e: &anyhow::Error) -> i32 {
     for cause in e.chain() {
         if let Some(c) = cause.downcast_ref::<CliError>() {
@@ -209,48 +162,16 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         if let Some(r) = cause.downcast_ref::<Reported>() {
             return r.code;
         }
-        if matches!(cause.downcast_ref::<hfsky::dataset::DatasetError>(), Some(d) if !matches!(d, hfsky::dataset::DatasetError::Io { .. }))
-            || matches!(cause.downcast_ref::<hfsky::dataset::captions::CaptionError>(), Some(c) if !matches!(c, hfsky::dataset::captions::CaptionError::Write { .. }))
-            || matches!(
-                cause.downcast_ref::<hfsky::dataset::fix::FixError>(),
-                Some(hfsky::dataset::fix::FixError::NotEmpty(_) | hfsky::dataset::fix::FixError::Inside { .. })
-            )
-        {
-            return exit::BAD_INPUT;
-        }
-        if let Some(h) = cause.downcast_ref::<HubError>() {
-            return hub_exit_code(h);
-        }
-        if let Some(r) = cause.downcast_ref::<hfsky::generate::render::RenderError>() {
-            return render_exit_code(r);
-        }
-        if let Some(a) = cause.downcast_ref::<AuthError>() {
-            return auth_exit_code(a);
-        }
-        if let Some(i) = cause.downcast_ref::<hfsky::hub::inference::InferenceError>() {
-            return inference_exit_code(i);
-        }
-        if let Some(c) = cause.downcast_ref::<hfsky::compare::run::CompareError>() {
-            use hfsky::compare::run::CompareError as E;
-            return match c {
-                E::Inference(i) => inference_exit_code(i),
-                E::Hub(h) | E::Card(hfsky::compare::local::CardError::Hub(h)) => hub_exit_code(h),
-                E::Render(r) => render_exit_code(r),
-                c if c.is_bad_input() => exit::BAD_INPUT,
-                _ => exit::FAILURE,
-            };
+        // Error types that know their category (`hfsky::exit`); the diffusion errors (all about
+        // the model files the user named), repo ids and tokens below are bad input as a whole.
+        if let Some(c) = hfsky::exit::category_of(cause) {
+            return c.code();
         }
         if cause.downcast_ref::<hfsky::diffusion::config::PipelineError>().is_some()
             || cause.downcast_ref::<hfsky::diffusion::lora::LoraError>().is_some()
             || cause.downcast_ref::<hfsky::diffusion::schedulers::SchedulerError>().is_some()
         {
             return exit::BAD_INPUT;
-        }
-        if let Some(g) = cause.downcast_ref::<hfsky::generate::pipeline::GenerateError>() {
-            return match g {
-                hfsky::generate::pipeline::GenerateError::Model(_) | hfsky::generate::pipeline::GenerateError::VaeOverflow { .. } => exit::FAILURE,
-                _ => exit::BAD_INPUT,
-            };
         }
         if cause.downcast_ref::<hfsky::repo_id::IdError>().is_some() || cause.downcast_ref::<hfsky::token::TokenError>().is_some() {
             return exit::BAD_INPUT;

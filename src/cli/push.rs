@@ -1,10 +1,12 @@
 use super::{bad_input, exit, CliError, Ctx};
 use anyhow::Context;
 use hfsky::auth::{Credential, OidcOptions};
-use hfsky::hub::push::{commit_plan, plan_push, prepare_target, FileAction, PushOptions, PushOutcome, PushStatus};
+use hfsky::hub::push::{plan_push, push_folder, FileAction, PushEvent, PushOptions, PushOutcome, PushStatus, Reporter};
 use hfsky::hub::HubClient;
 use hfsky::repo_id::RepoId;
+use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 /// Keyless publishing flags, shared by every command that publishes.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -101,23 +103,52 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         include: args.include,
         exclude: args.exclude,
         delete: args.delete,
-        show_progress: ctx.show_progress(),
+        reporter: progress_bars(ctx),
     };
     let outcome = if args.dry_run {
         rt.block_on(plan_push(&client, &args.dir, &opts))?.dry_run_outcome()
     } else {
-        rt.block_on(async {
-            let (new_repo, new_branch) = prepare_target(&client, &opts).await?;
-            let plan = plan_push(&client, &args.dir, &opts).await?;
-            let mut o = commit_plan(&client, &plan, &opts).await?;
-            o.new_repo = new_repo;
-            o.new_branch = new_branch;
-            Ok::<_, hfsky::hub::HubError>(o)
-        })?
+        rt.block_on(push_folder(&client, &args.dir, &opts))?
     };
     ctx.say(&describe(&outcome));
     ctx.emit_json(&serde_json::to_value(&outcome)?);
     Ok(())
+}
+
+/// A push's progress as indicatif bars on stderr, one per phase (none with `--json`, `-q` or
+/// without a terminal).
+pub fn progress_bars(ctx: &Ctx) -> Reporter {
+    if !ctx.show_progress() {
+        return Reporter::default();
+    }
+    let bar: Mutex<Option<ProgressBar>> = Mutex::new(None);
+    Reporter::new(move |e| {
+        let mut bar = bar.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match e {
+            PushEvent::Start { phase, total } => {
+                let pb = ProgressBar::new(total);
+                pb.set_style(
+                    ProgressStyle::with_template("{msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                );
+                pb.set_message(phase.label());
+                if let Some(old) = bar.replace(pb) {
+                    old.finish_and_clear();
+                }
+            }
+            PushEvent::Progress { done, .. } => {
+                if let Some(pb) = bar.as_ref() {
+                    pb.set_position(done);
+                }
+            }
+            PushEvent::Finish { .. } => {
+                if let Some(pb) = bar.take() {
+                    pb.finish_and_clear();
+                }
+            }
+        }
+    })
 }
 
 fn count(o: &PushOutcome, action: FileAction) -> usize {

@@ -4,8 +4,9 @@
 use super::{bad_input, Ctx};
 use hfsky::generate::source::resolve_pipeline;
 use hfsky::hub::push::{push_folder, PushOptions};
+use hfsky::names;
 use hfsky::repo_id::RepoId;
-use hfsky::train::{Event, TrainConfig, TrainError, TrainSummary, Trainer};
+use hfsky::train::{Event, TrainConfig, TrainSummary, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -41,7 +42,7 @@ pub struct PushArgs {
 }
 
 /// What `train-and-push` uploads from the output folder (never checkpoints, caches or tokens).
-const PUBLISHED: [&str; 5] = ["pytorch_lora_weights.safetensors", "README.md", "validation-seed-*.png", "train_config.yaml", "training_log.jsonl"];
+const PUBLISHED: [&str; 5] = [names::LORA_WEIGHTS, names::README, "validation-seed-*.png", names::TRAIN_CONFIG, names::TRAINING_LOG];
 
 fn load_config(a: &Args) -> anyhow::Result<TrainConfig> {
     if a.config.is_none() && a.overrides.is_empty() {
@@ -99,20 +100,16 @@ fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &toki
             }
         }
     };
-    use hfsky::generate::pipeline::GenerateError;
-    let summary = trainer.run(&mut on).map_err(|e| match e {
-        TrainError::Input(_) | TrainError::Model(GenerateError::Pipeline(_) | GenerateError::Lora(_) | GenerateError::Scheduler(_)) => {
-            bad_input(e.to_string())
-        }
-        e => anyhow::Error::new(e),
-    })?;
+    // The exit code follows from the error's category (`hfsky::exit`): bad input, or a failure
+    // such as a full disk while writing a checkpoint.
+    let summary = trainer.run(&mut on)?;
     bar.finish_and_clear();
     Ok(summary)
 }
 
 fn write_card(cfg: &TrainConfig, summary: &TrainSummary, repo: &str) -> anyhow::Result<PathBuf> {
     let card = hfsky::card::render(summary, repo, None)?;
-    let path = cfg.output_dir.join("README.md");
+    let path = cfg.output_dir.join(names::README);
     std::fs::write(&path, card)?;
     Ok(path)
 }
@@ -175,7 +172,7 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
         include: PUBLISHED.iter().map(|s| s.to_string()).collect(),
         exclude: Vec::new(),
         delete: Vec::new(),
-        show_progress: ctx.show_progress(),
+        reporter: super::push::progress_bars(ctx),
     };
     let outcome = rt.block_on(push_folder(&client, &cfg.output_dir, &opts))?;
     ctx.say(&super::push::describe(&outcome));
@@ -200,8 +197,7 @@ fn dry_run(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::HubClie
             unreadable.push(serde_json::json!({ "file": p, "reason": problem.reason }));
         }
     }
-    let mut files: Vec<String> =
-        vec!["pytorch_lora_weights.safetensors".into(), "README.md".into(), "train_config.yaml".into(), "training_log.jsonl".into()];
+    let mut files: Vec<String> = vec![names::LORA_WEIGHTS.into(), names::README.into(), names::TRAIN_CONFIG.into(), names::TRAINING_LOG.into()];
     if cfg.validation_prompt.is_some() {
         files.extend((0..cfg.num_validation_images as u64).map(|i| format!("validation-seed-{}.png", cfg.seed + i)));
     }

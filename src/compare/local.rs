@@ -2,10 +2,11 @@
 //! the engine's defaults. The card (README front matter) also names the base model the Hub
 //! renders on and the training resolution.
 
-use crate::card::{front_matter, RenderHints};
+use crate::card::{base_model, first_string, front_matter, RenderHints};
 use crate::diffusion::schedulers::SchedulerKind;
 use crate::generate::render::{Overrides, RenderSpec};
 use crate::hub::{download::snapshot, HubClient, HubError};
+use crate::names;
 use crate::repo_id::RepoId;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,16 +29,9 @@ pub struct Card {
 
 impl Card {
     pub fn parse(readme: &str) -> Card {
-        let fm = front_matter(readme);
-        let field = |k: &str| {
-            fm.as_ref().and_then(|f| f.get(k)).and_then(|v| match v {
-                serde_yaml::Value::String(s) => Some(s.clone()),
-                // `base_model` may be a list (merges); the first entry is the base.
-                serde_yaml::Value::Sequence(s) => s.first().and_then(|v| v.as_str()).map(String::from),
-                _ => None,
-            })
-        };
-        Card { base_model: field("base_model"), instance_prompt: field("instance_prompt"), hints: RenderHints::from_readme(readme) }
+        // A card whose metadata does not parse reads as one without metadata.
+        let meta = front_matter(readme).unwrap_or_default();
+        Card { base_model: base_model(&meta), instance_prompt: first_string(&meta["instance_prompt"]), hints: RenderHints::from_readme(readme) }
     }
 
     pub fn training_resolution(&self) -> Option<usize> {
@@ -47,8 +41,8 @@ impl Card {
 
 /// Downloads and parses a repo's model card.
 pub async fn fetch_card(client: &HubClient, repo: &RepoId) -> Result<Card, CardError> {
-    let dir = snapshot(client, repo, None, vec!["README.md".into()]).await?;
-    let readme = std::fs::read_to_string(dir.join("README.md")).map_err(|_| CardError::NoCard { repo: repo.to_string() })?;
+    let dir = snapshot(client, repo, None, vec![names::README.into()]).await?;
+    let readme = std::fs::read_to_string(dir.join(names::README)).map_err(|_| CardError::NoCard { repo: repo.to_string() })?;
     Ok(Card::parse(&readme))
 }
 

@@ -3,6 +3,7 @@
 //! ([`SIDE_COLOURS`]) and a legend; labels are XML-escaped.
 
 use super::stats::{SideStats, Spread, HUE_BINS};
+use crate::html::pct;
 use crate::imagestats::colour::{Family, Lab};
 use crate::imagestats::hue;
 use std::fmt::Write;
@@ -62,14 +63,6 @@ fn legend(out: &mut String, sides: &[Side], y: f64) {
         x -= w;
         let _ = write!(out, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/>", y - 10.0, side_colour(i));
         text(out, x + 16.0, y, "start", "#222", s.label);
-    }
-}
-
-fn pct(x: f64) -> String {
-    if x > 0.0 && x < 0.01 {
-        format!("{:.1}%", x * 100.0)
-    } else {
-        format!("{:.0}%", x * 100.0)
     }
 }
 

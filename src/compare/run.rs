@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 pub enum CompareError {
     #[error(transparent)]
     Card(#[from] CardError),
+    /// Boxed: the largest error a comparison carries, and rare.
     #[error(transparent)]
-    Inference(#[from] InferenceError),
+    Inference(Box<InferenceError>),
     #[error(transparent)]
     Hub(#[from] HubError),
     #[error("local side: {0}")]
@@ -35,16 +36,9 @@ pub enum CompareError {
     Stats(#[from] StatsError),
 }
 
-impl CompareError {
-    /// What the user can fix by changing the request (exit code 2).
-    pub fn is_bad_input(&self) -> bool {
-        match self {
-            CompareError::Card(CardError::Hub(_)) => false,
-            CompareError::Card(_) | CompareError::NotAnImage { .. } | CompareError::Invalid(_) => true,
-            CompareError::Render(r) => r.is_bad_input(),
-            CompareError::Inference(i) => matches!(i, InferenceError::NoProvider { .. }),
-            _ => false,
-        }
+impl From<InferenceError> for CompareError {
+    fn from(e: InferenceError) -> Self {
+        CompareError::Inference(Box::new(e))
     }
 }
 

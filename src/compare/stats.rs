@@ -4,6 +4,7 @@
 //! Everything is measured on a thumbnail of at most [`THUMB`] pixels: colour statistics and
 //! composition do not need more, and 1024² renders measure in milliseconds.
 
+use crate::html::pct;
 use crate::imagestats::colour::{hsv, Family, Lab};
 use crate::imagestats::hue;
 pub use crate::imagestats::hue::hue_emd;
@@ -417,15 +418,6 @@ fn peak_hue(histogram: &[f64]) -> &'static str {
     }
 }
 
-/// A share as a percentage, with a decimal below 1% so small shares do not read as zero.
-fn pct(x: f64) -> String {
-    if x > 0.0 && x < 0.01 {
-        format!("{:.1}%", x * 100.0)
-    } else {
-        format!("{:.0}%", x * 100.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,7 +584,7 @@ mod tests {
     #[test]
     fn distance_also_grows_as_a_picture_fades_to_green() {
         let img = sunset(0.6, 3);
-        let a = side(&[img.clone()]);
+        let a = side(std::slice::from_ref(&img));
         let mut last = 0.0;
         for t in [0.1f32, 0.3, 0.5, 0.7, 0.9] {
             let faded = RgbImage::from_fn(img.width(), img.height(), |x, y| {

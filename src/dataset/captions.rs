@@ -225,16 +225,10 @@ pub fn save_captions(dir: &Path, images: &[PathBuf], captions: &[Option<String>]
     }
 }
 
-/// Replace `path` in one step, so an interrupted write never leaves half a file.
+/// Replace `path` in one step ([`crate::atomic::write`]), so an interrupted write never
+/// leaves half a file.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CaptionError> {
-    let werr = |source| CaptionError::Write { path: path.to_path_buf(), source };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.hfsky-tmp"));
-    std::fs::write(&tmp, bytes).map_err(werr)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        werr(e)
-    })
+    crate::atomic::write(path, bytes).map_err(|source| CaptionError::Write { path: path.to_path_buf(), source })
 }
 
 /// All captions as TSV (`file_name<TAB>text`, tab/newline/backslash escaped): one file to edit.

@@ -34,7 +34,7 @@ pub fn parse_seeds(spec: &str) -> Result<Vec<u64>, SettingsError> {
 }
 
 pub fn check_size(width: usize, height: usize) -> Result<(), SettingsError> {
-    if width == 0 || height == 0 || width % 8 != 0 || height % 8 != 0 {
+    if width == 0 || height == 0 || !width.is_multiple_of(8) || !height.is_multiple_of(8) {
         return Err(SettingsError::Size(width, height));
     }
     Ok(())

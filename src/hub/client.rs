@@ -1,7 +1,7 @@
 //! The Hub HTTP client (reqwest + rustls): auth, retries with backoff that honour `Retry-After`,
 //! and one error shape for every failure.
 
-use super::error::HubError;
+use super::error::{HttpFailure, HubError};
 use super::protocol::*;
 use crate::redact::redact;
 use crate::repo_id::RepoId;
@@ -179,14 +179,10 @@ impl HubClient {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && refreshed => {
                     let e = error_from_response(method, url, resp).await;
                     return Err(match e {
-                        HubError::Http { status, method, url, request_id, error_code, message } => HubError::Http {
-                            status,
-                            method,
-                            url,
-                            request_id,
-                            error_code,
-                            message: format!("{message} (refused again right after exchanging for a fresh token)"),
-                        },
+                        HubError::Http(mut f) => {
+                            f.message = format!("{} (refused again right after exchanging for a fresh token)", f.message);
+                            HubError::Http(f)
+                        }
                         other => other,
                     });
                 }
@@ -450,7 +446,14 @@ pub async fn error_from_response(method: &str, url: &str, resp: Response) -> Hub
         })
         .unwrap_or_else(|| body.chars().take(500).collect());
     let message = header_msg.unwrap_or(body_msg);
-    HubError::Http { status, method: method.to_string(), url: url.to_string(), request_id, error_code, message: redact(message.trim()) }
+    HubError::Http(Box::new(HttpFailure {
+        status,
+        method: method.to_string(),
+        url: url.to_string(),
+        request_id,
+        error_code,
+        message: redact(message.trim()),
+    }))
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("{}", http_message(.status, .method, .url, .request_id, .error_code, .message))]
-    Http { status: u16, method: String, url: String, request_id: Option<String>, error_code: Option<String>, message: String },
+    /// An HTTP error answer (boxed, like `Conflict`, so every `Result<_, HubError>` stays small).
+    #[error("{0}")]
+    Http(Box<HttpFailure>),
     #[error("could not reach {url}: {detail} (after {attempts} attempt(s); check --endpoint / HF_ENDPOINT and your network)")]
     Network { url: String, detail: String, attempts: u32 },
     #[error("unexpected answer from {url}: {detail}")]
@@ -19,25 +20,54 @@ pub enum HubError {
     #[error("{0}")]
     Auth(String),
     /// The branch moved during the push and the new commits touched files this push writes.
-    #[error("{repo}@{revision} changed while pushing: commit {head} also changed {}; nothing was committed. Re-run the push to publish on top of it (or use --create-pr to open a pull request)", .paths.join(", "))]
-    Conflict { repo: String, revision: String, head: String, paths: Vec<String> },
+    #[error("{0}")]
+    Conflict(Box<PushConflict>),
     #[error("{0}")]
     Download(String),
 }
 
-fn http_message(status: &u16, method: &str, url: &str, request_id: &Option<String>, error_code: &Option<String>, message: &str) -> String {
-    let reason = reqwest::StatusCode::from_u16(*status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+/// The Hub's HTTP error answer: status, request, `X-Request-Id`, `X-Error-Code` and message.
+#[derive(Debug)]
+pub struct HttpFailure {
+    pub status: u16,
+    pub method: String,
+    pub url: String,
+    pub request_id: Option<String>,
+    pub error_code: Option<String>,
+    pub message: String,
+}
+
+/// A push refused because its branch moved to `head` with commits that changed `paths`, which
+/// this push writes too.
+#[derive(Debug, thiserror::Error)]
+#[error("{repo}@{revision} changed while pushing: commit {head} also changed {}; nothing was committed. Re-run the push to publish on top of it (or use --create-pr to open a pull request)", .paths.join(", "))]
+pub struct PushConflict {
+    pub repo: String,
+    pub revision: String,
+    pub head: String,
+    pub paths: Vec<String>,
+}
+
+impl std::fmt::Display for HttpFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let HttpFailure { status, method, url, request_id, error_code, message } = self;
+        f.write_str(&http_message(*status, method, url, request_id.as_deref(), error_code.as_deref(), message))
+    }
+}
+
+fn http_message(status: u16, method: &str, url: &str, request_id: Option<&str>, error_code: Option<&str>, message: &str) -> String {
+    let reason = reqwest::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
     let mut s = format!("HTTP {status} {reason} from {method} {url}");
     let mut details = vec![];
     if let Some(code) = error_code {
         details.push(format!("error code: {code}"));
     }
-    details.push(format!("request id: {}", request_id.as_deref().unwrap_or("none")));
+    details.push(format!("request id: {}", request_id.unwrap_or("none")));
     s.push_str(&format!(" ({})", details.join(", ")));
     if !message.is_empty() {
         s.push_str(&format!(": {message}"));
     }
-    let hint = match (*status, error_code.as_deref()) {
+    let hint = match (status, error_code) {
         (400..=499, _) if url.ends_with("/oauth/token") => {
             " — the repo's Trusted Publishers settings on the Hub decide which CI repository, workflow and branch may publish"
         }
@@ -56,14 +86,14 @@ fn http_message(status: &u16, method: &str, url: &str, request_id: &Option<Strin
 impl HubError {
     pub fn status(&self) -> Option<u16> {
         match self {
-            HubError::Http { status, .. } => Some(*status),
+            HubError::Http(f) => Some(f.status),
             _ => None,
         }
     }
 
     pub fn error_code(&self) -> Option<&str> {
         match self {
-            HubError::Http { error_code, .. } => error_code.as_deref(),
+            HubError::Http(f) => f.error_code.as_deref(),
             _ => None,
         }
     }
@@ -80,14 +110,14 @@ mod tests {
 
     #[test]
     fn http_error_names_everything() {
-        let e = HubError::Http {
+        let e = HubError::Http(Box::new(HttpFailure {
             status: 404,
             method: "GET".into(),
             url: "http://h/api/models/a/b".into(),
             request_id: Some("req-1".into()),
             error_code: Some("RepoNotFound".into()),
             message: "Repository not found".into(),
-        };
+        }));
         let s = e.to_string();
         for part in ["404", "GET http://h/api/models/a/b", "req-1", "RepoNotFound", "Repository not found"] {
             assert!(s.contains(part), "{s} lacks {part}");

@@ -14,8 +14,9 @@
 //! billed, so failures are reported (with the Retry-After of a 429), never retried blindly.
 
 use super::client::{describe_error, error_from_response, normalize_endpoint};
-use super::error::HubError;
+use super::error::{HttpFailure, HubError};
 use super::HubClient;
+use crate::names;
 use crate::redact::redact;
 use crate::repo_id::RepoId;
 use base64::Engine;
@@ -186,15 +187,6 @@ fn as_string<S: serde::Serializer>(id: &RepoId, s: S) -> Result<S::Ok, S::Error>
     s.collect_str(id)
 }
 
-/// A model card's `base_model` (the first when it lists several).
-pub fn card_base_model(card: &serde_json::Value) -> Option<String> {
-    match &card["base_model"] {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Array(a) => a.first().and_then(|v| v.as_str()).map(String::from),
-        _ => None,
-    }
-}
-
 /// A provider picked for a repo.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Selection {
@@ -284,8 +276,9 @@ pub enum InferenceError {
         /// Why no provider serves it, from the card and files.
         reasons: Vec<String>,
     },
-    #[error("{}", http_message(.provider, .status, .url, .request_id, .message, .retry_after, .repo))]
-    Http { provider: Provider, repo: String, status: u16, url: String, request_id: Option<String>, message: String, retry_after: Option<String> },
+    /// Boxed, so every `Result<_, InferenceError>` stays small.
+    #[error("{0}")]
+    Http(Box<ProviderFailure>),
     #[error("{provider}: the answer from {url} is not an image (HTTP {status}, request id: {}, content-type: {}): {detail}", .request_id.as_deref().unwrap_or("none"), .content_type.as_deref().unwrap_or("none"))]
     NotAnImage { provider: Provider, status: u16, url: String, request_id: Option<String>, content_type: Option<String>, detail: String },
     #[error("{provider}: unexpected answer from {url} (request id: {}): {detail}", .request_id.as_deref().unwrap_or("none"))]
@@ -294,10 +287,30 @@ pub enum InferenceError {
     Hub(#[from] HubError),
 }
 
+/// A provider route's HTTP error answer, and the repo it was asked to render.
+#[derive(Debug)]
+pub struct ProviderFailure {
+    pub provider: Provider,
+    pub repo: String,
+    pub status: u16,
+    pub url: String,
+    pub request_id: Option<String>,
+    pub message: String,
+    pub retry_after: Option<String>,
+}
+
+impl std::fmt::Display for ProviderFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ProviderFailure { provider, repo, status, url, request_id, message, retry_after } = self;
+        f.write_str(&http_message(provider, status, url, request_id, message, retry_after, repo))
+    }
+}
+
 impl InferenceError {
     pub fn status(&self) -> Option<u16> {
         match self {
-            InferenceError::Http { status, .. } | InferenceError::NotAnImage { status, .. } => Some(*status),
+            InferenceError::Http(f) => Some(f.status),
+            InferenceError::NotAnImage { status, .. } => Some(*status),
             InferenceError::Hub(h) => h.status(),
             _ => None,
         }
@@ -305,10 +318,9 @@ impl InferenceError {
 
     pub fn request_id(&self) -> Option<&str> {
         match self {
-            InferenceError::Http { request_id, .. } | InferenceError::NotAnImage { request_id, .. } | InferenceError::Protocol { request_id, .. } => {
-                request_id.as_deref()
-            }
-            InferenceError::Hub(HubError::Http { request_id, .. }) => request_id.as_deref(),
+            InferenceError::Http(f) => f.request_id.as_deref(),
+            InferenceError::NotAnImage { request_id, .. } | InferenceError::Protocol { request_id, .. } => request_id.as_deref(),
+            InferenceError::Hub(HubError::Http(f)) => f.request_id.as_deref(),
             _ => None,
         }
     }
@@ -450,7 +462,7 @@ pub fn select(info: &RepoInference, choice: ProviderChoice) -> Result<Selection,
 /// The card and file facts that keep providers from serving a LoRA repo (hub-protocol.md §5.2).
 fn why_not_served(info: &RepoInference) -> Vec<String> {
     let mut out = vec![];
-    if info.files.iter().any(|f| f == "model_index.json") {
+    if info.files.iter().any(|f| f == names::MODEL_INDEX) {
         return out; // a full pipeline: only providers that map this exact model serve it
     }
     if info.base_model.is_none() {
@@ -469,8 +481,8 @@ fn why_not_served(info: &RepoInference) -> Vec<String> {
     let weights: Vec<&String> = info.files.iter().filter(|f| f.ends_with(".safetensors")).collect();
     if weights.is_empty() {
         out.push("there is no .safetensors weight file".into());
-    } else if !weights.iter().any(|f| *f == "pytorch_lora_weights.safetensors") {
-        out.push(format!("the weight file is {} rather than pytorch_lora_weights.safetensors", weights[0]));
+    } else if !weights.iter().any(|f| *f == names::LORA_WEIGHTS) {
+        out.push(format!("the weight file is {} rather than {}", weights[0], names::LORA_WEIGHTS));
     }
     out
 }
@@ -633,7 +645,7 @@ impl InferenceClient {
         let bytes = resp.bytes().await.map_err(|e| HubError::Network { url: url.clone(), detail: describe_error(&e), attempts: 1 })?;
         let info: ExpandedInfo =
             serde_json::from_slice(&bytes).map_err(|e| HubError::Protocol { url: url.clone(), detail: format!("invalid model info: {e}") })?;
-        let base_model = info.card_data.as_ref().and_then(card_base_model);
+        let base_model = info.card_data.as_ref().and_then(crate::card::base_model);
         Ok(RepoInference {
             repo: repo.clone(),
             mappings: info.mappings,
@@ -668,8 +680,17 @@ impl InferenceClient {
         if !resp.status().is_success() {
             let retry_after = header_value(&resp, "retry-after");
             return Err(match error_from_response("POST", &url, resp).await {
-                HubError::Http { status, url, request_id, message, .. } => {
-                    InferenceError::Http { provider, repo: sel.repo.to_string(), status, url, request_id, message, retry_after }
+                HubError::Http(f) => {
+                    let HttpFailure { status, url, request_id, message, .. } = *f;
+                    InferenceError::Http(Box::new(ProviderFailure {
+                        provider,
+                        repo: sel.repo.to_string(),
+                        status,
+                        url,
+                        request_id,
+                        message,
+                        retry_after,
+                    }))
                 }
                 other => other.into(),
             });
@@ -783,7 +804,7 @@ mod tests {
         RepoInference {
             repo: RepoId::parse("alice/sky-lora").unwrap(),
             mappings: e.mappings,
-            base_model: e.card_data.as_ref().and_then(card_base_model),
+            base_model: e.card_data.as_ref().and_then(crate::card::base_model),
             tags: e.tags,
             pipeline_tag: e.pipeline_tag,
             private: e.private,
@@ -921,7 +942,7 @@ mod tests {
     #[test]
     fn http_errors_name_status_url_request_id_and_the_fix() {
         let e = |status: u16, retry: Option<&str>| {
-            InferenceError::Http {
+            InferenceError::Http(Box::new(ProviderFailure {
                 provider: Provider::FalAi,
                 repo: "alice/sky-lora".into(),
                 status,
@@ -929,7 +950,7 @@ mod tests {
                 request_id: Some("req-9".into()),
                 message: "boom".into(),
                 retry_after: retry.map(String::from),
-            }
+            }))
             .to_string()
         };
         for (status, part) in

@@ -11,4 +11,4 @@ pub mod push;
 pub mod serve;
 
 pub use client::HubClient;
-pub use error::HubError;
+pub use error::{HttpFailure, HubError, PushConflict};

@@ -3,17 +3,19 @@
 //! a push with nothing to change makes no commit.
 
 use super::client::HubClient;
-use super::error::HubError;
+use super::error::{HubError, PushConflict};
 use super::protocol::*;
 use crate::hash::{git_blob_sha1, sha256_file_progress};
+use crate::names;
 use crate::repo_id::{validate_repo_path, RepoId};
 use base64::Engine;
 use futures_util::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::{header, Method};
 use serde::Serialize;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct PushOptions {
@@ -26,11 +28,12 @@ pub struct PushOptions {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
     pub delete: Vec<String>,
-    pub show_progress: bool,
+    /// Where progress goes (nowhere by default): the command line draws it as bars.
+    pub reporter: Reporter,
 }
 
 impl PushOptions {
-    /// A push of a whole folder to `main` of `repo`, no globs, no progress bars.
+    /// A push of a whole folder to `main` of `repo`, no globs, no progress reported.
     pub fn new(repo: RepoId, message: &str) -> PushOptions {
         PushOptions {
             repo,
@@ -42,7 +45,7 @@ impl PushOptions {
             include: vec![],
             exclude: vec![],
             delete: vec![],
-            show_progress: false,
+            reporter: Reporter::default(),
         }
     }
 }
@@ -131,7 +134,8 @@ pub fn scan_folder(dir: &Path, include: &[String], exclude: &[String]) -> Result
         !(e.depth() > 0 && e.file_type().is_dir() && (name == ".git" || name == ".cache"))
     });
     for entry in walker {
-        let entry = entry.map_err(|e| HubError::Invalid(format!("cannot read {}: {e}", dir.display())))?;
+        // A folder that cannot be read (permissions, a disk error) is an I/O failure, not bad input.
+        let entry = entry.map_err(|e| HubError::Io { path: e.path().unwrap_or(dir).to_path_buf(), source: e.into() })?;
         if !entry.file_type().is_file() {
             continue;
         }
@@ -160,18 +164,89 @@ pub fn scan_folder(dir: &Path, include: &[String], exclude: &[String]) -> Result
     Ok(files)
 }
 
-fn bar(show: bool, len: u64, msg: &str) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
+/// The byte-counted phases of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Hashing the local files (sha256 for LFS files, git blob sha1 for the others).
+    Hashing,
+    /// Uploading the LFS objects the server does not have.
+    Uploading,
+}
+
+impl Phase {
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Hashing => "hashing",
+            Phase::Uploading => "uploading",
+        }
     }
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(msg.to_string());
-    pb
+}
+
+/// What a push reports while it works. The library only reports; the command line draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushEvent {
+    /// A phase begins, with `total` bytes to go through.
+    Start { phase: Phase, total: u64 },
+    /// `done` bytes of the phase are through (it goes back when an upload is retried).
+    Progress { phase: Phase, done: u64 },
+    /// The phase is over.
+    Finish { phase: Phase },
+}
+
+/// Receives a push's [`PushEvent`]s (from upload streams too, hence `Send + Sync`); the default
+/// drops them.
+#[derive(Clone, Default)]
+pub struct Reporter(Option<Arc<dyn Fn(PushEvent) + Send + Sync>>);
+
+impl Reporter {
+    pub fn new(on: impl Fn(PushEvent) + Send + Sync + 'static) -> Reporter {
+        Reporter(Some(Arc::new(on)))
+    }
+
+    fn emit(&self, e: PushEvent) {
+        if let Some(on) = &self.0 {
+            on(e);
+        }
+    }
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Reporter(..)" } else { "Reporter(none)" })
+    }
+}
+
+/// A phase's byte count, shared with the upload streams; every change is reported.
+#[derive(Clone)]
+struct Meter {
+    reporter: Reporter,
+    phase: Phase,
+    done: Arc<AtomicU64>,
+}
+
+impl Meter {
+    fn start(reporter: &Reporter, phase: Phase, total: u64) -> Meter {
+        reporter.emit(PushEvent::Start { phase, total });
+        Meter { reporter: reporter.clone(), phase, done: Arc::new(AtomicU64::new(0)) }
+    }
+
+    fn position(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, done: u64) {
+        self.done.store(done, Ordering::Relaxed);
+        self.reporter.emit(PushEvent::Progress { phase: self.phase, done });
+    }
+
+    fn inc(&self, n: u64) {
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        self.reporter.emit(PushEvent::Progress { phase: self.phase, done });
+    }
+
+    fn finish(&self) {
+        self.reporter.emit(PushEvent::Finish { phase: self.phase });
+    }
 }
 
 struct Planned {
@@ -291,13 +366,14 @@ fn check_new_branch(opts: &PushOptions) -> Result<(), HubError> {
 
 /// Checks a model card's metadata with the Hub before anything is uploaded.
 async fn check_card(client: &HubClient, files: &[LocalFile]) -> Result<(), HubError> {
-    let Some(card) = files.iter().find(|f| f.path_in_repo == "README.md") else { return Ok(()) };
+    let Some(card) = files.iter().find(|f| f.path_in_repo == names::README) else { return Ok(()) };
     let text = std::fs::read_to_string(&card.abs).map_err(HubError::io(&card.abs))?;
     match client.validate_yaml(&text).await {
         Ok(_) => Ok(()),
-        Err(HubError::Http { status: 400 | 422, message, .. }) => Err(HubError::Invalid(format!(
-            "{}: the model card's metadata is invalid: {message} (fix the YAML block between the --- lines)",
-            card.abs.display()
+        Err(HubError::Http(f)) if matches!(f.status, 400 | 422) => Err(HubError::Invalid(format!(
+            "{}: the model card's metadata is invalid: {} (fix the YAML block between the --- lines)",
+            card.abs.display(),
+            f.message
         ))),
         Err(e) => Err(e),
     }
@@ -362,7 +438,7 @@ pub async fn plan_push(client: &HubClient, dir: &Path, opts: &PushOptions) -> Re
 
     // Hash after preupload, so each file gets only the id its upload mode needs.
     let total: u64 = preupload.iter().map(|p| p.size).sum();
-    let hash_bar = bar(opts.show_progress, total, "hashing");
+    let hash_bar = Meter::start(&opts.reporter, Phase::Hashing, total);
     let mut changes = Vec::new();
     let mut unchanged = Vec::new();
     for (f, pre) in files.into_iter().zip(&preupload) {
@@ -377,7 +453,7 @@ pub async fn plan_push(client: &HubClient, dir: &Path, opts: &PushOptions) -> Re
         let lfs = answer.upload_mode == "lfs" && pre.size > 0;
         let base = hash_bar.position();
         let oid = if lfs {
-            sha256_file_progress(&f.abs, |n| hash_bar.set_position(base + n)).map_err(HubError::io(&f.abs))?
+            sha256_file_progress(&f.abs, |n| hash_bar.set(base + n)).map_err(HubError::io(&f.abs))?
         } else {
             let bytes = std::fs::read(&f.abs).map_err(HubError::io(&f.abs))?;
             hash_bar.inc(bytes.len() as u64);
@@ -394,7 +470,7 @@ pub async fn plan_push(client: &HubClient, dir: &Path, opts: &PushOptions) -> Re
             }
         }
     }
-    hash_bar.finish_and_clear();
+    hash_bar.finish();
 
     let mut deleted = Vec::new();
     if !opts.delete.is_empty() && repo_exists {
@@ -496,7 +572,12 @@ pub async fn commit_plan(client: &HubClient, plan: &PushPlan, opts: &PushOptions
                     .collect();
                 let overlap: Vec<String> = theirs.into_iter().filter(|p| ours.contains(p.as_str())).collect();
                 if !overlap.is_empty() {
-                    return Err(HubError::Conflict { repo: opts.repo.to_string(), revision: opts.revision.clone(), head: new, paths: overlap });
+                    return Err(HubError::Conflict(Box::new(PushConflict {
+                        repo: opts.repo.to_string(),
+                        revision: opts.revision.clone(),
+                        head: new,
+                        paths: overlap,
+                    })));
                 }
                 parent = Some(new);
                 rebased += 1;
@@ -541,7 +622,7 @@ async fn upload_lfs(client: &HubClient, opts: &PushOptions, planned: &[Planned])
         });
     }
     let total: u64 = todo.iter().map(|a| a.size).sum();
-    let pb = bar(opts.show_progress, total, "uploading");
+    let pb = Meter::start(&opts.reporter, Phase::Uploading, total);
     for obj in &todo {
         let p = planned.iter().find(|p| p.lfs && p.oid == obj.oid).ok_or_else(|| HubError::Protocol {
             url: batch_url.clone(),
@@ -568,14 +649,14 @@ async fn upload_lfs(client: &HubClient, opts: &PushOptions, planned: &[Planned])
                 .await?;
         }
     }
-    pb.finish_and_clear();
+    pb.finish();
     Ok((total, objects.len() - todo.len()))
 }
 
-async fn upload_basic(client: &HubClient, path: &Path, obj: &LfsBatchObject, href: &str, pb: &ProgressBar, start: u64) -> Result<(), HubError> {
+async fn upload_basic(client: &HubClient, path: &Path, obj: &LfsBatchObject, href: &str, pb: &Meter, start: u64) -> Result<(), HubError> {
     client
         .execute("PUT", href, || {
-            pb.set_position(start);
+            pb.set(start);
             let file = std::fs::File::open(path).map_err(HubError::io(path))?;
             let pb = pb.clone();
             let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 1 << 20);
@@ -598,7 +679,7 @@ async fn upload_multipart(
     obj: &LfsBatchObject,
     upload: &LfsAction,
     chunk: &str,
-    pb: &ProgressBar,
+    pb: &Meter,
 ) -> Result<(), HubError> {
     let chunk_size: u64 = chunk
         .parse()

@@ -19,6 +19,9 @@ pub enum CheckpointError {
     NotFound(String),
     #[error("{}: checkpoint does not fit this run: {detail}", .path.display())]
     Mismatch { path: PathBuf, detail: String },
+    /// Writing the LoRA or optimizer tensors.
+    #[error(transparent)]
+    Tensors(super::lora_params::LoraParamsError),
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
@@ -114,8 +117,8 @@ pub fn save(
             })
             .collect()
     };
-    let write =
-        |name: &str, t| write_safetensors(&tmp.join(name), t, None).map_err(|e| CheckpointError::Io { path: tmp.join(name), detail: e.to_string() });
+    // The weights writer's error names the file already.
+    let write = |name: &str, t| write_safetensors(&tmp.join(name), t, None).map_err(CheckpointError::Tensors);
     write("lora.safetensors", cpu(lora.named_tensors())?)?;
     write("optimizer.safetensors", cpu(opt.state_tensors())?)?;
     let state = serde_json::json!({
@@ -149,9 +152,7 @@ pub fn truncate_log(path: &Path, step: usize) -> std::io::Result<()> {
     if !out.is_empty() {
         out.push('\n');
     }
-    let tmp = path.with_extension("jsonl.partial");
-    std::fs::write(&tmp, out)?;
-    std::fs::rename(tmp, path)
+    crate::atomic::write(path, out.as_bytes())
 }
 
 #[cfg(test)]

@@ -140,10 +140,9 @@ impl LatentCache {
         let (mean, std) = (mean.to_dtype(DType::F32)?.squeeze(0)?, std.to_dtype(DType::F32)?.squeeze(0)?);
         let io = |e: String| CacheError::Io { path: path.clone(), detail: e };
         std::fs::create_dir_all(path.parent().expect("cache file has a folder")).map_err(|e| io(e.to_string()))?;
-        let tmp = path.with_extension(format!("partial.{}", std::process::id()));
         let tensors = vec![("mean".to_string(), mean.to_device(&Device::Cpu)?), ("std".to_string(), std.to_device(&Device::Cpu)?)];
-        safetensors::serialize_to_file(tensors, None, &tmp).map_err(|e| io(e.to_string()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io(e.to_string()))?;
+        crate::atomic::write_with(&path, |_, tmp| safetensors::serialize_to_file(tensors, None, tmp).map_err(std::io::Error::other))
+            .map_err(|e| io(e.to_string()))?;
         self.misses += 1;
         Ok(CachedLatents { mean, std })
     }

@@ -42,6 +42,7 @@ impl TrainableLora {
     /// Creates factors for every linear in `adapters` that a target names, initialised like PEFT
     /// (A: kaiming-uniform with a = √5, i.e. U(±1/√in); B: zeros, so training starts at the base
     /// model), from `seed`; attaches them at scale alpha/rank.
+    #[expect(clippy::too_many_arguments, reason = "PEFT's LoraConfig fields, each named at every call site")]
     pub fn new(
         component: &str,
         adapters: &Adapters,
@@ -144,13 +145,11 @@ fn strip<'a>(name: &'a str, component: &str, suffix: &str) -> &'a str {
     &name[component.len() + 1..name.len() - suffix.len()]
 }
 
-/// Writes tensors atomically (temporary file, then rename): an interrupted write never leaves a
+/// Writes tensors with [`crate::atomic::write_with`]: an interrupted write never leaves a
 /// truncated file under the real name.
 pub fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>, metadata: Option<HashMap<String, String>>) -> Result<(), LoraParamsError> {
-    let err = |detail: String| LoraParamsError::File { path: path.to_path_buf(), detail };
-    let tmp = path.with_extension("safetensors.partial");
-    safetensors::serialize_to_file(tensors, metadata, &tmp).map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    crate::atomic::write_with(path, |_, tmp| safetensors::serialize_to_file(tensors, metadata, tmp).map_err(std::io::Error::other))
+        .map_err(|e| LoraParamsError::File { path: path.to_path_buf(), detail: e.to_string() })
 }
 
 #[cfg(test)]

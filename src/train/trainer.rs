@@ -18,6 +18,7 @@ use crate::diffusion::unet::SdxlConditioning;
 use crate::generate::pipeline::{to_rgb8, GenerateError, Pipeline};
 use crate::generate::prompts::TextEncoders;
 use crate::generate::sampling::Conditioning;
+use crate::names;
 use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use serde::Serialize;
@@ -37,22 +38,14 @@ pub enum TrainError {
     Io { path: PathBuf, detail: String },
     #[error("the loss became {value} at step {step}; training stopped. {kept} Try a lower learning_rate, precision f32, or max_grad_norm 1.0.")]
     NonFinite { step: usize, value: f32, kept: String },
-}
-
-impl From<super::lora_params::LoraParamsError> for TrainError {
-    fn from(e: super::lora_params::LoraParamsError) -> Self {
-        TrainError::Input(e.to_string())
-    }
-}
-impl From<super::examples::CacheError> for TrainError {
-    fn from(e: super::examples::CacheError) -> Self {
-        TrainError::Input(e.to_string())
-    }
-}
-impl From<checkpoint::CheckpointError> for TrainError {
-    fn from(e: checkpoint::CheckpointError) -> Self {
-        TrainError::Input(e.to_string())
-    }
+    /// Writing or reading a checkpoint (a full disk is a failure, a checkpoint that does not
+    /// fit is bad input: see `crate::exit`).
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    Cache(#[from] super::examples::CacheError),
+    #[error(transparent)]
+    Lora(#[from] super::lora_params::LoraParamsError),
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
@@ -342,7 +335,7 @@ impl Trainer<'_> {
             start_step = ck.step;
             on(Event::Note(format!("resuming from {} (step {})", ck.dir.display(), ck.step)));
         }
-        let log_path = cfg.output_dir.join("training_log.jsonl");
+        let log_path = cfg.output_dir.join(names::TRAINING_LOG);
         checkpoint::truncate_log(&log_path, start_step).map_err(io_err(&log_path))?;
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
 
@@ -423,7 +416,7 @@ impl Trainer<'_> {
             }
         }
 
-        let lora_file = cfg.output_dir.join("pytorch_lora_weights.safetensors");
+        let lora_file = cfg.output_dir.join(names::LORA_WEIGHTS);
         lora.save(&lora_file)?;
         let validation_settings = match &validation {
             Some((cond, prompt)) => {
@@ -459,11 +452,11 @@ impl Trainer<'_> {
             seconds: started.elapsed().as_secs_f64(),
             validation: validation_settings,
             license: cfg.license.clone().unwrap_or_else(|| if xl { "openrail++".into() } else { "creativeml-openrail-m".into() }),
-            lora_file: "pytorch_lora_weights.safetensors".into(),
+            lora_file: names::LORA_WEIGHTS.into(),
         };
-        let summary_path = cfg.output_dir.join("training_summary.json");
+        let summary_path = cfg.output_dir.join(names::TRAINING_SUMMARY);
         std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary).expect("serializable")).map_err(io_err(&summary_path))?;
-        let cfg_path = cfg.output_dir.join("train_config.yaml");
+        let cfg_path = cfg.output_dir.join(names::TRAIN_CONFIG);
         std::fs::write(&cfg_path, serde_yaml::to_string(cfg).expect("serializable")).map_err(io_err(&cfg_path))?;
         Ok(summary)
     }

@@ -1,6 +1,7 @@
 //! Colour clusters over the whole set (k-means in CIELAB) and what the model is likely to blend
 //! them into.
 
+use crate::html::pct;
 use crate::imagestats::colour::{blend, Lab, Temperature};
 
 pub const K: usize = 6;
@@ -34,10 +35,6 @@ pub struct BlendPart {
     pub name: String,
     pub hex: String,
     pub image_share: f32,
-}
-
-fn pct(x: f32) -> String {
-    format!("{:.0}%", x * 100.0)
 }
 
 /// Pairs of strong, clearly different colours, and warm against cool, with what their

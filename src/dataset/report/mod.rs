@@ -7,6 +7,7 @@ pub mod vocabulary;
 
 use super::images::load_rgb;
 use super::{par_map, relative_name};
+use crate::html::pct;
 use crate::imagestats::colour::{hsv, Lab};
 use crate::imagestats::composition::{self, Composition};
 use crate::imagestats::hue::{self, HueBin};
@@ -162,10 +163,6 @@ pub fn build(dir: &Path, images: &[PathBuf], captions: &[Option<String>]) -> Res
     };
     report.findings = findings(&report);
     Ok(report)
-}
-
-fn pct(x: f32) -> String {
-    format!("{:.0}%", x * 100.0)
 }
 
 /// The plain-language conclusions, most important first.

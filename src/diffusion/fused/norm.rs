@@ -27,7 +27,7 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// Loads `weight`/`bias` [C] under `vb`; errors if C is not divisible by `groups`.
     pub fn load(vb: VarBuilder, groups: usize, channels: usize, eps: f64, silu: bool) -> Result<Self> {
-        if channels % groups != 0 {
+        if !channels.is_multiple_of(groups) {
             bail!("group norm: {channels} channels do not split into {groups} groups");
         }
         Ok(GroupNorm { weight: vb.get(channels, "weight")?, bias: vb.get(channels, "bias")?, groups, eps, silu })
@@ -302,7 +302,7 @@ mod tests {
         for silu in [false, true] {
             let gn = GroupNorm::new(w.clone(), b.clone(), 4, 1e-5, silu);
             let shifted = (randn(&[2, 8, 5, 3]) * 3.0).unwrap().affine(1.0, 2.0).unwrap();
-            check_against_composed(&[shifted.clone()], |t| gn.forward(&t[0]), |t| composed_group_norm(&t[0], &w, &b, 4, silu), 1e-4);
+            check_against_composed(std::slice::from_ref(&shifted), |t| gn.forward(&t[0]), |t| composed_group_norm(&t[0], &w, &b, 4, silu), 1e-4);
             // The device-generic path (what CUDA runs), here on f64 on the CPU.
             let gn64 = GroupNorm::new(w.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap(), 4, 1e-5, silu);
             let (w64, b64) = (w.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());

@@ -6,11 +6,15 @@
 //! which a [`RenderProfile`] changes. Explicit request parameters override the profile, as in
 //! the worker. What was rendered is reported in the `x-hfsky-render` header.
 
+use super::auth::{head_of, require_read, Caller, Who};
 use super::store::CommitRec;
-use super::{fail, fail_code, head_of, json_reply, require_read, Caller, HubFail, Reply, State};
-use crate::hub::inference::{card_base_model, Provider, RenderReport, FAL_SD_LORA, RENDER_HEADER};
+use super::{fail, fail_code, json_reply, BodyBytes, HubFail, PathParams, Reply, Repo, Shared, State};
+use crate::card::base_model as card_base_model;
+use crate::hub::inference::{Provider, RenderReport, FAL_SD_LORA, RENDER_HEADER};
+use crate::names;
 use crate::repo_id::RepoId;
 use axum::body::Body;
+use axum::extract::{Extension, State as S};
 use axum::http::{header, HeaderMap, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -173,7 +177,7 @@ pub(super) struct InferState {
 }
 
 /// Which router route was called.
-pub(super) enum Route {
+enum Route {
     HfInference(RepoId),
     FalAi(String),
     Replicate(Option<String>),
@@ -197,11 +201,11 @@ fn card_tags(card: Option<&Value>) -> Vec<String> {
 /// `.safetensors` of the repo.
 pub fn worker_weight_file<'a>(files: impl Iterator<Item = &'a String> + Clone) -> Option<String> {
     let mut it = files.filter(|f| f.ends_with(".safetensors"));
-    it.clone().find(|f| *f == "pytorch_lora_weights.safetensors").or_else(|| it.next()).cloned()
+    it.clone().find(|f| *f == names::LORA_WEIGHTS).or_else(|| it.next()).cloned()
 }
 
 fn is_pipeline(c: &CommitRec) -> bool {
-    c.files.contains_key("model_index.json")
+    c.files.contains_key(names::MODEL_INDEX)
 }
 
 /// The Hub's `pipeline_tag`: the card's, else text-to-image for a diffusers pipeline or a repo
@@ -323,7 +327,10 @@ struct Target {
 /// `{endpoint}/{ns}/{name}[/resolve/{rev}/{path}]` → repo and path.
 fn repo_from_url(url: &str, field: &str) -> Result<(RepoId, Option<String>), HubFail> {
     let parsed = url::Url::parse(url).map_err(|e| unprocessable(format!("{field} {url:?} is not a URL: {e}")))?;
-    let segs: Vec<String> = parsed.path_segments().map(|s| s.map(|x| super::percent_decode(x).unwrap_or_default()).collect()).unwrap_or_default();
+    let segs: Vec<String> = parsed
+        .path_segments()
+        .map(|s| s.map(|x| percent_encoding::percent_decode_str(x).decode_utf8().map(|c| c.into_owned()).unwrap_or_default()).collect())
+        .unwrap_or_default();
     let bad = || unprocessable(format!("{field} {url:?} does not name a model repo ({{endpoint}}/namespace/name)"));
     if segs.len() < 2 {
         return Err(bad());
@@ -467,7 +474,45 @@ fn injected(fault: super::faults::InferenceFault, provider: Provider, retry_afte
 
 /// Answers a router route: checks, renders (serialised, on a blocking thread), replies in the
 /// provider's shape.
-pub(super) async fn answer(state: &Arc<State>, caller: Option<&Caller>, route: Route, body: &[u8], headers: &HeaderMap) -> Reply {
+/// `POST /hf-inference/models/{repo}`.
+pub(super) async fn hf_inference(
+    S(state): S<Shared>,
+    Extension(who): Extension<Who>,
+    repo: Repo,
+    headers: HeaderMap,
+    BodyBytes(body): BodyBytes,
+) -> Reply {
+    answer(&state, who.caller(), Route::HfInference(repo.id), &body, &headers).await
+}
+
+/// `POST /fal-ai/{model}` (the model id has slashes: `fal-ai/lora`).
+pub(super) async fn fal_ai(
+    S(state): S<Shared>,
+    Extension(who): Extension<Who>,
+    PathParams(model): PathParams<String>,
+    headers: HeaderMap,
+    BodyBytes(body): BodyBytes,
+) -> Reply {
+    answer(&state, who.caller(), Route::FalAi(model), &body, &headers).await
+}
+
+/// `POST /replicate/v1/models/{owner}/{name}/predictions`.
+pub(super) async fn replicate_model(
+    S(state): S<Shared>,
+    Extension(who): Extension<Who>,
+    PathParams((owner, name)): PathParams<(String, String)>,
+    headers: HeaderMap,
+    BodyBytes(body): BodyBytes,
+) -> Reply {
+    answer(&state, who.caller(), Route::Replicate(Some(format!("{owner}/{name}"))), &body, &headers).await
+}
+
+/// `POST /replicate/v1/predictions` (the model named by the body's `version`).
+pub(super) async fn replicate(S(state): S<Shared>, Extension(who): Extension<Who>, headers: HeaderMap, BodyBytes(body): BodyBytes) -> Reply {
+    answer(&state, who.caller(), Route::Replicate(None), &body, &headers).await
+}
+
+async fn answer(state: &Arc<State>, caller: Option<&Caller>, route: Route, body: &[u8], headers: &HeaderMap) -> Reply {
     let provider = route.provider();
     let Some(cfg) = &state.cfg.inference else {
         return Err(fail(StatusCode::NOT_FOUND, "this offline Hub serves no inference (it runs without a renderer)"));
@@ -575,8 +620,8 @@ fn keep_output(state: &State, id: &str, png: Vec<u8>) {
 
 /// `GET /inference-outputs/{id}.png`: an image a fal-ai / replicate answer pointed to. Like a
 /// provider's CDN, it needs no token.
-pub(super) fn output(state: &State, file: &str) -> Reply {
-    let id = file.strip_suffix(".png").unwrap_or(file);
+pub(super) async fn output(S(state): S<Shared>, PathParams(file): PathParams<String>) -> Reply {
+    let id = file.strip_suffix(".png").unwrap_or(&file);
     let outs = state.infer.outputs.lock().unwrap_or_else(|e| e.into_inner());
     let png = outs
         .iter()

@@ -2,10 +2,22 @@
 //! (whoami-v2, repos, tree, paths-info, preupload, LFS batch basic/multipart, NDJSON commit,
 //! resolve with the Hub's headers and redirects, validate-yaml), with auth and fault injection;
 //! and the Inference Providers' text-to-image routes, rendered locally (see `inference`).
+//!
+//! The routes are declared in [`router`], one axum route per Hub endpoint (paths as
+//! huggingface_hub 2.4.0's `hf_api.py` / `file_download.py` / `lfs.py` build them), and the
+//! handlers live by protocol area: [`auth`] (whoami, OIDC token exchange, who may touch which
+//! repo), [`repos`] (create, branch, info, tree, paths-info, validate-yaml), [`commit`]
+//! (preupload, NDJSON commit), [`lfs`] (batch API, uploads, storage), [`files`] (resolve).
+//! Every request passes [`gate`] first: fault injection, `X-Request-Id`, and the bearer token.
 
+mod auth;
+mod commit;
 mod faults;
+mod files;
 mod inference;
+mod lfs;
 mod oidc;
+mod repos;
 mod store;
 
 pub use faults::Faults;
@@ -13,19 +25,16 @@ pub use inference::{InferenceConfig, InferenceRenderer, RenderFailure, RenderJob
 pub use oidc::{OidcTrust, TrustedIssuer, TrustedSubject};
 pub use store::Store;
 
-use crate::hash::sha256_hex;
-use crate::hub::protocol::*;
-use crate::repo_id::{validate_repo_path, RepoId};
+use crate::repo_id::RepoId;
+use auth::Who;
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
-use base64::Engine;
-use futures_util::StreamExt;
-use sha2::Digest;
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use store::FileRec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSpec {
@@ -68,33 +77,20 @@ pub struct ServeConfig {
     pub inference: Option<InferenceConfig>,
 }
 
-/// Who is calling: a configured token, or a short-lived token from an OIDC exchange that may
-/// touch only `scope`.
-#[derive(Debug, Clone)]
-struct Caller {
-    user: String,
-    role: String,
-    display: String,
-    scope: Option<RepoId>,
-}
-
-struct Upload {
-    oid: String,
-    size: u64,
-}
-
 struct State {
     cfg: ServeConfig,
     /// Port of the storage listener that LFS downloads redirect to. A different origin, like
     /// the Hub's CDN: clients then read the file metadata from the 302 itself, as they must.
     storage_port: u16,
     store: Store,
-    uploads: Mutex<HashMap<String, Upload>>,
+    uploads: Mutex<HashMap<String, lfs::Upload>>,
     grants: oidc::Grants,
     // Serialises ref updates so parentCommit checks and commits are atomic.
     commit_lock: tokio::sync::Mutex<()>,
     infer: inference::InferState,
 }
+
+type Shared = Arc<State>;
 
 /// An HTTP error the way the Hub sends it: status, `X-Error-Code`, `X-Error-Message`, JSON body.
 #[derive(Debug)]
@@ -115,7 +111,7 @@ fn fail_code(status: StatusCode, code: &'static str, message: impl Into<String>)
     HubFail { status, code: Some(code), message: message.into(), headers: vec![], oauth_error: None }
 }
 
-impl HubFail {
+impl IntoResponse for HubFail {
     fn into_response(self) -> Response<Body> {
         let body = match self.oauth_error {
             Some(e) => serde_json::json!({ "error": e, "error_description": self.message }).to_string(),
@@ -162,6 +158,9 @@ pub async fn serve(cfg: ServeConfig, addr: std::net::SocketAddr, on_ready: impl 
     Ok(())
 }
 
+/// The offline Hub's routes. Path parameters arrive percent-decoded (a revision sent as
+/// `refs%2Fpr%2F1` is `refs/pr/1`); `{*path}` is a file path with its slashes. A request that
+/// matches no route, or a route with another method, is the Hub's JSON 404.
 pub fn router(cfg: ServeConfig, storage_port: u16) -> std::io::Result<axum::Router> {
     let store = Store::open(&cfg.root)?;
     let state = Arc::new(State {
@@ -173,19 +172,64 @@ pub fn router(cfg: ServeConfig, storage_port: u16) -> std::io::Result<axum::Rout
         commit_lock: tokio::sync::Mutex::new(()),
         infer: inference::InferState::default(),
     });
-    Ok(axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Body| {
-        let state = state.clone();
-        async move { handle(state, method, uri, headers, body).await }
-    }))
+    let api = "/api/models/{ns}/{name}";
+    Ok(axum::Router::new()
+        // auth
+        .route("/oauth/token", post(auth::token_exchange))
+        .route("/api/whoami-v2", get(auth::whoami))
+        // repos
+        .route("/api/repos/create", post(repos::create_repo))
+        .route("/api/validate-yaml", post(repos::validate_yaml))
+        .route(api, get(repos::model_info))
+        .route(&format!("{api}/revision/{{rev}}"), get(repos::model_info))
+        .route(&format!("{api}/branch/{{rev}}"), post(repos::create_branch))
+        .route(&format!("{api}/tree/{{rev}}"), get(repos::tree))
+        .route(&format!("{api}/tree/{{rev}}/"), get(repos::tree))
+        .route(&format!("{api}/tree/{{rev}}/{{*path}}"), get(repos::tree))
+        .route(&format!("{api}/paths-info/{{rev}}"), post(repos::paths_info))
+        // commits
+        .route(&format!("{api}/preupload/{{rev}}"), post(commit::preupload))
+        .route(&format!("{api}/commit/{{rev}}"), post(commit::commit))
+        // LFS: the batch API under the git remote (`{repo}.git/info/lfs`), uploads, storage
+        .route("/{ns}/{name}/info/lfs/objects/batch", post(lfs::batch))
+        .route("/lfs-upload/{upload}", put(lfs::put_basic))
+        .route("/lfs-upload/{upload}/part/{part}", put(lfs::put_part))
+        .route("/lfs-upload/{upload}/complete", post(lfs::complete_multipart))
+        .route("/lfs-verify/{ns}/{name}", post(lfs::verify))
+        .route("/lfs-objects/{oid}", get(lfs::object).head(lfs::object))
+        // inference providers
+        .route("/hf-inference/models/{ns}/{name}", post(inference::hf_inference))
+        .route("/fal-ai/{*model}", post(inference::fal_ai))
+        .route("/replicate/v1/models/{ns}/{name}/predictions", post(inference::replicate_model))
+        .route("/replicate/v1/predictions", post(inference::replicate))
+        .route("/inference-outputs/{file}", get(inference::output))
+        // downloads
+        .route("/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve).head(files::resolve))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
+        .with_state(state))
 }
 
-async fn handle(state: Arc<State>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response<Body> {
+async fn no_route(method: Method, uri: Uri) -> HubFail {
+    fail(StatusCode::NOT_FOUND, format!("no route for {method} {}", uri.path()))
+}
+
+/// In front of every route: an injected fault (drawn before anything else, like a flaky
+/// network), else the caller from the bearer token (every route but the token exchange; a
+/// token that is sent must be valid), and an `X-Request-Id` on every answer.
+async fn gate(axum::extract::State(state): axum::extract::State<Shared>, mut req: Request, next: axum::middleware::Next) -> Response<Body> {
     let request_id = format!("req-{:016x}", rand::random::<u64>());
     let mut resp = if let Some(fault) = state.cfg.faults.as_ref().and_then(|f| f.draw()) {
         injected(fault, &state)
+    } else if req.method() == Method::POST && req.uri().path() == "/oauth/token" {
+        next.run(req).await
     } else {
-        match route(&state, &method, &uri, &headers, body).await {
-            Ok(r) => r,
+        match auth::authenticate(&state, req.headers()) {
+            Ok(caller) => {
+                req.extensions_mut().insert(Who(caller));
+                next.run(req).await
+            }
             Err(f) => f.into_response(),
         }
     };
@@ -218,37 +262,98 @@ fn injected(fault: faults::Fault, state: &State) -> Response<Body> {
     }
 }
 
-fn decode(seg: &str) -> Result<String, HubFail> {
-    percent_decode(seg).ok_or_else(|| fail(StatusCode::BAD_REQUEST, format!("bad percent-encoding in {seg:?}")))
+// ---- extractors ----
+
+/// Path parameters (percent-decoded by axum); a parameter that does not decode is the Hub's
+/// JSON 400 rather than axum's plain-text one.
+struct PathParams<T>(T);
+
+impl<T, S> FromRequestParts<S> for PathParams<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = HubFail;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HubFail> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParams(p.0))
+            .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("bad path: {}", e.body_text())))
+    }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(h, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+#[derive(serde::Deserialize)]
+struct RepoParams {
+    ns: String,
+    name: String,
+    rev: Option<String>,
+    path: Option<String>,
+}
+
+/// The repo a `/…/{ns}/{name}/…` route names, with the revision (`main` when the route has
+/// none) and the file path (empty when it has none).
+struct Repo {
+    id: RepoId,
+    rev: String,
+    path: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Repo {
+    type Rejection = HubFail;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HubFail> {
+        let PathParams(p) = PathParams::<RepoParams>::from_request_parts(parts, state).await?;
+        Ok(Repo { id: repo_id(&p.ns, &p.name)?, rev: p.rev.unwrap_or_else(|| "main".into()), path: p.path.unwrap_or_default() })
     }
-    String::from_utf8(out).ok()
+}
+
+fn repo_id(ns: &str, name: &str) -> Result<RepoId, HubFail> {
+    RepoId::parse(&format!("{ns}/{name}")).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+/// A JSON/NDJSON request body, at most `max_body` bytes (else the Hub's 413).
+struct BodyBytes(bytes::Bytes);
+
+impl FromRequest<Shared> for BodyBytes {
+    type Rejection = HubFail;
+
+    async fn from_request(req: Request, state: &Shared) -> Result<Self, HubFail> {
+        let max = state.cfg.max_body;
+        axum::body::to_bytes(req.into_body(), max)
+            .await
+            .map(BodyBytes)
+            .map_err(|_| fail(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {max} bytes")))
+    }
+}
+
+/// A JSON request body, within `max_body`.
+struct JsonBody<T>(T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<Shared> for JsonBody<T> {
+    type Rejection = HubFail;
+
+    async fn from_request(req: Request, state: &Shared) -> Result<Self, HubFail> {
+        let BodyBytes(bytes) = BodyBytes::from_request(req, state).await?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| fail(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    }
 }
 
 /// `expand=a&expand[]=b` (huggingface_hub sends the first form, browsers the second).
-fn expands(uri: &Uri) -> Vec<String> {
-    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+fn expands(query: Option<&str>) -> Vec<String> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .filter(|(k, _)| k == "expand" || k == "expand[]")
         .map(|(_, v)| v.into_owned())
         .collect()
 }
 
-fn query(uri: &Uri) -> HashMap<String, String> {
-    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
+fn query(query: Option<&str>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+/// A boolean query flag the way huggingface_hub sends it (`1`, `true`, `True`).
+fn flag(q: &HashMap<String, String>, key: &str) -> bool {
+    matches!(q.get(key).map(String::as_str), Some("1" | "true" | "True"))
 }
 
 /// Where LFS downloads are redirected: the request's host name on the storage port.
@@ -266,783 +371,10 @@ fn base_url(headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-async fn route(state: &Arc<State>, method: &Method, uri: &Uri, headers: &HeaderMap, body: Body) -> Reply {
-    let raw: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
-    let seg = |i: usize| raw.get(i).copied().unwrap_or("");
-    if let (&Method::POST, ["oauth", "token"]) = (method, raw.as_slice()) {
-        let bytes = read_body(state, body).await?;
-        return token_exchange(state, headers, &bytes);
-    }
-    let caller = authenticate(state, headers)?;
-    let caller = caller.as_ref();
-    match (method.clone(), raw.as_slice()) {
-        (Method::GET, ["api", "whoami-v2"]) => whoami(caller),
-        (Method::POST, ["api", "models", _, _, "branch", _]) => {
-            let id = repo_id(seg(2), seg(3))?;
-            let branch = decode(seg(5))?;
-            let bytes = read_body(state, body).await?;
-            create_branch(state, caller, &id, &branch, &bytes).await
-        }
-        (Method::POST, ["api", "repos", "create"]) => create_repo(state, caller, read_json(state, body).await?),
-        (Method::POST, ["api", "validate-yaml"]) => validate_yaml(read_json(state, body).await?),
-        (Method::GET, ["api", "models", _, _]) | (Method::GET, ["api", "models", _, _, "revision", _]) => {
-            let id = repo_id(seg(2), seg(3))?;
-            let rev = if raw.len() == 6 { decode(seg(5))? } else { "main".into() };
-            model_info(state, caller, &id, &rev, &expands(uri), headers)
-        }
-        (Method::GET, ["api", "models", _, _, "tree", _, ..]) => {
-            let id = repo_id(seg(2), seg(3))?;
-            let rev = decode(seg(5))?;
-            let sub = raw[6..].iter().map(|s| decode(s)).collect::<Result<Vec<_>, _>>()?.join("/");
-            tree(state, caller, &id, &rev, &sub, &query(uri), headers)
-        }
-        (Method::POST, ["api", "models", _, _, "paths-info", _]) => {
-            let id = repo_id(seg(2), seg(3))?;
-            let rev = decode(seg(5))?;
-            let bytes = read_body(state, body).await?;
-            paths_info(state, caller, &id, &rev, &bytes)
-        }
-        (Method::POST, ["api", "models", _, _, "preupload", _]) => {
-            let id = repo_id(seg(2), seg(3))?;
-            let rev = decode(seg(5))?;
-            preupload(state, caller, &id, &rev, read_json(state, body).await?)
-        }
-        (Method::POST, ["api", "models", _, _, "commit", _]) => {
-            let id = repo_id(seg(2), seg(3))?;
-            let rev = decode(seg(5))?;
-            let create_pr = matches!(query(uri).get("create_pr").map(String::as_str), Some("1" | "true" | "True"));
-            let bytes = read_body(state, body).await?;
-            commit(state, caller, &id, &rev, create_pr, &bytes, headers).await
-        }
-        (Method::POST, [ns, name_git, "info", "lfs", "objects", "batch"]) if name_git.ends_with(".git") => {
-            let id = repo_id(ns, name_git.trim_end_matches(".git"))?;
-            lfs_batch(state, caller, &id, read_json(state, body).await?, headers)
-        }
-        (Method::PUT, ["lfs-upload", upload_id]) => put_basic(state, upload_id, body).await,
-        (Method::PUT, ["lfs-upload", upload_id, "part", n]) => put_part(state, upload_id, n, body).await,
-        (Method::POST, ["lfs-upload", upload_id, "complete"]) => {
-            let req: CompleteMultipart = read_json(state, body).await?;
-            complete_multipart(state, upload_id, req)
-        }
-        (Method::POST, ["lfs-verify", ns, name]) => {
-            let id = repo_id(ns, name)?;
-            let req: LfsObject = read_json(state, body).await?;
-            verify(state, caller, &id, req)
-        }
-        (Method::GET | Method::HEAD, ["lfs-objects", oid]) => lfs_object(state, oid, method == Method::HEAD).await,
-        (Method::POST, ["hf-inference", "models", ns, name]) => {
-            let route = inference::Route::HfInference(repo_id(ns, name)?);
-            inference::answer(state, caller, route, &read_body(state, body).await?, headers).await
-        }
-        (Method::POST, ["fal-ai", rest @ ..]) if !rest.is_empty() => {
-            let route = inference::Route::FalAi(rest.join("/"));
-            inference::answer(state, caller, route, &read_body(state, body).await?, headers).await
-        }
-        (Method::POST, ["replicate", "v1", "models", owner, name, "predictions"]) => {
-            let route = inference::Route::Replicate(Some(format!("{}/{}", decode(owner)?, decode(name)?)));
-            inference::answer(state, caller, route, &read_body(state, body).await?, headers).await
-        }
-        (Method::POST, ["replicate", "v1", "predictions"]) => {
-            inference::answer(state, caller, inference::Route::Replicate(None), &read_body(state, body).await?, headers).await
-        }
-        (Method::GET, ["inference-outputs", file]) => inference::output(state, file),
-        (Method::GET | Method::HEAD, [ns, name, "resolve", rev, ..]) if raw.len() > 4 => {
-            let id = repo_id(ns, name)?;
-            let rev = decode(rev)?;
-            let path = raw[4..].iter().map(|s| decode(s)).collect::<Result<Vec<_>, _>>()?.join("/");
-            resolve(state, caller, &id, &rev, &path, method == Method::HEAD, headers).await
-        }
-        _ => Err(fail(StatusCode::NOT_FOUND, format!("no route for {method} {}", uri.path()))),
-    }
-}
-
-fn repo_id(ns: &str, name: &str) -> Result<RepoId, HubFail> {
-    let ns = decode(ns)?;
-    let name = decode(name)?;
-    RepoId::parse(&format!("{ns}/{name}")).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))
-}
-
-async fn read_body(state: &State, body: Body) -> Result<bytes::Bytes, HubFail> {
-    axum::body::to_bytes(body, state.cfg.max_body)
-        .await
-        .map_err(|_| fail(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {} bytes", state.cfg.max_body)))
-}
-
-async fn read_json<T: serde::de::DeserializeOwned>(state: &State, body: Body) -> Result<T, HubFail> {
-    let bytes = read_body(state, body).await?;
-    serde_json::from_slice(&bytes).map_err(|e| fail(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
-}
-
-// ---- auth ----
-
-fn authenticate(state: &State, headers: &HeaderMap) -> Result<Option<Caller>, HubFail> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    let value = value.to_str().unwrap_or("");
-    let secret = value.strip_prefix("Bearer ").unwrap_or("");
-    let invalid = || fail(StatusCode::UNAUTHORIZED, "Invalid credentials in Authorization header");
-    if secret.is_empty() {
-        return Err(invalid());
-    }
-    if let Some(t) = state.cfg.tokens.iter().find(|t| t.secret == secret) {
-        return Ok(Some(Caller { user: t.user.clone(), role: t.role.clone(), display: format!("offline-{}", t.role), scope: None }));
-    }
-    match state.grants.lookup(secret) {
-        oidc::Lookup::Valid(g) => {
-            Ok(Some(Caller { user: g.repo.namespace.clone(), role: "write".into(), display: format!("oidc:{}", g.subject), scope: Some(g.repo) }))
-        }
-        oidc::Lookup::Expired(g) => Err(fail(
-            StatusCode::UNAUTHORIZED,
-            format!("Invalid credentials in Authorization header: the short-lived token for {} has expired; exchange a new OIDC id token", g.repo),
-        )),
-        oidc::Lookup::Unknown => Err(invalid()),
-    }
-}
-
-fn require_write<'a>(caller: Option<&'a Caller>, id: &RepoId) -> Result<&'a Caller, HubFail> {
-    let t = caller.ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "You must be authenticated to write: pass a token"))?;
-    if t.role != "write" {
-        return Err(fail(StatusCode::FORBIDDEN, format!("this token is read-only: it cannot write to {id}")));
-    }
-    if let Some(scope) = &t.scope {
-        if scope != id {
-            return Err(fail(StatusCode::FORBIDDEN, format!("this token is scoped to {scope} and cannot write to {id}")));
-        }
-    }
-    if t.user != id.namespace {
-        return Err(fail(StatusCode::FORBIDDEN, format!("you ({}) have no write access to the namespace {}", t.user, id.namespace)));
-    }
-    Ok(t)
-}
-
-/// A private repo is visible only to its owner (and to a token scoped to it); others get the
-/// Hub's "not found".
-fn require_read(state: &State, caller: Option<&Caller>, id: &RepoId) -> Result<(), HubFail> {
-    let owner = |t: &Caller| t.user == id.namespace && t.scope.as_ref().is_none_or(|s| s == id);
-    match state.store.meta(id) {
-        Some(m) if !m.private || caller.is_some_and(owner) => Ok(()),
-        _ => Err(fail_code(StatusCode::NOT_FOUND, "RepoNotFound", format!("Repository Not Found for url: {id}"))),
-    }
-}
-
-fn head_of(state: &State, id: &RepoId, rev: &str) -> Result<String, HubFail> {
-    state.store.resolve(id, rev).ok_or_else(|| fail_code(StatusCode::NOT_FOUND, "RevisionNotFound", format!("Invalid rev id: {rev}")))
-}
-
-// ---- endpoints ----
-
-fn whoami(caller: Option<&Caller>) -> Reply {
-    let t = caller.ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "Invalid credentials in Authorization header"))?;
-    // A repo-scoped token looks like a fine-grained token with write access to that one repo.
-    let (role, fine_grained) = match &t.scope {
-        Some(repo) => (
-            "fineGrained".to_string(),
-            Some(FineGrained {
-                global: vec![],
-                scoped: vec![Scoped {
-                    entity: Entity { kind: "model".into(), name: repo.to_string() },
-                    permissions: vec!["repo.content.read".into(), "repo.write".into()],
-                }],
-            }),
-        ),
-        None => (t.role.clone(), None),
-    };
-    let who = WhoAmI {
-        kind: "user".into(),
-        name: t.user.clone(),
-        fullname: Some(t.user.clone()),
-        orgs: vec![],
-        auth: Some(AuthInfo { kind: "access_token".into(), access_token: Some(AccessToken { display_name: t.display.clone(), role, fine_grained }) }),
-    };
-    json_reply(StatusCode::OK, &who)
-}
-
-/// `POST /oauth/token`: RFC 8693 token exchange of a CI's OIDC id token (JSON, as
-/// huggingface_hub sends it, or a form, as RFC 8693 describes it).
-fn token_exchange(state: &State, headers: &HeaderMap, body: &[u8]) -> Reply {
-    let oauth = |status: StatusCode, error: &'static str, message: String| HubFail { oauth_error: Some(error), ..fail(status, message) };
-    let is_form = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let req: TokenExchangeRequest = if is_form {
-        let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
-        let field = |k: &str| form.get(k).cloned().unwrap_or_default();
-        TokenExchangeRequest {
-            grant_type: field("grant_type"),
-            subject_token_type: field("subject_token_type"),
-            subject_token: field("subject_token"),
-            resource: form.get("resource").cloned(),
-        }
-    } else {
-        serde_json::from_slice(body).map_err(|e| oauth(StatusCode::BAD_REQUEST, "invalid_request", format!("invalid token exchange request: {e}")))?
-    };
-    if req.grant_type != TOKEN_EXCHANGE_GRANT {
-        return Err(oauth(StatusCode::BAD_REQUEST, "unsupported_grant_type", format!("grant_type must be {TOKEN_EXCHANGE_GRANT}")));
-    }
-    if req.subject_token_type != ID_TOKEN_TYPE && req.subject_token_type != JWT_TOKEN_TYPE {
-        return Err(oauth(StatusCode::BAD_REQUEST, "invalid_request", format!("subject_token_type must be {ID_TOKEN_TYPE}")));
-    }
-    let resource = req.resource.as_deref().unwrap_or("");
-    let repo = RepoId::parse(resource).map_err(|e| {
-        oauth(StatusCode::BAD_REQUEST, "invalid_target", format!("resource must be the model repo to publish to (namespace/name): {e}"))
-    })?;
-    let Some(trust) = &state.cfg.oidc else {
-        return Err(oauth(
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
-            "this Hub trusts no OIDC issuer (start it with --trust-issuer and --trust-subject)".into(),
-        ));
-    };
-    let grant = trust
-        .verify(&req.subject_token, &repo, &base_url(headers))
-        .map_err(|r| oauth(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST), r.error, r.description))?;
-    let ttl = trust.token_ttl.as_secs();
-    let secret = state.grants.issue(grant);
-    json_reply(
-        StatusCode::OK,
-        &TokenExchangeResponse {
-            access_token: secret,
-            issued_token_type: Some(ACCESS_TOKEN_TYPE.into()),
-            token_type: "bearer".into(),
-            expires_in: Some(ttl),
-        },
-    )
-}
-
-/// `POST /api/models/{repo}/branch/{branch}`: a new branch at `startingPoint` (default: main).
-async fn create_branch(state: &State, caller: Option<&Caller>, id: &RepoId, branch: &str, body: &[u8]) -> Reply {
-    require_write(caller, id)?;
-    require_read(state, caller, id)?;
-    let req: CreateBranchRequest = if body.is_empty() {
-        CreateBranchRequest::default()
-    } else {
-        serde_json::from_slice(body).map_err(|e| fail(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?
-    };
-    if branch.is_empty() || branch.starts_with("refs/") || branch.contains("..") || branch.chars().any(|c| c.is_whitespace() || c == '~' || c == ':')
-    {
-        return Err(fail(StatusCode::BAD_REQUEST, format!("invalid branch name {branch:?}")));
-    }
-    let _guard = state.commit_lock.lock().await;
-    if state.store.refs(id).contains_key(branch) {
-        return Err(fail(StatusCode::CONFLICT, format!("branch {branch} already exists")));
-    }
-    let start = head_of(state, id, req.starting_point.as_deref().unwrap_or("main"))?;
-    state.store.set_ref(id, branch, &start).map_err(io_fail)?;
-    json_reply(StatusCode::OK, &serde_json::json!({}))
-}
-
-fn create_repo(state: &State, caller: Option<&Caller>, req: CreateRepoRequest) -> Reply {
-    if req.kind.as_deref().is_some_and(|k| k != "model") {
-        return Err(fail(StatusCode::BAD_REQUEST, "the offline Hub serves model repos only"));
-    }
-    let ns = match req.organization.clone() {
-        Some(o) => o,
-        None => caller.map(|t| t.user.clone()).unwrap_or_default(),
-    };
-    let id = RepoId::parse(&format!("{ns}/{}", req.name)).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))?;
-    require_write(caller, &id)?;
-    let private = req.private.unwrap_or(false) || req.visibility.as_deref() == Some("private");
-    let url = format!("/{id}");
-    if !state.store.create_repo(&id, private).map_err(io_fail)? {
-        let body = serde_json::json!({ "error": "You already created this model repo", "url": url });
-        return json_reply(StatusCode::CONFLICT, &body);
-    }
-    json_reply(StatusCode::OK, &serde_json::json!({ "url": url, "name": id.to_string(), "id": id.to_string() }))
-}
-
-fn validate_yaml(req: serde_json::Value) -> Reply {
-    let content = req["content"].as_str().unwrap_or("");
-    let errors = match front_matter(content) {
-        Ok(_) => vec![],
-        Err(e) => vec![serde_json::json!({ "message": e })],
-    };
-    if errors.is_empty() {
-        json_reply(StatusCode::OK, &serde_json::json!({ "warnings": [] }))
-    } else {
-        json_reply(StatusCode::BAD_REQUEST, &serde_json::json!({ "errors": errors }))
-    }
-}
-
-/// The YAML metadata block of a model card, as a mapping (empty when there is none).
-pub fn front_matter(readme: &str) -> Result<serde_json::Value, String> {
-    let Some(rest) = readme.strip_prefix("---\n").or_else(|| readme.strip_prefix("---\r\n")) else {
-        return Ok(serde_json::json!({}));
-    };
-    let end = rest.find("\n---").ok_or("the metadata block opened with --- is never closed")?;
-    let yaml = &rest[..end];
-    let v: serde_json::Value = serde_yaml::from_str(yaml).map_err(|e| format!("invalid YAML metadata: {e}"))?;
-    match v {
-        serde_json::Value::Object(_) => Ok(v),
-        serde_json::Value::Null => Ok(serde_json::json!({})),
-        _ => Err("the metadata must be a YAML mapping".into()),
-    }
-}
-
 /// The metadata of a commit's model card (None without a README or with broken metadata).
 fn card_of(state: &State, c: &store::CommitRec) -> Option<serde_json::Value> {
-    let readme = c.files.get("README.md")?;
-    front_matter(&std::fs::read_to_string(state.store.blob_path(&readme.sha256)).ok()?).ok()
-}
-
-/// Model info; with `expand`, only `id` and the expanded properties, as the Hub answers.
-fn model_info(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, expand: &[String], headers: &HeaderMap) -> Reply {
-    require_read(state, caller, id)?;
-    let meta = state.store.meta(id).expect("checked by require_read");
-    let oid = head_of(state, id, rev)?;
-    let c = state.store.commit(id, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;
-    let card = card_of(state, &c);
-    let mut tags: Vec<String> =
-        card.as_ref().and_then(|c| c["tags"].as_array().cloned()).unwrap_or_default().iter().filter_map(|t| t.as_str().map(String::from)).collect();
-    tags.dedup();
-    let pipeline_tag = inference::pipeline_tag(&c, card.as_ref());
-    let library_name = card.as_ref().and_then(|c| c["library_name"].as_str()).map(String::from);
-    let mappings = expand.iter().any(|e| e == "inferenceProviderMapping").then(|| inference::mappings(state, &c, card.as_ref(), meta.private, id));
-    let info = ModelInfo {
-        id: id.to_string(),
-        author: Some(id.namespace.clone()),
-        sha: Some(oid),
-        private: meta.private,
-        last_modified: Some(c.date.clone()),
-        created_at: Some(meta.created_at),
-        tags,
-        siblings: c.files.iter().map(|(p, f)| sibling(p, f)).collect(),
-        card_data: card,
-    };
-    let mut v = serde_json::to_value(&info).expect("serializable");
-    v["modelId"] = serde_json::json!(id.to_string());
-    v["_links"] = serde_json::json!({ "self": format!("{}/{id}", base_url(headers)) });
-    if let Some(t) = pipeline_tag {
-        v["pipeline_tag"] = t.into();
-    }
-    if let Some(l) = library_name {
-        v["library_name"] = l.into();
-    }
-    let serde_json::Value::Object(mut all) = v else { unreachable!("model info is an object") };
-    if expand.is_empty() {
-        return json_reply(StatusCode::OK, &all);
-    }
-    let mut picked = serde_json::Map::new();
-    for key in ["_id", "id"].iter().map(|k| k.to_string()).chain(expand.iter().cloned()) {
-        if let Some(val) = all.remove(&key) {
-            picked.insert(key, val);
-        }
-    }
-    match &mappings {
-        Some(m) => json_reply(StatusCode::OK, &inference::WithMappings { info: &picked, mappings: inference::Ordered(m) }),
-        None => json_reply(StatusCode::OK, &picked),
-    }
-}
-
-fn sibling(path: &str, f: &FileRec) -> Sibling {
-    Sibling {
-        rfilename: path.to_string(),
-        size: Some(f.size),
-        blob_id: Some(f.git_sha1.clone()),
-        lfs: f.lfs.then(|| LfsPointerInfo {
-            sha256: Some(f.sha256.clone()),
-            oid: None,
-            size: f.size,
-            pointer_size: crate::hash::lfs_pointer(&f.sha256, f.size).len() as u64,
-        }),
-    }
-}
-
-fn tree_entry(path: &str, f: &FileRec) -> TreeEntry {
-    TreeEntry {
-        kind: "file".into(),
-        path: path.into(),
-        oid: f.git_sha1.clone(),
-        size: f.size,
-        lfs: f.lfs.then(|| LfsPointerInfo {
-            sha256: None,
-            oid: Some(f.sha256.clone()),
-            size: f.size,
-            pointer_size: crate::hash::lfs_pointer(&f.sha256, f.size).len() as u64,
-        }),
-    }
-}
-
-fn dir_entry(path: &str) -> TreeEntry {
-    TreeEntry { kind: "directory".into(), path: path.into(), oid: crate::hash::git_blob_sha1(path.as_bytes()), size: 0, lfs: None }
-}
-
-const TREE_PAGE: usize = 1000;
-
-fn tree(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, sub: &str, q: &HashMap<String, String>, headers: &HeaderMap) -> Reply {
-    require_read(state, caller, id)?;
-    let oid = head_of(state, id, rev)?;
-    let c = state.store.commit(id, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;
-    let recursive = matches!(q.get("recursive").map(String::as_str), Some("true" | "1" | "True"));
-    let prefix = if sub.is_empty() { String::new() } else { format!("{sub}/") };
-    let mut dirs = std::collections::BTreeSet::new();
-    let mut entries = Vec::new();
-    for (p, f) in &c.files {
-        let Some(rest) = p.strip_prefix(&prefix) else { continue };
-        let parts: Vec<&str> = rest.split('/').collect();
-        for i in 1..parts.len() {
-            if recursive || i == 1 {
-                dirs.insert(format!("{prefix}{}", parts[..i].join("/")));
-            }
-        }
-        if recursive || parts.len() == 1 {
-            entries.push(tree_entry(p, f));
-        }
-    }
-    if !sub.is_empty() && entries.is_empty() && dirs.is_empty() {
-        return Err(fail_code(StatusCode::NOT_FOUND, "EntryNotFound", format!("{sub} does not exist at {rev}")));
-    }
-    let mut all: Vec<TreeEntry> = dirs.iter().map(|d| dir_entry(d)).collect();
-    all.extend(entries);
-    all.sort_by(|a, b| a.path.cmp(&b.path));
-    let start: usize = q.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
-    let page: Vec<_> = all.iter().skip(start).take(TREE_PAGE).cloned().collect();
-    let mut resp = json_reply(StatusCode::OK, &page)?;
-    if start + TREE_PAGE < all.len() {
-        let next = format!(
-            "{}/api/models/{id}/tree/{}{}?recursive={recursive}&expand=false&cursor={}",
-            base_url(headers),
-            encode_segment(rev),
-            if sub.is_empty() { String::new() } else { format!("/{}", encode_path(sub)) },
-            start + TREE_PAGE
-        );
-        resp.headers_mut().insert(header::LINK, HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")).expect("ascii"));
-    }
-    Ok(resp)
-}
-
-fn paths_info(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, body: &[u8]) -> Reply {
-    require_read(state, caller, id)?;
-    let oid = head_of(state, id, rev)?;
-    let c = state.store.commit(id, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;
-    // huggingface_hub sends a form (`paths=a&paths=b`), huggingface.js sends JSON.
-    let paths: Vec<String> = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => v["paths"].as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect()).unwrap_or_default(),
-        Err(_) => url::form_urlencoded::parse(body).filter(|(k, _)| k == "paths").map(|(_, v)| v.into_owned()).collect(),
-    };
-    let mut out = Vec::new();
-    for p in paths {
-        if let Some(f) = c.files.get(&p) {
-            out.push(tree_entry(&p, f));
-        } else if c.files.keys().any(|k| k.starts_with(&format!("{p}/"))) {
-            out.push(dir_entry(&p));
-        }
-    }
-    json_reply(StatusCode::OK, &out)
-}
-
-fn preupload(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, req: PreuploadRequest) -> Reply {
-    require_write(caller, id)?;
-    require_read(state, caller, id)?;
-    let oid = head_of(state, id, rev)?;
-    let c = state.store.commit(id, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;
-    let mut files = Vec::with_capacity(req.files.len());
-    for f in req.files {
-        validate_repo_path(&f.path).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))?;
-        let sample = base64::engine::general_purpose::STANDARD
-            .decode(&f.sample)
-            .map_err(|_| fail(StatusCode::BAD_REQUEST, format!("sample of {} is not base64", f.path)))?;
-        let lfs = likely_lfs(&f.path, f.size, &sample);
-        let remote = c.files.get(&f.path).map(|r| if lfs { r.sha256.clone() } else { r.git_sha1.clone() });
-        files.push(PreuploadAnswer { path: f.path, upload_mode: if lfs { "lfs" } else { "regular" }.into(), should_ignore: false, oid: remote });
-    }
-    json_reply(StatusCode::OK, &PreuploadResponse { files })
-}
-
-fn lfs_batch(state: &State, caller: Option<&Caller>, id: &RepoId, req: LfsBatchRequest, headers: &HeaderMap) -> Reply {
-    require_write(caller, id)?;
-    require_read(state, caller, id)?;
-    if req.operation != "upload" {
-        return Err(fail(StatusCode::BAD_REQUEST, "only the upload operation is supported"));
-    }
-    let multipart_ok = req.transfers.iter().any(|t| t == "multipart");
-    let base = base_url(headers);
-    let chunk = state.cfg.multipart_chunk;
-    let mut multipart_used = false;
-    let mut objects = Vec::with_capacity(req.objects.len());
-    for o in req.objects {
-        if o.oid.len() != 64 || !o.oid.bytes().all(|b| b.is_ascii_hexdigit()) {
-            objects.push(LfsBatchObject {
-                oid: o.oid,
-                size: o.size,
-                authenticated: None,
-                actions: None,
-                error: Some(LfsObjectError { code: 422, message: "oid must be a sha256 hex digest".into() }),
-            });
-            continue;
-        }
-        if state.store.blob_size(&o.oid) == Some(o.size) {
-            objects.push(LfsBatchObject { oid: o.oid, size: o.size, authenticated: Some(true), actions: None, error: None });
-            continue;
-        }
-        let upload_id = hex::encode(rand::random::<[u8; 16]>());
-        state.uploads.lock().unwrap_or_else(|e| e.into_inner()).insert(upload_id.clone(), Upload { oid: o.oid.clone(), size: o.size });
-        let upload = if multipart_ok && o.size > chunk {
-            multipart_used = true;
-            let mut header = BTreeMap::new();
-            header.insert("chunk_size".to_string(), chunk.to_string());
-            for n in 1..=o.size.div_ceil(chunk) {
-                header.insert(format!("{n:05}"), format!("{base}/lfs-upload/{upload_id}/part/{n}"));
-            }
-            LfsAction { href: format!("{base}/lfs-upload/{upload_id}/complete"), header, expires_in: Some(86400) }
-        } else {
-            LfsAction { href: format!("{base}/lfs-upload/{upload_id}"), header: BTreeMap::new(), expires_in: Some(86400) }
-        };
-        let verify = LfsAction { href: format!("{base}/lfs-verify/{id}"), header: BTreeMap::new(), expires_in: None };
-        objects.push(LfsBatchObject {
-            oid: o.oid,
-            size: o.size,
-            authenticated: Some(true),
-            actions: Some(LfsActions { upload: Some(upload), verify: Some(verify) }),
-            error: None,
-        });
-    }
-    let transfer = if multipart_used { "multipart" } else { "basic" };
-    let mut resp = json_reply(StatusCode::OK, &LfsBatchResponse { transfer: Some(transfer.into()), objects })?;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/vnd.git-lfs+json"));
-    Ok(resp)
-}
-
-fn upload_of(state: &State, upload_id: &str) -> Result<(String, u64), HubFail> {
-    state
-        .uploads
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(upload_id)
-        .map(|u| (u.oid.clone(), u.size))
-        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "unknown or expired upload URL: ask the LFS batch endpoint again"))
-}
-
-/// Streams a request body to `path`, refusing more than `limit` bytes; returns (size, sha256).
-async fn stream_to_file(body: Body, path: &Path, limit: u64) -> Result<(u64, String), HubFail> {
-    let mut file = std::fs::File::create(path).map_err(io_fail)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut n = 0u64;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| fail(StatusCode::BAD_REQUEST, format!("upload interrupted: {e}")))?;
-        n += chunk.len() as u64;
-        if n > limit {
-            let _ = std::fs::remove_file(path);
-            return Err(fail(StatusCode::BAD_REQUEST, format!("upload is larger than the announced {limit} bytes")));
-        }
-        hasher.update(&chunk);
-        file.write_all(&chunk).map_err(io_fail)?;
-    }
-    file.sync_all().map_err(io_fail)?;
-    Ok((n, hex::encode(hasher.finalize())))
-}
-
-async fn put_basic(state: &State, upload_id: &str, body: Body) -> Reply {
-    let (oid, size) = upload_of(state, upload_id)?;
-    let tmp = state.store.uploads_dir().join(format!("{upload_id}.part"));
-    let (n, sha) = stream_to_file(body, &tmp, size).await?;
-    adopt(state, &tmp, &oid, size, n, &sha)?;
-    Ok(Response::builder().status(StatusCode::OK).header(header::ETAG, format!("\"{sha}\"")).body(Body::empty()).expect("valid"))
-}
-
-fn adopt(state: &State, tmp: &Path, oid: &str, size: u64, n: u64, sha: &str) -> Result<(), HubFail> {
-    if n != size || sha != oid {
-        let _ = std::fs::remove_file(tmp);
-        return Err(fail(
-            StatusCode::BAD_REQUEST,
-            format!("uploaded content does not match: announced {oid} ({size} bytes), received {sha} ({n} bytes)"),
-        ));
-    }
-    state.store.adopt_blob(tmp, oid).map_err(io_fail)
-}
-
-async fn put_part(state: &State, upload_id: &str, n: &str, body: Body) -> Reply {
-    let (_, size) = upload_of(state, upload_id)?;
-    let part: u64 = n.parse().map_err(|_| fail(StatusCode::BAD_REQUEST, "bad part number"))?;
-    let chunk = state.cfg.multipart_chunk;
-    if part == 0 || part > size.div_ceil(chunk) {
-        return Err(fail(StatusCode::BAD_REQUEST, format!("part {part} is out of range")));
-    }
-    let dir = state.store.uploads_dir().join(upload_id);
-    std::fs::create_dir_all(&dir).map_err(io_fail)?;
-    let path = dir.join(format!("{part:05}"));
-    let (_, sha) = stream_to_file(body, &path, chunk).await?;
-    Ok(Response::builder().status(StatusCode::OK).header(header::ETAG, format!("\"{sha}\"")).body(Body::empty()).expect("valid"))
-}
-
-fn complete_multipart(state: &State, upload_id: &str, req: CompleteMultipart) -> Reply {
-    let (oid, size) = upload_of(state, upload_id)?;
-    if req.oid != oid {
-        return Err(fail(StatusCode::BAD_REQUEST, "completion oid does not match the upload"));
-    }
-    let dir = state.store.uploads_dir().join(upload_id);
-    let expected = size.div_ceil(state.cfg.multipart_chunk);
-    if req.parts.len() as u64 != expected {
-        return Err(fail(StatusCode::BAD_REQUEST, format!("expected {expected} parts, got {}", req.parts.len())));
-    }
-    let tmp = state.store.uploads_dir().join(format!("{upload_id}.joined"));
-    let mut out = std::fs::File::create(&tmp).map_err(io_fail)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut n = 0u64;
-    let mut parts = req.parts;
-    parts.sort_by_key(|p| p.part_number);
-    for (i, p) in parts.iter().enumerate() {
-        if p.part_number as usize != i + 1 {
-            return Err(fail(StatusCode::BAD_REQUEST, format!("part {} is missing", i + 1)));
-        }
-        let bytes = std::fs::read(dir.join(format!("{:05}", p.part_number)))
-            .map_err(|_| fail(StatusCode::BAD_REQUEST, format!("part {} was never uploaded", p.part_number)))?;
-        if p.etag.trim_matches('"') != sha256_hex(&bytes) {
-            return Err(fail(StatusCode::BAD_REQUEST, format!("ETag of part {} does not match", p.part_number)));
-        }
-        hasher.update(&bytes);
-        out.write_all(&bytes).map_err(io_fail)?;
-        n += bytes.len() as u64;
-    }
-    out.sync_all().map_err(io_fail)?;
-    adopt(state, &tmp, &oid, size, n, &hex::encode(hasher.finalize()))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    state.uploads.lock().unwrap_or_else(|e| e.into_inner()).remove(upload_id);
-    json_reply(StatusCode::OK, &serde_json::json!({}))
-}
-
-fn verify(state: &State, caller: Option<&Caller>, id: &RepoId, req: LfsObject) -> Reply {
-    require_write(caller, id)?;
-    match state.store.blob_size(&req.oid) {
-        Some(s) if s == req.size => json_reply(StatusCode::OK, &serde_json::json!({})),
-        Some(s) => Err(fail(StatusCode::BAD_REQUEST, format!("object {} has {s} bytes, not {}", req.oid, req.size))),
-        None => Err(fail(StatusCode::NOT_FOUND, format!("object {} was not uploaded", req.oid))),
-    }
-}
-
-async fn commit(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, create_pr: bool, body: &[u8], headers: &HeaderMap) -> Reply {
-    require_write(caller, id)?;
-    require_read(state, caller, id)?;
-    let text = std::str::from_utf8(body).map_err(|_| fail(StatusCode::BAD_REQUEST, "commit body is not UTF-8"))?;
-    let mut lines = Vec::new();
-    for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let line: CommitLine =
-            serde_json::from_str(l).map_err(|e| fail(StatusCode::BAD_REQUEST, format!("malformed NDJSON commit line {}: {e}", i + 1)))?;
-        lines.push(line);
-    }
-    let Some(CommitLine::Header { summary, description, parent_commit }) = lines.first().cloned() else {
-        return Err(fail(StatusCode::BAD_REQUEST, "the first NDJSON line of a commit must be the header"));
-    };
-    if summary.trim().is_empty() {
-        return Err(fail(StatusCode::BAD_REQUEST, "the commit summary (message) is empty"));
-    }
-    let _guard = state.commit_lock.lock().await;
-    let refs = state.store.refs(id);
-    let head = refs.get(rev).cloned().ok_or_else(|| fail_code(StatusCode::NOT_FOUND, "RevisionNotFound", format!("branch {rev} does not exist")))?;
-    let base = match parent_commit {
-        Some(p) if create_pr => {
-            state.store.resolve(id, &p).ok_or_else(|| fail(StatusCode::BAD_REQUEST, format!("parentCommit {p} is not a commit of {id}")))?
-        }
-        Some(p) if !head.starts_with(&p) || p.len() < 5 => {
-            return Err(fail(StatusCode::PRECONDITION_FAILED, "A commit has happened since. Please refresh and try again."));
-        }
-        _ => head.clone(),
-    };
-    let mut files = state.store.commit(id, &base).map(|c| c.files).unwrap_or_default();
-    for line in &lines[1..] {
-        match line {
-            CommitLine::Header { .. } => return Err(fail(StatusCode::BAD_REQUEST, "only one header line is allowed")),
-            CommitLine::File { content, path, encoding } => {
-                validate_repo_path(path).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))?;
-                let bytes = match encoding.as_str() {
-                    "base64" => base64::engine::general_purpose::STANDARD
-                        .decode(content)
-                        .map_err(|_| fail(StatusCode::BAD_REQUEST, format!("content of {path} is not valid base64")))?,
-                    "utf-8" | "utf8" => content.as_bytes().to_vec(),
-                    other => return Err(fail(StatusCode::BAD_REQUEST, format!("unknown encoding {other:?} for {path}"))),
-                };
-                if path == "README.md" {
-                    // Like the Hub: a model card whose metadata does not parse is refused.
-                    front_matter(&String::from_utf8_lossy(&bytes))
-                        .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("Invalid metadata in README.md: {e}")))?;
-                }
-                files.insert(path.clone(), state.store.put_bytes(&bytes, false).map_err(io_fail)?);
-            }
-            CommitLine::LfsFile { path, oid, size, .. } => {
-                validate_repo_path(path).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))?;
-                let stored = state.store.blob_size(oid).ok_or_else(|| {
-                    fail(StatusCode::BAD_REQUEST, format!("{path}: LFS object {oid} is unknown: upload it through the LFS batch API first"))
-                })?;
-                if size.is_some_and(|s| s != stored) {
-                    return Err(fail(
-                        StatusCode::BAD_REQUEST,
-                        format!("{path}: size {} does not match the stored LFS object ({stored} bytes)", size.unwrap_or(0)),
-                    ));
-                }
-                let git_sha1 = Store::lfs_pointer_sha1(oid, stored);
-                files.insert(path.clone(), FileRec { sha256: oid.clone(), git_sha1, size: stored, lfs: true });
-            }
-            CommitLine::DeletedFile { path } => {
-                if files.remove(path).is_none() {
-                    return Err(fail_code(StatusCode::NOT_FOUND, "EntryNotFound", format!("cannot delete {path}: no such file")));
-                }
-            }
-            CommitLine::DeletedFolder { path } => {
-                let prefix = format!("{}/", path.trim_end_matches('/'));
-                files.retain(|p, _| !p.starts_with(&prefix));
-            }
-        }
-    }
-    let oid = state.store.write_commit(id, vec![base], &summary, &description, files).map_err(io_fail)?;
-    let web = base_url(headers);
-    let pr_url = if create_pr {
-        let n = state.store.next_pr_number(id);
-        state.store.set_ref(id, &format!("refs/pr/{n}"), &oid).map_err(io_fail)?;
-        Some(format!("{web}/{id}/discussions/{n}"))
-    } else {
-        state.store.set_ref(id, rev, &oid).map_err(io_fail)?;
-        None
-    };
-    json_reply(
-        StatusCode::OK,
-        &CommitResponse { success: Some(true), commit_url: format!("{web}/{id}/commit/{oid}"), commit_oid: oid, pull_request_url: pr_url },
-    )
-}
-
-async fn resolve(state: &State, caller: Option<&Caller>, id: &RepoId, rev: &str, path: &str, head_only: bool, headers: &HeaderMap) -> Reply {
-    require_read(state, caller, id)?;
-    let oid = head_of(state, id, rev)?;
-    let c = state.store.commit(id, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;
-    let Some(f) = c.files.get(path) else {
-        let mut e = fail_code(StatusCode::NOT_FOUND, "EntryNotFound", format!("{path} does not exist at {rev}"));
-        e.headers.push(("X-Repo-Commit", oid));
-        return Err(e);
-    };
-    if f.lfs {
-        // Like the Hub's CDN redirect: metadata on the 302 itself, absolute Location on another origin.
-        return Ok(Response::builder()
-            .status(StatusCode::FOUND)
-            .header(header::LOCATION, format!("{}/lfs-objects/{}", storage_url(state, headers), f.sha256))
-            .header(header::ETAG, format!("\"{}\"", f.sha256))
-            .header("X-Linked-Etag", format!("\"{}\"", f.sha256))
-            .header("X-Linked-Size", f.size.to_string())
-            .header("X-Repo-Commit", &oid)
-            .header(header::CONTENT_LENGTH, "0")
-            .body(Body::empty())
-            .expect("valid"));
-    }
-    let builder = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::ETAG, format!("\"{}\"", f.git_sha1))
-        .header("X-Repo-Commit", &oid)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, f.size.to_string());
-    if head_only {
-        return Ok(builder.body(Body::empty()).expect("valid"));
-    }
-    let bytes = tokio::fs::read(state.store.blob_path(&f.sha256)).await.map_err(io_fail)?;
-    Ok(builder.body(Body::from(bytes)).expect("valid"))
-}
-
-async fn lfs_object(state: &State, oid: &str, head_only: bool) -> Reply {
-    let size = state.store.blob_size(oid).ok_or_else(|| fail(StatusCode::NOT_FOUND, "no such object"))?;
-    let builder = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::ETAG, format!("\"{oid}\""))
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, size.to_string());
-    if head_only {
-        return Ok(builder.body(Body::empty()).expect("valid"));
-    }
-    let file = tokio::fs::File::open(state.store.blob_path(oid)).await.map_err(io_fail)?;
-    Ok(builder.body(Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20))).expect("valid"))
+    let readme = c.files.get(crate::names::README)?;
+    crate::card::front_matter(&std::fs::read_to_string(state.store.blob_path(&readme.sha256)).ok()?).ok()
 }
 
 #[cfg(test)]
@@ -1058,11 +390,60 @@ mod tests {
         assert!(TokenSpec::parse("al ice:read:hf_x").is_err());
     }
 
+    /// The routes match as the Hub's: percent-encoded revisions with slashes, file paths with
+    /// slashes, the `.git/info/lfs` suffix, and the Hub's JSON 404 (with `X-Request-Id`) for
+    /// anything else, whatever the method.
     #[test]
-    fn front_matter_is_checked() {
-        assert_eq!(front_matter("---\nlicense: mit\ntags: [a]\n---\n# x").unwrap()["license"], "mit");
-        assert!(front_matter("---\nlicense: [unclosed\n---\n").is_err());
-        assert!(front_matter("---\nlicense: mit\n").is_err());
-        assert_eq!(front_matter("# no metadata").unwrap(), serde_json::json!({}));
+    fn routes_match_like_the_hubs() {
+        const TOKEN: &str = "hf_aaaaaaaaaaaaaaaaaaaaaaaa";
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ServeConfig {
+            root: dir.path().to_path_buf(),
+            tokens: vec![TokenSpec { user: "alice".into(), role: "write".into(), secret: TOKEN.into() }],
+            faults: None,
+            multipart_chunk: 1 << 20,
+            max_body: 1 << 20,
+            oidc: None,
+            inference: None,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = router(cfg, 9).unwrap();
+        rt.spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::new();
+        let send = |method: &str, path: &str, body: &str| {
+            let rb = http.request(method.parse().unwrap(), format!("{base}{path}")).bearer_auth(TOKEN).body(body.to_string());
+            rt.block_on(async {
+                let r = rb.send().await.unwrap();
+                let (status, id) = (r.status().as_u16(), r.headers().get("X-Request-Id").is_some());
+                (status, r.text().await.unwrap(), id)
+            })
+        };
+        assert_eq!(send("POST", "/api/repos/create", r#"{"name": "r", "type": "model"}"#).0, 200);
+        let commit = concat!(
+            r#"{"key": "header", "value": {"summary": "s", "description": ""}}"#,
+            "\n",
+            r#"{"key": "file", "value": {"path": "dir/a b.txt", "content": "aGk=", "encoding": "base64"}}"#
+        );
+        assert_eq!(send("POST", "/api/models/alice/r/commit/main", commit).0, 200);
+        assert_eq!(send("POST", "/api/models/alice/r/branch/feat%2Fx", "").0, 200);
+        for path in ["/alice/r/resolve/main/dir/a%20b.txt", "/alice/r/resolve/feat%2Fx/dir/a%20b.txt"] {
+            assert_eq!(send("GET", path, ""), (200, "hi".to_string(), true), "{path}");
+        }
+        let info = send("GET", "/api/models/alice/r/revision/feat%2Fx", "");
+        assert!(info.0 == 200 && info.1.contains(r#""rfilename":"dir/a b.txt""#), "{info:?}");
+        let tree = send("GET", "/api/models/alice/r/tree/feat%2Fx/dir", "");
+        assert!(tree.0 == 200 && tree.1.contains(r#""path":"dir/a b.txt""#), "{tree:?}");
+        assert_eq!(send("GET", "/api/models/alice/r/tree/main/nothing", "").0, 404);
+        let batch = r#"{"operation": "upload", "transfers": ["basic"], "objects": []}"#;
+        assert_eq!(send("POST", "/alice/r.git/info/lfs/objects/batch", batch).0, 200);
+        let (status, body, id) = send("POST", "/alice/r/info/lfs/objects/batch", batch);
+        assert_eq!((status, body.as_str(), id), (404, r#"{"error":"no route for POST /alice/r/info/lfs/objects/batch"}"#, true));
+        let (status, body, id) = send("PATCH", "/api/whoami-v2", "");
+        assert_eq!((status, body.as_str(), id), (404, r#"{"error":"no route for PATCH /api/whoami-v2"}"#, true));
+        let refused =
+            rt.block_on(async { http.get(format!("{base}/nowhere")).bearer_auth("hf_bbbbbbbbbbbbbbbbbbbbbbbb").send().await.unwrap().status() });
+        assert_eq!(refused.as_u16(), 401, "a token that is sent must be valid, on every route");
     }
 }

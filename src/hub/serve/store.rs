@@ -40,12 +40,10 @@ pub struct Store {
     root: PathBuf,
 }
 
+/// Writes a store file (creating its folder) with [`crate::atomic::write`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("store paths have parents");
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp-{}", rand::random::<u64>()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    std::fs::create_dir_all(path.parent().expect("store paths have parents"))?;
+    crate::atomic::write(path, bytes)
 }
 
 impl Store {
@@ -87,7 +85,7 @@ impl Store {
 
     /// Moves a fully received and verified upload into the blob store.
     pub fn adopt_blob(&self, tmp: &Path, sha256: &str) -> std::io::Result<()> {
-        std::fs::rename(tmp, self.blob_path(sha256))
+        crate::atomic::persist(tmp, &self.blob_path(sha256))
     }
 
     /// Git stores an LFS file as its pointer; its blob id is the pointer's.
@@ -176,13 +174,8 @@ impl Store {
             if target.is_file() {
                 continue;
             }
-            let parent = target.parent().expect("a file inside the snapshot");
-            std::fs::create_dir_all(parent)?;
-            let tmp = parent.join(format!(".tmp-{}", rand::random::<u64>()));
-            if std::fs::hard_link(self.blob_path(&f.sha256), &tmp).is_err() {
-                std::fs::copy(self.blob_path(&f.sha256), &tmp)?;
-            }
-            std::fs::rename(&tmp, &target)?;
+            std::fs::create_dir_all(target.parent().expect("a file inside the snapshot"))?;
+            crate::atomic::link_or_copy(&self.blob_path(&f.sha256), &target)?;
         }
         Ok(dir)
     }

@@ -1,0 +1,16 @@
+//! Well-known file names, in one place: those the Hub, diffusers and huggingface_hub give a
+//! meaning to, and those a training run writes into its output folder.
+
+/// The LoRA weights as diffusers' DreamBooth scripts save them and `load_lora_weights` looks
+/// for them first (diffusers `LORA_WEIGHT_NAME_SAFE`, `loaders/lora_base.py`).
+pub const LORA_WEIGHTS: &str = "pytorch_lora_weights.safetensors";
+/// A model card: the README whose YAML front matter the Hub reads as metadata.
+pub const README: &str = "README.md";
+/// The file that makes a folder or repo a diffusers pipeline (diffusers `DiffusionPipeline`).
+pub const MODEL_INDEX: &str = "model_index.json";
+/// A training run's resolved configuration (`hfsky train` output).
+pub const TRAIN_CONFIG: &str = "train_config.yaml";
+/// A training run's per-step log, one JSON object a line.
+pub const TRAINING_LOG: &str = "training_log.jsonl";
+/// A training run's summary, read by `hfsky card render`.
+pub const TRAINING_SUMMARY: &str = "training_summary.json";
