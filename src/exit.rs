@@ -181,7 +181,7 @@ impl Categorized for TrainError {
 impl Categorized for SourceError {
     fn category(&self) -> ExitCategory {
         match self {
-            SourceError::NotFound { .. } | SourceError::NotAPipeline(_) => ExitCategory::BadInput,
+            SourceError::NotFound { .. } | SourceError::NotAPipeline(_) | SourceError::Select(_) => ExitCategory::BadInput,
             SourceError::Hub(h) => h.category(),
         }
     }
