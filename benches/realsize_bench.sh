@@ -10,11 +10,12 @@
 #                       batch 1, center crop, f32): median s/step after WARMUP steps, and the peak
 #                       RSS of the whole training process (model loading and latent caching included)
 #   sdxl-512-gc         the same for SDXL at 512 px with gradient checkpointing on both sides
+#   sdxl-1024 sdxl-1024-gc   SDXL at 1024 px without / with checkpointing (GPU sizes)
 #   unet                one SD 1.5 UNet forward at 32×32 latents (benches/diffusion_bench.*)
 #   gen                 a whole 20-step 512 px SD 1.5 generation with CFG (DDIM), VAE decode included
 #
 #   THREADS=2 STEPS=3 WARMUP=1 CASES="sd15-256 unet" DIR=target/realsize benches/realsize_bench.sh
-#   HFSKY=path/to/hfsky   PYTHON=python-with-torch-diffusers-peft   DEVICE=cpu|cuda
+#   HFSKY=path/to/hfsky   PYTHON=python-with-torch-diffusers-peft   DEVICE=cpu|cuda   PRECISION=f32|bf16|f16
 # Needs ~3 GB of disk for SD 1.5 and ~14 GB for SDXL in $DIR; SDXL rows need ~20 GB of RAM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,8 @@ WARMUP="${WARMUP:-1}"
 CASES="${CASES:-sd15-256 sd15-512 sdxl-512-gc unet gen}"
 DIR="${DIR:-target/realsize}"
 DEVICE="${DEVICE:-cpu}"
+PRECISION="${PRECISION:-f32}"   # frozen weights on both sides: f32 | bf16 | f16 (LoRA factors stay f32)
+case "$PRECISION" in f32) PY_DTYPE=float32 ;; bf16) PY_DTYPE=bfloat16 ;; f16) PY_DTYPE=float16 ;; *) echo "PRECISION: f32, bf16 or f16" >&2; exit 2 ;; esac
 HFSKY="${HFSKY:-target/release/hfsky}"
 PY="${PYTHON:-$(./scripts/pyref-venv.sh)}"
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" RAYON_NUM_THREADS="$THREADS"
@@ -46,10 +49,12 @@ pipeline() { # pipeline sd15|sdxl → prints its folder, making it once
   echo "$DIR/$1"
 }
 
-peak_rss() { # peak_rss OUTFILE CMD… : runs CMD, writes its peak RSS (bytes) to OUTFILE
+peak_rss() { # peak_rss OUTFILE CMD… : runs CMD, writes its peak RSS (bytes, the largest of it and its children) to OUTFILE
   local out="$1"; shift
-  /usr/bin/time -f "%M" -o "$out.kb" "$@"
-  echo $(($(tail -1 "$out.kb") * 1024)) > "$out"
+  "$PY" -c 'import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
+sys.exit(rc)' "$out" "$@"
 }
 
 median_after_warmup() {
@@ -77,12 +82,12 @@ train_case() { # train_case LABEL KIND RES [gc]
   echo "$label: hfsky…" >&2
   peak_rss "$W/rss-hfsky-$label" "$HFSKY" -q train --cache-dir "$W/cache-$label" --base-model "$dir" --dataset "$W/photos" \
     --instance-prompt "a photo of SKY" --output-dir "$out" --max-steps "$((STEPS + WARMUP))" --resolution "$res" --center-crop \
-    --rank 4 --target-modules to_q,to_k,to_v,to_out.0 --precision f32 --device "$DEVICE" --train-batch-size 1 "${hf_gc[@]}" \
+    --rank 4 --target-modules to_q,to_k,to_v,to_out.0 --precision "$PRECISION" --device "$DEVICE" --train-batch-size 1 "${hf_gc[@]}" \
     > "$W/hfsky-$label.log" 2>&1 || { echo "hfsky train failed ($label):" >&2; tail -20 "$W/hfsky-$label.log" >&2; exit 1; }
   local rs; rs=$(median_after_warmup "$out/training_log.jsonl")
   echo "$label: diffusers + peft…" >&2
   peak_rss "$W/rss-py-$label" "$PY" benches/train_step_reference.py --model "$dir" --photos "$W/photos" --steps "$STEPS" \
-    --warmup "$WARMUP" --threads "$THREADS" --resolution "$res" "${py_gc[@]}" > "$W/py-$label.json" 2> "$W/py-$label.log" \
+    --warmup "$WARMUP" --threads "$THREADS" --resolution "$res" --device "$DEVICE" --dtype "$PY_DTYPE" "${py_gc[@]}" > "$W/py-$label.json" 2> "$W/py-$label.log" \
     || { echo "reference failed ($label):" >&2; tail -20 "$W/py-$label.log" >&2; exit 1; }
   local py; py=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["median_ms"] / 1000)' "$W/py-$label.json")
   local gcn=""; [ -n "$gc" ] && gcn=", gradient checkpointing"
@@ -105,6 +110,8 @@ for c in $CASES; do
     sd15-256) train_case sd15-256 sd15 256 ;;
     sd15-512) train_case sd15-512 sd15 512 ;;
     sdxl-512-gc) train_case sdxl-512-gc sdxl 512 gc ;;
+    sdxl-1024) train_case sdxl-1024 sdxl 1024 ;;
+    sdxl-1024-gc) train_case sdxl-1024-gc sdxl 1024 gc ;;
     unet)
       echo "unet: SD 1.5 forward at 32×32 latents…" >&2
       b=$(bench_bin)
@@ -125,7 +132,7 @@ done
 
 VERS="$("$PY" -c 'import torch, diffusers, peft; print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, peft {peft.__version__}")')"
 echo
-echo "$(date -u +%Y-%m-%d), $DEVICE, $(nproc) cores, $THREADS threads each side, f32, batch 1, $STEPS steps after $WARMUP warm-up; $VERS."
+echo "$(date -u +%Y-%m-%d), $DEVICE, $(nproc) cores, $THREADS threads each side, $PRECISION frozen weights, batch 1, $STEPS steps after $WARMUP warm-up; $VERS."
 echo
 echo "| same run | hfsky | diffusers (+peft) | hfsky / diffusers | |"
 echo "|---|--:|--:|--:|---|"

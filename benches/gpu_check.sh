@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The one-call GPU check (not a test): run on a lent GPU machine that has nvcc/torch/peft but no
+# Rust toolchain and no network. Prepare here, then carry and run in one go:
+#
+#   scripts/build-cuda.sh                                   # CUDA binary (here, ~25 min)
+#   .venv-pyref/bin/pip download --no-deps -d target/gpu-wheels diffusers==0.42.1
+#   device run, carry [target-cuda-sm90, target/gpu-wheels]:
+#     HFSKY=target-cuda-sm90/release/hfsky WHEELS=target/gpu-wheels benches/gpu_check.sh
+#
+# What it does, with random-weight pipelines in the real SD 1.5 / SDXL configs made on the
+# machine (benches/realsize/make_pipeline.py): `hfsky env`; then benches/realsize_bench.sh in
+# CUDA mode, bf16 frozen weights (LoRA f32) on both sides: SD 1.5 512 px and SDXL 1024 px LoRA
+# training steps, SDXL with and without gradient checkpointing, s/step and peak memory against
+# diffusers + peft in the same run. Prints the table last (paste it into the README with the date).
+# TIME_LIMIT (default 420 s) bounds each case so the whole check stays under 8 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HFSKY="${HFSKY:?set HFSKY to the CUDA build of hfsky}"
+PY="${PYTHON:-python3}"
+if [ -n "${WHEELS:-}" ]; then
+  # diffusers is not on the GPU machine: install the carried wheel beside the system packages.
+  "$PY" -m pip install -q --no-deps --no-index --target "$PWD/target/gpu-pydeps" "$WHEELS"/*.whl
+  export PYTHONPATH="$PWD/target/gpu-pydeps${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$PY" -c "import torch, diffusers, peft, transformers; assert torch.cuda.is_available(), 'no CUDA device visible to torch'"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$HFSKY" env || { echo "hfsky env failed: the CUDA binary does not start here" >&2; exit 1; }
+
+export DEVICE=cuda PRECISION=bf16 PYTHON="$PY" HFSKY DIR="${DIR:-target/realsize}"
+export THREADS="${THREADS:-$(nproc)}" STEPS="${STEPS:-5}" WARMUP="${WARMUP:-2}"
+export CASES="${CASES:-sd15-512 sdxl-1024 sdxl-1024-gc}"
+timeout "${TIME_LIMIT:-420}" benches/realsize_bench.sh
