@@ -12,6 +12,7 @@ use super::loss_scale::LossScaler;
 use super::objective::{normal, step_rng, weighted_mse, Objective, Prediction};
 use super::optim::{clip_grad_norm, learning_rate, AdamW};
 use crate::dataset;
+use crate::diffusion::autoencoder::VaeConfig;
 use crate::diffusion::config::{Architecture, PipelineFiles};
 use crate::diffusion::schedulers::NoiseSchedule;
 use crate::diffusion::unet::SdxlConditioning;
@@ -242,14 +243,36 @@ impl Trainer<'_> {
             }
         }
 
-        let pipeline = Pipeline::load(files.clone(), None, dtype, device.clone())?;
+        // Resolution from the configs alone, so prompts can be encoded before the UNet is loaded.
         let unet_json: serde_json::Value = files.config("unet").map_err(GenerateError::from)?;
-        let native = unet_json["sample_size"].as_u64().unwrap_or(64) as usize * pipeline.vae.config().downscale();
+        let vae_dir = files.component("vae").map_err(GenerateError::from)?;
+        let f = VaeConfig::from_file(&vae_dir.join("config.json")).map_err(GenerateError::from)?.downscale();
+        let native = unet_json["sample_size"].as_u64().unwrap_or(64) as usize * f;
         let res = cfg.resolution.unwrap_or(native);
-        let f = pipeline.vae.config().downscale();
         if !res.is_multiple_of(f) {
             return Err(TrainError::Input(format!("resolution: {res} is not a multiple of the VAE's downscale factor {f}")));
         }
+
+        // Encode captions (and the validation prompt) once, before the UNet is loaded, and drop
+        // the text encoders then: an SDXL pipeline's two encoders are 3.3 GB in f32 that would
+        // otherwise sit beside the 10 GB UNet. Prior preservation generates class images with
+        // the whole pipeline, so it keeps them until that is done.
+        let text = TextEncoders::load(&files, dtype, &device)?;
+        let mut prompts = Prompts { texts: vec![], seq: vec![], pooled: vec![] };
+        let mut trained_on = Vec::new();
+        let mut prompt_ids = Vec::new();
+        for (path, _, caption) in &loaded {
+            let prompt = cfg.prompt_for(caption.as_deref());
+            prompt_ids.push(prompts.index(&text, &prompt)?);
+            trained_on.push((file_name(path), prompt));
+        }
+        let validation = match &cfg.validation_prompt {
+            Some(p) => Some((text.conditioning(p, "", res, res)?, p.clone())),
+            None => None,
+        };
+        let text = if cfg.with_prior_preservation { Some(text) } else { None };
+
+        let pipeline = Pipeline::load(files.clone(), None, dtype, device.clone())?;
         let prediction = Prediction::from_config(&pipeline.scheduler_config.prediction_type).map_err(TrainError::Input)?;
         let objective = Objective {
             schedule: NoiseSchedule::new(&pipeline.scheduler_config).map_err(GenerateError::from)?,
@@ -258,20 +281,13 @@ impl Trainer<'_> {
             noise_offset: cfg.noise_offset,
         };
 
-        // Encode captions once; the text encoders are dropped before training.
-        let text = TextEncoders::load(&files, dtype, &device)?;
-        let mut prompts = Prompts { texts: vec![], seq: vec![], pooled: vec![] };
         let vae_weights = files.weights("vae", crate::generate::pipeline::variant_for(dtype)).map_err(GenerateError::from)?;
         let vae_sha = vae_weights.sha256().map_err(|e| CacheError::Io { path: vae_weights.files[0].clone(), detail: e.to_string() })?;
         let mut cache = LatentCache::new(self.cache_dir.clone().unwrap_or_else(default_cache_dir), vae_sha);
         let mut examples = Vec::new();
-        let mut trained_on = Vec::new();
         let mut crop_rng = step_rng(cfg.seed, u64::MAX, 1);
-        for (i, (path, img, caption)) in loaded.iter().enumerate() {
+        for (i, ((path, img, _), &p)) in loaded.iter().zip(&prompt_ids).enumerate() {
             on(Event::Preparing { done: i, total: loaded.len() });
-            let prompt = cfg.prompt_for(caption.as_deref());
-            let p = prompts.index(&text, &prompt)?;
-            trained_on.push((file_name(path), prompt));
             let sha = file_sha(path)?;
             let mirrors: &[bool] = if cfg.random_flip { &[false, true] } else { &[false] };
             // One crop offset per image, drawn from the seed, since the latents are cached.
@@ -287,15 +303,9 @@ impl Trainer<'_> {
         on(Event::Preparing { done: loaded.len(), total: loaded.len() });
         on(Event::Note(format!("latents: {} from cache, {} encoded", cache.hits, cache.misses)));
 
-        let class_examples = if cfg.with_prior_preservation {
-            super::prior::class_examples(cfg, &pipeline, &text, res, &mut prompts, &mut cache, &device, on)?
-        } else {
-            Vec::new()
-        };
-
-        let validation = match &cfg.validation_prompt {
-            Some(p) => Some((text.conditioning(p, "", res, res)?, p.clone())),
-            None => None,
+        let class_examples = match &text {
+            Some(text) => super::prior::class_examples(cfg, &pipeline, text, res, &mut prompts, &mut cache, &device, on)?,
+            None => Vec::new(),
         };
         drop(text);
         Ok(Prepared { pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl, precision })
