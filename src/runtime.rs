@@ -1,6 +1,6 @@
 //! Process-wide settings of the compute libraries, applied once at start-up.
 
-/// Applies the settings below.
+/// Applies the settings below (`HFSKY_MALLOC_DEFAULTS=1` keeps glibc's allocator defaults).
 ///
 /// candle's CPU worker pool spins 25,000 times before parking an idle worker. With one worker per
 /// core, that spinning competes with the GEMM threads of the next op: on 2 cores it cost 10% of a
@@ -12,7 +12,9 @@ pub fn configure() {
         // Single-threaded here: called first thing in `main`, before any thread is started.
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
     }
-    reuse_large_allocations();
+    if std::env::var_os("HFSKY_MALLOC_DEFAULTS").is_none() {
+        reuse_large_allocations();
+    }
 }
 
 /// glibc serves every allocation above 32 MiB (and, at first, above 128 KiB) with a fresh `mmap`
@@ -33,3 +35,14 @@ fn reuse_large_allocations() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn reuse_large_allocations() {}
+
+/// Hands the memory freed so far back to the OS: with large buffers kept on the heap for reuse,
+/// what a finished phase freed (the text encoders once prompts are encoded) would otherwise stay
+/// resident beside the next phase's allocations of other sizes.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the OS.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -270,7 +270,13 @@ impl Trainer<'_> {
             Some(p) => Some((text.conditioning(p, "", res, res)?, p.clone())),
             None => None,
         };
-        let text = if cfg.with_prior_preservation { Some(text) } else { None };
+        let text = if cfg.with_prior_preservation {
+            Some(text)
+        } else {
+            drop(text);
+            crate::runtime::release_free_memory();
+            None
+        };
 
         let pipeline = Pipeline::load(files.clone(), None, dtype, device.clone())?;
         let prediction = Prediction::from_config(&pipeline.scheduler_config.prediction_type).map_err(TrainError::Input)?;
