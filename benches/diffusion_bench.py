@@ -12,11 +12,13 @@ Threads: torch uses OMP_NUM_THREADS (the script sets it equal to hfsky's RAYON_N
 """
 import json
 import os
-import struct
 import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "realsize"))
+from make_pipeline import save_safetensors  # noqa: E402  (tensor by tensor: an f32 SDXL UNet is 10 GB)
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
@@ -51,24 +53,6 @@ def fastest(repeats, f):
         out = f()
         best = min(best, time.perf_counter() - t)
     return best, out
-
-
-def save_safetensors(tensors, path):
-    """safetensors layout written one tensor at a time: the library's save_file copies the whole model into
-    memory first, which an f32 SDXL UNet (10 GB) cannot afford beside itself."""
-    header, offset = {}, 0
-    for name, t in tensors.items():
-        n = t.numel() * t.element_size()
-        header[name] = {"dtype": {torch.float32: "F32", torch.int64: "I64"}[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for t in tensors.values():
-            f.write(t.detach().contiguous().numpy().tobytes())
 
 
 def sample(dir_, steps, size, repeats):
