@@ -108,14 +108,7 @@ fn train_step(dir: &Path, res: usize, steps: usize, gc: bool) -> Result<serde_js
         let n = lora.vars().iter().filter(|v| grads.get(v.as_tensor()).is_some()).count();
         secs.push(serde_json::json!({ "forward_s": f, "step_s": t.elapsed().as_secs_f64(), "lora_grads": n }));
     }
-    Ok(serde_json::json!({ "steps": secs, "peak_rss_bytes": peak_rss() }))
-}
-
-/// VmHWM of this process (Linux), in bytes.
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    Ok(serde_json::json!({ "steps": secs, "peak_rss_bytes": hfsky::runtime::peak_host_memory_bytes() }))
 }
 
 fn main() -> Result<()> {

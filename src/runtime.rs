@@ -46,3 +46,11 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// This process's peak resident memory so far (`VmHWM` in /proc/self/status), in bytes; `None`
+/// where the OS does not report it.
+pub fn peak_host_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}

@@ -67,6 +67,11 @@ fn trains_writes_outputs_and_the_lora_changes_generations() {
             assert!(out.join(f).is_file(), "{model}: {f} missing");
         }
         assert!(out.join("checkpoints/checkpoint-2/COMPLETE").is_file());
+        // Peak memory of the run: more than the weights it held, less than this machine.
+        let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("training_summary.json")).unwrap()).unwrap();
+        let peak = summary["peak_host_memory_bytes"].as_u64().expect("peak_host_memory_bytes on Linux");
+        assert!(peak > 10 << 20 && peak < 64 << 30, "{model}: peak {peak}");
+        assert_eq!(v["peak_host_memory_bytes"].as_u64(), Some(peak));
         let log = std::fs::read_to_string(out.join("training_log.jsonl")).unwrap();
         let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 4);

@@ -176,6 +176,7 @@ mod tests {
             skipped: vec![("c.jpg".into(), "truncated".into())],
             final_loss: Some(0.1234),
             seconds: 10.0,
+            peak_host_memory_bytes: None,
             validation: Some(ValidationSettings {
                 prompt: "a photo of SKY river".into(),
                 negative_prompt: String::new(),

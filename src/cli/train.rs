@@ -122,6 +122,7 @@ fn summary_json(cfg: &TrainConfig, s: &TrainSummary, card: &std::path::Path) -> 
         "steps": s.steps,
         "final_loss": s.final_loss,
         "seconds": s.seconds,
+        "peak_host_memory_bytes": s.peak_host_memory_bytes,
         "resolution": s.resolution,
         "examples": s.examples.len(),
         "skipped": s.skipped,
@@ -137,10 +138,11 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     let name = cfg.output_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "my-lora".into());
     let card = write_card(&cfg, &summary, &format!("your-name/{name}"))?;
     ctx.say(&format!(
-        "trained {} steps in {:.1} s (final loss {}): {}",
+        "trained {} steps in {:.1} s (final loss {}{}): {}",
         summary.steps,
         summary.seconds,
         summary.final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
+        summary.peak_host_memory_bytes.map(|b| format!(", peak memory {:.2} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or_default(),
         cfg.output_dir.join(&summary.lora_file).display()
     ));
     ctx.emit_json(&summary_json(&cfg, &summary, &card));

@@ -119,6 +119,10 @@ pub struct TrainSummary {
     pub skipped: Vec<(String, String)>,
     pub final_loss: Option<f32>,
     pub seconds: f64,
+    /// The training process's peak resident memory (Linux `VmHWM`: loading, caching and
+    /// training), in bytes; null where the OS does not report it.
+    #[serde(default)]
+    pub peak_host_memory_bytes: Option<u64>,
     pub validation: Option<ValidationSettings>,
     pub license: String,
     pub lora_file: String,
@@ -466,6 +470,7 @@ impl Trainer<'_> {
             skipped,
             final_loss,
             seconds: started.elapsed().as_secs_f64(),
+            peak_host_memory_bytes: crate::runtime::peak_host_memory_bytes(),
             validation: validation_settings,
             license: cfg.license.clone().unwrap_or_else(|| if xl { "openrail++".into() } else { "creativeml-openrail-m".into() }),
             lora_file: names::LORA_WEIGHTS.into(),
