@@ -31,19 +31,6 @@ pub struct SafetensorsFiles {
     entries: HashMap<String, Entry>,
 }
 
-fn dtype_of(s: &str) -> Option<DType> {
-    Some(match s {
-        "F32" => DType::F32,
-        "F16" => DType::F16,
-        "BF16" => DType::BF16,
-        "F64" => DType::F64,
-        "U8" => DType::U8,
-        "U32" => DType::U32,
-        "I64" => DType::I64,
-        _ => return None,
-    })
-}
-
 impl SafetensorsFiles {
     /// Reads the headers of `paths`; errors name the file (not a safetensors file, unknown dtype,
     /// a tensor outside the file, the same tensor in two files).
@@ -63,22 +50,18 @@ impl SafetensorsFiles {
             }
             let mut header = vec![0u8; header_len as usize];
             file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
-            let header: serde_json::Map<String, serde_json::Value> =
+            // The safetensors crate's own header type (with candle's dtype conversion); the
+            // offsets are checked here against the file, which is never read whole.
+            let header: safetensors::tensor::Metadata =
                 serde_json::from_slice(&header).map_err(|e| bad(format!("not a safetensors file (header: {e})")))?;
             let data = 8 + header_len;
-            for (name, info) in header {
-                if name == "__metadata__" {
-                    continue;
-                }
-                let dtype_s = info["dtype"].as_str().unwrap_or("?");
-                let dtype = dtype_of(dtype_s).ok_or_else(|| bad(format!("{name}: dtype {dtype_s} is not supported")))?;
-                let shape: Vec<usize> =
-                    info["shape"].as_array().map(|a| a.iter().filter_map(|d| d.as_u64().map(|d| d as usize)).collect()).unwrap_or_default();
-                let offsets: Vec<u64> = info["data_offsets"].as_array().map(|a| a.iter().filter_map(|d| d.as_u64()).collect()).unwrap_or_default();
-                let [s, e] = offsets[..] else { return Err(bad(format!("{name}: no data_offsets"))) };
+            for (name, info) in header.tensors() {
+                let dtype = DType::try_from(info.dtype).map_err(|_| bad(format!("{name}: dtype {:?} is not supported", info.dtype)))?;
+                let shape = info.shape.clone();
+                let (s, e) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
                 let bytes = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
                 if e < s || e - s != bytes || data + e > len {
-                    return Err(bad(format!("{name}: data_offsets [{s}, {e}] do not fit its shape {shape:?} {dtype_s} or the file")));
+                    return Err(bad(format!("{name}: data_offsets [{s}, {e}] do not fit its shape {shape:?} {:?} or the file", info.dtype)));
                 }
                 if entries.insert(name.clone(), Entry { file: i, dtype, shape, start: data + s, end: data + e }).is_some() {
                     return Err(bad(format!("{name} is also in another weights file")));
@@ -87,11 +70,6 @@ impl SafetensorsFiles {
             files.push((path.to_path_buf(), Mutex::new(file)));
         }
         Ok(SafetensorsFiles { files, entries })
-    }
-
-    /// The names of every tensor.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.entries.keys().map(String::as_str)
     }
 
     /// One tensor, as stored (dtype and shape of the file), on `device`.
