@@ -8,6 +8,7 @@
 //! Backward per (batch, head), block by block, with P = exp(s·QKᵀ − lse):
 //! dV += Pᵀ·dO, dP = dO·Vᵀ, D = rowsum(P ∘ dP), dS = P ∘ (dP − D), dQ = s·dS·K, dK += s·dSᵀ·Q.
 
+use super::matmul::{all_threads, mm};
 use candle_core::{bail, CpuStorage, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -45,47 +46,6 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     Ok(&s.as_slice::<f32>()?[l.start_offset()..l.start_offset() + l.shape().elem_count()])
 }
 
-/// dst[m × n] (strides rs, cs) = (acc ? dst : 0) + alpha · lhs[m × k] · rhs[k × n], every operand
-/// given by pointer and (row, column) strides.
-///
-/// # Safety
-/// Every pointer must be valid for all elements its strides and sizes address.
-#[allow(clippy::too_many_arguments)]
-unsafe fn mm(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    (d_rs, d_cs): (usize, usize),
-    acc: bool,
-    lhs: *const f32,
-    (l_rs, l_cs): (usize, usize),
-    rhs: *const f32,
-    (r_rs, r_cs): (usize, usize),
-    alpha: f32,
-    par: gemm::Parallelism,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        d_cs as isize,
-        d_rs as isize,
-        acc,
-        lhs,
-        l_cs as isize,
-        l_rs as isize,
-        rhs,
-        r_cs as isize,
-        r_rs as isize,
-        if acc { 1.0 } else { 0.0 },
-        alpha,
-        false,
-        false,
-        false,
-        par,
-    )
-}
-
 /// Raw pointer that may cross threads: every task writes a disjoint region.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
@@ -99,12 +59,12 @@ impl Out {
     }
 }
 
+/// Tasks across the rayon pool with single-threaded GEMMs when there are enough of them, else
+/// one task at a time with GEMMs on every thread.
 fn parallelism(tasks: usize) -> (bool, gemm::Parallelism) {
-    let threads = rayon::current_num_threads();
-    if tasks >= threads || threads == 1 {
-        (true, gemm::Parallelism::None)
-    } else {
-        (false, gemm::Parallelism::Rayon(threads))
+    match all_threads() {
+        gemm::Parallelism::Rayon(threads) if tasks < threads => (false, gemm::Parallelism::Rayon(threads)),
+        _ => (true, gemm::Parallelism::None),
     }
 }
 

@@ -5,6 +5,7 @@
 //! `gemm` crate, as candle's own matmul). Padding may differ per side, which the backward of a
 //! strided conv needs.
 
+use super::matmul::{all_threads, mm};
 use candle_core::{bail, CpuStorage, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -61,8 +62,7 @@ impl candle_core::CustomOp2 for Im2ColGemm {
         let (oh, ow) = (g.out_h, g.out_w);
         let kk = c_in * k * k;
         let mut out = vec![0f32; b * c_out * oh * ow];
-        let threads = rayon::current_num_threads();
-        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        let par = all_threads();
         let direct = k == 1 && g.stride == 1 && g.top == 0 && g.left == 0 && oh == h && ow == w;
         let rows_per_tile = (self.1 / (kk * ow).max(1)).clamp(1, oh);
         let mut cols = if direct { Vec::new() } else { vec![0f32; kk * rows_per_tile * ow] };
@@ -71,7 +71,7 @@ impl candle_core::CustomOp2 for Im2ColGemm {
             let ob = &mut out[bi * c_out * oh * ow..(bi + 1) * c_out * oh * ow];
             if direct {
                 // 1×1, stride 1: the input already is the [C_in, H·W] column matrix.
-                unsafe { gemm_into(ob.as_mut_ptr(), (oh * ow) as isize, wt, xb.as_ptr(), (h * w) as isize, c_out, oh * ow, kk, par) };
+                unsafe { mm((c_out, oh * ow, kk), ob.as_mut_ptr(), (oh * ow, 1), false, wt.as_ptr(), (kk, 1), xb.as_ptr(), (h * w, 1), 1.0, par) };
                 continue;
             }
             for r0 in (0..oh).step_by(rows_per_tile) {
@@ -102,22 +102,11 @@ impl candle_core::CustomOp2 for Im2ColGemm {
                 });
                 // out[:, r0·ow ..] (rows of length oh·ow, one per output channel) = W · cols.
                 let dst = ob[r0 * ow..].as_mut_ptr();
-                unsafe { gemm_into(dst, (oh * ow) as isize, wt, cols.as_ptr(), n as isize, c_out, n, kk, par) };
+                unsafe { mm((c_out, n, kk), dst, (oh * ow, 1), false, wt.as_ptr(), (kk, 1), cols.as_ptr(), (n, 1), 1.0, par) };
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((b, c_out, oh, ow))))
     }
-}
-
-/// dst[m × n] (row stride `dst_rs`) = lhs[m × k] (contiguous) · rhs[k × n] (row stride `rhs_rs`).
-///
-/// # Safety
-/// `dst` must be valid for writes at `i·dst_rs + j` and `rhs` for reads at `i·rhs_rs + j` for
-/// every row i and column j of the respective matrix.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_into(dst: *mut f32, dst_rs: isize, lhs: &[f32], rhs: *const f32, rhs_rs: isize, m: usize, n: usize, k: usize, par: gemm::Parallelism) {
-    debug_assert!(lhs.len() >= m * k);
-    gemm::gemm(m, n, k, dst, 1, dst_rs, false, lhs.as_ptr(), 1, k as isize, rhs, 1, rhs_rs, 0.0, 1.0, false, false, false, par)
 }
 
 /// The input gradient of `conv2d(x, weight, g)` for an `in_h × in_w` input, from the output
@@ -146,8 +135,7 @@ impl candle_core::CustomOp2 for Col2Im {
         let gy = &gs.as_slice::<f32>()?[gl.start_offset()..gl.start_offset() + gl.shape().elem_count()];
         let wt = &ws.as_slice::<f32>()?[wl.start_offset()..wl.start_offset() + wl.shape().elem_count()];
         let kk = c_in * k * k;
-        let threads = rayon::current_num_threads();
-        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        let par = all_threads();
         let mut dx = vec![0f32; b * c_in * h * w];
         let direct = k == 1 && g.stride == 1 && g.top == 0 && g.left == 0 && (oh, ow) == (h, w);
         let rows_per_tile = (self.2 / (kk * ow).max(1)).clamp(1, oh);
@@ -157,14 +145,14 @@ impl candle_core::CustomOp2 for Col2Im {
             let db = &mut dx[bi * c_in * h * w..(bi + 1) * c_in * h * w];
             if direct {
                 // 1×1, stride 1: dx = Wᵀ·grad per pixel, written in place.
-                unsafe { gemm_t_into(db.as_mut_ptr(), (h * w) as isize, wt, kk, gb[..].as_ptr(), (oh * ow) as isize, c_in, oh * ow, c_out, par) };
+                unsafe { mm((c_in, oh * ow, c_out), db.as_mut_ptr(), (h * w, 1), false, wt.as_ptr(), (1, kk), gb.as_ptr(), (oh * ow, 1), 1.0, par) };
                 continue;
             }
             for r0 in (0..oh).step_by(rows_per_tile) {
                 let rows = rows_per_tile.min(oh - r0);
                 let n = rows * ow;
                 let cols = &mut cols[..kk * n];
-                unsafe { gemm_t_into(cols.as_mut_ptr(), n as isize, wt, kk, gb[r0 * ow..].as_ptr(), (oh * ow) as isize, kk, n, c_out, par) };
+                unsafe { mm((kk, n, c_out), cols.as_mut_ptr(), (n, 1), false, wt.as_ptr(), (1, kk), gb[r0 * ow..].as_ptr(), (oh * ow, 1), 1.0, par) };
                 // Each input channel's plane takes the K·K rows of its own columns: no two threads write one pixel.
                 db.par_chunks_mut(h * w).enumerate().for_each(|(ci, plane)| {
                     for kh in 0..k {
@@ -190,28 +178,6 @@ impl candle_core::CustomOp2 for Col2Im {
         }
         Ok((CpuStorage::F32(dx), Shape::from((b, c_in, h, w))))
     }
-}
-
-/// dst[m × n] (row stride `dst_rs`) = Wᵀ · rhs, with W a contiguous [k × w_cols] matrix read as
-/// its transpose [m = w_cols × k], and rhs [k × n] of row stride `rhs_rs`.
-///
-/// # Safety
-/// As [`gemm_into`]; `w` must hold k·w_cols elements.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_t_into(
-    dst: *mut f32,
-    dst_rs: isize,
-    w: &[f32],
-    w_cols: usize,
-    rhs: *const f32,
-    rhs_rs: isize,
-    m: usize,
-    n: usize,
-    k: usize,
-    par: gemm::Parallelism,
-) {
-    debug_assert!(w.len() >= k * w_cols && m <= w_cols);
-    gemm::gemm(m, n, k, dst, 1, dst_rs, false, w.as_ptr(), w_cols as isize, 1, rhs, 1, rhs_rs, 0.0, 1.0, false, false, false, par)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod conv;
 pub mod cpu_attention;
 pub mod cpu_conv;
 pub mod geglu;
+mod matmul;
 pub mod norm;
 
 use candle_core::backend::BackendStorage;
