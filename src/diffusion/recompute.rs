@@ -9,11 +9,9 @@
 //! candle then routes their gradients back to the `Var`s itself, and `loss.backward()` returns
 //! the same `GradStore` with or without checkpointing.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor, Var};
+use super::fused;
+use candle_core::{bail, DType, Result, Tensor, Var};
 use std::cell::RefCell;
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 
 thread_local! {
     /// Set while a segment runs untracked: the tracked LoRA factors it used, in first-use order.
@@ -34,8 +32,6 @@ pub fn factor(t: &Tensor) -> Tensor {
     })
 }
 
-type Segment = dyn Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync;
-
 /// `f(a, b)` with only `a`, `b` and the output kept for backward; the backward recomputes `f`.
 /// `f` may use LoRA factors through the adapter registry, but no other tracked tensor.
 /// Inside another segment's run, or when nothing in it needs a gradient, it is just `f(a, b)`.
@@ -47,110 +43,51 @@ where
         return f(a, b);
     }
     UNTRACKED.with(|u| *u.borrow_mut() = Some(Vec::new()));
-    let out = f(&a.detach(), &b.detach());
+    let (ad, bd) = (a.detach(), b.detach());
+    let out = f(&ad, &bd);
     let params = UNTRACKED.with(|u| u.borrow_mut().take()).unwrap_or_default();
     let out = out?;
     if out.track_op() {
         bail!("gradient checkpointing: a segment depends on a tracked tensor that is neither its input nor a LoRA factor");
     }
-    if !a.track_op() && !b.track_op() && params.is_empty() {
-        return Ok(out);
-    }
+    // The factors travel as one packed argument, so candle routes their gradients to the Vars.
     let packed = if params.is_empty() {
         Tensor::zeros(0, DType::F32, a.device())?
     } else {
         Tensor::cat(&params.iter().map(|p| p.to_dtype(DType::F32)?.flatten_all()).collect::<Result<Vec<_>>>()?, 0)?
     };
-    // The op hands this storage over as its result, so it must hold exactly the output's elements.
-    let out = if out.is_contiguous() && out.layout().start_offset() == 0 { out } else { out.copy()? };
-    let op = Recompute { f: Box::new(f), params, output: Mutex::new(Some(out)) };
-    a.apply_op3_arc(b, &packed, Arc::new(Box::new(op)))
-}
-
-struct Recompute {
-    f: Box<Segment>,
-    /// The LoRA factors the segment used, in the order they are packed.
-    params: Vec<Tensor>,
-    /// The untracked run's output, until the op takes it as its result.
-    output: Mutex<Option<Tensor>>,
-}
-
-impl Recompute {
-    fn take_output(&self) -> Result<(Tensor, Shape)> {
-        match self.output.lock().expect("recompute output lock").take() {
-            Some(t) => {
-                let shape = t.shape().clone();
-                Ok((t, shape))
-            }
-            None => bail!("gradient checkpointing: a segment op was applied twice"),
-        }
-    }
-}
-
-impl candle_core::CustomOp3 for Recompute {
-    fn name(&self) -> &'static str {
-        "checkpointed-segment"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (t, shape) = self.take_output()?;
-        let (storage, layout) = t.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => Ok((s.try_clone(layout)?, shape)),
-            _ => bail!("gradient checkpointing: the segment output is not on the CPU"),
-        }
-    }
-
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (t, shape) = self.take_output()?;
-        let (storage, layout) = t.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => Ok((s.try_clone(layout)?, shape)),
-            _ => bail!("gradient checkpointing: the segment output is not on the GPU"),
-        }
-    }
-
-    fn bwd(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-        _packed: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let leaf = |t: &Tensor| -> Result<Option<Var>> {
-            if t.track_op() {
-                Ok(Some(Var::from_tensor(&t.detach())?))
+    let (a_tracked, b_tracked) = (a.track_op(), b.track_op());
+    // Backward: run the segment again with a graph (its tracked inputs as fresh leaves) and
+    // backpropagate the incoming gradient through it.
+    fused::record("checkpointed-segment", &[a, b, &packed], out, move |grad| {
+        let leaf = |t: &Tensor, tracked: bool| -> Result<Option<Var>> {
+            if tracked {
+                Ok(Some(Var::from_tensor(t)?))
             } else {
                 Ok(None)
             }
         };
-        let (va, vb) = (leaf(a)?, leaf(b)?);
-        let ia = va.as_ref().map(|v| v.as_tensor().clone()).unwrap_or_else(|| a.detach());
-        let ib = vb.as_ref().map(|v| v.as_tensor().clone()).unwrap_or_else(|| b.detach());
-        let out = (self.f)(&ia, &ib)?;
+        let (va, vb) = (leaf(&ad, a_tracked)?, leaf(&bd, b_tracked)?);
+        let ia = va.as_ref().map(|v| v.as_tensor().clone()).unwrap_or_else(|| ad.clone());
+        let ib = vb.as_ref().map(|v| v.as_tensor().clone()).unwrap_or_else(|| bd.clone());
+        let out = f(&ia, &ib)?;
         // d/d(out) of Σ out·grad is `grad`, so this backpropagates exactly the incoming gradient.
-        let grads = (out * grad.detach())?.sum_all()?.backward()?;
+        let grads = (out * grad)?.sum_all()?.backward()?;
         let of = |v: &Option<Var>| v.as_ref().and_then(|v| grads.get(v.as_tensor()).cloned());
-        let packed = if self.params.is_empty() {
+        let packed = if params.is_empty() {
             None
         } else {
-            let mut seen = HashSet::new();
-            let parts = self
-                .params
+            let parts = params
                 .iter()
-                .map(|p| {
-                    seen.insert(p.id());
-                    match grads.get(p) {
-                        Some(g) => g.to_dtype(DType::F32)?.flatten_all(),
-                        None => Tensor::zeros(p.elem_count(), DType::F32, p.device()),
-                    }
+                .map(|p| match grads.get(p) {
+                    Some(g) => g.to_dtype(DType::F32)?.flatten_all(),
+                    None => Tensor::zeros(p.elem_count(), DType::F32, p.device()),
                 })
                 .collect::<Result<Vec<_>>>()?;
             Some(Tensor::cat(&parts, 0)?)
         };
-        Ok((of(&va), of(&vb), packed))
-    }
+        Ok(vec![of(&va), of(&vb), packed])
+    })
 }
 
 #[cfg(test)]
