@@ -68,20 +68,15 @@ impl Conv2d {
         let x_tracked = x.track_op();
         let bwd = move |g: &Tensor| -> Result<Vec<Option<Tensor>>> {
             let gx = if x_tracked { Some(input_grad(g, &weight, stride, padding, (h, w))?.to_dtype(x_dtype)?) } else { None };
-            let ge = match e_dtype {
-                Some(d) => Some(g.sum((2, 3))?.to_dtype(d)?),
-                None => None,
-            };
-            let gr = match r_dtype {
-                Some(d) => Some(g.to_dtype(d)?),
-                None => None,
-            };
-            Ok(match (ge, gr) {
-                (Some(ge), Some(gr)) => vec![gx, Some(ge), Some(gr)],
-                (Some(ge), None) => vec![gx, Some(ge)],
-                (None, Some(gr)) => vec![gx, Some(gr)],
-                (None, None) => vec![gx],
-            })
+            // One gradient per arg, in the order of `args` below.
+            let mut grads = vec![gx];
+            if let Some(d) = e_dtype {
+                grads.push(Some(g.sum((2, 3))?.to_dtype(d)?));
+            }
+            if let Some(d) = r_dtype {
+                grads.push(Some(g.to_dtype(d)?));
+            }
+            Ok(grads)
         };
         let mut args = vec![x];
         args.extend(extra);

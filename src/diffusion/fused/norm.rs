@@ -117,11 +117,6 @@ impl GroupNorm {
     }
 }
 
-/// Rows of the group view: sample b, group g → the contiguous slice of its `cpg` channels.
-fn group_rows(x: &[f32], n: usize) -> impl IndexedParallelIterator<Item = &[f32]> {
-    x.par_chunks(n)
-}
-
 struct GroupNormCpu {
     p: GroupNorm,
     stats: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
@@ -141,7 +136,8 @@ impl candle_core::CustomOp1 for GroupNormCpu {
         let gamma: Vec<f32> = self.p.weight.to_dtype(DType::F32)?.to_vec1()?;
         let beta: Vec<f32> = self.p.bias.to_dtype(DType::F32)?.to_vec1()?;
         let mut out = vec![0f32; x.len()];
-        let stats: Vec<(f32, f32)> = group_rows(x, n)
+        let stats: Vec<(f32, f32)> = x
+            .par_chunks(n)
             .zip(out.par_chunks_mut(n))
             .enumerate()
             .map(|(row, (xs, ys))| {
@@ -201,7 +197,7 @@ impl candle_core::CustomOp2 for GroupNormBackwardCpu {
         let gamma: Vec<f32> = self.p.weight.to_dtype(DType::F32)?.to_vec1()?;
         let beta: Vec<f32> = self.p.bias.to_dtype(DType::F32)?.to_vec1()?;
         let mut dx = vec![0f32; len];
-        dx.par_chunks_mut(n).zip(group_rows(x, n)).zip(g.par_chunks(n)).enumerate().for_each(|(row, ((dxs, xs), gs))| {
+        dx.par_chunks_mut(n).zip(x.par_chunks(n)).zip(g.par_chunks(n)).enumerate().for_each(|(row, ((dxs, xs), gs))| {
             let (mean, rstd) = (self.mean[row], self.rstd[row]);
             let g0 = (row % groups) * cpg;
             // d = ∂L/∂x̂ = γ·∂L/∂z, written into dx first; then the two means.
