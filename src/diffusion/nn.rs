@@ -1,6 +1,7 @@
-//! Building blocks shared by every network: LoRA-aware linear layers, and layer-norm / softmax
-//! written with differentiable primitives (candle's fused `layer_norm`/`softmax_last_dim` have no
-//! backward and silently cut gradients; see shared/reference/candle-notes.md).
+//! Building blocks shared by every network: LoRA-aware linear layers whose frozen weights get no
+//! gradient, layer norm (re-exported from `fused::norm`) and a softmax from differentiable
+//! primitives (candle's fused `layer_norm`/`softmax_last_dim` have no backward and silently cut
+//! gradients; see shared/reference/candle-notes.md).
 
 use super::{fused, recompute};
 use candle_core::{DType, Module, Result, Tensor, D};
@@ -264,11 +265,6 @@ pub use super::fused::norm::LayerNorm;
 /// Softmax over the last dimension from differentiable primitives (max-subtracted).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(x, D::Minus1)
-}
-
-/// Exact (erf) GELU, as PyTorch's default `F.gelu`.
-pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
 }
 
 /// Relative error ‖a − b‖ / ‖b‖, the parity measure used in tests.
