@@ -78,7 +78,9 @@ train_case() { # train_case LABEL KIND RES [gc]
   dir="$(pipeline "$kind")"
   out="$W/train-$label"
   local hf_gc=() py_gc=()
-  if [ -n "$gc" ]; then hf_gc=(--gradient-checkpointing); py_gc=(--gradient-checkpointing); fi
+  # Explicit both ways: hfsky's default (auto) would decide by free memory.
+  hf_gc=(--gradient-checkpointing false)
+  if [ -n "$gc" ]; then hf_gc=(--gradient-checkpointing true); py_gc=(--gradient-checkpointing); fi
   echo "$label: hfsky…" >&2
   peak_rss "$W/rss-hfsky-$label" "$HFSKY" -q train --cache-dir "$W/cache-$label" --base-model "$dir" --dataset "$W/photos" \
     --instance-prompt "a photo of SKY" --output-dir "$out" --max-steps "$((STEPS + WARMUP))" --resolution "$res" --center-crop \
@@ -93,7 +95,19 @@ train_case() { # train_case LABEL KIND RES [gc]
   local gcn=""; [ -n "$gc" ] && gcn=", gradient checkpointing"
   row "$kind $res px training step$gcn" "$py" "$rs" s
   row "$kind $res px training peak RSS$gcn" "$(cat "$W/rss-py-$label")" "$(cat "$W/rss-hfsky-$label")" bytes
+  # hfsky's preflight estimate of a step against what the step used (device memory on a GPU,
+  # the whole process's peak RSS on the CPU, which also holds the loading and caching phases).
+  local summary="$out/training_summary.json" measured
+  if [ "$DEVICE" = cuda ]; then
+    measured=$(jfield "$summary" peak_device_memory_bytes)
+    row "$kind $res px peak GPU memory$gcn" "$(jfield "$W/py-$label.json" peak_device_memory_bytes)" "$measured" bytes \
+      "diffusers: torch.cuda.max_memory_allocated; hfsky: in use after each backward"
+  else
+    measured=$(cat "$W/rss-hfsky-$label")
+  fi
+  row "$kind $res px hfsky step estimate$gcn" "$measured" "$(jfield "$summary" estimated_step_memory_bytes)" bytes "estimate / measured"
 }
+jfield() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
 BENCH=""
 bench_bin() {

@@ -89,13 +89,40 @@ pub fn cpu() -> DeviceInfo {
     }
 }
 
-/// (MemTotal, MemAvailable) from /proc/meminfo, where there is one.
+/// (MemTotal, MemAvailable) from /proc/meminfo, where there is one, lowered to this process's
+/// cgroup v2 limit (`memory.max` less `memory.current`) where that is smaller: in a container or
+/// a notebook VM the machine's free memory is not what the process may use.
 fn host_memory() -> (Option<u64>, Option<u64>) {
     let Ok(text) = std::fs::read_to_string("/proc/meminfo") else { return (None, None) };
     let field = |name: &str| {
         text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()).map(|kb| kb * 1024)
     };
-    (field("MemTotal:"), field("MemAvailable:"))
+    let (mut total, mut free) = (field("MemTotal:"), field("MemAvailable:"));
+    if let Some((limit, used)) = cgroup_memory() {
+        total = total.map(|t| t.min(limit));
+        free = free.map(|f| f.min(limit.saturating_sub(used)));
+    }
+    (total, free)
+}
+
+/// (memory.max, memory.current) of this process's cgroup v2, when it has a limit.
+fn cgroup_memory() -> Option<(u64, u64)> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok().and_then(|v| v.trim().parse::<u64>().ok());
+    Some((read("memory.max")?, read("memory.current")?))
+}
+
+/// Device memory in use on `device` right now (total less free, as `nvidia-smi` counts it: this
+/// process's tensors and CUDA context, and any other process's), in bytes; `None` on the CPU.
+/// candle has no caching allocator, so sampled at a step's high point it is that step's peak.
+pub fn memory_in_use(device: &candle_core::Device) -> Option<u64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => d.cuda_stream().context().mem_get_info().ok().map(|(free, total)| (total - free) as u64),
+        _ => None,
+    }
 }
 
 /// The CUDA devices: none without a CUDA build, else what the driver reports.

@@ -168,7 +168,7 @@ impl Categorized for LoraParamsError {
 impl Categorized for TrainError {
     fn category(&self) -> ExitCategory {
         match self {
-            TrainError::Input(_) => ExitCategory::BadInput,
+            TrainError::Input(_) | TrainError::DoesNotFit(_) => ExitCategory::BadInput,
             TrainError::Model(g) => g.category(),
             TrainError::Checkpoint(c) => c.category(),
             TrainError::Cache(c) => c.category(),

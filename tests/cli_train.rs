@@ -72,6 +72,10 @@ fn trains_writes_outputs_and_the_lora_changes_generations() {
         let peak = summary["peak_host_memory_bytes"].as_u64().expect("peak_host_memory_bytes on Linux");
         assert!(peak > 10 << 20 && peak < 64 << 30, "{model}: peak {peak}");
         assert_eq!(v["peak_host_memory_bytes"].as_u64(), Some(peak));
+        // The CPU has no device memory; auto checkpointing stays off for a step this small.
+        assert!(summary["peak_device_memory_bytes"].is_null());
+        assert_eq!(summary["gradient_checkpointing"], false);
+        assert!(summary["estimated_step_memory_bytes"].as_u64().unwrap() < peak, "{model}: the step is part of the run");
         let log = std::fs::read_to_string(out.join("training_log.jsonl")).unwrap();
         let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 4);
@@ -244,6 +248,12 @@ fn bad_input_is_named_and_exits_2() {
     assert!(code(&o, 2).contains("learnig_rate"), "{}", text(&o));
     let cfg = config(d, "tiny-sd15", "max_steps: 1\nresolution: 60\n");
     assert!(code(&env.run(&["train", "--config", cfg.to_str().unwrap()]), 2).contains("multiple of 8"));
+    // A step that cannot fit this machine (a 65536 px latent grid) stops before any weight is
+    // loaded, with what it needs and what there is.
+    let cfg = config(d, "tiny-sd15", "max_steps: 1\nresolution: 65536\n");
+    let o = env.run(&["train", "--config", cfg.to_str().unwrap()]);
+    let msg = code(&o, 2);
+    assert!(msg.contains("resolution 65536") && msg.contains("needs about") && msg.contains("free"), "{msg}");
     // A caption for an image that does not exist.
     let cfg = config(d, "tiny-sd15", "max_steps: 1\n");
     std::fs::write(d.join("photos/metadata.jsonl"), "{\"file_name\": \"nope.jpg\", \"text\": \"x\"}\n").unwrap();

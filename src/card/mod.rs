@@ -177,6 +177,9 @@ mod tests {
             final_loss: Some(0.1234),
             seconds: 10.0,
             peak_host_memory_bytes: None,
+            peak_device_memory_bytes: None,
+            gradient_checkpointing: false,
+            estimated_step_memory_bytes: None,
             validation: Some(ValidationSettings {
                 prompt: "a photo of SKY river".into(),
                 negative_prompt: String::new(),

@@ -123,6 +123,8 @@ fn summary_json(cfg: &TrainConfig, s: &TrainSummary, card: &std::path::Path) -> 
         "final_loss": s.final_loss,
         "seconds": s.seconds,
         "peak_host_memory_bytes": s.peak_host_memory_bytes,
+        "peak_device_memory_bytes": s.peak_device_memory_bytes,
+        "gradient_checkpointing": s.gradient_checkpointing,
         "resolution": s.resolution,
         "examples": s.examples.len(),
         "skipped": s.skipped,
@@ -142,7 +144,10 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         summary.steps,
         summary.seconds,
         summary.final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
-        summary.peak_host_memory_bytes.map(|b| format!(", peak memory {:.2} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or_default(),
+        [("peak memory", summary.peak_host_memory_bytes), ("peak GPU memory", summary.peak_device_memory_bytes)]
+            .iter()
+            .filter_map(|(what, b)| b.map(|b| format!(", {what} {:.2} GiB", b as f64 / (1u64 << 30) as f64)))
+            .collect::<String>(),
         cfg.output_dir.join(&summary.lora_file).display()
     ));
     ctx.emit_json(&summary_json(&cfg, &summary, &card));

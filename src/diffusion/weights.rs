@@ -72,6 +72,11 @@ impl SafetensorsFiles {
         Ok(SafetensorsFiles { files, entries })
     }
 
+    /// Every tensor's name and shape, from the headers alone (nothing is read).
+    pub fn shapes(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.entries.iter().map(|(name, e)| (name.as_str(), e.shape.as_slice()))
+    }
+
     /// One tensor, as stored (dtype and shape of the file), on `device`.
     pub fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
         let e = self.entries.get(name).ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() }.bt())?;

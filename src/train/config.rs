@@ -159,8 +159,10 @@ pub struct TrainConfig {
     pub gradient_accumulation_steps: usize,
     /// Recompute each UNet resnet and transformer block in backward instead of keeping its
     /// activations: much less memory for about one extra forward per step; same gradients.
+    /// `auto` (default) turns it on only when the step would not fit the device's free memory
+    /// without it ([`super::memory::plan`]); `true`/`false` force it.
     #[serde(default)]
-    pub gradient_checkpointing: bool,
+    pub gradient_checkpointing: super::memory::Checkpointing,
     #[serde(default)]
     pub seed: u64,
     #[serde(default)]
@@ -466,8 +468,8 @@ mod tests {
         assert_eq!(c.target_modules, vec!["to_q", "to_v"]);
         assert_eq!(c.instance_prompt, "1234");
         assert_eq!(c.max_steps, Some(7));
-        assert!(c.gradient_checkpointing);
-        assert!(!TrainConfig::load(Some(&p), &[]).unwrap().gradient_checkpointing, "off by default");
+        assert_eq!(c.gradient_checkpointing, super::super::memory::Checkpointing::On);
+        assert_eq!(TrainConfig::load(Some(&p), &[]).unwrap().gradient_checkpointing, super::super::memory::Checkpointing::Auto, "auto by default");
     }
 
     #[test]

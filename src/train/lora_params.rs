@@ -34,7 +34,7 @@ pub struct TrainableLora {
 }
 
 /// PEFT's rule: a target names a module path exactly or as its last dotted components.
-fn matches_target(module: &str, target: &str) -> bool {
+pub(crate) fn matches_target(module: &str, target: &str) -> bool {
     module == target || module.ends_with(&format!(".{target}"))
 }
 

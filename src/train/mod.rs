@@ -6,6 +6,7 @@ pub mod config;
 pub mod examples;
 pub mod lora_params;
 pub mod loss_scale;
+pub mod memory;
 pub mod objective;
 pub mod optim;
 mod prior;

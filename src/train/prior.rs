@@ -56,7 +56,7 @@ pub(super) fn class_examples(
         let (w, h) = img.rgb.dimensions();
         let offset = pick_offset(w, h, res as u32, true, &mut super::objective::step_rng(0, 0, 0));
         let (crop, b) = crop_at(&img.rgb, res as u32, offset, false);
-        let lat = cache.get_or_encode(&pipeline.vae, &file_sha(&path)?, res as u32, &b, &crop, device)?;
+        let lat = cache.get_or_encode(pipeline.vae()?, &file_sha(&path)?, res as u32, &b, &crop, device)?;
         out.push(Example { variants: vec![(lat, b)], prompt });
     }
     if out.is_empty() {

@@ -47,7 +47,7 @@ fn loss_falls_on_a_fixed_batch() {
         let lora = TrainableLora::new("unet", &p.pipeline.unet_adapters, &shapes, &cfg.target_modules, 4, 4.0, 0, &p.pipeline.device).unwrap();
         let vars = lora.vars();
         let mut opt = AdamW::new(&vars, 0.9, 0.999, 1e-8, 0.0).unwrap();
-        let scaling = p.pipeline.vae.config().scaling_factor;
+        let scaling = p.pipeline.vae_config().scaling_factor;
         let mut losses = Vec::new();
         for _ in 0..25 {
             // The same draws every time: a fixed batch, noise and timesteps.
@@ -87,7 +87,7 @@ fn factor_gradients_for(model: &str, checkpointing: bool, targets: &[&str]) -> V
         pair.up.set(&(b * 0.05).unwrap()).unwrap();
     }
     let mut rng = step_rng(1, 0, 0);
-    let scaling = p.pipeline.vae.config().scaling_factor;
+    let scaling = p.pipeline.vae_config().scaling_factor;
     let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, scaling, None, p.res, p.xl, &mut rng).unwrap();
     let g = loss.backward().unwrap();
     lora.vars().iter().map(|v| g.get(v.as_tensor()).cloned().expect("every factor gets a gradient")).collect()

@@ -9,6 +9,7 @@ use super::config::{CaptionSource, Precision, ResolvedPrecision, TrainConfig};
 use super::examples::{crop_at, default_cache_dir, file_sha, pick_offset, time_ids, CacheError, CachedLatents, CropBox, LatentCache};
 use super::lora_params::TrainableLora;
 use super::loss_scale::LossScaler;
+use super::memory::{self, MemoryPlan, StepShape};
 use super::objective::{normal, step_rng, weighted_mse, Objective, Prediction};
 use super::optim::{clip_grad_norm, learning_rate, AdamW};
 use crate::dataset;
@@ -47,6 +48,9 @@ pub enum TrainError {
     Cache(#[from] super::examples::CacheError),
     #[error(transparent)]
     Lora(#[from] super::lora_params::LoraParamsError),
+    /// The preflight estimate says the step cannot fit the device (checked before loading weights).
+    #[error(transparent)]
+    DoesNotFit(#[from] memory::DoesNotFit),
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
@@ -123,6 +127,16 @@ pub struct TrainSummary {
     /// training), in bytes; null where the OS does not report it.
     #[serde(default)]
     pub peak_host_memory_bytes: Option<u64>,
+    /// The GPU memory in use at the highest point sampled (after each backward pass), in bytes;
+    /// null on the CPU.
+    #[serde(default)]
+    pub peak_device_memory_bytes: Option<u64>,
+    /// Whether gradient checkpointing ran (`auto` resolved), and the preflight estimate of a
+    /// step's peak memory that decided it ([`memory::estimate`]), in bytes.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+    #[serde(default)]
+    pub estimated_step_memory_bytes: Option<u64>,
     pub validation: Option<ValidationSettings>,
     pub license: String,
     pub lora_file: String,
@@ -185,6 +199,7 @@ pub(super) struct Prepared {
     pub(super) res: usize,
     pub(super) xl: bool,
     pub(super) precision: ResolvedPrecision,
+    pub(super) memory: MemoryPlan,
 }
 
 pub struct Trainer<'a> {
@@ -257,6 +272,13 @@ impl Trainer<'_> {
             return Err(TrainError::Input(format!("resolution: {res} is not a multiple of the VAE's downscale factor {f}")));
         }
 
+        // Memory, before any weight is loaded: the step's estimate against the device's free
+        // memory decides `gradient_checkpointing: auto`, and a step that cannot fit stops here.
+        let memory = self.memory_plan(&files, &device, dtype, res, f)?;
+        if let Some(note) = &memory.note {
+            on(Event::Note(note.clone()));
+        }
+
         // Encode captions (and the validation prompt) once, before the UNet is loaded, and drop
         // the text encoders then: an SDXL pipeline's two encoders are 3.3 GB in f32 that would
         // otherwise sit beside the 10 GB UNet. Prior preservation generates class images with
@@ -306,7 +328,7 @@ impl Trainer<'_> {
             let mut variants = Vec::new();
             for &m in mirrors {
                 let (crop, b) = crop_at(&img.rgb, res as u32, offset, m);
-                variants.push((cache.get_or_encode(&pipeline.vae, &sha, res as u32, &b, &crop, &device)?, b));
+                variants.push((cache.get_or_encode(pipeline.vae()?, &sha, res as u32, &b, &crop, &device)?, b));
             }
             examples.push(Example { variants, prompt: p });
         }
@@ -318,18 +340,54 @@ impl Trainer<'_> {
             None => Vec::new(),
         };
         drop(text);
-        Ok(Prepared { pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl, precision })
+        // Latents are cached: the VAE comes back only for validation renders.
+        let mut pipeline = pipeline;
+        pipeline.unload_vae();
+        Ok(Prepared { pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl, precision, memory })
+    }
+
+    /// [`memory::plan`] for this run: the UNet's parameter count and the LoRA's from the weight
+    /// headers (nothing is loaded), the device's free memory, and the step's shape (prior
+    /// preservation doubles the batch held for one backward pass).
+    fn memory_plan(&self, files: &PipelineFiles, device: &Device, dtype: DType, res: usize, downscale: usize) -> Result<MemoryPlan, TrainError> {
+        let cfg = self.cfg;
+        let unet_dir = files.component("unet").map_err(GenerateError::from)?;
+        let ucfg = crate::diffusion::unet::UNetConfig::from_file(&unet_dir.join("config.json")).map_err(GenerateError::from)?;
+        let plan = ucfg.plan().map_err(|e| TrainError::Input(format!("{}: {e}", unet_dir.join("config.json").display())))?;
+        let w = files.weights("unet", crate::generate::pipeline::variant_for(dtype)).map_err(GenerateError::from)?;
+        let header = crate::diffusion::weights::SafetensorsFiles::open(&w.files).map_err(|e| GenerateError::Model(format!("unet: {e}")))?;
+        let (mut unet_params, mut lora_params) = (0u64, 0u64);
+        for (name, shape) in header.shapes() {
+            unet_params += shape.iter().product::<usize>() as u64;
+            if let (Some(module), [out, inp]) = (name.strip_suffix(".weight"), shape) {
+                if cfg.target_modules.iter().any(|t| super::lora_params::matches_target(module, t)) {
+                    lora_params += (cfg.rank * (out + inp)) as u64;
+                }
+            }
+        }
+        let batch = cfg.train_batch_size * if cfg.with_prior_preservation { 2 } else { 1 };
+        let shape = StepShape { resolution: res, batch, checkpointing: false, dtype_bytes: dtype.size_in_bytes() };
+        let (available, what) = if device.is_cpu() {
+            (crate::devices::cpu().memory_free_bytes, "machine".to_string())
+        } else {
+            let gpu = crate::devices::cuda().devices.into_iter().next();
+            (gpu.as_ref().and_then(|d| d.memory_free_bytes), gpu.map(|d| format!("GPU ({})", d.name)).unwrap_or_else(|| "GPU".into()))
+        };
+        Ok(memory::plan(cfg.gradient_checkpointing, shape, available, &what, !device.is_cpu(), |s| {
+            memory::estimate_plan(&plan, unet_params, lora_params, downscale, s)
+        })?)
     }
 
     pub fn run(&self, on: &mut dyn FnMut(Event)) -> Result<TrainSummary, TrainError> {
         let cfg = self.cfg;
         let started = Instant::now();
-        let Prepared { mut pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl, precision } =
+        let Prepared { mut pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl, precision, memory } =
             self.prepare(on)?;
         // f16 frozen weights: dynamic loss scaling, as accelerate's fp16 mixed precision does.
         let mut scaler = precision.loss_scaling.then(LossScaler::default);
         let device = pipeline.device.clone();
-        pipeline.unet.set_gradient_checkpointing(cfg.gradient_checkpointing);
+        pipeline.unet.set_gradient_checkpointing(memory.checkpointing);
+        let mut peak_device: Option<u64> = None;
 
         // LoRA factors and optimizer.
         let shapes = pipeline.unet_adapters.shapes();
@@ -360,8 +418,8 @@ impl Trainer<'_> {
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
 
         on(Event::Started { total_steps, start_step, examples: examples.len(), trainable_params: lora.num_params() });
-        let scaling = pipeline.vae.config().scaling_factor;
-        let shift = pipeline.vae.config().shift_factor;
+        let scaling = pipeline.vae_config().scaling_factor;
+        let shift = pipeline.vae_config().shift_factor;
         let mut final_loss = None;
         let mut last_ckpt: Option<PathBuf> = checkpoint::latest_complete(&ckpt_dir);
         for step in start_step..total_steps {
@@ -394,6 +452,10 @@ impl Trainer<'_> {
                     Some(s) => s.scale_loss(&loss)?.backward()?,
                     None => loss.backward()?,
                 };
+                // The high point of a step: every activation and every gradient exist now.
+                if let Some(used) = crate::devices::memory_in_use(&device) {
+                    peak_device = Some(peak_device.map_or(used, |p| p.max(used)));
+                }
                 for (slot, v) in grads.iter_mut().zip(&vars) {
                     if let Some(gv) = g.get(v.as_tensor()) {
                         *slot = Some(match slot.take() {
@@ -430,7 +492,9 @@ impl Trainer<'_> {
             if let (Some(every), Some((cond, prompt))) = (cfg.validation_steps, &validation) {
                 if every > 0 && done % every == 0 && done < total_steps {
                     let dir = cfg.output_dir.join("validation").join(format!("step-{done:06}"));
+                    pipeline.reload_vae()?;
                     let v = render_validation(cfg, &pipeline, cond, prompt, res, &dir, &cfg.output_dir)?;
+                    pipeline.unload_vae();
                     on(Event::Validation { step: done, images: v.images.iter().map(|i| cfg.output_dir.join(i)).collect() });
                 }
             }
@@ -440,6 +504,7 @@ impl Trainer<'_> {
         lora.save(&lora_file)?;
         let validation_settings = match &validation {
             Some((cond, prompt)) => {
+                pipeline.reload_vae()?;
                 let v = render_validation(cfg, &pipeline, cond, prompt, res, &cfg.output_dir, &cfg.output_dir)?;
                 on(Event::Validation { step: total_steps, images: v.images.iter().map(|i| cfg.output_dir.join(i)).collect() });
                 Some(v)
@@ -471,6 +536,9 @@ impl Trainer<'_> {
             final_loss,
             seconds: started.elapsed().as_secs_f64(),
             peak_host_memory_bytes: crate::runtime::peak_host_memory_bytes(),
+            peak_device_memory_bytes: peak_device,
+            gradient_checkpointing: memory.checkpointing,
+            estimated_step_memory_bytes: Some(memory.estimate.total()),
             validation: validation_settings,
             license: cfg.license.clone().unwrap_or_else(|| if xl { "openrail++".into() } else { "creativeml-openrail-m".into() }),
             lora_file: names::LORA_WEIGHTS.into(),
