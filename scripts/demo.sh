@@ -4,11 +4,14 @@
 # the base model → `hfsky train-and-push` a DreamBooth LoRA on the bundled sky photos (model
 # card, validation image, one commit) → generate with base + LoRA pulled from the Hub → push
 # and download the photos byte for byte. Your real login and cache are not touched (HF_HOME
-# points into a temp folder).
+# points into a temp folder). HFSKY=/path/to/hfsky runs an installed binary (a wheel's, say)
+# instead of building this checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet --locked
-HFSKY="$PWD/target/debug/hfsky"
+if [ -z "${HFSKY:-}" ]; then
+  cargo build --quiet --locked
+  HFSKY="$PWD/target/debug/hfsky"
+fi
 WORK="$(mktemp -d)"
 export HF_HOME="$WORK/hf-home"
 unset HF_TOKEN HUGGING_FACE_HUB_TOKEN HF_ENDPOINT || true

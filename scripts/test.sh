@@ -26,9 +26,11 @@ fi
 # The official client for the conformance test (small: no torch). HF_HUB_DISABLE_XET=1 is set
 # by the test so uploads take the LFS path the offline Hub speaks.
 # Its trusted-publisher (OIDC) support is tested too, hence a version that has `_oidc`.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import huggingface_hub._oidc" 2>/dev/null; then
+# maturin builds the wheel and nbclient/ipykernel run the notebook (tests/install.rs).
+PY_TEST_DEPS=("huggingface_hub==2.4.0" "maturin==1.16.0" "nbclient==0.11.0" "nbformat==5.11.1" "ipykernel==7.4.0")
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import huggingface_hub._oidc, nbclient, nbformat, ipykernel" 2>/dev/null || [ ! -x .venv/bin/maturin ]; then
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check "huggingface_hub==2.4.0"
+  .venv/bin/pip install -q --disable-pip-version-check "${PY_TEST_DEPS[@]}"
 fi
 export HFSKY_PYTHON="$PWD/.venv/bin/python"
 
@@ -36,6 +38,10 @@ export HFSKY_PYTHON="$PWD/.venv/bin/python"
 # in which real diffusers loads a LoRA that hfsky trained. ~3 GB download, about a minute.
 HFSKY_PYREF_PYTHON="$(./scripts/pyref-venv.sh)"
 export HFSKY_PYREF_PYTHON
+
+# Tests that need what this script installed (the wheel, the crate, the notebook) are #[ignore]d
+# for a bare `cargo test`; the whole suite here includes them.
+[ $# -gt 0 ] || set -- -- --include-ignored
 
 # A fresh keyring folder each run: a keyring left by an earlier run (other password) would be
 # locked and answer every request with "prompt dismissed".
