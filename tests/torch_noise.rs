@@ -1,0 +1,89 @@
+//! `--noise torch-cpu` against torch itself: for many seeds and every latent shape SD 1.5 and
+//! SDXL use (and sizes that exercise each rule of torch's CPU normal kernel: fewer than 16
+//! values, exactly 16, not a multiple of 16, scalar draws after a block fill), our generator
+//! gives torch's values within 1e-6, draw after draw from one generator.
+//! Needs `HFSKY_PYREF_PYTHON` (torch; scripts/test.sh makes one with scripts/pyref-venv.sh).
+
+use hfsky::diffusion::noise::TorchCpuGenerator;
+use std::process::Command;
+
+fn python() -> Option<String> {
+    match std::env::var("HFSKY_PYREF_PYTHON") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ if std::env::var_os("CI").is_some() => panic!("HFSKY_PYREF_PYTHON must be set in CI (scripts/test.sh sets it)"),
+        _ => None,
+    }
+}
+
+fn cases() -> Vec<(String, u64, Vec<Vec<usize>>)> {
+    let mut out = Vec::new();
+    let seeds = [0u64, 1, 2, 3, 7, 42, 1234, 99_999, u32::MAX as u64, (1u64 << 32) + 5, 12_345_678_901];
+    let shapes: Vec<Vec<usize>> = vec![
+        vec![1],
+        vec![3],
+        vec![15],
+        vec![16],
+        vec![17],
+        vec![31],
+        vec![33],
+        vec![100],
+        vec![1, 4, 8, 8],
+        vec![1, 4, 64, 64],
+        vec![1, 4, 128, 128],
+        vec![2, 4, 64, 64],
+        vec![1, 4, 96, 64],
+        vec![1, 4, 3, 5],
+    ];
+    for (k, seed) in seeds.iter().enumerate() {
+        // One shape per seed in turn (all shapes over the seeds), plus SD 1.5's and SDXL's latents.
+        out.push((format!("s{seed}_one"), *seed, vec![shapes[k % shapes.len()].clone()]));
+        out.push((format!("s{seed}_sd15"), *seed, vec![vec![1, 4, 64, 64]]));
+        out.push((format!("s{seed}_sdxl"), *seed, vec![vec![1, 4, 128, 128]]));
+    }
+    for (i, shape) in shapes.iter().enumerate() {
+        out.push((format!("shape{i}"), 10 + i as u64, vec![shape.clone()]));
+    }
+    // A Euler ancestral run: the initial latents then one draw per step, from one generator.
+    out.push(("euler_a".into(), 5, vec![vec![1, 4, 8, 8]; 21]));
+    // Scalar draws around block fills: the cached second Box–Muller value survives a block fill.
+    out.push(("mixed".into(), 11, vec![vec![3], vec![20], vec![3], vec![1], vec![16], vec![5]]));
+    out
+}
+
+#[test]
+fn torch_cpu_noise_matches_torch_randn() {
+    let Some(python) = python() else {
+        eprintln!("HFSKY_PYREF_PYTHON not set: run scripts/test.sh (or scripts/pyref-venv.sh) for the torch noise test");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cases = cases();
+    let spec: Vec<serde_json::Value> =
+        cases.iter().map(|(name, seed, draws)| serde_json::json!({"name": name, "seed": seed, "draws": draws})).collect();
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let out_path = dir.path().join("ref.safetensors");
+    let out = Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/torch_randn.py"))
+        .arg(&spec_path)
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "torch_randn.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    let want = candle_core::safetensors::load(&out_path, &candle_core::Device::Cpu).unwrap();
+    let mut worst = 0f32;
+    for (name, seed, draws) in &cases {
+        let mut g = TorchCpuGenerator::manual_seed(*seed);
+        for (i, shape) in draws.iter().enumerate() {
+            let t = &want[&format!("{name}.{i}")];
+            assert_eq!(t.dims(), shape.as_slice(), "{name}.{i}");
+            let want = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got = g.randn_f32(shape.iter().product());
+            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff <= 1e-6, "{name} draw {i} {shape:?}: max |Δ| {diff:e}");
+            worst = worst.max(diff);
+        }
+    }
+    eprintln!("worst |Δ| over {} cases: {worst:e}", cases.len());
+}
