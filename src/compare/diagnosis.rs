@@ -3,6 +3,7 @@
 //! the share of the statistics distance it closes.
 
 use super::settings::{Known, Setting, SideSettings, Source};
+use crate::diffusion::noise::NoiseKind;
 use crate::diffusion::schedulers::SchedulerKind;
 use crate::generate::pipeline::LoraMode;
 use crate::generate::render::{parse_dtype, RenderSpec};
@@ -110,11 +111,15 @@ pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_po
         let label = v.clone().unwrap_or_else(|| "the pipeline's".into());
         edits.push((Setting::Vae, format!("VAE → {label}"), Box::new(move |s| s.vae = v.clone())));
     }
-    if hub_value(&local.noise, &hub.noise).is_some() {
-        skipped.push(Skipped {
-            setting: Setting::Seed,
-            why: "the Hub draws its noise from torch's CPU generator, hfsky from its own seeded RNG: the same seed gives different noise, so images pair only in distribution".into(),
-        });
+    if let Some(n) = hub_value(&local.noise, &hub.noise) {
+        match <NoiseKind as clap::ValueEnum>::from_str(&n, false) {
+            Ok(kind) => edits.push((
+                Setting::Seed,
+                format!("noise {} → {n}", local.noise.value.clone().unwrap_or_default()),
+                Box::new(move |s| s.noise = kind),
+            )),
+            Err(_) => skipped.push(Skipped { setting: Setting::Seed, why: format!("hfsky cannot draw {n} noise") }),
+        }
     }
     // The Hub worker fuses the LoRA into the weights; the renders with every Hub setting copy that.
     let fuse = hub.lora_applied.source.is_some();
@@ -356,7 +361,7 @@ pub fn nothing_to_explain(gap: f64, noise_floor: f64, paired: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::settings::{with_reported, SideSettings, HFSKY_NOISE};
+    use crate::compare::settings::{with_reported, SideSettings, TORCH_CPU_NOISE};
 
     fn local() -> SideSettings {
         let l = Source::Local;
@@ -371,7 +376,7 @@ mod tests {
             height: Known::new(64, l),
             dtype: Known::new("f32".into(), l),
             vae: Known::new(None, l),
-            noise: Known::new(HFSKY_NOISE.into(), l),
+            noise: Known::new(TORCH_CPU_NOISE.into(), l),
         }
     }
 

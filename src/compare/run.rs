@@ -319,8 +319,10 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
     let floors: Vec<f64> = [stats::noise_floor(&local), stats::noise_floor(&hub)].into_iter().flatten().collect();
     let noise_floor = if floors.is_empty() { 0.0 } else { floors.iter().sum::<f64>() / floors.len() as f64 };
     let to_hub = stats::feature_changes(&local, &hub);
-    // Paired seeds: the Hub said it rendered our noise (the offline Hub renders with hfsky).
-    let paired = hub_settings.noise.value.as_deref() == Some(settings::HFSKY_NOISE);
+    // Paired seeds: both sides turned each seed into the same noise (same generator, and the
+    // Hub's images carry their seeds).
+    let paired =
+        hub_images.iter().all(|i| i.seed.is_some()) && hub_settings.noise.value.is_some() && hub_settings.noise.value == local_settings.noise.value;
     let threshold = diagnosis::threshold(noise_floor, paired);
     let differences: Vec<String> = to_hub.iter().take(5).map(|c| c.message.clone()).collect();
 
@@ -379,7 +381,9 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
             .collect();
         let together = results.iter().find(|(a, _)| a.setting.is_none() && a.without.is_none()).map(|(_, r)| r.distance);
         let noise_differs = rows.iter().any(|r| r.setting == Setting::Seed && r.differs);
-        let seed_share = (noise_differs && gap > 0.0).then(|| (noise_floor / gap).min(1.0));
+        // Without a measured noise ablation, seed-to-seed variation bounds what the generator explains.
+        let noise_measured = singles.iter().any(|(a, _)| a.setting == Some(Setting::Seed));
+        let seed_share = (noise_differs && !noise_measured && gap > 0.0).then(|| (noise_floor / gap).min(1.0));
         // Within seed variation there is no gap to attribute.
         if gap > threshold {
             causes = diagnosis::rank(gap, &measured, together, seed_share, &hub_settings, card.training_resolution());

@@ -87,8 +87,8 @@ pub struct SideSettings {
     pub dtype: Known<String>,
     /// `None` inside: the pipeline's own VAE.
     pub vae: Known<Option<String>>,
-    /// Whose random numbers make the initial noise: `hfsky` (documented seeded CPU RNG) or
-    /// `torch-cpu` (the Hub worker's `torch.Generator()`).
+    /// Whose random numbers turn a seed into noise: `torch-cpu` (`torch.Generator("cpu")`, the
+    /// Hub worker's and diffusers') or `hfsky` (hfsky's own seeded RNG).
     pub noise: Known<String>,
 }
 
@@ -111,7 +111,7 @@ impl SideSettings {
             height: Known::new(r.height, l),
             dtype: Known::new(r.dtype.clone(), l),
             vae: Known::new(r.vae.clone(), l),
-            noise: Known::new(HFSKY_NOISE.to_string(), l),
+            noise: Known::new(r.noise.clone(), l),
         }
     }
 
@@ -200,7 +200,7 @@ fn scheduler_class(name: &str) -> String {
 }
 
 /// The offline Hub's `x-hfsky-render` header: what it actually rendered. It renders with
-/// hfsky's engine, so its noise is hfsky's.
+/// hfsky's engine seeded as the worker does, from torch's CPU generator.
 pub fn with_reported(mut base: SideSettings, r: &serde_json::Value) -> SideSettings {
     let src = Source::Reported;
     if let Some(v) = r.get("base_model").and_then(|v| v.as_str()) {
@@ -233,7 +233,7 @@ pub fn with_reported(mut base: SideSettings, r: &serde_json::Value) -> SideSetti
     if let Some(v) = r.get("vae") {
         base.vae = Known::new(v.as_str().map(String::from), src);
     }
-    base.noise = Known::new(HFSKY_NOISE.to_string(), src);
+    base.noise = Known::new(TORCH_CPU_NOISE.to_string(), src);
     base
 }
 
@@ -322,14 +322,15 @@ mod tests {
             height: Known::new(512, l),
             dtype: Known::new("f32".into(), l),
             vae: Known::new(None, l),
-            noise: Known::new(HFSKY_NOISE.into(), l),
+            noise: Known::new(TORCH_CPU_NOISE.into(), l),
         }
     }
 
     #[test]
     fn the_worker_renders_sdxl_at_1024_with_euler_ancestral_and_sent_values_win() {
         let hub = worker_defaults(Some("stabilityai/stable-diffusion-xl-base-1.0"), Some(Architecture::StableDiffusionXl), None);
-        let rows = diff(&local(), &hub, Some(512));
+        let hfsky_noise = SideSettings { noise: Known::new(HFSKY_NOISE.into(), Source::Local), ..local() };
+        let rows = diff(&hfsky_noise, &hub, Some(512));
         let get = |s| rows.iter().find(|r| r.setting == s).unwrap();
         assert!(get(Setting::Size).differs && get(Setting::Size).hub == "1024×1024");
         assert!(get(Setting::Size).note.as_deref().unwrap().contains("trained at 512×512; the Hub renders outside it"));
