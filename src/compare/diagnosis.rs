@@ -62,6 +62,11 @@ pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_po
             edits.push((Setting::LoraScale, format!("LoRA scale {} → {scale}", spec.lora_scale), Box::new(move |s| s.lora_scale = scale)));
         }
     }
+    if spec.lora.is_some() && super::settings::fusion_differs(local, hub) {
+        let mode = if hub.lora_mode.value.as_deref() == Some(super::settings::LORA_FUSED) { LoraMode::Fused } else { LoraMode::Live };
+        let (from, to) = (super::settings::lora_fusion(local).unwrap_or_default(), super::settings::lora_fusion(hub).unwrap_or_default());
+        edits.push((Setting::LoraFusion, format!("LoRA {from} → {to}"), Box::new(move |s| s.lora_mode = mode)));
+    }
     let w = hub_value(&local.width, &hub.width);
     let h = hub_value(&local.height, &hub.height);
     if w.is_some() || h.is_some() {
@@ -121,17 +126,12 @@ pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_po
             Err(_) => skipped.push(Skipped { setting: Setting::Seed, why: format!("hfsky cannot draw {n} noise") }),
         }
     }
-    // The Hub worker fuses the LoRA into the weights; the renders with every Hub setting copy that.
-    let fuse = hub.lora_applied.source.is_some();
     let combined = |skip: Option<Setting>| {
         let mut s = spec.clone();
         for (setting, _, edit) in &edits {
             if Some(*setting) != skip {
                 edit(&mut s);
             }
-        }
-        if fuse && s.lora.is_some() {
-            s.lora_mode = LoraMode::Fused;
         }
         s
     };
@@ -227,6 +227,15 @@ fn what_the_hub_does(setting: Setting, hub: &SideSettings, training_resolution: 
             m
         }
         Setting::Lora => format!("the Hub rendered without the LoRA{}", src(hub.lora_applied.source)),
+        Setting::LoraFusion => format!(
+            "the Hub {}{}",
+            match super::settings::lora_fusion(hub) {
+                Some(f) if f.starts_with("fused") => format!("fuses the LoRA into the weights ({f}, diffusers' fuse_lora)"),
+                Some(f) => format!("applies the LoRA {f}"),
+                None => "applies the LoRA in an unknown way".into(),
+            },
+            src(hub.lora_mode.source)
+        ),
         Setting::LoraScale => {
             format!("the Hub applies the LoRA at scale {}{}", v(hub.lora_scale.value.map(|x| x.to_string())), src(hub.lora_scale.source))
         }
@@ -369,6 +378,7 @@ mod tests {
             base_model: Known::new("tiny/base".into(), l),
             lora_applied: Known::new(true, l),
             lora_scale: Known::new(1.0, l),
+            lora_mode: Known::new("live".into(), l),
             scheduler: Known::new("DDIMScheduler".into(), l),
             steps: Known::new(8, l),
             guidance: Known::new(7.5, l),

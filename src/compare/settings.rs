@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 pub enum Setting {
     Lora,
     LoraScale,
+    /// Live (on the activations) or fused into the weights, and the precision of the fused weights.
+    LoraFusion,
     Size,
     Scheduler,
     Steps,
@@ -30,6 +32,7 @@ impl Setting {
         match self {
             Setting::Lora => "LoRA applied",
             Setting::LoraScale => "LoRA scale",
+            Setting::LoraFusion => "LoRA fused or live",
             Setting::Size => "size",
             Setting::Scheduler => "scheduler",
             Setting::Steps => "steps",
@@ -78,6 +81,8 @@ pub struct SideSettings {
     pub base_model: Known<String>,
     pub lora_applied: Known<bool>,
     pub lora_scale: Known<f64>,
+    /// `live` or `fused` (diffusers' `fuse_lora`); the precision it was fused in is `dtype`.
+    pub lora_mode: Known<String>,
     /// Diffusers scheduler class name (e.g. `EulerAncestralDiscreteScheduler`).
     pub scheduler: Known<String>,
     pub steps: Known<usize>,
@@ -93,6 +98,15 @@ pub struct SideSettings {
 }
 
 pub const HFSKY_NOISE: &str = "hfsky";
+pub const LORA_FUSED: &str = "fused";
+pub const LORA_LIVE: &str = "live";
+
+pub fn lora_mode_name(m: crate::generate::pipeline::LoraMode) -> &'static str {
+    match m {
+        crate::generate::pipeline::LoraMode::Live => LORA_LIVE,
+        crate::generate::pipeline::LoraMode::Fused => LORA_FUSED,
+    }
+}
 pub const TORCH_CPU_NOISE: &str = "torch-cpu";
 
 impl SideSettings {
@@ -104,6 +118,7 @@ impl SideSettings {
             base_model: Known::new(base_model.to_string(), l),
             lora_applied: Known::new(r.lora.is_some(), l),
             lora_scale: Known::new(r.lora_scale, l),
+            lora_mode: r.lora_mode.map(|m| Known::new(lora_mode_name(m).to_string(), l)).unwrap_or_else(Known::unknown),
             scheduler: Known::new(r.scheduler.clone(), l),
             steps: Known::new(r.steps, l),
             guidance: Known::new(r.guidance, l),
@@ -120,6 +135,7 @@ impl SideSettings {
             base_model: Known::unknown(),
             lora_applied: Known::unknown(),
             lora_scale: Known::unknown(),
+            lora_mode: Known::unknown(),
             scheduler: Known::unknown(),
             steps: Known::unknown(),
             guidance: Known::unknown(),
@@ -147,6 +163,7 @@ pub fn worker_defaults(card_base_model: Option<&str>, architecture: Option<Archi
     }
     s.lora_applied = Known::new(true, a);
     s.lora_scale = Known::new(1.0, a);
+    s.lora_mode = Known::new(LORA_FUSED.to_string(), a);
     s.scheduler = Known::new(SchedulerKind::EulerAncestral.class_name().to_string(), a);
     s.steps = Known::new(20, a);
     if let Some(arch) = architecture {
@@ -208,6 +225,8 @@ pub fn with_reported(mut base: SideSettings, r: &serde_json::Value) -> SideSetti
     }
     if let Some(v) = r.get("apply_lora").and_then(|v| v.as_bool()) {
         base.lora_applied = Known::new(v, src);
+        // The offline Hub fuses the LoRA into the weights, as the worker does.
+        base.lora_mode = if v { Known::new(LORA_FUSED.to_string(), src) } else { Known::unknown() };
     }
     if let Some(v) = r.get("lora_scale").and_then(|v| v.as_f64()) {
         base.lora_scale = Known::new(v, src);
@@ -235,6 +254,23 @@ pub fn with_reported(mut base: SideSettings, r: &serde_json::Value) -> SideSetti
     }
     base.noise = Known::new(TORCH_CPU_NOISE.to_string(), src);
     base
+}
+
+/// How a side applies its LoRA: `live`, or `fused in <dtype>`; `None` when unknown or no LoRA.
+pub fn lora_fusion(s: &SideSettings) -> Option<String> {
+    s.lora_mode.value.as_ref().map(|m| match (m.as_str(), s.dtype.value.as_deref()) {
+        (LORA_FUSED, Some(d)) => format!("fused in {d}"),
+        (m, _) => m.to_string(),
+    })
+}
+
+/// Whether the two sides apply the LoRA in ways that compute differently. Fusing in f32
+/// changes the weights by f32 rounding only, which live application matches; fusing in half
+/// precision rounds the merged weights (diffusers' `fuse_lora` on an fp16 pipeline, the
+/// worker's way), which live application in any precision does not.
+pub fn fusion_differs(local: &SideSettings, hub: &SideSettings) -> bool {
+    let exact = |s: &SideSettings| lora_fusion(s).map(|f| if f == "fused in f32" { LORA_LIVE.to_string() } else { f });
+    matches!((exact(local), exact(hub)), (Some(a), Some(b)) if a != b)
 }
 
 /// One row of the settings table.
@@ -285,6 +321,8 @@ pub fn diff(local: &SideSettings, hub: &SideSettings, training_resolution: Optio
         None => "unknown".into(),
     };
     let row = |setting, local: String, hub: String, source, differs| SettingRow { setting, local, hub, hub_source: source, differs, note: None };
+    let (lf, hf) = (lora_fusion(local), lora_fusion(hub));
+    let fusion_differs = fusion_differs(local, hub);
     vec![
         row(Setting::BaseModel, show(&local.base_model), show(&hub.base_model), hub.base_model.source, differs(&local.base_model, &hub.base_model)),
         row(
@@ -295,6 +333,13 @@ pub fn diff(local: &SideSettings, hub: &SideSettings, training_resolution: Optio
             differs(&local.lora_applied, &hub.lora_applied),
         ),
         row(Setting::LoraScale, show(&local.lora_scale), show(&hub.lora_scale), hub.lora_scale.source, differs(&local.lora_scale, &hub.lora_scale)),
+        row(
+            Setting::LoraFusion,
+            lf.unwrap_or_else(|| "unknown".into()),
+            hf.unwrap_or_else(|| "unknown".into()),
+            hub.lora_mode.source,
+            fusion_differs,
+        ),
         SettingRow { note: size_note, ..row(Setting::Size, size(local), size(hub), size_source, size_differs) },
         row(Setting::Scheduler, show(&local.scheduler), show(&hub.scheduler), hub.scheduler.source, differs(&local.scheduler, &hub.scheduler)),
         row(Setting::Steps, show(&local.steps), show(&hub.steps), hub.steps.source, differs(&local.steps, &hub.steps)),
@@ -315,6 +360,7 @@ mod tests {
             base_model: Known::new("stabilityai/stable-diffusion-xl-base-1.0".into(), l),
             lora_applied: Known::new(true, l),
             lora_scale: Known::new(1.0, l),
+            lora_mode: Known::new(LORA_LIVE.into(), l),
             scheduler: Known::new("EulerDiscreteScheduler".into(), l),
             steps: Known::new(30, l),
             guidance: Known::new(5.0, l),
