@@ -125,6 +125,9 @@ pub struct AblationResult {
     /// `None`: several Hub settings at once (all, or all but `without`).
     pub setting: Option<Setting>,
     pub without: Option<Setting>,
+    /// Two Hub settings adopted together (rendered when nothing else explains the gap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pair: Option<[Setting; 2]>,
     pub change: String,
     pub distance: f64,
     pub effect: f64,
@@ -210,6 +213,39 @@ fn request(prompt: &str, spec: &RenderSpec, seed: Option<u64>, params: HubParams
 
 fn decode(bytes: &[u8], file: &str) -> Result<image::RgbImage, CompareError> {
     image::load_from_memory(bytes).map(|i| i.to_rgb8()).map_err(|e| CompareError::NotAnImage { file: file.to_string(), detail: e.to_string() })
+}
+
+/// Renders one ablation into `ablations/NN-name/` and measures its distance to the Hub side.
+async fn ablate(
+    client: &HubClient,
+    o: &Options,
+    a: &Ablation,
+    k: usize,
+    gap: f64,
+    hub: &SideStats,
+    on: &mut dyn FnMut(Event<'_>),
+) -> Result<AblationResult, CompareError> {
+    on(Event::Stage(&format!("ablation: {}", a.change)));
+    let name = match (a.setting, a.without, a.pair) {
+        (Some(s), _, _) => format!("{s:?}").to_lowercase(),
+        (None, Some(w), _) => format!("all-but-{w:?}").to_lowercase(),
+        (None, None, Some([x, y])) => format!("{x:?}-and-{y:?}").to_lowercase(),
+        (None, None, None) => "all".into(),
+    };
+    let dir = o.out.join("ablations").join(format!("{k:02}-{name}"));
+    let (_, images, measured) = render_side(&load(&a.spec, client).await?, &o.seeds, &o.out, &dir, "ablation", on)?;
+    let s = SideStats::aggregate(&measured)?;
+    let d = stats::distance(&s, hub);
+    Ok(AblationResult {
+        setting: a.setting,
+        without: a.without,
+        pair: a.pair,
+        change: a.change.clone(),
+        distance: d,
+        effect: diagnosis::effect(gap, d),
+        images,
+        stats: s,
+    })
 }
 
 /// Runs the comparison. `client` carries the endpoint and token.
@@ -336,25 +372,7 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         skipped = skip;
         let mut results: Vec<(Ablation, AblationResult)> = Vec::new();
         for (k, a) in singles.into_iter().chain(combos).enumerate() {
-            on(Event::Stage(&format!("ablation: {}", a.change)));
-            let name = match (a.setting, a.without) {
-                (Some(s), _) => format!("{s:?}").to_lowercase(),
-                (None, Some(w)) => format!("all-but-{w:?}").to_lowercase(),
-                (None, None) => "all".into(),
-            };
-            let dir = o.out.join("ablations").join(format!("{k:02}-{name}"));
-            let (_, images, measured) = render_side(&load(&a.spec, client).await?, &o.seeds, &o.out, &dir, "ablation", on)?;
-            let s = SideStats::aggregate(&measured)?;
-            let d = stats::distance(&s, &hub);
-            let r = AblationResult {
-                setting: a.setting,
-                without: a.without,
-                change: a.change.clone(),
-                distance: d,
-                effect: diagnosis::effect(gap, d),
-                images,
-                stats: s,
-            };
+            let r = ablate(client, o, &a, k, gap, &hub, on).await?;
             results.push((a, r));
         }
         let evidence = |abl: &SideStats| -> Option<String> {
@@ -379,7 +397,7 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
                 top_change: evidence(&r.stats),
             })
             .collect();
-        let together = results.iter().find(|(a, _)| a.setting.is_none() && a.without.is_none()).map(|(_, r)| r.distance);
+        let together = results.iter().find(|(a, _)| a.setting.is_none() && a.without.is_none() && a.pair.is_none()).map(|(_, r)| r.distance);
         let noise_differs = rows.iter().any(|r| r.setting == Setting::Seed && r.differs);
         // Without a measured noise ablation, seed-to-seed variation bounds what the generator explains.
         let noise_measured = singles.iter().any(|(a, _)| a.setting == Some(Setting::Seed));
@@ -387,6 +405,22 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         // Within seed variation there is no gap to attribute.
         if gap > threshold {
             causes = diagnosis::rank(gap, &measured, together, seed_share, &hub_settings, card.training_resolution());
+            // Nothing alone nor everything at once explains it: try settings two at a time
+            // before answering "unknown", stopping at a pair that reproduces the Hub.
+            if causes.first().is_some_and(|c| c.setting == Setting::Unknown) {
+                let mut tried = Vec::new();
+                for a in diagnosis::pairs(&spec, &local_settings, &hub_settings, bf16) {
+                    let r = ablate(client, o, &a, results.len() + tried.len(), gap, &hub, on).await?;
+                    let done = r.effect >= 0.8;
+                    tried.push((a, r));
+                    if done {
+                        break;
+                    }
+                }
+                let measured: Vec<(&Ablation, f64)> = tried.iter().map(|(a, r)| (a, r.distance)).collect();
+                causes = diagnosis::with_pairs(gap, causes, &measured, &hub_settings, card.training_resolution());
+                results.extend(tried);
+            }
         }
         verdict = diagnosis::verdict(gap, noise_floor, paired, &causes, together.map(|d| diagnosis::effect(gap, d)));
         ablations = results.into_iter().map(|(_, r)| r).collect();
