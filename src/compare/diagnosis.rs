@@ -533,7 +533,7 @@ mod tests {
             message: "none of the known settings".into(),
             evidence: None,
         }];
-        let measured: Vec<(&Ablation, f64)> = pairs.iter().zip([0.1, 0.95, 0.9]).map(|(a, d)| (a, d)).collect();
+        let measured: Vec<(&Ablation, f64)> = pairs.iter().zip([0.1, 0.95, 0.9]).collect();
         let causes = with_pairs(1.0, unknown.clone(), &measured, &hub, None);
         let settings: Vec<Setting> = causes.iter().map(|c| c.setting).collect();
         assert_eq!(settings, vec![Setting::Scheduler, Setting::Steps]);

@@ -207,16 +207,17 @@ pub struct NoiseStream {
 
 #[derive(Clone)]
 enum Source {
-    Torch(TorchCpuGenerator),
-    Hfsky { seed: u64, rng: rand::rngs::StdRng },
+    // Boxed: generator states are large (2.5 KB for the Mersenne Twister).
+    Torch(Box<TorchCpuGenerator>),
+    Hfsky { seed: u64, rng: Box<rand::rngs::StdRng> },
 }
 
 impl NoiseStream {
     pub fn new(kind: NoiseKind, seed: u64) -> Self {
         use rand::SeedableRng;
         let source = match kind {
-            NoiseKind::TorchCpu => Source::Torch(TorchCpuGenerator::manual_seed(seed)),
-            NoiseKind::Hfsky => Source::Hfsky { seed, rng: rand::rngs::StdRng::seed_from_u64(seed) },
+            NoiseKind::TorchCpu => Source::Torch(Box::new(TorchCpuGenerator::manual_seed(seed))),
+            NoiseKind::Hfsky => Source::Hfsky { seed, rng: Box::new(rand::rngs::StdRng::seed_from_u64(seed)) },
         };
         NoiseStream { kind, source }
     }

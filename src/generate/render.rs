@@ -396,8 +396,13 @@ mod tests {
         let j = serde_json::to_value(&s).unwrap();
         assert_eq!(j["dtype"], "f16");
         assert_eq!(j["scheduler"], "euler-ancestral");
-        let back: RenderSpec = serde_json::from_value(j).unwrap();
+        assert_eq!(j["noise"], "torch-cpu");
+        let back: RenderSpec = serde_json::from_value(j.clone()).unwrap();
         assert_eq!(back, s);
+        // A spec written before --noise existed meant hfsky's own generator.
+        let mut old = j;
+        old.as_object_mut().unwrap().remove("noise");
+        assert_eq!(serde_json::from_value::<RenderSpec>(old).unwrap().noise, NoiseKind::Hfsky);
         assert!(serde_json::from_value::<RenderSpec>(serde_json::json!({"dtype": "f8"})).is_err());
     }
 
