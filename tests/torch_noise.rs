@@ -163,3 +163,86 @@ fn generate_with_torch_cpu_noise_reproduces_diffusers_seeded_euler_ancestral() {
         }
     }
 }
+
+/// "Hub" images rendered by real diffusers with the worker's settings (Euler ancestral, the LoRA
+/// fused, torch's CPU generator), passed with `--hub-image` and their seeds: the two sides pair
+/// seed by seed and there is nothing to explain; the same images labelled with other seeds
+/// no longer match the local renders and leave a gap.
+#[test]
+fn compare_pairs_diffusers_renders_by_seed() {
+    let Some(python) = python() else {
+        eprintln!("HFSKY_PYREF_PYTHON not set: run scripts/test.sh (or scripts/pyref-venv.sh) for the diffusers compare test");
+        return;
+    };
+    let env = Env::new("http://127.0.0.1:9");
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let model = fixtures.join("tiny-sd15");
+    let lora = fixtures.join("tiny-sd15-lora/pytorch_lora_weights.safetensors");
+    let hub = env.dir.path().join("diffusers");
+    let o = Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/diffusers_seeded.py"))
+        .arg(&model)
+        .arg(&hub)
+        .args(["--seeds", "0,1,2", "--steps", "20", "--guidance", "7.5", "--width", "64", "--height", "64"])
+        .arg("--lora")
+        .arg(&lora)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "diffusers_seeded.py failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    let images: Vec<String> = (0..3).map(|s| hub.join(format!("seed-{s}.png")).display().to_string()).collect();
+    let run = |seeds: &str, out: &str| {
+        let out = env.dir.path().join(out);
+        let mut args = vec![
+            "--json",
+            "compare",
+            "--prompt",
+            "a photo of the SKY river",
+            "--negative",
+            "blurry, low quality",
+            "--model",
+            model.to_str().unwrap(),
+            "--lora",
+            lora.to_str().unwrap(),
+            "--scheduler",
+            "euler-ancestral",
+            "--steps",
+            "20",
+            "--guidance",
+            "7.5",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--hub-seeds",
+            seeds,
+            "--out",
+            out.to_str().unwrap(),
+            "--hub-image",
+        ];
+        args.extend(images.iter().map(|s| s.as_str()));
+        json(&env.run(&args))
+    };
+    let v = run("0,1,2", "paired");
+    eprintln!("paired: distance {} floor {} verdict {}", v["distance"], v["noise_floor"], v["verdict"]);
+    assert_eq!(v["paired"], true);
+    assert!(v["verdict"].as_str().unwrap().contains("nothing to explain"), "{}", v["verdict"]);
+    let w = run("3,4,5", "mislabelled");
+    eprintln!("mislabelled: distance {} verdict {}", w["distance"], w["verdict"]);
+    assert!(w["distance"].as_f64().unwrap() > 10.0 * v["distance"].as_f64().unwrap().max(1e-4), "{} vs {}", w["distance"], v["distance"]);
+    assert!(!w["verdict"].as_str().unwrap().contains("nothing to explain"), "{}", w["verdict"]);
+    let e = env.run(&[
+        "compare",
+        "--prompt",
+        "x",
+        "--model",
+        model.to_str().unwrap(),
+        "--hub-seeds",
+        "0,1",
+        "--hub-image",
+        &images[0],
+        "--out",
+        "/tmp/x",
+    ]);
+    assert_eq!(e.status.code(), Some(2), "{}", String::from_utf8_lossy(&e.stderr));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("--hub-seeds names 2 seed(s) for 1 --hub-image"));
+}

@@ -64,8 +64,12 @@ pub enum HubSource {
         choice: ProviderChoice,
         params: HubParams,
     },
-    /// Images a person saved from the website; their seeds are unknown.
-    Images(Vec<PathBuf>),
+    /// Images saved from the website or rendered elsewhere; `seeds[i]` is the seed image `i`
+    /// was rendered with, when known (then they pair with the local renders of those seeds).
+    Images {
+        files: Vec<PathBuf>,
+        seeds: Option<Vec<u64>>,
+    },
 }
 
 pub struct Options {
@@ -305,14 +309,23 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
             let origin = format!("{} ({}) through {}", sel.provider.name(), sel.mapping.provider_id, inference.router());
             (origin, Some(sel.provider))
         }
-        HubSource::Images(files) => {
-            for f in files {
+        HubSource::Images { files, seeds } => {
+            if let Some(s) = seeds {
+                if s.len() != files.len() {
+                    return Err(CompareError::Invalid(format!(
+                        "--hub-seeds names {} seed(s) for {} --hub-image file(s): give one seed per image, in the same order",
+                        s.len(),
+                        files.len()
+                    )));
+                }
+            }
+            for (i, f) in files.iter().enumerate() {
                 let bytes = std::fs::read(f).map_err(io(f))?;
                 let name = f.display().to_string();
                 hub_stats.push(ImageStats::measure(&decode(&bytes, &name)?)?);
                 let copy = hub_dir.join(f.file_name().unwrap_or_default());
                 std::fs::write(&copy, &bytes).map_err(io(&copy))?;
-                hub_images.push(SideImage { seed: None, file: rel(&o.out, &copy) });
+                hub_images.push(SideImage { seed: seeds.as_ref().map(|s| s[i]), file: rel(&o.out, &copy) });
             }
             ("images saved from the website (settings assumed: the Hub worker's defaults)".to_string(), None)
         }
