@@ -51,7 +51,15 @@ fn sample(dir: &Path, steps: usize, size: usize, repeats: usize) -> Result<serde
     let noise = seeded_noise(0, pipeline.latent_shape(size, size), &dev)?;
     let (secs, image) = fastest(repeats, || {
         let cond = text.conditioning(PROMPT, NEGATIVE, size, size)?;
-        Ok(pipeline.generate(&cond, &noise, None, steps, guidance, 0, |_, _| {})?)
+        Ok(pipeline.generate(
+            &cond,
+            &noise,
+            None,
+            steps,
+            guidance,
+            hfsky::diffusion::noise::NoiseStream::new(hfsky::diffusion::noise::NoiseKind::TorchCpu, 0),
+            |_, _| {},
+        )?)
     })?;
     Ok(serde_json::json!({ "load_s": load_s, "run_s": secs, "image_shape": image.dims() }))
 }

@@ -98,7 +98,8 @@ fn planted(profile: &str, expected: &[&str]) -> serde_json::Value {
     for c in causes {
         let s = c["setting"].as_str().unwrap();
         assert!(
-            ["lora", "lora_scale", "size", "scheduler", "steps", "guidance", "base_model", "vae", "dtype", "seed", "unknown"].contains(&s),
+            ["lora", "lora_scale", "lora_fusion", "size", "scheduler", "steps", "guidance", "base_model", "vae", "dtype", "seed", "unknown"]
+                .contains(&s),
             "{s}"
         );
     }
@@ -130,6 +131,59 @@ fn another_render_size_is_named_with_the_training_resolution() {
 #[test]
 fn another_scheduler_and_step_count_are_named() {
     planted("scheduler: euler-ancestral\nsteps: 12\n", &["scheduler", "steps"]);
+}
+
+/// The worker's way: f16 with the LoRA fused into the half-precision weights. The fusion is a
+/// setting of its own, ablated alone and with the dtype; on the tiny pipeline with paired seeds
+/// the two together move the image by less than the paired threshold, which the verdict says
+/// (and never "unknown").
+#[test]
+fn a_hub_fusing_the_lora_in_f16_is_a_candidate() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("profile.yaml");
+    let profile: String = SAME.lines().filter(|l| !l.starts_with("dtype")).map(|l| format!("{l}\n")).collect();
+    write(&file, format!("{profile}dtype: f16\n").as_bytes());
+    let hub = start_hub(&root.path().join("hub"), &["--render-profile", file.to_str().unwrap()]);
+    let env = Env::new(&hub.endpoint);
+    publish(&env);
+    let out = root.path().join("cmp");
+    let v = json(&compare(&env, &out, &["--explain"]));
+    let row = v["settings"].as_array().unwrap().iter().find(|r| r["setting"] == "lora_fusion").unwrap().clone();
+    assert_eq!((row["local"].as_str(), row["hub"].as_str(), row["differs"].as_bool()), (Some("live"), Some("fused in f16"), Some(true)));
+    let ablated: Vec<&str> = v["ablations"].as_array().unwrap().iter().filter_map(|a| a["setting"].as_str()).collect();
+    assert_eq!(ablated, vec!["lora_fusion", "dtype"], "{:#}", v["ablations"]);
+    assert_eq!(v["paired"], true);
+    let verdict = v["verdict"].as_str().unwrap();
+    match v["causes"].as_array().unwrap().first() {
+        None => assert!(verdict.contains("nothing to explain"), "{verdict}"),
+        Some(c) => assert!(["dtype", "lora_fusion"].contains(&c["setting"].as_str().unwrap()), "{:#}", v["causes"]),
+    }
+}
+
+/// Only the generator differs (`--noise hfsky` here, torch's on the Hub): the seeds no longer
+/// pair, and the gap is no larger than seed-to-seed variation.
+#[test]
+fn only_the_noise_generator_differing_is_nothing_to_explain() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("profile.yaml");
+    write(&file, SAME.as_bytes());
+    let hub = start_hub(&root.path().join("hub"), &["--render-profile", file.to_str().unwrap()]);
+    let env = Env::new(&hub.endpoint);
+    publish(&env);
+    let out = root.path().join("cmp");
+    let o = compare(&env, &out, &["--noise", "hfsky", "--explain"]);
+    ok(&o);
+    let v = json(&o);
+    let rows = v["settings"].as_array().unwrap();
+    let differing: Vec<&str> = rows.iter().filter(|r| r["differs"] == true).map(|r| r["setting"].as_str().unwrap()).collect();
+    assert_eq!(differing, vec!["seed"], "{rows:#?}");
+    assert_eq!(v["paired"], false);
+    assert!(v["verdict"].as_str().unwrap().contains("nothing to explain"), "{}", v["verdict"]);
+    // With torch's generator on both sides the same seeds pair one to one.
+    let out2 = root.path().join("cmp2");
+    let v2 = json(&compare(&env, &out2, &[]));
+    assert_eq!(v2["paired"], true);
+    assert!(v2["distance"].as_f64().unwrap() < v["distance"].as_f64().unwrap(), "paired {} vs unpaired {}", v2["distance"], v["distance"]);
 }
 
 #[test]
@@ -313,7 +367,10 @@ fn saved_website_images_compare_against_assumed_worker_defaults() {
     assert_eq!(row("scheduler")["hub"], "EulerAncestralDiscreteScheduler");
     assert_eq!(row("scheduler")["hub_source"], "assumed");
     assert_eq!(row("steps")["hub"], "20");
-    assert_eq!(row("seed")["differs"], true, "the Hub's noise is torch's");
+    // The local side draws from torch's CPU generator by default, as the worker does.
+    assert_eq!((row("seed")["local"].as_str(), row("seed")["hub"].as_str()), (Some("torch-cpu"), Some("torch-cpu")));
+    assert_eq!(row("seed")["differs"], false);
+    assert_eq!(v["paired"], false, "saved website images carry no seed");
     assert_eq!(v["local"]["resolved"]["width"], 64, "the card's training resolution");
     assert!(v["verdict"].as_str().unwrap().contains("--explain"), "{}", v["verdict"]);
     assert!(v["hub"]["stats"]["families"]["green"]["mean"].as_f64().unwrap() > 0.3, "{}", v["hub"]["stats"]["families"]);

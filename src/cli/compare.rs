@@ -3,6 +3,7 @@ use super::{bad_input, Ctx};
 use hfsky::compare::local::LocalFlags;
 use hfsky::compare::report;
 use hfsky::compare::run::{run as compare, Event, HubParams, HubSource, Options};
+use hfsky::generate::settings::parse_seeds;
 use hfsky::hub::inference::ProviderChoice;
 use hfsky::repo_id::RepoId;
 use std::path::PathBuf;
@@ -35,6 +36,10 @@ pub struct Args {
     /// Compare against images saved from the model page instead of calling a provider
     #[arg(long, num_args = 1.., value_name = "FILE")]
     hub_image: Vec<PathBuf>,
+    /// The seed each --hub-image was rendered with, in order (A..B, A..=B or a,b,c); the local
+    /// side then renders those seeds and the images pair one to one
+    #[arg(long, requires = "hub_image")]
+    hub_seeds: Option<String>,
     /// Re-render locally with each Hub setting (one at a time and all together) and rank the causes
     #[arg(long)]
     explain: bool,
@@ -57,10 +62,11 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     if a.seeds == 0 {
         return Err(bad_input("--seeds must be at least 1"));
     }
+    let hub_seeds = a.hub_seeds.as_deref().map(parse_seeds).transpose().map_err(|e| bad_input(format!("--hub-seeds: {e}")))?;
     let repo = a.repo.as_deref().map(RepoId::parse).transpose().map_err(|e| bad_input(format!("--repo: {e}")))?;
     let hub =
         match (&repo, a.hub_image.is_empty()) {
-            (_, false) => HubSource::Images(a.hub_image.clone()),
+            (_, false) => HubSource::Images { files: a.hub_image.clone(), seeds: hub_seeds.clone() },
             (Some(r), true) => HubSource::Provider {
                 repo: r.clone(),
                 choice: a.provider.parse::<ProviderChoice>().map_err(|e| bad_input(format!("--provider: {e}")))?,
@@ -79,7 +85,15 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     let flags = LocalFlags { model: a.model.clone(), lora: a.lora.clone(), overrides: a.render.overrides() };
     let needs_token = matches!(hub, HubSource::Provider { .. });
     let client = super::client(ctx, needs_token)?;
-    let options = Options { prompt: a.prompt.clone(), repo, flags, seeds: (0..a.seeds).collect(), hub, explain: a.explain, out: a.out.clone() };
+    let options = Options {
+        prompt: a.prompt.clone(),
+        repo,
+        flags,
+        seeds: hub_seeds.unwrap_or_else(|| (0..a.seeds).collect()),
+        hub,
+        explain: a.explain,
+        out: a.out.clone(),
+    };
     let rt = ctx.runtime();
     let mut bar: Option<indicatif::ProgressBar> = None;
     let mut on = |e: Event| match e {

@@ -1,4 +1,5 @@
 use super::{bad_input, Ctx};
+use hfsky::diffusion::noise::NoiseKind;
 use hfsky::diffusion::schedulers::SchedulerKind;
 use hfsky::generate::pipeline::LoraMode;
 use hfsky::generate::render::{Overrides, RenderSpec, Renderer};
@@ -44,6 +45,11 @@ pub struct RenderFlags {
     /// (e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in f16)
     #[arg(long)]
     vae: Option<String>,
+    /// Whose random generator turns a seed into noise: torch-cpu (diffusers'
+    /// torch.Generator("cpu").manual_seed(seed), the same image as a diffusers render) or
+    /// hfsky (hfsky's own, as before this flag existed) [default: torch-cpu]
+    #[arg(long, value_enum)]
+    noise: Option<NoiseKind>,
 }
 
 impl RenderFlags {
@@ -58,6 +64,7 @@ impl RenderFlags {
             height: self.height,
             dtype: self.dtype.map(Into::into),
             vae: self.vae.clone(),
+            noise: self.noise,
         }
     }
 }

@@ -47,6 +47,8 @@ impl EngineRenderer {
             height: job.height,
             dtype,
             vae: None,
+            // The worker seeds `torch.Generator()` on the CPU (hub-render.md).
+            noise: hfsky::diffusion::noise::NoiseKind::TorchCpu,
         })
     }
 }

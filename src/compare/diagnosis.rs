@@ -3,6 +3,7 @@
 //! the share of the statistics distance it closes.
 
 use super::settings::{Known, Setting, SideSettings, Source};
+use crate::diffusion::noise::NoiseKind;
 use crate::diffusion::schedulers::SchedulerKind;
 use crate::generate::pipeline::LoraMode;
 use crate::generate::render::{parse_dtype, RenderSpec};
@@ -15,6 +16,10 @@ pub struct Ablation {
     pub setting: Option<Setting>,
     /// For "all Hub settings but one" renders: the one left out.
     pub without: Option<Setting>,
+    /// For the renders with two Hub settings adopted together (tried before answering
+    /// "unknown"): the two.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pair: Option<[Setting; 2]>,
     /// What changed, e.g. `size 64×64 → 128×128`.
     pub change: String,
     #[serde(skip)]
@@ -42,6 +47,93 @@ type Edit = Box<dyn Fn(&mut RenderSpec)>;
 /// change may only show at the Hub's step count), so a cause is also measured by how much of
 /// the gap re-opens when it alone is left out. `bf16_possible`: the local device computes bf16.
 pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_possible: bool) -> (Vec<Ablation>, Vec<Skipped>, Vec<Ablation>) {
+    let (edits, skipped) = edits(spec, local, hub, bf16_possible);
+    let combined = |skip: Option<Setting>| {
+        let mut s = spec.clone();
+        for (setting, _, edit) in &edits {
+            if Some(*setting) != skip {
+                edit(&mut s);
+            }
+        }
+        s
+    };
+    let singles: Vec<Ablation> = edits
+        .iter()
+        .map(|(setting, change, edit)| {
+            let mut s = spec.clone();
+            edit(&mut s);
+            Ablation { setting: Some(*setting), without: None, pair: None, change: change.clone(), spec: s }
+        })
+        .collect();
+    let mut combos = Vec::new();
+    if edits.len() > 1 {
+        let all: Vec<&str> = edits.iter().map(|(_, c, _)| c.as_str()).collect();
+        combos.push(Ablation { setting: None, without: None, pair: None, change: all.join(", "), spec: combined(None) });
+    }
+    // With two settings, "all but one" is the other one alone: already rendered.
+    if edits.len() > 2 {
+        for (setting, change, _) in &edits {
+            combos.push(Ablation {
+                setting: None,
+                without: Some(*setting),
+                pair: None,
+                change: format!("every Hub setting but {change}"),
+                spec: combined(Some(*setting)),
+            });
+        }
+    }
+    (singles, skipped, combos)
+}
+
+/// Settings known to act together: the precision the LoRA is fused in, the VAE that survives
+/// half precision, a sampler tuned to its step count, the size a guidance suits, the
+/// generator a sampler draws from.
+const INTERACTING: [[Setting; 2]; 5] = [
+    [Setting::Dtype, Setting::LoraFusion],
+    [Setting::Dtype, Setting::Vae],
+    [Setting::Scheduler, Setting::Steps],
+    [Setting::Size, Setting::Guidance],
+    [Setting::Scheduler, Setting::Seed],
+];
+
+/// At most this many pairs are rendered before answering "unknown".
+pub const MAX_PAIRS: usize = 6;
+
+/// Pairs of differing settings adopted together, for when no single setting, and not all of
+/// them at once, explains the gap (with three or more settings; with two, "all" is the pair):
+/// the known interacting pairs first, then the rest in table order, at most [`MAX_PAIRS`].
+pub fn pairs(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_possible: bool) -> Vec<Ablation> {
+    let (edits, _) = edits(spec, local, hub, bf16_possible);
+    if edits.len() < 3 {
+        return Vec::new();
+    }
+    let mut order: Vec<(usize, usize)> = Vec::new();
+    for (i, j) in (0..edits.len()).flat_map(|i| (i + 1..edits.len()).map(move |j| (i, j))) {
+        order.push((i, j));
+    }
+    let known = |&(i, j): &(usize, usize)| INTERACTING.iter().any(|p| p.contains(&edits[i].0) && p.contains(&edits[j].0));
+    order.sort_by_key(|p| !known(p));
+    order
+        .into_iter()
+        .take(MAX_PAIRS)
+        .map(|(i, j)| {
+            let mut s = spec.clone();
+            (edits[i].2)(&mut s);
+            (edits[j].2)(&mut s);
+            Ablation {
+                setting: None,
+                without: None,
+                pair: Some([edits[i].0, edits[j].0]),
+                change: format!("{} and {}", edits[i].1, edits[j].1),
+                spec: s,
+            }
+        })
+        .collect()
+}
+
+/// Each differing setting whose Hub value is known, with its edit to the local spec, and those
+/// that cannot be re-rendered here.
+fn edits(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_possible: bool) -> (Vec<(Setting, String, Edit)>, Vec<Skipped>) {
     let mut edits: Vec<(Setting, String, Edit)> = Vec::new();
     let mut skipped = Vec::new();
 
@@ -60,6 +152,11 @@ pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_po
         if let Some(scale) = hub_value(&local.lora_scale, &hub.lora_scale) {
             edits.push((Setting::LoraScale, format!("LoRA scale {} → {scale}", spec.lora_scale), Box::new(move |s| s.lora_scale = scale)));
         }
+    }
+    if spec.lora.is_some() && super::settings::fusion_differs(local, hub) {
+        let mode = if hub.lora_mode.value.as_deref() == Some(super::settings::LORA_FUSED) { LoraMode::Fused } else { LoraMode::Live };
+        let (from, to) = (super::settings::lora_fusion(local).unwrap_or_default(), super::settings::lora_fusion(hub).unwrap_or_default());
+        edits.push((Setting::LoraFusion, format!("LoRA {from} → {to}"), Box::new(move |s| s.lora_mode = mode)));
     }
     let w = hub_value(&local.width, &hub.width);
     let h = hub_value(&local.height, &hub.height);
@@ -110,51 +207,17 @@ pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_po
         let label = v.clone().unwrap_or_else(|| "the pipeline's".into());
         edits.push((Setting::Vae, format!("VAE → {label}"), Box::new(move |s| s.vae = v.clone())));
     }
-    if hub_value(&local.noise, &hub.noise).is_some() {
-        skipped.push(Skipped {
-            setting: Setting::Seed,
-            why: "the Hub draws its noise from torch's CPU generator, hfsky from its own seeded RNG: the same seed gives different noise, so images pair only in distribution".into(),
-        });
-    }
-    // The Hub worker fuses the LoRA into the weights; the renders with every Hub setting copy that.
-    let fuse = hub.lora_applied.source.is_some();
-    let combined = |skip: Option<Setting>| {
-        let mut s = spec.clone();
-        for (setting, _, edit) in &edits {
-            if Some(*setting) != skip {
-                edit(&mut s);
-            }
-        }
-        if fuse && s.lora.is_some() {
-            s.lora_mode = LoraMode::Fused;
-        }
-        s
-    };
-    let singles: Vec<Ablation> = edits
-        .iter()
-        .map(|(setting, change, edit)| {
-            let mut s = spec.clone();
-            edit(&mut s);
-            Ablation { setting: Some(*setting), without: None, change: change.clone(), spec: s }
-        })
-        .collect();
-    let mut combos = Vec::new();
-    if edits.len() > 1 {
-        let all: Vec<&str> = edits.iter().map(|(_, c, _)| c.as_str()).collect();
-        combos.push(Ablation { setting: None, without: None, change: all.join(", "), spec: combined(None) });
-    }
-    // With two settings, "all but one" is the other one alone: already rendered.
-    if edits.len() > 2 {
-        for (setting, change, _) in &edits {
-            combos.push(Ablation {
-                setting: None,
-                without: Some(*setting),
-                change: format!("every Hub setting but {change}"),
-                spec: combined(Some(*setting)),
-            });
+    if let Some(n) = hub_value(&local.noise, &hub.noise) {
+        match <NoiseKind as clap::ValueEnum>::from_str(&n, false) {
+            Ok(kind) => edits.push((
+                Setting::Seed,
+                format!("noise {} → {n}", local.noise.value.clone().unwrap_or_default()),
+                Box::new(move |s| s.noise = kind),
+            )),
+            Err(_) => skipped.push(Skipped { setting: Setting::Seed, why: format!("hfsky cannot draw {n} noise") }),
         }
     }
-    (singles, skipped, combos)
+    (edits, skipped)
 }
 
 /// One cause, ranked by `effect`: the share of the local→Hub distance that adopting the Hub's
@@ -222,6 +285,15 @@ fn what_the_hub_does(setting: Setting, hub: &SideSettings, training_resolution: 
             m
         }
         Setting::Lora => format!("the Hub rendered without the LoRA{}", src(hub.lora_applied.source)),
+        Setting::LoraFusion => format!(
+            "the Hub {}{}",
+            match super::settings::lora_fusion(hub) {
+                Some(f) if f.starts_with("fused") => format!("fuses the LoRA into the weights ({f}, diffusers' fuse_lora)"),
+                Some(f) => format!("applies the LoRA {f}"),
+                None => "applies the LoRA in an unknown way".into(),
+            },
+            src(hub.lora_mode.source)
+        ),
         Setting::LoraScale => {
             format!("the Hub applies the LoRA at scale {}{}", v(hub.lora_scale.value.map(|x| x.to_string())), src(hub.lora_scale.source))
         }
@@ -311,6 +383,45 @@ pub fn rank(
     causes
 }
 
+/// Folds the pair renders into `causes`: when the best pair closes at least half the gap, both
+/// of its settings become causes with the pair's effect (each message naming the other) and the
+/// "unknown" cause goes. `pairs`: each pair ablation with its distance to the Hub.
+pub fn with_pairs(
+    gap: f64,
+    mut causes: Vec<Cause>,
+    pairs: &[(&Ablation, f64)],
+    hub: &SideSettings,
+    training_resolution: Option<usize>,
+) -> Vec<Cause> {
+    let best = pairs.iter().filter_map(|(a, d)| a.pair.map(|p| (p, *a, effect(gap, *d)))).max_by(|x, y| x.2.total_cmp(&y.2));
+    let Some((pair, ablation, e)) = best else { return causes };
+    if e < 0.5 {
+        return causes;
+    }
+    causes.retain(|c| c.setting != Setting::Unknown);
+    for (k, setting) in pair.iter().enumerate() {
+        let other = pair[1 - k];
+        let message = format!(
+            "{}; together with the {} ({}), rendering locally with {} reproduces the Hub's look ({:.0}% of the gap), though neither does alone",
+            what_the_hub_does(*setting, hub, training_resolution),
+            other.label(),
+            what_the_hub_does(other, hub, training_resolution),
+            ablation.change,
+            e.min(1.0) * 100.0
+        );
+        match causes.iter_mut().find(|c| c.setting == *setting) {
+            Some(c) => {
+                c.effect = c.effect.max(e.min(1.0));
+                c.with_others = Some(e);
+                c.message = message;
+            }
+            None => causes.push(Cause { setting: *setting, effect: e.min(1.0), alone: None, with_others: Some(e), message, evidence: None }),
+        }
+    }
+    causes.sort_by(|a, b| b.effect.total_cmp(&a.effect));
+    causes
+}
+
 /// With the same initial noise on both sides (paired seeds), a gap under this share of the
 /// seed-to-seed distance is numerical noise (fused vs live LoRA, f16 rounding), not a setting.
 pub const PAIRED_SHARE: f64 = 0.05;
@@ -356,7 +467,7 @@ pub fn nothing_to_explain(gap: f64, noise_floor: f64, paired: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::settings::{with_reported, SideSettings, HFSKY_NOISE};
+    use crate::compare::settings::{with_reported, SideSettings, TORCH_CPU_NOISE};
 
     fn local() -> SideSettings {
         let l = Source::Local;
@@ -364,6 +475,7 @@ mod tests {
             base_model: Known::new("tiny/base".into(), l),
             lora_applied: Known::new(true, l),
             lora_scale: Known::new(1.0, l),
+            lora_mode: Known::new("live".into(), l),
             scheduler: Known::new("DDIMScheduler".into(), l),
             steps: Known::new(8, l),
             guidance: Known::new(7.5, l),
@@ -371,7 +483,7 @@ mod tests {
             height: Known::new(64, l),
             dtype: Known::new("f32".into(), l),
             vae: Known::new(None, l),
-            noise: Known::new(HFSKY_NOISE.into(), l),
+            noise: Known::new(TORCH_CPU_NOISE.into(), l),
         }
     }
 
@@ -399,6 +511,37 @@ mod tests {
         assert_eq!((but_size.spec.width, but_size.spec.lora.is_none()), (None, true));
         let t = &combos[0];
         assert_eq!((t.spec.width, t.spec.lora.is_none(), t.spec.scheduler), (Some(128), true, Some(SchedulerKind::EulerAncestral)));
+    }
+
+    #[test]
+    fn pairs_are_tried_known_interactions_first_and_replace_unknown() {
+        let hub = with_reported(local(), &serde_json::json!({"width": 128, "height": 128, "scheduler": "euler-ancestral", "steps": 20}));
+        let pairs = pairs(&spec(), &local(), &hub, false);
+        let order: Vec<[Setting; 2]> = pairs.iter().map(|a| a.pair.unwrap()).collect();
+        assert_eq!(order, vec![[Setting::Scheduler, Setting::Steps], [Setting::Size, Setting::Scheduler], [Setting::Size, Setting::Steps]]);
+        let both = &pairs[0].spec;
+        assert_eq!((both.scheduler, both.steps, both.width), (Some(SchedulerKind::EulerAncestral), 20, None));
+        // Two settings only: the "all together" render is the pair, so none are planned.
+        let two = with_reported(local(), &serde_json::json!({"steps": 20, "scheduler": "euler-ancestral"}));
+        assert!(super::pairs(&spec(), &local(), &two, false).is_empty());
+
+        let unknown = vec![Cause {
+            setting: Setting::Unknown,
+            effect: 0.9,
+            alone: None,
+            with_others: None,
+            message: "none of the known settings".into(),
+            evidence: None,
+        }];
+        let measured: Vec<(&Ablation, f64)> = pairs.iter().zip([0.1, 0.95, 0.9]).collect();
+        let causes = with_pairs(1.0, unknown.clone(), &measured, &hub, None);
+        let settings: Vec<Setting> = causes.iter().map(|c| c.setting).collect();
+        assert_eq!(settings, vec![Setting::Scheduler, Setting::Steps]);
+        assert!((causes[0].effect - 0.9).abs() < 1e-9);
+        assert!(causes[0].message.contains("together with the steps"), "{}", causes[0].message);
+        // No pair closes half the gap: "unknown" stays.
+        let weak: Vec<(&Ablation, f64)> = pairs.iter().map(|a| (a, 0.8)).collect();
+        assert_eq!(with_pairs(1.0, unknown, &weak, &hub, None)[0].setting, Setting::Unknown);
     }
 
     #[test]

@@ -64,8 +64,12 @@ pub enum HubSource {
         choice: ProviderChoice,
         params: HubParams,
     },
-    /// Images a person saved from the website; their seeds are unknown.
-    Images(Vec<PathBuf>),
+    /// Images saved from the website or rendered elsewhere; `seeds[i]` is the seed image `i`
+    /// was rendered with, when known (then they pair with the local renders of those seeds).
+    Images {
+        files: Vec<PathBuf>,
+        seeds: Option<Vec<u64>>,
+    },
 }
 
 pub struct Options {
@@ -125,6 +129,9 @@ pub struct AblationResult {
     /// `None`: several Hub settings at once (all, or all but `without`).
     pub setting: Option<Setting>,
     pub without: Option<Setting>,
+    /// Two Hub settings adopted together (rendered when nothing else explains the gap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pair: Option<[Setting; 2]>,
     pub change: String,
     pub distance: f64,
     pub effect: f64,
@@ -212,6 +219,39 @@ fn decode(bytes: &[u8], file: &str) -> Result<image::RgbImage, CompareError> {
     image::load_from_memory(bytes).map(|i| i.to_rgb8()).map_err(|e| CompareError::NotAnImage { file: file.to_string(), detail: e.to_string() })
 }
 
+/// Renders one ablation into `ablations/NN-name/` and measures its distance to the Hub side.
+async fn ablate(
+    client: &HubClient,
+    o: &Options,
+    a: &Ablation,
+    k: usize,
+    gap: f64,
+    hub: &SideStats,
+    on: &mut dyn FnMut(Event<'_>),
+) -> Result<AblationResult, CompareError> {
+    on(Event::Stage(&format!("ablation: {}", a.change)));
+    let name = match (a.setting, a.without, a.pair) {
+        (Some(s), _, _) => format!("{s:?}").to_lowercase(),
+        (None, Some(w), _) => format!("all-but-{w:?}").to_lowercase(),
+        (None, None, Some([x, y])) => format!("{x:?}-and-{y:?}").to_lowercase(),
+        (None, None, None) => "all".into(),
+    };
+    let dir = o.out.join("ablations").join(format!("{k:02}-{name}"));
+    let (_, images, measured) = render_side(&load(&a.spec, client).await?, &o.seeds, &o.out, &dir, "ablation", on)?;
+    let s = SideStats::aggregate(&measured)?;
+    let d = stats::distance(&s, hub);
+    Ok(AblationResult {
+        setting: a.setting,
+        without: a.without,
+        pair: a.pair,
+        change: a.change.clone(),
+        distance: d,
+        effect: diagnosis::effect(gap, d),
+        images,
+        stats: s,
+    })
+}
+
 /// Runs the comparison. `client` carries the endpoint and token.
 pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> Result<Comparison, CompareError> {
     if o.prompt.trim().is_empty() {
@@ -269,14 +309,23 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
             let origin = format!("{} ({}) through {}", sel.provider.name(), sel.mapping.provider_id, inference.router());
             (origin, Some(sel.provider))
         }
-        HubSource::Images(files) => {
-            for f in files {
+        HubSource::Images { files, seeds } => {
+            if let Some(s) = seeds {
+                if s.len() != files.len() {
+                    return Err(CompareError::Invalid(format!(
+                        "--hub-seeds names {} seed(s) for {} --hub-image file(s): give one seed per image, in the same order",
+                        s.len(),
+                        files.len()
+                    )));
+                }
+            }
+            for (i, f) in files.iter().enumerate() {
                 let bytes = std::fs::read(f).map_err(io(f))?;
                 let name = f.display().to_string();
                 hub_stats.push(ImageStats::measure(&decode(&bytes, &name)?)?);
                 let copy = hub_dir.join(f.file_name().unwrap_or_default());
                 std::fs::write(&copy, &bytes).map_err(io(&copy))?;
-                hub_images.push(SideImage { seed: None, file: rel(&o.out, &copy) });
+                hub_images.push(SideImage { seed: seeds.as_ref().map(|s| s[i]), file: rel(&o.out, &copy) });
             }
             ("images saved from the website (settings assumed: the Hub worker's defaults)".to_string(), None)
         }
@@ -319,8 +368,10 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
     let floors: Vec<f64> = [stats::noise_floor(&local), stats::noise_floor(&hub)].into_iter().flatten().collect();
     let noise_floor = if floors.is_empty() { 0.0 } else { floors.iter().sum::<f64>() / floors.len() as f64 };
     let to_hub = stats::feature_changes(&local, &hub);
-    // Paired seeds: the Hub said it rendered our noise (the offline Hub renders with hfsky).
-    let paired = hub_settings.noise.value.as_deref() == Some(settings::HFSKY_NOISE);
+    // Paired seeds: both sides turned each seed into the same noise (same generator, and the
+    // Hub's images carry their seeds).
+    let paired =
+        hub_images.iter().all(|i| i.seed.is_some()) && hub_settings.noise.value.is_some() && hub_settings.noise.value == local_settings.noise.value;
     let threshold = diagnosis::threshold(noise_floor, paired);
     let differences: Vec<String> = to_hub.iter().take(5).map(|c| c.message.clone()).collect();
 
@@ -334,25 +385,7 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         skipped = skip;
         let mut results: Vec<(Ablation, AblationResult)> = Vec::new();
         for (k, a) in singles.into_iter().chain(combos).enumerate() {
-            on(Event::Stage(&format!("ablation: {}", a.change)));
-            let name = match (a.setting, a.without) {
-                (Some(s), _) => format!("{s:?}").to_lowercase(),
-                (None, Some(w)) => format!("all-but-{w:?}").to_lowercase(),
-                (None, None) => "all".into(),
-            };
-            let dir = o.out.join("ablations").join(format!("{k:02}-{name}"));
-            let (_, images, measured) = render_side(&load(&a.spec, client).await?, &o.seeds, &o.out, &dir, "ablation", on)?;
-            let s = SideStats::aggregate(&measured)?;
-            let d = stats::distance(&s, &hub);
-            let r = AblationResult {
-                setting: a.setting,
-                without: a.without,
-                change: a.change.clone(),
-                distance: d,
-                effect: diagnosis::effect(gap, d),
-                images,
-                stats: s,
-            };
+            let r = ablate(client, o, &a, k, gap, &hub, on).await?;
             results.push((a, r));
         }
         let evidence = |abl: &SideStats| -> Option<String> {
@@ -377,12 +410,30 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
                 top_change: evidence(&r.stats),
             })
             .collect();
-        let together = results.iter().find(|(a, _)| a.setting.is_none() && a.without.is_none()).map(|(_, r)| r.distance);
+        let together = results.iter().find(|(a, _)| a.setting.is_none() && a.without.is_none() && a.pair.is_none()).map(|(_, r)| r.distance);
         let noise_differs = rows.iter().any(|r| r.setting == Setting::Seed && r.differs);
-        let seed_share = (noise_differs && gap > 0.0).then(|| (noise_floor / gap).min(1.0));
+        // Without a measured noise ablation, seed-to-seed variation bounds what the generator explains.
+        let noise_measured = singles.iter().any(|(a, _)| a.setting == Some(Setting::Seed));
+        let seed_share = (noise_differs && !noise_measured && gap > 0.0).then(|| (noise_floor / gap).min(1.0));
         // Within seed variation there is no gap to attribute.
         if gap > threshold {
             causes = diagnosis::rank(gap, &measured, together, seed_share, &hub_settings, card.training_resolution());
+            // Nothing alone nor everything at once explains it: try settings two at a time
+            // before answering "unknown", stopping at a pair that reproduces the Hub.
+            if causes.first().is_some_and(|c| c.setting == Setting::Unknown) {
+                let mut tried = Vec::new();
+                for a in diagnosis::pairs(&spec, &local_settings, &hub_settings, bf16) {
+                    let r = ablate(client, o, &a, results.len() + tried.len(), gap, &hub, on).await?;
+                    let done = r.effect >= 0.8;
+                    tried.push((a, r));
+                    if done {
+                        break;
+                    }
+                }
+                let measured: Vec<(&Ablation, f64)> = tried.iter().map(|(a, r)| (a, r.distance)).collect();
+                causes = diagnosis::with_pairs(gap, causes, &measured, &hub_settings, card.training_resolution());
+                results.extend(tried);
+            }
         }
         verdict = diagnosis::verdict(gap, noise_floor, paired, &causes, together.map(|d| diagnosis::effect(gap, d)));
         ablations = results.into_iter().map(|(_, r)| r).collect();

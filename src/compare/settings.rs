@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 pub enum Setting {
     Lora,
     LoraScale,
+    /// Live (on the activations) or fused into the weights, and the precision of the fused weights.
+    LoraFusion,
     Size,
     Scheduler,
     Steps,
@@ -30,6 +32,7 @@ impl Setting {
         match self {
             Setting::Lora => "LoRA applied",
             Setting::LoraScale => "LoRA scale",
+            Setting::LoraFusion => "LoRA fused or live",
             Setting::Size => "size",
             Setting::Scheduler => "scheduler",
             Setting::Steps => "steps",
@@ -78,6 +81,8 @@ pub struct SideSettings {
     pub base_model: Known<String>,
     pub lora_applied: Known<bool>,
     pub lora_scale: Known<f64>,
+    /// `live` or `fused` (diffusers' `fuse_lora`); the precision it was fused in is `dtype`.
+    pub lora_mode: Known<String>,
     /// Diffusers scheduler class name (e.g. `EulerAncestralDiscreteScheduler`).
     pub scheduler: Known<String>,
     pub steps: Known<usize>,
@@ -87,12 +92,21 @@ pub struct SideSettings {
     pub dtype: Known<String>,
     /// `None` inside: the pipeline's own VAE.
     pub vae: Known<Option<String>>,
-    /// Whose random numbers make the initial noise: `hfsky` (documented seeded CPU RNG) or
-    /// `torch-cpu` (the Hub worker's `torch.Generator()`).
+    /// Whose random numbers turn a seed into noise: `torch-cpu` (`torch.Generator("cpu")`, the
+    /// Hub worker's and diffusers') or `hfsky` (hfsky's own seeded RNG).
     pub noise: Known<String>,
 }
 
 pub const HFSKY_NOISE: &str = "hfsky";
+pub const LORA_FUSED: &str = "fused";
+pub const LORA_LIVE: &str = "live";
+
+pub fn lora_mode_name(m: crate::generate::pipeline::LoraMode) -> &'static str {
+    match m {
+        crate::generate::pipeline::LoraMode::Live => LORA_LIVE,
+        crate::generate::pipeline::LoraMode::Fused => LORA_FUSED,
+    }
+}
 pub const TORCH_CPU_NOISE: &str = "torch-cpu";
 
 impl SideSettings {
@@ -104,6 +118,7 @@ impl SideSettings {
             base_model: Known::new(base_model.to_string(), l),
             lora_applied: Known::new(r.lora.is_some(), l),
             lora_scale: Known::new(r.lora_scale, l),
+            lora_mode: r.lora_mode.map(|m| Known::new(lora_mode_name(m).to_string(), l)).unwrap_or_else(Known::unknown),
             scheduler: Known::new(r.scheduler.clone(), l),
             steps: Known::new(r.steps, l),
             guidance: Known::new(r.guidance, l),
@@ -111,7 +126,7 @@ impl SideSettings {
             height: Known::new(r.height, l),
             dtype: Known::new(r.dtype.clone(), l),
             vae: Known::new(r.vae.clone(), l),
-            noise: Known::new(HFSKY_NOISE.to_string(), l),
+            noise: Known::new(r.noise.clone(), l),
         }
     }
 
@@ -120,6 +135,7 @@ impl SideSettings {
             base_model: Known::unknown(),
             lora_applied: Known::unknown(),
             lora_scale: Known::unknown(),
+            lora_mode: Known::unknown(),
             scheduler: Known::unknown(),
             steps: Known::unknown(),
             guidance: Known::unknown(),
@@ -147,6 +163,7 @@ pub fn worker_defaults(card_base_model: Option<&str>, architecture: Option<Archi
     }
     s.lora_applied = Known::new(true, a);
     s.lora_scale = Known::new(1.0, a);
+    s.lora_mode = Known::new(LORA_FUSED.to_string(), a);
     s.scheduler = Known::new(SchedulerKind::EulerAncestral.class_name().to_string(), a);
     s.steps = Known::new(20, a);
     if let Some(arch) = architecture {
@@ -200,7 +217,7 @@ fn scheduler_class(name: &str) -> String {
 }
 
 /// The offline Hub's `x-hfsky-render` header: what it actually rendered. It renders with
-/// hfsky's engine, so its noise is hfsky's.
+/// hfsky's engine seeded as the worker does, from torch's CPU generator.
 pub fn with_reported(mut base: SideSettings, r: &serde_json::Value) -> SideSettings {
     let src = Source::Reported;
     if let Some(v) = r.get("base_model").and_then(|v| v.as_str()) {
@@ -208,6 +225,8 @@ pub fn with_reported(mut base: SideSettings, r: &serde_json::Value) -> SideSetti
     }
     if let Some(v) = r.get("apply_lora").and_then(|v| v.as_bool()) {
         base.lora_applied = Known::new(v, src);
+        // The offline Hub fuses the LoRA into the weights, as the worker does.
+        base.lora_mode = if v { Known::new(LORA_FUSED.to_string(), src) } else { Known::unknown() };
     }
     if let Some(v) = r.get("lora_scale").and_then(|v| v.as_f64()) {
         base.lora_scale = Known::new(v, src);
@@ -233,8 +252,25 @@ pub fn with_reported(mut base: SideSettings, r: &serde_json::Value) -> SideSetti
     if let Some(v) = r.get("vae") {
         base.vae = Known::new(v.as_str().map(String::from), src);
     }
-    base.noise = Known::new(HFSKY_NOISE.to_string(), src);
+    base.noise = Known::new(TORCH_CPU_NOISE.to_string(), src);
     base
+}
+
+/// How a side applies its LoRA: `live`, or `fused in <dtype>`; `None` when unknown or no LoRA.
+pub fn lora_fusion(s: &SideSettings) -> Option<String> {
+    s.lora_mode.value.as_ref().map(|m| match (m.as_str(), s.dtype.value.as_deref()) {
+        (LORA_FUSED, Some(d)) => format!("fused in {d}"),
+        (m, _) => m.to_string(),
+    })
+}
+
+/// Whether the two sides apply the LoRA in ways that compute differently. Fusing in f32
+/// changes the weights by f32 rounding only, which live application matches; fusing in half
+/// precision rounds the merged weights (diffusers' `fuse_lora` on an fp16 pipeline, the
+/// worker's way), which live application in any precision does not.
+pub fn fusion_differs(local: &SideSettings, hub: &SideSettings) -> bool {
+    let exact = |s: &SideSettings| lora_fusion(s).map(|f| if f == "fused in f32" { LORA_LIVE.to_string() } else { f });
+    matches!((exact(local), exact(hub)), (Some(a), Some(b)) if a != b)
 }
 
 /// One row of the settings table.
@@ -285,6 +321,8 @@ pub fn diff(local: &SideSettings, hub: &SideSettings, training_resolution: Optio
         None => "unknown".into(),
     };
     let row = |setting, local: String, hub: String, source, differs| SettingRow { setting, local, hub, hub_source: source, differs, note: None };
+    let (lf, hf) = (lora_fusion(local), lora_fusion(hub));
+    let fusion_differs = fusion_differs(local, hub);
     vec![
         row(Setting::BaseModel, show(&local.base_model), show(&hub.base_model), hub.base_model.source, differs(&local.base_model, &hub.base_model)),
         row(
@@ -295,6 +333,13 @@ pub fn diff(local: &SideSettings, hub: &SideSettings, training_resolution: Optio
             differs(&local.lora_applied, &hub.lora_applied),
         ),
         row(Setting::LoraScale, show(&local.lora_scale), show(&hub.lora_scale), hub.lora_scale.source, differs(&local.lora_scale, &hub.lora_scale)),
+        row(
+            Setting::LoraFusion,
+            lf.unwrap_or_else(|| "unknown".into()),
+            hf.unwrap_or_else(|| "unknown".into()),
+            hub.lora_mode.source,
+            fusion_differs,
+        ),
         SettingRow { note: size_note, ..row(Setting::Size, size(local), size(hub), size_source, size_differs) },
         row(Setting::Scheduler, show(&local.scheduler), show(&hub.scheduler), hub.scheduler.source, differs(&local.scheduler, &hub.scheduler)),
         row(Setting::Steps, show(&local.steps), show(&hub.steps), hub.steps.source, differs(&local.steps, &hub.steps)),
@@ -315,6 +360,7 @@ mod tests {
             base_model: Known::new("stabilityai/stable-diffusion-xl-base-1.0".into(), l),
             lora_applied: Known::new(true, l),
             lora_scale: Known::new(1.0, l),
+            lora_mode: Known::new(LORA_LIVE.into(), l),
             scheduler: Known::new("EulerDiscreteScheduler".into(), l),
             steps: Known::new(30, l),
             guidance: Known::new(5.0, l),
@@ -322,14 +368,15 @@ mod tests {
             height: Known::new(512, l),
             dtype: Known::new("f32".into(), l),
             vae: Known::new(None, l),
-            noise: Known::new(HFSKY_NOISE.into(), l),
+            noise: Known::new(TORCH_CPU_NOISE.into(), l),
         }
     }
 
     #[test]
     fn the_worker_renders_sdxl_at_1024_with_euler_ancestral_and_sent_values_win() {
         let hub = worker_defaults(Some("stabilityai/stable-diffusion-xl-base-1.0"), Some(Architecture::StableDiffusionXl), None);
-        let rows = diff(&local(), &hub, Some(512));
+        let hfsky_noise = SideSettings { noise: Known::new(HFSKY_NOISE.into(), Source::Local), ..local() };
+        let rows = diff(&hfsky_noise, &hub, Some(512));
         let get = |s| rows.iter().find(|r| r.setting == s).unwrap();
         assert!(get(Setting::Size).differs && get(Setting::Size).hub == "1024×1024");
         assert!(get(Setting::Size).note.as_deref().unwrap().contains("trained at 512×512; the Hub renders outside it"));

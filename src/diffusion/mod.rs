@@ -8,6 +8,7 @@ pub mod config;
 pub mod fused;
 pub mod lora;
 pub mod nn;
+pub mod noise;
 pub mod recompute;
 pub mod schedulers;
 pub mod testing;

@@ -6,6 +6,7 @@ use crate::diffusion::autoencoder::{AutoencoderKl, VaeConfig};
 use crate::diffusion::config::{Architecture, PipelineError, PipelineFiles};
 use crate::diffusion::lora::{LoraError, LoraWeights};
 use crate::diffusion::nn::Adapters;
+use crate::diffusion::noise::NoiseStream;
 use crate::diffusion::schedulers::{build, SchedulerConfig, SchedulerError, SchedulerKind};
 use crate::diffusion::unet::{SdxlConditioning, UNet2DConditionModel, UNetConfig};
 use candle_core::{DType, Device, Tensor};
@@ -153,7 +154,8 @@ impl Pipeline {
         (1, self.unet.config().in_channels, height / f, width / f)
     }
 
-    /// One image in [0, 1], [1, 3, H, W] f32, from unit noise.
+    /// One image in [0, 1], [1, 3, H, W] f32, from unit noise; `stream` continues after
+    /// `noise` for the sampler's per-step draws (Euler ancestral).
     #[expect(clippy::too_many_arguments, reason = "diffusers' pipeline call arguments, each named at every call site")]
     pub fn generate(
         &self,
@@ -162,10 +164,10 @@ impl Pipeline {
         scheduler: Option<SchedulerKind>,
         steps: usize,
         guidance: f64,
-        seed: u64,
+        stream: NoiseStream,
         on_step: impl FnMut(usize, usize),
     ) -> Result<Tensor, GenerateError> {
-        let mut sched = build(scheduler, &self.scheduler_config, steps, seed)?;
+        let mut sched = build(scheduler, &self.scheduler_config, steps, stream)?;
         let mut f = |x: &Tensor, t: &Tensor, c: &Tensor, a: Option<(&Tensor, &Tensor)>| {
             let added = a.map(|(p, ids)| SdxlConditioning { text_embeds: p.clone(), time_ids: ids.clone() });
             // The loop and scheduler stay in f32 whatever the UNet computes in.

@@ -5,10 +5,11 @@
 use super::pipeline::{to_rgb8, variant_for, GenerateError, LoraMode, Pipeline};
 use super::prompts::TextEncoders;
 use super::sampling::Conditioning;
-use super::settings::{check_size, seeded_noise, ImageSettings, SettingsError};
+use super::settings::{check_size, ImageSettings, SettingsError};
 use super::source::{resolve_lora, resolve_pipeline, resolve_vae, SourceError};
 use crate::diffusion::config::{Architecture, PipelineError, PipelineFiles};
 use crate::diffusion::lora::{LoraError, LoraWeights};
+use crate::diffusion::noise::{NoiseKind, NoiseStream};
 use crate::diffusion::schedulers::SchedulerKind;
 use crate::hub::HubClient;
 use candle_core::{DType, Device, Tensor};
@@ -72,6 +73,14 @@ pub struct RenderSpec {
     pub dtype: DType,
     /// Replacement VAE: a folder or a Hub repo id.
     pub vae: Option<String>,
+    /// The generator a seed's noise comes from; specs written before `--noise` existed used
+    /// hfsky's own, so that is what an absent field means.
+    #[serde(default = "legacy_noise")]
+    pub noise: NoiseKind,
+}
+
+fn legacy_noise() -> NoiseKind {
+    NoiseKind::Hfsky
 }
 
 impl RenderSpec {
@@ -90,6 +99,7 @@ impl RenderSpec {
             height: None,
             dtype: DType::F32,
             vae: None,
+            noise: NoiseKind::TorchCpu,
         }
     }
 }
@@ -107,6 +117,7 @@ pub struct Overrides {
     pub height: Option<usize>,
     pub dtype: Option<DType>,
     pub vae: Option<String>,
+    pub noise: Option<NoiseKind>,
 }
 
 impl Overrides {
@@ -120,6 +131,7 @@ impl Overrides {
         spec.height = self.height.or(spec.height);
         spec.dtype = self.dtype.unwrap_or(spec.dtype);
         spec.vae = self.vae.clone().or(spec.vae.take());
+        spec.noise = self.noise.unwrap_or(spec.noise);
     }
 }
 
@@ -170,6 +182,8 @@ pub struct ResolvedSettings {
     pub default_size: usize,
     pub dtype: String,
     pub vae: Option<String>,
+    /// `torch-cpu` or `hfsky`: whose generator turns a seed into noise.
+    pub noise: String,
 }
 
 pub struct RenderedImage {
@@ -289,6 +303,7 @@ impl Renderer {
             default_size: default_side,
             dtype: dtype_label(spec.dtype).into(),
             vae: spec.vae.clone(),
+            noise: spec.noise.label().into(),
         };
         Ok(Renderer { spec, pipeline, cond, resolved, model_sha256 })
     }
@@ -310,22 +325,39 @@ impl Renderer {
         &self.pipeline.device
     }
 
-    /// One image from the documented seeded noise ([`seeded_noise`]).
+    /// One image from `seed` with the spec's generator: the initial latents, then Euler
+    /// ancestral's step noise, drawn in that order from one stream (diffusers' order with
+    /// `generator=torch.Generator("cpu").manual_seed(seed)` for `torch-cpu`).
     pub fn render(&self, seed: u64, progress: impl FnMut(usize)) -> Result<RenderedImage, RenderError> {
-        let noise = seeded_noise(seed, self.latent_shape(), &self.pipeline.device)?;
-        self.render_noise(&noise, Some(seed), None, progress)
+        let mut stream = NoiseStream::new(self.spec.noise, seed);
+        let noise = stream.initial(self.latent_shape(), &self.pipeline.device)?;
+        self.render_stream(&noise, stream, Some(seed), None, progress)
     }
 
-    /// One image from given initial noise; `latents_file` is recorded in the settings.
+    /// One image from given initial noise; `latents_file` is recorded in the settings. Step
+    /// noise comes from the spec's generator seeded with `seed` (0 when none), untouched by the
+    /// initial draw, as diffusers does when `latents=` is passed with a generator.
     pub fn render_noise(
         &self,
         noise: &Tensor,
         seed: Option<u64>,
         latents_file: Option<String>,
+        progress: impl FnMut(usize),
+    ) -> Result<RenderedImage, RenderError> {
+        let stream = NoiseStream::new(self.spec.noise, seed.unwrap_or(0));
+        self.render_stream(noise, stream, seed, latents_file, progress)
+    }
+
+    fn render_stream(
+        &self,
+        noise: &Tensor,
+        stream: NoiseStream,
+        seed: Option<u64>,
+        latents_file: Option<String>,
         mut progress: impl FnMut(usize),
     ) -> Result<RenderedImage, RenderError> {
         let r = &self.resolved;
-        let image = self.pipeline.generate(&self.cond, noise, self.spec.scheduler, r.steps, r.guidance, seed.unwrap_or(0), |i, _| progress(i))?;
+        let image = self.pipeline.generate(&self.cond, noise, self.spec.scheduler, r.steps, r.guidance, stream, |i, _| progress(i))?;
         let (width, height, rgb) = to_rgb8(&image)?;
         let settings = ImageSettings {
             model: r.model.clone(),
@@ -342,6 +374,7 @@ impl Renderer {
             width: r.width,
             height: r.height,
             seed,
+            noise: r.noise.clone(),
             latents_file,
             dtype: r.dtype.clone(),
             vae: r.vae.clone(),
@@ -363,8 +396,13 @@ mod tests {
         let j = serde_json::to_value(&s).unwrap();
         assert_eq!(j["dtype"], "f16");
         assert_eq!(j["scheduler"], "euler-ancestral");
-        let back: RenderSpec = serde_json::from_value(j).unwrap();
+        assert_eq!(j["noise"], "torch-cpu");
+        let back: RenderSpec = serde_json::from_value(j.clone()).unwrap();
         assert_eq!(back, s);
+        // A spec written before --noise existed meant hfsky's own generator.
+        let mut old = j;
+        old.as_object_mut().unwrap().remove("noise");
+        assert_eq!(serde_json::from_value::<RenderSpec>(old).unwrap().noise, NoiseKind::Hfsky);
         assert!(serde_json::from_value::<RenderSpec>(serde_json::json!({"dtype": "f8"})).is_err());
     }
 

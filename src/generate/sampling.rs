@@ -72,6 +72,7 @@ pub fn denoise(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diffusion::noise::{NoiseKind, NoiseStream};
     use crate::diffusion::schedulers::{build, SchedulerConfig, SchedulerKind};
     use candle_core::{DType, Device};
 
@@ -80,7 +81,7 @@ mod tests {
         let dev = Device::Cpu;
         let cfg: SchedulerConfig =
             serde_json::from_value(crate::diffusion::testing::reference_json("tiny-sd15")["sample.ddim"]["config"].clone()).unwrap();
-        let mut sched = build(Some(SchedulerKind::Ddim), &cfg, 4, 0).unwrap();
+        let mut sched = build(Some(SchedulerKind::Ddim), &cfg, 4, NoiseStream::new(NoiseKind::TorchCpu, 0)).unwrap();
         let cond = Conditioning {
             negative: Tensor::zeros((1, 3, 2), DType::F32, &dev).unwrap(),
             positive: Tensor::ones((1, 3, 2), DType::F32, &dev).unwrap(),
@@ -150,7 +151,8 @@ mod parity {
             let cfg: SchedulerConfig = serde_json::from_value(j[&key]["config"].clone()).unwrap();
             let steps = j[&key]["steps"].as_u64().unwrap() as usize;
             let guidance = j[&key]["guidance_scale"].as_f64().unwrap();
-            let mut sched = build(None, &cfg, steps, 0).unwrap();
+            let mut sched =
+                build(None, &cfg, steps, crate::diffusion::noise::NoiseStream::new(crate::diffusion::noise::NoiseKind::TorchCpu, 0)).unwrap();
             let mut f = |x: &Tensor, t: &Tensor, c: &Tensor, a: Option<(&Tensor, &Tensor)>| {
                 let added = a.map(|(p, ids)| SdxlConditioning { text_embeds: p.clone(), time_ids: ids.clone() });
                 unet.forward(x, t, c, added.as_ref())

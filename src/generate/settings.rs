@@ -40,12 +40,10 @@ pub fn check_size(width: usize, height: usize) -> Result<(), SettingsError> {
     Ok(())
 }
 
-/// Unit Gaussian noise [1, C, h, w] from `seed`, reproducible across runs and platforms.
+/// Unit Gaussian noise [1, C, h, w] from `seed` with hfsky's own generator
+/// ([`NoiseKind::Hfsky`](crate::diffusion::noise::NoiseKind)), reproducible across runs and platforms.
 pub fn seeded_noise(seed: u64, shape: (usize, usize, usize, usize), device: &Device) -> candle_core::Result<Tensor> {
-    use rand::SeedableRng;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let zeros = Tensor::zeros(shape, DType::F32, device)?;
-    crate::diffusion::schedulers::gaussian_like(&zeros, &mut rng)
+    crate::diffusion::noise::NoiseStream::new(crate::diffusion::noise::NoiseKind::Hfsky, seed).initial(shape, device)
 }
 
 /// Initial noise from a safetensors file holding exactly one tensor of the expected shape.
@@ -81,6 +79,9 @@ pub struct ImageSettings {
     pub width: usize,
     pub height: usize,
     pub seed: Option<u64>,
+    /// Whose generator turned the seed into noise: `torch-cpu` (diffusers'
+    /// `torch.Generator("cpu").manual_seed(seed)`) or `hfsky`.
+    pub noise: String,
     pub latents_file: Option<String>,
     pub dtype: String,
     /// The replacement VAE (--vae), when one was used.

@@ -36,7 +36,15 @@ pub(super) fn class_examples(
         for i in 0..missing {
             let seed = cfg.seed.wrapping_add(10_000 + (have.len() + i) as u64);
             let noise = crate::generate::settings::seeded_noise(seed, pipeline.latent_shape(res, res), device)?;
-            let img = pipeline.generate(&cond, &noise, None, CLASS_IMAGE_STEPS, if xl { 5.0 } else { 7.5 }, seed, |_, _| {})?;
+            let img = pipeline.generate(
+                &cond,
+                &noise,
+                None,
+                CLASS_IMAGE_STEPS,
+                if xl { 5.0 } else { 7.5 },
+                crate::diffusion::noise::NoiseStream::new(crate::diffusion::noise::NoiseKind::Hfsky, seed),
+                |_, _| {},
+            )?;
             let (w, h, px) = to_rgb8(&img)?;
             let path = dir.join(format!("class-{:04}.png", have.len() + i));
             let meta = vec![("hfsky:prompt".to_string(), class_prompt.clone()), ("hfsky:seed".to_string(), seed.to_string())];

@@ -618,7 +618,15 @@ fn render_validation(
     let mut images = Vec::new();
     for &seed in &seeds {
         let noise = crate::generate::settings::seeded_noise(seed, pipeline.latent_shape(res, res), &pipeline.device)?;
-        let img = pipeline.generate(cond, &noise, None, cfg.validation_inference_steps, guidance, seed, |_, _| {})?;
+        let img = pipeline.generate(
+            cond,
+            &noise,
+            None,
+            cfg.validation_inference_steps,
+            guidance,
+            crate::diffusion::noise::NoiseStream::new(crate::diffusion::noise::NoiseKind::Hfsky, seed),
+            |_, _| {},
+        )?;
         let (w, h, px) = to_rgb8(&img)?;
         let path = dir.join(format!("validation-seed-{seed}.png"));
         let text = vec![("hfsky:prompt".to_string(), prompt.to_string()), ("hfsky:seed".to_string(), seed.to_string())];

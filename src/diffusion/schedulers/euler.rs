@@ -3,6 +3,7 @@
 
 use super::schedule::{spaced_timesteps, NoiseSchedule, SchedulerConfig};
 use super::{lin, Scheduler, SchedulerError};
+use crate::diffusion::noise::NoiseStream;
 use candle_core::{Result, Tensor};
 
 pub struct Euler {
@@ -10,26 +11,25 @@ pub struct Euler {
     sigmas: Vec<f64>,
     init_sigma: f64,
     v_prediction: bool,
-    /// Some(seed) → ancestral sampling with fresh noise each step.
-    rng: Option<rand::rngs::StdRng>,
+    /// Some → ancestral sampling: one fresh `randn_like(sample)` per step, after the initial
+    /// latents, as EulerAncestralDiscreteScheduler.step draws with the pipeline's generator.
+    noise: Option<NoiseStream>,
 }
 
 impl Euler {
-    pub fn new(schedule: NoiseSchedule, c: &SchedulerConfig, steps: usize, ancestral_seed: Option<u64>) -> std::result::Result<Self, SchedulerError> {
-        use rand::SeedableRng;
+    pub fn new(
+        schedule: NoiseSchedule,
+        c: &SchedulerConfig,
+        steps: usize,
+        ancestral: Option<NoiseStream>,
+    ) -> std::result::Result<Self, SchedulerError> {
         let timesteps = spaced_timesteps(c, steps, false)?;
         let mut sigmas: Vec<f64> = timesteps.iter().map(|t| schedule.sigma_at(*t)).collect();
         // final_sigmas_type "zero" (the default): the last step lands on the clean sample.
         sigmas.push(0.0);
         let max = sigmas.iter().cloned().fold(0.0, f64::max);
         let init_sigma = if matches!(c.timestep_spacing.as_str(), "linspace" | "trailing") { max } else { (max * max + 1.0).sqrt() };
-        Ok(Euler {
-            timesteps,
-            sigmas,
-            init_sigma,
-            v_prediction: c.prediction_type == "v_prediction",
-            rng: ancestral_seed.map(rand::rngs::StdRng::seed_from_u64),
-        })
+        Ok(Euler { timesteps, sigmas, init_sigma, v_prediction: c.prediction_type == "v_prediction", noise: ancestral })
     }
 }
 
@@ -56,31 +56,15 @@ impl Scheduler for Euler {
             lin(1.0, sample, -s, out)?
         };
         let derivative = lin(1.0 / s, sample, -1.0 / s, &x0)?;
-        match &mut self.rng {
+        match &mut self.noise {
             None => lin(1.0, sample, s_next - s, &derivative),
-            Some(rng) => {
+            Some(stream) => {
                 let up = (s_next * s_next * (s * s - s_next * s_next) / (s * s)).max(0.0).sqrt();
                 let down = (s_next * s_next - up * up).max(0.0).sqrt();
                 let moved = lin(1.0, sample, down - s, &derivative)?;
-                let noise = gaussian_like(sample, rng)?;
+                let noise = stream.randn_like(sample)?;
                 lin(1.0, &moved, up, &noise)
             }
         }
     }
-}
-
-/// Unit Gaussian noise shaped like `x`, from our own seeded generator (Box–Muller).
-pub fn gaussian_like(x: &Tensor, rng: &mut rand::rngs::StdRng) -> Result<Tensor> {
-    use rand::Rng;
-    let n = x.elem_count();
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        let u1: f64 = rng.random::<f64>().max(1e-300);
-        let u2: f64 = rng.random();
-        let r = (-2.0 * u1.ln()).sqrt();
-        v.push((r * (std::f64::consts::TAU * u2).cos()) as f32);
-        v.push((r * (std::f64::consts::TAU * u2).sin()) as f32);
-    }
-    v.truncate(n);
-    Tensor::from_vec(v, x.shape(), x.device())?.to_dtype(x.dtype())
 }

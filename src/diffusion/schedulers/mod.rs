@@ -7,10 +7,9 @@ mod dpmpp;
 mod euler;
 mod schedule;
 
-pub use euler::gaussian_like;
-
 pub use schedule::{NoiseSchedule, SchedulerConfig};
 
+use crate::diffusion::noise::NoiseStream;
 use candle_core::{Result, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -73,12 +72,14 @@ pub enum SchedulerError {
 }
 
 /// A scheduler for `steps` steps: `kind` overrides the config's class, as diffusers'
-/// `Scheduler.from_config(pipe.scheduler.config)` does.
+/// `Scheduler.from_config(pipe.scheduler.config)` does. `noise` feeds Euler ancestral's
+/// per-step draws (the stream the initial latents came from, as diffusers passes one
+/// `generator` to both); the deterministic samplers ignore it.
 pub fn build(
     kind: Option<SchedulerKind>,
     config: &SchedulerConfig,
     steps: usize,
-    seed: u64,
+    noise: NoiseStream,
 ) -> std::result::Result<Box<dyn Scheduler>, SchedulerError> {
     let kind = match kind {
         Some(k) => k,
@@ -91,7 +92,7 @@ pub fn build(
     Ok(match kind {
         SchedulerKind::Ddim => Box::new(ddim::Ddim::new(schedule, config, steps)?),
         SchedulerKind::Euler => Box::new(euler::Euler::new(schedule, config, steps, None)?),
-        SchedulerKind::EulerAncestral => Box::new(euler::Euler::new(schedule, config, steps, Some(seed))?),
+        SchedulerKind::EulerAncestral => Box::new(euler::Euler::new(schedule, config, steps, Some(noise))?),
         SchedulerKind::Dpmpp2m => Box::new(dpmpp::Dpmpp2m::new(schedule, config, steps)?),
     })
 }
