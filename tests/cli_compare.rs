@@ -187,6 +187,19 @@ fn only_the_noise_generator_differing_is_nothing_to_explain() {
 }
 
 #[test]
+fn another_lora_scale_is_named() {
+    planted("lora_scale: 3.0\n", &["lora_scale"]);
+}
+
+/// Two causes at once: both are ablated, and one of them comes first.
+#[test]
+fn two_planted_causes_are_both_candidates() {
+    let v = planted("guidance: 1.5\nlora_scale: 3.0\n", &["guidance", "lora_scale"]);
+    let named: Vec<&str> = v["causes"].as_array().unwrap().iter().map(|c| c["setting"].as_str().unwrap()).collect();
+    assert!(named.contains(&"guidance") && named.contains(&"lora_scale"), "{named:?}");
+}
+
+#[test]
 fn another_guidance_is_named() {
     planted("guidance: 1.5\n", &["guidance"]);
 }

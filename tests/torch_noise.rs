@@ -66,6 +66,13 @@ fn torch_cpu_noise_matches_torch_randn() {
     let cases = cases();
     let spec: Vec<serde_json::Value> =
         cases.iter().map(|(name, seed, draws)| serde_json::json!({"name": name, "seed": seed, "draws": draws})).collect();
+    // Half-precision latents (an fp16 pipeline's prepare_latents): the f32 values rounded, for
+    // sizes that are multiples of 16, in the pinned torch.
+    let half: Vec<(String, u64, Vec<usize>)> = vec![("f16_sd15".into(), 4, vec![1, 4, 64, 64]), ("f16_small".into(), 9, vec![1, 4, 8, 8])];
+    let spec: Vec<serde_json::Value> = spec
+        .into_iter()
+        .chain(half.iter().map(|(name, seed, shape)| serde_json::json!({"name": name, "seed": seed, "draws": [shape], "dtype": "float16"})))
+        .collect();
     let spec_path = dir.path().join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
     let out_path = dir.path().join("ref.safetensors");
@@ -92,6 +99,15 @@ fn torch_cpu_noise_matches_torch_randn() {
         }
     }
     eprintln!("worst |Δ| over {} cases: {worst:e}", cases.len());
+    for (name, seed, shape) in &half {
+        let want = want[&format!("{name}.0")].to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let n = shape.iter().product();
+        let got = candle_core::Tensor::from_vec(TorchCpuGenerator::manual_seed(*seed).randn_f32(n), n, &candle_core::Device::Cpu).unwrap();
+        let got = got.to_dtype(candle_core::DType::F16).unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap();
+        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        // One f16 ulp at most (a value within 4.8e-7 of a rounding boundary may round the other way).
+        assert!(diff <= 4e-3, "{name}: max |Δ| {diff:e}");
+    }
 }
 
 #[test]

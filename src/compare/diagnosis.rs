@@ -305,7 +305,10 @@ fn what_the_hub_does(setting: Setting, hub: &SideSettings, training_resolution: 
         Setting::Vae => {
             format!("the Hub decodes with {}{}", hub.vae.value.clone().flatten().unwrap_or_else(|| "the pipeline's VAE".into()), src(hub.vae.source))
         }
-        Setting::Seed => "the Hub draws different noise for the same seed".into(),
+        Setting::Seed => match hub.noise.value.as_deref() {
+            Some(n) => format!("the Hub turns seeds into noise with the {n} generator{}", src(hub.noise.source)),
+            None => "the Hub draws different noise for the same seed".into(),
+        },
         Setting::Unknown => "something outside the known settings".into(),
     }
 }

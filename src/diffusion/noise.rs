@@ -241,8 +241,9 @@ impl NoiseStream {
     }
 
     /// Unit Gaussian noise shaped like `x`, in `x`'s dtype. torch-cpu draws f32 values and
-    /// casts them, which is what torch ≥ 2.6's CPU kernel does for f16 when the size is a
-    /// multiple of 16 (every latent shape of even height and width).
+    /// casts them, which is what the pinned torch's CPU kernel (tests/pyref-requirements.lock.txt)
+    /// does for f16 when the size is a multiple of 16 (every latent shape of even height and
+    /// width; tested in tests/torch_noise.rs). Older torch releases may draw f16 differently.
     pub fn randn_like(&mut self, x: &Tensor) -> Result<Tensor> {
         let t = match &mut self.source {
             Source::Torch(g) => Tensor::from_vec(g.randn_f32(x.elem_count()), x.shape(), x.device())?,
