@@ -2,16 +2,18 @@
 # The one-call GPU check (not a test): run on a lent GPU machine that has nvcc/torch/peft but no
 # Rust toolchain and no network. Prepare here, then carry and run in one go:
 #
-#   scripts/build-cuda.sh                                   # CUDA binary (here, ~25 min)
+#   CUDA_ARCHS=90 scripts/build-cuda.sh                     # CUDA binary (here, ~22 min)
 #   .venv-pyref/bin/pip download --no-deps -d target/gpu-wheels diffusers==0.42.1
 #   device run, carry [target-cuda-sm90, target/gpu-wheels]:
 #     HFSKY=target-cuda-sm90/release/hfsky WHEELS=target/gpu-wheels benches/gpu_check.sh
 #
 # What it does, with random-weight pipelines in the real SD 1.5 / SDXL configs made on the
 # machine (benches/realsize/make_pipeline.py): `hfsky env`; then benches/realsize_bench.sh in
-# CUDA mode, bf16 frozen weights (LoRA f32) on both sides: SD 1.5 512 px and SDXL 1024 px LoRA
-# training steps, SDXL with and without gradient checkpointing, s/step and peak memory against
-# diffusers + peft in the same run. Prints the table last (paste it into the README with the date).
+# CUDA mode, bf16 frozen weights (LoRA f32) on both sides: generation parity with diffusers from
+# the same latents and the time of a 20-step SD 1.5 512 px and a 30-step SDXL 1024 px render; SD
+# 1.5 512 px and SDXL 1024 px LoRA training steps, SDXL with and without gradient checkpointing,
+# s/step, peak memory and hfsky's preflight memory estimate against diffusers + peft in the same
+# run. Prints the table last (paste it into the README with the date).
 # TIME_LIMIT (default 420 s) bounds each case so the whole check stays under 8 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +30,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 export DEVICE=cuda PRECISION=bf16 PYTHON="$PY" HFSKY DIR="${DIR:-target/realsize}"
 export THREADS="${THREADS:-$(nproc)}" STEPS="${STEPS:-5}" WARMUP="${WARMUP:-2}"
-export CASES="${CASES:-sd15-512 sdxl-1024 sdxl-1024-gc}"
+export CASES="${CASES:-sd15-gen-512 sdxl-gen-1024 sd15-512 sdxl-1024 sdxl-1024-gc}"
 timeout "${TIME_LIMIT:-420}" benches/realsize_bench.sh

@@ -13,6 +13,12 @@
 #   sdxl-1024 sdxl-1024-gc   SDXL at 1024 px without / with checkpointing (GPU sizes)
 #   unet                one SD 1.5 UNet forward at 32×32 latents (benches/diffusion_bench.*)
 #   gen                 a whole 20-step 512 px SD 1.5 generation with CFG (DDIM), VAE decode included
+#                       (the engine benchmark binary: needs cargo, CPU only)
+#   sd15-gen-512 sdxl-gen-1024   the same through the `hfsky` binary on DEVICE in PRECISION (20 and 30
+#                       steps, the pipeline's own scheduler): diffusers draws the initial latents with
+#                       torch.Generator("cpu").manual_seed(0), hfsky renders from those very latents
+#                       (`generate --latents`) and the two images are compared (parity), then hfsky
+#                       renders two seeds and the second one's time (warm kernels) is the row
 #
 #   THREADS=2 STEPS=3 WARMUP=1 CASES="sd15-256 unet" DIR=target/realsize benches/realsize_bench.sh
 #   HFSKY=path/to/hfsky   PYTHON=python-with-torch-diffusers-peft   DEVICE=cpu|cuda   PRECISION=f32|bf16|f16
@@ -109,6 +115,27 @@ train_case() { # train_case LABEL KIND RES [gc]
 }
 jfield() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
+gen_case() { # gen_case LABEL KIND RES STEPS
+  local label="$1" kind="$2" res="$3" steps="$4" dir out
+  dir="$(pipeline "$kind")"
+  out="$W/gen-$label"
+  echo "$label: diffusers…" >&2
+  "$PY" benches/render_reference.py "$dir" "$steps" "$res" "$DEVICE" "$PY_DTYPE" "$out" > "$W/py-$label.json" 2> "$W/py-$label.log" \
+    || { echo "reference failed ($label):" >&2; tail -20 "$W/py-$label.log" >&2; exit 1; }
+  local guidance; guidance=$(jfield "$W/py-$label.json" guidance)
+  local common=(--model "$dir" --prompt "a photo of the SKY river" --negative "blurry, low quality" --steps "$steps"
+    --width "$res" --height "$res" --guidance "$guidance" --dtype "$PRECISION")
+  echo "$label: hfsky…" >&2
+  "$HFSKY" --json generate "${common[@]}" --latents "$out/latents.safetensors" --out "$out/hfsky" > "$W/hf-$label.json" 2> "$W/hf-$label.log" \
+    || { echo "hfsky generate failed ($label):" >&2; tail -20 "$W/hf-$label.log" >&2; exit 1; }
+  "$HFSKY" --json generate "${common[@]}" --seeds 0,1 --out "$out/hfsky-timed" > "$W/hf-timed-$label.json" 2>> "$W/hf-$label.log" \
+    || { echo "hfsky generate failed ($label):" >&2; tail -20 "$W/hf-$label.log" >&2; exit 1; }
+  local hs; hs=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["images"][1]["seconds"])' "$W/hf-timed-$label.json")
+  local parity; parity=$("$PY" benches/render_reference.py --compare "$out/hfsky/latents.png" "$out/diffusers.png")
+  row "$kind $steps-step $res px generation, CFG, VAE decode" "$(jfield "$W/py-$label.json" run_s)" "$hs" s \
+    "same latents: mean \|Δ\| $(field "$parity" mean_abs | awk '{printf "%.4f", $1}'), max $(field "$parity" max_abs | awk '{printf "%.3f", $1}'), rel. error $(field "$parity" rel_error | awk '{printf "%.1e", $1}')"
+}
+
 BENCH=""
 bench_bin() {
   if [ -z "$BENCH" ]; then
@@ -126,6 +153,8 @@ for c in $CASES; do
     sdxl-512-gc) train_case sdxl-512-gc sdxl 512 gc ;;
     sdxl-1024) train_case sdxl-1024 sdxl 1024 ;;
     sdxl-1024-gc) train_case sdxl-1024-gc sdxl 1024 gc ;;
+    sd15-gen-512) gen_case sd15-gen-512 sd15 512 20 ;;
+    sdxl-gen-1024) gen_case sdxl-gen-1024 sdxl 1024 30 ;;
     unet)
       echo "unet: SD 1.5 forward at 32×32 latents…" >&2
       b=$(bench_bin)

@@ -142,6 +142,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     let mut written = Vec::new();
     for seed in runs {
         let pb = step_bar(ctx, spec.steps, seed.map(|s| format!("seed {s}")).unwrap_or_else(|| "latents".into()));
+        let started = std::time::Instant::now();
         let image = match (&a.latents, seed) {
             (Some(p), _) => {
                 let noise = read_latents(p, renderer.latent_shape(), renderer.device()).map_err(|e| bad_input(e.to_string()))?;
@@ -150,12 +151,14 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
             (None, seed) => renderer.render(seed.unwrap_or(0), |i| pb.set_position(i as u64)),
         }?;
         pb.finish_and_clear();
+        // Denoising and decoding only (the model is loaded once for every seed).
+        let seconds = started.elapsed().as_secs_f64();
         let stem = seed.map(|s| format!("seed-{s}")).unwrap_or_else(|| "latents".into());
         let png = a.out.join(format!("{stem}.png"));
         image.write_png(&png)?;
         std::fs::write(a.out.join(format!("{stem}.json")), serde_json::to_vec_pretty(&image.settings)?)?;
         ctx.say(&format!("{}", png.display()));
-        written.push(serde_json::json!({ "png": png, "settings": image.settings }));
+        written.push(serde_json::json!({ "png": png, "seconds": seconds, "settings": image.settings }));
     }
     ctx.emit_json(&serde_json::json!({ "images": written }));
     Ok(())
