@@ -17,6 +17,74 @@ pub struct Adapter {
     pub scale: f64,
 }
 
+/// How a [`WeightUpdate`] rescales the updated weight (DoRA, Liu et al. 2024, "Weight-Decomposed
+/// Low-Rank Adaptation").
+#[derive(Clone, Debug)]
+pub enum Decompose {
+    /// PEFT's layout (`lora_magnitude_vector`, [out]; peft `tuners/lora/dora.py`):
+    /// `W' = m ⊙ V / ‖V‖` with `V = W + scale·ΔW` and the norm of each output row (over all input
+    /// and kernel dimensions), no epsilon. The user's LoRA scale is inside `scale`.
+    Magnitude(Tensor),
+    /// LyCORIS' and kohya's layout (`dora_scale`; lycoris `functional/general.py`
+    /// `weight_decompose`): `V = W + scale·ΔW` at full strength, `s = m / (‖V‖ + ε)` with ε the f32
+    /// machine epsilon and the norm per output row (`on_out`, m shaped [out, 1, …]) or per input
+    /// column (m shaped [1, in, …]); then the user's `multiplier` blends: `W' = V · (mult·(s − 1) + 1)`.
+    Scale { magnitude: Tensor, on_out: bool, multiplier: f64 },
+}
+
+/// A full-weight update of a linear or conv layer: `W' = W + scale·delta`, optionally followed by
+/// a DoRA rescale. This is how LoCon (conv LoRA), LoHa, LoKr and DoRA files act: their ΔW is built
+/// once (see `diffusion::lora`) and added to the weight on each forward (live) or once (fused).
+#[derive(Clone, Debug)]
+pub struct WeightUpdate {
+    /// ΔW, f32, the weight's shape ([out, in] or [out, in, k, k]).
+    pub delta: Tensor,
+    pub scale: f64,
+    pub decompose: Option<Decompose>,
+}
+
+impl WeightUpdate {
+    /// The updated weight, computed in f32 and returned in `w`'s dtype.
+    pub fn merged(&self, w: &Tensor) -> Result<Tensor> {
+        let w32 = w.to_dtype(DType::F32)?;
+        let delta = self.delta.to_device(w.device())?;
+        let v = (&w32 + delta.affine(self.scale, 0.0)?)?;
+        let out = match &self.decompose {
+            None => v,
+            Some(Decompose::Magnitude(m)) => {
+                let out_dim = v.dim(0)?;
+                let norm = v.reshape((out_dim, ()))?.sqr()?.sum_keepdim(1)?.sqrt()?;
+                let m = m.to_device(w.device())?.reshape((out_dim, 1))?;
+                let s = (m / norm)?;
+                let shape: Vec<usize> = std::iter::once(out_dim).chain(std::iter::repeat_n(1, v.rank() - 1)).collect();
+                v.broadcast_mul(&s.reshape(shape)?)?
+            }
+            Some(Decompose::Scale { magnitude, on_out, multiplier }) => {
+                let dims = v.dims().to_vec();
+                let norm = if *on_out {
+                    let n = v.reshape((dims[0], ()))?.sqr()?.sum_keepdim(1)?.sqrt()?;
+                    let shape: Vec<usize> = std::iter::once(dims[0]).chain(std::iter::repeat_n(1, dims.len() - 1)).collect();
+                    n.reshape(shape)?
+                } else {
+                    let mut shape = vec![1; dims.len()];
+                    shape[1] = dims[1];
+                    let mut n = v.sqr()?.sum_keepdim(0)?;
+                    for d in 2..dims.len() {
+                        n = n.sum_keepdim(d)?;
+                    }
+                    n.sqrt()?.reshape(shape)?
+                };
+                let norm = (norm + f32::EPSILON as f64)?;
+                let m = magnitude.to_device(w.device())?.reshape(norm.dims())?;
+                let s = (m / norm)?;
+                let s = if *multiplier != 1.0 { s.affine(*multiplier, 1.0 - *multiplier)? } else { s };
+                v.broadcast_mul(&s)?
+            }
+        };
+        out.to_dtype(w.dtype())
+    }
+}
+
 #[derive(Default, Debug)]
 struct AdapterState {
     /// Module path → (out, in) features of its weight.
@@ -26,6 +94,8 @@ struct AdapterState {
     weights: BTreeMap<String, Tensor>,
     /// Module path → `W0 + Σ scale·B·A`, used in place of the loaded weight.
     fused: BTreeMap<String, Tensor>,
+    /// Module path → full-weight updates applied on each forward (LoCon, LoHa, LoKr, DoRA).
+    updates: BTreeMap<String, Vec<WeightUpdate>>,
 }
 
 /// The adapters of one network, keyed by diffusers module path (`down_blocks.0…attn1.to_q`).
@@ -58,6 +128,48 @@ impl Adapters {
         self.0.write().expect("adapter lock").weights.insert(name.to_string(), weight.clone());
     }
 
+    /// Registers a conv layer (weight [out, in, k, k]): it takes [`WeightUpdate`]s, not
+    /// trainable low-rank `Adapter`s, so it stays out of `shapes`/`known_modules`.
+    pub(crate) fn register_conv(&self, name: &str, weight: &Tensor) {
+        self.register_weight(name, weight);
+    }
+
+    /// Module path → weight shape of every layer that can take a [`WeightUpdate`] (linears and
+    /// registered convs).
+    pub fn weight_shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.0.read().expect("adapter lock").weights.iter().map(|(k, w)| (k.clone(), w.dims().to_vec())).collect()
+    }
+
+    /// Adds a full-weight update applied on each forward; the error names the module and what
+    /// is wrong.
+    pub fn attach_update(&self, module: &str, update: WeightUpdate) -> std::result::Result<(), String> {
+        let mut s = self.0.write().expect("adapter lock");
+        s.check_update(module, &update)?;
+        s.updates.entry(module.to_string()).or_default().push(update);
+        Ok(())
+    }
+
+    /// Merges a full-weight update into the module's weight once (diffusers' `fuse_lora`;
+    /// rounded to the weight's dtype). Fusing again applies on top.
+    pub fn fuse_update(&self, module: &str, update: WeightUpdate) -> std::result::Result<(), String> {
+        let mut s = self.0.write().expect("adapter lock");
+        s.check_update(module, &update)?;
+        let base = s.fused.get(module).or_else(|| s.weights.get(module)).ok_or_else(|| format!("{module}: no loaded weight to fuse into"))?;
+        let fused = update.merged(base).map_err(|e| format!("{module}: cannot fuse the update: {e}"))?;
+        s.fused.insert(module.to_string(), fused);
+        Ok(())
+    }
+
+    /// The weight a layer computes with: the fused weight or `w`, with live updates applied.
+    pub(crate) fn current_weight(&self, module: &str, w: &Tensor) -> Result<Tensor> {
+        let (fused, _, updates) = self.get(module);
+        let mut w = fused.unwrap_or_else(|| w.clone());
+        for u in updates.unwrap_or_default() {
+            w = u.merged(&w)?;
+        }
+        Ok(w)
+    }
+
     /// Module paths that can take an adapter.
     pub fn known_modules(&self) -> BTreeSet<String> {
         self.0.read().expect("adapter lock").known.keys().cloned().collect()
@@ -86,9 +198,11 @@ impl Adapters {
         Ok(())
     }
 
-    /// Removes live adapters (fused ones stay; see `unfuse`).
+    /// Removes live adapters and updates (fused ones stay; see `unfuse`).
     pub fn clear(&self) {
-        self.0.write().expect("adapter lock").live.clear();
+        let mut s = self.0.write().expect("adapter lock");
+        s.live.clear();
+        s.updates.clear();
     }
 
     /// Restores the loaded weights of every fused module.
@@ -101,25 +215,37 @@ impl Adapters {
         self.0.read().expect("adapter lock").fused.len()
     }
 
+    /// How many live adapters and updates are attached.
     pub fn len(&self) -> usize {
-        self.0.read().expect("adapter lock").live.values().map(Vec::len).sum()
+        let s = self.0.read().expect("adapter lock");
+        s.live.values().map(Vec::len).sum::<usize>() + s.updates.values().map(Vec::len).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// (fused weight, live adapters) of a module.
-    fn get(&self, module: &str) -> (Option<Tensor>, Option<Vec<Adapter>>) {
+    /// (fused weight, live adapters, live updates) of a module.
+    fn get(&self, module: &str) -> (Option<Tensor>, Option<Vec<Adapter>>, Option<Vec<WeightUpdate>>) {
         let s = self.0.read().expect("adapter lock");
-        if s.live.is_empty() && s.fused.is_empty() {
-            return (None, None);
+        if s.live.is_empty() && s.fused.is_empty() && s.updates.is_empty() {
+            return (None, None, None);
         }
-        (s.fused.get(module).cloned(), s.live.get(module).cloned())
+        (s.fused.get(module).cloned(), s.live.get(module).cloned(), s.updates.get(module).cloned())
     }
 }
 
 impl AdapterState {
+    fn check_update(&self, module: &str, u: &WeightUpdate) -> std::result::Result<(), String> {
+        let Some(w) = self.weights.get(module) else {
+            return Err(format!("{module}: no such layer in this network"));
+        };
+        if u.delta.dims() != w.dims() {
+            return Err(format!("{module}: the update's ΔW has shape {:?} but the layer's weight is {:?}", u.delta.dims(), w.dims()));
+        }
+        Ok(())
+    }
+
     /// Checks an adapter's shapes against the module and moves it to the module's device.
     fn fitting(&self, module: &str, adapter: Adapter) -> std::result::Result<Adapter, String> {
         let Some(&(out_dim, in_dim)) = self.known.get(module) else {
@@ -234,8 +360,12 @@ fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, u: &Tensor, up: &T
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (fused, live) = self.adapters.get(&self.name);
-        let w = fused.as_ref().unwrap_or(&self.weight);
+        let (fused, live, updates) = self.adapters.get(&self.name);
+        let mut w = fused.unwrap_or_else(|| self.weight.clone());
+        for u in updates.unwrap_or_default() {
+            w = u.merged(&w)?;
+        }
+        let w = &w;
         let live = live.unwrap_or_default();
         if let [a] = live.as_slice() {
             // LoRA factors are kept in f32 (or f64); the low-rank product is computed there.

@@ -10,6 +10,7 @@
 
 use super::cpu_conv::{self, Geometry};
 use super::record;
+use crate::diffusion::nn::Adapters;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -21,6 +22,8 @@ pub struct Conv2d {
     bias: Option<Tensor>,
     stride: usize,
     padding: usize,
+    /// Module path and the network's adapters, for a conv that takes LoRA weight updates (LoCon).
+    adapted: Option<(String, Adapters)>,
 }
 
 impl Conv2d {
@@ -28,11 +31,29 @@ impl Conv2d {
     pub fn load(vb: VarBuilder, in_ch: usize, out_ch: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
         let weight = vb.get((out_ch, in_ch, kernel, kernel), "weight")?;
         let bias = Some(vb.get(out_ch, "bias")?);
-        Ok(Conv2d { weight, bias, stride, padding })
+        Ok(Conv2d { weight, bias, stride, padding, adapted: None })
+    }
+
+    /// Like `load`, registered under its module path in `adapters` so that LoRA weight updates
+    /// (LoCon, LoHa, LoKr, DoRA on convs) reach it.
+    pub fn load_adapted(
+        vb: VarBuilder,
+        adapters: &Adapters,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let name = vb.prefix();
+        let mut conv = Self::load(vb, in_ch, out_ch, kernel, stride, padding)?;
+        adapters.register_conv(&name, &conv.weight);
+        conv.adapted = Some((name, adapters.clone()));
+        Ok(conv)
     }
 
     pub fn new(weight: Tensor, bias: Option<Tensor>, stride: usize, padding: usize) -> Self {
-        Conv2d { weight, bias, stride, padding }
+        Conv2d { weight, bias, stride, padding, adapted: None }
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -43,8 +64,12 @@ impl Conv2d {
     /// embedding) and `residual` (same shape as the output); both may be tracked and get `grad`
     /// (summed over space for `extra`). Fusing them saves keeping the bare conv output for backward.
     pub fn forward_with(&self, x: &Tensor, extra: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
+        let weight = match &self.adapted {
+            Some((name, adapters)) => adapters.current_weight(name, &self.weight)?,
+            None => self.weight.clone(),
+        };
         let plain = |x: &Tensor, extra: Option<&Tensor>, residual: Option<&Tensor>| -> Result<Tensor> {
-            let w = self.weight.to_dtype(x.dtype())?;
+            let w = weight.to_dtype(x.dtype())?;
             let mut y = conv2d(x, &w, self.stride, self.padding)?;
             if let Some(b) = &self.bias {
                 y = y.broadcast_add(&b.to_dtype(y.dtype())?.reshape((1, (), 1, 1))?)?;
@@ -62,7 +87,7 @@ impl Conv2d {
             return plain(x, extra, residual);
         }
         let out = plain(&x.detach(), extra.map(|e| e.detach()).as_ref(), residual.map(|r| r.detach()).as_ref())?;
-        let (weight, stride, padding) = (self.weight.clone(), self.stride, self.padding);
+        let (stride, padding) = (self.stride, self.padding);
         let (_, _, h, w) = x.dims4()?;
         let (x_dtype, e_dtype, r_dtype) = (x.dtype(), extra.map(|e| e.dtype()), residual.map(|r| r.dtype()));
         let x_tracked = x.track_op();
