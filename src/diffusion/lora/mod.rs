@@ -11,6 +11,7 @@
 //! that fit no module are an error listing them: a LoRA that silently does nothing is the
 //! failure this exists to prevent.
 
+pub mod export;
 pub(crate) mod keys;
 pub mod lycoris;
 
@@ -136,6 +137,8 @@ pub struct LoraWeights {
     pub components: BTreeMap<String, BTreeMap<String, LoraModule>>,
     /// `lora_adapter_metadata` per component: (rank, alpha).
     pub metadata: HashMap<String, (f64, f64)>,
+    /// kohya's `ss_base_model_version` header entry (`sd_v1`, `sdxl_base_v1-0`, …), if any.
+    pub base_model_version: Option<String>,
     /// kohya module names (underscored) are resolved against the network when applied.
     kohya_names: bool,
 }
@@ -221,7 +224,8 @@ impl LoraWeights {
             let m = assemble(&mut f).map_err(|detail| fmt_err(format!("{name}: {detail}")))?;
             components.entry(comp).or_default().insert(module, m);
         }
-        Ok(LoraWeights { path: path.to_path_buf(), format, components, metadata, kohya_names: namings.contains(&true) })
+        let base_model_version = header.metadata().as_ref().and_then(|m| m.get("ss_base_model_version")).cloned();
+        Ok(LoraWeights { path: path.to_path_buf(), format, components, metadata, base_model_version, kohya_names: namings.contains(&true) })
     }
 
     /// Attaches this LoRA's `component` modules to a network's adapters at `scale`
