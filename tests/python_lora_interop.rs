@@ -71,3 +71,69 @@ fn diffusers_loads_our_lora_without_missing_or_unexpected_keys() {
         assert!(v["relative_change"].as_f64().unwrap() > 1e-4, "{model}: the LoRA does not change diffusers' UNet output: {v}");
     }
 }
+
+/// `hfsky lora convert` to PEFT, kohya and ComfyUI keys: diffusers' `load_lora_weights` takes
+/// each file with no unexpected, missing or unmatched keys, makes a LoRA layer for every module
+/// (UNet and text encoders), and the files compute the same UNet and text-encoder outputs within
+/// 1e-4. Inputs: diffusers-format UNet LoRAs (SD 1.5, SDXL), text-encoder LoRAs (SD 1.5, SDXL's
+/// two encoders), the kohya SD 1.5 field case (1×1 conv proj factors, fp16, 0-d alphas) and a
+/// kohya SDXL LoCon in SGM names on resnet, sampler and embedding layers.
+#[test]
+fn diffusers_loads_our_peft_and_kohya_exports_alike() {
+    let Some(python) = python() else {
+        eprintln!("HFSKY_PYREF_PYTHON not set: run scripts/test.sh (or scripts/pyref-venv.sh) for the diffusers interop test");
+        return;
+    };
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (model, input) in [
+        ("tiny-sd15", "tiny-sd15-lora/pytorch_lora_weights.safetensors"),
+        ("tiny-sd15", "tiny-sd15-te-lora/pytorch_lora_weights.safetensors"),
+        ("tiny-sd15", "field-cases/kohya-sd15-conv/sd15_kohya_default.safetensors"),
+        ("tiny-sdxl", "tiny-sdxl-lora/pytorch_lora_weights.safetensors"),
+        ("tiny-sdxl", "tiny-sdxl-te-lora/pytorch_lora_weights.safetensors"),
+        ("tiny-sdxl", "lycoris/sdxl_kohya.safetensors"),
+    ] {
+        let env = Env::new("http://127.0.0.1:9");
+        let pipeline = fixtures.join(model);
+        let mut outs = Vec::new();
+        for to in ["peft", "kohya", "comfyui"] {
+            let out = env.dir.path().join(format!("{to}.safetensors"));
+            let input = fixtures.join(input);
+            ok(&env.run(&[
+                "lora",
+                "convert",
+                input.to_str().unwrap(),
+                "--to",
+                to,
+                "--out",
+                out.to_str().unwrap(),
+                "--model",
+                pipeline.to_str().unwrap(),
+            ]));
+            outs.push(out);
+        }
+        let o = std::process::Command::new(&python)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_converted.py"))
+            .arg(&pipeline)
+            .args(&outs)
+            .env("OMP_NUM_THREADS", "1")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        let lora = hfsky::diffusion::lora::LoraWeights::load(&fixtures.join(input)).unwrap();
+        for f in v["files"].as_array().unwrap() {
+            assert_eq!(f["warnings"], serde_json::json!([]), "{input}: {f}");
+            for (comp, modules) in &lora.components {
+                assert_eq!(f["lora_layers"][comp].as_u64().unwrap() as usize, modules.len(), "{input} {comp}: every module loaded: {f}");
+            }
+        }
+        for d in v["max_abs_diff"].as_array().unwrap() {
+            for (comp, x) in d.as_object().unwrap() {
+                assert!(x.as_f64().unwrap() <= 1e-4, "{input} {comp}: PEFT and kohya exports differ in diffusers: {v}");
+            }
+        }
+        let changed = v["relative_change"].as_object().unwrap();
+        assert!(changed.values().any(|x| x.as_f64().unwrap() > 1e-3), "{input}: the LoRA changes nothing in diffusers: {v}");
+    }
+}

@@ -304,3 +304,40 @@ fn lycoris_and_kohya_files_match_lycoris_own_application() {
         assert!(rel_error(&base, want).unwrap() > 1e-2, "{case}: the adapter changes the output");
     }
 }
+
+/// Every LyCORIS-made file written back out in the kohya layout (and, for the kinds PEFT can
+/// hold, the PEFT layout) and read again computes what LyCORIS computed.
+#[test]
+fn exported_layouts_compute_the_same() {
+    use crate::diffusion::lora::export::{BaseLayout, ExportFormat};
+    let refs = candle_core::safetensors::load(fixtures_dir().join("lycoris-reference.safetensors"), &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (case, model, peft) in [
+        ("loha", "tiny-sd15", false),
+        ("lokr", "tiny-sd15", false),
+        ("locon", "tiny-sd15", false),
+        ("dora_in", "tiny-sd15", false),
+        ("sdxl_kohya", "tiny-sdxl", true),
+    ] {
+        let lora = LoraWeights::load(&fixtures_dir().join(format!("lycoris/{case}.safetensors"))).unwrap();
+        let base = BaseLayout::from_unet_config(&UNetConfig::from_file(&pipeline_dir(model).join("unet/config.json")).unwrap());
+        let multiplier = refs[&format!("{case}.multiplier")].to_vec1::<f32>().unwrap()[0] as f64;
+        let r = reference(model);
+        let mut formats = vec![ExportFormat::Kohya];
+        if peft {
+            formats.push(ExportFormat::Peft);
+        } else {
+            let err = lora.export(ExportFormat::Peft, &base).unwrap_err().to_string();
+            assert!(err.contains("no PEFT/diffusers form") || err.contains("keep it in kohya format"), "{case}: {err}");
+        }
+        for f in formats {
+            let out = dir.path().join(format!("{case}-{f:?}.safetensors"));
+            lora.export_to(f, &base, &out).unwrap();
+            let back = LoraWeights::load(&out).unwrap();
+            let (unet, adapters) = load(model, DType::F32);
+            assert_eq!(back.apply("unet", &adapters, multiplier).unwrap(), lora.components["unet"].len());
+            let err = rel_error(&run(&unet, &r), &refs[&format!("{case}.out")]).unwrap();
+            assert!(err < 1e-4, "{case} via {f:?}: rel error {err:.2e}");
+        }
+    }
+}
