@@ -53,6 +53,8 @@ fn diffusers_loads_our_lora_without_missing_or_unexpected_keys() {
             "8",
             "--target-modules",
             targets,
+            "--lora-formats",
+            "peft,kohya",
         ]));
         let o = std::process::Command::new(&python)
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_lora.py"))
@@ -69,6 +71,27 @@ fn diffusers_loads_our_lora_without_missing_or_unexpected_keys() {
         let ours = candle_core::safetensors::load(out.join("pytorch_lora_weights.safetensors"), &candle_core::Device::Cpu).unwrap();
         assert_eq!(v["lora_layers"].as_u64().unwrap() as usize * 2, ours.len(), "{model}: every layer we saved is loaded: {v}");
         assert!(v["relative_change"].as_f64().unwrap() > 1e-4, "{model}: the LoRA does not change diffusers' UNet output: {v}");
+        // `lora_formats: [peft, kohya]` wrote the kohya layout beside it; diffusers reads it alike.
+        let kohya = out.join("pytorch_lora_weights_kohya.safetensors");
+        let o = std::process::Command::new(&python)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_converted.py"))
+            .arg(&fixture)
+            .arg(out.join("pytorch_lora_weights.safetensors"))
+            .arg(&kohya)
+            .env("OMP_NUM_THREADS", "1")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        for f in v["files"].as_array().unwrap() {
+            assert_eq!(f["warnings"], serde_json::json!([]), "{model}: {f}");
+            assert_eq!(f["lora_layers"]["unet"].as_u64().unwrap() as usize * 2, ours.len(), "{model}: {f}");
+        }
+        assert!(v["max_abs_diff"][0]["unet"].as_f64().unwrap() <= 1e-4, "{model}: trained PEFT and kohya files differ in diffusers: {v}");
+        let meta = safetensors::SafeTensors::read_metadata(&std::fs::read(&kohya).unwrap()).unwrap().1.metadata().clone().unwrap();
+        assert_eq!(meta["ss_network_dim"], "2", "{model}: {meta:?}");
+        assert_eq!(meta["ss_network_alpha"], "8", "{model}: {meta:?}");
+        assert_eq!(meta["ss_base_model_version"], if model == "tiny-sdxl" { "sdxl_base_v1-0" } else { "sd_v1" });
     }
 }
 

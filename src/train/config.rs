@@ -142,6 +142,12 @@ pub struct TrainConfig {
     /// Linear layers (diffusers names, matched by suffix) that get a LoRA.
     #[serde(default = "default_targets")]
     pub target_modules: Vec<String>,
+    /// Layouts the trained LoRA is written in, side by side (all pushed by `train-and-push`):
+    /// `peft` (pytorch_lora_weights.safetensors, for diffusers and the Hub; always written),
+    /// `kohya` (pytorch_lora_weights_kohya.safetensors, for A1111/Forge; SDXL in SGM block names)
+    /// and `comfyui` (pytorch_lora_weights_comfyui.safetensors). See `diffusion::lora::export`.
+    #[serde(default = "default_lora_formats")]
+    pub lora_formats: Vec<crate::diffusion::lora::export::ExportFormat>,
     #[serde(default = "default_lr")]
     pub learning_rate: f64,
     #[serde(default)]
@@ -223,6 +229,9 @@ pub struct TrainConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
+fn default_lora_formats() -> Vec<crate::diffusion::lora::export::ExportFormat> {
+    vec![crate::diffusion::lora::export::ExportFormat::Peft]
+}
 fn default_rank() -> usize {
     4
 }
@@ -382,7 +391,7 @@ fn apply_overrides(map: &mut serde_yaml::Mapping, args: &[String]) -> Result<(),
             }
             None => "true".to_string(),
         };
-        let parsed = if key == "target_modules" {
+        let parsed = if key == "target_modules" || key == "lora_formats" {
             serde_yaml::Value::Sequence(value.split(',').map(|s| serde_yaml::Value::String(s.trim().to_string())).collect())
         } else if ["base_model", "instance_prompt", "caption_template", "class_prompt", "validation_prompt", "resume_from_checkpoint", "license"]
             .contains(&key.as_str())

@@ -49,6 +49,19 @@ pub enum TrainError {
     Lora(#[from] super::lora_params::LoraParamsError),
 }
 
+/// Writes the saved LoRA again in each other layout train.yaml's `lora_formats` lists, beside it.
+fn write_other_formats(cfg: &TrainConfig, lora_file: &Path, unet: &crate::diffusion::unet::UNetConfig) -> Result<(), TrainError> {
+    use crate::diffusion::lora::export::{BaseLayout, ExportFormat};
+    let base = BaseLayout::from_unet_config(unet);
+    for f in cfg.lora_formats.iter().filter(|f| **f != ExportFormat::Peft) {
+        let out = cfg.output_dir.join(f.file_name());
+        crate::diffusion::lora::LoraWeights::load(lora_file)
+            .and_then(|l| l.export_to(*f, &base, &out))
+            .map_err(|e| TrainError::Io { path: out.clone(), detail: e.to_string() })?;
+    }
+    Ok(())
+}
+
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Io { path: path.to_path_buf(), detail: e.to_string() }
 }
@@ -438,6 +451,7 @@ impl Trainer<'_> {
 
         let lora_file = cfg.output_dir.join(names::LORA_WEIGHTS);
         lora.save(&lora_file)?;
+        write_other_formats(cfg, &lora_file, pipeline.unet.config())?;
         let validation_settings = match &validation {
             Some((cond, prompt)) => {
                 let v = render_validation(cfg, &pipeline, cond, prompt, res, &cfg.output_dir, &cfg.output_dir)?;

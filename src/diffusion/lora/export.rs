@@ -28,6 +28,17 @@ pub enum ExportFormat {
     Comfyui,
 }
 
+impl ExportFormat {
+    /// The file a training run writes this layout to.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            ExportFormat::Peft => crate::names::LORA_WEIGHTS,
+            ExportFormat::Kohya => crate::names::LORA_WEIGHTS_KOHYA,
+            ExportFormat::Comfyui => crate::names::LORA_WEIGHTS_COMFYUI,
+        }
+    }
+}
+
 /// What SGM block numbering and text-encoder prefixes need to know of the base UNet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseLayout {

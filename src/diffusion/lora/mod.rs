@@ -628,5 +628,14 @@ mod tests {
         .unwrap();
         assert_eq!(l.components["unet"]["q"].alpha, Some(1.0));
         assert_eq!(l.apply("unet", &adapters, 1.0).unwrap(), 1);
+        // fp8 (E4M3) factors, as some SDXL LoRAs ship.
+        let f8 = |s: &[usize]| Tensor::ones(s, DType::F32, &dev).unwrap().affine(0.5, 0.0).unwrap().to_dtype(DType::F8E4M3).unwrap();
+        let l = LoraWeights::load(&save(
+            "f8.safetensors",
+            vec![("lora_unet_q.lora_down.weight", f8(&[2, 4])), ("lora_unet_q.lora_up.weight", f8(&[4, 2]))],
+        ))
+        .unwrap();
+        let Factors::Lora { down, .. } = &l.components["unet"]["q"].factors else { panic!("a LoRA") };
+        assert_eq!(down.to_vec2::<f32>().unwrap()[1][3], 0.5);
     }
 }
