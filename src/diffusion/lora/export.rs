@@ -105,6 +105,9 @@ impl BaseLayout {
     }
 }
 
+/// Named tensors and the safetensors header metadata of an exported LoRA.
+pub type Exported = (Vec<(String, Tensor)>, HashMap<String, String>);
+
 /// Multi-word names in diffusers/transformers module paths, to rebuild dots from kohya's
 /// underscores (as diffusers' `_convert_unet_lora_key`/`_convert_text_encoder_lora_key` do).
 const JOINED: [&str; 26] = [
@@ -195,7 +198,7 @@ impl LoraWeights {
     /// The tensors and header metadata of this LoRA in `format`, for a base of `base`'s layout.
     /// Errors name the module and why the format cannot hold it (PEFT/diffusers files hold no
     /// LoHa, LoKr, Tucker LoCon or LyCORIS-layout DoRA).
-    pub fn export(&self, format: ExportFormat, base: &BaseLayout) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>), LoraError> {
+    pub fn export(&self, format: ExportFormat, base: &BaseLayout) -> Result<Exported, LoraError> {
         let modules = self.dotted_modules(base)?;
         let fail = |detail: String| LoraError::Format { path: self.path.clone(), detail };
         let mut tensors = Vec::new();
