@@ -142,6 +142,10 @@ pub struct TrainConfig {
     /// Linear layers (diffusers names, matched by suffix) that get a LoRA.
     #[serde(default = "default_targets")]
     pub target_modules: Vec<String>,
+    /// `lora` (low-rank update of each target linear) or `dora` (DoRA as PEFT's `use_dora`:
+    /// a magnitude per output row trained too; saved as `lora_magnitude_vector`).
+    #[serde(default)]
+    pub network: Network,
     /// Layouts the trained LoRA is written in, side by side (all pushed by `train-and-push`):
     /// `peft` (pytorch_lora_weights.safetensors, for diffusers and the Hub; always written),
     /// `kohya` (pytorch_lora_weights_kohya.safetensors, for A1111/Forge; SDXL in SGM block names)
@@ -227,6 +231,15 @@ pub struct TrainConfig {
     /// VAE latent cache (default: $HF_HOME/hfsky/latent-cache).
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+}
+
+/// The adapter trained on each target linear.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    #[default]
+    Lora,
+    Dora,
 }
 
 fn default_lora_formats() -> Vec<crate::diffusion::lora::export::ExportFormat> {

@@ -67,9 +67,10 @@ for f in files:
         # "No LoRA keys associated to CLIPTextModel…" is expected when a file has no text-encoder part.
         "warnings": [
             m for m in messages
-            if any(w in m.lower() for w in ("unexpected", "missing", "not found", "were not used")) and "No LoRA keys associated" not in m
+            if any(w in m.lower() for w in ("unexpected", "missing", "not found", "were not used", "not compatible", "filter out")) and "No LoRA keys associated" not in m
         ],
         "lora_layers": {n: layers(getattr(pipe, n, None)) for n in ("unet", "text_encoder", "text_encoder_2")},
+        "use_dora": any(c.use_dora for c in getattr(pipe.unet, "peft_config", {}).values()),
         "outputs": outputs(pipe),
     })
 

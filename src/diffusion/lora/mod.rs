@@ -296,7 +296,7 @@ impl LoraWeights {
                 _ => None,
             };
             if let Some((down, up)) = plain_linear {
-                let a = Adapter { down, up, scale: scale * s };
+                let a = Adapter { down, up, scale: scale * s, magnitude: None };
                 let r = if fuse { adapters.fuse(target, a) } else { adapters.attach(target, a) };
                 r.map_err(err)?;
                 continue;

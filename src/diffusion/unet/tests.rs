@@ -199,7 +199,7 @@ fn lora_gradients_are_exact(name: &str) {
         };
         let down = mk(&mut seed, (rank, in_dim), 0.3);
         let up = mk(&mut seed, (out_dim, rank), 0.3);
-        adapters.attach(&module, Adapter { down: down.as_tensor().clone(), up: up.as_tensor().clone(), scale: 1.0 }).unwrap();
+        adapters.attach(&module, Adapter { down: down.as_tensor().clone(), up: up.as_tensor().clone(), scale: 1.0, magnitude: None }).unwrap();
         vars.push((module, down, up));
     }
     assert!(vars.len() >= 16, "{name}: only {} attention linears", vars.len());
