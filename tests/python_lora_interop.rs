@@ -161,48 +161,65 @@ fn diffusers_loads_our_peft_and_kohya_exports_alike() {
     }
 }
 
-/// `network: dora` trains PEFT's DoRA: diffusers loads the file as DoRA with no stray keys.
-/// (Its kohya export carries `dora_scale`, which ComfyUI reads; diffusers' kohya reader drops
-/// `dora_scale` with a warning, so the kohya file is not checked here.)
+/// `network: dora` trains PEFT's DoRA, `network: locon` adds conv LoRAs (PEFT Conv2d layout) to
+/// the resnet convolutions and attention projections: diffusers loads each file with no stray keys
+/// and makes a LoRA layer for every module saved. (A DoRA's kohya export carries `dora_scale`,
+/// which ComfyUI reads; diffusers' kohya reader drops `dora_scale` with a warning, so that file is
+/// not checked here.)
 #[test]
-fn diffusers_loads_our_dora() {
+fn diffusers_loads_our_dora_and_locon() {
     let Some(python) = python() else {
         eprintln!("HFSKY_PYREF_PYTHON not set: run scripts/test.sh (or scripts/pyref-venv.sh) for the diffusers interop test");
         return;
     };
-    let env = Env::new("http://127.0.0.1:9");
-    let d = env.dir.path();
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15");
-    let photos = d.join("photos");
-    std::fs::create_dir_all(&photos).unwrap();
-    for i in 0..2u8 {
-        image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([200 - i * 50, (y * 3) as u8, (x * 3) as u8]))
-            .save(photos.join(format!("{i}.png")))
+    for (model, network) in [("tiny-sd15", "dora"), ("tiny-sd15", "locon"), ("tiny-sdxl", "locon")] {
+        let env = Env::new("http://127.0.0.1:9");
+        let d = env.dir.path();
+        let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model);
+        let photos = d.join("photos");
+        std::fs::create_dir_all(&photos).unwrap();
+        for i in 0..2u8 {
+            image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([200 - i * 50, (y * 3) as u8, (x * 3) as u8]))
+                .save(photos.join(format!("{i}.png")))
+                .unwrap();
+        }
+        let out = d.join("out");
+        #[rustfmt::skip]
+        ok(&env.run(&[
+            "train", "--base-model", fixture.to_str().unwrap(), "--dataset", photos.to_str().unwrap(),
+            "--instance-prompt", "a photo of SKY", "--output-dir", out.to_str().unwrap(), "--max-steps", "3",
+            "--learning-rate", "0.05", "--rank", "2", "--network", network, "--lora-formats", "peft,kohya",
+        ]));
+        let peft = out.join("pytorch_lora_weights.safetensors");
+        let saved = candle_core::safetensors::load(&peft, &candle_core::Device::Cpu).unwrap();
+        let modules = saved.keys().filter(|k| k.ends_with(".lora_A.weight")).count();
+        let magnitudes = saved.keys().filter(|k| k.ends_with(".lora_magnitude_vector")).count();
+        let convs = saved.iter().filter(|(k, t)| k.ends_with(".lora_A.weight") && t.rank() == 4).count();
+        match network {
+            "dora" => assert_eq!(magnitudes, modules, "A, B and m per module: {:?}", saved.keys()),
+            _ => assert!(convs > 0 && magnitudes == 0, "{model}: conv factors saved: {:?}", saved.keys()),
+        }
+        let mut files = vec![peft.clone()];
+        if network == "locon" {
+            files.push(out.join("pytorch_lora_weights_kohya.safetensors"));
+        }
+        let o = std::process::Command::new(&python)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_converted.py"))
+            .arg(&fixture)
+            .args(&files)
+            .env("OMP_NUM_THREADS", "1")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
             .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        for f in v["files"].as_array().unwrap() {
+            assert_eq!(f["warnings"], serde_json::json!([]), "{model} {network}: {f}");
+            assert_eq!(f["use_dora"], network == "dora", "{model} {network}: {f}");
+            assert_eq!(f["lora_layers"]["unet"].as_u64().unwrap() as usize, modules, "{model} {network}: {f}");
+        }
+        if network == "locon" {
+            assert!(v["max_abs_diff"][0]["unet"].as_f64().unwrap() <= 1e-4, "{model}: PEFT and kohya LoCon differ in diffusers: {v}");
+        }
+        assert!(v["relative_change"]["unet"].as_f64().unwrap() > 1e-5, "{model} {network}: the adapter changes nothing: {v}");
     }
-    let out = d.join("out");
-    #[rustfmt::skip]
-    ok(&env.run(&[
-        "train", "--base-model", fixture.to_str().unwrap(), "--dataset", photos.to_str().unwrap(),
-        "--instance-prompt", "a photo of SKY", "--output-dir", out.to_str().unwrap(), "--max-steps", "3",
-        "--learning-rate", "0.05", "--rank", "2", "--network", "dora",
-    ]));
-    let peft = out.join("pytorch_lora_weights.safetensors");
-    let saved = candle_core::safetensors::load(&peft, &candle_core::Device::Cpu).unwrap();
-    let magnitudes = saved.keys().filter(|k| k.ends_with(".lora_magnitude_vector")).count();
-    assert_eq!(magnitudes * 3, saved.len(), "A, B and m per module: {:?}", saved.keys());
-    let o = std::process::Command::new(&python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_converted.py"))
-        .arg(&fixture)
-        .arg(&peft)
-        .env("OMP_NUM_THREADS", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
-    let f = &v["files"][0];
-    assert_eq!(f["warnings"], serde_json::json!([]), "{f}");
-    assert_eq!(f["use_dora"], true, "{f}");
-    assert_eq!(f["lora_layers"]["unet"].as_u64().unwrap() as usize, magnitudes, "{f}");
-    assert!(v["relative_change"]["unet"].as_f64().unwrap() > 1e-5, "the DoRA changes nothing: {v}");
 }

@@ -207,7 +207,8 @@ impl Adapters {
         let fused = (|| match &a.magnitude {
             Some(m) => WeightUpdate { delta: a.up.matmul(&a.down)?, scale: a.scale, decompose: Some(Decompose::Magnitude(m.clone())) }.merged(base),
             None => {
-                let delta = a.up.matmul(&a.down)?.affine(a.scale, 0.0)?;
+                // [out, r(,1,1)]·[r, in(·k·k)], in the weight's shape (linear or conv).
+                let delta = a.up.flatten_from(1)?.matmul(&a.down.flatten_from(1)?)?.reshape(base.dims())?.affine(a.scale, 0.0)?;
                 (base.to_dtype(DType::F32)? + delta)?.to_dtype(base.dtype())
             }
         })()
@@ -244,7 +245,7 @@ impl Adapters {
     }
 
     /// (fused weight, live adapters, live updates) of a module.
-    fn get(&self, module: &str) -> (Option<Tensor>, Option<Vec<Adapter>>, Option<Vec<WeightUpdate>>) {
+    pub(crate) fn get(&self, module: &str) -> (Option<Tensor>, Option<Vec<Adapter>>, Option<Vec<WeightUpdate>>) {
         let s = self.0.read().expect("adapter lock");
         if s.live.is_empty() && s.fused.is_empty() && s.updates.is_empty() {
             return (None, None, None);
@@ -254,6 +255,24 @@ impl Adapters {
 }
 
 impl AdapterState {
+    /// A conv LoRA (LoCon): down [r, in, k, k] (the layer's kernel, stride and padding), up
+    /// [out, r, 1, 1]; no DoRA magnitude.
+    fn fitting_conv(&self, module: &str, adapter: Adapter) -> std::result::Result<Adapter, String> {
+        let Some(w) = self.weights.get(module).filter(|w| w.rank() == 4) else {
+            return Err(format!("{module}: no such linear or conv layer in this network"));
+        };
+        let &[out_dim, in_dim, k, _] = w.dims() else { unreachable!("rank checked") };
+        let (d, u) = (adapter.down.dims(), adapter.up.dims());
+        if adapter.magnitude.is_some() || d.len() != 4 || u != [out_dim, d[0], 1, 1] || d[1..] != [in_dim, k, k] {
+            return Err(format!(
+                "{module}: conv LoRA shapes down {d:?} / up {u:?} do not fit a {in_dim}→{out_dim} {k}×{k} conv (expected [r, {in_dim}, {k}, {k}] and [{out_dim}, r, 1, 1], no DoRA)"
+            ));
+        }
+        let dev = w.device();
+        let moved = |t: &Tensor| t.to_device(dev).map_err(|e| format!("{module}: {e}"));
+        Ok(Adapter { down: moved(&adapter.down)?, up: moved(&adapter.up)?, scale: adapter.scale, magnitude: None })
+    }
+
     fn check_update(&self, module: &str, u: &WeightUpdate) -> std::result::Result<(), String> {
         let Some(w) = self.weights.get(module) else {
             return Err(format!("{module}: no such layer in this network"));
@@ -267,7 +286,7 @@ impl AdapterState {
     /// Checks an adapter's shapes against the module and moves it to the module's device.
     fn fitting(&self, module: &str, adapter: Adapter) -> std::result::Result<Adapter, String> {
         let Some(&(out_dim, in_dim)) = self.known.get(module) else {
-            return Err(format!("{module}: no such linear layer in this network"));
+            return self.fitting_conv(module, adapter);
         };
         let (r, a_in) = adapter.down.dims2().map_err(|e| format!("{module}: {e}"))?;
         if let Some(m) = &adapter.magnitude {

@@ -142,8 +142,9 @@ pub struct TrainConfig {
     /// Linear layers (diffusers names, matched by suffix) that get a LoRA.
     #[serde(default = "default_targets")]
     pub target_modules: Vec<String>,
-    /// `lora` (low-rank update of each target linear) or `dora` (DoRA as PEFT's `use_dora`:
-    /// a magnitude per output row trained too; saved as `lora_magnitude_vector`).
+    /// `lora` (low-rank update of each target linear), `locon` (also the resnet convolutions and
+    /// attention projections, as kohya's LoCon; saved as PEFT Conv2d LoRA) or `dora` (DoRA as
+    /// PEFT's `use_dora`: a magnitude per output row trained too; saved as `lora_magnitude_vector`).
     #[serde(default)]
     pub network: Network,
     /// Layouts the trained LoRA is written in, side by side (all pushed by `train-and-push`):
@@ -239,6 +240,8 @@ pub struct TrainConfig {
 pub enum Network {
     #[default]
     Lora,
+    /// LoRA on the target linears plus the resnet convolutions and attention projections.
+    Locon,
     Dora,
 }
 

@@ -75,6 +75,41 @@ impl TrainableLora {
         Ok(lora)
     }
 
+    /// LoCon: adds factors to the resnet convolutions (`conv1`, `conv2`, `conv_shortcut`) and the
+    /// attention projections (`proj_in`, `proj_out`: 1×1 convs in SD 1.x, linears in SDXL), as
+    /// kohya's LoCon and PEFT's Conv2d LoRA: A [r, in, k, k] (kaiming-uniform over in·k·k, like
+    /// PEFT), B [out, r, 1, 1] zeros; reattaches. Returns how many modules it added.
+    pub fn add_locon(&mut self, adapters: &Adapters, seed: u64) -> Result<usize, LoraParamsError> {
+        const LOCON: [&str; 5] = ["conv1", "conv2", "conv_shortcut", "proj_in", "proj_out"];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x4c6f436f6e);
+        let device = self.modules.values().next().map(|p| p.down.device().clone()).unwrap_or(Device::Cpu);
+        let mut added = 0;
+        for (name, dims) in adapters.weight_shapes() {
+            if self.modules.contains_key(&name) || !LOCON.iter().any(|t| matches_target(&name, t)) {
+                continue;
+            }
+            let (down_shape, up_shape) = match dims.as_slice() {
+                [out, inp] => (vec![self.rank, *inp], vec![*out, self.rank]),
+                [out, inp, k, _] => (vec![self.rank, *inp, *k, *k], vec![*out, self.rank, 1, 1]),
+                _ => continue,
+            };
+            let fan_in: usize = down_shape[1..].iter().product();
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let a: Vec<f32> = (0..down_shape.iter().product::<usize>()).map(|_| rng.random_range(-bound..bound) as f32).collect();
+            let down = Var::from_tensor(&Tensor::from_vec(a, down_shape, &device)?)?;
+            let up = Var::from_tensor(&Tensor::zeros(up_shape, DType::F32, &device)?)?;
+            self.modules.insert(name, LoraPair { down, up, magnitude: None });
+            added += 1;
+        }
+        for t in LOCON {
+            if !self.target_modules.iter().any(|x| x == t) {
+                self.target_modules.push(t.to_string());
+            }
+        }
+        self.attach(adapters)?;
+        Ok(added)
+    }
+
     /// Makes every module DoRA as PEFT initialises it (`use_dora=True`): m = ‖W‖ per output row,
     /// so training starts at the base model; reattaches.
     pub fn use_dora(&mut self, adapters: &Adapters) -> Result<(), LoraParamsError> {
@@ -267,5 +302,54 @@ mod tests {
         assert_eq!(back.apply("unet", &a, 1.0).unwrap(), 1);
         let err = crate::diffusion::nn::rel_error(&lin.forward(&x).unwrap(), &trained).unwrap();
         assert!(err < 1e-5, "reloaded DoRA differs from the trained one: {err:.2e}");
+    }
+
+    /// `network: locon` on the tiny SD 1.5 UNet: factors on every resnet conv and 1×1 proj conv,
+    /// B = 0 leaves the UNet unchanged, and the saved PEFT file (4-D factors) reads back through
+    /// our loader to the same output as the trained adapters.
+    #[test]
+    fn locon_adds_conv_factors_that_save_and_read_back() {
+        use crate::diffusion::testing::pipeline_dir;
+        use crate::diffusion::unet::{UNet2DConditionModel, UNetConfig};
+        let dev = Device::Cpu;
+        let dir = pipeline_dir("tiny-sd15");
+        let config = UNetConfig::from_file(&dir.join("unet/config.json")).unwrap();
+        let vb = unsafe {
+            candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.join("unet/diffusion_pytorch_model.safetensors")], DType::F32, &dev).unwrap()
+        };
+        let a = Adapters::new();
+        let unet = UNet2DConditionModel::new(vb, &config, &a).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 4, 8, 8), &dev).unwrap();
+        let t = Tensor::new(&[500f32], &dev).unwrap();
+        let ctx = Tensor::randn(0f32, 1.0, (1, 5, 32), &dev).unwrap();
+        let base = unet.forward(&x, &t, &ctx, None).unwrap();
+        let mut l = TrainableLora::new("unet", &a, &a.shapes(), &["to_q".to_string()], 2, 4.0, 1, &dev).unwrap();
+        let linears = l.modules.len();
+        let added = l.add_locon(&a, 1).unwrap();
+        let convs = a
+            .weight_shapes()
+            .iter()
+            .filter(|(n, d)| d.len() == 4 && ["conv1", "conv2", "conv_shortcut", "proj_in", "proj_out"].iter().any(|t| n.ends_with(t)))
+            .count();
+        assert_eq!(added, convs);
+        assert!(l.modules.keys().any(|k| k.ends_with("proj_in")) && l.modules.keys().any(|k| k.ends_with("resnets.0.conv1")));
+        assert_eq!(a.len(), linears + added);
+        assert!(crate::diffusion::nn::rel_error(&unet.forward(&x, &t, &ctx, None).unwrap(), &base).unwrap() < 1e-6, "B = 0 starts at the base model");
+        for p in l.modules.values() {
+            p.up.set(&Tensor::randn(0f32, 0.2, p.up.dims(), &dev).unwrap()).unwrap();
+        }
+        let trained = unet.forward(&x, &t, &ctx, None).unwrap();
+        assert!(crate::diffusion::nn::rel_error(&trained, &base).unwrap() > 1e-3);
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("pytorch_lora_weights.safetensors");
+        l.save(&f).unwrap();
+        let back = LoraWeights::load(&f).unwrap();
+        a.clear();
+        assert_eq!(back.apply("unet", &a, 1.0).unwrap(), linears + added);
+        let err = crate::diffusion::nn::rel_error(&unet.forward(&x, &t, &ctx, None).unwrap(), &trained).unwrap();
+        assert!(err < 1e-5, "reloaded LoCon differs from the trained one: {err:.2e}");
+        a.clear();
+        back.fuse("unet", &a, 1.0).unwrap();
+        assert!(crate::diffusion::nn::rel_error(&unet.forward(&x, &t, &ctx, None).unwrap(), &trained).unwrap() < 1e-5);
     }
 }

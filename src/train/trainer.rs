@@ -348,8 +348,10 @@ impl Trainer<'_> {
         let shapes = pipeline.unet_adapters.shapes();
         let alpha = cfg.alpha.unwrap_or(cfg.rank as f64);
         let mut lora = TrainableLora::new("unet", &pipeline.unet_adapters, &shapes, &cfg.target_modules, cfg.rank, alpha, cfg.seed, &device)?;
-        if cfg.network == super::config::Network::Dora {
-            lora.use_dora(&pipeline.unet_adapters)?;
+        match cfg.network {
+            super::config::Network::Lora => {}
+            super::config::Network::Locon => drop(lora.add_locon(&pipeline.unet_adapters, cfg.seed)?),
+            super::config::Network::Dora => lora.use_dora(&pipeline.unet_adapters)?,
         }
         let vars = lora.vars();
         let mut opt = AdamW::new(&vars, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, cfg.adam_weight_decay)?;
