@@ -73,3 +73,34 @@ fn kohya_sd15_lora_with_conv_proj_factors_applies_every_factor() {
     eprintln!("kohya with vs without proj factors: max |Δ| {d}/255");
     assert!(d > 0, "the proj_in/proj_out factors changed nothing");
 }
+
+/// `hfsky lora convert`: a LoHa has no PEFT form (exit 2, naming the module and what to use);
+/// the kohya export of it loads back; a LoRA whose base cannot be told asks for --base.
+#[test]
+fn lora_convert_refuses_what_a_layout_cannot_hold() {
+    let env = Env::new("http://127.0.0.1:9");
+    let loha = fixtures().join("lycoris/loha.safetensors");
+    let out = env.dir.path().join("out.safetensors");
+    let e = code(&env.run(&["lora", "convert", loha.to_str().unwrap(), "--to", "peft", "--out", out.to_str().unwrap(), "--base", "sd15"]), 2);
+    assert!(e.contains("LoHa module has no PEFT/diffusers form") && e.contains("convert to kohya"), "{e}");
+    assert!(!out.exists());
+    let v =
+        json(&env.run(&["--json", "lora", "convert", loha.to_str().unwrap(), "--to", "comfyui", "--out", out.to_str().unwrap(), "--base", "sd15"]));
+    assert_eq!(v["modules"], 5, "{v}");
+    let back = hfsky::diffusion::lora::LoraWeights::load(&out).unwrap();
+    assert!(back.components["unet"].values().all(|m| m.kind() == "LoHa"));
+    // One attention module of a 2-block UNet says nothing about SD 1.x vs SDXL.
+    let dir = env.dir.path();
+    let ambiguous = dir.join("a.safetensors");
+    let t = candle_core::Tensor::zeros((2, 4), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([
+            ("unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight".to_string(), t.clone()),
+            ("unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight".to_string(), t.t().unwrap().contiguous().unwrap()),
+        ]),
+        &ambiguous,
+    )
+    .unwrap();
+    let e = code(&env.run(&["lora", "convert", ambiguous.to_str().unwrap(), "--to", "kohya", "--out", out.to_str().unwrap()]), 2);
+    assert!(e.contains("pass --base sd15|sdxl"), "{e}");
+}
