@@ -95,7 +95,7 @@ pub(crate) fn parse(key: &str) -> Option<ParsedKey> {
         .iter()
         .find_map(|(p, c)| key.strip_prefix(p).map(|r| (*c, r, Naming::Kohya)))
         .or_else(|| COMPONENTS.iter().find_map(|c| key.strip_prefix(&format!("{c}.")).map(|r| (*c, r, Naming::Dotted))))?;
-    if let Some((module, field, format)) = old_processor_key(rest) {
+    if let Some((module, field, format)) = old_processor_key(rest).or_else(|| old_text_encoder_key(component, rest)) {
         return Some(ParsedKey { component, module, naming, field, format: Some(format) });
     }
     // `lokr_w1`/`lokr_w2` are prefixes of `lokr_w1_a` etc., so they are matched exactly last.
@@ -121,6 +121,22 @@ fn old_processor_key(rest: &str) -> Option<(String, Field, super::LoraFormat)> {
     let (parent, proj) = stem.rsplit_once(".processor.")?;
     let proj = if proj == "to_out" { "to_out.0" } else { proj };
     Some((format!("{parent}.{proj}"), field, super::LoraFormat::DiffusersOld))
+}
+
+/// `text_model.encoder.layers.0.self_attn.to_q_lora.down.weight` → `….self_attn.q_proj`: the
+/// pre-PEFT diffusers text-encoder form (diffusers' `_convert_text_encoder_lora_key` writes it).
+fn old_text_encoder_key(component: &str, rest: &str) -> Option<(String, Field, super::LoraFormat)> {
+    if component == "unet" {
+        return None;
+    }
+    let (field, stem) =
+        if let Some(s) = rest.strip_suffix("_lora.down.weight") { (Field::Down, s) } else { (Field::Up, rest.strip_suffix("_lora.up.weight")?) };
+    let (parent, proj) = stem.rsplit_once(".self_attn.to_")?;
+    let proj = match proj {
+        "q" | "k" | "v" | "out" => format!("{proj}_proj"),
+        _ => return None,
+    };
+    Some((format!("{parent}.self_attn.{proj}"), field, super::LoraFormat::DiffusersOld))
 }
 
 /// Whether a kohya UNet module name uses the SGM (original SDXL UNet) block names.
@@ -263,6 +279,9 @@ mod tests {
         assert_eq!((p.component, p.naming), ("text_encoder_2", Naming::Dotted));
         assert_eq!(parse("unet.a.to_q.lora_magnitude_vector").unwrap().field, Field::Magnitude);
         assert_eq!(parse("unet.a.attn1.processor.to_out_lora.up.weight").unwrap().module, "a.attn1.to_out.0");
+        let t = parse("text_encoder.text_model.encoder.layers.1.self_attn.to_out_lora.up.weight").unwrap();
+        assert_eq!((t.module.as_str(), t.field), ("text_model.encoder.layers.1.self_attn.out_proj", Field::Up));
+        assert!(parse("unet.a.self_attn.to_q_lora.up.weight").is_none());
         assert!(parse("lora_unet_x.oft_blocks").is_none());
         assert!(parse("model.diffusion_model.x.lora_down.weight").is_none());
     }
