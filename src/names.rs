@@ -4,6 +4,11 @@
 /// The LoRA weights as diffusers' DreamBooth scripts save them and `load_lora_weights` looks
 /// for them first (diffusers `LORA_WEIGHT_NAME_SAFE`, `loaders/lora_base.py`).
 pub const LORA_WEIGHTS: &str = "pytorch_lora_weights.safetensors";
+/// The same LoRA in kohya's key layout (A1111/Forge, kohya sd-scripts), written beside
+/// [`LORA_WEIGHTS`] when train.yaml's `lora_formats` lists `kohya`.
+pub const LORA_WEIGHTS_KOHYA: &str = "pytorch_lora_weights_kohya.safetensors";
+/// The same LoRA for ComfyUI's LoRA loader (`lora_formats: [comfyui]`).
+pub const LORA_WEIGHTS_COMFYUI: &str = "pytorch_lora_weights_comfyui.safetensors";
 /// A model card: the README whose YAML front matter the Hub reads as metadata.
 pub const README: &str = "README.md";
 /// The file that makes a folder or repo a diffusers pipeline (diffusers `DiffusionPipeline`).

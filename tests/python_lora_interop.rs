@@ -53,6 +53,8 @@ fn diffusers_loads_our_lora_without_missing_or_unexpected_keys() {
             "8",
             "--target-modules",
             targets,
+            "--lora-formats",
+            "peft,kohya",
         ]));
         let o = std::process::Command::new(&python)
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_lora.py"))
@@ -69,5 +71,155 @@ fn diffusers_loads_our_lora_without_missing_or_unexpected_keys() {
         let ours = candle_core::safetensors::load(out.join("pytorch_lora_weights.safetensors"), &candle_core::Device::Cpu).unwrap();
         assert_eq!(v["lora_layers"].as_u64().unwrap() as usize * 2, ours.len(), "{model}: every layer we saved is loaded: {v}");
         assert!(v["relative_change"].as_f64().unwrap() > 1e-4, "{model}: the LoRA does not change diffusers' UNet output: {v}");
+        // `lora_formats: [peft, kohya]` wrote the kohya layout beside it; diffusers reads it alike.
+        let kohya = out.join("pytorch_lora_weights_kohya.safetensors");
+        let o = std::process::Command::new(&python)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_converted.py"))
+            .arg(&fixture)
+            .arg(out.join("pytorch_lora_weights.safetensors"))
+            .arg(&kohya)
+            .env("OMP_NUM_THREADS", "1")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        for f in v["files"].as_array().unwrap() {
+            assert_eq!(f["warnings"], serde_json::json!([]), "{model}: {f}");
+            assert_eq!(f["lora_layers"]["unet"].as_u64().unwrap() as usize * 2, ours.len(), "{model}: {f}");
+        }
+        assert!(v["max_abs_diff"][0]["unet"].as_f64().unwrap() <= 1e-4, "{model}: trained PEFT and kohya files differ in diffusers: {v}");
+        let meta = safetensors::SafeTensors::read_metadata(&std::fs::read(&kohya).unwrap()).unwrap().1.metadata().clone().unwrap();
+        assert_eq!(meta["ss_network_dim"], "2", "{model}: {meta:?}");
+        assert_eq!(meta["ss_network_alpha"], "8", "{model}: {meta:?}");
+        assert_eq!(meta["ss_base_model_version"], if model == "tiny-sdxl" { "sdxl_base_v1-0" } else { "sd_v1" });
+    }
+}
+
+/// `hfsky lora convert` to PEFT, kohya and ComfyUI keys: diffusers' `load_lora_weights` takes
+/// each file with no unexpected, missing or unmatched keys, makes a LoRA layer for every module
+/// (UNet and text encoders), and the files compute the same UNet and text-encoder outputs within
+/// 1e-4. Inputs: diffusers-format UNet LoRAs (SD 1.5, SDXL), text-encoder LoRAs (SD 1.5, SDXL's
+/// two encoders), the kohya SD 1.5 field case (1×1 conv proj factors, fp16, 0-d alphas) and a
+/// kohya SDXL LoCon in SGM names on resnet, sampler and embedding layers.
+#[test]
+fn diffusers_loads_our_peft_and_kohya_exports_alike() {
+    let Some(python) = python() else {
+        eprintln!("HFSKY_PYREF_PYTHON not set: run scripts/test.sh (or scripts/pyref-venv.sh) for the diffusers interop test");
+        return;
+    };
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (model, input) in [
+        ("tiny-sd15", "tiny-sd15-lora/pytorch_lora_weights.safetensors"),
+        ("tiny-sd15", "tiny-sd15-te-lora/pytorch_lora_weights.safetensors"),
+        ("tiny-sd15", "field-cases/kohya-sd15-conv/sd15_kohya_default.safetensors"),
+        ("tiny-sdxl", "tiny-sdxl-lora/pytorch_lora_weights.safetensors"),
+        ("tiny-sdxl", "tiny-sdxl-te-lora/pytorch_lora_weights.safetensors"),
+        ("tiny-sdxl", "lycoris/sdxl_kohya.safetensors"),
+    ] {
+        let env = Env::new("http://127.0.0.1:9");
+        let pipeline = fixtures.join(model);
+        let mut outs = Vec::new();
+        for to in ["peft", "kohya", "comfyui"] {
+            let out = env.dir.path().join(format!("{to}.safetensors"));
+            let input = fixtures.join(input);
+            ok(&env.run(&[
+                "lora",
+                "convert",
+                input.to_str().unwrap(),
+                "--to",
+                to,
+                "--out",
+                out.to_str().unwrap(),
+                "--model",
+                pipeline.to_str().unwrap(),
+            ]));
+            outs.push(out);
+        }
+        let o = std::process::Command::new(&python)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_converted.py"))
+            .arg(&pipeline)
+            .args(&outs)
+            .env("OMP_NUM_THREADS", "1")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        let lora = hfsky::diffusion::lora::LoraWeights::load(&fixtures.join(input)).unwrap();
+        for f in v["files"].as_array().unwrap() {
+            assert_eq!(f["warnings"], serde_json::json!([]), "{input}: {f}");
+            for (comp, modules) in &lora.components {
+                assert_eq!(f["lora_layers"][comp].as_u64().unwrap() as usize, modules.len(), "{input} {comp}: every module loaded: {f}");
+            }
+        }
+        for d in v["max_abs_diff"].as_array().unwrap() {
+            for (comp, x) in d.as_object().unwrap() {
+                assert!(x.as_f64().unwrap() <= 1e-4, "{input} {comp}: PEFT and kohya exports differ in diffusers: {v}");
+            }
+        }
+        let changed = v["relative_change"].as_object().unwrap();
+        assert!(changed.values().any(|x| x.as_f64().unwrap() > 1e-3), "{input}: the LoRA changes nothing in diffusers: {v}");
+    }
+}
+
+/// `network: dora` trains PEFT's DoRA, `network: locon` adds conv LoRAs (PEFT Conv2d layout) to
+/// the resnet convolutions and attention projections: diffusers loads each file with no stray keys
+/// and makes a LoRA layer for every module saved. (A DoRA's kohya export carries `dora_scale`,
+/// which ComfyUI reads; diffusers' kohya reader drops `dora_scale` with a warning, so that file is
+/// not checked here.)
+#[test]
+fn diffusers_loads_our_dora_and_locon() {
+    let Some(python) = python() else {
+        eprintln!("HFSKY_PYREF_PYTHON not set: run scripts/test.sh (or scripts/pyref-venv.sh) for the diffusers interop test");
+        return;
+    };
+    for (model, network) in [("tiny-sd15", "dora"), ("tiny-sd15", "locon"), ("tiny-sdxl", "locon")] {
+        let env = Env::new("http://127.0.0.1:9");
+        let d = env.dir.path();
+        let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model);
+        let photos = d.join("photos");
+        std::fs::create_dir_all(&photos).unwrap();
+        for i in 0..2u8 {
+            image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([200 - i * 50, (y * 3) as u8, (x * 3) as u8]))
+                .save(photos.join(format!("{i}.png")))
+                .unwrap();
+        }
+        let out = d.join("out");
+        #[rustfmt::skip]
+        ok(&env.run(&[
+            "train", "--base-model", fixture.to_str().unwrap(), "--dataset", photos.to_str().unwrap(),
+            "--instance-prompt", "a photo of SKY", "--output-dir", out.to_str().unwrap(), "--max-steps", "3",
+            "--learning-rate", "0.05", "--rank", "2", "--network", network, "--lora-formats", "peft,kohya",
+        ]));
+        let peft = out.join("pytorch_lora_weights.safetensors");
+        let saved = candle_core::safetensors::load(&peft, &candle_core::Device::Cpu).unwrap();
+        let modules = saved.keys().filter(|k| k.ends_with(".lora_A.weight")).count();
+        let magnitudes = saved.keys().filter(|k| k.ends_with(".lora_magnitude_vector")).count();
+        let convs = saved.iter().filter(|(k, t)| k.ends_with(".lora_A.weight") && t.rank() == 4).count();
+        match network {
+            "dora" => assert_eq!(magnitudes, modules, "A, B and m per module: {:?}", saved.keys()),
+            _ => assert!(convs > 0 && magnitudes == 0, "{model}: conv factors saved: {:?}", saved.keys()),
+        }
+        let mut files = vec![peft.clone()];
+        if network == "locon" {
+            files.push(out.join("pytorch_lora_weights_kohya.safetensors"));
+        }
+        let o = std::process::Command::new(&python)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_converted.py"))
+            .arg(&fixture)
+            .args(&files)
+            .env("OMP_NUM_THREADS", "1")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        for f in v["files"].as_array().unwrap() {
+            assert_eq!(f["warnings"], serde_json::json!([]), "{model} {network}: {f}");
+            assert_eq!(f["use_dora"], network == "dora", "{model} {network}: {f}");
+            assert_eq!(f["lora_layers"]["unet"].as_u64().unwrap() as usize, modules, "{model} {network}: {f}");
+        }
+        if network == "locon" {
+            assert!(v["max_abs_diff"][0]["unet"].as_f64().unwrap() <= 1e-4, "{model}: PEFT and kohya LoCon differ in diffusers: {v}");
+        }
+        assert!(v["relative_change"]["unet"].as_f64().unwrap() > 1e-5, "{model} {network}: the adapter changes nothing: {v}");
     }
 }

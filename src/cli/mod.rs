@@ -14,6 +14,7 @@ mod hub;
 mod hub_render;
 mod login;
 mod logout;
+mod lora;
 mod push;
 mod token;
 mod train;
@@ -86,6 +87,9 @@ pub enum Command {
     /// Model cards
     #[command(subcommand)]
     Card(card::Cmd),
+    /// LoRA files: convert between PEFT/diffusers, kohya and ComfyUI layouts
+    #[command(subcommand)]
+    Lora(lora::Cmd),
     /// Check photos, manage captions, and report what the model will learn from them
     #[command(subcommand)]
     Dataset(dataset::Cmd),
@@ -210,6 +214,7 @@ pub fn run() -> i32 {
         Command::Train(a) => train::run(&ctx, a),
         Command::TrainAndPush(a) => train::run_and_push(&ctx, a),
         Command::Card(c) => card::run(&ctx, c),
+        Command::Lora(c) => lora::run(&ctx, c),
         Command::Hash { file } => hash::run(&ctx, &file),
     };
     match result {

@@ -42,7 +42,15 @@ pub struct PushArgs {
 }
 
 /// What `train-and-push` uploads from the output folder (never checkpoints, caches or tokens).
-const PUBLISHED: [&str; 5] = [names::LORA_WEIGHTS, names::README, "validation-seed-*.png", names::TRAIN_CONFIG, names::TRAINING_LOG];
+const PUBLISHED: [&str; 7] = [
+    names::LORA_WEIGHTS,
+    names::LORA_WEIGHTS_KOHYA,
+    names::LORA_WEIGHTS_COMFYUI,
+    names::README,
+    "validation-seed-*.png",
+    names::TRAIN_CONFIG,
+    names::TRAINING_LOG,
+];
 
 fn load_config(a: &Args) -> anyhow::Result<TrainConfig> {
     if a.config.is_none() && a.overrides.is_empty() {
@@ -205,6 +213,7 @@ fn dry_run(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::HubClie
         }
     }
     let mut files: Vec<String> = vec![names::LORA_WEIGHTS.into(), names::README.into(), names::TRAIN_CONFIG.into(), names::TRAINING_LOG.into()];
+    files.extend(cfg.lora_formats.iter().filter(|f| **f != hfsky::diffusion::lora::export::ExportFormat::Peft).map(|f| f.file_name().to_string()));
     if cfg.validation_prompt.is_some() {
         files.extend((0..cfg.num_validation_images as u64).map(|i| format!("validation-seed-{}.png", cfg.seed + i)));
     }

@@ -142,6 +142,17 @@ pub struct TrainConfig {
     /// Linear layers (diffusers names, matched by suffix) that get a LoRA.
     #[serde(default = "default_targets")]
     pub target_modules: Vec<String>,
+    /// `lora` (low-rank update of each target linear), `locon` (also the resnet convolutions and
+    /// attention projections, as kohya's LoCon; saved as PEFT Conv2d LoRA) or `dora` (DoRA as
+    /// PEFT's `use_dora`: a magnitude per output row trained too; saved as `lora_magnitude_vector`).
+    #[serde(default)]
+    pub network: Network,
+    /// Layouts the trained LoRA is written in, side by side (all pushed by `train-and-push`):
+    /// `peft` (pytorch_lora_weights.safetensors, for diffusers and the Hub; always written),
+    /// `kohya` (pytorch_lora_weights_kohya.safetensors, for A1111/Forge; SDXL in SGM block names)
+    /// and `comfyui` (pytorch_lora_weights_comfyui.safetensors). See `diffusion::lora::export`.
+    #[serde(default = "default_lora_formats")]
+    pub lora_formats: Vec<crate::diffusion::lora::export::ExportFormat>,
     #[serde(default = "default_lr")]
     pub learning_rate: f64,
     #[serde(default)]
@@ -225,6 +236,20 @@ pub struct TrainConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// The adapter trained on each target linear.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    #[default]
+    Lora,
+    /// LoRA on the target linears plus the resnet convolutions and attention projections.
+    Locon,
+    Dora,
+}
+
+fn default_lora_formats() -> Vec<crate::diffusion::lora::export::ExportFormat> {
+    vec![crate::diffusion::lora::export::ExportFormat::Peft]
+}
 fn default_rank() -> usize {
     4
 }
@@ -384,7 +409,7 @@ fn apply_overrides(map: &mut serde_yaml::Mapping, args: &[String]) -> Result<(),
             }
             None => "true".to_string(),
         };
-        let parsed = if key == "target_modules" {
+        let parsed = if key == "target_modules" || key == "lora_formats" {
             serde_yaml::Value::Sequence(value.split(',').map(|s| serde_yaml::Value::String(s.trim().to_string())).collect())
         } else if ["base_model", "instance_prompt", "caption_template", "class_prompt", "validation_prompt", "resume_from_checkpoint", "license"]
             .contains(&key.as_str())

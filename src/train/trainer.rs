@@ -53,6 +53,19 @@ pub enum TrainError {
     DoesNotFit(#[from] memory::DoesNotFit),
 }
 
+/// Writes the saved LoRA again in each other layout train.yaml's `lora_formats` lists, beside it.
+fn write_other_formats(cfg: &TrainConfig, lora_file: &Path, unet: &crate::diffusion::unet::UNetConfig) -> Result<(), TrainError> {
+    use crate::diffusion::lora::export::{BaseLayout, ExportFormat};
+    let base = BaseLayout::from_unet_config(unet);
+    for f in cfg.lora_formats.iter().filter(|f| **f != ExportFormat::Peft) {
+        let out = cfg.output_dir.join(f.file_name());
+        crate::diffusion::lora::LoraWeights::load(lora_file)
+            .and_then(|l| l.export_to(*f, &base, &out))
+            .map_err(|e| TrainError::Io { path: out.clone(), detail: e.to_string() })?;
+    }
+    Ok(())
+}
+
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Io { path: path.to_path_buf(), detail: e.to_string() }
 }
@@ -392,7 +405,12 @@ impl Trainer<'_> {
         // LoRA factors and optimizer.
         let shapes = pipeline.unet_adapters.shapes();
         let alpha = cfg.alpha.unwrap_or(cfg.rank as f64);
-        let lora = TrainableLora::new("unet", &pipeline.unet_adapters, &shapes, &cfg.target_modules, cfg.rank, alpha, cfg.seed, &device)?;
+        let mut lora = TrainableLora::new("unet", &pipeline.unet_adapters, &shapes, &cfg.target_modules, cfg.rank, alpha, cfg.seed, &device)?;
+        match cfg.network {
+            super::config::Network::Lora => {}
+            super::config::Network::Locon => drop(lora.add_locon(&pipeline.unet_adapters, cfg.seed)?),
+            super::config::Network::Dora => lora.use_dora(&pipeline.unet_adapters)?,
+        }
         let vars = lora.vars();
         let mut opt = AdamW::new(&vars, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, cfg.adam_weight_decay)?;
 
@@ -502,6 +520,7 @@ impl Trainer<'_> {
 
         let lora_file = cfg.output_dir.join(names::LORA_WEIGHTS);
         lora.save(&lora_file)?;
+        write_other_formats(cfg, &lora_file, pipeline.unet.config())?;
         let validation_settings = match &validation {
             Some((cond, prompt)) => {
                 pipeline.reload_vae()?;

@@ -10,6 +10,7 @@
 
 use super::cpu_conv::{self, Geometry};
 use super::record;
+use crate::diffusion::nn::Adapters;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -21,6 +22,8 @@ pub struct Conv2d {
     bias: Option<Tensor>,
     stride: usize,
     padding: usize,
+    /// Module path and the network's adapters, for a conv that takes LoRA weight updates (LoCon).
+    adapted: Option<(String, Adapters)>,
 }
 
 impl Conv2d {
@@ -28,11 +31,29 @@ impl Conv2d {
     pub fn load(vb: VarBuilder, in_ch: usize, out_ch: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
         let weight = vb.get((out_ch, in_ch, kernel, kernel), "weight")?;
         let bias = Some(vb.get(out_ch, "bias")?);
-        Ok(Conv2d { weight, bias, stride, padding })
+        Ok(Conv2d { weight, bias, stride, padding, adapted: None })
+    }
+
+    /// Like `load`, registered under its module path in `adapters` so that LoRA weight updates
+    /// (LoCon, LoHa, LoKr, DoRA on convs) reach it.
+    pub fn load_adapted(
+        vb: VarBuilder,
+        adapters: &Adapters,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let name = vb.prefix();
+        let mut conv = Self::load(vb, in_ch, out_ch, kernel, stride, padding)?;
+        adapters.register_conv(&name, &conv.weight);
+        conv.adapted = Some((name, adapters.clone()));
+        Ok(conv)
     }
 
     pub fn new(weight: Tensor, bias: Option<Tensor>, stride: usize, padding: usize) -> Self {
-        Conv2d { weight, bias, stride, padding }
+        Conv2d { weight, bias, stride, padding, adapted: None }
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -43,8 +64,30 @@ impl Conv2d {
     /// embedding) and `residual` (same shape as the output); both may be tracked and get `grad`
     /// (summed over space for `extra`). Fusing them saves keeping the bare conv output for backward.
     pub fn forward_with(&self, x: &Tensor, extra: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
+        let (weight, live) = match &self.adapted {
+            Some((name, adapters)) => (adapters.current_weight(name, &self.weight)?, adapters.get(name).1.unwrap_or_default()),
+            None => (self.weight.clone(), Vec::new()),
+        };
+        let out = self.frozen_forward(x, &weight, extra, residual)?;
+        // Live conv LoRAs (LoCon), trainable: `+ scale · up ⋆ (down ⋆ x)`, down with this layer's
+        // kernel, stride and padding, up 1×1 (kohya's and PEFT's conv LoRA), in f32 from candle's
+        // differentiable conv so the factors get gradients.
+        let mut out = out;
+        for a in &live {
+            let xf = x.to_dtype(if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 })?;
+            let (down, up) = (crate::diffusion::recompute::factor(&a.down), crate::diffusion::recompute::factor(&a.up));
+            let u = xf.conv2d(&down.to_dtype(xf.dtype())?, self.padding, self.stride, 1, 1)?;
+            let y = u.conv2d(&up.to_dtype(xf.dtype())?, 0, 1, 1, 1)?.affine(a.scale, 0.0)?;
+            out = (out + y.to_dtype(x.dtype())?)?;
+        }
+        Ok(out)
+    }
+
+    /// The frozen conv with `weight`, plus `extra` and `residual` (see `forward_with`).
+    fn frozen_forward(&self, x: &Tensor, weight: &Tensor, extra: Option<&Tensor>, residual: Option<&Tensor>) -> Result<Tensor> {
+        let weight = weight.clone();
         let plain = |x: &Tensor, extra: Option<&Tensor>, residual: Option<&Tensor>| -> Result<Tensor> {
-            let w = self.weight.to_dtype(x.dtype())?;
+            let w = weight.to_dtype(x.dtype())?;
             let mut y = conv2d(x, &w, self.stride, self.padding)?;
             if let Some(b) = &self.bias {
                 y = y.broadcast_add(&b.to_dtype(y.dtype())?.reshape((1, (), 1, 1))?)?;
@@ -62,7 +105,7 @@ impl Conv2d {
             return plain(x, extra, residual);
         }
         let out = plain(&x.detach(), extra.map(|e| e.detach()).as_ref(), residual.map(|r| r.detach()).as_ref())?;
-        let (weight, stride, padding) = (self.weight.clone(), self.stride, self.padding);
+        let (stride, padding) = (self.stride, self.padding);
         let (_, _, h, w) = x.dims4()?;
         let (x_dtype, e_dtype, r_dtype) = (x.dtype(), extra.map(|e| e.dtype()), residual.map(|r| r.dtype()));
         let x_tracked = x.track_op();
@@ -200,5 +243,53 @@ mod tests {
         let y = conv.forward(&randn(&[1, 3, 4, 4])).unwrap();
         assert!(!y.track_op());
         assert_eq!(y.dtype(), DType::F32);
+    }
+
+    /// A live conv LoRA (LoCon) on a 3×3 stride-2 conv: the output is the conv with the merged
+    /// weight `W + scale·up·down`, and the factors get the gradients finite differences give (f64).
+    #[test]
+    fn conv_lora_matches_merged_weight_and_finite_differences() {
+        use crate::diffusion::nn::{rel_error, Adapter};
+        use candle_core::Var;
+        let dev = Device::Cpu;
+        let r64 = |s: &[usize]| Tensor::randn(0f64, 1.0, s, &dev).unwrap();
+        let w = r64(&[4, 3, 3, 3]);
+        let vb = VarBuilder::from_tensors(
+            std::collections::HashMap::from([("c.weight".to_string(), w.clone()), ("c.bias".to_string(), r64(&[4]))]),
+            DType::F64,
+            &dev,
+        );
+        let adapters = Adapters::new();
+        let conv = Conv2d::load_adapted(vb.pp("c"), &adapters, 3, 4, 3, 2, 1).unwrap();
+        let x = r64(&[2, 3, 7, 7]);
+        let down = Var::from_tensor(&r64(&[2, 3, 3, 3])).unwrap();
+        let up = Var::from_tensor(&r64(&[4, 2, 1, 1])).unwrap();
+        adapters.attach("c", Adapter { down: down.as_tensor().clone(), up: up.as_tensor().clone(), scale: 0.6, magnitude: None }).unwrap();
+        let y = conv.forward(&x).unwrap();
+        let merged = (&w
+            + up.flatten_from(1).unwrap().matmul(&down.flatten_from(1).unwrap()).unwrap().reshape((4, 3, 3, 3)).unwrap().affine(0.6, 0.0).unwrap())
+        .unwrap();
+        let want = Conv2d::new(merged, Some(vb.pp("c").get(4, "bias").unwrap()), 2, 1).forward(&x).unwrap();
+        assert!(rel_error(&y, &want).unwrap() < 1e-12);
+        let g = Tensor::randn(0f64, 1.0, y.dims(), &dev).unwrap();
+        let loss = || (conv.forward(&x).unwrap() * &g).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let grads = (conv.forward(&x).unwrap() * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&down, &up] {
+            let analytic = grads.get(v.as_tensor()).expect("gradient reaches the factor").flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let orig = v.as_tensor().copy().unwrap();
+            let flat = orig.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            for i in (0..flat.len()).step_by(3) {
+                let eps = 1e-6;
+                let shifted = |d: f64| {
+                    let mut f = flat.clone();
+                    f[i] += d;
+                    v.set(&Tensor::from_vec(f, orig.dims(), &dev).unwrap()).unwrap();
+                    loss()
+                };
+                let fd = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
+                v.set(&orig).unwrap();
+                assert!((fd - analytic[i]).abs() < 1e-6 * (1.0 + fd.abs()), "entry {i}: finite difference {fd} vs gradient {}", analytic[i]);
+            }
+        }
     }
 }

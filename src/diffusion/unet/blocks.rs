@@ -65,8 +65,11 @@ impl DownBlock {
             })
             .collect::<Result<Vec<_>>>()?;
         let attentions = attention_layers(&vb, adapters, plan, s)?;
-        let downsampler =
-            if plan.resample { Some(Downsample2D::new(vb.pp("downsamplers").pp(0), plan.out_channels, s.downsample_padding)?) } else { None };
+        let downsampler = if plan.resample {
+            Some(Downsample2D::new(vb.pp("downsamplers").pp(0), adapters, plan.out_channels, s.downsample_padding)?)
+        } else {
+            None
+        };
         Ok(DownBlock { resnets, attentions, downsampler })
     }
 
@@ -144,7 +147,7 @@ impl UpBlock {
             })
             .collect::<Result<Vec<_>>>()?;
         let attentions = attention_layers(&vb, adapters, plan, s)?;
-        let upsampler = if plan.resample { Some(Upsample2D::new(vb.pp("upsamplers").pp(0), plan.out_channels)?) } else { None };
+        let upsampler = if plan.resample { Some(Upsample2D::new(vb.pp("upsamplers").pp(0), adapters, plan.out_channels)?) } else { None };
         Ok(UpBlock { resnets, attentions, upsampler })
     }
 

@@ -199,7 +199,7 @@ fn lora_gradients_are_exact(name: &str) {
         };
         let down = mk(&mut seed, (rank, in_dim), 0.3);
         let up = mk(&mut seed, (out_dim, rank), 0.3);
-        adapters.attach(&module, Adapter { down: down.as_tensor().clone(), up: up.as_tensor().clone(), scale: 1.0 }).unwrap();
+        adapters.attach(&module, Adapter { down: down.as_tensor().clone(), up: up.as_tensor().clone(), scale: 1.0, magnitude: None }).unwrap();
         vars.push((module, down, up));
     }
     assert!(vars.len() >= 16, "{name}: only {} attention linears", vars.len());
@@ -265,5 +265,79 @@ fn f16_stays_close_to_diffusers_f32() {
         let err = rel_error(&out, &r["unet.out"]).unwrap();
         eprintln!("{name}: f16 UNet rel error vs diffusers f32 = {err:.3e}");
         assert!(err < 1e-2, "{name}: f16 rel error {err}");
+    }
+}
+
+/// LyCORIS' own modules (lycoris-lora 4.1.3) applied to diffusers' UNet, against our loader:
+/// LoHa (with Tucker cores on a 3×3 conv), LoKr (full/factorised halves, Tucker), kohya LoCon on
+/// every conv kind (fp16, 0-d alphas, a Tucker `lora_mid`), LyCORIS DoRA on both axes, and a
+/// kohya SDXL file in SGM block names (which diffusers' `load_lora_weights` reads to the same
+/// output; tests/fixtures/make_lycoris.py checks that). Live and fused.
+#[test]
+fn lycoris_and_kohya_files_match_lycoris_own_application() {
+    let refs = candle_core::safetensors::load(fixtures_dir().join("lycoris-reference.safetensors"), &Device::Cpu).unwrap();
+    for (case, model) in [
+        ("loha", "tiny-sd15"),
+        ("lokr", "tiny-sd15"),
+        ("locon", "tiny-sd15"),
+        ("dora_out", "tiny-sd15"),
+        ("dora_in", "tiny-sd15"),
+        ("sdxl_kohya", "tiny-sdxl"),
+    ] {
+        let lora = LoraWeights::load(&fixtures_dir().join(format!("lycoris/{case}.safetensors"))).unwrap();
+        let multiplier = refs[&format!("{case}.multiplier")].to_vec1::<f32>().unwrap()[0] as f64;
+        let want = &refs[&format!("{case}.out")];
+        let r = reference(model);
+        let (unet, adapters) = load(model, DType::F32);
+        let base = run(&unet, &r);
+        let n = lora.apply("unet", &adapters, multiplier).unwrap();
+        assert_eq!(n, lora.components["unet"].len(), "{case}: every module placed");
+        let live = run(&unet, &r);
+        adapters.clear();
+        lora.fuse("unet", &adapters, multiplier).unwrap();
+        let fused = run(&unet, &r);
+        for (mode, out) in [("live", &live), ("fused", &fused)] {
+            let err = rel_error(out, want).unwrap();
+            eprintln!("{case} {mode}: rel error vs LyCORIS {err:.2e}");
+            assert!(err < 1e-4, "{case} {mode}: rel error vs LyCORIS {err:.2e}");
+        }
+        assert!(rel_error(&base, want).unwrap() > 1e-2, "{case}: the adapter changes the output");
+    }
+}
+
+/// Every LyCORIS-made file written back out in the kohya layout (and, for the kinds PEFT can
+/// hold, the PEFT layout) and read again computes what LyCORIS computed.
+#[test]
+fn exported_layouts_compute_the_same() {
+    use crate::diffusion::lora::export::{BaseLayout, ExportFormat};
+    let refs = candle_core::safetensors::load(fixtures_dir().join("lycoris-reference.safetensors"), &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (case, model, peft) in [
+        ("loha", "tiny-sd15", false),
+        ("lokr", "tiny-sd15", false),
+        ("locon", "tiny-sd15", false),
+        ("dora_in", "tiny-sd15", false),
+        ("sdxl_kohya", "tiny-sdxl", true),
+    ] {
+        let lora = LoraWeights::load(&fixtures_dir().join(format!("lycoris/{case}.safetensors"))).unwrap();
+        let base = BaseLayout::from_unet_config(&UNetConfig::from_file(&pipeline_dir(model).join("unet/config.json")).unwrap());
+        let multiplier = refs[&format!("{case}.multiplier")].to_vec1::<f32>().unwrap()[0] as f64;
+        let r = reference(model);
+        let mut formats = vec![ExportFormat::Kohya];
+        if peft {
+            formats.push(ExportFormat::Peft);
+        } else {
+            let err = lora.export(ExportFormat::Peft, &base).unwrap_err().to_string();
+            assert!(err.contains("no PEFT/diffusers form") || err.contains("keep it in kohya format"), "{case}: {err}");
+        }
+        for f in formats {
+            let out = dir.path().join(format!("{case}-{f:?}.safetensors"));
+            lora.export_to(f, &base, &out).unwrap();
+            let back = LoraWeights::load(&out).unwrap();
+            let (unet, adapters) = load(model, DType::F32);
+            assert_eq!(back.apply("unet", &adapters, multiplier).unwrap(), lora.components["unet"].len());
+            let err = rel_error(&run(&unet, &r), &refs[&format!("{case}.out")]).unwrap();
+            assert!(err < 1e-4, "{case} via {f:?}: rel error {err:.2e}");
+        }
     }
 }
