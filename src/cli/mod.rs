@@ -122,9 +122,9 @@ impl Ctx {
     }
 
     /// The one JSON document a command prints with --json, redacted like everything else.
-    pub fn emit_json(&self, v: &serde_json::Value) {
+    pub fn emit_json<T: serde::Serialize + ?Sized>(&self, doc: &T) {
         if self.json {
-            println!("{}", redact(&serde_json::to_string_pretty(v).expect("serializable")));
+            println!("{}", redact(&serde_json::to_string_pretty(doc).expect("serializable")));
         }
     }
 
