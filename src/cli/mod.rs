@@ -5,6 +5,7 @@ mod card;
 mod ci;
 mod compare;
 mod dataset;
+mod diagnostics;
 mod download;
 mod download_bar;
 mod env;
@@ -181,7 +182,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
 }
 
 pub fn run() -> i32 {
-    hfsky::redact::install_panic_hook();
+    diagnostics::install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -190,9 +191,7 @@ pub fn run() -> i32 {
             return code;
         }
     };
-    if cli.verbose > 0 {
-        std::env::set_var("HFSKY_VERBOSE", "1");
-    }
+    diagnostics::init(cli.quiet, cli.verbose);
     let ctx = Ctx { endpoint: cli.endpoint.clone(), json: cli.json, quiet: cli.quiet };
     let result = match cli.command {
         Command::Login(a) => login::run(&ctx, a),
