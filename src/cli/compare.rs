@@ -23,7 +23,7 @@ pub struct Args {
     /// The LoRA repo on the Hub (`namespace/name`): its card gives the base model and training
     /// resolution, providers render it
     #[arg(long)]
-    repo: Option<String>,
+    repo: Option<RepoId>,
     /// Number of seeds (0..N), the same on both sides
     #[arg(long, default_value_t = 4)]
     seeds: u64,
@@ -57,7 +57,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     if a.seeds == 0 {
         return Err(bad_input("--seeds must be at least 1"));
     }
-    let repo = a.repo.as_deref().map(RepoId::parse).transpose().map_err(|e| bad_input(format!("--repo: {e}")))?;
+    let repo = a.repo.clone();
     let hub =
         match (&repo, a.hub_image.is_empty()) {
             (_, false) => HubSource::Images(a.hub_image.clone()),
@@ -114,6 +114,6 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         ctx.say(&line);
     }
     ctx.say(&format!("report: {} (data: {})", page.display(), json.display()));
-    ctx.emit_json(&serde_json::to_value(&comparison)?);
+    ctx.emit_json(&comparison);
     Ok(())
 }

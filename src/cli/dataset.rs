@@ -130,16 +130,18 @@ fn run_check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<()> {
         Some(out) => Some(fix::fix(&a.dir, &report, out, a.resolution, a.fail_on)?),
         None => None,
     };
-    let mut json = serde_json::to_value(&report)?;
-    if let Some(f) = &fixed {
-        json["fix"] = serde_json::to_value(f)?;
+    /// The `--json` document of `dataset check`: the report, and with --fix what was written.
+    #[derive(serde::Serialize)]
+    struct CheckJson<'a> {
+        #[serde(flatten)]
+        report: &'a hfsky::dataset::check::CheckReport,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fix: Option<&'a fix::FixOutcome>,
     }
-    ctx.emit_json(&json);
+    ctx.emit_json(&CheckJson { report: &report, fix: fixed.as_ref() });
     for img in &report.images {
         for f in &img.findings {
-            let sev = serde_json::to_value(f.severity)?;
-            let kind = serde_json::to_value(f.kind)?;
-            ctx.say(&format!("{}: {} {}: {}", img.file, sev.as_str().unwrap_or(""), kind.as_str().unwrap_or(""), f.message));
+            ctx.say(&format!("{}: {} {}: {}", img.file, json_name(f.severity), json_name(f.kind), f.message));
         }
     }
     let (e, w, i) = (report.count(Severity::Error), report.count(Severity::Warning), report.count(Severity::Info));
@@ -156,10 +158,22 @@ fn run_check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<()> {
     }
     let failing = report.count(a.fail_on);
     if failing > 0 {
-        let level = serde_json::to_value(a.fail_on)?;
-        return Err(Reported { code: exit::FAILURE, message: format!("{failing} finding(s) at or above {}", level.as_str().unwrap_or("")) }.into());
+        return Err(Reported { code: exit::FAILURE, message: format!("{failing} finding(s) at or above {}", json_name(a.fail_on)) }.into());
     }
     Ok(())
+}
+
+/// A finding's severity or kind in the words its `--json` document uses (serde's name), so the
+/// human lines and the JSON agree.
+fn json_name(v: impl serde::Serialize) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+/// A caption of one image in a `--json` document (`null`: none).
+#[derive(serde::Serialize)]
+struct CaptionRow<'a> {
+    file: String,
+    caption: Option<&'a str>,
 }
 
 fn source_or_detect(dir: &Path, images: &[PathBuf], source: Option<CaptionSource>) -> CaptionSource {
@@ -171,8 +185,14 @@ fn export(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
     let source = source_or_detect(&a.dir, &images, a.source);
     let caps = load_captions(&a.dir, &images, source)?;
     if ctx.json {
-        let rows: Vec<_> = images.iter().zip(&caps).map(|(p, c)| serde_json::json!({"file": relative_name(&a.dir, p), "caption": c})).collect();
-        ctx.emit_json(&serde_json::json!({ "source": source, "captions": rows }));
+        /// The `--json` document of `dataset captions export`.
+        #[derive(serde::Serialize)]
+        struct ExportJson<'a> {
+            source: CaptionSource,
+            captions: Vec<CaptionRow<'a>>,
+        }
+        let captions = images.iter().zip(&caps).map(|(p, c)| CaptionRow { file: relative_name(&a.dir, p), caption: c.as_deref() }).collect();
+        ctx.emit_json(&ExportJson { source, captions });
     } else {
         // TSV goes to stdout even with --quiet: it is the command's output, not chatter.
         print!("{}", captions::to_tsv(&a.dir, &images, &caps));
@@ -192,7 +212,14 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<()> {
     let target = write_target(&a.dir, &images, a.to)?;
     let written = save_captions(&a.dir, &images, &caps, target)?;
     let untouched: Vec<String> = images.iter().zip(&caps).filter(|(_, c)| c.is_none()).map(|(p, _)| relative_name(&a.dir, p)).collect();
-    ctx.emit_json(&serde_json::json!({ "written": written, "target": target, "untouched": untouched }));
+    /// The `--json` document of `dataset captions import`.
+    #[derive(serde::Serialize)]
+    struct ImportJson<'a> {
+        written: usize,
+        target: CaptionSource,
+        untouched: &'a [String],
+    }
+    ctx.emit_json(&ImportJson { written, target, untouched: &untouched });
     ctx.say(&format!("wrote {written} captions ({target}); {} images not in the file kept theirs", untouched.len()));
     Ok(())
 }
@@ -202,7 +229,14 @@ fn check_captions(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
     let source = source_or_detect(&a.dir, &images, a.source);
     let caps = load_captions(&a.dir, &images, source)?;
     let issues = caption_issues(&a.dir, &images, &caps);
-    ctx.emit_json(&serde_json::json!({ "source": source, "images": images.len(), "issues": issues }));
+    /// The `--json` document of `dataset captions check`.
+    #[derive(serde::Serialize)]
+    struct CaptionsCheckJson<'a> {
+        source: CaptionSource,
+        images: usize,
+        issues: &'a [captions::CaptionIssue],
+    }
+    ctx.emit_json(&CaptionsCheckJson { source, images: images.len(), issues: &issues });
     for i in &issues {
         ctx.say(&format!("{}: {}", i.file, i.message));
     }
@@ -270,15 +304,14 @@ fn run_report(ctx: &Ctx, a: ReportArgs) -> anyhow::Result<()> {
     let source = source_or_detect(&a.dir, &images, a.source);
     let caps = load_captions(&a.dir, &images, source)?;
     let r = report::build(&a.dir, &images, &caps)?;
-    let json = serde_json::to_value(&r)?;
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let html = report::html::render(&r)?;
         std::fs::write(out.join("report.html"), html).with_context(|| format!("writing {}", out.join("report.html").display()))?;
-        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&json)?)
+        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&r)?)
             .with_context(|| format!("writing {}", out.join("report.json").display()))?;
     }
-    ctx.emit_json(&json);
+    ctx.emit_json(&r);
     for line in r.summary_lines() {
         ctx.say(&line);
     }

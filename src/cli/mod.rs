@@ -187,6 +187,13 @@ pub fn run() -> i32 {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { exit::BAD_INPUT } else { exit::OK };
+            // A usage error (a bad flag value such as `--repo bad`) is still one JSON document
+            // with --json, like every other error.
+            if code != exit::OK && std::env::args_os().any(|a| a == "--json") {
+                let rendered = e.render().to_string();
+                let message = rendered.lines().next().unwrap_or_default().trim_start_matches("error: ");
+                print_error_json(message, code);
+            }
             let _ = e.print();
             return code;
         }
@@ -223,13 +230,22 @@ pub fn run() -> i32 {
                 }
             }
             if ctx.json && e.downcast_ref::<Reported>().is_none() {
-                let v = serde_json::json!({ "error": msg, "exit_code": code });
-                println!("{}", redact(&v.to_string()));
+                print_error_json(&msg, code);
             }
             eprintln!("error: {}", redact(&msg));
             code
         }
     }
+}
+
+/// The `--json` document of any command that failed (`ci summary` reads it), on stdout.
+fn print_error_json(message: &str, exit_code: i32) {
+    #[derive(serde::Serialize)]
+    struct ErrorJson<'a> {
+        error: &'a str,
+        exit_code: i32,
+    }
+    println!("{}", redact(&serde_json::to_string(&ErrorJson { error: message, exit_code }).expect("serializable")));
 }
 
 fn not_logged_in() -> anyhow::Error {
