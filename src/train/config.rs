@@ -205,7 +205,8 @@ train_keys! {
     learning_rate: f64 = 1e-4,
     /// Learning-rate schedule after warmup: constant | linear | cosine. Default: constant.
     lr_scheduler: LrSchedule = LrSchedule::Constant,
-    /// Steps of linear warmup from 0. Default: 0.
+    /// Optimizer steps over which the learning rate ramps up linearly to `learning_rate`.
+    /// Default: 0.
     lr_warmup_steps: usize = 0,
     /// Optimizer steps. Default 500 unless `num_epochs` is given.
     max_steps: Option<usize>,
@@ -213,7 +214,7 @@ train_keys! {
     num_epochs: Option<usize>,
     /// Images per step. Default: 1.
     train_batch_size: usize = 1,
-    /// Steps whose gradients are summed before each optimizer step. Default: 1.
+    /// Micro-batches whose gradients are averaged into each optimizer step. Default: 1.
     gradient_accumulation_steps: usize = 1,
     /// Recompute each UNet resnet and transformer block in backward instead of keeping its
     /// activations: much less memory for about one extra forward per step; same gradients.
@@ -228,7 +229,8 @@ train_keys! {
     device: DeviceChoice = DeviceChoice::Auto,
     /// Min-SNR loss weighting (Hang et al. 2023); 5.0 is the usual value. Default: off.
     min_snr_gamma: Option<f64>,
-    /// Noise offset added to the training noise. Default: 0.
+    /// Scale of a random per-channel shift added to the training noise (diffusers'
+    /// `--noise_offset`: lets the model learn very dark or bright images). Default: 0.
     noise_offset: f64 = 0.0,
     /// Clip the global gradient norm to this. Default: 1.0.
     max_grad_norm: f64 = 1.0,
