@@ -53,7 +53,8 @@ pub struct Cli {
     /// Print only errors
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// More detail (retries, timings)
+    /// More detail on stderr: retries (-v), then debug (-vv) and trace (-vvv) events; RUST_LOG,
+    /// when set, replaces this filter
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
