@@ -7,6 +7,7 @@
 use crate::auth::{oidc::OidcError, AuthError};
 use crate::compare::local::CardError;
 use crate::compare::run::CompareError;
+use crate::dataset::captioning::CaptioningError;
 use crate::dataset::captions::CaptionError;
 use crate::dataset::fix::FixError;
 use crate::dataset::DatasetError;
@@ -16,6 +17,7 @@ use crate::generate::source::SourceError;
 use crate::hub::inference::InferenceError;
 use crate::hub::HubError;
 use crate::train::checkpoint::CheckpointError;
+use crate::train::dry_run::DryRunError;
 use crate::train::examples::CacheError;
 use crate::train::lora_params::LoraParamsError;
 use crate::train::TrainError;
@@ -67,6 +69,8 @@ pub fn category_of(e: &(dyn std::error::Error + 'static)) -> Option<ExitCategory
         .or_else(|| of::<DatasetError>(e))
         .or_else(|| of::<CaptionError>(e))
         .or_else(|| of::<FixError>(e))
+        .or_else(|| of::<DryRunError>(e))
+        .or_else(|| of::<CaptioningError>(e))
 }
 
 fn http(status: u16) -> ExitCategory {
@@ -221,6 +225,27 @@ impl Categorized for CompareError {
             CompareError::Render(r) => r.category(),
             CompareError::NotAnImage { .. } | CompareError::Invalid(_) => ExitCategory::BadInput,
             CompareError::Io { .. } | CompareError::Stats(_) => ExitCategory::Failure,
+        }
+    }
+}
+
+impl Categorized for DryRunError {
+    fn category(&self) -> ExitCategory {
+        match self {
+            // The base model the user named is not a diffusers pipeline.
+            DryRunError::Pipeline(_) => ExitCategory::BadInput,
+            DryRunError::Dataset(e) => e.category(),
+            DryRunError::Captions(e) => e.category(),
+        }
+    }
+}
+
+impl Categorized for CaptioningError {
+    fn category(&self) -> ExitCategory {
+        match self {
+            CaptioningError::NoTemplate | CaptioningError::NoPlaceholder(_) | CaptioningError::InstanceTarget => ExitCategory::BadInput,
+            CaptioningError::Dataset(e) => e.category(),
+            CaptioningError::Captions(e) => e.category(),
         }
     }
 }

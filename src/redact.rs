@@ -107,20 +107,6 @@ fn mask_token_shapes(text: &str) -> String {
     out
 }
 
-/// Panics can carry formatted values; route them through `redact` too.
-pub fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        eprintln!("hfsky: internal error{place}: {}", redact(&msg));
-    }));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

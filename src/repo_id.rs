@@ -42,6 +42,13 @@ impl fmt::Display for RepoId {
     }
 }
 
+/// As `namespace/name`, the form every Hub API and `--json` document uses.
+impl serde::Serialize for RepoId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl std::str::FromStr for RepoId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

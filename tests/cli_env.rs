@@ -67,3 +67,25 @@ fn env_reports_build_devices_cache_and_token_source_without_the_token() {
     let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     assert_eq!(v["token"]["source"], serde_json::Value::Null, "{v}");
 }
+
+#[test]
+fn retries_are_told_with_verbose_or_rust_log_and_redacted() {
+    // Nothing listens on port 9: each request is refused, retried once, then exit 4.
+    let env = Env::new("http://127.0.0.1:9");
+    let run = |args: &[&str], rust_log: Option<&str>| {
+        let mut c = env.cmd(args);
+        c.env("HF_TOKEN", ALICE).env("HFSKY_MAX_ATTEMPTS", "2").env("HFSKY_RETRY_BASE_MS", "1").env_remove("RUST_LOG");
+        if let Some(f) = rust_log {
+            c.env("RUST_LOG", f);
+        }
+        c.output().unwrap()
+    };
+    let quiet = code(&run(&["whoami"], None), 4);
+    assert!(!quiet.contains("retrying"), "retries are detail, shown with -v only:\n{quiet}");
+    let verbose = code(&run(&["-v", "whoami"], None), 4);
+    assert!(verbose.lines().any(|l| l.starts_with("retrying GET http://127.0.0.1:9/api/whoami-v2 in ")), "{verbose}");
+    assert!(!verbose.contains(ALICE));
+    let logged = code(&run(&["whoami"], Some("hfsky=info")), 4);
+    assert!(logged.contains("retrying GET"), "RUST_LOG replaces the flags' filter:\n{logged}");
+    assert!(!code(&run(&["-q", "-v", "whoami"], None), 4).contains("retrying"), "-q prints only errors");
+}

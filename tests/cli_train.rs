@@ -246,6 +246,12 @@ fn bad_input_is_named_and_exits_2() {
     let cfg = config(d, "tiny-sd15", "max_steps: 1\nlearnig_rate: 1\n");
     let o = env.run(&["train", "--config", cfg.to_str().unwrap()]);
     assert!(code(&o, 2).contains("learnig_rate"), "{}", text(&o));
+    // The same typo as a flag is clap's error, with the key it meant; --help lists every key.
+    let cfg = config(d, "tiny-sd15", "max_steps: 1\n");
+    let o = env.run(&["train", "--config", cfg.to_str().unwrap(), "--learnig-rate", "1"]);
+    assert!(code(&o, 2).contains("--learning-rate"), "{}", text(&o));
+    let help = ok(&env.run(&["train", "--help"]));
+    assert!(help.contains("--gradient-checkpointing") && help.contains("Recompute each UNet resnet"), "{help}");
     let cfg = config(d, "tiny-sd15", "max_steps: 1\nresolution: 60\n");
     assert!(code(&env.run(&["train", "--config", cfg.to_str().unwrap()]), 2).contains("multiple of 8"));
     // A step that cannot fit this machine (a 65536 px latent grid) stops before any weight is

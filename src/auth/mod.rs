@@ -11,6 +11,7 @@ pub mod oidc;
 pub mod paths;
 pub mod stored_tokens;
 
+use crate::hub::protocol::TokenRole;
 use crate::hub::{HubClient, HubError};
 use crate::repo_id::RepoId;
 use crate::token::{Token, TokenError};
@@ -49,6 +50,16 @@ pub enum AuthError {
 pub enum StoreKind {
     Keyring,
     File,
+}
+
+impl StoreKind {
+    /// The name `--store` takes and the token index records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Keyring => "keyring",
+            StoreKind::File => "file",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -90,7 +101,7 @@ pub struct IndexEntry {
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
-    pub role: Option<String>,
+    pub role: Option<TokenRole>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -238,7 +249,7 @@ pub async fn hub_client(endpoint: &str, write_target: Option<&RepoId>, opts: &Oi
 }
 
 /// Stores a validated token under `name` and makes it the active one.
-pub fn save(name: &str, token: &Token, store: StoreKind, user: Option<String>, role: Option<String>) -> Result<(), AuthError> {
+pub fn save(name: &str, token: &Token, store: StoreKind, user: Option<String>, role: Option<TokenRole>) -> Result<(), AuthError> {
     match store {
         StoreKind::Keyring => {
             let s = keyring::open()?;

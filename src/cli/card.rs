@@ -2,6 +2,7 @@
 
 use super::{bad_input, Ctx};
 use hfsky::names;
+use hfsky::repo_id::RepoId;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
@@ -12,7 +13,7 @@ pub enum Cmd {
         dir: PathBuf,
         /// The repo the card is for, `namespace/name` (used in snippets)
         #[arg(long)]
-        repo: String,
+        repo: RepoId,
         /// A card template of your own (minijinja; default: model_cards/lora.md.j2)
         #[arg(long)]
         template: Option<PathBuf>,
@@ -27,13 +28,12 @@ pub enum Cmd {
 
 pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     let Cmd::Render { dir, repo, template, out, validate } = cmd;
-    hfsky::repo_id::RepoId::parse(&repo)?;
     let summary_path = dir.join(names::TRAINING_SUMMARY);
     let text = std::fs::read_to_string(&summary_path)
         .map_err(|e| bad_input(format!("{}: {e} (is {} a training output folder?)", summary_path.display(), dir.display())))?;
     let summary: hfsky::train::TrainSummary = serde_json::from_str(&text).map_err(|e| bad_input(format!("{}: {e}", summary_path.display())))?;
     let tpl = template.as_ref().map(|p| std::fs::read_to_string(p).map_err(|e| bad_input(format!("{}: {e}", p.display())))).transpose()?;
-    let card = hfsky::card::render(&summary, &repo, tpl.as_deref()).map_err(|e| bad_input(e.to_string()))?;
+    let card = hfsky::card::render(&summary, &repo.to_string(), tpl.as_deref()).map_err(|e| bad_input(e.to_string()))?;
     if validate {
         let client = super::client(ctx, false)?;
         let warnings = ctx.runtime().block_on(client.validate_yaml(&card))?;
@@ -47,7 +47,12 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
             let path = other.map(PathBuf::from).unwrap_or_else(|| dir.join(names::README));
             std::fs::write(&path, &card)?;
             ctx.say(&path.display().to_string());
-            ctx.emit_json(&serde_json::json!({ "card": path }));
+            /// The `--json` document of `card render`.
+            #[derive(serde::Serialize)]
+            struct CardJson<'a> {
+                card: &'a std::path::Path,
+            }
+            ctx.emit_json(&CardJson { card: &path });
         }
     }
     Ok(())

@@ -18,7 +18,8 @@ pub enum Cmd {
     },
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Provider {
     Github,
 }
@@ -30,7 +31,7 @@ pub struct InitArgs {
     provider: Provider,
     /// Model repo to publish to (default: the CI variable HF_REPO)
     #[arg(long)]
-    repo: Option<String>,
+    repo: Option<RepoId>,
     /// Train and publish (`hfsky train-and-push`) instead of pushing a folder
     #[arg(long)]
     train: bool,
@@ -92,7 +93,7 @@ fn github_slug() -> Option<String> {
 }
 
 fn render(args: &InitArgs) -> anyhow::Result<(String, String)> {
-    let repo = args.repo.as_deref().map(RepoId::parse).transpose()?;
+    let repo = args.repo.as_ref();
     for (v, flag) in [(&args.dir, "--dir"), (&args.config, "--config"), (&args.branch, "--branch"), (&args.runs_on, "--runs-on")] {
         plain(v, flag)?;
     }
@@ -130,16 +131,24 @@ fn init(ctx: &Ctx, args: InitArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     }
     std::fs::write(&args.out, &text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", args.out.display()))?;
-    let target = args.repo.clone().unwrap_or_else(|| "the repo in the HF_REPO variable".into());
+    let target = args.repo.as_ref().map_or_else(|| "the repo in the HF_REPO variable".into(), RepoId::to_string);
     ctx.say(&format!(
         "Wrote {}.\nNext: on the Hub, add this GitHub repository as a Trusted Publisher of {target} (subject {subject}),\n{}then commit the workflow.",
         args.out.display(),
         if args.repo.is_none() { "set the repository variable HF_REPO, " } else { "" }
     ));
-    ctx.emit_json(&serde_json::json!({
-        "path": args.out, "provider": "github", "repo": args.repo, "train": args.train, "subject": subject,
-    }));
+    ctx.emit_json(&InitJson { path: &args.out, provider: args.provider, repo: args.repo.as_ref(), train: args.train, subject: &subject });
     Ok(())
+}
+
+/// The `--json` document of `ci init`.
+#[derive(serde::Serialize)]
+struct InitJson<'a> {
+    path: &'a std::path::Path,
+    provider: Provider,
+    repo: Option<&'a RepoId>,
+    train: bool,
+    subject: &'a str,
 }
 
 fn short(oid: &str) -> &str {
@@ -201,7 +210,11 @@ fn summary(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
     }
     let md = summary_markdown(&v);
     if ctx.json {
-        ctx.emit_json(&serde_json::json!({ "markdown": md }));
+        #[derive(serde::Serialize)]
+        struct SummaryJson<'a> {
+            markdown: &'a str,
+        }
+        ctx.emit_json(&SummaryJson { markdown: &md });
     } else {
         // Markdown goes out even with --quiet: it is this command's product.
         print!("{}", hfsky::redact::redact(&md));

@@ -24,7 +24,7 @@ pub struct Args {
     /// The LoRA repo on the Hub (`namespace/name`): its card gives the base model and training
     /// resolution, providers render it
     #[arg(long)]
-    repo: Option<String>,
+    repo: Option<RepoId>,
     /// Number of seeds (0..N), the same on both sides
     #[arg(long, default_value_t = 4)]
     seeds: u64,
@@ -63,7 +63,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         return Err(bad_input("--seeds must be at least 1"));
     }
     let hub_seeds = a.hub_seeds.as_deref().map(parse_seeds).transpose().map_err(|e| bad_input(format!("--hub-seeds: {e}")))?;
-    let repo = a.repo.as_deref().map(RepoId::parse).transpose().map_err(|e| bad_input(format!("--repo: {e}")))?;
+    let repo = a.repo.clone();
     let hub =
         match (&repo, a.hub_image.is_empty()) {
             (_, false) => HubSource::Images { files: a.hub_image.clone(), seeds: hub_seeds.clone() },
@@ -128,6 +128,6 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         ctx.say(&line);
     }
     ctx.say(&format!("report: {} (data: {})", page.display(), json.display()));
-    ctx.emit_json(&serde_json::to_value(&comparison)?);
+    ctx.emit_json(&comparison);
     Ok(())
 }

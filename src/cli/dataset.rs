@@ -1,8 +1,8 @@
 use super::{bad_input, exit, Ctx, Reported};
 use anyhow::Context;
+use hfsky::dataset::captioning::{write_target, CaptionOutcome, CaptionPlan, CaptionTemplate};
 use hfsky::dataset::captions::{self, caption_issues, detect_source, load_captions, save_captions, CaptionSource};
 use hfsky::dataset::check::{check, Severity};
-use hfsky::dataset::images::load_rgb;
 use hfsky::dataset::{blip, fix, list_images, relative_name, report};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -130,16 +130,18 @@ fn run_check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<()> {
         Some(out) => Some(fix::fix(&a.dir, &report, out, a.resolution, a.fail_on)?),
         None => None,
     };
-    let mut json = serde_json::to_value(&report)?;
-    if let Some(f) = &fixed {
-        json["fix"] = serde_json::to_value(f)?;
+    /// The `--json` document of `dataset check`: the report, and with --fix what was written.
+    #[derive(serde::Serialize)]
+    struct CheckJson<'a> {
+        #[serde(flatten)]
+        report: &'a hfsky::dataset::check::CheckReport,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fix: Option<&'a fix::FixOutcome>,
     }
-    ctx.emit_json(&json);
+    ctx.emit_json(&CheckJson { report: &report, fix: fixed.as_ref() });
     for img in &report.images {
         for f in &img.findings {
-            let sev = serde_json::to_value(f.severity)?;
-            let kind = serde_json::to_value(f.kind)?;
-            ctx.say(&format!("{}: {} {}: {}", img.file, sev.as_str().unwrap_or(""), kind.as_str().unwrap_or(""), f.message));
+            ctx.say(&format!("{}: {} {}: {}", img.file, json_name(f.severity), json_name(f.kind), f.message));
         }
     }
     let (e, w, i) = (report.count(Severity::Error), report.count(Severity::Warning), report.count(Severity::Info));
@@ -156,22 +158,26 @@ fn run_check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<()> {
     }
     let failing = report.count(a.fail_on);
     if failing > 0 {
-        let level = serde_json::to_value(a.fail_on)?;
-        return Err(Reported { code: exit::FAILURE, message: format!("{failing} finding(s) at or above {}", level.as_str().unwrap_or("")) }.into());
+        return Err(Reported { code: exit::FAILURE, message: format!("{failing} finding(s) at or above {}", json_name(a.fail_on)) }.into());
     }
     Ok(())
 }
 
-fn source_or_detect(dir: &Path, images: &[PathBuf], source: Option<CaptionSource>) -> CaptionSource {
-    source.unwrap_or_else(|| detect_source(dir, images))
+/// A finding's severity or kind in the words its `--json` document uses (serde's name), so the
+/// human lines and the JSON agree.
+fn json_name(v: impl serde::Serialize) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
-fn write_target(dir: &Path, images: &[PathBuf], to: Option<CaptionSource>) -> anyhow::Result<CaptionSource> {
-    match to.unwrap_or_else(|| detect_source(dir, images)) {
-        CaptionSource::Instance if to.is_some() => Err(bad_input("--to instance: captions can only be written to sidecar or metadata")),
-        CaptionSource::Instance => Ok(CaptionSource::Sidecar),
-        t => Ok(t),
-    }
+/// A caption of one image in a `--json` document (`null`: none).
+#[derive(serde::Serialize)]
+struct CaptionRow<'a> {
+    file: String,
+    caption: Option<&'a str>,
+}
+
+fn source_or_detect(dir: &Path, images: &[PathBuf], source: Option<CaptionSource>) -> CaptionSource {
+    source.unwrap_or_else(|| detect_source(dir, images))
 }
 
 fn export(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
@@ -179,8 +185,14 @@ fn export(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
     let source = source_or_detect(&a.dir, &images, a.source);
     let caps = load_captions(&a.dir, &images, source)?;
     if ctx.json {
-        let rows: Vec<_> = images.iter().zip(&caps).map(|(p, c)| serde_json::json!({"file": relative_name(&a.dir, p), "caption": c})).collect();
-        ctx.emit_json(&serde_json::json!({ "source": source, "captions": rows }));
+        /// The `--json` document of `dataset captions export`.
+        #[derive(serde::Serialize)]
+        struct ExportJson<'a> {
+            source: CaptionSource,
+            captions: Vec<CaptionRow<'a>>,
+        }
+        let captions = images.iter().zip(&caps).map(|(p, c)| CaptionRow { file: relative_name(&a.dir, p), caption: c.as_deref() }).collect();
+        ctx.emit_json(&ExportJson { source, captions });
     } else {
         // TSV goes to stdout even with --quiet: it is the command's output, not chatter.
         print!("{}", captions::to_tsv(&a.dir, &images, &caps));
@@ -200,7 +212,14 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<()> {
     let target = write_target(&a.dir, &images, a.to)?;
     let written = save_captions(&a.dir, &images, &caps, target)?;
     let untouched: Vec<String> = images.iter().zip(&caps).filter(|(_, c)| c.is_none()).map(|(p, _)| relative_name(&a.dir, p)).collect();
-    ctx.emit_json(&serde_json::json!({ "written": written, "target": target, "untouched": untouched }));
+    /// The `--json` document of `dataset captions import`.
+    #[derive(serde::Serialize)]
+    struct ImportJson<'a> {
+        written: usize,
+        target: CaptionSource,
+        untouched: &'a [String],
+    }
+    ctx.emit_json(&ImportJson { written, target, untouched: &untouched });
     ctx.say(&format!("wrote {written} captions ({target}); {} images not in the file kept theirs", untouched.len()));
     Ok(())
 }
@@ -210,7 +229,14 @@ fn check_captions(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
     let source = source_or_detect(&a.dir, &images, a.source);
     let caps = load_captions(&a.dir, &images, source)?;
     let issues = caption_issues(&a.dir, &images, &caps);
-    ctx.emit_json(&serde_json::json!({ "source": source, "images": images.len(), "issues": issues }));
+    /// The `--json` document of `dataset captions check`.
+    #[derive(serde::Serialize)]
+    struct CaptionsCheckJson<'a> {
+        source: CaptionSource,
+        images: usize,
+        issues: &'a [captions::CaptionIssue],
+    }
+    ctx.emit_json(&CaptionsCheckJson { source, images: images.len(), issues: &issues });
     for i in &issues {
         ctx.say(&format!("{}: {}", i.file, i.message));
     }
@@ -222,81 +248,53 @@ fn check_captions(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
 }
 
 fn caption(ctx: &Ctx, a: CaptionArgs) -> anyhow::Result<()> {
-    let template = match (&a.template, &a.model) {
-        (Some(t), _) => t.clone(),
-        (None, Some(_)) => "{caption}".to_string(),
-        (None, None) => return Err(bad_input("give --template (e.g. \"a photo of SKY, {caption}\") or --model blip to generate captions")),
-    };
-    let needs_caption = template.contains("{caption}");
-    if a.model.is_some() && !needs_caption {
-        return Err(bad_input(format!("--template {template:?} has no {{caption}}: that is where the generated caption goes")));
-    }
-    let images = list_images(&a.dir)?;
-    let target = write_target(&a.dir, &images, a.to)?;
-    let current = match detect_source(&a.dir, &images) {
-        CaptionSource::Instance => vec![None; images.len()],
-        s => load_captions(&a.dir, &images, s)?,
-    };
-    let has = |i: usize| current[i].as_deref().is_some_and(|c| !c.is_empty());
-    let todo: Vec<usize> = (0..images.len()).filter(|&i| a.overwrite || !has(i)).collect();
-    let mut generated: Vec<Option<String>> = vec![None; images.len()];
-    let mut unreadable = Vec::new();
+    let template = CaptionTemplate::new(a.template.as_deref(), a.model.is_some())?;
+    let plan = CaptionPlan::new(&a.dir, a.to, a.overwrite)?;
     let mut model_dir = None;
-    if let (Some(spec), false) = (&a.model, todo.is_empty()) {
-        let client = super::client(ctx, false)?;
-        let dir = ctx.runtime().block_on(blip::resolve(spec, &client)).map_err(|e| bad_input(e.to_string()))?;
-        let device = candle_core::Device::cuda_if_available(0)?;
-        let mut model = blip::Blip::load(&dir, &device)?;
-        let bar = if ctx.show_progress() { ProgressBar::new(todo.len() as u64) } else { ProgressBar::hidden() };
-        bar.set_style(ProgressStyle::with_template("captioning [{bar:30}] {pos}/{len} {per_sec} {msg}").expect("template").progress_chars("=> "));
-        for &i in &todo {
-            bar.set_message(relative_name(&a.dir, &images[i]));
-            match load_rgb(&images[i]) {
-                Ok(img) => generated[i] = Some(model.caption(&img.rgb)?),
-                Err(problem) => unreadable.push(serde_json::json!({"file": relative_name(&a.dir, &images[i]), "reason": problem.reason})),
-            }
-            bar.inc(1);
+    let generated = match &a.model {
+        Some(spec) if plan.pending() > 0 => {
+            let client = super::client(ctx, false)?;
+            let dir = ctx.runtime().block_on(blip::resolve(spec, &client)).map_err(|e| bad_input(e.to_string()))?;
+            let device = candle_core::Device::cuda_if_available(0)?;
+            let mut model = blip::Blip::load(&dir, &device)?;
+            let bar = if ctx.show_progress() { ProgressBar::new(plan.pending() as u64) } else { ProgressBar::hidden() };
+            bar.set_style(ProgressStyle::with_template("captioning [{bar:30}] {pos}/{len} {per_sec} {msg}").expect("template").progress_chars("=> "));
+            let generated = plan.generate(
+                |img| model.caption(img),
+                |done, name| {
+                    bar.set_position(done as u64);
+                    bar.set_message(name.to_string());
+                },
+            )?;
+            bar.finish_and_clear();
+            model_dir = Some(dir);
+            Some(generated)
         }
-        bar.finish_and_clear();
-        model_dir = Some(dir);
+        Some(_) => Some(Default::default()),
+        None => None,
+    };
+    let outcome = plan.apply(&template, generated, a.dry_run)?;
+    /// The `--json` document of `dataset caption`.
+    #[derive(serde::Serialize)]
+    struct CaptionJson<'a> {
+        #[serde(flatten)]
+        outcome: &'a CaptionOutcome,
+        model: Option<String>,
     }
-    let mut new = vec![None; images.len()];
-    let mut skipped = Vec::new();
-    for &i in &todo {
-        let p = &images[i];
-        let fill = if a.model.is_some() { generated[i].as_deref() } else { current[i].as_deref().filter(|_| has(i)) };
-        let Some(fill) = fill.or((!needs_caption).then_some("")) else {
-            if a.model.is_none() {
-                skipped.push(relative_name(&a.dir, p));
-            }
-            continue;
-        };
-        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        new[i] = Some(template.replace("{caption}", fill).replace("{file}", &stem).trim().to_string());
-    }
-    let written = if a.dry_run { new.iter().flatten().count() } else { save_captions(&a.dir, &images, &new, target)? };
-    let rows: Vec<_> = images
-        .iter()
-        .zip(&new)
-        .filter_map(|(p, c)| c.as_ref().map(|c| serde_json::json!({"file": relative_name(&a.dir, p), "caption": c})))
-        .collect();
-    let kept = images.len() - todo.len();
-    ctx.emit_json(&serde_json::json!({
-        "written": if a.dry_run { 0 } else { written }, "dry_run": a.dry_run, "target": target, "captions": rows,
-        "skipped_no_caption": skipped, "kept_existing": kept,
-        "model": model_dir.map(|d| d.display().to_string()), "unreadable": unreadable,
-    }));
-    for r in &rows {
-        ctx.say(&format!("{}: {}", r["file"].as_str().unwrap_or(""), r["caption"].as_str().unwrap_or("")));
+    ctx.emit_json(&CaptionJson { outcome: &outcome, model: model_dir.map(|d| d.display().to_string()) });
+    for c in &outcome.captions {
+        ctx.say(&format!("{}: {}", c.file, c.caption));
     }
     let verb = if a.dry_run { "would write" } else { "wrote" };
+    let kept = outcome.kept_existing;
     let kept_note = if kept > 0 && !a.overwrite { format!("; {kept} existing kept (--overwrite replaces them)") } else { String::new() };
-    ctx.say(&format!("{verb} {} captions ({target}){kept_note}", rows.len()));
+    ctx.say(&format!("{verb} {} captions ({}){kept_note}", outcome.captions.len(), outcome.target));
+    let skipped = &outcome.skipped_no_caption;
     if !skipped.is_empty() {
         eprintln!("warning: {} image(s) have no caption to put in {{caption}}: {} (write them with `hfsky dataset captions import`, or generate them with --model blip)", skipped.len(), skipped.join(", "));
     }
-    for u in &unreadable {
-        eprintln!("warning: {}: not captioned: {}", u["file"].as_str().unwrap_or(""), u["reason"].as_str().unwrap_or(""));
+    for u in &outcome.unreadable {
+        eprintln!("warning: {}: not captioned: {}", u.file, u.reason);
     }
     Ok(())
 }
@@ -306,15 +304,14 @@ fn run_report(ctx: &Ctx, a: ReportArgs) -> anyhow::Result<()> {
     let source = source_or_detect(&a.dir, &images, a.source);
     let caps = load_captions(&a.dir, &images, source)?;
     let r = report::build(&a.dir, &images, &caps)?;
-    let json = serde_json::to_value(&r)?;
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let html = report::html::render(&r)?;
         std::fs::write(out.join("report.html"), html).with_context(|| format!("writing {}", out.join("report.html").display()))?;
-        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&json)?)
+        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&r)?)
             .with_context(|| format!("writing {}", out.join("report.json").display()))?;
     }
-    ctx.emit_json(&json);
+    ctx.emit_json(&r);
     for line in r.summary_lines() {
         ctx.say(&line);
     }

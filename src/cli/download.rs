@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Model repo, `namespace/name`
-    repo: String,
+    repo: RepoId,
     /// Files to fetch (default: all)
     files: Vec<String>,
     /// Branch, tag or commit
@@ -18,7 +18,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
-    let repo = RepoId::parse(&args.repo)?;
+    let repo = args.repo;
     let rt = ctx.runtime();
     let (client, _) = super::client_for(ctx, &rt, None, &hfsky::auth::OidcOptions::default(), false)?;
     let opts = DownloadOptions { repo, revision: args.revision, files: args.files, local_dir: args.local_dir };
@@ -26,6 +26,11 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     for d in &got {
         ctx.say(&format!("{} -> {}", d.path_in_repo, d.local_path.display()));
     }
-    ctx.emit_json(&serde_json::json!({ "files": got }));
+    /// The `--json` document of `download`.
+    #[derive(serde::Serialize)]
+    struct DownloadJson<'a> {
+        files: &'a [hfsky::hub::download::Downloaded],
+    }
+    ctx.emit_json(&DownloadJson { files: &got });
     Ok(())
 }

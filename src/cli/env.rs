@@ -105,7 +105,7 @@ fn bytes(n: Option<u64>) -> String {
 
 pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let r = report(ctx);
-    ctx.emit_json(&serde_json::to_value(&r)?);
+    ctx.emit_json(&r);
     let mut lines = vec![
         format!("hfsky {} ({})", r.version, r.git_hash.unwrap_or("commit unknown")),
         format!("os: {}", r.os),

@@ -158,8 +158,23 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
         image.write_png(&png)?;
         std::fs::write(a.out.join(format!("{stem}.json")), serde_json::to_vec_pretty(&image.settings)?)?;
         ctx.say(&format!("{}", png.display()));
-        written.push(serde_json::json!({ "png": png, "seconds": seconds, "settings": image.settings }));
+        written.push(GeneratedJson { png, seconds, settings: image.settings });
     }
-    ctx.emit_json(&serde_json::json!({ "images": written }));
+    ctx.emit_json(&GenerateJson { images: written });
     Ok(())
+}
+
+/// The `--json` document of `generate`.
+#[derive(serde::Serialize)]
+struct GenerateJson {
+    images: Vec<GeneratedJson>,
+}
+
+/// One image: its file, the seconds its denoising and decoding took, and the settings that
+/// reproduce it (also in `seed-N.json` beside it).
+#[derive(serde::Serialize)]
+struct GeneratedJson {
+    png: PathBuf,
+    seconds: f64,
+    settings: hfsky::generate::settings::ImageSettings,
 }

@@ -120,7 +120,12 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
         .block_on(async move {
             let server = serve(cfg, addr, |bound| {
                 if json {
-                    println!("{}", serde_json::json!({ "endpoint": format!("http://{bound}") }));
+                    /// The `--json` line of `hub serve`, printed once listening.
+                    #[derive(serde::Serialize)]
+                    struct ServeJson {
+                        endpoint: String,
+                    }
+                    println!("{}", serde_json::to_string(&ServeJson { endpoint: format!("http://{bound}") }).expect("serializable"));
                 } else {
                     println!("Offline Hub listening on http://{bound}");
                 }

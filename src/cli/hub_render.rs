@@ -1,21 +1,21 @@
 //! The offline Hub's inference renderer: hfsky's engine (`generate::render`) behind the Hub
 //! module's `InferenceRenderer` trait, fusing the LoRA as the Hub's worker does.
 
-use clap::ValueEnum;
+use candle_core::DType;
 use hfsky::diffusion::schedulers::SchedulerKind;
 use hfsky::generate::pipeline::LoraMode;
-use hfsky::generate::render::{parse_dtype, RenderSpec, Renderer};
+use hfsky::generate::render::{RenderSpec, Renderer};
 use hfsky::generate::settings::check_size;
-use hfsky::hub::serve::{InferenceRenderer, RenderFailure, RenderJob, RenderProfile, RenderedPng};
+use hfsky::hub::serve::{InferenceRenderer, RenderDtype, RenderFailure, RenderJob, RenderProfile, RenderedPng};
 use hfsky::hub::HubClient;
 use std::sync::Mutex;
 
-/// A scheduler named the hfsky way (`euler-ancestral`) or as a diffusers class
-/// (`EulerAncestralDiscreteScheduler`, what huggingface_hub sends).
-fn scheduler_kind(name: &str) -> Result<SchedulerKind, String> {
-    SchedulerKind::from_class_name(name)
-        .or_else(|| SchedulerKind::from_str(name, true).ok())
-        .ok_or_else(|| format!("unknown scheduler {name:?} (ddim, euler, euler-ancestral, dpmpp-2m, or their diffusers class names)"))
+fn candle_dtype(d: RenderDtype) -> DType {
+    match d {
+        RenderDtype::F32 => DType::F32,
+        RenderDtype::F16 => DType::F16,
+        RenderDtype::Bf16 => DType::BF16,
+    }
 }
 
 pub struct EngineRenderer {
@@ -32,7 +32,6 @@ impl EngineRenderer {
     }
 
     fn spec(job: &RenderJob) -> Result<RenderSpec, String> {
-        let dtype = parse_dtype(&job.dtype).ok_or_else(|| format!("unknown dtype {:?} (f32, f16 or bf16)", job.dtype))?;
         Ok(RenderSpec {
             model: job.base_dir.display().to_string(),
             lora: job.lora_path.as_ref().map(|p| p.display().to_string()),
@@ -42,10 +41,10 @@ impl EngineRenderer {
             negative: job.negative.clone(),
             steps: job.steps,
             guidance: job.guidance,
-            scheduler: Some(scheduler_kind(&job.scheduler)?),
+            scheduler: Some(SchedulerKind::from_name(&job.scheduler)?),
             width: job.width,
             height: job.height,
-            dtype,
+            dtype: candle_dtype(job.dtype),
             vae: None,
             // The worker seeds `torch.Generator()` on the CPU (hub-render.md).
             noise: hfsky::diffusion::noise::NoiseKind::TorchCpu,
@@ -62,9 +61,7 @@ fn png_bytes(width: u32, height: u32, rgb: Vec<u8>) -> Result<Vec<u8>, String> {
 
 impl InferenceRenderer for EngineRenderer {
     fn check(&self, p: &RenderProfile) -> Result<(), String> {
-        scheduler_kind(&p.scheduler)?;
-        let dtype = parse_dtype(&p.dtype).ok_or_else(|| format!("dtype: unknown {:?} (f32, f16 or bf16)", p.dtype))?;
-        if dtype == candle_core::DType::BF16 && self.device.is_cpu() {
+        if p.dtype == RenderDtype::Bf16 && self.device.is_cpu() {
             return Err("dtype bf16 needs a CUDA GPU (build with --features cuda); use f16 or f32".into());
         }
         if let (Some(w), Some(h)) = (p.width, p.height) {
@@ -97,8 +94,8 @@ mod tests {
 
     #[test]
     fn schedulers_are_named_either_way() {
-        assert_eq!(scheduler_kind("euler-ancestral").unwrap(), SchedulerKind::EulerAncestral);
-        assert_eq!(scheduler_kind("DPMSolverMultistepScheduler").unwrap(), SchedulerKind::Dpmpp2m);
-        assert!(scheduler_kind("LMSDiscreteScheduler").unwrap_err().contains("LMSDiscreteScheduler"));
+        assert_eq!(SchedulerKind::from_name("euler-ancestral").unwrap(), SchedulerKind::EulerAncestral);
+        assert_eq!(SchedulerKind::from_name("DPMSolverMultistepScheduler").unwrap(), SchedulerKind::Dpmpp2m);
+        assert!(SchedulerKind::from_name("LMSDiscreteScheduler").unwrap_err().contains("LMSDiscreteScheduler"));
     }
 }

@@ -1,5 +1,6 @@
 use super::{bad_input, exit, CliError, Ctx};
 use hfsky::auth::{self, StoreKind};
+use hfsky::hub::protocol::TokenRole;
 use hfsky::hub::HubClient;
 use hfsky::token::Token;
 use std::io::{IsTerminal, Read};
@@ -52,7 +53,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     let name = args.name.clone().or_else(|| who.token_name().filter(|n| valid_name(n).is_ok()).map(String::from)).unwrap_or_else(|| "default".into());
-    let role = who.role().map(String::from);
+    let role = who.role().cloned();
     auth::save(&name, &token, args.store, Some(who.name.clone()), role.clone())?;
     let writable = who.writable_namespaces();
     let where_ = match args.store {
@@ -63,7 +64,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         "Logged in as {} (token {:?}, role {}), stored in {where_} as {name:?}.",
         who.name,
         who.token_name().unwrap_or("?"),
-        role.as_deref().unwrap_or("unknown")
+        role.as_ref().map_or("unknown", TokenRole::as_str)
     ));
     match &writable {
         Some(ns) if ns.is_empty() => ctx.say("This token cannot write to any namespace: pushing will fail. Create a write token to publish."),
@@ -73,9 +74,24 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     if std::env::var_os("HF_TOKEN").is_some() {
         ctx.say("Note: HF_TOKEN is set in this environment and takes precedence over the stored token.");
     }
-    ctx.emit_json(&serde_json::json!({
-        "user": who.name, "token_name": who.token_name(), "role": role, "stored_as": name,
-        "store": args.store, "writable_namespaces": writable,
-    }));
+    ctx.emit_json(&LoginJson {
+        user: &who.name,
+        token_name: who.token_name(),
+        role: role.as_ref(),
+        stored_as: &name,
+        store: args.store,
+        writable_namespaces: writable.as_deref(),
+    });
     Ok(())
+}
+
+/// The `--json` document of `login`.
+#[derive(serde::Serialize)]
+struct LoginJson<'a> {
+    user: &'a str,
+    token_name: Option<&'a str>,
+    role: Option<&'a TokenRole>,
+    stored_as: &'a str,
+    store: StoreKind,
+    writable_namespaces: Option<&'a [String]>,
 }

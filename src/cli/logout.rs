@@ -37,6 +37,11 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     if std::env::var_os("HF_TOKEN").is_some() || std::env::var_os("HUGGING_FACE_HUB_TOKEN").is_some() {
         ctx.say("Note: a token is still set in the environment (HF_TOKEN / HUGGING_FACE_HUB_TOKEN); unset it to log out fully.");
     }
-    ctx.emit_json(&serde_json::json!({ "removed": removed }));
+    /// The `--json` document of `logout`.
+    #[derive(serde::Serialize)]
+    struct LogoutJson {
+        removed: Vec<String>,
+    }
+    ctx.emit_json(&LogoutJson { removed });
     Ok(())
 }

@@ -5,6 +5,7 @@ mod card;
 mod ci;
 mod compare;
 mod dataset;
+mod diagnostics;
 mod download;
 mod download_bar;
 mod env;
@@ -53,7 +54,8 @@ pub struct Cli {
     /// Print only errors
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// More detail (retries, timings)
+    /// More detail on stderr: retries (-v), then debug (-vv) and trace (-vvv) events; RUST_LOG,
+    /// when set, replaces this filter
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
@@ -126,9 +128,9 @@ impl Ctx {
     }
 
     /// The one JSON document a command prints with --json, redacted like everything else.
-    pub fn emit_json(&self, v: &serde_json::Value) {
+    pub fn emit_json<T: serde::Serialize + ?Sized>(&self, doc: &T) {
         if self.json {
-            println!("{}", redact(&serde_json::to_string_pretty(v).expect("serializable")));
+            println!("{}", redact(&serde_json::to_string_pretty(doc).expect("serializable")));
         }
     }
 
@@ -185,18 +187,23 @@ fn exit_code(e: &anyhow::Error) -> i32 {
 }
 
 pub fn run() -> i32 {
-    hfsky::redact::install_panic_hook();
+    diagnostics::install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { exit::BAD_INPUT } else { exit::OK };
+            // A usage error (a bad flag value such as `--repo bad`) is still one JSON document
+            // with --json, like every other error.
+            if code != exit::OK && std::env::args_os().any(|a| a == "--json") {
+                let rendered = e.render().to_string();
+                let message = rendered.lines().next().unwrap_or_default().trim_start_matches("error: ");
+                print_error_json(message, code);
+            }
             let _ = e.print();
             return code;
         }
     };
-    if cli.verbose > 0 {
-        std::env::set_var("HFSKY_VERBOSE", "1");
-    }
+    diagnostics::init(cli.quiet, cli.verbose);
     let ctx = Ctx { endpoint: cli.endpoint.clone(), json: cli.json, quiet: cli.quiet };
     let result = match cli.command {
         Command::Login(a) => login::run(&ctx, a),
@@ -229,13 +236,22 @@ pub fn run() -> i32 {
                 }
             }
             if ctx.json && e.downcast_ref::<Reported>().is_none() {
-                let v = serde_json::json!({ "error": msg, "exit_code": code });
-                println!("{}", redact(&v.to_string()));
+                print_error_json(&msg, code);
             }
             eprintln!("error: {}", redact(&msg));
             code
         }
     }
+}
+
+/// The `--json` document of any command that failed (`ci summary` reads it), on stdout.
+fn print_error_json(message: &str, exit_code: i32) {
+    #[derive(serde::Serialize)]
+    struct ErrorJson<'a> {
+        error: &'a str,
+        exit_code: i32,
+    }
+    println!("{}", redact(&serde_json::to_string(&ErrorJson { error: message, exit_code }).expect("serializable")));
 }
 
 fn not_logged_in() -> anyhow::Error {

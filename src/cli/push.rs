@@ -33,7 +33,7 @@ pub struct Args {
     dir: PathBuf,
     /// Target model repo, `namespace/name`
     #[arg(long)]
-    repo: String,
+    repo: RepoId,
     /// Create the repo private (if it does not exist yet)
     #[arg(long)]
     private: bool,
@@ -87,7 +87,7 @@ pub fn writer_client(ctx: &Ctx, rt: &tokio::runtime::Runtime, repo: &RepoId, oid
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
-    let repo = RepoId::parse(&args.repo)?;
+    let repo = args.repo.clone();
     if !args.dir.is_dir() {
         return Err(bad_input(format!("{} is not an existing folder: pass the folder to push", args.dir.display())));
     }
@@ -111,7 +111,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         rt.block_on(push_folder(&client, &args.dir, &opts))?
     };
     ctx.say(&describe(&outcome));
-    ctx.emit_json(&serde_json::to_value(&outcome)?);
+    ctx.emit_json(&outcome);
     Ok(())
 }
 
@@ -178,7 +178,12 @@ pub fn describe(o: &PushOutcome) -> String {
             for f in &o.files {
                 let mode =
                     if f.action == FileAction::Delete { String::new() } else { format!(" ({} bytes{})", f.size, if f.lfs { ", LFS" } else { "" }) };
-                s.push_str(&format!("\n  {:<6} {}{mode}", format!("{:?}", f.action).to_lowercase(), f.path));
+                let action = match f.action {
+                    FileAction::Add => "add",
+                    FileAction::Update => "update",
+                    FileAction::Delete => "delete",
+                };
+                s.push_str(&format!("\n  {action:<6} {}{mode}", f.path));
             }
             s
         }

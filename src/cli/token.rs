@@ -1,5 +1,6 @@
 use super::Ctx;
-use hfsky::auth::{self, TokenIndex};
+use hfsky::auth::{self, IndexEntry, TokenIndex};
+use hfsky::hub::protocol::TokenRole;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Cmd {
@@ -21,21 +22,34 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
                 ctx.say(&format!(
                     "{mark} {:<20} {:<8} user {:<16} role {}",
                     t.name,
-                    format!("{:?}", t.store).to_lowercase(),
+                    t.store.as_str(),
                     t.user.as_deref().unwrap_or("?"),
-                    t.role.as_deref().unwrap_or("?")
+                    t.role.as_ref().map_or("?", TokenRole::as_str)
                 ));
             }
             if std::env::var_os("HF_TOKEN").is_some() {
                 ctx.say("Note: HF_TOKEN is set and overrides the active stored token.");
             }
-            ctx.emit_json(&serde_json::json!({ "active": index.active, "tokens": index.tokens }));
+            ctx.emit_json(&TokensJson { active: index.active.as_deref(), tokens: &index.tokens });
         }
         Cmd::Switch { name } => {
             let e = auth::switch(&name)?;
             ctx.say(&format!("Active token is now {:?} (user {}).", e.name, e.user.as_deref().unwrap_or("?")));
-            ctx.emit_json(&serde_json::json!({ "active": e.name }));
+            ctx.emit_json(&SwitchJson { active: &e.name });
         }
     }
     Ok(())
+}
+
+/// The `--json` document of `token list`.
+#[derive(serde::Serialize)]
+struct TokensJson<'a> {
+    active: Option<&'a str>,
+    tokens: &'a [IndexEntry],
+}
+
+/// The `--json` document of `token switch`.
+#[derive(serde::Serialize)]
+struct SwitchJson<'a> {
+    active: &'a str,
 }

@@ -1,30 +1,31 @@
 //! `hfsky train` and `hfsky train-and-push`: DreamBooth LoRA training from train.yaml (every key
-//! also a flag), the model card, and one commit to the Hub.
+//! also a flag, declared in `hfsky::train::config`), the model card, and one commit to the Hub.
 
 use super::{bad_input, Ctx};
 use hfsky::generate::source::resolve_pipeline;
-use hfsky::hub::push::{push_folder, PushOptions};
+use hfsky::hub::push::{push_folder, PushOptions, PushOutcome};
 use hfsky::names;
 use hfsky::repo_id::RepoId;
-use hfsky::train::{Event, TrainConfig, TrainSummary, Trainer};
+use hfsky::train::dry_run::{dry_run, Skipped, PUBLISHED};
+use hfsky::train::{Event, TrainConfig, TrainKeys, TrainSummary, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Training settings (YAML); see the README for every key
+    /// Training settings (YAML): the keys below; a flag overrides the file
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Any config key as a flag, overriding the file: --learning-rate 5e-5 --max-steps 800 …
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "--KEY VALUE")]
-    overrides: Vec<String>,
+    #[command(flatten)]
+    keys: TrainKeys,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct PushArgs {
     /// Target model repo, `namespace/name`
     #[arg(long)]
-    repo: String,
+    repo: RepoId,
     /// Create the repo private (if it does not exist yet)
     #[arg(long)]
     private: bool,
@@ -41,24 +42,13 @@ pub struct PushArgs {
     train: Args,
 }
 
-/// What `train-and-push` uploads from the output folder (never checkpoints, caches or tokens).
-const PUBLISHED: [&str; 7] = [
-    names::LORA_WEIGHTS,
-    names::LORA_WEIGHTS_KOHYA,
-    names::LORA_WEIGHTS_COMFYUI,
-    names::README,
-    "validation-seed-*.png",
-    names::TRAIN_CONFIG,
-    names::TRAINING_LOG,
-];
-
-fn load_config(a: &Args) -> anyhow::Result<TrainConfig> {
-    if a.config.is_none() && a.overrides.is_empty() {
+fn load_config(a: Args) -> anyhow::Result<TrainConfig> {
+    if a.config.is_none() && a.keys == TrainKeys::default() {
         return Err(bad_input(
             "give --config train.yaml (and/or settings as flags such as --base-model, --dataset, --instance-prompt, --output-dir)",
         ));
     }
-    TrainConfig::load(a.config.as_deref(), &a.overrides).map_err(|e| bad_input(e.to_string()))
+    TrainConfig::load(a.config.as_deref(), a.keys).map_err(|e| bad_input(e.to_string()))
 }
 
 fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &tokio::runtime::Runtime) -> anyhow::Result<TrainSummary> {
@@ -122,26 +112,60 @@ fn write_card(cfg: &TrainConfig, summary: &TrainSummary, repo: &str) -> anyhow::
     Ok(path)
 }
 
-fn summary_json(cfg: &TrainConfig, s: &TrainSummary, card: &std::path::Path) -> serde_json::Value {
-    serde_json::json!({
-        "output_dir": cfg.output_dir,
-        "lora": cfg.output_dir.join(&s.lora_file),
-        "card": card,
-        "steps": s.steps,
-        "final_loss": s.final_loss,
-        "seconds": s.seconds,
-        "peak_host_memory_bytes": s.peak_host_memory_bytes,
-        "peak_device_memory_bytes": s.peak_device_memory_bytes,
-        "gradient_checkpointing": s.gradient_checkpointing,
-        "resolution": s.resolution,
-        "examples": s.examples.len(),
-        "skipped": s.skipped,
-        "validation_images": s.validation.as_ref().map(|v| v.images.clone()).unwrap_or_default(),
-    })
+/// The `--json` document of `train` (and of `train-and-push`, with its push).
+#[derive(Serialize)]
+struct TrainJson<'a> {
+    output_dir: &'a Path,
+    lora: PathBuf,
+    card: &'a Path,
+    steps: usize,
+    final_loss: Option<f32>,
+    seconds: f64,
+    peak_host_memory_bytes: Option<u64>,
+    peak_device_memory_bytes: Option<u64>,
+    gradient_checkpointing: bool,
+    resolution: usize,
+    examples: usize,
+    skipped: &'a [(String, String)],
+    validation_images: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push: Option<&'a PushOutcome>,
+}
+
+impl<'a> TrainJson<'a> {
+    fn new(cfg: &'a TrainConfig, s: &'a TrainSummary, card: &'a Path) -> Self {
+        TrainJson {
+            output_dir: &cfg.output_dir,
+            lora: cfg.output_dir.join(&s.lora_file),
+            card,
+            steps: s.steps,
+            final_loss: s.final_loss,
+            seconds: s.seconds,
+            peak_host_memory_bytes: s.peak_host_memory_bytes,
+            peak_device_memory_bytes: s.peak_device_memory_bytes,
+            gradient_checkpointing: s.gradient_checkpointing,
+            resolution: s.resolution,
+            examples: s.examples.len(),
+            skipped: &s.skipped,
+            validation_images: s.validation.as_ref().map(|v| v.images.as_slice()).unwrap_or_default(),
+            push: None,
+        }
+    }
+}
+
+/// The `--json` document of `train-and-push --dry-run`.
+#[derive(Serialize)]
+struct DryRunJson<'a> {
+    dry_run: bool,
+    repo: &'a RepoId,
+    base_model: &'a str,
+    images: usize,
+    skipped: &'a [Skipped],
+    files: &'a [String],
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
-    let cfg = load_config(&a)?;
+    let cfg = load_config(a)?;
     let client = super::client(ctx, false)?;
     let rt = ctx.runtime();
     let summary = train(ctx, &cfg, &client, &rt)?;
@@ -158,18 +182,18 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
             .collect::<String>(),
         cfg.output_dir.join(&summary.lora_file).display()
     ));
-    ctx.emit_json(&summary_json(&cfg, &summary, &card));
+    ctx.emit_json(&TrainJson::new(&cfg, &summary, &card));
     Ok(())
 }
 
 pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
-    let repo = RepoId::parse(&a.repo)?;
-    let cfg = load_config(&a.train)?;
+    let repo = a.repo;
+    let cfg = load_config(a.train)?;
     let rt = ctx.runtime();
     // Before any GPU time is spent: the token (OIDC-exchanged in CI) must be valid and able to write there.
     let (client, _cred) = super::push::writer_client(ctx, &rt, &repo, &a.oidc)?;
     if a.dry_run {
-        return dry_run(ctx, &rt, &client, &cfg, &repo);
+        return dry_run_report(ctx, &rt, &client, &cfg, &repo);
     }
     let summary = train(ctx, &cfg, &client, &rt)?;
     let card = write_card(&cfg, &summary, &repo.to_string())?;
@@ -191,50 +215,25 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     };
     let outcome = rt.block_on(push_folder(&client, &cfg.output_dir, &opts))?;
     ctx.say(&super::push::describe(&outcome));
-    let mut v = summary_json(&cfg, &summary, &card);
-    v["push"] = serde_json::to_value(&outcome)?;
-    ctx.emit_json(&v);
+    ctx.emit_json(&TrainJson { push: Some(&outcome), ..TrainJson::new(&cfg, &summary, &card) });
     Ok(())
 }
 
 /// What train-and-push would do: the base model resolves, the photos read, the files it would publish.
-fn dry_run(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::HubClient, cfg: &TrainConfig, repo: &RepoId) -> anyhow::Result<()> {
+fn dry_run_report(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::HubClient, cfg: &TrainConfig, repo: &RepoId) -> anyhow::Result<()> {
     let model_dir = rt.block_on(resolve_pipeline(&cfg.base_model, client, None)).map_err(|e| bad_input(format!("base_model: {e}")))?;
-    hfsky::diffusion::config::PipelineFiles::open(&model_dir)?;
-    let images = hfsky::dataset::list_images(&cfg.dataset).map_err(|e| bad_input(e.to_string()))?;
-    let captions = match cfg.captions {
-        hfsky::train::config::CaptionSource::Instance => vec![None; images.len()],
-        mode => hfsky::dataset::captions::load_captions(&cfg.dataset, &images, mode).map_err(|e| bad_input(e.to_string()))?,
-    };
-    let mut unreadable = Vec::new();
-    for p in &images {
-        if let Err(problem) = hfsky::dataset::images::load_rgb(p) {
-            unreadable.push(serde_json::json!({ "file": p, "reason": problem.reason }));
-        }
-    }
-    let mut files: Vec<String> = vec![names::LORA_WEIGHTS.into(), names::README.into(), names::TRAIN_CONFIG.into(), names::TRAINING_LOG.into()];
-    files.extend(cfg.lora_formats.iter().filter(|f| **f != hfsky::diffusion::lora::export::ExportFormat::Peft).map(|f| f.file_name().to_string()));
-    if cfg.validation_prompt.is_some() {
-        files.extend((0..cfg.num_validation_images as u64).map(|i| format!("validation-seed-{}.png", cfg.seed + i)));
-    }
+    let plan = dry_run(cfg, &model_dir)?;
     ctx.say(&format!(
         "dry run: would train on {} of {} image(s) ({} with captions) from {}, then push {} to {repo} in one commit; nothing was trained or written",
-        images.len() - unreadable.len(),
-        images.len(),
-        captions.iter().filter(|c| c.is_some()).count(),
+        plan.trainable(),
+        plan.images,
+        plan.captioned,
         cfg.dataset.display(),
-        files.join(", ")
+        plan.files.join(", ")
     ));
-    for u in &unreadable {
-        ctx.say(&format!("would skip {}: {}", u["file"].as_str().unwrap_or_default(), u["reason"].as_str().unwrap_or_default()));
+    for s in &plan.skipped {
+        ctx.say(&format!("would skip {}: {}", s.file.display(), s.reason));
     }
-    ctx.emit_json(&serde_json::json!({
-        "dry_run": true,
-        "repo": repo.to_string(),
-        "base_model": cfg.base_model,
-        "images": images.len(),
-        "skipped": unreadable,
-        "files": files,
-    }));
+    ctx.emit_json(&DryRunJson { dry_run: true, repo, base_model: &cfg.base_model, images: plan.images, skipped: &plan.skipped, files: &plan.files });
     Ok(())
 }

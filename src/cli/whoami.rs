@@ -1,5 +1,6 @@
 use super::{exit, CliError, Ctx};
 use hfsky::auth::OidcOptions;
+use hfsky::hub::protocol::TokenRole;
 
 pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let rt = ctx.runtime();
@@ -18,16 +19,33 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
         "{}\n  token: {:?} (role {})\n  from: {source}\n  can write to: {}",
         who.name,
         who.token_name().unwrap_or("?"),
-        who.role().unwrap_or("unknown"),
+        who.role().map_or("unknown", TokenRole::as_str),
         match &writable {
             Some(_) if who.writable_summary() != "nothing" => who.writable_summary(),
             Some(_) => "nothing (read-only token)".into(),
             None => "unknown".into(),
         }
     ));
-    ctx.emit_json(&serde_json::json!({
-        "user": who.name, "token_name": who.token_name(), "role": who.role(), "source": source,
-        "writable_namespaces": writable, "writable_repos": who.writable_repos(), "orgs": who.orgs.iter().map(|o| &o.name).collect::<Vec<_>>(),
-    }));
+    ctx.emit_json(&WhoamiJson {
+        user: &who.name,
+        token_name: who.token_name(),
+        role: who.role(),
+        source: &source,
+        writable_namespaces: writable.as_deref(),
+        writable_repos: who.writable_repos(),
+        orgs: who.orgs.iter().map(|o| o.name.as_str()).collect(),
+    });
     Ok(())
+}
+
+/// The `--json` document of `whoami`.
+#[derive(serde::Serialize)]
+struct WhoamiJson<'a> {
+    user: &'a str,
+    token_name: Option<&'a str>,
+    role: Option<&'a TokenRole>,
+    source: &'a hfsky::auth::TokenSource,
+    writable_namespaces: Option<&'a [String]>,
+    writable_repos: Vec<String>,
+    orgs: Vec<&'a str>,
 }

@@ -2,6 +2,7 @@
 //! scripts do, their captions, and the checks and report that show what a model will learn.
 
 pub mod blip;
+pub mod captioning;
 pub mod captions;
 pub mod check;
 pub mod fix;

@@ -401,10 +401,9 @@ impl WithoutUrl for reqwest::Error {
     }
 }
 
+/// A retry is detail (`-v`), not a warning: the request may well succeed on the next attempt.
 fn tracing_retry(method: &str, url: &str, why: &str, wait: Duration) {
-    if std::env::var_os("HFSKY_VERBOSE").is_some() {
-        eprintln!("retrying {method} {url} in {:.1}s ({why})", wait.as_secs_f64());
-    }
+    tracing::info!("retrying {method} {url} in {:.1}s ({why})", wait.as_secs_f64());
 }
 
 fn retry_after(resp: &Response) -> Option<Duration> {

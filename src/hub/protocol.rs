@@ -31,12 +31,64 @@ pub struct AuthInfo {
     pub access_token: Option<AccessToken>,
 }
 
+/// A user access token's role, as whoami-v2 names it (`auth.accessToken.role`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TokenRole {
+    Read,
+    Write,
+    /// Legacy write tokens.
+    Admin,
+    /// Permissions per entity, in `accessToken.fineGrained` (also what an OIDC exchange gives).
+    FineGrained,
+    /// A role this client does not know, kept as sent (empty: none was sent, as for OAuth and
+    /// app tokens).
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl TokenRole {
+    /// The Hub's name for the role.
+    pub fn as_str(&self) -> &str {
+        match self {
+            TokenRole::Read => "read",
+            TokenRole::Write => "write",
+            TokenRole::Admin => "admin",
+            TokenRole::FineGrained => "fineGrained",
+            TokenRole::Other(s) => s,
+        }
+    }
+
+    /// The role the Hub names `name`.
+    pub fn from_name(name: &str) -> TokenRole {
+        match name {
+            "read" => TokenRole::Read,
+            "write" => TokenRole::Write,
+            "admin" => TokenRole::Admin,
+            "fineGrained" => TokenRole::FineGrained,
+            other => TokenRole::Other(other.to_string()),
+        }
+    }
+}
+
+impl Default for TokenRole {
+    fn default() -> Self {
+        TokenRole::Other(String::new())
+    }
+}
+
+impl std::fmt::Display for TokenRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct AccessToken {
     #[serde(rename = "displayName", default)]
     pub display_name: String,
     #[serde(default)]
-    pub role: String,
+    pub role: TokenRole,
     #[serde(rename = "fineGrained", default, skip_serializing_if = "Option::is_none")]
     pub fine_grained: Option<FineGrained>,
 }
@@ -64,8 +116,8 @@ pub struct Entity {
 }
 
 impl WhoAmI {
-    pub fn role(&self) -> Option<&str> {
-        self.auth.as_ref()?.access_token.as_ref().map(|t| t.role.as_str())
+    pub fn role(&self) -> Option<&TokenRole> {
+        self.auth.as_ref()?.access_token.as_ref().map(|t| &t.role)
     }
 
     pub fn token_name(&self) -> Option<&str> {
@@ -76,8 +128,8 @@ impl WhoAmI {
     /// (OAuth/app tokens carry no role): the server's answer to the push is then authoritative.
     pub fn writable_namespaces(&self) -> Option<Vec<String>> {
         let token = self.auth.as_ref()?.access_token.as_ref()?;
-        match token.role.as_str() {
-            "write" | "admin" => {
+        match token.role {
+            TokenRole::Write | TokenRole::Admin => {
                 let mut ns = vec![self.name.clone()];
                 ns.extend(
                     self.orgs
@@ -87,7 +139,7 @@ impl WhoAmI {
                 );
                 Some(ns)
             }
-            "fineGrained" => Some(self.write_scopes().filter(|s| s.entity.kind != "model").map(|s| s.entity.name.clone()).collect()),
+            TokenRole::FineGrained => Some(self.write_scopes().filter(|s| s.entity.kind != "model").map(|s| s.entity.name.clone()).collect()),
             _ => Some(Vec::new()),
         }
     }
@@ -101,7 +153,7 @@ impl WhoAmI {
         self.auth
             .iter()
             .flat_map(|a| a.access_token.iter())
-            .filter(|t| t.role == "fineGrained")
+            .filter(|t| t.role == TokenRole::FineGrained)
             .flat_map(|t| t.fine_grained.iter())
             .flat_map(|fg| fg.scoped.iter())
             .filter(|s| s.permissions.iter().any(|p| p == "repo.write"))
@@ -456,6 +508,20 @@ mod tests {
         assert_eq!(serde_json::to_string(&l).unwrap(), r#"{"key":"lfsFile","value":{"path":"a.bin","algo":"sha256","oid":"ab","size":3}}"#);
         let h: CommitLine = serde_json::from_str(r#"{"key":"header","value":{"summary":"s","description":""}}"#).unwrap();
         assert!(matches!(h, CommitLine::Header { parent_commit: None, .. }));
+    }
+
+    #[test]
+    fn token_roles_read_as_the_hub_names_them_and_unknown_ones_are_kept() {
+        for (name, role) in [("read", TokenRole::Read), ("write", TokenRole::Write), ("fineGrained", TokenRole::FineGrained)] {
+            assert_eq!(serde_json::from_str::<TokenRole>(&format!("{name:?}")).unwrap(), role);
+            assert_eq!(serde_json::to_string(&role).unwrap(), format!("{name:?}"));
+            assert_eq!((TokenRole::from_name(name), role.as_str()), (role.clone(), name));
+        }
+        let odd: TokenRole = serde_json::from_str("\"superUser\"").unwrap();
+        assert_eq!(odd, TokenRole::Other("superUser".into()));
+        assert_eq!(serde_json::to_string(&odd).unwrap(), "\"superUser\"");
+        let w: WhoAmI = serde_json::from_str(r#"{"name":"a","auth":{"accessToken":{"displayName":"t"}}}"#).unwrap();
+        assert_eq!(w.role().map(TokenRole::as_str), Some(""), "no role sent");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! `train.yaml`: every training setting, typed. Unknown keys are an error naming the key (a typo
-//! silently falling back to a default is how a run trains the wrong thing). Every key can also
-//! be given as a flag (`--learning-rate 5e-5`); flags override the file.
+//! `train.yaml`: every training setting, typed. Each key is declared once, in [`train_keys!`]
+//! below: its doc comment is both the `hfsky train --help` text and the reference, its type is
+//! checked by serde (the file) and clap (the flag), and its default applies when neither sets it.
+//! Unknown keys are an error naming the key (a typo silently falling back to a default is how a
+//! run trains the wrong thing): serde's for the file, clap's for a flag. Flags override the file.
 
 pub use crate::dataset::captions::CaptionSource;
 use serde::{Deserialize, Serialize};
@@ -14,7 +16,7 @@ pub enum ConfigError {
     Invalid { origin: String, detail: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
     #[default]
@@ -23,7 +25,18 @@ pub enum LrSchedule {
     Linear,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+impl LrSchedule {
+    /// The name train.yaml, training_summary.json and the model card use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LrSchedule::Constant => "constant",
+            LrSchedule::Cosine => "cosine",
+            LrSchedule::Linear => "linear",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Resolved per device ([`Precision::resolve`]): bf16 on a GPU that has it, f16 with dynamic
@@ -89,7 +102,7 @@ impl Precision {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// CUDA when built with `--features cuda` and a GPU is present, else CPU.
@@ -99,145 +112,8 @@ pub enum DeviceChoice {
     Cuda,
 }
 
-fn default_captions() -> CaptionSource {
-    CaptionSource::Sidecar
-}
-fn default_template() -> String {
-    "{instance_prompt}, {caption}".into()
-}
-fn default_targets() -> Vec<String> {
-    ["to_q", "to_k", "to_v", "to_out.0"].iter().map(|s| s.to_string()).collect()
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    /// A diffusers pipeline: Hub repo id (`namespace/name[@revision]`) or a local folder.
-    pub base_model: String,
-    /// Folder of training photos.
-    pub dataset: PathBuf,
-    /// The trigger phrase, e.g. "a photo of SKY".
-    pub instance_prompt: String,
-    /// sidecar (`photo.txt`; images without one get the instance prompt alone) | metadata
-    /// (`metadata.jsonl`) | instance (the instance prompt for every image).
-    #[serde(default = "default_captions")]
-    pub captions: CaptionSource,
-    /// How a per-image caption becomes the training prompt.
-    #[serde(default = "default_template")]
-    pub caption_template: String,
-    /// Square training size in pixels (multiple of 8). Default: the model's native size.
-    #[serde(default)]
-    pub resolution: Option<usize>,
-    /// Center crop (default: a random crop, chosen once per image from the seed).
-    #[serde(default)]
-    pub center_crop: bool,
-    /// Also train on mirrored images (each step picks one of the two at random).
-    #[serde(default)]
-    pub random_flip: bool,
-    #[serde(default = "default_rank")]
-    pub rank: usize,
-    /// LoRA alpha; the update is scaled by alpha / rank. Default: = rank.
-    #[serde(default)]
-    pub alpha: Option<f64>,
-    /// Linear layers (diffusers names, matched by suffix) that get a LoRA.
-    #[serde(default = "default_targets")]
-    pub target_modules: Vec<String>,
-    /// `lora` (low-rank update of each target linear), `locon` (also the resnet convolutions and
-    /// attention projections, as kohya's LoCon; saved as PEFT Conv2d LoRA) or `dora` (DoRA as
-    /// PEFT's `use_dora`: a magnitude per output row trained too; saved as `lora_magnitude_vector`).
-    #[serde(default)]
-    pub network: Network,
-    /// Layouts the trained LoRA is written in, side by side (all pushed by `train-and-push`):
-    /// `peft` (pytorch_lora_weights.safetensors, for diffusers and the Hub; always written),
-    /// `kohya` (pytorch_lora_weights_kohya.safetensors, for A1111/Forge; SDXL in SGM block names)
-    /// and `comfyui` (pytorch_lora_weights_comfyui.safetensors). See `diffusion::lora::export`.
-    #[serde(default = "default_lora_formats")]
-    pub lora_formats: Vec<crate::diffusion::lora::export::ExportFormat>,
-    #[serde(default = "default_lr")]
-    pub learning_rate: f64,
-    #[serde(default)]
-    pub lr_scheduler: LrSchedule,
-    #[serde(default)]
-    pub lr_warmup_steps: usize,
-    /// Optimizer steps. Default 500 unless `num_epochs` is given.
-    #[serde(default)]
-    pub max_steps: Option<usize>,
-    #[serde(default)]
-    pub num_epochs: Option<usize>,
-    #[serde(default = "one")]
-    pub train_batch_size: usize,
-    #[serde(default = "one")]
-    pub gradient_accumulation_steps: usize,
-    /// Recompute each UNet resnet and transformer block in backward instead of keeping its
-    /// activations: much less memory for about one extra forward per step; same gradients.
-    /// `auto` (default) turns it on only when the step would not fit the device's free memory
-    /// without it ([`super::memory::plan`]); `true`/`false` force it.
-    #[serde(default)]
-    pub gradient_checkpointing: super::memory::Checkpointing,
-    #[serde(default)]
-    pub seed: u64,
-    #[serde(default)]
-    pub precision: Precision,
-    #[serde(default)]
-    pub device: DeviceChoice,
-    /// Min-SNR loss weighting (Hang et al. 2023); 5.0 is the usual value.
-    #[serde(default)]
-    pub min_snr_gamma: Option<f64>,
-    #[serde(default)]
-    pub noise_offset: f64,
-    #[serde(default = "default_clip")]
-    pub max_grad_norm: f64,
-    #[serde(default = "default_beta1")]
-    pub adam_beta1: f64,
-    #[serde(default = "default_beta2")]
-    pub adam_beta2: f64,
-    #[serde(default = "default_wd")]
-    pub adam_weight_decay: f64,
-    #[serde(default = "default_eps")]
-    pub adam_epsilon: f64,
-    /// Prior preservation: also train on images of the class, so the class keeps its meaning.
-    #[serde(default)]
-    pub with_prior_preservation: bool,
-    #[serde(default)]
-    pub class_prompt: Option<String>,
-    /// Class images; missing ones are generated with the base model.
-    #[serde(default)]
-    pub class_data_dir: Option<PathBuf>,
-    #[serde(default = "default_class_images")]
-    pub num_class_images: usize,
-    #[serde(default = "default_prior_weight")]
-    pub prior_loss_weight: f64,
-    #[serde(default)]
-    pub validation_prompt: Option<String>,
-    /// Render validation images every N steps (and always at the end).
-    #[serde(default)]
-    pub validation_steps: Option<usize>,
-    #[serde(default = "default_validation_images")]
-    pub num_validation_images: usize,
-    #[serde(default = "default_validation_inference_steps")]
-    pub validation_inference_steps: usize,
-    #[serde(default)]
-    pub validation_guidance: Option<f64>,
-    /// Write a checkpoint every N optimizer steps (0: only at the end).
-    #[serde(default)]
-    pub checkpointing_steps: usize,
-    /// Keep only the newest K checkpoints.
-    #[serde(default)]
-    pub checkpoints_total_limit: Option<usize>,
-    /// `latest` or a checkpoint folder.
-    #[serde(default)]
-    pub resume_from_checkpoint: Option<String>,
-    /// Card license (default: the base family's: openrail++ for SDXL, creativeml-openrail-m for SD 1.x).
-    #[serde(default)]
-    pub license: Option<String>,
-    pub output_dir: PathBuf,
-    /// VAE latent cache (default: $HF_HOME/hfsky/latent-cache).
-    #[serde(default)]
-    pub cache_dir: Option<PathBuf>,
-}
-
 /// The adapter trained on each target linear.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
     #[default]
@@ -247,89 +123,196 @@ pub enum Network {
     Dora,
 }
 
-fn default_lora_formats() -> Vec<crate::diffusion::lora::export::ExportFormat> {
-    vec![crate::diffusion::lora::export::ExportFormat::Peft]
+/// Declares the train.yaml keys: for each, its doc, type and default, written once. It emits
+/// [`TrainConfig`] (the resolved settings) and [`TrainKeys`] (every key optional: one layer, from
+/// the file or from flags), with the overlay and the defaults between them. Four forms:
+/// `key: T,` (required), `key: Option<T>,` (may stay unset), `key: bool = d,` (a switch: `--key`
+/// alone means true) and `key: T = d,`; an optional `#[arg(…)]` after the doc adds clap settings.
+macro_rules! train_keys {
+    (@munch [$($done:tt)*] $(#[doc = $doc:expr])* $(#[arg($($arg:tt)*)])? $key:ident : Option<$inner:ty>, $($rest:tt)*) => {
+        train_keys!(@munch [$($done)* [$(#[doc = $doc])*] [$($($arg)*)?] $key: Option<$inner>, $inner, (optional);] $($rest)*);
+    };
+    (@munch [$($done:tt)*] $(#[doc = $doc:expr])* $key:ident : bool = $default:expr, $($rest:tt)*) => {
+        train_keys!(@munch [$($done)* [$(#[doc = $doc])*] [num_args = 0..=1, default_missing_value = "true"] $key: bool, bool, (default $default);] $($rest)*);
+    };
+    (@munch [$($done:tt)*] $(#[doc = $doc:expr])* $(#[arg($($arg:tt)*)])? $key:ident : $ty:ty = $default:expr, $($rest:tt)*) => {
+        train_keys!(@munch [$($done)* [$(#[doc = $doc])*] [$($($arg)*)?] $key: $ty, $ty, (default $default);] $($rest)*);
+    };
+    (@munch [$($done:tt)*] $(#[doc = $doc:expr])* $(#[arg($($arg:tt)*)])? $key:ident : $ty:ty, $($rest:tt)*) => {
+        train_keys!(@munch [$($done)* [$(#[doc = $doc])*] [$($($arg)*)?] $key: $ty, $ty, (required);] $($rest)*);
+    };
+    (@munch [$([$(#[doc = $doc:expr])*] [$($arg:tt)*] $key:ident: $ty:ty, $flag:ty, ($($resolve:tt)*);)*]) => {
+        /// Every training setting, resolved (file, flags and defaults applied; paths rebased;
+        /// values checked). Serialized as-is to `train_config.yaml`.
+        #[derive(Debug, Clone, Serialize)]
+        pub struct TrainConfig {
+            $($(#[doc = $doc])* pub $key: $ty,)*
+        }
+
+        /// The train.yaml keys, each optional: what the file sets, or what flags set. `--help`
+        /// lists them with their docs; an unknown one is an error from serde (file) or clap (flag).
+        #[derive(clap::Args, Debug, Clone, Default, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[command(next_help_heading = "Training settings (train.yaml keys; a flag overrides the file)")]
+        pub struct TrainKeys {
+            $($(#[doc = $doc])* #[arg(long, $($arg)*)] pub $key: Option<$flag>,)*
+        }
+
+        impl TrainKeys {
+            /// `over`'s keys where set, else `self`'s.
+            pub fn overlay(self, over: TrainKeys) -> TrainKeys {
+                TrainKeys { $($key: over.$key.or(self.$key),)* }
+            }
+
+            /// Defaults for the keys neither layer set; a required key unset is an error naming it.
+            fn resolve(self) -> Result<TrainConfig, String> {
+                Ok(TrainConfig { $($key: train_keys!(@resolve self.$key, $key, $($resolve)*),)* })
+            }
+        }
+    };
+    (@resolve $value:expr, $key:ident, required) => {
+        $value.ok_or_else(|| format!("missing field `{}`", stringify!($key)))?
+    };
+    (@resolve $value:expr, $key:ident, optional) => {
+        $value
+    };
+    (@resolve $value:expr, $key:ident, default $default:expr) => {
+        $value.unwrap_or_else(|| $default)
+    };
+    ($($keys:tt)*) => {
+        train_keys!(@munch [] $($keys)*);
+    };
 }
-fn default_rank() -> usize {
-    4
-}
-fn default_lr() -> f64 {
-    1e-4
-}
-fn one() -> usize {
-    1
-}
-fn default_clip() -> f64 {
-    1.0
-}
-fn default_beta1() -> f64 {
-    0.9
-}
-fn default_beta2() -> f64 {
-    0.999
-}
-fn default_wd() -> f64 {
-    1e-2
-}
-fn default_eps() -> f64 {
-    1e-8
-}
-fn default_class_images() -> usize {
-    100
-}
-fn default_prior_weight() -> f64 {
-    1.0
-}
-fn default_validation_images() -> usize {
-    2
-}
-fn default_validation_inference_steps() -> usize {
-    25
+
+train_keys! {
+    /// A diffusers pipeline: Hub repo id (`namespace/name[@revision]`, through hf-hub, honours
+    /// --endpoint) or a local folder.
+    base_model: String,
+    /// Folder of training photos.
+    dataset: PathBuf,
+    /// The trigger phrase, e.g. "a photo of SKY".
+    instance_prompt: String,
+    /// Where captions come from: sidecar (`photo.txt`; images without one get the instance prompt
+    /// alone) | metadata (`metadata.jsonl`: file_name + text/prompt) | instance (the instance
+    /// prompt for every image). Default: sidecar.
+    captions: CaptionSource = CaptionSource::Sidecar,
+    /// How a per-image caption becomes the training prompt. Default: "{instance_prompt}, {caption}".
+    caption_template: String = "{instance_prompt}, {caption}".into(),
+    /// Square training size in pixels, a multiple of 8. Default: the model's native size.
+    resolution: Option<usize>,
+    /// Center crop. Default: one random crop per image, drawn from the seed.
+    center_crop: bool = false,
+    /// Also train on mirrored images (each step picks one of the two at random).
+    random_flip: bool = false,
+    /// LoRA rank. Default: 4.
+    rank: usize = 4,
+    /// LoRA alpha; the update is scaled by alpha / rank. Default: = rank.
+    alpha: Option<f64>,
+    /// Linear layers (diffusers names, matched by suffix) that get a LoRA; as a flag, comma
+    /// separated. Default: to_q, to_k, to_v, to_out.0.
+    #[arg(value_delimiter = ',')]
+    target_modules: Vec<String> = ["to_q", "to_k", "to_v", "to_out.0"].map(String::from).to_vec(),
+    /// lora (a low-rank update of each target linear) | locon (also the resnet convolutions and
+    /// attention projections, as kohya's LoCon; saved as PEFT Conv2d LoRA) | dora (DoRA as PEFT's
+    /// `use_dora`: a magnitude per output row trained too; saved as `lora_magnitude_vector`).
+    /// Default: lora.
+    network: Network = Network::Lora,
+    /// Layouts the trained LoRA is written in, side by side (all pushed by `train-and-push`): peft
+    /// (pytorch_lora_weights.safetensors, for diffusers and the Hub; always written), kohya
+    /// (…_kohya.safetensors, for A1111/Forge; SDXL in SGM block names) and comfyui
+    /// (…_comfyui.safetensors); as a flag, comma separated. Default: peft.
+    #[arg(value_delimiter = ',')]
+    lora_formats: Vec<crate::diffusion::lora::export::ExportFormat> = vec![crate::diffusion::lora::export::ExportFormat::Peft],
+    /// AdamW learning rate. Default: 1e-4.
+    learning_rate: f64 = 1e-4,
+    /// Learning-rate schedule after warmup: constant | linear | cosine. Default: constant.
+    lr_scheduler: LrSchedule = LrSchedule::Constant,
+    /// Optimizer steps over which the learning rate ramps up linearly to `learning_rate`.
+    /// Default: 0.
+    lr_warmup_steps: usize = 0,
+    /// Optimizer steps. Default 500 unless `num_epochs` is given.
+    max_steps: Option<usize>,
+    /// Passes over the photos, instead of `max_steps`.
+    num_epochs: Option<usize>,
+    /// Images per step. Default: 1.
+    train_batch_size: usize = 1,
+    /// Micro-batches whose gradients are averaged into each optimizer step. Default: 1.
+    gradient_accumulation_steps: usize = 1,
+    /// Recompute each UNet resnet and transformer block in backward instead of keeping its
+    /// activations: much less memory for about one extra forward per step; same gradients.
+    /// auto | true | false: auto turns it on only when the step would not fit the device's free
+    /// memory without it (the preflight estimate, `train::memory`). Default: auto.
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    gradient_checkpointing: super::memory::Checkpointing = super::memory::Checkpointing::Auto,
+    /// Seed of every random draw (crops, noise, timesteps, validation images). Default: 0.
+    seed: u64 = 0,
+    /// auto | f32 | f16 | bf16 (GPU, compute capability ≥ 8.0): the frozen weights' precision;
+    /// LoRA factors and AdamW state stay f32. Default: auto.
+    precision: Precision = Precision::Auto,
+    /// auto | cpu | cuda (auto on the CPU says why: no CUDA build, no driver, init error).
+    /// Default: auto.
+    device: DeviceChoice = DeviceChoice::Auto,
+    /// Min-SNR loss weighting (Hang et al. 2023); 5.0 is the usual value. Default: off.
+    min_snr_gamma: Option<f64>,
+    /// Scale of a random per-channel shift added to the training noise (diffusers'
+    /// `--noise_offset`: lets the model learn very dark or bright images). Default: 0.
+    noise_offset: f64 = 0.0,
+    /// Clip the global gradient norm to this. Default: 1.0.
+    max_grad_norm: f64 = 1.0,
+    /// AdamW β1. Default: 0.9.
+    adam_beta1: f64 = 0.9,
+    /// AdamW β2. Default: 0.999.
+    adam_beta2: f64 = 0.999,
+    /// AdamW decoupled weight decay. Default: 1e-2.
+    adam_weight_decay: f64 = 1e-2,
+    /// AdamW ε. Default: 1e-8.
+    adam_epsilon: f64 = 1e-8,
+    /// Prior preservation: also train on images of the class, so the class keeps its meaning.
+    with_prior_preservation: bool = false,
+    /// The class prompt for prior preservation, e.g. "a photo of the sky".
+    class_prompt: Option<String>,
+    /// Class images; missing ones are generated with the base model.
+    class_data_dir: Option<PathBuf>,
+    /// Class images to have (generated up to this many). Default: 100.
+    num_class_images: usize = 100,
+    /// Weight of the class images' loss. Default: 1.0.
+    prior_loss_weight: f64 = 1.0,
+    /// Prompt of the validation images (none: no validation).
+    validation_prompt: Option<String>,
+    /// Render validation images every N steps (and always at the end).
+    validation_steps: Option<usize>,
+    /// Validation images, seeds seed..seed+n. Default: 2.
+    num_validation_images: usize = 2,
+    /// Denoising steps per validation image. Default: 25.
+    validation_inference_steps: usize = 25,
+    /// Validation guidance scale. Default: 7.5 (SD 1.x) / 5.0 (SDXL).
+    validation_guidance: Option<f64>,
+    /// Write a checkpoint every N optimizer steps (0: only at the end).
+    checkpointing_steps: usize = 0,
+    /// Keep only the newest K checkpoints.
+    checkpoints_total_limit: Option<usize>,
+    /// `latest` or a checkpoint folder.
+    resume_from_checkpoint: Option<String>,
+    /// Card license. Default: the base family's: openrail++ for SDXL, creativeml-openrail-m for SD 1.x.
+    license: Option<String>,
+    /// Where the LoRA, model card, logs and checkpoints are written.
+    output_dir: PathBuf,
+    /// VAE latent cache. Default: $HF_HOME/hfsky/latent-cache.
+    cache_dir: Option<PathBuf>,
 }
 
 impl TrainConfig {
-    /// Reads `path` (YAML), applies `--key value` overrides, resolves relative paths against the
-    /// config file's folder, and checks every value.
-    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
-        let (mut map, origin, base) = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read { path: p.into(), detail: e.to_string() })?;
-                let v: serde_yaml::Value = serde_yaml::from_str(&text)
-                    .map_err(|e| ConfigError::Invalid { origin: p.display().to_string(), detail: format!("not valid YAML: {e}") })?;
-                let map = match v {
-                    serde_yaml::Value::Mapping(m) => m,
-                    serde_yaml::Value::Null => serde_yaml::Mapping::new(),
-                    _ => return Err(ConfigError::Invalid { origin: p.display().to_string(), detail: "expected a mapping of key: value".into() }),
-                };
-                (map, p.display().to_string(), p.parent().map(Path::to_path_buf).unwrap_or_default())
-            }
-            None => (serde_yaml::Mapping::new(), "flags".to_string(), PathBuf::new()),
+    /// Reads `path` (YAML), overlays the keys given as `flags`, applies the defaults, and checks
+    /// every value. Relative paths in the file are relative to the file's folder; those given as
+    /// flags, to the working directory. Errors name the file (or `flags` when there is none).
+    pub fn load(path: Option<&Path>, flags: TrainKeys) -> Result<Self, ConfigError> {
+        let (file, origin) = match path {
+            Some(p) => (read_file(p)?, p.display().to_string()),
+            None => (TrainKeys::default(), "flags".to_string()),
         };
-        apply_overrides(&mut map, overrides)?;
-        let mut cfg: TrainConfig = serde_yaml::from_value(serde_yaml::Value::Mapping(map))
-            .map_err(|e| ConfigError::Invalid { origin: origin.clone(), detail: e.to_string() })?;
-        // Paths in the file are relative to the file, like every config format people know.
-        let rebase = |p: &mut PathBuf| {
-            if p.is_relative() && !base.as_os_str().is_empty() {
-                *p = base.join(&*p);
-            }
-        };
-        rebase(&mut cfg.dataset);
-        rebase(&mut cfg.output_dir);
-        if let Some(d) = cfg.class_data_dir.as_mut() {
-            rebase(d);
-        }
-        if let Some(d) = cfg.cache_dir.as_mut() {
-            rebase(d);
-        }
-        if !cfg.base_model.contains('/') || Path::new(&cfg.base_model).exists() || cfg.base_model.starts_with('.') {
-            let mut p = PathBuf::from(&cfg.base_model);
-            rebase(&mut p);
-            if p.exists() {
-                cfg.base_model = p.display().to_string();
-            }
-        }
-        cfg.check().map_err(|detail| ConfigError::Invalid { origin, detail })?;
+        let invalid = |detail: String| ConfigError::Invalid { origin: origin.clone(), detail };
+        let cfg = file.overlay(flags).resolve().map_err(invalid)?;
+        cfg.check().map_err(invalid)?;
         Ok(cfg)
     }
 
@@ -389,45 +372,56 @@ impl TrainConfig {
     }
 }
 
-/// `--learning-rate 5e-5 --center-crop --target-modules to_q,to_v` → YAML keys and values.
-fn apply_overrides(map: &mut serde_yaml::Mapping, args: &[String]) -> Result<(), ConfigError> {
-    let bad = |detail: String| ConfigError::Invalid { origin: "flags".into(), detail };
-    let mut i = 0;
-    while i < args.len() {
-        let Some(raw) = args[i].strip_prefix("--") else {
-            return Err(bad(format!("unexpected argument {:?}: settings are given as --key value", args[i])));
-        };
-        let (key, inline) = match raw.split_once('=') {
-            Some((k, v)) => (k.replace('-', "_"), Some(v.to_string())),
-            None => (raw.replace('-', "_"), None),
-        };
-        let value = match inline {
-            Some(v) => v,
-            None if i + 1 < args.len() && !args[i + 1].starts_with("--") => {
-                i += 1;
-                args[i].clone()
-            }
-            None => "true".to_string(),
-        };
-        let parsed = if key == "target_modules" || key == "lora_formats" {
-            serde_yaml::Value::Sequence(value.split(',').map(|s| serde_yaml::Value::String(s.trim().to_string())).collect())
-        } else if ["base_model", "instance_prompt", "caption_template", "class_prompt", "validation_prompt", "resume_from_checkpoint", "license"]
-            .contains(&key.as_str())
-        {
-            // Free text stays text even when it looks like a number or `yes`.
-            serde_yaml::Value::String(value)
-        } else {
-            serde_yaml::from_str(&value).unwrap_or(serde_yaml::Value::String(value))
-        };
-        map.insert(serde_yaml::Value::String(key), parsed);
-        i += 1;
+/// The file's keys, with its relative paths made relative to its folder (like every config
+/// format people know).
+fn read_file(path: &Path) -> Result<TrainKeys, ConfigError> {
+    let origin = || path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.into(), detail: e.to_string() })?;
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid { origin: origin(), detail: format!("not valid YAML: {e}") })?;
+    let mut keys: TrainKeys = match value {
+        serde_yaml::Value::Mapping(_) => {
+            serde_yaml::from_value(value).map_err(|e| ConfigError::Invalid { origin: origin(), detail: e.to_string() })?
+        }
+        serde_yaml::Value::Null => TrainKeys::default(),
+        _ => return Err(ConfigError::Invalid { origin: origin(), detail: "expected a mapping of key: value".into() }),
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let rebase = |p: &mut PathBuf| {
+        if p.is_relative() && !base.as_os_str().is_empty() {
+            *p = base.join(&*p);
+        }
+    };
+    for p in [&mut keys.dataset, &mut keys.output_dir, &mut keys.class_data_dir, &mut keys.cache_dir].into_iter().flatten() {
+        rebase(p);
     }
-    Ok(())
+    // A base model is a local folder when one exists there; otherwise it stays a Hub repo id.
+    if let Some(model) = keys.base_model.as_mut() {
+        if !model.contains('/') || Path::new(model.as_str()).exists() || model.starts_with('.') {
+            let mut p = PathBuf::from(&*model);
+            rebase(&mut p);
+            if p.exists() {
+                *model = p.display().to_string();
+            }
+        }
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser, Debug)]
+    struct Flags {
+        #[command(flatten)]
+        keys: TrainKeys,
+    }
+
+    fn flags(args: &[&str]) -> TrainKeys {
+        Flags::try_parse_from(std::iter::once("train").chain(args.iter().copied())).unwrap().keys
+    }
 
     fn write(dir: &Path, text: &str) -> PathBuf {
         let p = dir.join("train.yaml");
@@ -445,7 +439,7 @@ mod tests {
             d.path(),
             "base_model: stabilityai/stable-diffusion-xl-base-1.0\ndataset: ./photos\ninstance_prompt: \"a photo of SKY\"\ncaptions: sidecar\ncaption_template: \"{instance_prompt}, {caption}\"\nresolution: 512\nrank: 4\nalpha: 4\nlearning_rate: 1.0e-4\nmax_steps: 500\ntrain_batch_size: 1\nseed: 0\noutput_dir: ./out\nvalidation_prompt: \"a photo of SKY river\"\n",
         );
-        let c = TrainConfig::load(Some(&p), &[]).unwrap();
+        let c = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap();
         assert_eq!(c.dataset, d.path().join("./photos"));
         assert_eq!(c.output_dir, d.path().join("./out"));
         assert_eq!(c.base_model, "stabilityai/stable-diffusion-xl-base-1.0");
@@ -459,20 +453,22 @@ mod tests {
     fn unknown_keys_and_bad_values_are_named() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), &format!("{MINIMAL}learning_rat: 1e-4\n"));
-        let e = TrainConfig::load(Some(&p), &[]).unwrap_err().to_string();
+        let e = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string();
         assert!(e.contains("learning_rat") && e.contains("train.yaml"), "{e}");
         let p = write(d.path(), &format!("{MINIMAL}resolution: 500\n"));
-        let e = TrainConfig::load(Some(&p), &[]).unwrap_err().to_string();
+        let e = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string();
         assert!(e.contains("resolution") && e.contains("multiple of 8"), "{e}");
-        let e = TrainConfig::load(Some(&p), &["--bogus".into(), "1".into()]).unwrap_err().to_string();
-        assert!(e.contains("bogus"), "{e}");
+        let e = Flags::try_parse_from(["train", "--learning-rat", "1"]).unwrap_err().to_string();
+        assert!(e.contains("--learning-rat") && e.contains("--learning-rate"), "a typo is clap's error, with the key it meant: {e}");
+        let e = TrainConfig::load(None, flags(&["--dataset", "photos", "--instance-prompt", "sky", "--output-dir", "out"])).unwrap_err().to_string();
+        assert_eq!(e, "flags: missing field `base_model`");
     }
 
     #[test]
     fn flags_override_the_file() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), MINIMAL);
-        let args: Vec<String> = [
+        let args = flags(&[
             "--learning-rate",
             "5e-5",
             "--center-crop",
@@ -483,25 +479,26 @@ mod tests {
             "--max-steps=7",
             "--gradient-checkpointing",
             "true",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let c = TrainConfig::load(Some(&p), &args).unwrap();
+            "--output-dir",
+            "elsewhere",
+        ]);
+        let c = TrainConfig::load(Some(&p), args).unwrap();
         assert_eq!(c.learning_rate, 5e-5);
         assert!(c.center_crop);
         assert_eq!(c.target_modules, vec!["to_q", "to_v"]);
         assert_eq!(c.instance_prompt, "1234");
         assert_eq!(c.max_steps, Some(7));
         assert_eq!(c.gradient_checkpointing, super::super::memory::Checkpointing::On);
-        assert_eq!(TrainConfig::load(Some(&p), &[]).unwrap().gradient_checkpointing, super::super::memory::Checkpointing::Auto, "auto by default");
+        assert_eq!(c.output_dir, Path::new("elsewhere"), "a path given as a flag is relative to the working directory");
+        assert_eq!(c.dataset, d.path().join("./photos"), "the file's keys stay where no flag is given");
+        assert_eq!(TrainConfig::load(Some(&p), TrainKeys::default()).unwrap().gradient_checkpointing, super::super::memory::Checkpointing::Auto, "auto by default");
     }
 
     #[test]
     fn precision_auto_is_the_default_and_resolves_per_device() {
         use candle_core::DType;
         let d = tempfile::tempdir().unwrap();
-        let c = TrainConfig::load(Some(&write(d.path(), MINIMAL)), &[]).unwrap();
+        let c = TrainConfig::load(Some(&write(d.path(), MINIMAL)), TrainKeys::default()).unwrap();
         assert_eq!(c.precision, Precision::Auto);
         let r = |p: Precision, gpu, bf16| p.resolve(gpu, bf16).map(|r| (r.weights, r.loss_scaling, r.label()));
         // auto: bf16 on an Ampere+ GPU, f16 with loss scaling on a T4, f32 on the CPU.
@@ -513,7 +510,49 @@ mod tests {
         let e = r(Precision::Bf16, true, false).unwrap_err();
         assert!(e.contains("compute capability 8.0") && e.contains("precision: auto"), "{e}");
         assert!(r(Precision::Bf16, false, false).unwrap_err().contains("needs a GPU"));
-        let c = TrainConfig::load(Some(&write(d.path(), MINIMAL)), &["--precision".into(), "f16".into()]).unwrap();
+        let c = TrainConfig::load(Some(&write(d.path(), MINIMAL)), flags(&["--precision", "f16"])).unwrap();
         assert_eq!(c.precision, Precision::F16);
+    }
+
+    #[test]
+    fn defaults_apply_where_neither_file_nor_flag_sets_a_key() {
+        let d = tempfile::tempdir().unwrap();
+        let c = TrainConfig::load(Some(&write(d.path(), MINIMAL)), TrainKeys::default()).unwrap();
+        assert_eq!((c.rank, c.learning_rate, c.train_batch_size, c.num_validation_images), (4, 1e-4, 1, 2));
+        assert_eq!(c.target_modules, ["to_q", "to_k", "to_v", "to_out.0"]);
+        assert_eq!(
+            (c.captions, c.lr_scheduler, c.precision, c.device),
+            (CaptionSource::Sidecar, LrSchedule::Constant, Precision::Auto, DeviceChoice::Auto)
+        );
+        assert_eq!(c.caption_template, "{instance_prompt}, {caption}");
+        assert_eq!((c.resolution, c.alpha, c.max_steps), (None, None, None));
+        // A flag beats the file, which beats the default.
+        let p = write(d.path(), &format!("{MINIMAL}rank: 8\nseed: 3\n"));
+        let c = TrainConfig::load(Some(&p), flags(&["--rank", "16", "--lr-scheduler", "cosine"])).unwrap();
+        assert_eq!((c.rank, c.seed, c.lr_scheduler), (16, 3, LrSchedule::Cosine));
+        assert!(Flags::try_parse_from(["train", "--lr-scheduler", "cosin"]).is_err(), "a bad value is clap's error");
+    }
+
+    #[test]
+    fn every_key_has_a_flag_with_its_doc_and_a_line_in_the_readme() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../README.md");
+        let cmd = Flags::command();
+        let keys: Vec<_> = cmd.get_arguments().filter(|a| a.get_id() != "help").collect();
+        assert!(keys.len() >= 45, "{}", keys.len());
+        for a in keys {
+            let key = a.get_id().as_str();
+            assert_eq!(a.get_long(), Some(key.replace('_', "-").as_str()));
+            assert!(a.get_help().is_some_and(|h| !h.to_string().is_empty()), "{key} has no doc");
+            let line = |prefix| readme.contains(&format!("\n{prefix}{key}: "));
+            assert!(line("") || line("# "), "README's train.yaml block has no `{key}:` line");
+        }
+    }
+
+    #[test]
+    fn training_summary_names_the_schedule_as_train_yaml_does() {
+        for s in [LrSchedule::Constant, LrSchedule::Cosine, LrSchedule::Linear] {
+            assert_eq!(serde_yaml::to_string(&s).unwrap().trim(), s.as_str());
+        }
     }
 }

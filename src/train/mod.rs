@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dry_run;
 pub mod examples;
 pub mod lora_params;
 pub mod loss_scale;
@@ -12,7 +13,7 @@ pub mod optim;
 mod prior;
 pub mod trainer;
 
-pub use config::TrainConfig;
+pub use config::{TrainConfig, TrainKeys};
 pub use trainer::{Event, TrainError, TrainSummary, Trainer};
 #[cfg(test)]
 mod tests;

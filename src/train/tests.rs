@@ -32,7 +32,7 @@ fn config(dir: &Path, model: &str, extra: &str) -> TrainConfig {
         dir.join("out").display()
     );
     std::fs::write(dir.join("train.yaml"), yaml).unwrap();
-    TrainConfig::load(Some(&dir.join("train.yaml")), &[]).unwrap()
+    TrainConfig::load(Some(&dir.join("train.yaml")), Default::default()).unwrap()
 }
 
 #[test]

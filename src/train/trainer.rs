@@ -541,7 +541,7 @@ impl Trainer<'_> {
             alpha,
             target_modules: cfg.target_modules.clone(),
             learning_rate: cfg.learning_rate,
-            lr_scheduler: format!("{:?}", cfg.lr_scheduler).to_lowercase(),
+            lr_scheduler: cfg.lr_scheduler.as_str().to_string(),
             train_batch_size: cfg.train_batch_size,
             gradient_accumulation_steps: cfg.gradient_accumulation_steps,
             precision: precision.label(),

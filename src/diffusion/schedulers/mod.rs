@@ -35,6 +35,15 @@ impl SchedulerKind {
         }
     }
 
+    /// A kind named the hfsky way (`euler-ancestral`) or as a diffusers class
+    /// (`EulerAncestralDiscreteScheduler`, what huggingface_hub sends); the error names it and
+    /// the accepted names.
+    pub fn from_name(name: &str) -> std::result::Result<SchedulerKind, String> {
+        SchedulerKind::from_class_name(name)
+            .or_else(|| <SchedulerKind as clap::ValueEnum>::from_str(name, true).ok())
+            .ok_or_else(|| format!("unknown scheduler {name:?} (ddim, euler, euler-ancestral, dpmpp-2m, or their diffusers class names)"))
+    }
+
     pub fn class_name(self) -> &'static str {
         match self {
             SchedulerKind::Ddim => "DDIMScheduler",

@@ -111,7 +111,7 @@ pub(super) async fn whoami(Extension(who): Extension<Who>) -> Reply {
     // A repo-scoped token looks like a fine-grained token with write access to that one repo.
     let (role, fine_grained) = match &t.scope {
         Some(repo) => (
-            "fineGrained".to_string(),
+            TokenRole::FineGrained,
             Some(FineGrained {
                 global: vec![],
                 scoped: vec![Scoped {
@@ -120,7 +120,7 @@ pub(super) async fn whoami(Extension(who): Extension<Who>) -> Reply {
                 }],
             }),
         ),
-        None => (t.role.clone(), None),
+        None => (TokenRole::from_name(&t.role), None),
     };
     let who = WhoAmI {
         kind: "user".into(),

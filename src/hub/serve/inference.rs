@@ -10,6 +10,7 @@ use super::auth::{head_of, require_read, Caller, Who};
 use super::store::CommitRec;
 use super::{fail, fail_code, json_reply, BodyBytes, HubFail, PathParams, Reply, Repo, Shared, State};
 use crate::card::base_model as card_base_model;
+use crate::diffusion::schedulers::SchedulerKind;
 use crate::hub::inference::{Provider, RenderReport, FAL_SD_LORA, RENDER_HEADER};
 use crate::names;
 use crate::repo_id::RepoId;
@@ -27,12 +28,37 @@ pub const REPLICATE_LORA_MODEL: &str = "hfsky/diffusers-lora";
 /// Rendered images kept for fal-ai / replicate clients to fetch.
 const KEPT_OUTPUTS: usize = 64;
 
+/// The precision the worker renders in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RenderDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl RenderDtype {
+    /// The name profiles and the `x-hfsky-render` report use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RenderDtype::F32 => "f32",
+            RenderDtype::F16 => "f16",
+            RenderDtype::Bf16 => "bf16",
+        }
+    }
+}
+
+fn scheduler_by_either_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SchedulerKind, D::Error> {
+    SchedulerKind::from_name(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
 /// The Hub worker's render settings; `--render-profile FILE.yaml` overrides any of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RenderProfile {
     /// hfsky name (`euler-ancestral`, `euler`, `ddim`, `dpmpp-2m`) or diffusers class name.
-    pub scheduler: String,
+    #[serde(deserialize_with = "scheduler_by_either_name")]
+    pub scheduler: SchedulerKind,
     pub steps: usize,
     /// `None`: the pipeline's default (7.5 for SD 1.x, 5.0 for SDXL).
     pub guidance: Option<f64>,
@@ -44,13 +70,13 @@ pub struct RenderProfile {
     pub lora_scale: f64,
     /// Replaces the card's `base_model` for LoRA repos.
     pub base_model: Option<String>,
-    pub dtype: String,
+    pub dtype: RenderDtype,
 }
 
 impl Default for RenderProfile {
     fn default() -> Self {
         RenderProfile {
-            scheduler: "euler-ancestral".into(),
+            scheduler: SchedulerKind::EulerAncestral,
             steps: 20,
             guidance: None,
             width: None,
@@ -58,7 +84,7 @@ impl Default for RenderProfile {
             apply_lora: true,
             lora_scale: 1.0,
             base_model: None,
-            dtype: "f16".into(),
+            dtype: RenderDtype::F16,
         }
     }
 }
@@ -108,7 +134,7 @@ pub struct RenderJob {
     pub guidance: Option<f64>,
     pub width: Option<usize>,
     pub height: Option<usize>,
-    pub dtype: String,
+    pub dtype: RenderDtype,
     pub seed: u64,
 }
 
@@ -124,7 +150,7 @@ impl RenderJob {
             apply_lora: self.lora_path.is_some(),
             lora_scale: self.lora_scale,
             base_model: self.base_model.clone(),
-            dtype: self.dtype.clone(),
+            dtype: self.dtype.as_str().into(),
             seed: self.seed,
             lora_file: self.lora_file.clone(),
             // The worker swaps in the fp16-fix VAE only for stabilityai/stable-diffusion-xl-base-1.0;
@@ -445,12 +471,12 @@ fn resolve(state: &State, caller: Option<&Caller>, t: Target, prompt: String, p:
         lora_scale: t.lora_scale.unwrap_or(profile.lora_scale),
         prompt,
         negative: p.negative.unwrap_or_default(),
-        scheduler: p.scheduler.unwrap_or_else(|| profile.scheduler.clone()),
+        scheduler: p.scheduler.unwrap_or_else(|| profile.scheduler.class_name().into()),
         steps: p.steps.unwrap_or(profile.steps),
         guidance: p.guidance.or(profile.guidance),
         width: p.width.or(profile.width),
         height: p.height.or(profile.height),
-        dtype: profile.dtype.clone(),
+        dtype: profile.dtype,
         // The worker seeds an unseeded generator when no seed is sent.
         seed: p.seed.unwrap_or_else(rand::random),
     })
@@ -666,7 +692,11 @@ mod tests {
     #[test]
     fn profiles_default_to_the_worker_and_name_unknown_keys() {
         let p = RenderProfile::from_yaml("", "p.yaml").unwrap();
-        assert_eq!((p.scheduler.as_str(), p.steps, p.apply_lora, p.dtype.as_str()), ("euler-ancestral", 20, true, "f16"));
+        assert_eq!((p.scheduler, p.steps, p.apply_lora, p.dtype), (SchedulerKind::EulerAncestral, 20, true, RenderDtype::F16));
+        let p = RenderProfile::from_yaml("scheduler: DDIMScheduler\ndtype: bf16\n", "p.yaml").unwrap();
+        assert_eq!((p.scheduler, p.dtype), (SchedulerKind::Ddim, RenderDtype::Bf16), "either scheduler name");
+        let e = RenderProfile::from_yaml("scheduler: lms\n", "p.yaml").unwrap_err();
+        assert!(e.contains("p.yaml") && e.contains("unknown scheduler \"lms\""), "{e}");
         let p = RenderProfile::from_yaml("width: 64\nheight: 64\napply_lora: false\nguidance: 3\n", "p.yaml").unwrap();
         assert_eq!((p.width, p.height, p.apply_lora, p.guidance, p.steps), (Some(64), Some(64), false, Some(3.0), 20));
         let e = RenderProfile::from_yaml("stepz: 4\n", "p.yaml").unwrap_err();

@@ -21,7 +21,7 @@ mod repos;
 mod store;
 
 pub use faults::Faults;
-pub use inference::{InferenceConfig, InferenceRenderer, RenderFailure, RenderJob, RenderProfile, RenderedPng, REPLICATE_LORA_MODEL};
+pub use inference::{InferenceConfig, InferenceRenderer, RenderDtype, RenderFailure, RenderJob, RenderProfile, RenderedPng, REPLICATE_LORA_MODEL};
 pub use oidc::{OidcTrust, TrustedIssuer, TrustedSubject};
 pub use store::Store;
 

@@ -1,0 +1,124 @@
+//! What `train-and-push` publishes from an output folder, and its dry run: the checks a real run
+//! would fail on first (the base model's files, the photos, their captions), without training.
+
+use super::config::{CaptionSource, TrainConfig};
+use crate::diffusion::config::{PipelineError, PipelineFiles};
+use crate::names;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// The globs `train-and-push` uploads from the output folder (never checkpoints, caches or
+/// tokens).
+pub const PUBLISHED: [&str; 5] = [names::LORA_WEIGHTS, names::README, "validation-seed-*.png", names::TRAIN_CONFIG, names::TRAINING_LOG];
+
+/// A photo the run would skip, with the loader's reason.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Skipped {
+    pub file: PathBuf,
+    pub reason: String,
+}
+
+/// What a run of `cfg` would train on and publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DryRun {
+    /// Images found in the dataset folder, readable or not.
+    pub images: usize,
+    /// Of those, images that have a caption (0 with `captions: instance`).
+    pub captioned: usize,
+    /// Images the loader cannot read, which training would skip.
+    pub skipped: Vec<Skipped>,
+    /// The files the one commit would hold, by name (validation images only with a
+    /// `validation_prompt`).
+    pub files: Vec<String>,
+}
+
+impl DryRun {
+    /// Images training would use.
+    pub fn trainable(&self) -> usize {
+        self.images - self.skipped.len()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DryRunError {
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::DatasetError),
+    #[error(transparent)]
+    Captions(#[from] crate::dataset::captions::CaptionError),
+}
+
+/// Checks a run of `cfg` on the pipeline in `model_dir` (already resolved: a local folder or the
+/// Hub cache's snapshot) as far as it can without loading weights: the pipeline's files, every
+/// photo decoded once, the captions read.
+pub fn dry_run(cfg: &TrainConfig, model_dir: &Path) -> Result<DryRun, DryRunError> {
+    PipelineFiles::open(model_dir)?;
+    let images = crate::dataset::list_images(&cfg.dataset)?;
+    let captions = match cfg.captions {
+        CaptionSource::Instance => vec![None; images.len()],
+        mode => crate::dataset::captions::load_captions(&cfg.dataset, &images, mode)?,
+    };
+    let skipped = images
+        .iter()
+        .filter_map(|p| crate::dataset::images::load_rgb(p).err().map(|problem| Skipped { file: p.clone(), reason: problem.reason }))
+        .collect();
+    let mut files: Vec<String> = [names::LORA_WEIGHTS, names::README, names::TRAIN_CONFIG, names::TRAINING_LOG].map(String::from).to_vec();
+    if cfg.validation_prompt.is_some() {
+        files.extend((0..cfg.num_validation_images as u64).map(|i| format!("validation-seed-{}.png", cfg.seed + i)));
+    }
+    Ok(DryRun { images: images.len(), captioned: captions.iter().filter(|c| c.is_some()).count(), skipped, files })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffusion::testing::pipeline_dir;
+    use crate::train::TrainKeys;
+
+    fn config(d: &Path, extra: &str) -> TrainConfig {
+        let yaml = format!(
+            "base_model: {}\ndataset: {}\ninstance_prompt: a photo of SKY\noutput_dir: {}\n{extra}",
+            pipeline_dir("tiny-sd15").display(),
+            d.join("photos").display(),
+            d.join("out").display()
+        );
+        std::fs::write(d.join("train.yaml"), yaml).unwrap();
+        TrainConfig::load(Some(&d.join("train.yaml")), TrainKeys::default()).unwrap()
+    }
+
+    #[test]
+    fn counts_photos_and_captions_names_the_unreadable_and_lists_the_commit() {
+        let d = tempfile::tempdir().unwrap();
+        crate::train::tests::write_photos(&d.path().join("photos"), 2);
+        std::fs::remove_file(d.path().join("photos/sky-1.txt")).unwrap();
+        std::fs::write(d.path().join("photos/broken.jpg"), b"\xff\xd8\xff not a jpeg").unwrap();
+        let cfg = config(d.path(), "validation_prompt: a photo of SKY river\nnum_validation_images: 2\nseed: 7\n");
+        let r = dry_run(&cfg, &pipeline_dir("tiny-sd15")).unwrap();
+        assert_eq!((r.images, r.captioned, r.trainable()), (3, 1, 2));
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!(r.skipped[0].file, d.path().join("photos/broken.jpg"));
+        assert!(!r.skipped[0].reason.is_empty());
+        assert_eq!(
+            r.files,
+            [names::LORA_WEIGHTS, names::README, names::TRAIN_CONFIG, names::TRAINING_LOG, "validation-seed-7.png", "validation-seed-8.png"]
+        );
+        let cfg = config(d.path(), "captions: instance\n");
+        let r = dry_run(&cfg, &pipeline_dir("tiny-sd15")).unwrap();
+        assert_eq!((r.captioned, r.files.len()), (0, 4), "no validation prompt, no validation images");
+    }
+
+    #[test]
+    fn a_folder_that_is_not_a_pipeline_or_has_no_photos_is_bad_input() {
+        use crate::exit::{Categorized, ExitCategory};
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("photos")).unwrap();
+        let cfg = config(d.path(), "");
+        let e = dry_run(&cfg, d.path()).unwrap_err();
+        assert!(matches!(e, DryRunError::Pipeline(_)), "{e}");
+        assert_eq!(e.category(), ExitCategory::BadInput);
+        let e = dry_run(&cfg, &pipeline_dir("tiny-sd15")).unwrap_err();
+        assert!(matches!(e, DryRunError::Dataset(crate::dataset::DatasetError::NoImages { .. })), "{e}");
+        assert_eq!(e.category(), ExitCategory::BadInput);
+    }
+}
