@@ -491,7 +491,11 @@ mod tests {
         assert_eq!(c.gradient_checkpointing, super::super::memory::Checkpointing::On);
         assert_eq!(c.output_dir, Path::new("elsewhere"), "a path given as a flag is relative to the working directory");
         assert_eq!(c.dataset, d.path().join("./photos"), "the file's keys stay where no flag is given");
-        assert_eq!(TrainConfig::load(Some(&p), TrainKeys::default()).unwrap().gradient_checkpointing, super::super::memory::Checkpointing::Auto, "auto by default");
+        assert_eq!(
+            TrainConfig::load(Some(&p), TrainKeys::default()).unwrap().gradient_checkpointing,
+            super::super::memory::Checkpointing::Auto,
+            "auto by default"
+        );
     }
 
     #[test]

@@ -8,8 +8,16 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// The globs `train-and-push` uploads from the output folder (never checkpoints, caches or
-/// tokens).
-pub const PUBLISHED: [&str; 5] = [names::LORA_WEIGHTS, names::README, "validation-seed-*.png", names::TRAIN_CONFIG, names::TRAINING_LOG];
+/// tokens); the kohya and ComfyUI copies exist only with `lora_formats`.
+pub const PUBLISHED: [&str; 7] = [
+    names::LORA_WEIGHTS,
+    names::LORA_WEIGHTS_KOHYA,
+    names::LORA_WEIGHTS_COMFYUI,
+    names::README,
+    "validation-seed-*.png",
+    names::TRAIN_CONFIG,
+    names::TRAINING_LOG,
+];
 
 /// A photo the run would skip, with the loader's reason.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -64,6 +72,7 @@ pub fn dry_run(cfg: &TrainConfig, model_dir: &Path) -> Result<DryRun, DryRunErro
         .filter_map(|p| crate::dataset::images::load_rgb(p).err().map(|problem| Skipped { file: p.clone(), reason: problem.reason }))
         .collect();
     let mut files: Vec<String> = [names::LORA_WEIGHTS, names::README, names::TRAIN_CONFIG, names::TRAINING_LOG].map(String::from).to_vec();
+    files.extend(cfg.lora_formats.iter().filter(|f| **f != crate::diffusion::lora::export::ExportFormat::Peft).map(|f| f.file_name().to_string()));
     if cfg.validation_prompt.is_some() {
         files.extend((0..cfg.num_validation_images as u64).map(|i| format!("validation-seed-{}.png", cfg.seed + i)));
     }

@@ -196,12 +196,20 @@ impl<'de> serde::Deserialize<'de> for Checkpointing {
         match Raw::deserialize(d)? {
             Raw::Bool(true) => Ok(Checkpointing::On),
             Raw::Bool(false) => Ok(Checkpointing::Off),
-            Raw::Text(t) => match t.to_ascii_lowercase().as_str() {
-                "auto" => Ok(Checkpointing::Auto),
-                "true" | "on" | "yes" => Ok(Checkpointing::On),
-                "false" | "off" | "no" => Ok(Checkpointing::Off),
-                _ => Err(serde::de::Error::custom(format!("`{t}` is not one of auto, true, false"))),
-            },
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl std::str::FromStr for Checkpointing {
+    type Err = String;
+    /// `auto`, `true`/`on`/`yes`, `false`/`off`/`no` (the flag's values; the YAML key also takes booleans).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Checkpointing::Auto),
+            "true" | "on" | "yes" => Ok(Checkpointing::On),
+            "false" | "off" | "no" => Ok(Checkpointing::Off),
+            _ => Err(format!("`{s}` is not one of auto, true, false")),
         }
     }
 }
