@@ -110,6 +110,18 @@ fn planted(profile: &str, expected: &[&str]) -> serde_json::Value {
         }
     }
     assert!(out.join("report.html").is_file() && out.join("report.json").is_file());
+    // Paired seeds: a heat map per seed of where local and Hub differ, and of the best ablation
+    // (none when the noise differs, or the sides rendered at different sizes).
+    let diffs = v["seed_diffs"].as_array().unwrap();
+    assert!(v["paired"] == true || diffs.is_empty(), "heat maps of unpaired seeds");
+    for d in diffs {
+        for key in ["hub", "local", "local_heatmap"] {
+            assert!(out.join(d[key].as_str().unwrap()).is_file(), "{key}: {d}");
+        }
+        if !d["ablation"].is_null() {
+            assert!(out.join(d["ablation"]["heatmap"].as_str().unwrap()).is_file(), "{d}");
+        }
+    }
     v
 }
 
@@ -188,7 +200,15 @@ fn only_the_noise_generator_differing_is_nothing_to_explain() {
 
 #[test]
 fn another_lora_scale_is_named() {
-    planted("lora_scale: 3.0\n", &["lora_scale"]);
+    let v = planted("lora_scale: 3.0\n", &["lora_scale"]);
+    // The Hub's LoRA scale reproduces its renders pixel by pixel: the best ablation's heat map is
+    // far darker than the local one's.
+    let diffs = v["seed_diffs"].as_array().unwrap();
+    assert!(!diffs.is_empty(), "both sides use torch's generator: seeds pair");
+    for d in diffs {
+        let (local, ablated) = (d["local_mean_abs"].as_f64().unwrap(), d["ablation"]["mean_abs"].as_f64().unwrap());
+        assert!(ablated < local / 4.0, "seed {}: |local − Hub| {local}, |ablation − Hub| {ablated}", d["seed"]);
+    }
 }
 
 /// Two causes at once: both are ablated, and one of them comes first.

@@ -3,6 +3,7 @@
 //! difference is the cause.
 
 pub mod diagnosis;
+pub mod heatmap;
 pub mod local;
 pub mod plots;
 pub mod report;

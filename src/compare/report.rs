@@ -95,6 +95,7 @@ pub fn html(c: &Comparison) -> Result<String, minijinja::Error> {
         verdict => c.verdict, causes => c.causes, skipped => c.skipped, settings => c.settings,
         distance => c.distance, noise_floor => c.noise_floor, pairs => pairs, plots => plots,
         stat_rows => stat_rows(&c.local.stats, &c.hub.stats), ablations => ablations, hub => hub,
+        seed_diffs => c.seed_diffs, full_scale => super::heatmap::FULL_SCALE,
     };
     env.get_template(PAGE.0)?.render(minijinja::context! { r => r })
 }

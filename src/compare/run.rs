@@ -163,6 +163,9 @@ pub struct Comparison {
     pub skipped: Vec<Skipped>,
     pub causes: Vec<Cause>,
     pub verdict: String,
+    /// Paired runs: per seed, where the local render and the best ablation differ from the Hub's
+    /// (`heatmaps/`).
+    pub seed_diffs: Vec<super::heatmap::SeedDiff>,
 }
 
 fn rel(out: &Path, p: &Path) -> String {
@@ -452,6 +455,13 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         };
     }
 
+    let best = ablations.iter().filter(|a| a.effect > 0.0).max_by(|a, b| a.effect.total_cmp(&b.effect));
+    let seed_diffs = if paired {
+        super::heatmap::seed_diffs(&o.out, &local_images, &hub_images, best)
+            .map_err(|source| CompareError::Io { what: o.out.join("heatmaps").display().to_string(), source })?
+    } else {
+        Vec::new()
+    };
     Ok(Comparison {
         prompt: o.prompt.clone(),
         date: crate::hub::clock::now_rfc3339(),
@@ -471,5 +481,6 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         skipped,
         causes,
         verdict,
+        seed_diffs,
     })
 }
