@@ -41,7 +41,7 @@ pub struct CheckArgs {
 pub enum CaptionsCmd {
     /// Print all captions as TSV (file_name<TAB>text) for editing in one file
     Export(SourceArgs),
-    /// Read a TSV (from `export`) back into sidecars or metadata.jsonl
+    /// Read a TSV (from `export`) back into sidecars or the metadata file (metadata.jsonl/.csv)
     Import(ImportArgs),
     /// List images with missing, empty or duplicated captions (exit 1 if any)
     Check(SourceArgs),
@@ -50,9 +50,12 @@ pub enum CaptionsCmd {
 #[derive(clap::Args, Debug)]
 pub struct SourceArgs {
     dir: PathBuf,
-    /// sidecar, metadata or instance (default: metadata.jsonl if present, else sidecars)
+    /// sidecar, metadata or instance (default: metadata.jsonl/metadata.csv if present, else sidecars)
     #[arg(long)]
     source: Option<CaptionSource>,
+    /// The metadata column that holds the captions (default: the first of text, caption, prompt)
+    #[arg(long)]
+    caption_column: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -60,9 +63,12 @@ pub struct ImportArgs {
     dir: PathBuf,
     /// The TSV file ("-" for stdin)
     file: PathBuf,
-    /// Write to sidecar .txt files or metadata.jsonl (default: what the folder uses, else sidecar)
+    /// Write to sidecar .txt files or the metadata file (default: what the folder uses, else sidecar)
     #[arg(long)]
     to: Option<CaptionSource>,
+    /// The metadata column that holds the captions (default: the first of text, caption, prompt)
+    #[arg(long)]
+    caption_column: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,9 +85,12 @@ pub struct CaptionArgs {
     /// Replace existing captions too (default: only images without one)
     #[arg(long)]
     overwrite: bool,
-    /// Write to sidecar .txt files or metadata.jsonl (default: what the folder uses, else sidecar)
+    /// Write to sidecar .txt files or the metadata file (default: what the folder uses, else sidecar)
     #[arg(long)]
     to: Option<CaptionSource>,
+    /// The metadata column that holds the captions (default: the first of text, caption, prompt)
+    #[arg(long)]
+    caption_column: Option<String>,
     /// Show what would be written, write nothing
     #[arg(long)]
     dry_run: bool,
@@ -96,6 +105,9 @@ pub struct ReportArgs {
     /// Caption source for the vocabulary section (default: detected)
     #[arg(long)]
     source: Option<CaptionSource>,
+    /// The metadata column that holds the captions (default: the first of text, caption, prompt)
+    #[arg(long)]
+    caption_column: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -177,13 +189,18 @@ fn write_target(dir: &Path, images: &[PathBuf], to: Option<CaptionSource>) -> an
 fn export(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
     let images = list_images(&a.dir)?;
     let source = source_or_detect(&a.dir, &images, a.source);
-    let caps = load_captions(&a.dir, &images, source)?;
+    let loaded = load_captions(&a.dir, &images, source, a.caption_column.as_deref())?;
+    let caps = &loaded.captions;
     if ctx.json {
-        let rows: Vec<_> = images.iter().zip(&caps).map(|(p, c)| serde_json::json!({"file": relative_name(&a.dir, p), "caption": c})).collect();
-        ctx.emit_json(&serde_json::json!({ "source": source, "captions": rows }));
+        let rows: Vec<_> = images.iter().zip(caps).map(|(p, c)| serde_json::json!({"file": relative_name(&a.dir, p), "caption": c})).collect();
+        ctx.emit_json(&serde_json::json!({ "source": loaded.source, "captions": rows, "loaded": loaded }));
     } else {
-        // TSV goes to stdout even with --quiet: it is the command's output, not chatter.
-        print!("{}", captions::to_tsv(&a.dir, &images, &caps));
+        // TSV goes to stdout even with --quiet: it is the command's output, not chatter; the
+        // note on where the captions came from goes to stderr so the TSV stays clean.
+        print!("{}", captions::to_tsv(&a.dir, &images, caps));
+        if !ctx.quiet {
+            eprintln!("{}", loaded.describe());
+        }
     }
     Ok(())
 }
@@ -198,23 +215,26 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<()> {
     let origin = if a.file.as_os_str() == "-" { Path::new("<stdin>") } else { a.file.as_path() };
     let caps = captions::from_tsv(&a.dir, &images, &text, origin).map_err(|e| bad_input(e.to_string()))?;
     let target = write_target(&a.dir, &images, a.to)?;
-    let written = save_captions(&a.dir, &images, &caps, target)?;
+    let written = save_captions(&a.dir, &images, &caps, target, a.caption_column.as_deref())?;
+    let after = load_captions(&a.dir, &images, target, a.caption_column.as_deref())?;
     let untouched: Vec<String> = images.iter().zip(&caps).filter(|(_, c)| c.is_none()).map(|(p, _)| relative_name(&a.dir, p)).collect();
-    ctx.emit_json(&serde_json::json!({ "written": written, "target": target, "untouched": untouched }));
+    ctx.emit_json(&serde_json::json!({ "written": written, "target": target, "untouched": untouched, "captions": after }));
     ctx.say(&format!("wrote {written} captions ({target}); {} images not in the file kept theirs", untouched.len()));
+    ctx.say(&after.describe());
     Ok(())
 }
 
 fn check_captions(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
     let images = list_images(&a.dir)?;
     let source = source_or_detect(&a.dir, &images, a.source);
-    let caps = load_captions(&a.dir, &images, source)?;
-    let issues = caption_issues(&a.dir, &images, &caps);
-    ctx.emit_json(&serde_json::json!({ "source": source, "images": images.len(), "issues": issues }));
+    let loaded = load_captions(&a.dir, &images, source, a.caption_column.as_deref())?;
+    let issues = caption_issues(&a.dir, &images, &loaded.captions);
+    ctx.emit_json(&serde_json::json!({ "source": loaded.source, "images": images.len(), "issues": issues, "captions": loaded }));
     for i in &issues {
         ctx.say(&format!("{}: {}", i.file, i.message));
     }
-    ctx.say(&format!("{} images, captions from {source}: {} with problems", images.len(), issues.len()));
+    ctx.say(&loaded.describe());
+    ctx.say(&format!("{} images, captions from {}: {} with problems", images.len(), loaded.source, issues.len()));
     if !issues.is_empty() {
         return Err(Reported { code: exit::FAILURE, message: format!("{} image(s) with missing, empty or duplicated captions", issues.len()) }.into());
     }
@@ -233,10 +253,8 @@ fn caption(ctx: &Ctx, a: CaptionArgs) -> anyhow::Result<()> {
     }
     let images = list_images(&a.dir)?;
     let target = write_target(&a.dir, &images, a.to)?;
-    let current = match detect_source(&a.dir, &images) {
-        CaptionSource::Instance => vec![None; images.len()],
-        s => load_captions(&a.dir, &images, s)?,
-    };
+    let loaded = load_captions(&a.dir, &images, detect_source(&a.dir, &images), a.caption_column.as_deref())?;
+    let current = &loaded.captions;
     let has = |i: usize| current[i].as_deref().is_some_and(|c| !c.is_empty());
     let todo: Vec<usize> = (0..images.len()).filter(|&i| a.overwrite || !has(i)).collect();
     let mut generated: Vec<Option<String>> = vec![None; images.len()];
@@ -274,7 +292,7 @@ fn caption(ctx: &Ctx, a: CaptionArgs) -> anyhow::Result<()> {
         let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         new[i] = Some(template.replace("{caption}", fill).replace("{file}", &stem).trim().to_string());
     }
-    let written = if a.dry_run { new.iter().flatten().count() } else { save_captions(&a.dir, &images, &new, target)? };
+    let written = if a.dry_run { new.iter().flatten().count() } else { save_captions(&a.dir, &images, &new, target, a.caption_column.as_deref())? };
     let rows: Vec<_> = images
         .iter()
         .zip(&new)
@@ -285,12 +303,14 @@ fn caption(ctx: &Ctx, a: CaptionArgs) -> anyhow::Result<()> {
         "written": if a.dry_run { 0 } else { written }, "dry_run": a.dry_run, "target": target, "captions": rows,
         "skipped_no_caption": skipped, "kept_existing": kept,
         "model": model_dir.map(|d| d.display().to_string()), "unreadable": unreadable,
+        "before": loaded,
     }));
     for r in &rows {
         ctx.say(&format!("{}: {}", r["file"].as_str().unwrap_or(""), r["caption"].as_str().unwrap_or("")));
     }
     let verb = if a.dry_run { "would write" } else { "wrote" };
     let kept_note = if kept > 0 && !a.overwrite { format!("; {kept} existing kept (--overwrite replaces them)") } else { String::new() };
+    ctx.say(&format!("before: {}", loaded.describe()));
     ctx.say(&format!("{verb} {} captions ({target}){kept_note}", rows.len()));
     if !skipped.is_empty() {
         eprintln!("warning: {} image(s) have no caption to put in {{caption}}: {} (write them with `hfsky dataset captions import`, or generate them with --model blip)", skipped.len(), skipped.join(", "));
@@ -304,9 +324,10 @@ fn caption(ctx: &Ctx, a: CaptionArgs) -> anyhow::Result<()> {
 fn run_report(ctx: &Ctx, a: ReportArgs) -> anyhow::Result<()> {
     let images = list_images(&a.dir)?;
     let source = source_or_detect(&a.dir, &images, a.source);
-    let caps = load_captions(&a.dir, &images, source)?;
-    let r = report::build(&a.dir, &images, &caps)?;
-    let json = serde_json::to_value(&r)?;
+    let loaded = load_captions(&a.dir, &images, source, a.caption_column.as_deref())?;
+    let r = report::build(&a.dir, &images, &loaded.captions)?;
+    let mut json = serde_json::to_value(&r)?;
+    json["captions"] = serde_json::to_value(&loaded)?;
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let html = report::html::render(&r)?;
@@ -318,6 +339,7 @@ fn run_report(ctx: &Ctx, a: ReportArgs) -> anyhow::Result<()> {
     for line in r.summary_lines() {
         ctx.say(&line);
     }
+    ctx.say(&loaded.describe());
     if let Some(out) = &a.out {
         ctx.say(&format!("report: {}", out.join("report.html").display()));
     }

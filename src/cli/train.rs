@@ -155,6 +155,18 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     let rt = ctx.runtime();
     // Before any GPU time is spent: the token (OIDC-exchanged in CI) must be valid and able to write there.
     let (client, _cred) = super::push::writer_client(ctx, &rt, &repo, &a.oidc)?;
+    // The card is checked before training too: a base_model the Hub refuses must not cost a run.
+    let plan = hfsky::card::precheck(&cfg.base_model, cfg.base_model_id.as_deref(), &cfg.instance_prompt, cfg.license.as_deref())
+        .map_err(|e| bad_input(format!("{e}; nothing was trained")))?;
+    match rt.block_on(client.validate_yaml(&plan.readme)) {
+        Err(hfsky::hub::HubError::Http(f)) if matches!(f.status, 400 | 422) => {
+            return Err(bad_input(format!("the model card would be rejected by the Hub: {}; nothing was trained", f.message)));
+        }
+        other => drop(other?),
+    }
+    if let Some(note) = &plan.note {
+        ctx.say(note);
+    }
     if a.dry_run {
         return dry_run(ctx, &rt, &client, &cfg, &repo);
     }
@@ -174,6 +186,7 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
         include: PUBLISHED.iter().map(|s| s.to_string()).collect(),
         exclude: Vec::new(),
         delete: Vec::new(),
+        allow_lfs_pointers: false,
         reporter: super::push::progress_bars(ctx),
     };
     let outcome = rt.block_on(push_folder(&client, &cfg.output_dir, &opts))?;
@@ -189,10 +202,8 @@ fn dry_run(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::HubClie
     let model_dir = rt.block_on(resolve_pipeline(&cfg.base_model, client, None)).map_err(|e| bad_input(format!("base_model: {e}")))?;
     hfsky::diffusion::config::PipelineFiles::open(&model_dir)?;
     let images = hfsky::dataset::list_images(&cfg.dataset).map_err(|e| bad_input(e.to_string()))?;
-    let captions = match cfg.captions {
-        hfsky::train::config::CaptionSource::Instance => vec![None; images.len()],
-        mode => hfsky::dataset::captions::load_captions(&cfg.dataset, &images, mode).map_err(|e| bad_input(e.to_string()))?,
-    };
+    let captions = hfsky::dataset::captions::load_captions(&cfg.dataset, &images, cfg.captions, cfg.caption_column.as_deref())
+        .map_err(|e| bad_input(e.to_string()))?;
     let mut unreadable = Vec::new();
     for p in &images {
         if let Err(problem) = hfsky::dataset::images::load_rgb(p) {
@@ -207,10 +218,11 @@ fn dry_run(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::HubClie
         "dry run: would train on {} of {} image(s) ({} with captions) from {}, then push {} to {repo} in one commit; nothing was trained or written",
         images.len() - unreadable.len(),
         images.len(),
-        captions.iter().filter(|c| c.is_some()).count(),
+        captions.captions.len() - captions.fallback,
         cfg.dataset.display(),
         files.join(", ")
     ));
+    ctx.say(&captions.describe());
     for u in &unreadable {
         ctx.say(&format!("would skip {}: {}", u["file"].as_str().unwrap_or_default(), u["reason"].as_str().unwrap_or_default()));
     }

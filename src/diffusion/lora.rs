@@ -63,6 +63,7 @@ impl LoraWeights {
         let read_err = |detail: String| LoraError::Read { path: path.to_path_buf(), detail };
         let fmt_err = |detail: String| LoraError::Format { path: path.to_path_buf(), detail };
         let bytes = std::fs::read(path).map_err(|e| read_err(e.to_string()))?;
+        crate::lfs_pointer::check_bytes(path, &bytes).map_err(|e| read_err(e.what()))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| read_err(e.to_string()))?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| read_err(e.to_string()))?;
         if tensors.is_empty() {

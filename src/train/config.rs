@@ -118,10 +118,16 @@ pub struct TrainConfig {
     pub dataset: PathBuf,
     /// The trigger phrase, e.g. "a photo of SKY".
     pub instance_prompt: String,
-    /// sidecar (`photo.txt`; images without one get the instance prompt alone) | metadata
-    /// (`metadata.jsonl`) | instance (the instance prompt for every image).
+    /// sidecar (`photo.txt`; images without one get the instance prompt alone; a folder with no
+    /// sidecars but a metadata file uses that) | metadata (`metadata.jsonl` or `metadata.csv`,
+    /// the Hub imagefolder's forms) | instance (the instance prompt for every image).
     #[serde(default = "default_captions")]
     pub captions: CaptionSource,
+    /// The metadata column holding the captions. Default: the first of `text`, `caption`,
+    /// `prompt` the file has (see `dataset::captions::CAPTION_COLUMNS`); a file with none of
+    /// them is an error that lists its columns.
+    #[serde(default)]
+    pub caption_column: Option<String>,
     /// How a per-image caption becomes the training prompt.
     #[serde(default = "default_template")]
     pub caption_template: String,
@@ -214,6 +220,11 @@ pub struct TrainConfig {
     /// `latest` or a checkpoint folder.
     #[serde(default)]
     pub resume_from_checkpoint: Option<String>,
+    /// The Hub id (`namespace/name`) the model card's `base_model` names when `base_model` is a
+    /// local folder that is not an hf-hub cache snapshot (`models--org--name/snapshots/…`, whose id
+    /// is read from the path). Without either the card leaves `base_model` out and says so.
+    #[serde(default)]
+    pub base_model_id: Option<String>,
     /// Card license (default: the base family's: openrail++ for SDXL, creativeml-openrail-m for SD 1.x).
     #[serde(default)]
     pub license: Option<String>,
@@ -384,8 +395,18 @@ fn apply_overrides(map: &mut serde_yaml::Mapping, args: &[String]) -> Result<(),
         };
         let parsed = if key == "target_modules" {
             serde_yaml::Value::Sequence(value.split(',').map(|s| serde_yaml::Value::String(s.trim().to_string())).collect())
-        } else if ["base_model", "instance_prompt", "caption_template", "class_prompt", "validation_prompt", "resume_from_checkpoint", "license"]
-            .contains(&key.as_str())
+        } else if [
+            "base_model",
+            "base_model_id",
+            "instance_prompt",
+            "caption_template",
+            "caption_column",
+            "class_prompt",
+            "validation_prompt",
+            "resume_from_checkpoint",
+            "license",
+        ]
+        .contains(&key.as_str())
         {
             // Free text stays text even when it looks like a number or `yes`.
             serde_yaml::Value::String(value)
