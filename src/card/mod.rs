@@ -104,10 +104,10 @@ fn card_base_model(s: &TrainSummary) -> Option<String> {
 /// `base_model_id` is not a valid model id, with the Hub's own message.
 pub fn hub_base_model(base_model: &str, base_model_id: Option<&str>) -> Result<Option<String>, String> {
     if let Some(id) = base_model_id {
-        return match valid_model_id(id) {
-            true => Ok(Some(id.to_string())),
-            false => Err(format!("base_model_id: {}", base_model_message(id))),
-        };
+        if !valid_model_id(id) {
+            return Err(format!("base_model_id: {}", base_model_message(id)));
+        }
+        return Ok(Some(id.to_string()));
     }
     let path = std::path::Path::new(base_model);
     let local = path.is_absolute() || base_model.starts_with('.') || path.exists();
@@ -115,12 +115,15 @@ pub fn hub_base_model(base_model: &str, base_model_id: Option<&str>) -> Result<O
         let id = base_model.split_once('@').map_or(base_model, |(id, _)| id);
         return Ok(valid_model_id(id).then(|| id.to_string()));
     }
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let parts: Vec<String> = path.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
-    let id = parts.windows(2).rev().find_map(|w| match (w[0].strip_prefix("models--"), w[1].as_str()) {
-        (Some(cached), "snapshots") => Some(cached.replace("--", "/")),
-        _ => None,
-    });
+    // The path as given and with its links resolved: a link to a snapshot, or a snapshot reached through a linked folder.
+    let snapshot_id = |p: &std::path::Path| {
+        let parts: Vec<String> = p.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+        parts.windows(2).rev().find_map(|w| match (w[0].strip_prefix("models--"), w[1].as_str()) {
+            (Some(cached), "snapshots") => Some(cached.replace("--", "/")),
+            _ => None,
+        })
+    };
+    let id = snapshot_id(path).or_else(|| path.canonicalize().ok().and_then(|p| snapshot_id(&p)));
     Ok(id.filter(|id| valid_model_id(id)))
 }
 

@@ -516,6 +516,10 @@ pub async fn plan_push(client: &HubClient, dir: &Path, opts: &PushOptions) -> Re
 
 /// One folder → one commit: creates the repo/branch if needed, plans, uploads, commits.
 pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> Result<PushOutcome, HubError> {
+    // Bad input is refused before the repo or branch is created.
+    if !opts.allow_lfs_pointers {
+        refuse_lfs_pointers(&scan_folder(dir, &opts.include, &opts.exclude)?)?;
+    }
     let (new_repo, new_branch) = prepare_target(client, opts).await?;
     let plan = plan_push(client, dir, opts).await?;
     let mut outcome = commit_plan(client, &plan, opts).await?;
