@@ -193,7 +193,7 @@ fn export(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
     let caps = &loaded.captions;
     if ctx.json {
         let rows: Vec<_> = images.iter().zip(caps).map(|(p, c)| serde_json::json!({"file": relative_name(&a.dir, p), "caption": c})).collect();
-        ctx.emit_json(&serde_json::json!({ "source": loaded.source, "captions": rows, "loaded": loaded }));
+        ctx.emit_json(&serde_json::json!({ "source": loaded.source, "captions": rows, "captions_from": loaded }));
     } else {
         // TSV goes to stdout even with --quiet: it is the command's output, not chatter; the
         // note on where the captions came from goes to stderr so the TSV stays clean.
@@ -218,7 +218,7 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<()> {
     let written = save_captions(&a.dir, &images, &caps, target, a.caption_column.as_deref())?;
     let after = load_captions(&a.dir, &images, target, a.caption_column.as_deref())?;
     let untouched: Vec<String> = images.iter().zip(&caps).filter(|(_, c)| c.is_none()).map(|(p, _)| relative_name(&a.dir, p)).collect();
-    ctx.emit_json(&serde_json::json!({ "written": written, "target": target, "untouched": untouched, "captions": after }));
+    ctx.emit_json(&serde_json::json!({ "written": written, "target": target, "untouched": untouched, "captions_from": after }));
     ctx.say(&format!("wrote {written} captions ({target}); {} images not in the file kept theirs", untouched.len()));
     ctx.say(&after.describe());
     Ok(())
@@ -229,7 +229,7 @@ fn check_captions(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
     let source = source_or_detect(&a.dir, &images, a.source);
     let loaded = load_captions(&a.dir, &images, source, a.caption_column.as_deref())?;
     let issues = caption_issues(&a.dir, &images, &loaded.captions);
-    ctx.emit_json(&serde_json::json!({ "source": loaded.source, "images": images.len(), "issues": issues, "captions": loaded }));
+    ctx.emit_json(&serde_json::json!({ "source": loaded.source, "images": images.len(), "issues": issues, "captions_from": loaded }));
     for i in &issues {
         ctx.say(&format!("{}: {}", i.file, i.message));
     }
@@ -303,7 +303,7 @@ fn caption(ctx: &Ctx, a: CaptionArgs) -> anyhow::Result<()> {
         "written": if a.dry_run { 0 } else { written }, "dry_run": a.dry_run, "target": target, "captions": rows,
         "skipped_no_caption": skipped, "kept_existing": kept,
         "model": model_dir.map(|d| d.display().to_string()), "unreadable": unreadable,
-        "before": loaded,
+        "captions_from": loaded,
     }));
     for r in &rows {
         ctx.say(&format!("{}: {}", r["file"].as_str().unwrap_or(""), r["caption"].as_str().unwrap_or("")));
@@ -327,7 +327,7 @@ fn run_report(ctx: &Ctx, a: ReportArgs) -> anyhow::Result<()> {
     let loaded = load_captions(&a.dir, &images, source, a.caption_column.as_deref())?;
     let r = report::build(&a.dir, &images, &loaded.captions)?;
     let mut json = serde_json::to_value(&r)?;
-    json["captions"] = serde_json::to_value(&loaded)?;
+    json["captions_from"] = serde_json::to_value(&loaded)?;
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let html = report::html::render(&r)?;

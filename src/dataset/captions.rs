@@ -101,7 +101,9 @@ pub fn sidecar_path(image: &Path) -> PathBuf {
 /// The captions of a folder's images and where they came from.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Captions {
-    /// One slot per image, in the images' order: `None` where an image has none.
+    /// One slot per image, in the images' order: `None` where an image has none. (Not in the
+    /// JSON form, which is the summary every command prints beside its own rows.)
+    #[serde(skip)]
     pub captions: Vec<Option<String>>,
     /// The source actually read.
     pub source: CaptionSource,
