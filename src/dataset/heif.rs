@@ -114,4 +114,17 @@ mod tests {
             assert!(l.conversions[0].ends_with("decoded by libheif"), "{:?}", l.conversions);
         }
     }
+
+    /// A phone's rotation, stored as HEIF's `irot` (make.sh adds one: 90° anti-clockwise), is
+    /// applied like EXIF orientation is for JPEG: the loader returns the upright picture.
+    #[test]
+    fn heif_rotation_is_applied() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/field-photos");
+        let l = load_rgb(&dir.join("sky-irot90.heic")).unwrap();
+        assert_eq!(l.original_size, (64, 96));
+        // The old top-right corner (135, 90, 200) is now top-left; the old bottom-left (40, 153, 137) bottom-right.
+        for (got, want) in [(l.rgb.get_pixel(1, 1).0, [135u8, 90, 200]), (l.rgb.get_pixel(62, 94).0, [40, 153, 137])] {
+            assert!(got.iter().zip(want).all(|(g, w)| g.abs_diff(w) <= 12), "{got:?} vs {want:?}");
+        }
+    }
 }
