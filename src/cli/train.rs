@@ -158,11 +158,13 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     // The card is checked before training too: a base_model the Hub refuses must not cost a run.
     let plan = hfsky::card::precheck(&cfg.base_model, cfg.base_model_id.as_deref(), &cfg.instance_prompt, cfg.license.as_deref())
         .map_err(|e| bad_input(format!("{e}; nothing was trained")))?;
-    match rt.block_on(client.validate_yaml(&plan.readme)) {
-        Err(hfsky::hub::HubError::Http(f)) if matches!(f.status, 400 | 422) => {
-            return Err(bad_input(format!("the model card would be rejected by the Hub: {}; nothing was trained", f.message)));
-        }
-        other => drop(other?),
+    if let Err(e) = rt.block_on(client.validate_yaml(&plan.readme)) {
+        return Err(match e {
+            hfsky::hub::HubError::Http(f) if matches!(f.status, 400 | 422) => {
+                bad_input(format!("the model card would be rejected by the Hub: {}; nothing was trained", f.message))
+            }
+            e => e.into(),
+        });
     }
     if let Some(note) = &plan.note {
         ctx.say(note);

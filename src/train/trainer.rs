@@ -213,11 +213,10 @@ impl Trainer<'_> {
 
         // Photos and captions first: bad input should fail before any model is loaded.
         let images = dataset::list_images(&cfg.dataset).map_err(|e| TrainError::Input(e.to_string()))?;
-        let loaded = dataset::captions::load_captions(&cfg.dataset, &images, cfg.captions, cfg.caption_column.as_deref())
+        let found = dataset::captions::load_captions(&cfg.dataset, &images, cfg.captions, cfg.caption_column.as_deref())
             .map_err(|e| TrainError::Input(e.to_string()))?;
-        on(Event::Note(loaded.describe()));
-        let caption_source = loaded.source;
-        let captions = loaded.captions;
+        on(Event::Note(found.describe()));
+        let (caption_source, captions) = (found.source, found.captions);
         let mut loaded = Vec::new();
         let mut skipped = Vec::new();
         for (path, caption) in images.iter().zip(captions) {
