@@ -17,11 +17,28 @@ command -v gnome-keyring-daemon >/dev/null || need+=(gnome-keyring)
 command -v secret-tool >/dev/null || need+=(libsecret-tools)
 # Headless Chromium opens the compare report and screenshots it (tests/cli_compare.rs).
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
+# HEIC/HEIF/AVIF photos (cargo feature `heif`): libheif >= 1.17 from the system when it has one,
+# else (Debian bookworm ships 1.15) libheif built from source and linked statically
+# (`heif-embedded`), which needs cmake, a C++ compiler and the codec headers (HEVC, AV1).
+command -v pkg-config >/dev/null || need+=(pkg-config)
+if ! pkg-config --atleast-version=1.17 libheif 2>/dev/null; then
+  command -v cmake >/dev/null || need+=(cmake)
+  command -v g++ >/dev/null || need+=(g++)
+  pkg-config --exists libde265 2>/dev/null || need+=(libde265-dev)
+  pkg-config --exists dav1d 2>/dev/null || need+=(libdav1d-dev)
+  # libheif also links the x265 encoder when its headers are there, and x265 needs libnuma.
+  if pkg-config --exists x265 2>/dev/null && ! pkg-config --exists numa 2>/dev/null; then need+=(libnuma-dev); fi
+fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+if pkg-config --atleast-version=1.17 libheif 2>/dev/null; then HEIF_FEATURE=heif; else HEIF_FEATURE=heif-embedded; fi
+export HEIF_FEATURE
+# The HEIF decoder is optional code: the gate covers it too.
+cargo clippy --all-targets --locked --features "$HEIF_FEATURE" -- -D warnings
 
 # The official client for the conformance test (small: no torch). HF_HUB_DISABLE_XET=1 is set
 # by the test so uploads take the LFS path the offline Hub speaks.
@@ -51,5 +68,5 @@ export KEYRING_HOME
 dbus-run-session -- bash -c '
   export XDG_DATA_HOME="$KEYRING_HOME"
   printf "hfsky-test-keyring" | gnome-keyring-daemon --unlock --components=secrets >/dev/null
-  HFSKY_TEST_SECRET_SERVICE=1 HFSKY_TEST_BROWSER=1 cargo test --locked "$@"
+  HFSKY_TEST_SECRET_SERVICE=1 HFSKY_TEST_BROWSER=1 cargo test --locked --features "$HEIF_FEATURE" "$@"
 ' hfsky-tests "$@"

@@ -267,6 +267,8 @@ impl Categorized for CaptionError {
             | CaptionError::NotUtf8 { .. }
             | CaptionError::Line { .. }
             | CaptionError::NoMetadata { .. }
+            | CaptionError::TwoMetadata { .. }
+            | CaptionError::NoColumn { .. }
             | CaptionError::SidecarClash { .. }
             | CaptionError::InstanceTarget => ExitCategory::BadInput,
             CaptionError::Write { .. } => ExitCategory::Failure,

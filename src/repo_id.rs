@@ -16,7 +16,8 @@ pub struct RepoId {
     pub name: String,
 }
 
-fn valid_part(p: &str) -> bool {
+/// One part of a repo id (namespace or name) per the Hub's naming rules.
+pub fn valid_part(p: &str) -> bool {
     !p.is_empty()
         && p.len() <= 96
         && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))

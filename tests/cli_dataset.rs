@@ -161,8 +161,13 @@ fn captions_export_edit_import_round_trip() {
         write(&d.join(n), &gen::jpeg(&gen::photo(64, 48, 1)));
     }
     write(&d.join("a.txt"), b"orange sunset");
-    let tsv = String::from_utf8(ok(&run(&["dataset", "captions", "export", p(d)])).into_bytes()).unwrap();
+    let o = run(&["dataset", "captions", "export", p(d)]);
+    ok(&o);
+    // The TSV alone on stdout; where the captions came from on stderr.
+    let tsv = String::from_utf8(o.stdout).unwrap();
     assert_eq!(tsv, "file_name\ttext\na.jpg\torange sunset\nb.jpg\t\nsub/c.png\t\n");
+    let note = String::from_utf8(o.stderr).unwrap();
+    assert!(note.contains("captions from sidecar .txt files: 2 of 3 photo(s) fall back to the instance prompt"), "{note}");
     let edited = tsv.replace("b.jpg\t", "b.jpg\tpurple storm\\nover the sea").replace("sub/c.png\t", "sub/c.png\tgrey dusk");
     let file = t.path().join("captions.tsv");
     std::fs::write(&file, &edited).unwrap();

@@ -12,6 +12,9 @@ pub const LORA_TEMPLATE: &str = include_str!("../../model_cards/lora.md.j2");
 pub enum CardError {
     #[error("model card template: {0}")]
     Template(String),
+    /// The card would be refused by the Hub's metadata check (the messages it would answer).
+    #[error("the model card would be rejected by the Hub: {}", .0.join("; "))]
+    Rejected(Vec<String>),
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -28,7 +31,10 @@ pub struct WidgetEntry {
 /// The card's front matter, in the Hub's field names.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct CardMetadata {
-    pub base_model: String,
+    /// A Hub model id, or absent: never a local path (the Hub rejects it, and it leaks the
+    /// trainer's directory layout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<String>,
     pub instance_prompt: String,
     pub license: String,
     pub library_name: String,
@@ -72,7 +78,7 @@ impl CardMetadata {
             .map(|v| v.images.iter().map(|url| WidgetEntry { text: v.prompt.clone(), output: WidgetOutput { url: url.clone() } }).collect())
             .unwrap_or_default();
         CardMetadata {
-            base_model: s.base_model.clone(),
+            base_model: card_base_model(s),
             instance_prompt: s.instance_prompt.clone(),
             license: s.license.clone(),
             library_name: "diffusers".into(),
@@ -82,6 +88,161 @@ impl CardMetadata {
             hfsky: RenderHints { architecture: s.architecture.clone(), training_resolution: s.resolution, validation: s.validation.clone() },
         }
     }
+}
+
+/// The card's `base_model` for a run: the id the trainer resolved, or (for a summary written
+/// before that field existed) the id resolved from `base_model` now.
+fn card_base_model(s: &TrainSummary) -> Option<String> {
+    s.base_model_id.clone().or_else(|| hub_base_model(&s.base_model, None).ok().flatten())
+}
+
+/// The Hub model id a card should name for a run trained from `base_model` (train.yaml's
+/// key: a Hub id `namespace/name[@revision]` or a local folder): `base_model_id` when set;
+/// else the id itself; else, for a folder inside an hf-hub cache
+/// (`…/models--org--name/snapshots/<commit>/…`, huggingface_hub's `file_download.py` layout),
+/// the id that folder caches; else `None` (the card leaves `base_model` out). `Err` when
+/// `base_model_id` is not a valid model id, with the Hub's own message.
+pub fn hub_base_model(base_model: &str, base_model_id: Option<&str>) -> Result<Option<String>, String> {
+    if let Some(id) = base_model_id {
+        if !valid_model_id(id) {
+            return Err(format!("base_model_id: {}", base_model_message(id)));
+        }
+        return Ok(Some(id.to_string()));
+    }
+    let path = std::path::Path::new(base_model);
+    let local = path.is_absolute() || base_model.starts_with('.') || path.exists();
+    if !local {
+        let id = base_model.split_once('@').map_or(base_model, |(id, _)| id);
+        return Ok(valid_model_id(id).then(|| id.to_string()));
+    }
+    // The path as given and with its links resolved: a link to a snapshot, or a snapshot reached through a linked folder.
+    let snapshot_id = |p: &std::path::Path| {
+        let parts: Vec<String> = p.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+        parts.windows(2).rev().find_map(|w| match (w[0].strip_prefix("models--"), w[1].as_str()) {
+            (Some(cached), "snapshots") => Some(cached.replace("--", "/")),
+            _ => None,
+        })
+    };
+    let id = snapshot_id(path).or_else(|| path.canonicalize().ok().and_then(|p| snapshot_id(&p)));
+    Ok(id.filter(|id| valid_model_id(id)))
+}
+
+/// A Hub model id: `name` (the few legacy root models) or `namespace/name`, each part letters,
+/// digits, `-`, `_`, `.`, no `--` or `..`, not starting or ending with `-` or `.`, at most 96
+/// characters (huggingface_hub's `validate_repo_id` and the Hub's naming rules).
+pub fn valid_model_id(id: &str) -> bool {
+    let parts: Vec<&str> = id.split('/').collect();
+    parts.len() <= 2 && parts.iter().all(|p| crate::repo_id::valid_part(p))
+}
+
+fn base_model_message(value: &str) -> String {
+    format!("\"base_model\" with value \"{value}\" is not valid. Use a model id from https://hf.co/models.")
+}
+
+/// The `base_model_relation` values the Hub documents (model-cards.md, "Specifying a base model").
+pub const BASE_MODEL_RELATIONS: &[&str] = &["adapter", "merge", "quantized", "finetune"];
+
+/// The Hub's model-card metadata rules (hub-docs `model-cards.md` and the `ModelCardData`
+/// fields of huggingface_hub's `repocard_data.py`) applied to a parsed metadata block: each
+/// violation as the message the Hub's validate-yaml answers with (`"base_model" with value "…"
+/// is not valid. Use a model id from https://hf.co/models.`), empty when the Hub accepts it.
+pub fn metadata_errors(meta: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    let mut errors = Vec::new();
+    match &meta["base_model"] {
+        Value::Null => {}
+        Value::String(s) if valid_model_id(s) => {}
+        Value::Array(items) => {
+            for v in items {
+                match v {
+                    Value::String(s) if valid_model_id(s) => {}
+                    Value::String(s) => errors.push(base_model_message(s)),
+                    other => errors.push(base_model_message(&other.to_string())),
+                }
+            }
+        }
+        Value::String(s) => errors.push(base_model_message(s)),
+        other => errors.push(base_model_message(&other.to_string())),
+    }
+    match &meta["base_model_relation"] {
+        Value::Null => {}
+        Value::String(s) if BASE_MODEL_RELATIONS.contains(&s.as_str()) => {}
+        _ => errors.push(format!("\"base_model_relation\" must be one of [{}]", BASE_MODEL_RELATIONS.join(", "))),
+    }
+    if !meta["base_model_relation"].is_null() && meta["base_model"].is_null() {
+        errors.push("\"base_model_relation\" requires \"base_model\"".into());
+    }
+    for key in ["license", "library_name", "pipeline_tag", "license_name", "license_link", "model_name"] {
+        if !matches!(meta[key], Value::Null | Value::String(_)) {
+            errors.push(format!("\"{key}\" must be a string"));
+        }
+    }
+    for key in ["tags", "datasets", "language", "metrics"] {
+        let ok = match &meta[key] {
+            Value::Null | Value::String(_) => true,
+            Value::Array(items) => items.iter().all(Value::is_string),
+            _ => false,
+        };
+        if !ok {
+            errors.push(format!("\"{key}\" must be a string or an array of strings"));
+        }
+    }
+    if meta["license"] == "other" && (meta["license_name"].is_null() != meta["license_link"].is_null()) {
+        errors.push("\"license_name\" and \"license_link\" go together: give both (or neither)".into());
+    }
+    errors
+}
+
+/// Every reason the Hub would refuse `readme`'s metadata: a block that does not parse, or the
+/// rules of [`metadata_errors`].
+pub fn card_errors(readme: &str) -> Vec<String> {
+    match front_matter(readme) {
+        Ok(meta) => metadata_errors(&meta),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+/// What the card of a run will say about its base, known before training.
+#[derive(Debug, Clone)]
+pub struct CardPlan {
+    /// The card's `base_model` ([`hub_base_model`]).
+    pub base_model: Option<String>,
+    /// A card with the metadata the trained card will carry (base model, license, prompt, tags),
+    /// for the Hub's validate-yaml before any training time is spent.
+    pub readme: String,
+    /// Said to the user when the card will have no `base_model`.
+    pub note: Option<String>,
+}
+
+/// The card check `train-and-push` runs before training: the base resolves to a Hub id or to
+/// nothing, and the metadata the card will carry passes the Hub's rules ([`metadata_errors`]).
+/// `Err(CardError::Rejected)` with the Hub's messages otherwise.
+pub fn precheck(base_model: &str, base_model_id: Option<&str>, instance_prompt: &str, license: Option<&str>) -> Result<CardPlan, CardError> {
+    let id = hub_base_model(base_model, base_model_id).map_err(|e| CardError::Rejected(vec![e]))?;
+    let mut meta = serde_json::json!({
+        "instance_prompt": instance_prompt,
+        "library_name": "diffusers",
+        "pipeline_tag": "text-to-image",
+        "tags": ["text-to-image", "diffusers", "lora", "hfsky"],
+    });
+    if let Some(id) = &id {
+        meta["base_model"] = id.clone().into();
+    }
+    if let Some(l) = license {
+        meta["license"] = l.into();
+    }
+    let errors = metadata_errors(&meta);
+    if !errors.is_empty() {
+        return Err(CardError::Rejected(errors));
+    }
+    let yaml = serde_yaml::to_string(&meta).map_err(|e| CardError::Template(e.to_string()))?;
+    let note = id.is_none().then(|| {
+        format!(
+            "model card: base_model {base_model} is a local folder with no Hub id, so the card leaves `base_model` out (the Hub cannot link \
+             the base; its widget and providers cannot render the LoRA): set base_model_id: namespace/name in train.yaml to name it"
+        )
+    });
+    Ok(CardPlan { base_model: id, readme: format!("---\n{yaml}---\n"), note })
 }
 
 /// README.md for a trained LoRA that will live at `repo` (`namespace/name`).
@@ -94,6 +255,7 @@ pub fn render(summary: &TrainSummary, repo: &str, template: Option<&str>) -> Res
     let title = repo.rsplit('/').next().unwrap_or(repo).to_string();
     let ctx = minijinja::context! {
         s => summary,
+        base_model => meta.base_model,
         v => summary.validation,
         repo => repo,
         title => title,
@@ -154,6 +316,7 @@ mod tests {
     pub(crate) fn summary(arch: &str, res: usize) -> TrainSummary {
         TrainSummary {
             base_model: "stabilityai/stable-diffusion-xl-base-1.0".into(),
+            base_model_id: None,
             architecture: arch.into(),
             instance_prompt: "a photo of SKY".into(),
             resolution: res,
@@ -238,6 +401,75 @@ mod tests {
         assert!(matches!(front_matter("---\nlicense: mit\n"), Err(FrontMatterError::Unclosed)));
         assert!(matches!(front_matter("---\n- a\n---\n"), Err(FrontMatterError::NotMapping)));
         assert_eq!(front_matter("# no metadata").unwrap(), serde_json::json!({}));
+    }
+
+    #[test]
+    fn base_model_is_a_hub_id_or_nothing() {
+        assert_eq!(
+            hub_base_model("stabilityai/stable-diffusion-xl-base-1.0", None).unwrap().as_deref(),
+            Some("stabilityai/stable-diffusion-xl-base-1.0")
+        );
+        assert_eq!(hub_base_model("alice/base@refs/pr/1", None).unwrap().as_deref(), Some("alice/base"));
+        assert_eq!(hub_base_model("alice/base", Some("bob/other")).unwrap().as_deref(), Some("bob/other"));
+        let e = hub_base_model("alice/base", Some("/home/me/sd15")).unwrap_err();
+        assert!(e.starts_with("base_model_id: \"base_model\" with value \"/home/me/sd15\" is not valid"), "{e}");
+        let t = tempfile::tempdir().unwrap();
+        // An hf-hub cache snapshot names its repo; any folder inside it too.
+        let snap = t.path().join("hub/models--stable-diffusion-v1-5--stable-diffusion-v1-5/snapshots/451f4fe16113bff5a5d2269ed5ad43b0592e9a14");
+        std::fs::create_dir_all(snap.join("unet")).unwrap();
+        for p in [&snap, &snap.join("unet")] {
+            assert_eq!(hub_base_model(p.to_str().unwrap(), None).unwrap().as_deref(), Some("stable-diffusion-v1-5/stable-diffusion-v1-5"));
+        }
+        let plain = t.path().join("my-sd15");
+        std::fs::create_dir(&plain).unwrap();
+        assert_eq!(hub_base_model(plain.to_str().unwrap(), None).unwrap(), None);
+        assert_eq!(hub_base_model(plain.to_str().unwrap(), Some("alice/sd15")).unwrap().as_deref(), Some("alice/sd15"));
+        assert_eq!(hub_base_model("./relative", None).unwrap(), None);
+    }
+
+    #[test]
+    fn a_local_base_leaves_base_model_out_and_the_card_passes_the_hubs_rules() {
+        let mut s = summary("sd", 512);
+        s.base_model = "/home/me/models/sd15".into();
+        let card = render(&s, "alice/sky-lora", None).unwrap();
+        assert!(!card.contains("/home/me"), "the local path never reaches the card:\n{card}");
+        assert!(front_matter(&card).unwrap().get("base_model").is_none());
+        assert!(card.contains("base_model_id"), "the body says how to name the base");
+        assert!(card_errors(&card).is_empty(), "{:?}", card_errors(&card));
+        s.base_model_id = Some("alice/sd15".into());
+        let card = render(&s, "alice/sky-lora", None).unwrap();
+        assert_eq!(front_matter(&card).unwrap()["base_model"], "alice/sd15");
+        assert!(card.contains("from_pretrained(\"alice/sd15\""));
+    }
+
+    #[test]
+    fn the_hubs_metadata_rules() {
+        let errs = |yaml: &str| metadata_errors(&serde_yaml::from_str(yaml).unwrap());
+        assert!(errs("base_model: alice/x\nbase_model_relation: adapter\nlicense: mit\ntags: [a, b]\nlanguage: en").is_empty());
+        assert_eq!(errs("base_model: my model"), ["\"base_model\" with value \"my model\" is not valid. Use a model id from https://hf.co/models."]);
+        assert_eq!(errs("base_model: [alice/x, ../y]").len(), 1);
+        assert_eq!(errs("base_model: 3").len(), 1);
+        assert_eq!(errs("base_model_relation: adapter"), ["\"base_model_relation\" requires \"base_model\""]);
+        assert_eq!(errs("license: [mit]"), ["\"license\" must be a string"]);
+        assert_eq!(errs("tags: [a, [b]]"), ["\"tags\" must be a string or an array of strings"]);
+        assert_eq!(errs("license: other\nlicense_name: mine").len(), 1);
+        assert!(
+            valid_model_id("gpt2") && valid_model_id("a/b.c_d-e") && !valid_model_id("a/b/c") && !valid_model_id("a--b/c") && !valid_model_id("")
+        );
+        assert_eq!(card_errors("---\nlicense: [x\n---\n").len(), 1);
+    }
+
+    #[test]
+    fn precheck_refuses_before_training_and_notes_a_missing_base() {
+        let e = precheck("alice/base", Some("not an id"), "a photo of SKY", None).unwrap_err();
+        assert!(matches!(&e, CardError::Rejected(m) if m.len() == 1) && e.to_string().contains("not an id"), "{e}");
+        let t = tempfile::tempdir().unwrap();
+        let plan = precheck(t.path().to_str().unwrap(), None, "a photo of SKY", Some("mit")).unwrap();
+        assert!(plan.base_model.is_none() && plan.note.as_deref().unwrap().contains("base_model_id"));
+        assert!(card_errors(&plan.readme).is_empty() && front_matter(&plan.readme).unwrap()["license"] == "mit");
+        let plan = precheck("alice/base", None, "a photo of SKY", None).unwrap();
+        assert_eq!((plan.base_model.as_deref(), plan.note), (Some("alice/base"), None));
+        assert!(matches!(precheck("alice/base", None, "x", None).map(|p| p.readme).as_deref(), Ok(r) if r.contains("base_model: alice/base")));
     }
 
     #[test]

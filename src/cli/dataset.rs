@@ -1,7 +1,7 @@
 use super::{bad_input, exit, Ctx, Reported};
 use anyhow::Context;
 use hfsky::dataset::captioning::{write_target, CaptionOutcome, CaptionPlan, CaptionTemplate};
-use hfsky::dataset::captions::{self, caption_issues, detect_source, load_captions, save_captions, CaptionSource};
+use hfsky::dataset::captions::{self, caption_issues, detect_source, load_captions, save_captions, CaptionSource, Captions};
 use hfsky::dataset::check::{check, Severity};
 use hfsky::dataset::{blip, fix, list_images, relative_name, report};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -41,7 +41,7 @@ pub struct CheckArgs {
 pub enum CaptionsCmd {
     /// Print all captions as TSV (file_name<TAB>text) for editing in one file
     Export(SourceArgs),
-    /// Read a TSV (from `export`) back into sidecars or metadata.jsonl
+    /// Read a TSV (from `export`) back into sidecars or the metadata file (metadata.jsonl/.csv)
     Import(ImportArgs),
     /// List images with missing, empty or duplicated captions (exit 1 if any)
     Check(SourceArgs),
@@ -50,9 +50,12 @@ pub enum CaptionsCmd {
 #[derive(clap::Args, Debug)]
 pub struct SourceArgs {
     dir: PathBuf,
-    /// sidecar, metadata or instance (default: metadata.jsonl if present, else sidecars)
+    /// sidecar, metadata or instance (default: metadata.jsonl/metadata.csv if present, else sidecars)
     #[arg(long)]
     source: Option<CaptionSource>,
+    /// The metadata column that holds the captions (default: the first of text, caption, prompt)
+    #[arg(long)]
+    caption_column: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -60,9 +63,12 @@ pub struct ImportArgs {
     dir: PathBuf,
     /// The TSV file ("-" for stdin)
     file: PathBuf,
-    /// Write to sidecar .txt files or metadata.jsonl (default: what the folder uses, else sidecar)
+    /// Write to sidecar .txt files or the metadata file (default: what the folder uses, else sidecar)
     #[arg(long)]
     to: Option<CaptionSource>,
+    /// The metadata column that holds the captions (default: the first of text, caption, prompt)
+    #[arg(long)]
+    caption_column: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,9 +85,12 @@ pub struct CaptionArgs {
     /// Replace existing captions too (default: only images without one)
     #[arg(long)]
     overwrite: bool,
-    /// Write to sidecar .txt files or metadata.jsonl (default: what the folder uses, else sidecar)
+    /// Write to sidecar .txt files or the metadata file (default: what the folder uses, else sidecar)
     #[arg(long)]
     to: Option<CaptionSource>,
+    /// The metadata column that holds the captions (default: the first of text, caption, prompt)
+    #[arg(long)]
+    caption_column: Option<String>,
     /// Show what would be written, write nothing
     #[arg(long)]
     dry_run: bool,
@@ -96,6 +105,9 @@ pub struct ReportArgs {
     /// Caption source for the vocabulary section (default: detected)
     #[arg(long)]
     source: Option<CaptionSource>,
+    /// The metadata column that holds the captions (default: the first of text, caption, prompt)
+    #[arg(long)]
+    caption_column: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -183,19 +195,25 @@ fn source_or_detect(dir: &Path, images: &[PathBuf], source: Option<CaptionSource
 fn export(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
     let images = list_images(&a.dir)?;
     let source = source_or_detect(&a.dir, &images, a.source);
-    let caps = load_captions(&a.dir, &images, source)?;
+    let loaded = load_captions(&a.dir, &images, source, a.caption_column.as_deref())?;
+    let caps = &loaded.captions;
     if ctx.json {
         /// The `--json` document of `dataset captions export`.
         #[derive(serde::Serialize)]
         struct ExportJson<'a> {
             source: CaptionSource,
             captions: Vec<CaptionRow<'a>>,
+            captions_from: &'a Captions,
         }
-        let captions = images.iter().zip(&caps).map(|(p, c)| CaptionRow { file: relative_name(&a.dir, p), caption: c.as_deref() }).collect();
-        ctx.emit_json(&ExportJson { source, captions });
+        let captions = images.iter().zip(caps).map(|(p, c)| CaptionRow { file: relative_name(&a.dir, p), caption: c.as_deref() }).collect();
+        ctx.emit_json(&ExportJson { source: loaded.source, captions, captions_from: &loaded });
     } else {
-        // TSV goes to stdout even with --quiet: it is the command's output, not chatter.
-        print!("{}", captions::to_tsv(&a.dir, &images, &caps));
+        // TSV goes to stdout even with --quiet: it is the command's output, not chatter; the
+        // note on where the captions came from goes to stderr so the TSV stays clean.
+        print!("{}", captions::to_tsv(&a.dir, &images, caps));
+        if !ctx.quiet {
+            eprintln!("{}", loaded.describe());
+        }
     }
     Ok(())
 }
@@ -210,7 +228,8 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<()> {
     let origin = if a.file.as_os_str() == "-" { Path::new("<stdin>") } else { a.file.as_path() };
     let caps = captions::from_tsv(&a.dir, &images, &text, origin).map_err(|e| bad_input(e.to_string()))?;
     let target = write_target(&a.dir, &images, a.to)?;
-    let written = save_captions(&a.dir, &images, &caps, target)?;
+    let written = save_captions(&a.dir, &images, &caps, target, a.caption_column.as_deref())?;
+    let after = load_captions(&a.dir, &images, target, a.caption_column.as_deref())?;
     let untouched: Vec<String> = images.iter().zip(&caps).filter(|(_, c)| c.is_none()).map(|(p, _)| relative_name(&a.dir, p)).collect();
     /// The `--json` document of `dataset captions import`.
     #[derive(serde::Serialize)]
@@ -218,29 +237,33 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<()> {
         written: usize,
         target: CaptionSource,
         untouched: &'a [String],
+        captions_from: &'a Captions,
     }
-    ctx.emit_json(&ImportJson { written, target, untouched: &untouched });
+    ctx.emit_json(&ImportJson { written, target, untouched: &untouched, captions_from: &after });
     ctx.say(&format!("wrote {written} captions ({target}); {} images not in the file kept theirs", untouched.len()));
+    ctx.say(&after.describe());
     Ok(())
 }
 
 fn check_captions(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
     let images = list_images(&a.dir)?;
     let source = source_or_detect(&a.dir, &images, a.source);
-    let caps = load_captions(&a.dir, &images, source)?;
-    let issues = caption_issues(&a.dir, &images, &caps);
+    let loaded = load_captions(&a.dir, &images, source, a.caption_column.as_deref())?;
+    let issues = caption_issues(&a.dir, &images, &loaded.captions);
     /// The `--json` document of `dataset captions check`.
     #[derive(serde::Serialize)]
     struct CaptionsCheckJson<'a> {
         source: CaptionSource,
         images: usize,
         issues: &'a [captions::CaptionIssue],
+        captions_from: &'a Captions,
     }
-    ctx.emit_json(&CaptionsCheckJson { source, images: images.len(), issues: &issues });
+    ctx.emit_json(&CaptionsCheckJson { source: loaded.source, images: images.len(), issues: &issues, captions_from: &loaded });
     for i in &issues {
         ctx.say(&format!("{}: {}", i.file, i.message));
     }
-    ctx.say(&format!("{} images, captions from {source}: {} with problems", images.len(), issues.len()));
+    ctx.say(&loaded.describe());
+    ctx.say(&format!("{} images, captions from {}: {} with problems", images.len(), loaded.source, issues.len()));
     if !issues.is_empty() {
         return Err(Reported { code: exit::FAILURE, message: format!("{} image(s) with missing, empty or duplicated captions", issues.len()) }.into());
     }
@@ -249,7 +272,7 @@ fn check_captions(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
 
 fn caption(ctx: &Ctx, a: CaptionArgs) -> anyhow::Result<()> {
     let template = CaptionTemplate::new(a.template.as_deref(), a.model.is_some())?;
-    let plan = CaptionPlan::new(&a.dir, a.to, a.overwrite)?;
+    let plan = CaptionPlan::new(&a.dir, a.to, a.overwrite, a.caption_column.as_deref())?;
     let mut model_dir = None;
     let generated = match &a.model {
         Some(spec) if plan.pending() > 0 => {
@@ -288,6 +311,7 @@ fn caption(ctx: &Ctx, a: CaptionArgs) -> anyhow::Result<()> {
     let verb = if a.dry_run { "would write" } else { "wrote" };
     let kept = outcome.kept_existing;
     let kept_note = if kept > 0 && !a.overwrite { format!("; {kept} existing kept (--overwrite replaces them)") } else { String::new() };
+    ctx.say(&format!("before: {}", outcome.captions_from.describe()));
     ctx.say(&format!("{verb} {} captions ({}){kept_note}", outcome.captions.len(), outcome.target));
     let skipped = &outcome.skipped_no_caption;
     if !skipped.is_empty() {
@@ -302,8 +326,8 @@ fn caption(ctx: &Ctx, a: CaptionArgs) -> anyhow::Result<()> {
 fn run_report(ctx: &Ctx, a: ReportArgs) -> anyhow::Result<()> {
     let images = list_images(&a.dir)?;
     let source = source_or_detect(&a.dir, &images, a.source);
-    let caps = load_captions(&a.dir, &images, source)?;
-    let r = report::build(&a.dir, &images, &caps)?;
+    let loaded = load_captions(&a.dir, &images, source, a.caption_column.as_deref())?;
+    let r = report::build(&a.dir, &images, &loaded.captions)?;
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let html = report::html::render(&r)?;
@@ -315,6 +339,7 @@ fn run_report(ctx: &Ctx, a: ReportArgs) -> anyhow::Result<()> {
     for line in r.summary_lines() {
         ctx.say(&line);
     }
+    ctx.say(&loaded.describe());
     if let Some(out) = &a.out {
         ctx.say(&format!("report: {}", out.join("report.html").display()));
     }

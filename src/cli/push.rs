@@ -58,6 +58,10 @@ pub struct Args {
     /// Show what would be added, updated and deleted and check the model card, writing nothing
     #[arg(long)]
     dry_run: bool,
+    /// Upload Git LFS pointer files (the ~130-byte stubs a clone without git-lfs leaves) as
+    /// their content; refused by default (exit 2, naming the files)
+    #[arg(long)]
+    allow_lfs_pointers: bool,
     #[command(flatten)]
     oidc: OidcArgs,
 }
@@ -103,6 +107,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         include: args.include,
         exclude: args.exclude,
         delete: args.delete,
+        allow_lfs_pointers: args.allow_lfs_pointers,
         reporter: progress_bars(ctx),
     };
     let outcome = if args.dry_run {

@@ -192,6 +192,20 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     let rt = ctx.runtime();
     // Before any GPU time is spent: the token (OIDC-exchanged in CI) must be valid and able to write there.
     let (client, _cred) = super::push::writer_client(ctx, &rt, &repo, &a.oidc)?;
+    // The card is checked before training too: a base_model the Hub refuses must not cost a run.
+    let plan = hfsky::card::precheck(&cfg.base_model, cfg.base_model_id.as_deref(), &cfg.instance_prompt, cfg.license.as_deref())
+        .map_err(|e| bad_input(format!("{e}; nothing was trained")))?;
+    if let Err(e) = rt.block_on(client.validate_yaml(&plan.readme)) {
+        return Err(match e {
+            hfsky::hub::HubError::Http(f) if matches!(f.status, 400 | 422) => {
+                bad_input(format!("the model card would be rejected by the Hub: {}; nothing was trained", f.message))
+            }
+            e => e.into(),
+        });
+    }
+    if let Some(note) = &plan.note {
+        ctx.say(note);
+    }
     if a.dry_run {
         return dry_run_report(ctx, &rt, &client, &cfg, &repo);
     }
@@ -211,6 +225,7 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
         include: PUBLISHED.iter().map(|s| s.to_string()).collect(),
         exclude: Vec::new(),
         delete: Vec::new(),
+        allow_lfs_pointers: false,
         reporter: super::push::progress_bars(ctx),
     };
     let outcome = rt.block_on(push_folder(&client, &cfg.output_dir, &opts))?;
@@ -231,6 +246,7 @@ fn dry_run_report(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::
         cfg.dataset.display(),
         plan.files.join(", ")
     ));
+    ctx.say(&plan.captions_from.describe());
     for s in &plan.skipped {
         ctx.say(&format!("would skip {}: {}", s.file.display(), s.reason));
     }

@@ -4,7 +4,7 @@
 //! [`CaptionPlan::generate`] (BLIP over those photos) and [`CaptionPlan::apply`] (fill, write).
 
 use super::blip::BlipError;
-use super::captions::{detect_source, load_captions, save_captions, CaptionError, CaptionSource};
+use super::captions::{detect_source, load_captions, save_captions, CaptionError, CaptionSource, Captions};
 use super::{list_images, relative_name, DatasetError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -84,7 +84,7 @@ pub struct Generated {
 }
 
 /// What `dataset caption` did; its `--json` document.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CaptionOutcome {
     /// Captions written: 0 in a dry run.
     pub written: usize,
@@ -98,6 +98,8 @@ pub struct CaptionOutcome {
     pub kept_existing: usize,
     /// Photos the model could not read.
     pub unreadable: Vec<Unreadable>,
+    /// Where the captions were read from before this run, and how many photos had none.
+    pub captions_from: Captions,
 }
 
 /// The photos of a folder, their current captions, and which of them get a new one.
@@ -105,24 +107,24 @@ pub struct CaptionOutcome {
 pub struct CaptionPlan {
     dir: PathBuf,
     images: Vec<PathBuf>,
-    current: Vec<Option<String>>,
+    current: Captions,
     target: CaptionSource,
+    /// The metadata column captions are read from and written to (`caption_column`).
+    column: Option<String>,
     todo: Vec<usize>,
 }
 
 impl CaptionPlan {
     /// Every photo in `dir`, to be written to `to` (see [`write_target`]); photos that have a
-    /// non-empty caption are left alone unless `overwrite`.
-    pub fn new(dir: &Path, to: Option<CaptionSource>, overwrite: bool) -> Result<Self, CaptioningError> {
+    /// non-empty caption are left alone unless `overwrite`. `column`: the metadata column
+    /// (`caption_column`; default the first of text, caption, prompt).
+    pub fn new(dir: &Path, to: Option<CaptionSource>, overwrite: bool, column: Option<&str>) -> Result<Self, CaptioningError> {
         let images = list_images(dir)?;
         let target = write_target(dir, &images, to)?;
-        let current = match detect_source(dir, &images) {
-            CaptionSource::Instance => vec![None; images.len()],
-            s => load_captions(dir, &images, s)?,
-        };
-        let has = |i: usize| current[i].as_deref().is_some_and(|c| !c.is_empty());
+        let current = load_captions(dir, &images, detect_source(dir, &images), column)?;
+        let has = |i: usize| current.captions[i].as_deref().is_some_and(|c| !c.is_empty());
         let todo = (0..images.len()).filter(|&i| overwrite || !has(i)).collect();
-        Ok(CaptionPlan { dir: dir.to_path_buf(), images, current, target, todo })
+        Ok(CaptionPlan { dir: dir.to_path_buf(), images, current, target, column: column.map(String::from), todo })
     }
 
     /// Photos that get a caption (so a model is only loaded when this is not 0).
@@ -158,7 +160,7 @@ impl CaptionPlan {
         let mut new = vec![None; self.images.len()];
         let mut skipped = Vec::new();
         for &i in &self.todo {
-            let fill = if with_model { generated[i].as_deref() } else { self.current[i].as_deref().filter(|c| !c.is_empty()) };
+            let fill = if with_model { generated[i].as_deref() } else { self.current.captions[i].as_deref().filter(|c| !c.is_empty()) };
             match fill.or((!template.needs_caption()).then_some("")) {
                 Some(fill) => new[i] = Some(template.fill(fill, &self.images[i])),
                 // A photo the model could not read is listed as unreadable instead.
@@ -166,7 +168,7 @@ impl CaptionPlan {
                 None => {}
             }
         }
-        let written = if dry_run { 0 } else { save_captions(&self.dir, &self.images, &new, self.target)? };
+        let written = if dry_run { 0 } else { save_captions(&self.dir, &self.images, &new, self.target, self.column.as_deref())? };
         let captions =
             self.images.iter().zip(new).filter_map(|(p, c)| c.map(|caption| FileCaption { file: relative_name(&self.dir, p), caption })).collect();
         Ok(CaptionOutcome {
@@ -177,6 +179,7 @@ impl CaptionPlan {
             skipped_no_caption: skipped,
             kept_existing: self.images.len() - self.todo.len(),
             unreadable,
+            captions_from: self.current,
         })
     }
 }
@@ -208,13 +211,13 @@ mod tests {
         std::fs::write(d.path().join("c.txt"), "").unwrap();
         let t = CaptionTemplate::new(Some("a photo of SKY, {caption}"), false).unwrap();
         // a has a caption (kept), b and c have none to fill {caption} with.
-        let plan = CaptionPlan::new(d.path(), None, false).unwrap();
+        let plan = CaptionPlan::new(d.path(), None, false, None).unwrap();
         assert_eq!(plan.pending(), 2);
         let o = plan.apply(&t, None, false).unwrap();
         assert_eq!((o.written, o.kept_existing, o.target), (0, 1, CaptionSource::Sidecar));
         assert_eq!(o.skipped_no_caption, ["b.png", "c.png"]);
         // --overwrite: a's caption goes through the template and is written.
-        let o = CaptionPlan::new(d.path(), None, true).unwrap().apply(&t, None, false).unwrap();
+        let o = CaptionPlan::new(d.path(), None, true, None).unwrap().apply(&t, None, false).unwrap();
         assert_eq!(o.captions, [FileCaption { file: "a.png".into(), caption: "a photo of SKY, orange sunset".into() }]);
         assert_eq!(o.written, 1);
         assert_eq!(std::fs::read_to_string(d.path().join("a.txt")).unwrap(), "a photo of SKY, orange sunset");
@@ -224,11 +227,11 @@ mod tests {
     fn a_dry_run_writes_nothing_and_a_template_without_caption_fills_every_photo() {
         let d = photos(&["a.png", "b.png"]);
         let t = CaptionTemplate::new(Some("a photo of SKY {file}"), false).unwrap();
-        let o = CaptionPlan::new(d.path(), None, false).unwrap().apply(&t, None, true).unwrap();
+        let o = CaptionPlan::new(d.path(), None, false, None).unwrap().apply(&t, None, true).unwrap();
         assert_eq!((o.written, o.dry_run, o.captions.len()), (0, true, 2));
         assert_eq!(o.captions[1].caption, "a photo of SKY b");
         assert!(!d.path().join("a.txt").exists());
-        let e = CaptionPlan::new(d.path(), Some(CaptionSource::Instance), false).unwrap_err();
+        let e = CaptionPlan::new(d.path(), Some(CaptionSource::Instance), false, None).unwrap_err();
         assert!(matches!(e, CaptioningError::InstanceTarget), "{e}");
     }
 
@@ -236,7 +239,7 @@ mod tests {
     fn generated_captions_fill_the_template_and_unreadable_photos_are_listed() {
         let d = photos(&["a.png", "b.png"]);
         std::fs::write(d.path().join("broken.png"), b"\x89PNG not really").unwrap();
-        let plan = CaptionPlan::new(d.path(), Some(CaptionSource::Metadata), false).unwrap();
+        let plan = CaptionPlan::new(d.path(), Some(CaptionSource::Metadata), false, None).unwrap();
         let mut seen = Vec::new();
         let generated =
             plan.generate(|img| Ok(format!("a {}x{} sky", img.width(), img.height())), |done, name| seen.push((done, name.to_string()))).unwrap();

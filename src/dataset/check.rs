@@ -44,6 +44,10 @@ pub enum Kind {
     Cmyk,
     HighBitDepth,
     Alpha,
+    /// A Git LFS pointer stands where the photo should be.
+    LfsPointer,
+    /// The extension names another format than the content (the content is used).
+    Extension,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -116,16 +120,16 @@ pub fn check(dir: &Path, resolution: u32) -> Result<CheckReport, DatasetError> {
     duplicates(&mut images, &measured);
     filter_outliers(&mut images, &measured);
 
-    for p in &found.unsupported {
-        let ext = p.extension().map(|e| e.to_string_lossy().to_uppercase()).unwrap_or_default();
+    for (p, note) in &found.notes {
+        if let Some(entry) = images.iter_mut().find(|i| &i.path == p) {
+            entry.findings.push(Finding { kind: Kind::Extension, severity: Severity::Info, message: note.clone() });
+        }
+    }
+    for u in &found.unsupported {
         images.push(ImageFindings {
-            file: relative_name(dir, p),
-            findings: vec![Finding {
-                kind: Kind::Unsupported,
-                severity: Severity::Error,
-                message: format!("{ext} files cannot be decoded for training: export it as JPEG or PNG"),
-            }],
-            path: p.clone(),
+            file: relative_name(dir, &u.path),
+            findings: vec![Finding { kind: Kind::Unsupported, severity: Severity::Error, message: u.reason.clone() }],
+            path: u.path.clone(),
         });
     }
     for (p, why) in &found.skipped {
@@ -144,6 +148,7 @@ fn problem_finding(p: &ImageProblem) -> Finding {
         ProblemKind::Unreadable | ProblemKind::Truncated => Kind::Unreadable,
         ProblemKind::Unsupported => Kind::Unsupported,
         ProblemKind::TooLarge => Kind::TooLarge,
+        ProblemKind::LfsPointer => Kind::LfsPointer,
     };
     Finding { kind, severity: Severity::Error, message: p.reason.clone() }
 }

@@ -98,8 +98,8 @@ pub fn fix(dir: &Path, report: &CheckReport, out: &Path, resolution: u32, drop_a
 
     let source = detect_source(dir, &kept_src);
     if source != CaptionSource::Instance {
-        let captions = load_captions(dir, &kept_src, source)?;
-        save_captions(out, &kept_dst, &captions, source)?;
+        let captions = load_captions(dir, &kept_src, source, None)?;
+        save_captions(out, &kept_dst, &captions.captions, captions.source, captions.column.as_deref())?;
     }
     let mut list = String::from("file\treason\n");
     for d in &dropped {

@@ -2,6 +2,7 @@
 //! `convert("RGB")`): EXIF orientation applied, any colour type reduced to 8-bit RGB, and a
 //! refusal instead of a panic or an out-of-memory for corrupt, truncated or enormous files.
 
+use crate::sniff::{sniff, FileKind};
 use image::{DynamicImage, ExtendedColorType, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,8 @@ pub struct LoadedImage {
 /// What the file held before conversion.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceInfo {
-    pub format: ImageFormat,
+    /// The format by content ([`crate::sniff`]).
+    pub format: FileKind,
     pub color: ExtendedColorType,
     pub cmyk: bool,
     pub bits_per_channel: u16,
@@ -42,6 +44,8 @@ pub enum ProblemKind {
     Truncated,
     Unsupported,
     TooLarge,
+    /// A Git LFS pointer stands where the photo should be.
+    LfsPointer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +56,27 @@ pub struct ImageProblem {
     pub reason: String,
 }
 
-fn problem(path: &Path, kind: ProblemKind, reason: impl Into<String>) -> ImageProblem {
+pub(super) fn problem(path: &Path, kind: ProblemKind, reason: impl Into<String>) -> ImageProblem {
     ImageProblem { path: path.to_path_buf(), kind, reason: reason.into() }
+}
+
+/// Whether this build decodes photos of `kind` (by content, see [`crate::sniff`]).
+pub fn decodes(kind: FileKind) -> bool {
+    kind.is_decodable_image() || (cfg!(feature = "heif") && matches!(kind, FileKind::Heic | FileKind::Heif | FileKind::Avif))
+}
+
+/// Why a recognised photo format is not decoded, and what to do: phones save HEIC (iPhone) and
+/// AVIF, cameras and editors JPEG XL, JPEG 2000 and Photoshop files.
+pub fn unsupported_reason(kind: FileKind) -> String {
+    match kind {
+        FileKind::Heic | FileKind::Heif | FileKind::Avif => format!(
+            "{} photo: this hfsky was built without the HEIF/AVIF decoder (cargo feature `heif`); convert it to JPEG (`heif-convert photo.{} photo.jpg` from libheif-examples, \
+             or export from Photos/Preview; on an iPhone, Settings > Camera > Formats > Most Compatible takes JPEGs)",
+            kind.name(),
+            kind.extensions()[0]
+        ),
+        other => format!("{} files cannot be decoded for training: export it as JPEG or PNG", other.name()),
+    }
 }
 
 /// Decode `path` into upright 8-bit RGB.
@@ -64,8 +87,16 @@ pub fn load_rgb(path: &Path) -> Result<LoadedImage, ImageProblem> {
 
 /// `load_rgb` on bytes already in memory; `path` only names the file in problems.
 pub fn decode(path: &Path, bytes: &[u8]) -> Result<LoadedImage, ImageProblem> {
-    if bytes.is_empty() {
-        return Err(problem(path, ProblemKind::Unreadable, "the file is empty"));
+    match sniff(&bytes[..bytes.len().min(crate::sniff::HEAD_LEN)]) {
+        FileKind::Empty => return Err(problem(path, ProblemKind::Unreadable, "the file is empty (0 bytes): copy the photo again")),
+        FileKind::LfsPointer => {
+            let e = crate::lfs_pointer::check_bytes(path, bytes).expect_err("sniffed as a pointer");
+            return Err(problem(path, ProblemKind::LfsPointer, format!("this is {}", e.what())));
+        }
+        #[cfg(feature = "heif")]
+        k @ (FileKind::Heic | FileKind::Heif | FileKind::Avif) => return super::heif::decode(path, bytes, k),
+        k if k.is_other_image() => return Err(problem(path, ProblemKind::Unsupported, unsupported_reason(k))),
+        _ => {}
     }
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| problem(path, ProblemKind::Unreadable, e.to_string()))?;
     let Some(format) = reader.format() else {
@@ -133,8 +164,20 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<LoadedImage, ImageProblem> {
         original_size: rgb.dimensions(),
         rgb,
         conversions,
-        source: SourceInfo { format, color, cmyk, bits_per_channel, has_alpha, transparent_pixels, exif_orientation },
+        source: SourceInfo { format: kind_of(format), color, cmyk, bits_per_channel, has_alpha, transparent_pixels, exif_orientation },
     })
+}
+
+fn kind_of(format: ImageFormat) -> FileKind {
+    match format {
+        ImageFormat::Jpeg => FileKind::Jpeg,
+        ImageFormat::Png => FileKind::Png,
+        ImageFormat::WebP => FileKind::Webp,
+        ImageFormat::Gif => FileKind::Gif,
+        ImageFormat::Bmp => FileKind::Bmp,
+        ImageFormat::Tiff => FileKind::Tiff,
+        _ => FileKind::Unknown,
+    }
 }
 
 fn classify(path: &Path, format: ImageFormat, e: ImageError) -> ImageProblem {

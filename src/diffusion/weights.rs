@@ -41,6 +41,7 @@ impl SafetensorsFiles {
             let path = p.as_ref();
             let bad = |what: String| candle_core::Error::Msg(format!("{}: {what}", path.display()));
             let mut file = File::open(path).map_err(|e| bad(e.to_string()))?;
+            crate::lfs_pointer::check_file(path).map_err(|e| bad(e.what()))?;
             let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
             let mut n = [0u8; 8];
             file.read_exact(&mut n).map_err(|e| bad(format!("not a safetensors file ({e})")))?;

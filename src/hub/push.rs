@@ -28,6 +28,9 @@ pub struct PushOptions {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
     pub delete: Vec<String>,
+    /// Upload Git LFS pointer files as they are (refused by default: a pointer where weights
+    /// or photos should be means the folder came from a clone made without git-lfs).
+    pub allow_lfs_pointers: bool,
     /// Where progress goes (nowhere by default): the command line draws it as bars.
     pub reporter: Reporter,
 }
@@ -45,6 +48,7 @@ impl PushOptions {
             include: vec![],
             exclude: vec![],
             delete: vec![],
+            allow_lfs_pointers: false,
             reporter: Reporter::default(),
         }
     }
@@ -364,6 +368,22 @@ fn check_new_branch(opts: &PushOptions) -> Result<(), HubError> {
     Ok(())
 }
 
+/// Refuses to publish Git LFS pointers as file contents: the Hub would store the ~130-byte stub
+/// as the model, and every download would get the stub (the pointer check of
+/// [`crate::lfs_pointer`]). All pointers are named in one error.
+fn refuse_lfs_pointers(files: &[LocalFile]) -> Result<(), HubError> {
+    let pointers: Vec<_> = files.iter().filter_map(|f| crate::lfs_pointer::check_file(&f.abs).err().map(|e| (f, e))).collect();
+    let Some((_, first)) = pointers.first() else { return Ok(()) };
+    let names: Vec<String> = pointers.iter().map(|(f, e)| format!("{} ({}-byte file)", f.path_in_repo, e.pointer.size)).collect();
+    Err(HubError::Invalid(format!(
+        "refusing to upload {} Git LFS pointer file(s) as content: {}. The folder comes from a clone made without Git LFS, so these \
+         ~130-byte stubs stand where the real files should be; run `git lfs install && git lfs pull` in the clone and push again \
+         (or pass --allow-lfs-pointers to upload the pointers as they are). First: {first}",
+        pointers.len(),
+        names.join(", ")
+    )))
+}
+
 /// Checks a model card's metadata with the Hub before anything is uploaded.
 async fn check_card(client: &HubClient, files: &[LocalFile]) -> Result<(), HubError> {
     let Some(card) = files.iter().find(|f| f.path_in_repo == names::README) else { return Ok(()) };
@@ -394,6 +414,9 @@ pub async fn plan_push(client: &HubClient, dir: &Path, opts: &PushOptions) -> Re
     }
     if opts.message.trim().is_empty() {
         return Err(HubError::Invalid("the commit message is empty: pass --message".into()));
+    }
+    if !opts.allow_lfs_pointers {
+        refuse_lfs_pointers(&files)?;
     }
     check_card(client, &files).await?;
     let (repo_exists, head, main) = remote_state(client, opts).await?;
@@ -493,6 +516,10 @@ pub async fn plan_push(client: &HubClient, dir: &Path, opts: &PushOptions) -> Re
 
 /// One folder → one commit: creates the repo/branch if needed, plans, uploads, commits.
 pub async fn push_folder(client: &HubClient, dir: &Path, opts: &PushOptions) -> Result<PushOutcome, HubError> {
+    // Bad input is refused before the repo or branch is created.
+    if !opts.allow_lfs_pointers {
+        refuse_lfs_pointers(&scan_folder(dir, &opts.include, &opts.exclude)?)?;
+    }
     let (new_repo, new_branch) = prepare_target(client, opts).await?;
     let plan = plan_push(client, dir, opts).await?;
     let mut outcome = commit_plan(client, &plan, opts).await?;
@@ -767,6 +794,27 @@ mod tests {
         std::os::unix::fs::symlink(outside.path().join("secret"), d.path().join("link")).unwrap();
         let err = scan_folder(d.path(), &[], &[]).unwrap_err().to_string();
         assert!(err.contains("outside"), "{err}");
+    }
+
+    #[test]
+    fn lfs_pointers_are_refused_by_name() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("README.md"), "# card").unwrap();
+        std::fs::write(t.path().join("pytorch_lora_weights.safetensors"), crate::lfs_pointer::tests::FIELD).unwrap();
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        std::fs::write(t.path().join("sub/photo.jpg"), crate::lfs_pointer::tests::FIELD.replace("3226184", "91")).unwrap();
+        let files = scan_folder(t.path(), &[], &[]).unwrap();
+        let e = refuse_lfs_pointers(&files).unwrap_err().to_string();
+        for needle in [
+            "2 Git LFS pointer file(s)",
+            "pytorch_lora_weights.safetensors (3226184-byte file)",
+            "sub/photo.jpg (91-byte file)",
+            "git lfs pull",
+            "--allow-lfs-pointers",
+        ] {
+            assert!(e.contains(needle), "{needle} in {e}");
+        }
+        assert!(refuse_lfs_pointers(&files[..1]).is_ok(), "the card alone is fine");
     }
 
     #[test]

@@ -193,9 +193,13 @@ train_keys! {
     /// The trigger phrase, e.g. "a photo of SKY".
     instance_prompt: String,
     /// Where captions come from: sidecar (`photo.txt`; images without one get the instance prompt
-    /// alone) | metadata (`metadata.jsonl`: file_name + text/prompt) | instance (the instance
-    /// prompt for every image). Default: sidecar.
+    /// alone; a folder with no sidecars but a metadata file uses that) | metadata
+    /// (`metadata.jsonl` or `metadata.csv`, the Hub imagefolder's forms: file_name + the caption
+    /// column) | instance (the instance prompt for every image). Default: sidecar.
     captions: CaptionSource = CaptionSource::Sidecar,
+    /// The metadata column holding the captions. Default: the first of text, caption, prompt the
+    /// file has (a file with none of them is an error that lists its columns).
+    caption_column: Option<String>,
     /// How a per-image caption becomes the training prompt. Default: "{instance_prompt}, {caption}".
     caption_template: String = "{instance_prompt}, {caption}".into(),
     /// Square training size in pixels, a multiple of 8. Default: the model's native size.
@@ -293,6 +297,10 @@ train_keys! {
     checkpoints_total_limit: Option<usize>,
     /// `latest` or a checkpoint folder.
     resume_from_checkpoint: Option<String>,
+    /// The Hub id (`namespace/name`) the model card's `base_model` names when `base_model` is a
+    /// local folder that is not an hf-hub cache snapshot (`models--org--name/snapshots/…`, whose
+    /// id is read from the path). Without either the card leaves `base_model` out and says so.
+    base_model_id: Option<String>,
     /// Card license. Default: the base family's: openrail++ for SDXL, creativeml-openrail-m for SD 1.x.
     license: Option<String>,
     /// Where the LoRA, model card, logs and checkpoints are written.

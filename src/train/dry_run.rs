@@ -27,7 +27,7 @@ pub struct Skipped {
 }
 
 /// What a run of `cfg` would train on and publish.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct DryRun {
     /// Images found in the dataset folder, readable or not.
     pub images: usize,
@@ -38,6 +38,8 @@ pub struct DryRun {
     /// The files the one commit would hold, by name (validation images only with a
     /// `validation_prompt`).
     pub files: Vec<String>,
+    /// Where the captions come from, and how many photos fall back to the instance prompt.
+    pub captions_from: crate::dataset::captions::Captions,
 }
 
 impl DryRun {
@@ -63,10 +65,7 @@ pub enum DryRunError {
 pub fn dry_run(cfg: &TrainConfig, model_dir: &Path) -> Result<DryRun, DryRunError> {
     PipelineFiles::open(model_dir)?;
     let images = crate::dataset::list_images(&cfg.dataset)?;
-    let captions = match cfg.captions {
-        CaptionSource::Instance => vec![None; images.len()],
-        mode => crate::dataset::captions::load_captions(&cfg.dataset, &images, mode)?,
-    };
+    let captions = crate::dataset::captions::load_captions(&cfg.dataset, &images, cfg.captions, cfg.caption_column.as_deref())?;
     let skipped = images
         .iter()
         .filter_map(|p| crate::dataset::images::load_rgb(p).err().map(|problem| Skipped { file: p.clone(), reason: problem.reason }))
@@ -76,7 +75,7 @@ pub fn dry_run(cfg: &TrainConfig, model_dir: &Path) -> Result<DryRun, DryRunErro
     if cfg.validation_prompt.is_some() {
         files.extend((0..cfg.num_validation_images as u64).map(|i| format!("validation-seed-{}.png", cfg.seed + i)));
     }
-    Ok(DryRun { images: images.len(), captioned: captions.iter().filter(|c| c.is_some()).count(), skipped, files })
+    Ok(DryRun { images: images.len(), captioned: captions.captions.iter().filter(|c| c.is_some()).count(), skipped, files, captions_from: captions })
 }
 
 #[cfg(test)]

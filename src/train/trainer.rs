@@ -113,6 +113,10 @@ impl Prompts {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TrainSummary {
     pub base_model: String,
+    /// The Hub id the model card names as `base_model` ([`crate::card::hub_base_model`]);
+    /// `None` when `base_model` is a local folder with no known id.
+    #[serde(default)]
+    pub base_model_id: Option<String>,
     pub architecture: String,
     pub instance_prompt: String,
     pub resolution: usize,
@@ -237,10 +241,10 @@ impl Trainer<'_> {
 
         // Photos and captions first: bad input should fail before any model is loaded.
         let images = dataset::list_images(&cfg.dataset).map_err(|e| TrainError::Input(e.to_string()))?;
-        let captions = match cfg.captions {
-            CaptionSource::Instance => vec![None; images.len()],
-            mode => dataset::captions::load_captions(&cfg.dataset, &images, mode).map_err(|e| TrainError::Input(e.to_string()))?,
-        };
+        let found = dataset::captions::load_captions(&cfg.dataset, &images, cfg.captions, cfg.caption_column.as_deref())
+            .map_err(|e| TrainError::Input(e.to_string()))?;
+        on(Event::Note(found.describe()));
+        let (caption_source, captions) = (found.source, found.captions);
         let mut loaded = Vec::new();
         let mut skipped = Vec::new();
         for (path, caption) in images.iter().zip(captions) {
@@ -264,7 +268,7 @@ impl Trainer<'_> {
                 images.len()
             )));
         }
-        if cfg.captions == CaptionSource::Sidecar {
+        if caption_source == CaptionSource::Sidecar {
             let missing: Vec<String> = loaded.iter().filter(|(_, _, c)| c.is_none()).map(|(p, _, _)| file_name(p)).collect();
             if !missing.is_empty() {
                 on(Event::Note(format!(
@@ -532,6 +536,7 @@ impl Trainer<'_> {
         };
         let summary = TrainSummary {
             base_model: cfg.base_model.clone(),
+            base_model_id: crate::card::hub_base_model(&cfg.base_model, cfg.base_model_id.as_deref()).ok().flatten(),
             architecture: if xl { "sdxl".into() } else { "sd".into() },
             instance_prompt: cfg.instance_prompt.clone(),
             resolution: res,

@@ -158,9 +158,7 @@ impl LoraWeights {
         let read_err = |detail: String| LoraError::Read { path: path.to_path_buf(), detail };
         let fmt_err = |detail: String| LoraError::Format { path: path.to_path_buf(), detail };
         let bytes = std::fs::read(path).map_err(|e| read_err(e.to_string()))?;
-        if bytes.starts_with(b"version https://git-lfs") {
-            return Err(read_err("this is a Git LFS pointer, not the weights: run `git lfs pull` in its clone (or download the file itself)".into()));
-        }
+        crate::lfs_pointer::check_bytes(path, &bytes).map_err(|e| read_err(e.what()))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| read_err(e.to_string()))?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| read_err(e.to_string()))?;
         if tensors.is_empty() {

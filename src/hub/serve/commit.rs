@@ -4,7 +4,7 @@
 use super::auth::{commit_at, Who};
 use super::store::{FileRec, Store};
 use super::{base_url, fail, fail_code, flag, io_fail, json_reply, query, BodyBytes, JsonBody, Reply, Repo, Shared};
-use crate::card::front_matter;
+use crate::card::card_errors;
 use crate::hub::protocol::*;
 use crate::names;
 use crate::repo_id::validate_repo_path;
@@ -83,9 +83,13 @@ pub(super) async fn commit(
                     other => return Err(fail(StatusCode::BAD_REQUEST, format!("unknown encoding {other:?} for {path}"))),
                 };
                 if path == names::README {
-                    // Like the Hub: a model card whose metadata does not parse is refused.
-                    front_matter(&String::from_utf8_lossy(&bytes))
-                        .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("Invalid metadata in README.md: {e}")))?;
+                    // Like the Hub: a model card whose metadata breaks its rules is refused,
+                    // with the validate-yaml messages as a list.
+                    let errors = card_errors(&String::from_utf8_lossy(&bytes));
+                    if !errors.is_empty() {
+                        let list: String = errors.iter().map(|e| format!("\n- {e}")).collect();
+                        return Err(fail(StatusCode::BAD_REQUEST, format!("Invalid metadata in README.md.{list}")));
+                    }
                 }
                 files.insert(path.clone(), state.store.put_bytes(&bytes, false).map_err(io_fail)?);
             }

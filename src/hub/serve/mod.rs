@@ -446,4 +446,66 @@ mod tests {
             rt.block_on(async { http.get(format!("{base}/nowhere")).bearer_auth("hf_bbbbbbbbbbbbbbbbbbbbbbbb").send().await.unwrap().status() });
         assert_eq!(refused.as_u16(), 401, "a token that is sent must be valid, on every route");
     }
+
+    /// validate-yaml and the commit's card check refuse what the Hub refuses (a local path as
+    /// `base_model`), with its status and message shape, and accept what it accepts.
+    #[test]
+    fn model_card_metadata_is_checked_like_the_hubs() {
+        const TOKEN: &str = "hf_aaaaaaaaaaaaaaaaaaaaaaaa";
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ServeConfig {
+            root: dir.path().to_path_buf(),
+            tokens: vec![TokenSpec { user: "alice".into(), role: "write".into(), secret: TOKEN.into() }],
+            faults: None,
+            multipart_chunk: 1 << 20,
+            max_body: 1 << 20,
+            oidc: None,
+            inference: None,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        rt.spawn(async move { axum::serve(listener, router(cfg, 9).unwrap()).await });
+        let http = reqwest::Client::new();
+        let send = |path: &str, body: String| {
+            let rb = http.post(format!("{base}{path}")).bearer_auth(TOKEN).body(body);
+            rt.block_on(async {
+                let r = rb.send().await.unwrap();
+                (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+            })
+        };
+        let validate = |readme: &str| send("/api/validate-yaml", serde_json::json!({ "content": readme, "repoType": "model" }).to_string());
+        let local = "---\nbase_model: /home/me/models/sd15\nlicense: mit\n---\n# x\n";
+        let (status, body) = validate(local);
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            serde_json::json!({ "errors": [{ "message": "\"base_model\" with value \"/home/me/models/sd15\" is not valid. Use a model id from https://hf.co/models." }] })
+        );
+        let (status, body) = validate("---\nbase_model: [alice/base, C:\\\\sd]\nbase_model_relation: fork\ntags: {a: 1}\n---\n");
+        assert_eq!(status, 400);
+        let messages: Vec<&str> = body["errors"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert!(messages[0].contains("C:\\\\sd") && messages[1].contains("base_model_relation") && messages[2].contains("\"tags\""), "{messages:?}");
+        for ok in [
+            "---\nbase_model: stable-diffusion-v1-5/stable-diffusion-v1-5\nbase_model_relation: adapter\n---\n",
+            "---\nbase_model: gpt2\n---\n",
+            "# no metadata\n",
+        ] {
+            assert_eq!(validate(ok), (200, serde_json::json!({ "warnings": [] })), "{ok}");
+        }
+        assert_eq!(send("/api/repos/create", r#"{"name": "r", "type": "model"}"#.into()).0, 200);
+        let commit = |readme: &str| {
+            let header = serde_json::json!({"key": "header", "value": {"summary": "s", "description": ""}});
+            let file = serde_json::json!({"key": "file", "value": {"path": "README.md", "content": readme, "encoding": "utf-8"}});
+            send("/api/models/alice/r/commit/main", format!("{header}\n{file}"))
+        };
+        let (status, body) = commit(local);
+        assert_eq!(status, 400);
+        assert_eq!(
+            body["error"],
+            "Invalid metadata in README.md.\n- \"base_model\" with value \"/home/me/models/sd15\" is not valid. Use a model id from https://hf.co/models."
+        );
+        assert_eq!(commit("---\nbase_model: alice/base\n---\n# ok\n").0, 200);
+    }
 }

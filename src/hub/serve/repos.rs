@@ -6,7 +6,7 @@
 use super::auth::{commit_at, head_of, require_write, Who};
 use super::store::FileRec;
 use super::{base_url, card_of, expands, fail, fail_code, flag, inference, io_fail, json_reply, query, BodyBytes, JsonBody, Reply, Repo, Shared};
-use crate::card::front_matter;
+use crate::card::card_errors;
 use crate::hub::protocol::*;
 use crate::repo_id::RepoId;
 use axum::extract::{Extension, RawQuery, State as S};
@@ -54,13 +54,12 @@ pub(super) async fn create_repo(S(state): S<Shared>, Extension(who): Extension<W
     json_reply(StatusCode::OK, &serde_json::json!({ "url": url, "name": id.to_string(), "id": id.to_string() }))
 }
 
-/// `POST /api/validate-yaml`: the model card's metadata parses (the Hub's check before a commit).
+/// `POST /api/validate-yaml`: the model card's metadata parses and follows the Hub's model-card
+/// metadata rules ([`card_errors`]): 200 with `warnings`, or 400 with one `errors[].message` per
+/// violation, as the Hub answers (hub-protocol.md §2.2).
 pub(super) async fn validate_yaml(JsonBody(req): JsonBody<serde_json::Value>) -> Reply {
     let content = req["content"].as_str().unwrap_or("");
-    let errors = match front_matter(content) {
-        Ok(_) => vec![],
-        Err(e) => vec![serde_json::json!({ "message": e.to_string() })],
-    };
+    let errors: Vec<_> = card_errors(content).into_iter().map(|m| serde_json::json!({ "message": m })).collect();
     if errors.is_empty() {
         json_reply(StatusCode::OK, &serde_json::json!({ "warnings": [] }))
     } else {
