@@ -16,9 +16,8 @@ pub mod stretch;
 pub mod synth;
 pub mod tone;
 
-#[cfg(test)]
-#[path = "../../tests/support/images.rs"]
-pub(crate) mod testgen;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testgen;
 
 use crate::sniff::FileKind;
 use std::path::{Path, PathBuf};

@@ -158,7 +158,7 @@ impl TorchCpuGenerator {
 ///
 /// torch evaluates ln, sin and cos with avx_mathfun's polynomials; evaluating them in f64 and
 /// rounding once lands within 2.4e-7 of torch's values (measured over SD latents; see
-/// tests/torch_noise.rs). The product of the f32 angle is what must match exactly: torch's
+/// tests/cli/torch_noise.rs). The product of the f32 angle is what must match exactly: torch's
 /// scalar build (`ATEN_CPU_CAPABILITY=default`, ARM) forms θ in double instead, which moves
 /// values by up to ~1.5e-6.
 fn normal_fill_16(d: &mut [f32]) {
@@ -243,7 +243,7 @@ impl NoiseStream {
     /// Unit Gaussian noise shaped like `x`, in `x`'s dtype. torch-cpu draws f32 values and
     /// casts them, which is what the pinned torch's CPU kernel (tests/pyref-requirements.lock.txt)
     /// does for f16 when the size is a multiple of 16 (every latent shape of even height and
-    /// width; tested in tests/torch_noise.rs). Older torch releases may draw f16 differently.
+    /// width; tested in tests/cli/torch_noise.rs). Older torch releases may draw f16 differently.
     pub fn randn_like(&mut self, x: &Tensor) -> Result<Tensor> {
         let t = match &mut self.source {
             Source::Torch(g) => Tensor::from_vec(g.randn_f32(x.elem_count()), x.shape(), x.device())?,

@@ -1,7 +1,7 @@
 //! What `train-and-push` publishes from an output folder, and its dry run: the checks a real run
 //! would fail on first (the base model's files, the photos, their captions), without training.
 
-use super::config::{CaptionSource, TrainConfig};
+use super::config::TrainConfig;
 use crate::diffusion::config::{PipelineError, PipelineFiles};
 use crate::names;
 use serde::Serialize;

@@ -1,4 +1,4 @@
-"""diffusers' own seeded render, for tests/torch_noise.rs: a whole pipeline run from
+"""diffusers' own seeded render, for tests/cli/torch_noise.rs: a whole pipeline run from
 `generator=torch.Generator("cpu").manual_seed(seed)`, the way the Hub's diffusers worker seeds.
 
 Usage: diffusers_seeded.py MODEL_DIR OUT_DIR --seeds 0,1 --steps 6 --guidance 5 --width 64 --height 64

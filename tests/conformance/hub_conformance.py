@@ -4,7 +4,7 @@ Usage:
   python hub_conformance.py --endpoint URL --token TOKEN --user alice --work DIR \
       --phase push|verify-hfsky-push --repo alice/NAME [--expect-dir D]
 
-Phases (driven by tests/python_conformance.rs; `verify` is an alias of `verify-hfsky-push`):
+Phases (driven by tests/cli/python_conformance.rs; `verify` is an alias of `verify-hfsky-push`):
   push               -- whoami (name + write role), create_repo twice (exist_ok), upload_folder
                         (legacy LFS path, HF_HUB_DISABLE_XET=1) of a README.md with YAML front
                         matter, a small nested/notes.txt and an 11 MiB seeded-random big.bin

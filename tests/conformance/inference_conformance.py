@@ -2,7 +2,7 @@
 
 Reads `model_info(expand=["inferenceProviderMapping"])` and, for `auto` and every listed
 provider, the request huggingface_hub's provider helper would send for text-to-image; prints one
-JSON line for tests/python_conformance.rs to compare with hfsky's own client.
+JSON line for tests/cli/python_conformance.rs to compare with hfsky's own client.
 """
 import argparse
 import json

@@ -1,4 +1,4 @@
-"""Reference draws from torch's CPU generator for tests/torch_noise.rs.
+"""Reference draws from torch's CPU generator for tests/cli/torch_noise.rs.
 
 Usage: torch_randn.py SPEC.json OUT.safetensors
 SPEC: [{"name": str, "seed": int, "draws": [[shape...], ...], "dtype": "float32"}, ...]. Each

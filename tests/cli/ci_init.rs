@@ -2,8 +2,7 @@
 //! its steps (everything but installing hfsky) publish to the offline Hub when run the way a
 //! runner runs them: bash, the job's env, a stand-in id-token endpoint, a step summary file.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 
 fn workflow(path: &Path) -> serde_yaml::Value {

@@ -1,7 +1,6 @@
 //! `hfsky env`: the report a user pastes into a bug report, in both forms, never with the token.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn env_reports_build_devices_cache_and_token_source_without_the_token() {

@@ -2,8 +2,7 @@
 //! read from a file) exchanged at the offline Hub's `/oauth/token` for a token that can write
 //! one repo. Refusals are clear, exit 3, and no token (id token or exchanged) is ever printed.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::process::Output;
 
 fn model(dir: &std::path::Path) {

@@ -3,8 +3,7 @@
 //! `--explain`; the report renders in a headless browser; bad input says what is wrong and
 //! keeps what was rendered.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {

@@ -3,8 +3,7 @@
 //! route, the worker's defaults and `--render-profile`, explicit overrides, and the bad-input
 //! answers (no base_model, no provider, 402/429 from the provider, a bad profile).
 
-mod common;
-use common::*;
+use crate::common::*;
 use hfsky::hub::inference::{HubRender, InferenceClient, InferenceError, Provider, ProviderChoice, TextToImageRequest};
 use hfsky::hub::HubClient;
 use hfsky::repo_id::RepoId;

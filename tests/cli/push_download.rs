@@ -1,8 +1,7 @@
 //! login → push → download against `hfsky hub serve`, run as a user would, plus the bad-input
 //! and failure paths, and a scan of every output and written file for the token.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn login_file(env: &Env, token: &str) -> String {
     ok(&env.run_stdin(&["login", "--token-stdin", "--store", "file", "--name", "main"], &format!("{token}\n")))

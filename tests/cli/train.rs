@@ -2,8 +2,7 @@
 //! outputs, the LoRA changing generations, resume after a kill, bad input, and one commit to the
 //! offline Hub.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

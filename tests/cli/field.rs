@@ -4,10 +4,8 @@
 //! other metadata columns and in metadata.csv. Inputs: tests/fixtures/field-photos (made by its
 //! make.sh) and tests/fixtures/field-cases (copied from the shared field cases).
 
-mod common;
-#[path = "support/images.rs"]
-mod gen;
-use common::*;
+use crate::common::*;
+use hfsky::dataset::testgen as gen;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {

@@ -6,8 +6,7 @@
 //! installs into `.venv`; they are `#[ignore]`d so a bare `cargo test` says they did not run, and
 //! the test script runs them with `--include-ignored`.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -17,7 +16,7 @@ fn repo() -> PathBuf {
 
 /// The test venv's python (`HFSKY_PYTHON`, set by scripts/test.sh), which has the install tools.
 fn python() -> PathBuf {
-    PathBuf::from(std::env::var("HFSKY_PYTHON").expect("HFSKY_PYTHON: run through scripts/test.sh, which makes .venv with maturin and nbclient"))
+    PathBuf::from(test_python())
 }
 
 #[track_caller]

@@ -2,8 +2,7 @@
 //! repo (through the offline Hub), LoRA, seeds, metadata, and reproduction of diffusers' image
 //! from the same initial noise.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {

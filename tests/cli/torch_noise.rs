@@ -7,19 +7,10 @@
 //! Needs `HFSKY_PYREF_PYTHON` (torch + diffusers; scripts/test.sh makes one with
 //! scripts/pyref-venv.sh).
 
-mod common;
-use common::*;
+use crate::common::*;
 use hfsky::diffusion::noise::TorchCpuGenerator;
 use std::path::PathBuf;
 use std::process::Command;
-
-fn python() -> Option<String> {
-    match std::env::var("HFSKY_PYREF_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ if std::env::var_os("CI").is_some() => panic!("HFSKY_PYREF_PYTHON must be set in CI (scripts/test.sh sets it)"),
-        _ => None,
-    }
-}
 
 fn cases() -> Vec<(String, u64, Vec<Vec<usize>>)> {
     let mut out = Vec::new();
@@ -57,11 +48,9 @@ fn cases() -> Vec<(String, u64, Vec<Vec<usize>>)> {
 }
 
 #[test]
+#[ignore = "needs the Python reference stack (HFSKY_PYREF_PYTHON, made by scripts/test.sh)"]
 fn torch_cpu_noise_matches_torch_randn() {
-    let Some(python) = python() else {
-        eprintln!("HFSKY_PYREF_PYTHON not set: run scripts/test.sh (or scripts/pyref-venv.sh) for the torch noise test");
-        return;
-    };
+    let python = pyref_python();
     let dir = tempfile::tempdir().unwrap();
     let cases = cases();
     let spec: Vec<serde_json::Value> =
@@ -111,11 +100,9 @@ fn torch_cpu_noise_matches_torch_randn() {
 }
 
 #[test]
+#[ignore = "needs the Python reference stack (HFSKY_PYREF_PYTHON, made by scripts/test.sh)"]
 fn generate_with_torch_cpu_noise_reproduces_diffusers_seeded_euler_ancestral() {
-    let Some(python) = python() else {
-        eprintln!("HFSKY_PYREF_PYTHON not set: run scripts/test.sh (or scripts/pyref-venv.sh) for the diffusers seeded-render test");
-        return;
-    };
+    let python = pyref_python();
     let env = Env::new("http://127.0.0.1:9");
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     // SD 1.5 at a non-square size; SDXL at its default. Seeds, steps and size as the worker would
@@ -185,11 +172,9 @@ fn generate_with_torch_cpu_noise_reproduces_diffusers_seeded_euler_ancestral() {
 /// seed by seed and there is nothing to explain; the same images labelled with other seeds
 /// no longer match the local renders and leave a gap.
 #[test]
+#[ignore = "needs the Python reference stack (HFSKY_PYREF_PYTHON, made by scripts/test.sh)"]
 fn compare_pairs_diffusers_renders_by_seed() {
-    let Some(python) = python() else {
-        eprintln!("HFSKY_PYREF_PYTHON not set: run scripts/test.sh (or scripts/pyref-venv.sh) for the diffusers compare test");
-        return;
-    };
+    let python = pyref_python();
     let env = Env::new("http://127.0.0.1:9");
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let model = fixtures.join("tiny-sd15");

@@ -4,8 +4,7 @@
 //! in PEFT's and kohya/LyCORIS' layouts, each against the plain full-rank LoRA holding its merged
 //! weights.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {

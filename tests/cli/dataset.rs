@@ -2,10 +2,8 @@
 //! export/import/check, caption templates, report, and bad input, on the bundled sky photos and
 //! on flawed photos made here.
 
-mod common;
-#[path = "support/images.rs"]
-mod gen;
-use common::*;
+use crate::common::*;
+use hfsky::dataset::testgen as gen;
 use image::imageops;
 use std::path::{Path, PathBuf};
 use std::process::Output;

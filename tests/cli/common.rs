@@ -8,6 +8,20 @@ use std::process::{Child, Command, Output, Stdio};
 pub const ALICE: &str = "hf_AliceWriteToken0123456789abcdef";
 pub const BOB_READ: &str = "hf_BobReadOnlyToken0123456789abcd";
 
+/// The Python reference stack (torch, diffusers, peft) `scripts/test.sh` makes. Tests that need
+/// it are `#[ignore]`d, so running one without it is a setup mistake, said as such.
+pub fn pyref_python() -> String {
+    std::env::var("HFSKY_PYREF_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .expect("HFSKY_PYREF_PYTHON is not set: run scripts/test.sh, or set it to the python scripts/pyref-venv.sh prints")
+}
+
+/// The test venv's python (huggingface_hub, maturin, nbclient) `scripts/test.sh` makes.
+pub fn test_python() -> String {
+    std::env::var("HFSKY_PYTHON").ok().filter(|p| !p.is_empty()).expect("HFSKY_PYTHON is not set: run scripts/test.sh, which makes .venv")
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hfsky"))
 }

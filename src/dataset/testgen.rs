@@ -1,11 +1,12 @@
-//! Flawed and clean test photos, made in code. Shared by the dataset unit tests (through
-//! `#[path]`) and the CLI tests, so both exercise the same files.
-#![allow(dead_code)]
+//! Flawed and clean test photos, made in code (EXIF rotations, CMYK JPEG/TIFF, 16-bit and alpha
+//! PNGs, lying headers, over-saturated and captioned images). Shared by the dataset unit tests
+//! and the integration tests, so both exercise the same files; compiled only for tests (the
+//! `test-support` feature, which the test build turns on through a dev-dependency on this crate).
 
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use std::io::Cursor;
 
-pub use hfsky::dataset::synth::sky as photo;
+pub use crate::dataset::synth::sky as photo;
 
 pub fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
