@@ -43,7 +43,7 @@ cargo clippy --all-targets --locked --features "$HEIF_FEATURE" -- -D warnings
 # The official client for the conformance test (small: no torch). HF_HUB_DISABLE_XET=1 is set
 # by the test so uploads take the LFS path the offline Hub speaks.
 # Its trusted-publisher (OIDC) support is tested too, hence a version that has `_oidc`.
-# maturin builds the wheel and nbclient/ipykernel run the notebook (tests/cli/install.rs).
+# maturin builds the wheel and nbclient/ipykernel run the notebook (tests/install.rs).
 PY_TEST_DEPS=("huggingface_hub==2.4.0" "maturin==1.16.0" "nbclient==0.11.0" "nbformat==5.11.1" "ipykernel==7.4.0")
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import huggingface_hub._oidc, nbclient, nbformat, ipykernel" 2>/dev/null || [ ! -x .venv/bin/maturin ]; then
   python3 -m venv .venv

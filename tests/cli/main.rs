@@ -1,5 +1,5 @@
 //! The integration tests, one binary (one link of the library and its dependencies instead of
-//! one per file): each module runs the real `hfsky` binary against temp folders and the offline
+//! one per file; only tests/install.rs, which rebuilds the binary these tests run, is apart): each module runs the real `hfsky` binary against temp folders and the offline
 //! Hub, or checks interop with the Python reference stack. Tests that need what
 //! `scripts/test.sh` installs (Python stacks, a Secret Service, the wheel tools) are
 //! `#[ignore]`d with the reason, and the script runs them (`--include-ignored`).
@@ -13,7 +13,6 @@ mod env;
 mod field;
 mod generate;
 mod hub_inference;
-mod install;
 mod keyring_store;
 mod lora_formats;
 mod oidc;

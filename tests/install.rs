@@ -6,9 +6,20 @@
 //! installs into `.venv`; they are `#[ignore]`d so a bare `cargo test` says they did not run, and
 //! the test script runs them with `--include-ignored`.
 
-use crate::common::*;
+// A binary of its own: these tests rebuild target/debug/hfsky (maturin, cargo install), which
+// must not happen while the other integration tests run it. cargo runs test binaries one at a time.
+#[path = "cli/common.rs"]
+mod common;
+use common::*;
 use std::path::PathBuf;
 use std::process::Command;
+
+/// Held by every test here: two of them rebuild target/debug/hfsky, which the others run.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -28,6 +39,7 @@ fn run_ok(cmd: &mut Command) -> String {
 #[test]
 #[ignore = "builds a wheel with maturin from .venv (scripts/test.sh installs it and runs ignored tests)"]
 fn the_wheel_carries_the_binary_and_the_demo_runs_on_it() {
+    let _serial = one_at_a_time();
     let t = tempfile::tempdir().unwrap();
     let maturin = python().parent().unwrap().join("maturin");
     // The dev profile reuses the test build's dependencies; release wheels come from release.yml.
@@ -61,6 +73,7 @@ fn the_wheel_carries_the_binary_and_the_demo_runs_on_it() {
 #[test]
 #[ignore = "runs cargo package and cargo install (minutes); scripts/test.sh runs ignored tests"]
 fn the_crate_leaves_fixtures_out_and_installs_with_cargo() {
+    let _serial = one_at_a_time();
     let list = run_ok(Command::new(env!("CARGO")).current_dir(repo()).args(["package", "--list", "--allow-dirty", "--locked"]));
     let files: Vec<&str> = list.lines().filter(|l| !l.starts_with("warning") && !l.trim().is_empty()).collect();
     for needed in ["Cargo.toml", "Cargo.lock", "README.md", "build.rs", "src/main.rs", "model_cards/lora.md.j2", "templates/compare_report.html.j2"] {
@@ -96,6 +109,7 @@ fn the_crate_leaves_fixtures_out_and_installs_with_cargo() {
 
 #[test]
 fn the_release_workflow_parses_and_runs_scripts_that_exist() {
+    let _serial = one_at_a_time();
     let text = std::fs::read_to_string(repo().join(".github/workflows/release.yml")).unwrap();
     let wf: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let jobs = wf["jobs"].as_mapping().expect("jobs");
@@ -128,6 +142,7 @@ fn the_release_workflow_parses_and_runs_scripts_that_exist() {
 
 #[test]
 fn a_binary_is_packed_with_its_checksum() {
+    let _serial = one_at_a_time();
     let t = tempfile::tempdir().unwrap();
     let asset = run_ok(Command::new(repo().join("scripts/package-binary.sh")).arg(bin()).arg("hfsky-test-x86_64").arg(t.path()));
     let asset = PathBuf::from(asset.trim());
@@ -143,6 +158,7 @@ fn a_binary_is_packed_with_its_checksum() {
 #[test]
 #[ignore = "executes examples/hfsky-colab.ipynb with nbclient from .venv (scripts/test.sh installs it and runs ignored tests)"]
 fn the_notebook_runs_the_whole_flow_offline() {
+    let _serial = one_at_a_time();
     let t = tempfile::tempdir().unwrap();
     let hub = start_hub(&t.path().join("hub"), &[]);
     let env = Env::new(&hub.endpoint);
