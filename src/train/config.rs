@@ -217,6 +217,14 @@ train_keys! {
     /// `use_dora`: a magnitude per output row trained too; saved as `lora_magnitude_vector`).
     /// Default: lora.
     network: Network = Network::Lora,
+    /// Also train a LoRA on the CLIP text encoder(s)' attention (`q_proj`, `k_proj`, `v_proj`,
+    /// `out_proj`; both encoders for SDXL), as diffusers' train_dreambooth_lora(_sdxl).py
+    /// `--train_text_encoder`: prompts are encoded every step and the encoders stay loaded.
+    /// Saved as `text_encoder.…`/`text_encoder_2.…` PEFT keys in the same file. Default: false.
+    train_text_encoder: bool = false,
+    /// The text-encoder LoRA's AdamW learning rate (same schedule and warmup as `learning_rate`).
+    /// Default: = learning_rate.
+    text_encoder_lr: Option<f64>,
     /// Layouts the trained LoRA is written in, side by side (all pushed by `train-and-push`): peft
     /// (pytorch_lora_weights.safetensors, for diffusers and the Hub; always written), kohya
     /// (…_kohya.safetensors, for A1111/Forge; SDXL in SGM block names) and comfyui
@@ -337,6 +345,11 @@ impl TrainConfig {
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             return Err(format!("learning_rate: {} must be a positive number", self.learning_rate));
+        }
+        if let Some(lr) = self.text_encoder_lr {
+            if !(lr > 0.0 && lr.is_finite()) {
+                return Err(format!("text_encoder_lr: {lr} must be a positive number"));
+            }
         }
         if matches!(self.max_steps, Some(0)) || matches!(self.num_epochs, Some(0)) {
             return Err("max_steps / num_epochs: must be at least 1".into());

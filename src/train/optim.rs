@@ -34,10 +34,16 @@ impl AdamW {
 
     /// One update with learning rate `lr`; `grads[i]` belongs to `vars[i]` (None: no gradient).
     pub fn step(&mut self, vars: &[&Var], grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        self.step_each(vars, grads, &vec![lr; vars.len()])
+    }
+
+    /// One update where `vars[i]` takes learning rate `lrs[i]` (torch's parameter groups: the
+    /// UNet and text-encoder LoRAs share moments' hyperparameters, not the rate).
+    pub fn step_each(&mut self, vars: &[&Var], grads: &[Option<Tensor>], lrs: &[f64]) -> Result<()> {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step as i32);
         let bc2 = 1.0 - self.beta2.powi(self.step as i32);
-        for (i, (var, g)) in vars.iter().zip(grads).enumerate() {
+        for (i, ((var, g), &lr)) in vars.iter().zip(grads).zip(lrs).enumerate() {
             let Some(g) = g else { continue };
             let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
