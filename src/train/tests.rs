@@ -338,3 +338,28 @@ fn text_encoder_training_saves_and_resumes() {
         assert!(err.contains("train_text_encoder"), "{model}: {err}");
     }
 }
+
+/// The memory preflight counts the text encoders' weights (kept loaded) and their LoRA with
+/// `train_text_encoder`, and nothing more.
+#[test]
+fn preflight_counts_the_kept_text_encoders() {
+    for model in ["tiny-sd15", "tiny-sdxl"] {
+        let estimate = |extra: &str| {
+            let d = tempfile::tempdir().unwrap();
+            write_photos(&d.path().join("photos"), 1);
+            let cfg = config(d.path(), model, extra);
+            let t = Trainer { cfg: &cfg, model_dir: pipeline_dir(model), cache_dir: Some(d.path().join("cache")) };
+            t.prepare(&mut |_| {}).unwrap().memory.estimate
+        };
+        let (off, on) = (estimate(""), estimate("train_text_encoder: true\n"));
+        let encoders: &[&str] = if model == "tiny-sdxl" { &["text_encoder", "text_encoder_2"] } else { &["text_encoder"] };
+        let mut params = 0u64;
+        for e in encoders {
+            let t = candle_core::safetensors::load(pipeline_dir(model).join(e).join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+            params += t.values().map(|t| t.elem_count() as u64).sum::<u64>();
+        }
+        assert_eq!(on.weights - off.weights, params * 4, "{model}: f32 encoder weights");
+        assert!(on.trainable > off.trainable, "{model}: the text-encoder LoRA and its AdamW state");
+        assert_eq!(on.activations, off.activations);
+    }
+}
