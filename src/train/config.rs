@@ -350,6 +350,9 @@ impl TrainConfig {
             if !(lr > 0.0 && lr.is_finite()) {
                 return Err(format!("text_encoder_lr: {lr} must be a positive number"));
             }
+            if !self.train_text_encoder {
+                return Err("text_encoder_lr: set, but train_text_encoder is false (add train_text_encoder: true, or remove it)".into());
+            }
         }
         if matches!(self.max_steps, Some(0)) || matches!(self.num_epochs, Some(0)) {
             return Err("max_steps / num_epochs: must be at least 1".into());
@@ -471,6 +474,12 @@ mod tests {
         let p = write(d.path(), &format!("{MINIMAL}resolution: 500\n"));
         let e = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string();
         assert!(e.contains("resolution") && e.contains("multiple of 8"), "{e}");
+        let p = write(d.path(), &format!("{MINIMAL}text_encoder_lr: 1.0e-5\n"));
+        let e = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string();
+        assert!(e.contains("text_encoder_lr") && e.contains("train_text_encoder: true"), "a rate for encoders that are not trained: {e}");
+        let p = write(d.path(), &format!("{MINIMAL}train_text_encoder: true\ntext_encoder_lr: 0\n"));
+        let e = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string();
+        assert!(e.contains("text_encoder_lr") && e.contains("positive"), "{e}");
         let e = Flags::try_parse_from(["train", "--learning-rat", "1"]).unwrap_err().to_string();
         assert!(e.contains("--learning-rat") && e.contains("--learning-rate"), "a typo is clap's error, with the key it meant: {e}");
         let e = TrainConfig::load(None, flags(&["--dataset", "photos", "--instance-prompt", "sky", "--output-dir", "out"])).unwrap_err().to_string();

@@ -134,6 +134,29 @@ mod tests {
         assert!((v[0] - 0.798_101).abs() < 1e-5 && (v[1] + 2.195_902).abs() < 1e-5, "{v:?}");
     }
 
+    /// Per-variable rates (the UNet and text-encoder groups) move each variable exactly as an
+    /// optimizer of its own at that rate would.
+    #[test]
+    fn each_variable_takes_its_own_learning_rate() {
+        let mk = |v: &[f32]| Var::from_tensor(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap();
+        let (a, b) = (mk(&[1.0, -2.0]), mk(&[0.5, 3.0]));
+        let (a1, b1) = (mk(&[1.0, -2.0]), mk(&[0.5, 3.0]));
+        let ga = Tensor::new(&[0.5f32, 0.25], &Device::Cpu).unwrap();
+        let gb = Tensor::new(&[-0.1f32, 0.7], &Device::Cpu).unwrap();
+        let mut both = AdamW::new(&[&a, &b], 0.9, 0.999, 1e-8, 0.01).unwrap();
+        let mut only_a = AdamW::new(&[&a1], 0.9, 0.999, 1e-8, 0.01).unwrap();
+        let mut only_b = AdamW::new(&[&b1], 0.9, 0.999, 1e-8, 0.01).unwrap();
+        for _ in 0..3 {
+            both.step_each(&[&a, &b], &[Some(ga.clone()), Some(gb.clone())], &[0.1, 0.02]).unwrap();
+            only_a.step(&[&a1], &[Some(ga.clone())], 0.1).unwrap();
+            only_b.step(&[&b1], &[Some(gb.clone())], 0.02).unwrap();
+        }
+        for (x, y) in [(&a, &a1), (&b, &b1)] {
+            assert_eq!(x.as_tensor().to_vec1::<f32>().unwrap(), y.as_tensor().to_vec1::<f32>().unwrap());
+        }
+        assert_ne!(a.as_tensor().to_vec1::<f32>().unwrap(), [1.0, -2.0]);
+    }
+
     #[test]
     fn clipping_scales_to_the_max_norm() {
         let mut g = vec![Some(Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap()), None];
