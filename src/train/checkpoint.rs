@@ -103,7 +103,8 @@ impl Checkpoint {
     }
 }
 
-/// Writes checkpoint-`step` (every component's factors in one file) atomically and prunes to the newest `keep`.
+/// Writes checkpoint-`step` (every component's factors in one file) atomically and prunes to
+/// the newest `keep`.
 pub fn save(
     root: &Path,
     step: usize,

@@ -1,8 +1,9 @@
 //! The DreamBooth LoRA loop: prepare every example once (VAE latents cached on disk, captions
-//! encoded once, or every step through the kept encoders with `train_text_encoder`), then for each optimizer step draw a batch, noise it, predict, take the
-//! (min-SNR weighted) MSE, backpropagate into the LoRA factors only, clip, AdamW, and write logs,
-//! checkpoints and validation images. A step's randomness and data order depend only on (seed,
-//! step), so `resume_from_checkpoint: latest` continues exactly where an interrupted run was.
+//! encoded once, or every step through the kept encoders with `train_text_encoder`), then for
+//! each optimizer step draw a batch, noise it, predict, take the (min-SNR weighted) MSE,
+//! backpropagate into the LoRA factors only, clip, AdamW, and write logs, checkpoints and
+//! validation images. A step's randomness and data order depend only on (seed, step), so
+//! `resume_from_checkpoint: latest` continues exactly where an interrupted run was.
 
 use super::checkpoint::{self, Checkpoint};
 use super::config::{CaptionSource, Precision, ResolvedPrecision, TrainConfig};
