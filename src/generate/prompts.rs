@@ -51,6 +51,12 @@ impl TextEncoders {
         })
     }
 
+    /// The component name of each encoder (`text_encoder`, and `text_encoder_2` for SDXL), in
+    /// the order of [`TextEncoders::adapters`].
+    pub fn components(&self) -> &[&'static str] {
+        &self.components
+    }
+
     /// Applies a LoRA's text-encoder parts (if any) at `scale`; returns how many modules changed.
     pub fn install_lora(&self, lora: &LoraWeights, scale: f64, mode: LoraMode) -> Result<usize, GenerateError> {
         let mut n = 0;

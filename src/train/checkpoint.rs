@@ -70,14 +70,26 @@ impl Checkpoint {
 
     /// Restores the LoRA factors and optimizer; returns the loss scaler's state when the run
     /// that wrote the checkpoint scaled its loss (f16), so a resumed run continues with its scale.
-    pub fn restore(&self, lora: &TrainableLora, opt: &mut AdamW) -> Result<Option<LossScaler>, CheckpointError> {
-        let device = lora.vars().first().map(|v| v.device().clone()).unwrap_or(Device::Cpu);
+    /// `loras`: the UNet's, then each trained text encoder's; all must be in the checkpoint.
+    pub fn restore(&self, loras: &[&TrainableLora], opt: &mut AdamW) -> Result<Option<LossScaler>, CheckpointError> {
+        let device = loras.iter().flat_map(|l| l.vars()).next().map(|v| v.device().clone()).unwrap_or(Device::Cpu);
         let load = |name: &str| {
             let p = self.dir.join(name);
             candle_core::safetensors::load(&p, &device).map_err(|e| CheckpointError::Io { path: p.clone(), detail: e.to_string() })
         };
         let mismatch = |detail: String| CheckpointError::Mismatch { path: self.dir.clone(), detail };
-        lora.load_values(&load("lora.safetensors")?).map_err(|e| mismatch(e.to_string()))?;
+        let saved = load("lora.safetensors")?;
+        for lora in loras {
+            lora.load_values(&saved).map_err(|e| mismatch(e.to_string()))?;
+        }
+        // A checkpoint with text-encoder factors resumed without train_text_encoder would drop them.
+        let expected: usize = loras.iter().map(|l| l.named_tensors().len()).sum();
+        if saved.len() != expected {
+            return Err(mismatch(format!(
+                "it holds {} LoRA tensors, this run trains {expected} (train_text_encoder or network changed?)",
+                saved.len()
+            )));
+        }
         opt.load_state(&load("optimizer.safetensors")?, self.step).map_err(|e| mismatch(e.to_string()))?;
         let state_path = self.dir.join("state.json");
         let state: serde_json::Value = match std::fs::read(&state_path) {
@@ -91,11 +103,12 @@ impl Checkpoint {
     }
 }
 
-/// Writes checkpoint-`step` atomically and prunes to the newest `keep`.
+/// Writes checkpoint-`step` (every component's factors in one file) atomically and prunes to
+/// the newest `keep`.
 pub fn save(
     root: &Path,
     step: usize,
-    lora: &TrainableLora,
+    loras: &[&TrainableLora],
     opt: &AdamW,
     scaler: Option<&LossScaler>,
     keep: Option<usize>,
@@ -119,10 +132,11 @@ pub fn save(
     };
     // The weights writer's error names the file already.
     let write = |name: &str, t| write_safetensors(&tmp.join(name), t, None).map_err(CheckpointError::Tensors);
-    write("lora.safetensors", cpu(lora.named_tensors())?)?;
+    write("lora.safetensors", cpu(loras.iter().flat_map(|l| l.named_tensors()).collect())?)?;
     write("optimizer.safetensors", cpu(opt.state_tensors())?)?;
     let state = serde_json::json!({
-        "step": step, "optimizer_step": opt.step, "rank": lora.rank, "alpha": lora.alpha, "modules": lora.modules.len(), "loss_scaler": scaler,
+        "step": step, "optimizer_step": opt.step, "rank": loras.first().map(|l| l.rank), "alpha": loras.first().map(|l| l.alpha),
+        "modules": loras.iter().map(|l| l.modules.len()).sum::<usize>(), "components": loras.iter().map(|l| l.component.as_str()).collect::<Vec<_>>(), "loss_scaler": scaler,
     });
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&state).expect("json")).map_err(io(&tmp))?;
     if final_dir.exists() {

@@ -221,6 +221,14 @@ train_keys! {
     /// `use_dora`: a magnitude per output row trained too; saved as `lora_magnitude_vector`).
     /// Default: lora.
     network: Network = Network::Lora,
+    /// Also train a LoRA on the CLIP text encoder(s)' attention (`q_proj`, `k_proj`, `v_proj`,
+    /// `out_proj`; both encoders for SDXL), as diffusers' train_dreambooth_lora(_sdxl).py
+    /// `--train_text_encoder`: prompts are encoded every step and the encoders stay loaded.
+    /// Saved as `text_encoder.…`/`text_encoder_2.…` PEFT keys in the same file. Default: false.
+    train_text_encoder: bool = false,
+    /// The text-encoder LoRA's AdamW learning rate (same schedule and warmup as `learning_rate`).
+    /// Default: = learning_rate.
+    text_encoder_lr: Option<f64>,
     /// Layouts the trained LoRA is written in, side by side (all pushed by `train-and-push`): peft
     /// (pytorch_lora_weights.safetensors, for diffusers and the Hub; always written), kohya
     /// (…_kohya.safetensors, for A1111/Forge; SDXL in SGM block names) and comfyui
@@ -346,6 +354,14 @@ impl TrainConfig {
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             return Err(format!("learning_rate: {} must be a positive number", self.learning_rate));
         }
+        if let Some(lr) = self.text_encoder_lr {
+            if !(lr > 0.0 && lr.is_finite()) {
+                return Err(format!("text_encoder_lr: {lr} must be a positive number"));
+            }
+            if !self.train_text_encoder {
+                return Err("text_encoder_lr: set, but train_text_encoder is false (add train_text_encoder: true, or remove it)".into());
+            }
+        }
         if matches!(self.max_steps, Some(0)) || matches!(self.num_epochs, Some(0)) {
             return Err("max_steps / num_epochs: must be at least 1".into());
         }
@@ -466,6 +482,12 @@ mod tests {
         let p = write(d.path(), &format!("{MINIMAL}resolution: 500\n"));
         let e = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string();
         assert!(e.contains("resolution") && e.contains("multiple of 8"), "{e}");
+        let p = write(d.path(), &format!("{MINIMAL}text_encoder_lr: 1.0e-5\n"));
+        let e = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string();
+        assert!(e.contains("text_encoder_lr") && e.contains("train_text_encoder: true"), "a rate for encoders that are not trained: {e}");
+        let p = write(d.path(), &format!("{MINIMAL}train_text_encoder: true\ntext_encoder_lr: 0\n"));
+        let e = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string();
+        assert!(e.contains("text_encoder_lr") && e.contains("positive"), "{e}");
         let e = Flags::try_parse_from(["train", "--learning-rat", "1"]).unwrap_err().to_string();
         assert!(e.contains("--learning-rat") && e.contains("--learning-rate"), "a typo is clap's error, with the key it meant: {e}");
         let e = TrainConfig::load(None, flags(&["--dataset", "photos", "--instance-prompt", "sky", "--output-dir", "out"])).unwrap_err().to_string();

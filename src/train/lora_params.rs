@@ -193,18 +193,37 @@ impl TrainableLora {
     /// `pytorch_lora_weights.safetensors` as diffusers writes it: f32 PEFT keys and
     /// `lora_adapter_metadata` so loaders (ours, diffusers) get alpha without guessing.
     pub fn save(&self, path: &Path) -> Result<(), LoraParamsError> {
-        let meta = serde_json::json!({
-            format!("{}.r", self.component): self.rank,
-            format!("{}.lora_alpha", self.component): self.alpha,
-            format!("{}.target_modules", self.component): self.target_modules,
-            format!("{}.init_lora_weights", self.component): true,
-            format!("{}.use_dora", self.component): self.is_dora(),
-        });
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string()), ("lora_adapter_metadata".to_string(), meta.to_string())]);
-        let tensors: Vec<(String, Tensor)> =
-            self.named_tensors().into_iter().map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?.contiguous()?))).collect::<candle_core::Result<_>>()?;
-        write_safetensors(path, tensors, Some(metadata))
+        save_all(&[self], path)
     }
+
+    /// This component's LoraConfig fields under diffusers' `<component>.<field>` names.
+    fn metadata(&self) -> serde_json::Map<String, serde_json::Value> {
+        let c = &self.component;
+        serde_json::Map::from_iter([
+            (format!("{c}.r"), self.rank.into()),
+            (format!("{c}.lora_alpha"), self.alpha.into()),
+            (format!("{c}.target_modules"), self.target_modules.clone().into()),
+            (format!("{c}.init_lora_weights"), true.into()),
+            (format!("{c}.use_dora"), self.is_dora().into()),
+        ])
+    }
+}
+
+/// One file holding every component's factors (`unet.…`, `text_encoder.…`, `text_encoder_2.…`)
+/// and one `lora_adapter_metadata` with each component's config under its prefix, as diffusers'
+/// `save_lora_weights(unet_lora_adapter_metadata=…, text_encoder_lora_adapter_metadata=…)`.
+pub fn save_all(loras: &[&TrainableLora], path: &Path) -> Result<(), LoraParamsError> {
+    let mut meta = serde_json::Map::new();
+    let mut tensors = Vec::new();
+    for lora in loras {
+        meta.extend(lora.metadata());
+        for (n, t) in lora.named_tensors() {
+            tensors.push((n, t.to_device(&Device::Cpu)?.contiguous()?));
+        }
+    }
+    let metadata =
+        HashMap::from([("format".to_string(), "pt".to_string()), ("lora_adapter_metadata".to_string(), serde_json::Value::Object(meta).to_string())]);
+    write_safetensors(path, tensors, Some(metadata))
 }
 
 fn strip<'a>(name: &'a str, component: &str, suffix: &str) -> &'a str {

@@ -34,7 +34,8 @@ const WORKSPACE_BYTES: u64 = 48 << 20;
 /// The estimated peak of one training step, in bytes, by part.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct StepMemory {
-    /// The frozen UNet in the run's weights dtype.
+    /// The frozen UNet (and, with `train_text_encoder`, the text encoders kept beside it) in the
+    /// run's weights dtype.
     pub weights: u64,
     /// LoRA factors, their gradients and AdamW's two moments, all f32.
     pub trainable: u64,
@@ -231,7 +232,7 @@ impl DoesNotFit {
         let s = &self.shape;
         let mut m = format!(
             "a training step at resolution {} with batch size {} ({}) needs about {} but the {} has {} free \
-             (UNet weights {}, LoRA and optimizer {}, activations {})",
+             (frozen weights {}, LoRA and optimizer {}, activations {})",
             s.resolution,
             s.batch,
             if s.checkpointing { "gradient checkpointing on" } else { "gradient checkpointing off" },

@@ -34,10 +34,16 @@ impl AdamW {
 
     /// One update with learning rate `lr`; `grads[i]` belongs to `vars[i]` (None: no gradient).
     pub fn step(&mut self, vars: &[&Var], grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        self.step_each(vars, grads, &vec![lr; vars.len()])
+    }
+
+    /// One update where `vars[i]` takes learning rate `lrs[i]` (torch's parameter groups: the
+    /// UNet and text-encoder LoRAs share moments' hyperparameters, not the rate).
+    pub fn step_each(&mut self, vars: &[&Var], grads: &[Option<Tensor>], lrs: &[f64]) -> Result<()> {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step as i32);
         let bc2 = 1.0 - self.beta2.powi(self.step as i32);
-        for (i, (var, g)) in vars.iter().zip(grads).enumerate() {
+        for (i, ((var, g), &lr)) in vars.iter().zip(grads).zip(lrs).enumerate() {
             let Some(g) = g else { continue };
             let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
             let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
@@ -126,6 +132,29 @@ mod tests {
         opt.step(&[&p], &[Some(g)], 0.1).unwrap();
         let v = p.as_tensor().to_vec1::<f32>().unwrap();
         assert!((v[0] - 0.798_101).abs() < 1e-5 && (v[1] + 2.195_902).abs() < 1e-5, "{v:?}");
+    }
+
+    /// Per-variable rates (the UNet and text-encoder groups) move each variable exactly as an
+    /// optimizer of its own at that rate would.
+    #[test]
+    fn each_variable_takes_its_own_learning_rate() {
+        let mk = |v: &[f32]| Var::from_tensor(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap();
+        let (a, b) = (mk(&[1.0, -2.0]), mk(&[0.5, 3.0]));
+        let (a1, b1) = (mk(&[1.0, -2.0]), mk(&[0.5, 3.0]));
+        let ga = Tensor::new(&[0.5f32, 0.25], &Device::Cpu).unwrap();
+        let gb = Tensor::new(&[-0.1f32, 0.7], &Device::Cpu).unwrap();
+        let mut both = AdamW::new(&[&a, &b], 0.9, 0.999, 1e-8, 0.01).unwrap();
+        let mut only_a = AdamW::new(&[&a1], 0.9, 0.999, 1e-8, 0.01).unwrap();
+        let mut only_b = AdamW::new(&[&b1], 0.9, 0.999, 1e-8, 0.01).unwrap();
+        for _ in 0..3 {
+            both.step_each(&[&a, &b], &[Some(ga.clone()), Some(gb.clone())], &[0.1, 0.02]).unwrap();
+            only_a.step(&[&a1], &[Some(ga.clone())], 0.1).unwrap();
+            only_b.step(&[&b1], &[Some(gb.clone())], 0.02).unwrap();
+        }
+        for (x, y) in [(&a, &a1), (&b, &b1)] {
+            assert_eq!(x.as_tensor().to_vec1::<f32>().unwrap(), y.as_tensor().to_vec1::<f32>().unwrap());
+        }
+        assert_ne!(a.as_tensor().to_vec1::<f32>().unwrap(), [1.0, -2.0]);
     }
 
     #[test]

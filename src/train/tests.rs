@@ -140,3 +140,226 @@ fn checkpointed_training_follows_the_same_loss_curve() {
         }
     }
 }
+
+/// The highest `encoder.layers.<i>` index among a text-encoder LoRA's modules.
+fn last_layer(l: &TrainableLora) -> usize {
+    l.modules.keys().filter_map(|m| m.split("layers.").nth(1)?.split('.').next()?.parse().ok()).max().unwrap()
+}
+
+/// `train_text_encoder`: a LoRA on every CLIP attention projection (both SDXL encoders); every
+/// factor gets a gradient through the prompt embeddings, and sampled gradient entries equal
+/// central finite differences of loss = Σ seq² + Σ pooled² (f64 encoder weights).
+#[test]
+fn text_encoder_lora_gradients_are_exact() {
+    use crate::generate::prompts::TextEncoders;
+    use candle_core::{DType, Device, Tensor};
+    for model in ["tiny-sd15", "tiny-sdxl"] {
+        let files = crate::diffusion::config::PipelineFiles::open(&pipeline_dir(model)).unwrap();
+        let te = TextEncoders::load(&files, DType::F64, &Device::Cpu).unwrap();
+        let loras = super::trainer::text_encoder_loras(&te, 2, 4.0, false, 0, &Device::Cpu).unwrap();
+        let xl = model == "tiny-sdxl";
+        assert_eq!(
+            loras.iter().map(|l| l.component.as_str()).collect::<Vec<_>>(),
+            if xl { vec!["text_encoder", "text_encoder_2"] } else { vec!["text_encoder"] }
+        );
+        for l in &loras {
+            assert!(l.modules.len() >= 8 && l.modules.len() % 4 == 0, "{model} {}: {} modules", l.component, l.modules.len());
+            // B starts at zero (A's gradient would be zero); give it values from a fixed stream.
+            for (i, pair) in l.modules.values().enumerate() {
+                let b = super::objective::normal(&mut step_rng(7, i as u64, 3), pair.up.dims(), &Device::Cpu).unwrap();
+                pair.up.set(&(b * 0.3).unwrap()).unwrap();
+            }
+        }
+        let loss = || -> Tensor {
+            let (seq, pooled) = te.encode("a photo of the SKY river").unwrap();
+            assert_eq!(seq.dtype(), DType::F64);
+            let mut l = seq.sqr().unwrap().sum_all().unwrap();
+            if let Some(p) = pooled {
+                l = (l + p.sqr().unwrap().sum_all().unwrap()).unwrap();
+            }
+            l
+        };
+        let grads = loss().backward().unwrap();
+        let vars: Vec<(String, &candle_core::Var)> = loras
+            .iter()
+            .flat_map(|l| {
+                l.modules.iter().flat_map(move |(m, p)| [(format!("{}.{m}.A", l.component), &p.down), (format!("{}.{m}.B", l.component), &p.up)])
+            })
+            .collect();
+        // SDXL conditions on text_encoder's penultimate layer and takes the pooled embedding from
+        // text_encoder_2 alone, so text_encoder's last layer cannot get a gradient (in diffusers'
+        // training neither); every other factor must.
+        let unused = |name: &str| xl && name.starts_with("text_encoder.") && name.contains(&format!("layers.{}.", last_layer(&loras[0])));
+        let vars: Vec<(String, &candle_core::Var)> = vars
+            .into_iter()
+            .filter(|(name, v)| {
+                if unused(name) {
+                    assert!(grads.get(v.as_tensor()).is_none(), "{model}: {name} is past the penultimate state yet gets a gradient");
+                }
+                !unused(name)
+            })
+            .collect();
+        for (name, v) in &vars {
+            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{model}: no gradient for {name}"));
+            assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{model}: zero gradient for {name}");
+        }
+        // The first and last layer's projections of each encoder, and one in between.
+        let picks = [0, 3, vars.len() / 2, vars.len() / 2 + 1, vars.len() - 2, vars.len() - 1];
+        let h = 1e-2f32;
+        for &i in &picks {
+            let (name, v) = &vars[i];
+            let g: Vec<f32> = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let (idx, &analytic) = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap();
+            let orig = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let at = |delta: f32| -> (f64, f64) {
+                let mut p = orig.clone();
+                p[idx] += delta;
+                let step = (p[idx] - orig[idx]) as f64;
+                v.set(&Tensor::from_vec(p, v.as_tensor().shape(), &Device::Cpu).unwrap()).unwrap();
+                (loss().to_scalar::<f64>().unwrap(), step)
+            };
+            let ((plus, up), (minus, down)) = (at(h), at(-h));
+            let numeric = (plus - minus) / (up - down);
+            v.set(&Tensor::from_vec(orig, v.as_tensor().shape(), &Device::Cpu).unwrap()).unwrap();
+            let rel = (numeric - analytic as f64).abs() / numeric.abs().max(1e-12);
+            assert!(rel < 1e-3, "{model}: {name}[{idx}]: analytic {analytic} vs numeric {numeric} (rel {rel:.1e})");
+        }
+    }
+}
+
+/// `train_text_encoder: true` end to end: the encoders stay loaded, the training loss reaches
+/// every UNet and text-encoder factor, the saved file holds both in diffusers' layout with each
+/// component's config in `lora_adapter_metadata`, our loader gives the trained prompt
+/// embeddings back, and a checkpoint resumes to the same final factors as an uninterrupted run.
+#[test]
+fn text_encoder_training_saves_and_resumes() {
+    use crate::diffusion::lora::LoraWeights;
+    use crate::generate::prompts::TextEncoders;
+    use candle_core::{DType, Device};
+    for model in ["tiny-sd15", "tiny-sdxl"] {
+        let xl = model == "tiny-sdxl";
+        let d = tempfile::tempdir().unwrap();
+        write_photos(&d.path().join("photos"), 2);
+        let extra = "train_text_encoder: true\ntext_encoder_lr: 5.0e-3\ncheckpointing_steps: 2\ncaptions: instance\n";
+        let mut cfg = config(d.path(), model, extra);
+        cfg.max_steps = Some(4);
+        let t = Trainer { cfg: &cfg, model_dir: pipeline_dir(model), cache_dir: Some(d.path().join("cache")) };
+
+        // The training loss's gradient reaches every factor of both networks.
+        let p = t.prepare(&mut |_| {}).unwrap();
+        let enc = p.prompts.live.as_ref().expect("train_text_encoder keeps the encoders");
+        let unet = TrainableLora::new(
+            "unet",
+            &p.pipeline.unet_adapters,
+            &p.pipeline.unet_adapters.shapes(),
+            &cfg.target_modules,
+            4,
+            4.0,
+            0,
+            &p.pipeline.device,
+        )
+        .unwrap();
+        let tes = super::trainer::text_encoder_loras(enc, 4, 4.0, false, 0, &p.pipeline.device).unwrap();
+        for (i, pair) in unet.modules.values().chain(tes.iter().flat_map(|l| l.modules.values())).enumerate() {
+            let b = super::objective::normal(&mut step_rng(9, i as u64, 2), pair.up.dims(), &p.pipeline.device).unwrap();
+            pair.up.set(&(b * 0.05).unwrap()).unwrap();
+        }
+        let mut rng = step_rng(1, 0, 0);
+        let scaling = p.pipeline.vae_config().scaling_factor;
+        let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, scaling, None, p.res, p.xl, &mut rng).unwrap();
+        let g = loss.backward().unwrap();
+        for l in std::iter::once(&unet).chain(&tes) {
+            for (m, pair) in &l.modules {
+                let unused = xl && l.component == "text_encoder" && m.contains(&format!("layers.{}.", last_layer(l)));
+                for v in [&pair.down, &pair.up] {
+                    assert_eq!(g.get(v.as_tensor()).is_some(), !unused, "{model}: {}.{m}: gradient from the training loss", l.component);
+                }
+            }
+        }
+        drop(p);
+
+        let mut events = Vec::new();
+        let summary = t.run(&mut |e| events.push(e)).unwrap();
+        assert_eq!(summary.steps, 4);
+        let file = cfg.output_dir.join("pytorch_lora_weights.safetensors");
+        let saved = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+        let comps = if xl { vec!["unet", "text_encoder", "text_encoder_2"] } else { vec!["unet", "text_encoder"] };
+        for c in &comps {
+            assert!(
+                saved.keys().any(|k| k.starts_with(&format!("{c}.")) && k.ends_with(".lora_B.weight")),
+                "{model}: no {c} factors: {:?}",
+                saved.keys()
+            );
+        }
+        assert!(saved.keys().all(|k| comps.iter().any(|c| k.starts_with(&format!("{c}.")))), "{model}: {:?}", saved.keys());
+        let te_b = saved.iter().filter(|(k, _)| k.starts_with("text_encoder") && k.ends_with("lora_B.weight"));
+        assert!(
+            te_b.map(|(_, t)| t.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()).sum::<f32>() > 0.0,
+            "{model}: text-encoder LoRA trained"
+        );
+        let raw = std::fs::read(&file).unwrap();
+        let meta = safetensors::SafeTensors::read_metadata(&raw).unwrap().1.metadata().clone().unwrap();
+        let meta: serde_json::Value = serde_json::from_str(&meta["lora_adapter_metadata"]).unwrap();
+        for c in &comps {
+            assert_eq!(meta[format!("{c}.r")], 4, "{model}: {meta}");
+        }
+        assert_eq!(meta["text_encoder.target_modules"], serde_json::json!(["q_proj", "k_proj", "v_proj", "out_proj"]));
+
+        // Our loader applies the text-encoder part and gets the embeddings training ended with.
+        let files = crate::diffusion::config::PipelineFiles::open(&pipeline_dir(model)).unwrap();
+        let te = TextEncoders::load(&files, DType::F32, &Device::Cpu).unwrap();
+        let base = te.encode("a photo of SKY").unwrap().0;
+        let w = LoraWeights::load(&file).unwrap();
+        assert_eq!(te.install_lora(&w, 1.0, crate::generate::pipeline::LoraMode::Live).unwrap(), if xl { 16 } else { 8 });
+        let trained = te.encode("a photo of SKY").unwrap().0;
+        let moved = crate::diffusion::nn::rel_error(&trained, &base).unwrap();
+        assert!(moved > 1e-6, "{model}: the trained text-encoder LoRA changes the embeddings ({moved:e})");
+
+        // Resume from step 2: the same final file as the uninterrupted run.
+        let ck = cfg.output_dir.join("checkpoints/checkpoint-2");
+        let ck_saved = candle_core::safetensors::load(ck.join("lora.safetensors"), &Device::Cpu).unwrap();
+        assert!(ck_saved.keys().any(|k| k.starts_with("text_encoder.")), "the checkpoint carries the text-encoder factors");
+        let mut resumed = cfg.clone();
+        resumed.resume_from_checkpoint = Some("checkpoint-2".into());
+        Trainer { cfg: &resumed, model_dir: pipeline_dir(model), cache_dir: Some(d.path().join("cache")) }.run(&mut |_| {}).unwrap();
+        let again = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+        for (k, t) in &saved {
+            let e = crate::diffusion::nn::rel_error(&again[k], t).unwrap();
+            assert!(e < 1e-5, "{model}: {k} after resuming differs by {e:e}");
+        }
+        // Without train_text_encoder the same checkpoint does not fit.
+        let mut plain = resumed.clone();
+        plain.train_text_encoder = false;
+        let err = Trainer { cfg: &plain, model_dir: pipeline_dir(model), cache_dir: Some(d.path().join("cache")) }
+            .run(&mut |_| {})
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("train_text_encoder"), "{model}: {err}");
+    }
+}
+
+/// The memory preflight counts the text encoders' weights (kept loaded) and their LoRA with
+/// `train_text_encoder`, and nothing more.
+#[test]
+fn preflight_counts_the_kept_text_encoders() {
+    for model in ["tiny-sd15", "tiny-sdxl"] {
+        let estimate = |extra: &str| {
+            let d = tempfile::tempdir().unwrap();
+            write_photos(&d.path().join("photos"), 1);
+            let cfg = config(d.path(), model, extra);
+            let t = Trainer { cfg: &cfg, model_dir: pipeline_dir(model), cache_dir: Some(d.path().join("cache")) };
+            t.prepare(&mut |_| {}).unwrap().memory.estimate
+        };
+        let (off, on) = (estimate(""), estimate("train_text_encoder: true\n"));
+        let encoders: &[&str] = if model == "tiny-sdxl" { &["text_encoder", "text_encoder_2"] } else { &["text_encoder"] };
+        let mut params = 0u64;
+        for e in encoders {
+            let t = candle_core::safetensors::load(pipeline_dir(model).join(e).join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+            params += t.values().map(|t| t.elem_count() as u64).sum::<u64>();
+        }
+        assert_eq!(on.weights - off.weights, params * 4, "{model}: f32 encoder weights");
+        assert!(on.trainable > off.trainable, "{model}: the text-encoder LoRA and its AdamW state");
+        assert_eq!(on.activations, off.activations);
+    }
+}

@@ -1,8 +1,9 @@
 //! The DreamBooth LoRA loop: prepare every example once (VAE latents cached on disk, captions
-//! encoded once), then for each optimizer step draw a batch, noise it, predict, take the
-//! (min-SNR weighted) MSE, backpropagate into the LoRA factors only, clip, AdamW, and write logs,
-//! checkpoints and validation images. A step's randomness and data order depend only on (seed,
-//! step), so `resume_from_checkpoint: latest` continues exactly where an interrupted run was.
+//! encoded once, or every step through the kept encoders with `train_text_encoder`), then for
+//! each optimizer step draw a batch, noise it, predict, take the (min-SNR weighted) MSE,
+//! backpropagate into the LoRA factors only, clip, AdamW, and write logs, checkpoints and
+//! validation images. A step's randomness and data order depend only on (seed, step), so
+//! `resume_from_checkpoint: latest` continues exactly where an interrupted run was.
 
 use super::checkpoint::{self, Checkpoint};
 use super::config::{CaptionSource, Precision, ResolvedPrecision, TrainConfig};
@@ -89,11 +90,14 @@ pub(super) struct Example {
     pub(super) prompt: usize,
 }
 
-/// Encoded prompts: sequence [1, 77, D] and, for SDXL, pooled [1, P].
+/// Encoded prompts: sequence [1, 77, D] and, for SDXL, pooled [1, P]. With
+/// `train_text_encoder` the encoders are kept (`live`) and every step encodes its prompts through
+/// them, so the text-encoder LoRA gets gradients; the cached embeddings are then unused.
 pub(super) struct Prompts {
     texts: Vec<String>,
     seq: Vec<Tensor>,
     pooled: Vec<Option<Tensor>>,
+    pub(super) live: Option<TextEncoders>,
 }
 
 impl Prompts {
@@ -106,6 +110,55 @@ impl Prompts {
         self.seq.push(seq.to_dtype(DType::F32)?);
         self.pooled.push(pooled.map(|p| p.to_dtype(DType::F32)).transpose()?);
         Ok(self.texts.len() - 1)
+    }
+
+    /// Prompt `i`'s (sequence, pooled) embeddings in f32: encoded now through the (trainable)
+    /// encoders when they are kept, else the cached ones.
+    pub(super) fn embeddings(&self, i: usize) -> Result<(Tensor, Option<Tensor>), TrainError> {
+        match &self.live {
+            Some(enc) => {
+                let (seq, pooled) = enc.encode(&self.texts[i])?;
+                Ok((seq.to_dtype(DType::F32)?, pooled.map(|p| p.to_dtype(DType::F32)).transpose()?))
+            }
+            None => Ok((self.seq[i].clone(), self.pooled[i].clone())),
+        }
+    }
+}
+
+/// The modules diffusers' DreamBooth LoRA scripts adapt in the text encoders with
+/// `--train_text_encoder` (CLIP attention).
+pub const TEXT_ENCODER_TARGETS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "out_proj"];
+
+/// A LoRA on each text encoder's attention (`text_encoder`, and `text_encoder_2` for SDXL) at the
+/// UNet LoRA's rank and alpha, DoRA when the UNet's is (as diffusers passes `use_dora` to both).
+pub(super) fn text_encoder_loras(
+    enc: &TextEncoders,
+    rank: usize,
+    alpha: f64,
+    dora: bool,
+    seed: u64,
+    device: &Device,
+) -> Result<Vec<TrainableLora>, TrainError> {
+    let targets: Vec<String> = TEXT_ENCODER_TARGETS.map(String::from).to_vec();
+    let mut out = Vec::new();
+    for (i, (component, adapters)) in enc.components().iter().zip(&enc.adapters).enumerate() {
+        let mut l = TrainableLora::new(component, adapters, &adapters.shapes(), &targets, rank, alpha, seed ^ ((i as u64 + 1) << 32), device)?;
+        if dora {
+            l.use_dora(adapters)?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// `c` cut from the autograd graph: a validation render must not keep the text encoders' graph
+/// (and with it every sampling step's activations) alive.
+fn detached(c: Conditioning) -> Conditioning {
+    Conditioning {
+        negative: c.negative.detach(),
+        positive: c.positive.detach(),
+        pooled: c.pooled.map(|(n, p)| (n.detach(), p.detach())),
+        time_ids: c.time_ids,
     }
 }
 
@@ -299,9 +352,10 @@ impl Trainer<'_> {
         // Encode captions (and the validation prompt) once, before the UNet is loaded, and drop
         // the text encoders then: an SDXL pipeline's two encoders are 3.3 GB in f32 that would
         // otherwise sit beside the 10 GB UNet. Prior preservation generates class images with
-        // the whole pipeline, so it keeps them until that is done.
+        // the whole pipeline, so it keeps them until that is done; train_text_encoder keeps them
+        // for the whole run.
         let text = TextEncoders::load(&files, dtype, &device)?;
-        let mut prompts = Prompts { texts: vec![], seq: vec![], pooled: vec![] };
+        let mut prompts = Prompts { texts: vec![], seq: vec![], pooled: vec![], live: None };
         let mut trained_on = Vec::new();
         let mut prompt_ids = Vec::new();
         for (path, _, caption) in &loaded {
@@ -313,7 +367,7 @@ impl Trainer<'_> {
             Some(p) => Some((text.conditioning(p, "", res, res)?, p.clone())),
             None => None,
         };
-        let text = if cfg.with_prior_preservation {
+        let text = if cfg.with_prior_preservation || cfg.train_text_encoder {
             Some(text)
         } else {
             drop(text);
@@ -353,10 +407,16 @@ impl Trainer<'_> {
         on(Event::Note(format!("latents: {} from cache, {} encoded", cache.hits, cache.misses)));
 
         let class_examples = match &text {
-            Some(text) => super::prior::class_examples(cfg, &pipeline, text, res, &mut prompts, &mut cache, &device, on)?,
-            None => Vec::new(),
+            Some(text) if cfg.with_prior_preservation => {
+                super::prior::class_examples(cfg, &pipeline, text, res, &mut prompts, &mut cache, &device, on)?
+            }
+            _ => Vec::new(),
         };
-        drop(text);
+        if cfg.train_text_encoder {
+            prompts.live = text;
+        } else {
+            drop(text);
+        }
         // Latents are cached: the VAE comes back only for validation renders.
         let mut pipeline = pipeline;
         pipeline.unload_vae();
@@ -379,6 +439,24 @@ impl Trainer<'_> {
             if let (Some(module), [out, inp]) = (name.strip_suffix(".weight"), shape) {
                 if cfg.target_modules.iter().any(|t| super::lora_params::matches_target(module, t)) {
                     lora_params += (cfg.rank * (out + inp)) as u64;
+                }
+            }
+        }
+        // train_text_encoder: the encoders stay loaded beside the UNet and their attention gets
+        // factors too (their activations, one 77-token sequence per image, are negligible).
+        if cfg.train_text_encoder {
+            let encoders: &[&str] =
+                if files.architecture == Architecture::StableDiffusionXl { &["text_encoder", "text_encoder_2"] } else { &["text_encoder"] };
+            for enc in encoders {
+                let w = files.weights(enc, crate::generate::pipeline::variant_for(dtype)).map_err(GenerateError::from)?;
+                let header = crate::diffusion::weights::SafetensorsFiles::open(&w.files).map_err(|e| GenerateError::Model(format!("{enc}: {e}")))?;
+                for (name, shape) in header.shapes() {
+                    unet_params += shape.iter().product::<usize>() as u64;
+                    if let (Some(module), [out, inp]) = (name.strip_suffix(".weight"), shape) {
+                        if TEXT_ENCODER_TARGETS.iter().any(|t| super::lora_params::matches_target(module, t)) {
+                            lora_params += (cfg.rank * (out + inp)) as u64;
+                        }
+                    }
                 }
             }
         }
@@ -415,7 +493,14 @@ impl Trainer<'_> {
             super::config::Network::Locon => drop(lora.add_locon(&pipeline.unet_adapters, cfg.seed)?),
             super::config::Network::Dora => lora.use_dora(&pipeline.unet_adapters)?,
         }
-        let vars = lora.vars();
+        let te_loras = match &prompts.live {
+            Some(enc) => text_encoder_loras(enc, cfg.rank, alpha, lora.is_dora(), cfg.seed, &device)?,
+            None => Vec::new(),
+        };
+        let loras: Vec<&TrainableLora> = std::iter::once(&lora).chain(&te_loras).collect();
+        let vars: Vec<&candle_core::Var> = loras.iter().flat_map(|l| l.vars()).collect();
+        let unet_vars = lora.vars().len();
+        let text_encoder_lr = cfg.text_encoder_lr.unwrap_or(cfg.learning_rate);
         let mut opt = AdamW::new(&vars, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, cfg.adam_weight_decay)?;
 
         let per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps;
@@ -429,7 +514,7 @@ impl Trainer<'_> {
         let mut start_step = 0;
         if let Some(spec) = &cfg.resume_from_checkpoint {
             let ck = Checkpoint::find(&ckpt_dir, spec)?;
-            if let Some(saved) = ck.restore(&lora, &mut opt)? {
+            if let Some(saved) = ck.restore(&loras, &mut opt)? {
                 scaler = scaler.map(|_| saved);
             }
             start_step = ck.step;
@@ -439,7 +524,7 @@ impl Trainer<'_> {
         checkpoint::truncate_log(&log_path, start_step).map_err(io_err(&log_path))?;
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
 
-        on(Event::Started { total_steps, start_step, examples: examples.len(), trainable_params: lora.num_params() });
+        on(Event::Started { total_steps, start_step, examples: examples.len(), trainable_params: loras.iter().map(|l| l.num_params()).sum() });
         let scaling = pipeline.vae_config().scaling_factor;
         let shift = pipeline.vae_config().shift_factor;
         let mut final_loss = None;
@@ -447,6 +532,9 @@ impl Trainer<'_> {
         for step in start_step..total_steps {
             let t0 = Instant::now();
             let lr = learning_rate(cfg.learning_rate, cfg.lr_scheduler, cfg.lr_warmup_steps, step, total_steps);
+            // diffusers' two parameter groups: one schedule, each group scaled from its own rate.
+            let te_lr = learning_rate(text_encoder_lr, cfg.lr_scheduler, cfg.lr_warmup_steps, step, total_steps);
+            let lrs: Vec<f64> = (0..vars.len()).map(|i| if i < unet_vars { lr } else { te_lr }).collect();
             let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
             let mut step_loss = 0f32;
             for micro in 0..cfg.gradient_accumulation_steps {
@@ -493,7 +581,7 @@ impl Trainer<'_> {
             };
             if finite {
                 clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
-                opt.step(&vars, &grads, lr)?;
+                opt.step_each(&vars, &grads, &lrs)?;
             }
             if let Some(s) = &mut scaler {
                 if !s.update(finite) {
@@ -507,7 +595,7 @@ impl Trainer<'_> {
             on(Event::Step { step: done, total: total_steps, loss: step_loss, lr, seconds });
             if cfg.checkpointing_steps > 0 && done % cfg.checkpointing_steps == 0 && done < total_steps {
                 log.flush().map_err(io_err(&log_path))?;
-                let path = checkpoint::save(&ckpt_dir, done, &lora, &opt, scaler.as_ref(), cfg.checkpoints_total_limit)?;
+                let path = checkpoint::save(&ckpt_dir, done, &loras, &opt, scaler.as_ref(), cfg.checkpoints_total_limit)?;
                 on(Event::Checkpoint { path: path.clone() });
                 last_ckpt = Some(path);
             }
@@ -515,7 +603,8 @@ impl Trainer<'_> {
                 if every > 0 && done % every == 0 && done < total_steps {
                     let dir = cfg.output_dir.join("validation").join(format!("step-{done:06}"));
                     pipeline.reload_vae()?;
-                    let v = render_validation(cfg, &pipeline, cond, prompt, res, &dir, &cfg.output_dir)?;
+                    let live = prompts.live.as_ref().map(|enc| enc.conditioning(prompt, "", res, res).map(detached)).transpose()?;
+                    let v = render_validation(cfg, &pipeline, live.as_ref().unwrap_or(cond), prompt, res, &dir, &cfg.output_dir)?;
                     pipeline.unload_vae();
                     on(Event::Validation { step: done, images: v.images.iter().map(|i| cfg.output_dir.join(i)).collect() });
                 }
@@ -523,12 +612,14 @@ impl Trainer<'_> {
         }
 
         let lora_file = cfg.output_dir.join(names::LORA_WEIGHTS);
-        lora.save(&lora_file)?;
+        super::lora_params::save_all(&loras, &lora_file)?;
         write_other_formats(cfg, &lora_file, pipeline.unet.config())?;
         let validation_settings = match &validation {
             Some((cond, prompt)) => {
                 pipeline.reload_vae()?;
-                let v = render_validation(cfg, &pipeline, cond, prompt, res, &cfg.output_dir, &cfg.output_dir)?;
+                // The trained encoders render the prompt, as diffusers' final validation does.
+                let live = prompts.live.as_ref().map(|enc| enc.conditioning(prompt, "", res, res).map(detached)).transpose()?;
+                let v = render_validation(cfg, &pipeline, live.as_ref().unwrap_or(cond), prompt, res, &cfg.output_dir, &cfg.output_dir)?;
                 on(Event::Validation { step: total_steps, images: v.images.iter().map(|i| cfg.output_dir.join(i)).collect() });
                 Some(v)
             }
@@ -611,10 +702,9 @@ pub(super) fn batch_loss(
         let (lat, b) = &ex.variants[if ex.variants.len() > 1 { rng.random_range(0..ex.variants.len()) } else { 0 }];
         let eps = normal(rng, lat.mean.dims(), device)?;
         latents.push(lat.sample(&eps, scaling, shift)?.unsqueeze(0)?);
-        seq.push(prompts.seq[ex.prompt].clone());
-        if let Some(p) = &prompts.pooled[ex.prompt] {
-            pooled.push(p.clone());
-        }
+        let (s, p) = prompts.embeddings(ex.prompt)?;
+        seq.push(s);
+        pooled.extend(p);
         ids.push(Tensor::new(&[time_ids(b, res as u32)], device)?);
     }
     let latents = Tensor::cat(&latents, 0)?;

@@ -208,3 +208,74 @@ fn diffusers_loads_our_dora_and_locon() {
         assert!(v["relative_change"]["unet"].as_f64().unwrap() > 1e-5, "{model} {network}: the adapter changes nothing: {v}");
     }
 }
+
+/// `train_text_encoder: true` writes the UNet and text-encoder LoRAs (both SDXL encoders) in one
+/// PEFT file with each component's `lora_adapter_metadata`: diffusers' `load_lora_weights` takes
+/// it with no stray keys and makes a LoRA layer in each text encoder for every module saved, and
+/// the kohya export (`lora_te_`/`lora_te1_`/`lora_te2_`) computes the same outputs in diffusers;
+/// with `network: dora` the text encoders get PEFT DoRA too.
+#[test]
+fn diffusers_loads_our_text_encoder_lora() {
+    let Some(python) = python() else {
+        eprintln!("HFSKY_PYREF_PYTHON not set: run scripts/test.sh (or scripts/pyref-venv.sh) for the diffusers interop test");
+        return;
+    };
+    // (A DoRA's kohya export carries `dora_scale`, which diffusers' kohya reader drops: PEFT only.)
+    for (model, network) in [("tiny-sd15", "lora"), ("tiny-sdxl", "lora"), ("tiny-sd15", "dora")] {
+        let env = Env::new("http://127.0.0.1:9");
+        let d = env.dir.path();
+        let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model);
+        let photos = d.join("photos");
+        std::fs::create_dir_all(&photos).unwrap();
+        for i in 0..2u8 {
+            image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([200 - i * 50, (y * 3) as u8, (x * 3) as u8]))
+                .save(photos.join(format!("{i}.png")))
+                .unwrap();
+        }
+        let out = d.join("out");
+        #[rustfmt::skip]
+        ok(&env.run(&[
+            "train", "--base-model", fixture.to_str().unwrap(), "--dataset", photos.to_str().unwrap(),
+            "--instance-prompt", "a photo of SKY", "--output-dir", out.to_str().unwrap(), "--max-steps", "3",
+            "--learning-rate", "0.05", "--rank", "2", "--alpha", "4", "--train-text-encoder", "--text-encoder-lr", "0.02",
+            "--network", network, "--lora-formats", "peft,kohya",
+        ]));
+        let peft = out.join("pytorch_lora_weights.safetensors");
+        let saved = candle_core::safetensors::load(&peft, &candle_core::Device::Cpu).unwrap();
+        let modules = |prefix: &str| saved.keys().filter(|k| k.starts_with(prefix) && k.ends_with(".lora_A.weight")).count();
+        let components: &[&str] = if model == "tiny-sdxl" { &["unet", "text_encoder", "text_encoder_2"] } else { &["unet", "text_encoder"] };
+        let mut files = vec![peft.clone()];
+        if network == "lora" {
+            files.push(out.join("pytorch_lora_weights_kohya.safetensors"));
+        }
+        let o = std::process::Command::new(&python)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_converted.py"))
+            .arg(&fixture)
+            .args(&files)
+            .env("OMP_NUM_THREADS", "1")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        for f in v["files"].as_array().unwrap() {
+            assert_eq!(f["warnings"], serde_json::json!([]), "{model} {network}: {f}");
+            assert_eq!(f["use_dora"], network == "dora", "{model} {network}: {f}");
+            for c in components {
+                let n = modules(&format!("{c}."));
+                assert!(n > 0, "{model}: no {c} factors saved");
+                assert_eq!(f["lora_layers"][c].as_u64().unwrap() as usize, n, "{model} {c}: {f}");
+            }
+        }
+        // Rank and alpha from the PEFT file's `lora_adapter_metadata`, per component.
+        for c in components {
+            assert_eq!(v["files"][0]["config"][c], serde_json::json!([[2, 4.0]]), "{model} {c}: {v}");
+        }
+        for c in components.iter().filter(|_| network == "lora") {
+            assert!(v["max_abs_diff"][0][c].as_f64().unwrap() <= 1e-4, "{model} {c}: PEFT and kohya files differ in diffusers: {v}");
+        }
+        // The trained text-encoder LoRAs change diffusers' text-encoder outputs.
+        for c in &components[1..] {
+            assert!(v["relative_change"][c].as_f64().unwrap() > 1e-6, "{model} {c}: the LoRA changes nothing in diffusers: {v}");
+        }
+    }
+}

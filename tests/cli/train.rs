@@ -327,3 +327,47 @@ fn train_and_push_checks_the_token_first_then_publishes_in_one_commit() {
     let card = std::fs::read_to_string(dl.join("README.md")).unwrap();
     assert!(card.contains("alice/sky-lora") && card.contains("widget:"), "{card}");
 }
+
+/// `train_text_encoder: true`: the validation image is rendered with the trained text encoders,
+/// i.e. it is what `hfsky generate` makes with the whole saved LoRA (UNet and text encoders), and
+/// not what the UNet part alone makes.
+#[test]
+fn text_encoder_training_validates_with_the_trained_encoders() {
+    for model in ["tiny-sd15", "tiny-sdxl"] {
+        let env = Env::new("http://127.0.0.1:9");
+        let d = env.dir.path();
+        let cfg = config(
+            d,
+            model,
+            "max_steps: 3\ntrain_text_encoder: true\ntext_encoder_lr: 5.0e-2\nvalidation_prompt: a photo of SKY river\nnum_validation_images: 1\nvalidation_inference_steps: 2\n",
+        );
+        let o = env.run(&["--json", "train", "--config", cfg.to_str().unwrap()]);
+        ok(&o);
+        let out = d.join("out");
+        let lora = out.join("pytorch_lora_weights.safetensors");
+        let all = candle_core::safetensors::load(&lora, &candle_core::Device::Cpu).unwrap();
+        let unet_only: std::collections::HashMap<String, candle_core::Tensor> = all.into_iter().filter(|(k, _)| k.starts_with("unet.")).collect();
+        let unet_file = d.join("unet_only.safetensors");
+        candle_core::safetensors::save(&unet_only, &unet_file).unwrap();
+        let gen = |lora: &Path, dir: &str| {
+            let out = d.join(dir);
+            #[rustfmt::skip]
+            ok(&env.run(&[
+                "generate", "--model", fixture(model).to_str().unwrap(), "--prompt", "a photo of SKY river", "--steps", "2",
+                "--seed", "3", "--noise", "hfsky", "--lora", lora.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            ]));
+            png_pixels(&out.join("seed-3.png"))
+        };
+        let validation = png_pixels(&out.join("validation-seed-3.png"));
+        let max_diff = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+        let whole = gen(&lora, "gen-whole");
+        assert!(
+            max_diff(&whole, &validation) <= 1,
+            "{model}: validation differs from generate with the trained LoRA by {}",
+            max_diff(&whole, &validation)
+        );
+        let unet = gen(&unet_file, "gen-unet");
+        let sum: u64 = unet.iter().zip(&validation).map(|(a, b)| a.abs_diff(*b) as u64).sum();
+        assert!(sum > validation.len() as u64 / 20, "{model}: the text-encoder LoRA barely changes the validation image (sum |Δ| = {sum})");
+    }
+}

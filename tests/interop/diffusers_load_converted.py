@@ -70,6 +70,11 @@ for f in files:
             if any(w in m.lower() for w in ("unexpected", "missing", "not found", "were not used", "not compatible", "filter out")) and "No LoRA keys associated" not in m
         ],
         "lora_layers": {n: layers(getattr(pipe, n, None)) for n in ("unet", "text_encoder", "text_encoder_2")},
+        # (rank, alpha) of the adapter each component got, as peft read it.
+        "config": {
+            n: [(c.r, c.lora_alpha) for c in getattr(getattr(pipe, n, None), "peft_config", {}).values()]
+            for n in ("unet", "text_encoder", "text_encoder_2")
+        },
         "use_dora": any(c.use_dora for c in getattr(pipe.unet, "peft_config", {}).values()),
         "outputs": outputs(pipe),
     })
