@@ -49,3 +49,23 @@ pub fn write_shards(src: &std::path::Path, dir: &std::path::Path, stem: &str, va
     std::fs::write(dir.join(add_variant(&format!("{stem}.safetensors.index.json"), variant)), index.to_string()).unwrap();
     names
 }
+
+/// A central finite difference of `loss` in the entry of `v` whose `grad` is largest: returns
+/// (that index, the analytic gradient, the numeric one). `v` is restored afterwards. The step is
+/// the one actually taken (`v ± h` rounded to f32), which keeps the quotient honest when `h` is
+/// small against the entry.
+pub fn central_difference(v: &candle_core::Var, grad: &Tensor, h: f32, loss: impl Fn() -> Tensor) -> (usize, f32, f64) {
+    let g: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
+    let (idx, &analytic) = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap();
+    let orig = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let at = |delta: f32| -> (f64, f64) {
+        let mut p = orig.clone();
+        p[idx] += delta;
+        let step = (p[idx] - orig[idx]) as f64;
+        v.set(&Tensor::from_vec(p, v.as_tensor().shape(), v.device()).unwrap()).unwrap();
+        (loss().to_scalar::<f64>().unwrap(), step)
+    };
+    let ((plus, up), (minus, down)) = (at(h), at(-h));
+    v.set(&Tensor::from_vec(orig, v.as_tensor().shape(), v.device()).unwrap()).unwrap();
+    (idx, analytic, (plus - minus) / (up - down))
+}

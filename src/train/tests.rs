@@ -208,19 +208,7 @@ fn text_encoder_lora_gradients_are_exact() {
         let h = 1e-2f32;
         for &i in &picks {
             let (name, v) = &vars[i];
-            let g: Vec<f32> = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            let (idx, &analytic) = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap();
-            let orig = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let at = |delta: f32| -> (f64, f64) {
-                let mut p = orig.clone();
-                p[idx] += delta;
-                let step = (p[idx] - orig[idx]) as f64;
-                v.set(&Tensor::from_vec(p, v.as_tensor().shape(), &Device::Cpu).unwrap()).unwrap();
-                (loss().to_scalar::<f64>().unwrap(), step)
-            };
-            let ((plus, up), (minus, down)) = (at(h), at(-h));
-            let numeric = (plus - minus) / (up - down);
-            v.set(&Tensor::from_vec(orig, v.as_tensor().shape(), &Device::Cpu).unwrap()).unwrap();
+            let (idx, analytic, numeric) = crate::diffusion::testing::central_difference(v, grads.get(v.as_tensor()).unwrap(), h, &loss);
             let rel = (numeric - analytic as f64).abs() / numeric.abs().max(1e-12);
             assert!(rel < 1e-3, "{model}: {name}[{idx}]: analytic {analytic} vs numeric {numeric} (rel {rel:.1e})");
         }

@@ -6,45 +6,38 @@
 use crate::common::*;
 use std::path::PathBuf;
 
+/// `hfsky train` on two small photos of `width`×64 for 3 steps at rank 2, with `extra` flags, on
+/// the tiny fixture `model`; returns the sandbox (keep it alive) and the output folder.
+fn train_tiny(model: &str, width: u32, extra: &[&str]) -> (Env, PathBuf) {
+    let env = Env::new("http://127.0.0.1:9");
+    let d = env.dir.path();
+    let photos = d.join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    for i in 0..2u8 {
+        image::RgbImage::from_fn(width, 64, |x, y| image::Rgb([200 - i * 50, (y * 3) as u8, (x * 3) as u8]))
+            .save(photos.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let out = d.join("out");
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model);
+    #[rustfmt::skip]
+    let mut args = vec![
+        "train", "--base-model", fixture.to_str().unwrap(), "--dataset", photos.to_str().unwrap(),
+        "--instance-prompt", "a photo of SKY", "--output-dir", out.to_str().unwrap(), "--max-steps", "3", "--rank", "2",
+    ];
+    args.extend_from_slice(extra);
+    ok(&env.run(&args));
+    (env, out)
+}
+
 #[test]
 #[ignore = "needs the Python reference stack (HFSKY_PYREF_PYTHON, made by scripts/test.sh)"]
 fn diffusers_loads_our_lora_without_missing_or_unexpected_keys() {
     let python = pyref_python();
     for (model, targets) in [("tiny-sd15", "to_q,to_k,to_v,to_out.0"), ("tiny-sdxl", "to_k,to_v,ff.net.2")] {
-        let env = Env::new("http://127.0.0.1:9");
-        let d = env.dir.path();
         let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model);
-        let photos = d.join("photos");
-        std::fs::create_dir_all(&photos).unwrap();
-        for i in 0..2u8 {
-            image::RgbImage::from_fn(80, 64, |x, y| image::Rgb([200 - i * 50, (y * 3) as u8, (x * 3) as u8]))
-                .save(photos.join(format!("{i}.png")))
-                .unwrap();
-        }
-        let out = d.join("out");
-        ok(&env.run(&[
-            "train",
-            "--base-model",
-            fixture.to_str().unwrap(),
-            "--dataset",
-            photos.to_str().unwrap(),
-            "--instance-prompt",
-            "a photo of SKY",
-            "--output-dir",
-            out.to_str().unwrap(),
-            "--max-steps",
-            "3",
-            "--learning-rate",
-            "0.01",
-            "--rank",
-            "2",
-            "--alpha",
-            "8",
-            "--target-modules",
-            targets,
-            "--lora-formats",
-            "peft,kohya",
-        ]));
+        let (_env, out) =
+            train_tiny(model, 80, &["--learning-rate", "0.01", "--alpha", "8", "--target-modules", targets, "--lora-formats", "peft,kohya"]);
         let o = std::process::Command::new(&python)
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_lora.py"))
             .arg(&fixture)
@@ -158,23 +151,9 @@ fn diffusers_loads_our_peft_and_kohya_exports_alike() {
 fn diffusers_loads_our_dora_and_locon() {
     let python = pyref_python();
     for (model, network) in [("tiny-sd15", "dora"), ("tiny-sd15", "locon"), ("tiny-sdxl", "locon")] {
-        let env = Env::new("http://127.0.0.1:9");
-        let d = env.dir.path();
         let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model);
-        let photos = d.join("photos");
-        std::fs::create_dir_all(&photos).unwrap();
-        for i in 0..2u8 {
-            image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([200 - i * 50, (y * 3) as u8, (x * 3) as u8]))
-                .save(photos.join(format!("{i}.png")))
-                .unwrap();
-        }
-        let out = d.join("out");
         #[rustfmt::skip]
-        ok(&env.run(&[
-            "train", "--base-model", fixture.to_str().unwrap(), "--dataset", photos.to_str().unwrap(),
-            "--instance-prompt", "a photo of SKY", "--output-dir", out.to_str().unwrap(), "--max-steps", "3",
-            "--learning-rate", "0.05", "--rank", "2", "--network", network, "--lora-formats", "peft,kohya",
-        ]));
+        let (_env, out) = train_tiny(model, 64, &["--learning-rate", "0.05", "--network", network, "--lora-formats", "peft,kohya",]);
         let peft = out.join("pytorch_lora_weights.safetensors");
         let saved = candle_core::safetensors::load(&peft, &candle_core::Device::Cpu).unwrap();
         let modules = saved.keys().filter(|k| k.ends_with(".lora_A.weight")).count();
@@ -220,24 +199,10 @@ fn diffusers_loads_our_text_encoder_lora() {
     let python = pyref_python();
     // (A DoRA's kohya export carries `dora_scale`, which diffusers' kohya reader drops: PEFT only.)
     for (model, network) in [("tiny-sd15", "lora"), ("tiny-sdxl", "lora"), ("tiny-sd15", "dora")] {
-        let env = Env::new("http://127.0.0.1:9");
-        let d = env.dir.path();
         let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model);
-        let photos = d.join("photos");
-        std::fs::create_dir_all(&photos).unwrap();
-        for i in 0..2u8 {
-            image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([200 - i * 50, (y * 3) as u8, (x * 3) as u8]))
-                .save(photos.join(format!("{i}.png")))
-                .unwrap();
-        }
-        let out = d.join("out");
         #[rustfmt::skip]
-        ok(&env.run(&[
-            "train", "--base-model", fixture.to_str().unwrap(), "--dataset", photos.to_str().unwrap(),
-            "--instance-prompt", "a photo of SKY", "--output-dir", out.to_str().unwrap(), "--max-steps", "3",
-            "--learning-rate", "0.05", "--rank", "2", "--alpha", "4", "--train-text-encoder", "--text-encoder-lr", "0.02",
-            "--network", network, "--lora-formats", "peft,kohya",
-        ]));
+        let (_env, out) = train_tiny(model, 64, &["--learning-rate", "0.05", "--alpha", "4", "--train-text-encoder", "--text-encoder-lr", "0.02",
+            "--network", network, "--lora-formats", "peft,kohya",]);
         let peft = out.join("pytorch_lora_weights.safetensors");
         let saved = candle_core::safetensors::load(&peft, &candle_core::Device::Cpu).unwrap();
         let modules = |prefix: &str| saved.keys().filter(|k| k.starts_with(prefix) && k.ends_with(".lora_A.weight")).count();

@@ -223,20 +223,7 @@ fn lora_gradients_are_exact(name: &str) {
     for &i in &picks {
         let (module, down, up) = &vars[i];
         for (which, v) in [("A", down), ("B", up)] {
-            let g: Vec<f32> = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            let (idx, &analytic) = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap();
-            let orig = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            // Returns the loss and the step actually taken (orig ± h rounded to f32).
-            let at = |delta: f32| -> (f64, f64) {
-                let mut p = orig.clone();
-                p[idx] += delta;
-                let step = (p[idx] - orig[idx]) as f64;
-                v.set(&Tensor::from_vec(p, v.as_tensor().shape(), &Device::Cpu).unwrap()).unwrap();
-                (loss().to_scalar::<f64>().unwrap(), step)
-            };
-            let ((plus, up_step), (minus, down_step)) = (at(h), at(-h));
-            let numeric = (plus - minus) / (up_step - down_step);
-            v.set(&Tensor::from_vec(orig, v.as_tensor().shape(), &Device::Cpu).unwrap()).unwrap();
+            let (idx, analytic, numeric) = crate::diffusion::testing::central_difference(v, grads.get(v.as_tensor()).unwrap(), h, &loss);
             let rel = (numeric - analytic as f64).abs() / numeric.abs().max(1e-12);
             eprintln!("{name}: {module} {which}[{idx}]: analytic {analytic:.6e}, numeric {numeric:.6e}, rel {rel:.1e}");
             assert!(rel < 1e-3, "{name}: {module} {which}[{idx}]: analytic {analytic} vs numeric {numeric}");

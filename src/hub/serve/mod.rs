@@ -390,28 +390,43 @@ mod tests {
         assert!(TokenSpec::parse("al ice:read:hf_x").is_err());
     }
 
+    const TOKEN: &str = "hf_aaaaaaaaaaaaaaaaaaaaaaaa";
+
+    /// The offline Hub's router on loopback with one write token (alice's, [`TOKEN`]), an empty
+    /// store in a temp folder, and a client.
+    struct TestServer {
+        rt: tokio::runtime::Runtime,
+        base: String,
+        http: reqwest::Client,
+        _dir: tempfile::TempDir,
+    }
+
+    impl TestServer {
+        fn start() -> TestServer {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = ServeConfig {
+                root: dir.path().to_path_buf(),
+                tokens: vec![TokenSpec { user: "alice".into(), role: "write".into(), secret: TOKEN.into() }],
+                faults: None,
+                multipart_chunk: 1 << 20,
+                max_body: 1 << 20,
+                oidc: None,
+                inference: None,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            rt.spawn(async move { axum::serve(listener, router(cfg, 9).unwrap()).await });
+            TestServer { rt, base, http: reqwest::Client::new(), _dir: dir }
+        }
+    }
+
     /// The routes match as the Hub's: percent-encoded revisions with slashes, file paths with
     /// slashes, the `.git/info/lfs` suffix, and the Hub's JSON 404 (with `X-Request-Id`) for
     /// anything else, whatever the method.
     #[test]
     fn routes_match_like_the_hubs() {
-        const TOKEN: &str = "hf_aaaaaaaaaaaaaaaaaaaaaaaa";
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = ServeConfig {
-            root: dir.path().to_path_buf(),
-            tokens: vec![TokenSpec { user: "alice".into(), role: "write".into(), secret: TOKEN.into() }],
-            faults: None,
-            multipart_chunk: 1 << 20,
-            max_body: 1 << 20,
-            oidc: None,
-            inference: None,
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = router(cfg, 9).unwrap();
-        rt.spawn(async move { axum::serve(listener, app).await });
-        let http = reqwest::Client::new();
+        let TestServer { rt, base, http, _dir } = TestServer::start();
         let send = |method: &str, path: &str, body: &str| {
             let rb = http.request(method.parse().unwrap(), format!("{base}{path}")).bearer_auth(TOKEN).body(body.to_string());
             rt.block_on(async {
@@ -451,22 +466,7 @@ mod tests {
     /// `base_model`), with its status and message shape, and accept what it accepts.
     #[test]
     fn model_card_metadata_is_checked_like_the_hubs() {
-        const TOKEN: &str = "hf_aaaaaaaaaaaaaaaaaaaaaaaa";
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = ServeConfig {
-            root: dir.path().to_path_buf(),
-            tokens: vec![TokenSpec { user: "alice".into(), role: "write".into(), secret: TOKEN.into() }],
-            faults: None,
-            multipart_chunk: 1 << 20,
-            max_body: 1 << 20,
-            oidc: None,
-            inference: None,
-        };
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        rt.spawn(async move { axum::serve(listener, router(cfg, 9).unwrap()).await });
-        let http = reqwest::Client::new();
+        let TestServer { rt, base, http, _dir } = TestServer::start();
         let send = |path: &str, body: String| {
             let rb = http.post(format!("{base}{path}")).bearer_auth(TOKEN).body(body);
             rt.block_on(async {
