@@ -208,7 +208,7 @@ fn text_encoder_lora_gradients_are_exact() {
         let h = 1e-2f32;
         for &i in &picks {
             let (name, v) = &vars[i];
-            let (idx, analytic, numeric) = crate::diffusion::testing::central_difference(v, grads.get(v.as_tensor()).unwrap(), h, &loss);
+            let (idx, analytic, numeric) = crate::diffusion::testing::central_difference(v, grads.get(v.as_tensor()).unwrap(), h, loss);
             let rel = (numeric - analytic as f64).abs() / numeric.abs().max(1e-12);
             assert!(rel < 1e-3, "{model}: {name}[{idx}]: analytic {analytic} vs numeric {numeric} (rel {rel:.1e})");
         }

@@ -223,7 +223,7 @@ fn lora_gradients_are_exact(name: &str) {
     for &i in &picks {
         let (module, down, up) = &vars[i];
         for (which, v) in [("A", down), ("B", up)] {
-            let (idx, analytic, numeric) = crate::diffusion::testing::central_difference(v, grads.get(v.as_tensor()).unwrap(), h, &loss);
+            let (idx, analytic, numeric) = crate::diffusion::testing::central_difference(v, grads.get(v.as_tensor()).unwrap(), h, loss);
             let rel = (numeric - analytic as f64).abs() / numeric.abs().max(1e-12);
             eprintln!("{name}: {module} {which}[{idx}]: analytic {analytic:.6e}, numeric {numeric:.6e}, rel {rel:.1e}");
             assert!(rel < 1e-3, "{name}: {module} {which}[{idx}]: analytic {analytic} vs numeric {numeric}");
