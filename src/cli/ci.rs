@@ -47,8 +47,9 @@ pub struct InitArgs {
     /// Runner label (training wants a GPU runner, e.g. a self-hosted one)
     #[arg(long, default_value = "ubuntu-latest")]
     runs_on: String,
-    /// Where hfsky is installed from: `crates` (crates.io, this version) or `git:URL`
-    #[arg(long, default_value = "crates")]
+    /// Where hfsky is installed from: `pypi` (the wheel carrying the binary, this version:
+    /// seconds), `crates` (crates.io, this version: builds it, ~10 min) or `git:URL`
+    #[arg(long, default_value = "pypi")]
     install_from: String,
     /// Workflow file to write
     #[arg(long, default_value = ".github/workflows/hfsky-publish.yml")]
@@ -69,6 +70,9 @@ fn plain(value: &str, flag: &str) -> anyhow::Result<()> {
 
 fn install_command(spec: &str) -> anyhow::Result<String> {
     let version = env!("CARGO_PKG_VERSION");
+    if spec == "pypi" {
+        return Ok(format!("python3 -m pip install --disable-pip-version-check hfsky=={version}"));
+    }
     if spec == "crates" {
         return Ok(format!("cargo install --locked hfsky --version {version}"));
     }
@@ -80,7 +84,7 @@ fn install_command(spec: &str) -> anyhow::Result<String> {
         plain(url, "--install-from")?;
         return Ok(format!("cargo install --locked --git {url} hfsky"));
     }
-    Err(bad_input(format!("--install-from {spec:?}: use `crates` or `git:URL`")))
+    Err(bad_input(format!("--install-from {spec:?}: use `pypi`, `crates` or `git:URL`")))
 }
 
 /// `owner/repo` of the GitHub remote `origin` of the current folder, if there is one.
@@ -255,6 +259,10 @@ mod tests {
         assert!(install_command("crates").unwrap().starts_with("cargo install --locked hfsky --version "));
         assert!(install_command("git:https://github.com/o/hfsky").unwrap().ends_with("--git https://github.com/o/hfsky hfsky"));
         assert!(install_command("git:file:///etc").is_err());
+        assert_eq!(
+            install_command("pypi").unwrap(),
+            format!("python3 -m pip install --disable-pip-version-check hfsky=={}", env!("CARGO_PKG_VERSION"))
+        );
         assert!(install_command("pip").is_err());
     }
 }
