@@ -20,5 +20,6 @@ mod pipeline_layouts;
 mod push_download;
 mod python_conformance;
 mod python_lora_interop;
+mod snapshots;
 mod torch_noise;
 mod train;
