@@ -79,7 +79,11 @@ impl Env {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
-        c.env_remove("HF_TOKEN").env_remove("HUGGING_FACE_HUB_TOKEN").env_remove("HF_TOKEN_PATH").env_remove("HF_HUB_CACHE").env_remove("HF_ENDPOINT");
+        c.env_remove("HF_TOKEN")
+            .env_remove("HUGGING_FACE_HUB_TOKEN")
+            .env_remove("HF_TOKEN_PATH")
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_ENDPOINT");
         // CI variables of the machine running the tests must not leak into the sandbox.
         for v in [
             "HF_OIDC_RESOURCE",
