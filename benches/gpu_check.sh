@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The one-call GPU check (not a test): run on a lent GPU machine that has nvcc/torch/peft but no
-# Rust toolchain and no network. Prepare here, then carry and run in one go:
+# Rust toolchain and no network. Prepare here, then carry and run in one go. A device call carries
+# at most 64 MiB with the working tree (~23 MB), so the 95 MB binary travels gzipped (~28 MB):
 #
 #   CUDA_ARCHS=90 scripts/build-cuda.sh                     # CUDA binary (here, ~22 min)
-#   .venv-pyref/bin/pip download --no-deps -d target/gpu-wheels diffusers==0.42.1
-#   device run, carry [target-cuda-sm90, target/gpu-wheels]:
-#     HFSKY=target-cuda-sm90/release/hfsky WHEELS=target/gpu-wheels benches/gpu_check.sh
+#   mkdir -p target/gpu-carry && gzip -c target-cuda-sm90/release/hfsky > target/gpu-carry/hfsky.gz
+#   .venv-pyref/bin/pip download --no-deps -d target/gpu-carry diffusers==0.42.1
+#   device run, carry [target/gpu-carry]:
+#     HFSKY=target/gpu-carry/hfsky.gz WHEELS=target/gpu-carry benches/gpu_check.sh
 #
 # What it does, with random-weight pipelines in the real SD 1.5 / SDXL configs made on the
 # machine (benches/realsize/make_pipeline.py): `hfsky env`; then benches/realsize_bench.sh in
@@ -17,7 +19,12 @@
 # TIME_LIMIT (default 420 s) bounds each case so the whole check stays under 8 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HFSKY="${HFSKY:?set HFSKY to the CUDA build of hfsky}"
+HFSKY="${HFSKY:?set HFSKY to the CUDA build of hfsky (or its .gz)}"
+if [[ "$HFSKY" == *.gz ]]; then
+  mkdir -p target/gpu-bin
+  gzip -dc "$HFSKY" > target/gpu-bin/hfsky && chmod +x target/gpu-bin/hfsky
+  HFSKY="$PWD/target/gpu-bin/hfsky"
+fi
 PY="${PYTHON:-python3}"
 if [ -n "${WHEELS:-}" ]; then
   # diffusers is not on the GPU machine: install the carried wheel beside the system packages.
@@ -26,6 +33,16 @@ if [ -n "${WHEELS:-}" ]; then
 fi
 "$PY" -c "import torch, diffusers, peft, transformers; assert torch.cuda.is_available(), 'no CUDA device visible to torch'"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+# The CUDA libraries the binary links (cuBLAS, cuRAND, the runtime): from the system, else from the
+# NVIDIA wheels torch brought (site-packages/nvidia/*/lib). A missing one is named, not guessed at.
+NVLIBS=$("$PY" -c 'import glob, os, site
+dirs = {os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(os.path.join(d, "nvidia", "*", "lib", "*.so*"))}
+print(":".join(sorted(dirs)))')
+if [ -n "$NVLIBS" ]; then export LD_LIBRARY_PATH="$NVLIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+if ldd "$HFSKY" | grep 'not found'; then
+  echo "the CUDA binary's libraries above are missing here (it is built against CUDA 13; torch's wheels here may be CUDA 12)" >&2
+  exit 1
+fi
 "$HFSKY" env || { echo "hfsky env failed: the CUDA binary does not start here" >&2; exit 1; }
 
 export DEVICE=cuda PRECISION=bf16 PYTHON="$PY" HFSKY DIR="${DIR:-target/realsize}"
