@@ -65,6 +65,15 @@ fn loss_falls_on_a_fixed_batch() {
 }
 
 /// Every LoRA factor's gradient, for one fixed batch, with the UNet dense or checkpointed.
+/// Gives every B factor values from a fixed stream: B starts at zero, which would make every A
+/// factor's gradient zero and the gradient checks meaningless.
+fn nonzero_b<'a>(pairs: impl Iterator<Item = &'a super::lora_params::LoraPair>) {
+    for (i, pair) in pairs.enumerate() {
+        let b = super::objective::normal(&mut step_rng(9, i as u64, 2), pair.up.dims(), pair.up.device()).unwrap();
+        pair.up.set(&(b * 0.05).unwrap()).unwrap();
+    }
+}
+
 fn factor_gradients(model: &str, checkpointing: bool) -> Vec<candle_core::Tensor> {
     factor_gradients_for(model, checkpointing, &["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "time_emb_proj", "linear_1"])
 }
@@ -81,11 +90,7 @@ fn factor_gradients_for(model: &str, checkpointing: bool, targets: &[&str]) -> V
     let targets: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
     let shapes = p.pipeline.unet_adapters.shapes();
     let lora = TrainableLora::new("unet", &p.pipeline.unet_adapters, &shapes, &targets, 4, 4.0, 0, &p.pipeline.device).unwrap();
-    // B starts at zero (so A's gradient would be zero); give it values from a fixed stream.
-    for (i, pair) in lora.modules.values().enumerate() {
-        let b = super::objective::normal(&mut step_rng(9, i as u64, 2), pair.up.dims(), &p.pipeline.device).unwrap();
-        pair.up.set(&(b * 0.05).unwrap()).unwrap();
-    }
+    nonzero_b(lora.modules.values());
     let mut rng = step_rng(1, 0, 0);
     let scaling = p.pipeline.vae_config().scaling_factor;
     let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, scaling, None, p.res, p.xl, &mut rng).unwrap();
@@ -248,10 +253,7 @@ fn text_encoder_training_saves_and_resumes() {
         )
         .unwrap();
         let tes = super::trainer::text_encoder_loras(enc, 4, 4.0, false, 0, &p.pipeline.device).unwrap();
-        for (i, pair) in unet.modules.values().chain(tes.iter().flat_map(|l| l.modules.values())).enumerate() {
-            let b = super::objective::normal(&mut step_rng(9, i as u64, 2), pair.up.dims(), &p.pipeline.device).unwrap();
-            pair.up.set(&(b * 0.05).unwrap()).unwrap();
-        }
+        nonzero_b(unet.modules.values().chain(tes.iter().flat_map(|l| l.modules.values())));
         let mut rng = step_rng(1, 0, 0);
         let scaling = p.pipeline.vae_config().scaling_factor;
         let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, scaling, None, p.res, p.xl, &mut rng).unwrap();

@@ -602,10 +602,7 @@ impl Trainer<'_> {
             if let (Some(every), Some((cond, prompt))) = (cfg.validation_steps, &validation) {
                 if every > 0 && done % every == 0 && done < total_steps {
                     let dir = cfg.output_dir.join("validation").join(format!("step-{done:06}"));
-                    pipeline.reload_vae()?;
-                    let live = prompts.live.as_ref().map(|enc| enc.conditioning(prompt, "", res, res).map(detached)).transpose()?;
-                    let v = render_validation(cfg, &pipeline, live.as_ref().unwrap_or(cond), prompt, res, &dir, &cfg.output_dir)?;
-                    pipeline.unload_vae();
+                    let v = render_validation(cfg, &mut pipeline, prompts.live.as_ref(), cond, prompt, res, &dir, &cfg.output_dir)?;
                     on(Event::Validation { step: done, images: v.images.iter().map(|i| cfg.output_dir.join(i)).collect() });
                 }
             }
@@ -616,10 +613,7 @@ impl Trainer<'_> {
         write_other_formats(cfg, &lora_file, pipeline.unet.config())?;
         let validation_settings = match &validation {
             Some((cond, prompt)) => {
-                pipeline.reload_vae()?;
-                // The trained encoders render the prompt, as diffusers' final validation does.
-                let live = prompts.live.as_ref().map(|enc| enc.conditioning(prompt, "", res, res).map(detached)).transpose()?;
-                let v = render_validation(cfg, &pipeline, live.as_ref().unwrap_or(cond), prompt, res, &cfg.output_dir, &cfg.output_dir)?;
+                let v = render_validation(cfg, &mut pipeline, prompts.live.as_ref(), cond, prompt, res, &cfg.output_dir, &cfg.output_dir)?;
                 on(Event::Validation { step: total_steps, images: v.images.iter().map(|i| cfg.output_dir.join(i)).collect() });
                 Some(v)
             }
@@ -716,16 +710,23 @@ pub(super) fn batch_loss(
 
 /// Renders the validation prompt for seeds seed..seed+n into `dir`; the returned settings name the
 /// files relative to `root`.
+#[allow(clippy::too_many_arguments)]
 fn render_validation(
     cfg: &TrainConfig,
-    pipeline: &Pipeline,
-    cond: &Conditioning,
+    pipeline: &mut Pipeline,
+    live: Option<&TextEncoders>,
+    cached: &Conditioning,
     prompt: &str,
     res: usize,
     dir: &Path,
     root: &Path,
 ) -> Result<ValidationSettings, TrainError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    // The VAE is loaded only while rendering (it was freed once latents were cached), and with
+    // `train_text_encoder` the trained encoders encode the prompt, as diffusers' validation does.
+    pipeline.reload_vae()?;
+    let live = live.map(|enc| enc.conditioning(prompt, "", res, res).map(detached)).transpose()?;
+    let cond = live.as_ref().unwrap_or(cached);
     let xl = pipeline.files.architecture == Architecture::StableDiffusionXl;
     let guidance = cfg.validation_guidance.unwrap_or(if xl { 5.0 } else { 7.5 });
     let seeds: Vec<u64> = (0..cfg.num_validation_images as u64).map(|i| cfg.seed + i).collect();
@@ -747,6 +748,7 @@ fn render_validation(
         crate::generate::png_out::write_png(&path, w, h, &px, &text).map_err(|e| TrainError::Io { path: path.clone(), detail: e.to_string() })?;
         images.push(path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/"));
     }
+    pipeline.unload_vae();
     Ok(ValidationSettings {
         prompt: prompt.to_string(),
         negative_prompt: String::new(),

@@ -62,6 +62,18 @@ fn publish(env: &Env) {
     push(&dir, "alice/sky-lora");
 }
 
+/// An offline Hub rendering with `profile` (a `--render-profile` YAML), the models published on it,
+/// and a sandbox to run hfsky in; the temp folder holds both and must outlive them.
+fn hub_rendering(profile: &str) -> (tempfile::TempDir, Hub, Env) {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("profile.yaml");
+    write(&file, profile.as_bytes());
+    let hub = start_hub(&root.path().join("hub"), &["--render-profile", file.to_str().unwrap()]);
+    let env = Env::new(&hub.endpoint);
+    publish(&env);
+    (root, hub, env)
+}
+
 fn compare(env: &Env, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut args =
         vec!["--json", "compare", "--prompt", "a photo of the SKY river", "--repo", "alice/sky-lora", "--seeds", "2", "--out", out.to_str().unwrap()];
@@ -72,15 +84,10 @@ fn compare(env: &Env, out: &Path, extra: &[&str]) -> std::process::Output {
 
 /// Plants `profile` on the Hub and checks that `--explain` ranks one of `expected` first.
 fn planted(profile: &str, expected: &[&str]) -> serde_json::Value {
-    let root = tempfile::tempdir().unwrap();
-    let file = root.path().join("profile.yaml");
     // The planted keys replace the shared ones (a YAML mapping cannot repeat a key).
     let planted_keys: Vec<&str> = profile.lines().filter_map(|l| l.split(':').next()).collect();
     let base: String = SAME.lines().filter(|l| !planted_keys.contains(&l.split(':').next().unwrap())).map(|l| format!("{l}\n")).collect();
-    write(&file, format!("{base}{profile}").as_bytes());
-    let hub = start_hub(&root.path().join("hub"), &["--render-profile", file.to_str().unwrap()]);
-    let env = Env::new(&hub.endpoint);
-    publish(&env);
+    let (root, _hub, env) = hub_rendering(&format!("{base}{profile}"));
     let out = root.path().join("cmp");
     let o = compare(&env, &out, &["--explain"]);
     ok(&o);
@@ -150,13 +157,8 @@ fn another_scheduler_and_step_count_are_named() {
 /// (and never "unknown").
 #[test]
 fn a_hub_fusing_the_lora_in_f16_is_a_candidate() {
-    let root = tempfile::tempdir().unwrap();
-    let file = root.path().join("profile.yaml");
     let profile: String = SAME.lines().filter(|l| !l.starts_with("dtype")).map(|l| format!("{l}\n")).collect();
-    write(&file, format!("{profile}dtype: f16\n").as_bytes());
-    let hub = start_hub(&root.path().join("hub"), &["--render-profile", file.to_str().unwrap()]);
-    let env = Env::new(&hub.endpoint);
-    publish(&env);
+    let (root, _hub, env) = hub_rendering(&format!("{profile}dtype: f16\n"));
     let out = root.path().join("cmp");
     let v = json(&compare(&env, &out, &["--explain"]));
     let row = v["settings"].as_array().unwrap().iter().find(|r| r["setting"] == "lora_fusion").unwrap().clone();
@@ -175,12 +177,7 @@ fn a_hub_fusing_the_lora_in_f16_is_a_candidate() {
 /// pair, and the gap is no larger than seed-to-seed variation.
 #[test]
 fn only_the_noise_generator_differing_is_nothing_to_explain() {
-    let root = tempfile::tempdir().unwrap();
-    let file = root.path().join("profile.yaml");
-    write(&file, SAME.as_bytes());
-    let hub = start_hub(&root.path().join("hub"), &["--render-profile", file.to_str().unwrap()]);
-    let env = Env::new(&hub.endpoint);
-    publish(&env);
+    let (root, _hub, env) = hub_rendering(SAME);
     let out = root.path().join("cmp");
     let o = compare(&env, &out, &["--noise", "hfsky", "--explain"]);
     ok(&o);
@@ -232,12 +229,7 @@ fn another_base_model_is_named() {
 /// to explain; the report renders in a browser with every image and plot, escaping the prompt.
 #[test]
 fn same_settings_explain_nothing_and_the_report_renders() {
-    let root = tempfile::tempdir().unwrap();
-    let file = root.path().join("profile.yaml");
-    write(&file, SAME.as_bytes());
-    let hub = start_hub(&root.path().join("hub"), &["--render-profile", file.to_str().unwrap()]);
-    let env = Env::new(&hub.endpoint);
-    publish(&env);
+    let (root, _hub, env) = hub_rendering(SAME);
     let out = root.path().join("cmp");
     let mut args = vec![
         "compare",
@@ -412,12 +404,7 @@ fn saved_website_images_compare_against_assumed_worker_defaults() {
 /// overridden by the request and no longer differs.
 #[test]
 fn hub_params_match_sends_the_local_settings() {
-    let root = tempfile::tempdir().unwrap();
-    let file = root.path().join("profile.yaml");
-    write(&file, b"scheduler: ddim\nsteps: 4\nguidance: 7.5\nwidth: 128\nheight: 128\ndtype: f32\n");
-    let hub = start_hub(&root.path().join("hub"), &["--render-profile", file.to_str().unwrap()]);
-    let env = Env::new(&hub.endpoint);
-    publish(&env);
+    let (root, _hub, env) = hub_rendering("scheduler: ddim\nsteps: 4\nguidance: 7.5\nwidth: 128\nheight: 128\ndtype: f32\n");
     let out = root.path().join("cmp");
     let o = compare(&env, &out, &["--hub-params", "match"]);
     ok(&o);

@@ -8,6 +8,20 @@ use std::path::PathBuf;
 
 /// `hfsky train` on two small photos of `width`×64 for 3 steps at rank 2, with `extra` flags, on
 /// the tiny fixture `model`; returns the sandbox (keep it alive) and the output folder.
+/// tests/interop/diffusers_load_converted.py: real diffusers loads each of `files` into the
+/// pipeline `fixture` and reports keys, warnings, LoRA layers and outputs (JSON).
+fn diffusers_load_converted(python: &str, fixture: &std::path::Path, files: &[PathBuf]) -> serde_json::Value {
+    let o = std::process::Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_converted.py"))
+        .arg(fixture)
+        .args(files)
+        .env("OMP_NUM_THREADS", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
+}
+
 fn train_tiny(model: &str, width: u32, extra: &[&str]) -> (Env, PathBuf) {
     let env = Env::new("http://127.0.0.1:9");
     let d = env.dir.path();
@@ -55,16 +69,7 @@ fn diffusers_loads_our_lora_without_missing_or_unexpected_keys() {
         assert!(v["relative_change"].as_f64().unwrap() > 1e-4, "{model}: the LoRA does not change diffusers' UNet output: {v}");
         // `lora_formats: [peft, kohya]` wrote the kohya layout beside it; diffusers reads it alike.
         let kohya = out.join("pytorch_lora_weights_kohya.safetensors");
-        let o = std::process::Command::new(&python)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_converted.py"))
-            .arg(&fixture)
-            .arg(out.join("pytorch_lora_weights.safetensors"))
-            .arg(&kohya)
-            .env("OMP_NUM_THREADS", "1")
-            .env("HF_HUB_OFFLINE", "1")
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        let v = diffusers_load_converted(&python, &fixture, &[out.join("pytorch_lora_weights.safetensors"), kohya.clone()]);
         for f in v["files"].as_array().unwrap() {
             assert_eq!(f["warnings"], serde_json::json!([]), "{model}: {f}");
             assert_eq!(f["lora_layers"]["unet"].as_u64().unwrap() as usize * 2, ours.len(), "{model}: {f}");
@@ -115,15 +120,7 @@ fn diffusers_loads_our_peft_and_kohya_exports_alike() {
             ]));
             outs.push(out);
         }
-        let o = std::process::Command::new(&python)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_converted.py"))
-            .arg(&pipeline)
-            .args(&outs)
-            .env("OMP_NUM_THREADS", "1")
-            .env("HF_HUB_OFFLINE", "1")
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        let v = diffusers_load_converted(&python, &pipeline, &outs);
         let lora = hfsky::diffusion::lora::LoraWeights::load(&fixtures.join(input)).unwrap();
         for f in v["files"].as_array().unwrap() {
             assert_eq!(f["warnings"], serde_json::json!([]), "{input}: {f}");
@@ -167,15 +164,7 @@ fn diffusers_loads_our_dora_and_locon() {
         if network == "locon" {
             files.push(out.join("pytorch_lora_weights_kohya.safetensors"));
         }
-        let o = std::process::Command::new(&python)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_converted.py"))
-            .arg(&fixture)
-            .args(&files)
-            .env("OMP_NUM_THREADS", "1")
-            .env("HF_HUB_OFFLINE", "1")
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        let v = diffusers_load_converted(&python, &fixture, &files);
         for f in v["files"].as_array().unwrap() {
             assert_eq!(f["warnings"], serde_json::json!([]), "{model} {network}: {f}");
             assert_eq!(f["use_dora"], network == "dora", "{model} {network}: {f}");
@@ -211,15 +200,7 @@ fn diffusers_loads_our_text_encoder_lora() {
         if network == "lora" {
             files.push(out.join("pytorch_lora_weights_kohya.safetensors"));
         }
-        let o = std::process::Command::new(&python)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/diffusers_load_converted.py"))
-            .arg(&fixture)
-            .args(&files)
-            .env("OMP_NUM_THREADS", "1")
-            .env("HF_HUB_OFFLINE", "1")
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+        let v = diffusers_load_converted(&python, &fixture, &files);
         for f in v["files"].as_array().unwrap() {
             assert_eq!(f["warnings"], serde_json::json!([]), "{model} {network}: {f}");
             assert_eq!(f["use_dora"], network == "dora", "{model} {network}: {f}");

@@ -11,8 +11,6 @@ use crate::diffusion::recompute::checkpointed;
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::resnet::adapted_conv;
-
 /// diffusers `Attention` with the default SDPA processor (no bias on q/k/v, bias on to_out.0).
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -145,8 +143,8 @@ impl Transformer2DModel {
             )
         } else {
             (
-                Projection::Conv(adapted_conv(vb.pp("proj_in"), adapters, channels, inner, 1, 1, 0)?),
-                Projection::Conv(adapted_conv(vb.pp("proj_out"), adapters, inner, channels, 1, 1, 0)?),
+                Projection::Conv(Conv2d::load_adapted(vb.pp("proj_in"), adapters, channels, inner, 1, 1, 0)?),
+                Projection::Conv(Conv2d::load_adapted(vb.pp("proj_out"), adapters, inner, channels, 1, 1, 0)?),
             )
         };
         let blocks = (0..layers)

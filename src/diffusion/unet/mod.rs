@@ -71,8 +71,15 @@ impl UNet2DConditionModel {
             linear_projection: config.use_linear_projection,
             downsample_padding: config.downsample_padding,
         };
-        let conv_in =
-            resnet::adapted_conv(vb.pp("conv_in"), adapters, config.in_channels, c0, config.conv_in_kernel, 1, (config.conv_in_kernel - 1) / 2)?;
+        let conv_in = crate::diffusion::fused::conv::Conv2d::load_adapted(
+            vb.pp("conv_in"),
+            adapters,
+            config.in_channels,
+            c0,
+            config.conv_in_kernel,
+            1,
+            (config.conv_in_kernel - 1) / 2,
+        )?;
         let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), adapters, c0, plan.time_embed_dim, config.timestep_post_act.is_some())?;
         let add_embedding = match &plan.added {
             Some(a) => Some(AddEmbedding {
@@ -95,8 +102,15 @@ impl UNet2DConditionModel {
         let up_blocks =
             plan.up.iter().enumerate().map(|(i, p)| UpBlock::new(vb.pp("up_blocks").pp(i), adapters, p, &shared)).collect::<Result<Vec<_>>>()?;
         let conv_norm_out = GroupNorm::load(vb.pp("conv_norm_out"), plan.groups, c0, config.norm_eps, true)?;
-        let conv_out =
-            resnet::adapted_conv(vb.pp("conv_out"), adapters, c0, config.out_channels, config.conv_out_kernel, 1, (config.conv_out_kernel - 1) / 2)?;
+        let conv_out = crate::diffusion::fused::conv::Conv2d::load_adapted(
+            vb.pp("conv_out"),
+            adapters,
+            c0,
+            config.out_channels,
+            config.conv_out_kernel,
+            1,
+            (config.conv_out_kernel - 1) / 2,
+        )?;
         let mut cross_attention_dims: Vec<usize> = plan
             .down
             .iter()

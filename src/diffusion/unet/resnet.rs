@@ -12,19 +12,6 @@ pub(crate) fn conv(vb: VarBuilder, in_ch: usize, out_ch: usize, kernel: usize, s
     Conv2d::load(vb, in_ch, out_ch, kernel, stride, padding)
 }
 
-/// `conv`, registered in `adapters` so that conv LoRAs (LoCon, LoHa, LoKr) reach it.
-pub(crate) fn adapted_conv(
-    vb: VarBuilder,
-    adapters: &Adapters,
-    in_ch: usize,
-    out_ch: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-) -> Result<Conv2d> {
-    Conv2d::load_adapted(vb, adapters, in_ch, out_ch, kernel, stride, padding)
-}
-
 #[derive(Debug, Clone)]
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
@@ -51,12 +38,12 @@ impl ResnetBlock2D {
         Ok(ResnetBlock2D {
             // Every resnet norm is followed by SiLU: one fused op each.
             norm1: GroupNorm::load(vb.pp("norm1"), groups, in_ch, eps, true)?,
-            conv1: adapted_conv(vb.pp("conv1"), adapters, in_ch, out_ch, 3, 1, 1)?,
+            conv1: Conv2d::load_adapted(vb.pp("conv1"), adapters, in_ch, out_ch, 3, 1, 1)?,
             // A LoRA-aware linear so that adapters may target it (PEFT/kohya LoRAs sometimes do).
             time_emb_proj: Linear::new(vb.pp("time_emb_proj"), adapters, temb_ch, out_ch, true)?,
             norm2: GroupNorm::load(vb.pp("norm2"), groups, out_ch, eps, true)?,
-            conv2: adapted_conv(vb.pp("conv2"), adapters, out_ch, out_ch, 3, 1, 1)?,
-            conv_shortcut: if in_ch != out_ch { Some(adapted_conv(vb.pp("conv_shortcut"), adapters, in_ch, out_ch, 1, 1, 0)?) } else { None },
+            conv2: Conv2d::load_adapted(vb.pp("conv2"), adapters, out_ch, out_ch, 3, 1, 1)?,
+            conv_shortcut: if in_ch != out_ch { Some(Conv2d::load_adapted(vb.pp("conv_shortcut"), adapters, in_ch, out_ch, 1, 1, 0)?) } else { None },
             output_scale_factor,
         })
     }
@@ -88,7 +75,7 @@ pub struct Downsample2D {
 
 impl Downsample2D {
     pub fn new(vb: VarBuilder, adapters: &Adapters, channels: usize, padding: usize) -> Result<Self> {
-        Ok(Downsample2D { conv: adapted_conv(vb.pp("conv"), adapters, channels, channels, 3, 2, padding)?, pad_right_bottom: padding == 0 })
+        Ok(Downsample2D { conv: Conv2d::load_adapted(vb.pp("conv"), adapters, channels, channels, 3, 2, padding)?, pad_right_bottom: padding == 0 })
     }
 }
 
@@ -111,7 +98,7 @@ pub struct Upsample2D {
 
 impl Upsample2D {
     pub fn new(vb: VarBuilder, adapters: &Adapters, channels: usize) -> Result<Self> {
-        Ok(Upsample2D { conv: adapted_conv(vb.pp("conv"), adapters, channels, channels, 3, 1, 1)? })
+        Ok(Upsample2D { conv: Conv2d::load_adapted(vb.pp("conv"), adapters, channels, channels, 3, 1, 1)? })
     }
 
     pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
