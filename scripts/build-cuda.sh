@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Builds hfsky with the CUDA backend (`--features cuda`) on a machine with no GPU and no CUDA
-# install: a pinned CUDA 13.0 toolkit comes from PyPI wheels (nvcc, nvvm, crt, runtime, cccl),
-# and the GPU libraries cudarc links against (driver, cuBLAS, cuBLASLt, cuRAND, NVRTC) are
-# replaced by stub .so files with the real sonames.
+# install: a pinned CUDA 13.0 toolkit comes from PyPI wheels (nvcc, nvvm, crt, runtime, cccl).
+#
+# The binary starts on any Linux machine, GPU or not: the CUDA libraries (driver, cuBLAS, cuRAND)
+# are opened at run time, not linked. candle 0.11 hard-wires link-time binding (cudarc's
+# `dynamic-linking`, and `-lcudart` in candle-kernels: huggingface/candle#3900), so this script
+# builds against patched copies of those two crates made from the registry sources: cudarc's
+# `dynamic-loading` instead, and the CUDA runtime linked statically (libcudart_static, which
+# itself opens the driver at run time). The patch lives only in these build flags; Cargo.lock is
+# restored afterwards.
 #
 # One binary per GPU generation: candle's kernels are compiled to PTX for one compute capability
 # (`CUDA_COMPUTE_CAP`), which the driver JIT-compiles for that GPU and any newer one; bf16 kernels
@@ -11,7 +17,7 @@
 #   sm80 → A100 (8.0), A10 / RTX 30 (8.6), L4 / RTX 40 (8.9) (bf16)
 #   sm90 → H100 / H200 (bf16, kernels built for Hopper)
 #
-#   scripts/build-cuda.sh                 toolkit + stubs + one release build per arch in CUDA_ARCHS
+#   scripts/build-cuda.sh                 toolkit + one release build per arch in CUDA_ARCHS
 #                                         (default "75 80 90") → target-cuda-sm<arch>/release/hfsky
 #   CUDA_ARCHS=80 scripts/build-cuda.sh   only that one (each build is ~17 min on 2 cores)
 #   CUDA_COMPUTE_CAP=90 scripts/build-cuda.sh   the former single build → target-cuda/release/hfsky
@@ -28,7 +34,6 @@ ROOT="$PWD"
 TOOLS="${HFSKY_CUDA_TOOLS:-$ROOT/.cuda-toolkit}"
 TREE="$TOOLS/tree"
 CU="$TREE/nvidia/cu13"
-STUBS="$TOOLS/stubs"
 WHEELS="$TOOLS/wheels"
 if [ -n "${CUDA_COMPUTE_CAP:-}" ]; then
   ARCHS="$CUDA_COMPUTE_CAP"
@@ -48,7 +53,7 @@ TOOLKIT=(
   nvidia-cuda-runtime==13.0.96
   nvidia-cuda-cccl==13.0.85
 )
-# The real libraries behind the stubs (for --runtime-libs); same CUDA 13.0 major versions.
+# The runtime libraries the binary opens on a GPU host (for --runtime-libs); CUDA 13.0 majors.
 RUNTIME=(
   nvidia-cublas==13.0.2.14
   nvidia-curand==10.4.0.35
@@ -76,23 +81,29 @@ if [ ! -x "$CU/bin/nvcc" ]; then
 fi
 "$CU/bin/nvcc" --version | tail -2 >&2
 
-# Stubs: one C function per symbol cudarc declares for each library, built with the real soname,
-# so the binary records e.g. NEEDED libcublas.so.13 and resolves the real one on the GPU host.
-CUDARC=$(cargo metadata --format-version 1 --features cuda 2>/dev/null \
-  | python3 -c 'import json,sys; m=json.load(sys.stdin); print(next(p["manifest_path"] for p in m["packages"] if p["name"]=="cudarc").rsplit("/",1)[0])')
-mkdir -p "$STUBS"
-stub() { # stub LINKNAME SONAME CUDARC_SYS_DIR
-  local link="$1" soname="$2" sys="$3"
-  grep -hoE '^\s+fn [A-Za-z0-9_]+\(' "$CUDARC/src/$sys/sys/mod.rs" | sed -E 's/^\s+fn ([A-Za-z0-9_]+)\(/void \1(void) {}/' | sort -u >"$STUBS/$link.c"
-  gcc -shared -fPIC -Wl,-soname,"$soname" -o "$STUBS/lib$link.so" "$STUBS/$link.c"
-}
-stub cuda libcuda.so.1 driver
-stub cublas libcublas.so.13 cublas
-stub cublasLt libcublasLt.so.13 cublaslt
-stub curand libcurand.so.10 curand
-stub nvrtc libnvrtc.so.13 nvrtc
-# candle-kernels links the CUDA runtime itself; link against the real one from the wheel.
-ln -sf "$CU/lib/libcudart.so.13" "$STUBS/libcudart.so"
+# Patched candle-core (cudarc dynamic-loading) and candle-kernels (static CUDA runtime).
+REGISTRY_SRC=$(cargo metadata --format-version 1 --features cuda 2>/dev/null \
+  | python3 -c 'import json,sys; m=json.load(sys.stdin); print("\n".join(p["name"]+" "+p["manifest_path"].rsplit("/",1)[0] for p in m["packages"] if p["name"] in ("candle-core","candle-kernels")))')
+PATCHED="$TOOLS/patched"
+PATCH_FLAGS=()
+while read -r name dir; do
+  dest="$PATCHED/$(basename "$dir")"
+  if [ ! -f "$dest/.hfsky-patched" ]; then
+    rm -rf "$dest" && mkdir -p "$PATCHED" && cp -r "$dir" "$dest"
+    case "$name" in
+      candle-core)
+        grep -q '"dynamic-linking",' "$dest/Cargo.toml" || { say "candle-core: no dynamic-linking feature to replace in $dest/Cargo.toml"; exit 1; }
+        sed -i 's/"dynamic-linking",/"dynamic-loading",/' "$dest/Cargo.toml" ;;
+      candle-kernels)
+        grep -q 'rustc-link-lib=dylib=cudart' "$dest/build.rs" || { say "candle-kernels: no cudart link line in $dest/build.rs"; exit 1; }
+        sed -i 's|println!("cargo:rustc-link-lib=dylib=cudart");|println!("cargo:rustc-link-lib=static=cudart_static"); println!("cargo:rustc-link-lib=dylib=dl"); println!("cargo:rustc-link-lib=dylib=rt");|' "$dest/build.rs" ;;
+    esac
+    touch "$dest/.hfsky-patched"
+  fi
+  PATCH_FLAGS+=(--config "patch.crates-io.$name.path=\"$dest\"")
+done <<<"$REGISTRY_SRC"
+cp Cargo.lock "$TOOLS/Cargo.lock.orig"
+trap 'cp "$TOOLS/Cargo.lock.orig" Cargo.lock' EXIT
 
 BUILT=()
 for arch in $ARCHS; do
@@ -101,17 +112,20 @@ for arch in $ARCHS; do
   say "building for sm_$arch (CUDA_COMPUTE_CAP=$arch, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
   # CUDA_COMPUTE_CAP is also compiled into the binary (`hfsky env` reports it).
   PATH="$CU/bin:$PATH" CUDA_HOME="$CU" CUDA_PATH="$CU" CUDA_ROOT="$CU" \
-    RUSTFLAGS="${RUSTFLAGS:-} -L native=$STUBS -L native=$CU/lib" \
-    cargo build --release --features cuda --bin hfsky
+    RUSTFLAGS="${RUSTFLAGS:-} -L native=$CU/lib" \
+    cargo build --release --features cuda --bin hfsky "${PATCH_FLAGS[@]}"
   BUILT+=("$CARGO_TARGET_DIR/release/hfsky")
   say "built $CARGO_TARGET_DIR/release/hfsky ($(du -h "$CARGO_TARGET_DIR/release/hfsky" | cut -f1))"
 done
 
 BIN="${BUILT[0]}"
 NEEDED=$(readelf -d "$BIN" | sed -nE 's/.*\(NEEDED\).*\[(.*)\]/\1/p' | grep -E 'cuda|cublas|curand|nvrtc|cudart|cudnn' || true)
-say "CUDA libraries the binary needs at run time (NEEDED): $(echo $NEEDED)"
-say "  libcuda.so.1 comes with the NVIDIA driver; the others from a CUDA 13 runtime or PyPI wheels:"
-say "  ${RUNTIME[*]} nvidia-cuda-runtime==13.0.96"
+if [ -n "$NEEDED" ]; then
+  say "the binary links CUDA libraries at load time (NEEDED: $(echo $NEEDED)); it would not start without them"
+  exit 1
+fi
+say "no CUDA library is linked at load time; on a GPU host the binary opens libcuda.so.1 (the driver),"
+say "  libcublas.so.13 and libcurand.so.10 (a CUDA 13 runtime, or PyPI wheels: ${RUNTIME[*]})"
 
 if [ "${1:-}" = "--runtime-libs" ]; then
   LIBS="$TOOLS/runtime-lib"

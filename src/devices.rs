@@ -144,21 +144,68 @@ pub fn cuda() -> CudaProbe {
 
 /// What `device: auto` resolves to: the first GPU, else the CPU with the reason.
 pub fn auto() -> (candle_core::Device, Option<String>) {
-    if CUDA_BUILD {
-        let probe = cuda();
-        if let (Some(d), Some(compiled)) = (probe.devices.first(), compiled_compute_caps()) {
-            if let Err(why) = kernels_fit(&compiled, d.compute_capability.as_deref().unwrap_or("")) {
-                return (candle_core::Device::Cpu, Some(why));
-            }
-        }
-    }
-    match candle_core::Device::new_cuda(0) {
+    match open_cuda(0) {
         Ok(d) => (d, None),
-        Err(e) => {
-            let why = cuda().unavailable.unwrap_or_else(|| format!("CUDA device 0 failed to initialise: {e}"));
-            (candle_core::Device::Cpu, Some(why))
-        }
+        Err(why) => (candle_core::Device::Cpu, Some(why)),
     }
+}
+
+/// CUDA device `ordinal`, opened only after the probe found it usable: a driver, the runtime
+/// libraries candle opens with the device (cuBLAS, cuRAND), and kernels built for its compute
+/// capability. `Err` says which of those is missing and what to do. Checking first matters
+/// because the CUDA build loads those libraries at run time (so it starts on machines without
+/// them) and cudarc panics when one it needs cannot be loaded.
+pub fn open_cuda(ordinal: usize) -> Result<candle_core::Device, String> {
+    let probe = cuda();
+    let Some(d) = probe.devices.get(ordinal) else {
+        return Err(probe.unavailable.unwrap_or_else(|| format!("there is no CUDA device {ordinal}")));
+    };
+    if let Some(compiled) = compiled_compute_caps() {
+        kernels_fit(&compiled, d.compute_capability.as_deref().unwrap_or(""))?;
+    }
+    candle_core::Device::new_cuda(ordinal).map_err(|e| format!("CUDA device {ordinal} failed to initialise: {e}"))
+}
+
+/// The shared libraries the CUDA build opens at run time, each with the file names that count
+/// (the sonames CUDA 13 and the driver use, the unversioned developer link, and CUDA 12's cuBLAS,
+/// which cudarc also accepts), and where a user gets it.
+pub const CUDA_RUNTIME_LIBRARIES: [(&str, &[&str], &str); 3] = [
+    ("the NVIDIA driver", &["libcuda.so.1", "libcuda.so"], "install the NVIDIA driver (on Colab/Kaggle pick a GPU runtime)"),
+    ("cuBLAS", &["libcublas.so.13", "libcublas.so", "libcublas.so.12"], "pip install nvidia-cublas==13.0.2.14"),
+    ("cuRAND", &["libcurand.so.10", "libcurand.so"], "pip install nvidia-curand==10.4.0.35"),
+];
+
+/// Why the CUDA libraries cannot be used, given which of [`CUDA_RUNTIME_LIBRARIES`] loaded
+/// (`found[i]` for entry `i`); `None` when all did. The runtime libraries from PyPI wheels live
+/// under site-packages/nvidia/*/lib, which the loader does not search by itself.
+pub fn missing_libraries_message(found: &[bool]) -> Option<String> {
+    let missing: Vec<_> = CUDA_RUNTIME_LIBRARIES.iter().zip(found).filter(|(_, ok)| !**ok).map(|(lib, _)| lib).collect();
+    if missing.is_empty() {
+        return None;
+    }
+    if missing[0].0 == CUDA_RUNTIME_LIBRARIES[0].0 {
+        let (_, names, fix) = CUDA_RUNTIME_LIBRARIES[0];
+        return Some(format!("no NVIDIA driver: {} cannot be loaded ({fix})", names[0]));
+    }
+    let names: Vec<String> = missing.iter().map(|(what, names, _)| format!("{what} ({})", names[0])).collect();
+    let fixes: Vec<&str> = missing.iter().map(|(_, _, fix)| *fix).collect();
+    Some(format!(
+        "the CUDA runtime libraries are not found: {}; {}, and put their lib folders on LD_LIBRARY_PATH \
+         (see the README's CUDA section)",
+        names.join(", "),
+        fixes.join(" and ")
+    ))
+}
+
+/// Which of [`CUDA_RUNTIME_LIBRARIES`] the dynamic loader can open here.
+#[cfg(feature = "cuda")]
+fn loadable_libraries() -> Vec<bool> {
+    CUDA_RUNTIME_LIBRARIES
+        .iter()
+        // SAFETY: loading a CUDA library runs only its initialisers, which have no preconditions;
+        // the handle is dropped at once (cudarc keeps its own).
+        .map(|(_, names, _)| names.iter().any(|n| unsafe { libloading::Library::new(n) }.is_ok()))
+        .collect()
 }
 
 #[cfg(feature = "cuda")]
@@ -170,6 +217,9 @@ mod cuda_impl {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
 
     pub fn probe() -> CudaProbe {
+        if let Some(why) = super::missing_libraries_message(&super::loadable_libraries()) {
+            return CudaProbe { devices: Vec::new(), unavailable: Some(why) };
+        }
         if let Err(e) = result::init() {
             return CudaProbe { devices: Vec::new(), unavailable: Some(format!("no usable NVIDIA driver (cuInit: {e})")) };
         }
@@ -258,5 +308,17 @@ mod tests {
         assert!(d.is_cpu());
         assert!(why.unwrap().contains("scripts/build-cuda.sh"));
         assert_eq!(compiled_compute_caps(), None);
+    }
+
+    #[test]
+    fn missing_cuda_libraries_are_named_with_the_fix() {
+        assert_eq!(missing_libraries_message(&[true, true, true]), None);
+        let no_driver = missing_libraries_message(&[false, false, false]).unwrap();
+        assert!(no_driver.starts_with("no NVIDIA driver: libcuda.so.1"), "{no_driver}");
+        let no_blas = missing_libraries_message(&[true, false, true]).unwrap();
+        assert!(no_blas.contains("cuBLAS (libcublas.so.13)") && !no_blas.contains("cuRAND"), "{no_blas}");
+        assert!(no_blas.contains("pip install nvidia-cublas==13.0.2.14") && no_blas.contains("LD_LIBRARY_PATH"), "{no_blas}");
+        let both = missing_libraries_message(&[true, false, false]).unwrap();
+        assert!(both.contains("cuBLAS") && both.contains("cuRAND (libcurand.so.10)"), "{both}");
     }
 }

@@ -216,13 +216,7 @@ pub struct Renderer {
 impl Renderer {
     /// The device renders run on: the first CUDA GPU in a `--features cuda` build, else the CPU.
     pub fn default_device() -> Device {
-        #[cfg(feature = "cuda")]
-        {
-            if let Ok(d) = Device::new_cuda(0) {
-                return d;
-            }
-        }
-        Device::Cpu
+        crate::devices::auto().0
     }
 
     pub async fn load(spec: &RenderSpec, client: &HubClient, device: Device) -> Result<Renderer, RenderError> {

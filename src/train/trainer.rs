@@ -233,19 +233,9 @@ pub fn pick_device(choice: super::config::DeviceChoice) -> Result<(Device, Optio
     use super::config::DeviceChoice::*;
     match choice {
         Cpu => Ok((Device::Cpu, None)),
-        Cuda => {
-            let probe = crate::devices::cuda();
-            if let (Some(d), Some(compiled)) = (probe.devices.first(), crate::devices::compiled_compute_caps()) {
-                crate::devices::kernels_fit(&compiled, d.compute_capability.as_deref().unwrap_or(""))
-                    .map_err(|e| TrainError::Input(format!("device: cuda: {e}")))?;
-            }
-            Device::new_cuda(0).map(|d| (d, None)).map_err(|e| {
-                let why = crate::devices::cuda().unavailable.unwrap_or_else(|| e.to_string());
-                TrainError::Input(format!(
-                    "device: cuda: {why} (use device: cpu, or build with scripts/build-cuda.sh on a machine with an NVIDIA GPU)"
-                ))
-            })
-        }
+        Cuda => crate::devices::open_cuda(0).map(|d| (d, None)).map_err(|why| {
+            TrainError::Input(format!("device: cuda: {why} (use device: cpu, or build with scripts/build-cuda.sh on a machine with an NVIDIA GPU)"))
+        }),
         Auto => Ok(crate::devices::auto()),
     }
 }
