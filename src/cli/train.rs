@@ -97,6 +97,11 @@ fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &toki
                 bar.suspend(|| eprintln!("validation images at step {step}: {}", images.len()));
             }
         }
+        Event::ValidationLoss { step, loss } => {
+            if !quiet {
+                bar.suspend(|| eprintln!("val_loss at step {step}: {loss:.4}"));
+            }
+        }
     };
     // The exit code follows from the error's category (`hfsky::exit`): bad input, or a failure
     // such as a full disk while writing a checkpoint.

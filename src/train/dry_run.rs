@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// The globs `train-and-push` uploads from the output folder (never checkpoints, caches or
 /// tokens); the kohya and ComfyUI copies exist only with `lora_formats`.
-pub const PUBLISHED: [&str; 7] = [
+pub const PUBLISHED: [&str; 8] = [
     names::LORA_WEIGHTS,
     names::LORA_WEIGHTS_KOHYA,
     names::LORA_WEIGHTS_COMFYUI,
@@ -17,6 +17,7 @@ pub const PUBLISHED: [&str; 7] = [
     "validation-seed-*.png",
     names::TRAIN_CONFIG,
     names::TRAINING_LOG,
+    names::TRAINING_REPORT,
 ];
 
 /// A photo the run would skip, with the loader's reason.
@@ -70,7 +71,8 @@ pub fn dry_run(cfg: &TrainConfig, model_dir: &Path) -> Result<DryRun, DryRunErro
         .iter()
         .filter_map(|p| crate::dataset::images::load_rgb(p).err().map(|problem| Skipped { file: p.clone(), reason: problem.reason }))
         .collect();
-    let mut files: Vec<String> = [names::LORA_WEIGHTS, names::README, names::TRAIN_CONFIG, names::TRAINING_LOG].map(String::from).to_vec();
+    let mut files: Vec<String> =
+        [names::LORA_WEIGHTS, names::README, names::TRAIN_CONFIG, names::TRAINING_LOG, names::TRAINING_REPORT].map(String::from).to_vec();
     files.extend(cfg.lora_formats.iter().filter(|f| **f != crate::diffusion::lora::export::ExportFormat::Peft).map(|f| f.file_name().to_string()));
     if cfg.validation_prompt.is_some() {
         files.extend((0..cfg.num_validation_images as u64).map(|i| format!("validation-seed-{}.png", cfg.seed + i)));
@@ -109,11 +111,19 @@ mod tests {
         assert!(!r.skipped[0].reason.is_empty());
         assert_eq!(
             r.files,
-            [names::LORA_WEIGHTS, names::README, names::TRAIN_CONFIG, names::TRAINING_LOG, "validation-seed-7.png", "validation-seed-8.png"]
+            [
+                names::LORA_WEIGHTS,
+                names::README,
+                names::TRAIN_CONFIG,
+                names::TRAINING_LOG,
+                names::TRAINING_REPORT,
+                "validation-seed-7.png",
+                "validation-seed-8.png"
+            ]
         );
         let cfg = config(d.path(), "captions: instance\n");
         let r = dry_run(&cfg, &pipeline_dir("tiny-sd15")).unwrap();
-        assert_eq!((r.captioned, r.files.len()), (0, 4), "no validation prompt, no validation images");
+        assert_eq!((r.captioned, r.files.len()), (0, 5), "no validation prompt, no validation images");
     }
 
     #[test]

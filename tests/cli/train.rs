@@ -317,7 +317,7 @@ fn train_and_push_checks_the_token_first_then_publishes_in_one_commit() {
     let dl = d.join("dl");
     ok(&env.cmd(&["download", "alice/sky-lora", "--local-dir", dl.to_str().unwrap()]).env("HF_TOKEN", ALICE).output().unwrap());
     let names: Vec<String> = files_under(&dl).into_iter().map(|(n, _)| n).filter(|n| !n.starts_with(".cache")).collect();
-    for f in ["pytorch_lora_weights.safetensors", "README.md", "train_config.yaml", "training_log.jsonl", "validation-seed-3.png"] {
+    for f in ["pytorch_lora_weights.safetensors", "README.md", "train_config.yaml", "training_log.jsonl", "report.html", "validation-seed-3.png"] {
         assert!(names.contains(&f.to_string()), "{f} not pushed: {names:?}");
     }
     assert!(!names.iter().any(|n| n.contains("checkpoint") || n.contains("summary")), "{names:?}");
