@@ -388,7 +388,8 @@ fn text_encoder_training_validates_with_the_trained_encoders() {
 
 /// `validation_split: 1`: one photo held out (named in the summary, not trained on), val_loss in
 /// the log before training, every `validation_steps` and at the end; report.html renders in a
-/// browser with both plots and every validation image, the prompt escaped.
+/// browser with both plots and every validation image, the prompt escaped, and `card report`
+/// writes it again from the output folder.
 #[test]
 fn val_loss_is_logged_and_the_report_renders() {
     let env = Env::new("http://127.0.0.1:9");
@@ -424,4 +425,11 @@ fn val_loss_is_logged_and_the_report_renders() {
     assert!(html.contains(held), "the held-out photo is named");
     // Step 2's two images and the final two.
     browser_check(&page, 4, 2, "train-report.png");
+    // `card report` writes the same page again from the output folder alone.
+    std::fs::remove_file(&page).unwrap();
+    ok(&env.run(&["card", "report", out.to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(&page).unwrap(), html);
+    let o = env.run(&["card", "report", d.join("photos").to_str().unwrap()]);
+    code(&o, 2);
+    assert!(text(&o).contains("training_summary.json") && text(&o).contains("a training output folder"), "{}", text(&o));
 }
