@@ -252,6 +252,9 @@ fn dry_run_report(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::
         plan.files.join(", ")
     ));
     ctx.say(&plan.captions_from.describe());
+    if plan.held_out > 0 {
+        ctx.say(&format!("would hold {} photo(s) out of training to measure val_loss", plan.held_out));
+    }
     for s in &plan.skipped {
         ctx.say(&format!("would skip {}: {}", s.file.display(), s.reason));
     }
