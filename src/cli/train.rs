@@ -133,6 +133,9 @@ struct TrainJson<'a> {
     examples: usize,
     skipped: &'a [(String, String)],
     validation_images: &'a [String],
+    /// The held-out photos' last loss; null without any.
+    final_val_loss: Option<f32>,
+    report: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     push: Option<&'a PushOutcome>,
 }
@@ -153,6 +156,8 @@ impl<'a> TrainJson<'a> {
             examples: s.examples.len(),
             skipped: &s.skipped,
             validation_images: s.validation.as_ref().map(|v| v.images.as_slice()).unwrap_or_default(),
+            final_val_loss: s.validation_loss.as_ref().and_then(|v| v.final_val_loss),
+            report: cfg.output_dir.join(names::TRAINING_REPORT),
             push: None,
         }
     }

@@ -425,6 +425,12 @@ fn val_loss_is_logged_and_the_report_renders() {
     assert!(html.contains(held), "the held-out photo is named");
     // Step 2's two images and the final two.
     browser_check(&page, 4, 2, "train-report.png");
+    // --json names the report and the last val_loss.
+    let out2 = d.join("out2");
+    let j = json(&env.run(&["--json", "train", "--config", cfg.to_str().unwrap(), "--max-steps", "1", "--output-dir", out2.to_str().unwrap()]));
+    assert!(j["final_val_loss"].as_f64().is_some_and(f64::is_finite), "{j}");
+    assert_eq!(j["report"].as_str(), out2.join("report.html").to_str());
+    assert!(out2.join("report.html").is_file());
     // `card report` writes the same page again from the output folder alone.
     std::fs::remove_file(&page).unwrap();
     ok(&env.run(&["card", "report", out.to_str().unwrap()]));
