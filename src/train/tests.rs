@@ -408,3 +408,25 @@ fn held_out_photos_never_train_and_their_loss_is_deterministic() {
     assert!((moved - first).abs() > 1e-6, "val_loss {first} did not move with the weights");
     assert_eq!(moved.to_bits(), val(&p).to_bits());
 }
+
+/// A `validation/` folder inside the dataset (the Hub imagefolder's split) holds its photos out,
+/// named by their path in the dataset, captions read beside them like any photo's.
+#[test]
+fn a_validation_folder_holds_its_photos_out() {
+    let d = tempfile::tempdir().unwrap();
+    write_photos(&d.path().join("photos"), 2);
+    write_photos(&d.path().join("photos/validation"), 1);
+    let cfg = config(d.path(), "tiny-sd15", "");
+    let t = Trainer { cfg: &cfg, model_dir: pipeline_dir("tiny-sd15"), cache_dir: Some(d.path().join("cache")) };
+    let p = t.prepare(&mut |_| {}).unwrap();
+    assert_eq!(p.held_out.from, Some(super::validation_loss::HeldOutFrom::ValidationFolder));
+    assert_eq!(p.held_out.photos, [("validation/sky-0.png".to_string(), "a photo of SKY, orange sunset number 0".to_string())]);
+    let trained: Vec<&str> = p.trained_on.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!((trained, p.examples.len()), (vec!["sky-0.png", "sky-1.png"], 2));
+    let e = Trainer { cfg: &config(d.path(), "tiny-sd15", "validation_split: 1\n"), model_dir: pipeline_dir("tiny-sd15"), cache_dir: None }
+        .prepare(&mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("validation_split") && e.contains("validation"), "{e}");
+}

@@ -365,7 +365,7 @@ impl Trainer<'_> {
         }
 
         // Held-out photos go last and are prepared with the others, then split off below.
-        let (loaded, n_train, held_from) = super::validation_loss::hold_out(cfg, loaded, |(p, _, _)| p.as_path()).map_err(TrainError::Input)?;
+        let (loaded, held_plan) = validation_loss::hold_out(cfg, loaded, |(p, _, _)| p.as_path()).map_err(TrainError::Input)?;
 
         // Resolution from the configs alone, so prompts can be encoded before the UNet is loaded.
         let unet_json: serde_json::Value = files.config("unet").map_err(GenerateError::from)?;
@@ -441,7 +441,7 @@ impl Trainer<'_> {
         }
         on(Event::Preparing { done: loaded.len(), total: loaded.len() });
         on(Event::Note(format!("latents: {} from cache, {} encoded", cache.hits, cache.misses)));
-        let held_out = HeldOut::split_off(&mut examples, &mut trained_on, n_train, held_from);
+        let held_out = HeldOut::split_off(&mut examples, &mut trained_on, held_plan);
         if !held_out.is_empty() {
             let names: Vec<&str> = held_out.photos.iter().map(|(f, _)| f.as_str()).collect();
             on(Event::Note(format!("held out of training for val_loss: {}", names.join(", "))));

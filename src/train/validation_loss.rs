@@ -68,11 +68,21 @@ pub struct ValidationLossSettings {
     pub final_val_loss: Option<f32>,
 }
 
+/// Which of a run's photos train and which are held out, after [`hold_out`] reordered them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The first `train` photos train; the rest are held out.
+    pub train: usize,
+    /// `None`: no validation loss.
+    pub from: Option<HeldOutFrom>,
+    /// The held-out photos' names relative to the dataset folder (`validation/…` for the folder's).
+    pub names: Vec<String>,
+}
+
 /// Reorders `items` (the readable photos, in dataset order) so the held-out ones come last, in
-/// their own order; returns them, how many train, and where the held-out ones came from (`None`:
-/// no validation loss). Held out: every photo under `dataset/validation/`, else
-/// `validation_split` photos drawn from the seed. Errors name the key and what to do.
-pub(super) fn hold_out<T>(cfg: &TrainConfig, items: Vec<T>, path: impl Fn(&T) -> &Path) -> Result<(Vec<T>, usize, Option<HeldOutFrom>), String> {
+/// their own order, and says which is which. Held out: every photo under `dataset/validation/`,
+/// else `validation_split` photos drawn from the seed. Errors name the key and what to do.
+pub fn hold_out<T>(cfg: &TrainConfig, items: Vec<T>, path: impl Fn(&T) -> &Path) -> Result<(Vec<T>, Plan), String> {
     let folder = cfg.dataset.join(names::VALIDATION_PHOTOS_DIR);
     let in_folder: Vec<bool> = items.iter().map(|t| path(t).starts_with(&folder)).collect();
     let n = items.len();
@@ -100,7 +110,7 @@ pub(super) fn hold_out<T>(cfg: &TrainConfig, items: Vec<T>, path: impl Fn(&T) ->
         }
         (held, HeldOutFrom::ValidationSplit)
     } else {
-        return Ok((items, n, None));
+        return Ok((items, Plan { train: n, from: None, names: Vec::new() }));
     };
     let train = held.iter().filter(|&&h| !h).count();
     if train == 0 {
@@ -114,8 +124,9 @@ pub(super) fn hold_out<T>(cfg: &TrainConfig, items: Vec<T>, path: impl Fn(&T) ->
             kept.push(item);
         }
     }
+    let names = out.iter().map(|t| crate::dataset::relative_name(&cfg.dataset, path(t))).collect();
     kept.append(&mut out);
-    Ok((kept, train, Some(from)))
+    Ok((kept, Plan { train, from: Some(from), names }))
 }
 
 /// The held-out photos, prepared exactly as training examples are (same crops, latent cache and
@@ -128,10 +139,11 @@ pub(super) struct HeldOut {
 }
 
 impl HeldOut {
-    /// Splits the prepared examples (and their (file, prompt) rows) after the first `train`,
-    /// which [`hold_out`] put first.
-    pub(super) fn split_off(examples: &mut Vec<Example>, trained_on: &mut Vec<(String, String)>, train: usize, from: Option<HeldOutFrom>) -> HeldOut {
-        HeldOut { examples: examples.split_off(train), photos: trained_on.split_off(train), from }
+    /// Splits the prepared examples (and their (file, prompt) rows) after the first
+    /// `plan.train`, which [`hold_out`] put first.
+    pub(super) fn split_off(examples: &mut Vec<Example>, trained_on: &mut Vec<(String, String)>, plan: Plan) -> HeldOut {
+        let photos = trained_on.split_off(plan.train).into_iter().zip(plan.names).map(|((_, prompt), name)| (name, prompt)).collect();
+        HeldOut { examples: examples.split_off(plan.train), photos, from: plan.from }
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -222,8 +234,10 @@ mod tests {
     #[test]
     fn the_split_is_drawn_from_the_seed_and_moved_last() {
         let all = photos(&["a.png", "b.png", "c.png", "d.png", "e.png", "f.png"]);
-        let (order, train, from) = hold_out(&cfg(2, 0), all.clone(), |p| p).unwrap();
-        assert_eq!((train, from), (4, Some(HeldOutFrom::ValidationSplit)));
+        let (order, plan) = hold_out(&cfg(2, 0), all.clone(), |p| p).unwrap();
+        assert_eq!((plan.train, plan.from), (4, Some(HeldOutFrom::ValidationSplit)));
+        let names: Vec<String> = order[4..].iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(plan.names, names);
         let mut sorted = order.clone();
         sorted.sort();
         assert_eq!(sorted, all, "a reordering, nothing lost");
@@ -231,8 +245,8 @@ mod tests {
         assert_eq!(hold_out(&cfg(2, 0), all.clone(), |p| p).unwrap().0, order, "the same seed holds out the same photos");
         let other: Vec<_> = (1..20).map(|s| hold_out(&cfg(2, s), all.clone(), |p| p).unwrap().0[4..].to_vec()).collect();
         assert!(other.iter().any(|h| h != &order[4..]), "another seed holds out others");
-        let (same, train, from) = hold_out(&cfg(0, 0), all.clone(), |p| p).unwrap();
-        assert_eq!((same, train, from), (all.clone(), 6, None));
+        let (same, plan) = hold_out(&cfg(0, 0), all.clone(), |p| p).unwrap();
+        assert_eq!((same, plan), (all.clone(), Plan { train: 6, from: None, names: vec![] }));
         let e = hold_out(&cfg(6, 0), all, |p| p).unwrap_err();
         assert!(e.starts_with("validation_split: holding out 6 of the 6"), "{e}");
     }
@@ -240,8 +254,9 @@ mod tests {
     #[test]
     fn the_validation_folder_holds_its_photos_out() {
         let all = photos(&["a.png", "validation/v1.png", "b.png", "validation/v2.png"]);
-        let (order, train, from) = hold_out(&cfg(0, 0), all.clone(), |p| p).unwrap();
-        assert_eq!((train, from), (2, Some(HeldOutFrom::ValidationFolder)));
+        let (order, plan) = hold_out(&cfg(0, 0), all.clone(), |p| p).unwrap();
+        assert_eq!((plan.train, plan.from), (2, Some(HeldOutFrom::ValidationFolder)));
+        assert_eq!(plan.names, ["validation/v1.png", "validation/v2.png"]);
         assert_eq!(order, [all[0].clone(), all[2].clone(), all[1].clone(), all[3].clone()]);
         let e = hold_out(&cfg(1, 0), all, |p| p).unwrap_err();
         assert!(e.contains("validation_split") && e.contains("/data/sky/validation"), "{e}");
