@@ -79,7 +79,8 @@ pub fn dry_run(cfg: &TrainConfig, model_dir: &Path) -> Result<DryRun, DryRunErro
         .collect();
     let readable: Vec<&PathBuf> = images.iter().filter(|p| !skipped.iter().any(|s| &s.file == *p)).collect();
     let n = readable.len();
-    let (_, plan) = super::validation_loss::hold_out(cfg, readable, |p| p.as_path()).map_err(DryRunError::Config)?;
+    let (_, plan) =
+        super::validation_loss::hold_out(&cfg.dataset, cfg.validation_split, cfg.seed, readable, |p| p.as_path()).map_err(DryRunError::Config)?;
     let mut files: Vec<String> =
         [names::LORA_WEIGHTS, names::README, names::TRAIN_CONFIG, names::TRAINING_LOG, names::TRAINING_REPORT].map(String::from).to_vec();
     files.extend(cfg.lora_formats.iter().filter(|f| **f != crate::diffusion::lora::export::ExportFormat::Peft).map(|f| f.file_name().to_string()));

@@ -365,7 +365,8 @@ impl Trainer<'_> {
         }
 
         // Held-out photos go last and are prepared with the others, then split off below.
-        let (loaded, held_plan) = validation_loss::hold_out(cfg, loaded, |(p, _, _)| p.as_path()).map_err(TrainError::Input)?;
+        let (loaded, held_plan) =
+            validation_loss::hold_out(&cfg.dataset, cfg.validation_split, cfg.seed, loaded, |(p, _, _)| p.as_path()).map_err(TrainError::Input)?;
 
         // Resolution from the configs alone, so prompts can be encoded before the UNet is loaded.
         let unet_json: serde_json::Value = files.config("unet").map_err(GenerateError::from)?;

@@ -11,7 +11,6 @@
 //! counted, as SimpleTuner's `num_eval_images` does, rather than kohya's fraction: with the 10
 //! to 50 photos of a LoRA set, "hold out 2" says exactly what happens, a fraction rounds.
 
-use super::config::TrainConfig;
 use super::objective::{step_rng, Objective};
 use super::trainer::{batch_loss, Example, Prompts, TrainError};
 use crate::generate::pipeline::Pipeline;
@@ -79,33 +78,32 @@ pub struct Plan {
     pub names: Vec<String>,
 }
 
-/// Reorders `items` (the readable photos, in dataset order) so the held-out ones come last, in
-/// their own order, and says which is which. Held out: every photo under `dataset/validation/`,
-/// else `validation_split` photos drawn from the seed. Errors name the key and what to do.
-pub fn hold_out<T>(cfg: &TrainConfig, items: Vec<T>, path: impl Fn(&T) -> &Path) -> Result<(Vec<T>, Plan), String> {
-    let folder = cfg.dataset.join(names::VALIDATION_PHOTOS_DIR);
+/// Reorders `items` (the readable photos of the folder `dataset`, in its order) so the held-out
+/// ones come last, in their own order, and says which is which. Held out: every photo under
+/// `dataset/validation/`, else `split` photos drawn from `seed` (train.yaml's
+/// `validation_split` and `seed`). Errors name the key and what to do.
+pub fn hold_out<T>(dataset: &Path, split: usize, seed: u64, items: Vec<T>, path: impl Fn(&T) -> &Path) -> Result<(Vec<T>, Plan), String> {
+    let folder = dataset.join(names::VALIDATION_PHOTOS_DIR);
     let in_folder: Vec<bool> = items.iter().map(|t| path(t).starts_with(&folder)).collect();
     let n = items.len();
     let (held, from) = if in_folder.iter().any(|&h| h) {
-        if cfg.validation_split > 0 {
+        if split > 0 {
             return Err(format!(
-                "validation_split: {} is set, but {} already holds photos out of training; use one or the other",
-                cfg.validation_split,
+                "validation_split: {split} is set, but {} already holds photos out of training; use one or the other",
                 folder.display()
             ));
         }
         (in_folder, HeldOutFrom::ValidationFolder)
-    } else if cfg.validation_split > 0 {
-        if cfg.validation_split >= n {
+    } else if split > 0 {
+        if split >= n {
             return Err(format!(
-                "validation_split: holding out {} of the {n} readable photo(s) would leave none to train on; hold out fewer (1 or 2 of a small set)",
-                cfg.validation_split
+                "validation_split: holding out {split} of the {n} readable photo(s) would leave none to train on; hold out fewer (1 or 2 of a small set)"
             ));
         }
         let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut step_rng(cfg.seed, STREAM, u64::MAX));
+        order.shuffle(&mut step_rng(seed, STREAM, u64::MAX));
         let mut held = vec![false; n];
-        for &i in &order[..cfg.validation_split] {
+        for &i in &order[..split] {
             held[i] = true;
         }
         (held, HeldOutFrom::ValidationSplit)
@@ -124,7 +122,7 @@ pub fn hold_out<T>(cfg: &TrainConfig, items: Vec<T>, path: impl Fn(&T) -> &Path)
             kept.push(item);
         }
     }
-    let names = out.iter().map(|t| crate::dataset::relative_name(&cfg.dataset, path(t))).collect();
+    let names = out.iter().map(|t| crate::dataset::relative_name(dataset, path(t))).collect();
     kept.append(&mut out);
     Ok((kept, Plan { train, from: Some(from), names }))
 }
@@ -198,17 +196,9 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn cfg(split: usize, seed: u64) -> TrainConfig {
-        let keys = crate::train::TrainKeys {
-            base_model: Some("m".into()),
-            dataset: Some(PathBuf::from("/data/sky")),
-            instance_prompt: Some("a photo of SKY".into()),
-            output_dir: Some(PathBuf::from("/out")),
-            validation_split: Some(split),
-            seed: Some(seed),
-            ..Default::default()
-        };
-        TrainConfig::load(None, keys).unwrap()
+    /// [`hold_out`] on photos of /data/sky, by path.
+    fn hold(split: usize, seed: u64, photos: Vec<PathBuf>) -> Result<(Vec<PathBuf>, Plan), String> {
+        hold_out(Path::new("/data/sky"), split, seed, photos, |p| p)
     }
 
     fn photos(names: &[&str]) -> Vec<PathBuf> {
@@ -234,7 +224,7 @@ mod tests {
     #[test]
     fn the_split_is_drawn_from_the_seed_and_moved_last() {
         let all = photos(&["a.png", "b.png", "c.png", "d.png", "e.png", "f.png"]);
-        let (order, plan) = hold_out(&cfg(2, 0), all.clone(), |p| p).unwrap();
+        let (order, plan) = hold(2, 0, all.clone()).unwrap();
         assert_eq!((plan.train, plan.from), (4, Some(HeldOutFrom::ValidationSplit)));
         let names: Vec<String> = order[4..].iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(plan.names, names);
@@ -242,25 +232,25 @@ mod tests {
         sorted.sort();
         assert_eq!(sorted, all, "a reordering, nothing lost");
         assert!(order[..4].windows(2).all(|w| w[0] < w[1]) && order[4..].windows(2).all(|w| w[0] < w[1]), "order kept on each side");
-        assert_eq!(hold_out(&cfg(2, 0), all.clone(), |p| p).unwrap().0, order, "the same seed holds out the same photos");
-        let other: Vec<_> = (1..20).map(|s| hold_out(&cfg(2, s), all.clone(), |p| p).unwrap().0[4..].to_vec()).collect();
+        assert_eq!(hold(2, 0, all.clone()).unwrap().0, order, "the same seed holds out the same photos");
+        let other: Vec<_> = (1..20).map(|s| hold(2, s, all.clone()).unwrap().0[4..].to_vec()).collect();
         assert!(other.iter().any(|h| h != &order[4..]), "another seed holds out others");
-        let (same, plan) = hold_out(&cfg(0, 0), all.clone(), |p| p).unwrap();
+        let (same, plan) = hold(0, 0, all.clone()).unwrap();
         assert_eq!((same, plan), (all.clone(), Plan { train: 6, from: None, names: vec![] }));
-        let e = hold_out(&cfg(6, 0), all, |p| p).unwrap_err();
+        let e = hold(6, 0, all).unwrap_err();
         assert!(e.starts_with("validation_split: holding out 6 of the 6"), "{e}");
     }
 
     #[test]
     fn the_validation_folder_holds_its_photos_out() {
         let all = photos(&["a.png", "validation/v1.png", "b.png", "validation/v2.png"]);
-        let (order, plan) = hold_out(&cfg(0, 0), all.clone(), |p| p).unwrap();
+        let (order, plan) = hold(0, 0, all.clone()).unwrap();
         assert_eq!((plan.train, plan.from), (2, Some(HeldOutFrom::ValidationFolder)));
         assert_eq!(plan.names, ["validation/v1.png", "validation/v2.png"]);
         assert_eq!(order, [all[0].clone(), all[2].clone(), all[1].clone(), all[3].clone()]);
-        let e = hold_out(&cfg(1, 0), all, |p| p).unwrap_err();
+        let e = hold(1, 0, all).unwrap_err();
         assert!(e.contains("validation_split") && e.contains("/data/sky/validation"), "{e}");
-        let e = hold_out(&cfg(0, 0), photos(&["validation/v.png"]), |p| p).unwrap_err();
+        let e = hold(0, 0, photos(&["validation/v.png"])).unwrap_err();
         assert!(e.contains("nothing is left to train on"), "{e}");
     }
 }
