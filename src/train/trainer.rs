@@ -72,43 +72,18 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Io { path: path.to_path_buf(), detail: e.to_string() }
 }
 
-/// What the trainer reports while it runs (the CLI draws progress bars from these).
+/// What the trainer reports while it runs (the CLI draws progress bars from these);
+/// `ValidationLoss` is the held-out photos' loss after `step` (0: before training).
 #[derive(Debug, Clone)]
 pub enum Event {
-    Skipped {
-        file: PathBuf,
-        reason: String,
-    },
+    Skipped { file: PathBuf, reason: String },
     Note(String),
-    Preparing {
-        done: usize,
-        total: usize,
-    },
-    Started {
-        total_steps: usize,
-        start_step: usize,
-        examples: usize,
-        trainable_params: usize,
-    },
-    Step {
-        step: usize,
-        total: usize,
-        loss: f32,
-        lr: f64,
-        seconds: f64,
-    },
-    Checkpoint {
-        path: PathBuf,
-    },
-    Validation {
-        step: usize,
-        images: Vec<PathBuf>,
-    },
-    /// The held-out photos' loss after `step` (0: before training).
-    ValidationLoss {
-        step: usize,
-        loss: f32,
-    },
+    Preparing { done: usize, total: usize },
+    Started { total_steps: usize, start_step: usize, examples: usize, trainable_params: usize },
+    Step { step: usize, total: usize, loss: f32, lr: f64, seconds: f64 },
+    Checkpoint { path: PathBuf },
+    Validation { step: usize, images: Vec<PathBuf> },
+    ValidationLoss { step: usize, loss: f32 },
 }
 
 /// One prepared example: latent distributions (plain, and mirrored when random_flip) and the
