@@ -1,7 +1,7 @@
-//! The reports' plots (`compare`, and the training report's curves) as inline SVG:
+//! The reports' plots (`compare`'s, and the training report's curves) as inline SVG:
 //! self-contained strings (fixed viewBox, no script, no external assets) for pasting into HTML
-//! as they are. Every side gets its own colour
-//! ([`SIDE_COLOURS`]) and a legend; labels are XML-escaped.
+//! as they are. Every side or series gets its own colour ([`SIDE_COLOURS`]) and a legend;
+//! labels are XML-escaped.
 
 use super::stats::{SideStats, Spread, HUE_BINS};
 use crate::html::pct;
