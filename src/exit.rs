@@ -236,6 +236,7 @@ impl Categorized for DryRunError {
             DryRunError::Pipeline(_) => ExitCategory::BadInput,
             DryRunError::Dataset(e) => e.category(),
             DryRunError::Captions(e) => e.category(),
+            DryRunError::Config(_) => ExitCategory::BadInput,
         }
     }
 }

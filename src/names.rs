@@ -19,3 +19,9 @@ pub const TRAIN_CONFIG: &str = "train_config.yaml";
 pub const TRAINING_LOG: &str = "training_log.jsonl";
 /// A training run's summary, read by `hfsky card render`.
 pub const TRAINING_SUMMARY: &str = "training_summary.json";
+/// A training run's report (loss curves, validation images, dataset and settings), written
+/// into the output folder and published by `train-and-push`.
+pub const TRAINING_REPORT: &str = "report.html";
+/// The folder inside a dataset whose photos are held out of training for the validation loss
+/// (the Hub imagefolder layout's `validation` split).
+pub const VALIDATION_PHOTOS_DIR: &str = "validation";

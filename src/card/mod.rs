@@ -309,7 +309,7 @@ pub fn first_string(v: &serde_json::Value) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::train::trainer::ValidationSettings;
 
@@ -355,6 +355,7 @@ mod tests {
                 seeds: vec![0, 1],
                 images: vec!["validation-seed-0.png".into(), "validation-seed-1.png".into()],
             }),
+            validation_loss: None,
             license: "openrail++".into(),
             lora_file: "pytorch_lora_weights.safetensors".into(),
         }

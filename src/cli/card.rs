@@ -1,4 +1,5 @@
-//! `hfsky card render`: the model card of a finished training run, from its training_summary.json.
+//! `hfsky card render`: the model card of a finished training run, from its training_summary.json;
+//! `hfsky card report`: its report.html again (the run writes one at its end).
 
 use super::{bad_input, Ctx};
 use hfsky::names;
@@ -24,10 +25,19 @@ pub enum Cmd {
         #[arg(long)]
         validate: bool,
     },
+    /// Render report.html (loss curves, validation images, dataset, settings) from a training
+    /// output folder; training writes it at its end too
+    Report {
+        /// The training output folder
+        dir: PathBuf,
+    },
 }
 
 pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
-    let Cmd::Render { dir, repo, template, out, validate } = cmd;
+    let (dir, repo, template, out, validate) = match cmd {
+        Cmd::Render { dir, repo, template, out, validate } => (dir, repo, template, out, validate),
+        Cmd::Report { dir } => return report(ctx, &dir),
+    };
     let summary_path = dir.join(names::TRAINING_SUMMARY);
     let text = std::fs::read_to_string(&summary_path)
         .map_err(|e| bad_input(format!("{}: {e} (is {} a training output folder?)", summary_path.display(), dir.display())))?;
@@ -55,5 +65,22 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
             ctx.emit_json(&CardJson { card: &path });
         }
     }
+    Ok(())
+}
+
+fn report(ctx: &Ctx, dir: &std::path::Path) -> anyhow::Result<()> {
+    use hfsky::train::report::{write, ReportError};
+    let path = write(dir).map_err(|e| match e {
+        ReportError::Read { .. } => bad_input(format!("{e} (is {} a training output folder?)", dir.display())),
+        ReportError::Template(_) => bad_input(e.to_string()),
+        ReportError::Write { .. } => anyhow::Error::from(e),
+    })?;
+    ctx.say(&path.display().to_string());
+    /// The `--json` document of `card report`.
+    #[derive(serde::Serialize)]
+    struct ReportJson<'a> {
+        report: &'a std::path::Path,
+    }
+    ctx.emit_json(&ReportJson { report: &path });
     Ok(())
 }

@@ -97,6 +97,11 @@ fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &toki
                 bar.suspend(|| eprintln!("validation images at step {step}: {}", images.len()));
             }
         }
+        Event::ValidationLoss { step, loss } => {
+            if !quiet {
+                bar.suspend(|| eprintln!("val_loss at step {step}: {loss:.4}"));
+            }
+        }
     };
     // The exit code follows from the error's category (`hfsky::exit`): bad input, or a failure
     // such as a full disk while writing a checkpoint.
@@ -128,6 +133,9 @@ struct TrainJson<'a> {
     examples: usize,
     skipped: &'a [(String, String)],
     validation_images: &'a [String],
+    /// The held-out photos' last loss; null without any.
+    final_val_loss: Option<f32>,
+    report: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     push: Option<&'a PushOutcome>,
 }
@@ -148,6 +156,8 @@ impl<'a> TrainJson<'a> {
             examples: s.examples.len(),
             skipped: &s.skipped,
             validation_images: s.validation.as_ref().map(|v| v.images.as_slice()).unwrap_or_default(),
+            final_val_loss: s.validation_loss.as_ref().and_then(|v| v.final_val_loss),
+            report: cfg.output_dir.join(names::TRAINING_REPORT),
             push: None,
         }
     }
@@ -247,6 +257,9 @@ fn dry_run_report(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::
         plan.files.join(", ")
     ));
     ctx.say(&plan.captions_from.describe());
+    if plan.held_out > 0 {
+        ctx.say(&format!("would hold {} photo(s) out of training to measure val_loss", plan.held_out));
+    }
     for s in &plan.skipped {
         ctx.say(&format!("would skip {}: {}", s.file.display(), s.reason));
     }

@@ -1,6 +1,7 @@
-//! The report's plots as inline SVG: self-contained strings (fixed viewBox, no script, no
-//! external assets) for pasting into HTML as they are. Every side gets its own colour
-//! ([`SIDE_COLOURS`]) and a legend; labels are XML-escaped.
+//! The reports' plots (`compare`'s, and the training report's curves) as inline SVG:
+//! self-contained strings (fixed viewBox, no script, no external assets) for pasting into HTML
+//! as they are. Every side or series gets its own colour ([`SIDE_COLOURS`]) and a legend;
+//! labels are XML-escaped.
 
 use super::stats::{SideStats, Spread, HUE_BINS};
 use crate::html::pct;
@@ -56,13 +57,19 @@ fn text(out: &mut String, x: f64, y: f64, anchor: &str, fill: &str, s: &str) {
 
 /// A row of legend entries (a small square in each side's colour and its label) at `y`.
 fn legend(out: &mut String, sides: &[Side], y: f64) {
+    let entries: Vec<(&str, usize)> = sides.iter().enumerate().map(|(i, s)| (s.label, i)).collect();
+    legend_entries(out, &entries, y);
+}
+
+/// Legend entries (label, colour index) at `y`, laid out right to left so the legend hugs the
+/// right edge whatever the label lengths.
+fn legend_entries(out: &mut String, entries: &[(&str, usize)], y: f64) {
     let mut x = WIDTH - 12.0;
-    // Laid out right to left so the legend hugs the right edge whatever the label lengths.
-    for (i, s) in sides.iter().enumerate().rev() {
-        let w = 7.0 * s.label.chars().count() as f64 + 22.0;
+    for (label, colour) in entries.iter().rev() {
+        let w = 7.0 * label.chars().count() as f64 + 22.0;
         x -= w;
-        let _ = write!(out, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/>", y - 10.0, side_colour(i));
-        text(out, x + 16.0, y, "start", "#222", s.label);
+        let _ = write!(out, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/>", y - 10.0, side_colour(*colour));
+        text(out, x + 16.0, y, "start", "#222", label);
     }
 }
 
@@ -257,6 +264,121 @@ pub fn family_shares(sides: &[Side]) -> String {
     svg(bottom + 22.0, "Colour family shares", &b)
 }
 
+/// One line of a [`line_chart`].
+#[derive(Debug, Clone)]
+pub struct Series<'a> {
+    pub label: &'a str,
+    /// (x, y) points in x order; non-finite ones are left out.
+    pub points: Vec<(f64, f64)>,
+    /// Index into [`SIDE_COLOURS`].
+    pub colour: usize,
+    /// Drawn thin and pale (e.g. the raw values under their smoothed curve).
+    pub faint: bool,
+    /// A dot at every point (for sparse series such as a validation loss).
+    pub markers: bool,
+}
+
+/// A "nice" tick step (1, 2 or 5 × 10ⁿ) giving about `n` ticks over `span`.
+fn tick_step(span: f64, n: f64) -> f64 {
+    let raw = span / n;
+    let mag = 10f64.powf(raw.log10().floor());
+    let f = raw / mag;
+    mag * if f < 1.5 {
+        1.0
+    } else if f < 3.5 {
+        2.0
+    } else if f < 7.5 {
+        5.0
+    } else {
+        10.0
+    }
+}
+
+/// A tick label: plain for everyday magnitudes, scientific for learning rates and the like.
+fn tick_label(v: f64, step: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    if v.abs() < 1e-3 || v.abs() >= 1e5 {
+        return format!("{v:.1e}");
+    }
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    format!("{v:.decimals$}")
+}
+
+/// Series over a shared x axis (e.g. loss against optimizer step), with nice ticks, axis
+/// labels and a legend; an empty chart says "no data".
+pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
+    let (x0, x1, top, bottom) = (72.0, WIDTH - 20.0, 34.0, 234.0);
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().filter(finite).copied()).collect();
+    let mut b = String::new();
+    let entries: Vec<(&str, usize)> = series.iter().filter(|s| !s.faint).map(|s| (s.label, s.colour)).collect();
+    legend_entries(&mut b, &entries, 16.0);
+    text(&mut b, 8.0, 16.0, "start", "#222", y_label);
+    let _ = write!(b, "<line x1=\"{x0}\" y1=\"{bottom}\" x2=\"{x1}\" y2=\"{bottom}\" stroke=\"#888\"/>");
+    let _ = write!(b, "<line x1=\"{x0}\" y1=\"{top}\" x2=\"{x0}\" y2=\"{bottom}\" stroke=\"#888\"/>");
+    text(&mut b, (x0 + x1) / 2.0, bottom + 32.0, "middle", "#555", x_label);
+    if all.is_empty() {
+        text(&mut b, (x0 + x1) / 2.0, (top + bottom) / 2.0, "middle", "#777", "no data");
+        return svg(bottom + 40.0, title, &b);
+    }
+    let range = |v: &mut dyn Iterator<Item = f64>| v.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    let (mut xlo, mut xhi) = range(&mut all.iter().map(|p| p.0));
+    let (mut ylo, mut yhi) = range(&mut all.iter().map(|p| p.1));
+    if xhi - xlo <= 0.0 {
+        (xlo, xhi) = (xlo - 1.0, xhi + 1.0);
+    }
+    if yhi - ylo <= 0.0 {
+        let pad = if ylo == 0.0 { 1.0 } else { ylo.abs() * 0.1 };
+        (ylo, yhi) = (ylo - pad, yhi + pad);
+    }
+    let ystep = tick_step(yhi - ylo, 4.0);
+    let (ylo, yhi) = ((ylo / ystep).floor() * ystep, (yhi / ystep).ceil() * ystep);
+    let xstep = tick_step(xhi - xlo, 6.0);
+    let xs = |x: f64| x0 + (x - xlo) / (xhi - xlo) * (x1 - x0);
+    let ys = |y: f64| bottom - (y - ylo) / (yhi - ylo) * (bottom - top);
+    let mut y = ylo;
+    while y <= yhi + ystep * 1e-6 {
+        let py = ys(y);
+        let _ = write!(b, "<line x1=\"{x0}\" y1=\"{py:.1}\" x2=\"{x1}\" y2=\"{py:.1}\" stroke=\"#eee\"/>");
+        text(&mut b, x0 - 6.0, py + 4.0, "end", "#555", &tick_label(y, ystep));
+        y += ystep;
+    }
+    let mut x = (xlo / xstep).ceil() * xstep;
+    while x <= xhi + xstep * 1e-6 {
+        let px = xs(x);
+        let _ = write!(b, "<line x1=\"{px:.1}\" y1=\"{bottom}\" x2=\"{px:.1}\" y2=\"{:.1}\" stroke=\"#888\"/>", bottom + 4.0);
+        text(&mut b, px, bottom + 17.0, "middle", "#555", &tick_label(x, xstep));
+        x += xstep;
+    }
+    for s in series {
+        let pts: Vec<(f64, f64)> = s.points.iter().filter(finite).map(|&(x, y)| (xs(x), ys(y))).collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let c = side_colour(s.colour);
+        let (width, opacity) = if s.faint { (1.0, 0.35) } else { (2.0, 1.0) };
+        let line: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+        let _ = write!(
+            b,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{c}\" stroke-width=\"{width}\" stroke-opacity=\"{opacity}\"><title>{}</title></polyline>",
+            line.join(" "),
+            escape(s.label)
+        );
+        if s.markers {
+            for ((x, y), (vx, vy)) in pts.iter().zip(s.points.iter().filter(finite)) {
+                let _ = write!(
+                    b,
+                    "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{c}\"><title>{} at {vx}: {vy:.4}</title></circle>",
+                    escape(s.label)
+                );
+            }
+        }
+    }
+    svg(bottom + 40.0, title, &b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +545,50 @@ mod tests {
         // SVG y grows downwards: the first band (top of the image) is highest on the page and bright (far right).
         assert!(xy[0].1 < xy[15].1 && xy[0].0 > xy[15].0, "{xy:?}");
         parse_xml(&svg).unwrap();
+    }
+
+    #[test]
+    fn line_charts_are_well_formed_and_place_points_by_value() {
+        let loss = Series {
+            label: "loss <raw> & co",
+            points: vec![(1.0, 0.5), (2.0, 0.25), (3.0, f64::NAN), (4.0, 0.125)],
+            colour: 0,
+            faint: false,
+            markers: false,
+        };
+        let val = Series { label: "val_loss", points: vec![(0.0, 0.4), (4.0, 0.3)], colour: 1, faint: false, markers: true };
+        let out = line_chart("Loss", "step", "loss", &[loss, val]);
+        let names = parse_xml(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert_eq!(count(&names, "polyline"), 2);
+        assert_eq!(count(&names, "circle"), 2, "a dot per val_loss point");
+        assert!(out.contains("loss &lt;raw&gt; &amp; co") && !out.contains("NaN"), "{out}");
+        // y grows downwards: 0.5 is drawn above 0.125, step 1 left of step 4.
+        let pts: Vec<(f64, f64)> = out
+            .split("<polyline points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .split(' ')
+            .map(|p| p.split_once(',').map(|(x, y)| (x.parse().unwrap(), y.parse().unwrap())).unwrap())
+            .collect();
+        assert_eq!(pts.len(), 3, "the NaN point is left out");
+        assert!(pts[0].0 < pts[2].0 && pts[0].1 < pts[2].1, "{pts:?}");
+        for (lr, label) in [(1e-4, "1.0e-4"), (0.25, "0.25")] {
+            let chart = line_chart(
+                "lr",
+                "step",
+                "lr",
+                &[Series { label: "lr", points: vec![(1.0, 0.0), (2.0, lr)], colour: 0, faint: false, markers: false }],
+            );
+            assert!(chart.contains(&format!(">{label}</text>")), "{label}: {chart}");
+        }
+        let empty = line_chart("Loss", "step", "loss", &[]);
+        parse_xml(&empty).unwrap();
+        assert!(empty.contains("no data"));
+        let flat = line_chart("x", "step", "y", &[Series { label: "c", points: vec![(1.0, 2.0)], colour: 0, faint: false, markers: true }]);
+        parse_xml(&flat).unwrap_or_else(|e| panic!("{e}: {flat}"));
     }
 
     #[test]

@@ -155,12 +155,15 @@ pub fn save(
     Ok(final_dir)
 }
 
-/// Drops log lines past `step` (a resumed run rewrites them).
+/// Drops log lines past `step` (a resumed run rewrites them); a run from the start (`step` 0)
+/// drops them all, its step-0 line (the `val_loss` baseline) included.
 pub fn truncate_log(path: &Path, step: usize) -> std::io::Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: Vec<&str> = text
         .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| step > 0 && s as usize <= step)
+        })
         .collect();
     let mut out = kept.join("\n");
     if !out.is_empty() {
@@ -193,8 +196,10 @@ mod tests {
     fn log_lines_after_the_resume_step_are_dropped() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("training_log.jsonl");
-        std::fs::write(&p, "{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n").unwrap();
+        std::fs::write(&p, "{\"step\":0,\"val_loss\":1}\n{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n").unwrap();
         truncate_log(&p, 2).unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"step\":1}\n{\"step\":2}\n");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"step\":0,\"val_loss\":1}\n{\"step\":1}\n{\"step\":2}\n");
+        truncate_log(&p, 0).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "", "a run from the start writes its baseline again");
     }
 }

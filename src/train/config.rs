@@ -291,8 +291,14 @@ train_keys! {
     prior_loss_weight: f64 = 1.0,
     /// Prompt of the validation images (none: no validation).
     validation_prompt: Option<String>,
-    /// Render validation images every N steps (and always at the end).
+    /// Every N steps: render the validation images (with `validation_prompt`) and log `val_loss`
+    /// (with held-out photos); both always at the end. Default: images only at the end,
+    /// `val_loss` ten times a run.
     validation_steps: Option<usize>,
+    /// Photos held out of training, chosen from the seed, whose loss at fixed timesteps and noise
+    /// is logged as `val_loss` in training_log.jsonl (a curve that turns up means over-fitting).
+    /// A `validation/` folder inside the dataset holds photos out by hand instead. Default: 0.
+    validation_split: usize = 0,
     /// Validation images, seeds seed..seed+n. Default: 2.
     num_validation_images: usize = 2,
     /// Denoising steps per validation image. Default: 25.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// The globs `train-and-push` uploads from the output folder (never checkpoints, caches or
 /// tokens); the kohya and ComfyUI copies exist only with `lora_formats`.
-pub const PUBLISHED: [&str; 7] = [
+pub const PUBLISHED: [&str; 8] = [
     names::LORA_WEIGHTS,
     names::LORA_WEIGHTS_KOHYA,
     names::LORA_WEIGHTS_COMFYUI,
@@ -17,6 +17,7 @@ pub const PUBLISHED: [&str; 7] = [
     "validation-seed-*.png",
     names::TRAIN_CONFIG,
     names::TRAINING_LOG,
+    names::TRAINING_REPORT,
 ];
 
 /// A photo the run would skip, with the loader's reason.
@@ -35,6 +36,9 @@ pub struct DryRun {
     pub captioned: usize,
     /// Images the loader cannot read, which training would skip.
     pub skipped: Vec<Skipped>,
+    /// Readable images held out of training for the validation loss (`validation_split`, or
+    /// the dataset's `validation/` folder).
+    pub held_out: usize,
     /// The files the one commit would hold, by name (validation images only with a
     /// `validation_prompt`).
     pub files: Vec<String>,
@@ -45,7 +49,7 @@ pub struct DryRun {
 impl DryRun {
     /// Images training would use.
     pub fn trainable(&self) -> usize {
-        self.images - self.skipped.len()
+        self.images - self.skipped.len() - self.held_out
     }
 }
 
@@ -57,6 +61,9 @@ pub enum DryRunError {
     Dataset(#[from] crate::dataset::DatasetError),
     #[error(transparent)]
     Captions(#[from] crate::dataset::captions::CaptionError),
+    /// A setting the photos cannot satisfy (e.g. holding out every photo).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Checks a run of `cfg` on the pipeline in `model_dir` (already resolved: a local folder or the
@@ -66,16 +73,28 @@ pub fn dry_run(cfg: &TrainConfig, model_dir: &Path) -> Result<DryRun, DryRunErro
     PipelineFiles::open(model_dir)?;
     let images = crate::dataset::list_images(&cfg.dataset)?;
     let captions = crate::dataset::captions::load_captions(&cfg.dataset, &images, cfg.captions, cfg.caption_column.as_deref())?;
-    let skipped = images
+    let skipped: Vec<Skipped> = images
         .iter()
         .filter_map(|p| crate::dataset::images::load_rgb(p).err().map(|problem| Skipped { file: p.clone(), reason: problem.reason }))
         .collect();
-    let mut files: Vec<String> = [names::LORA_WEIGHTS, names::README, names::TRAIN_CONFIG, names::TRAINING_LOG].map(String::from).to_vec();
+    let readable: Vec<&PathBuf> = images.iter().filter(|p| !skipped.iter().any(|s| &s.file == *p)).collect();
+    let n = readable.len();
+    let (_, plan) =
+        super::validation_loss::hold_out(&cfg.dataset, cfg.validation_split, cfg.seed, readable, |p| p.as_path()).map_err(DryRunError::Config)?;
+    let mut files: Vec<String> =
+        [names::LORA_WEIGHTS, names::README, names::TRAIN_CONFIG, names::TRAINING_LOG, names::TRAINING_REPORT].map(String::from).to_vec();
     files.extend(cfg.lora_formats.iter().filter(|f| **f != crate::diffusion::lora::export::ExportFormat::Peft).map(|f| f.file_name().to_string()));
     if cfg.validation_prompt.is_some() {
         files.extend((0..cfg.num_validation_images as u64).map(|i| format!("validation-seed-{}.png", cfg.seed + i)));
     }
-    Ok(DryRun { images: images.len(), captioned: captions.captions.iter().filter(|c| c.is_some()).count(), skipped, files, captions_from: captions })
+    Ok(DryRun {
+        images: images.len(),
+        captioned: captions.captions.iter().filter(|c| c.is_some()).count(),
+        skipped,
+        held_out: n - plan.train,
+        files,
+        captions_from: captions,
+    })
 }
 
 #[cfg(test)]
@@ -109,11 +128,24 @@ mod tests {
         assert!(!r.skipped[0].reason.is_empty());
         assert_eq!(
             r.files,
-            [names::LORA_WEIGHTS, names::README, names::TRAIN_CONFIG, names::TRAINING_LOG, "validation-seed-7.png", "validation-seed-8.png"]
+            [
+                names::LORA_WEIGHTS,
+                names::README,
+                names::TRAIN_CONFIG,
+                names::TRAINING_LOG,
+                names::TRAINING_REPORT,
+                "validation-seed-7.png",
+                "validation-seed-8.png"
+            ]
         );
         let cfg = config(d.path(), "captions: instance\n");
         let r = dry_run(&cfg, &pipeline_dir("tiny-sd15")).unwrap();
-        assert_eq!((r.captioned, r.files.len()), (0, 4), "no validation prompt, no validation images");
+        assert_eq!(r.held_out, 0);
+        let held = dry_run(&config(d.path(), "validation_split: 1\n"), &pipeline_dir("tiny-sd15")).unwrap();
+        assert_eq!((held.held_out, held.trainable()), (1, 1), "one of the two readable photos held out");
+        let e = dry_run(&config(d.path(), "validation_split: 2\n"), &pipeline_dir("tiny-sd15")).unwrap_err();
+        assert!(matches!(e, DryRunError::Config(_)) && e.to_string().contains("validation_split"), "{e}");
+        assert_eq!((r.captioned, r.files.len()), (0, 5), "no validation prompt, no validation images");
     }
 
     #[test]

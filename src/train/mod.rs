@@ -11,7 +11,9 @@ pub mod memory;
 pub mod objective;
 pub mod optim;
 mod prior;
+pub mod report;
 pub mod trainer;
+pub mod validation_loss;
 
 pub use config::{TrainConfig, TrainKeys};
 pub use trainer::{Event, TrainError, TrainSummary, Trainer};

@@ -57,11 +57,15 @@ pub struct NoisedBatch {
     pub weights: Tensor,
 }
 
+#[derive(Clone)]
 pub struct Objective {
     pub schedule: NoiseSchedule,
     pub prediction: Prediction,
     pub min_snr_gamma: Option<f64>,
     pub noise_offset: f64,
+    /// Every sample at this timestep instead of a uniform draw (the validation loss measures at
+    /// fixed timesteps, [`super::validation_loss`]); `None` in training.
+    pub timestep: Option<usize>,
 }
 
 impl Objective {
@@ -77,7 +81,7 @@ impl Objective {
             noise = noise.broadcast_add(&off)?;
         }
         let n = self.schedule.alphas_cumprod.len();
-        let ts: Vec<usize> = (0..b).map(|_| rng.random_range(0..n)).collect();
+        let ts: Vec<usize> = (0..b).map(|_| self.timestep.unwrap_or_else(|| rng.random_range(0..n))).collect();
         let ac: Vec<f64> = ts.iter().map(|&t| self.schedule.alphas_cumprod[t]).collect();
         let col = |f: &dyn Fn(f64) -> f64| Tensor::from_vec(ac.iter().map(|&a| f(a) as f32).collect::<Vec<_>>(), (b, 1, 1, 1), device);
         let sqrt_a = col(&|a| a.sqrt())?;
@@ -142,7 +146,7 @@ mod tests {
 
     #[test]
     fn the_same_step_draws_the_same_noise_and_timesteps() {
-        let o = Objective { schedule: schedule(), prediction: Prediction::Epsilon, min_snr_gamma: Some(5.0), noise_offset: 0.1 };
+        let o = Objective { schedule: schedule(), prediction: Prediction::Epsilon, min_snr_gamma: Some(5.0), noise_offset: 0.1, timestep: None };
         let x = Tensor::ones((2, 4, 3, 3), DType::F32, &Device::Cpu).unwrap();
         let a = o.noise(&x, &mut step_rng(7, 3, 0)).unwrap();
         let b = o.noise(&x, &mut step_rng(7, 3, 0)).unwrap();
@@ -160,7 +164,7 @@ mod tests {
 
     #[test]
     fn noisy_latents_follow_the_forward_process() {
-        let o = Objective { schedule: schedule(), prediction: Prediction::VPrediction, min_snr_gamma: None, noise_offset: 0.0 };
+        let o = Objective { schedule: schedule(), prediction: Prediction::VPrediction, min_snr_gamma: None, noise_offset: 0.0, timestep: None };
         let x = normal(&mut step_rng(1, 1, 1), &[1, 4, 8, 8], &Device::Cpu).unwrap();
         let nb = o.noise(&x, &mut step_rng(1, 2, 0)).unwrap();
         let t = nb.timesteps.to_vec1::<f32>().unwrap()[0] as usize;

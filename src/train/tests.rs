@@ -353,3 +353,80 @@ fn preflight_counts_the_kept_text_encoders() {
         assert_eq!(on.activations, off.activations);
     }
 }
+
+/// `validation_split`: the held-out photos are prepared like the others but are not among the
+/// examples batches are drawn from; their loss is the training loss function at the fixed
+/// timesteps and draws, the same value every time for the same weights, and it moves with them.
+#[test]
+fn held_out_photos_never_train_and_their_loss_is_deterministic() {
+    use super::objective::Objective;
+    use super::validation_loss::{timesteps, HeldOutFrom, TIMESTEPS};
+    let d = tempfile::tempdir().unwrap();
+    write_photos(&d.path().join("photos"), 4);
+    let cfg = config(d.path(), "tiny-sd15", "validation_split: 1\nseed: 5\n");
+    let t = Trainer { cfg: &cfg, model_dir: pipeline_dir("tiny-sd15"), cache_dir: Some(d.path().join("cache")) };
+    let p = t.prepare(&mut |_| {}).unwrap();
+    assert_eq!((p.examples.len(), p.held_out.examples.len()), (3, 1), "batches are drawn from the 3 training examples only");
+    assert_eq!(p.held_out.from, Some(HeldOutFrom::ValidationSplit));
+    let (held, _) = &p.held_out.photos[0];
+    assert!(p.trained_on.iter().all(|(f, _)| f != held), "{held} is held out but listed as trained on: {:?}", p.trained_on);
+    let mut all: Vec<&str> = p.trained_on.iter().chain(&p.held_out.photos).map(|(f, _)| f.as_str()).collect();
+    all.sort();
+    assert_eq!(all, ["sky-0.png", "sky-1.png", "sky-2.png", "sky-3.png"]);
+    // The held-out latents are the held-out photo's: no training example shares them.
+    let mean = |e: &super::trainer::Example| e.variants[0].0.mean.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(p.examples.iter().all(|e| mean(e) != mean(&p.held_out.examples[0])));
+
+    let scaling = p.pipeline.vae_config().scaling_factor;
+    let val = |p: &super::trainer::Prepared| p.held_out.loss(&p.pipeline, &p.objective, &p.prompts, scaling, None, p.res, p.xl, cfg.seed).unwrap();
+    let first = val(&p);
+    assert!(first.is_finite() && first > 0.0);
+    assert_eq!(first.to_bits(), val(&p).to_bits(), "two evaluations with the same weights agree exactly");
+    // The training loss function (batch_loss) at each fixed timestep, with the stream the
+    // documentation names, averaged.
+    let ts = timesteps(p.objective.schedule.alphas_cumprod.len());
+    assert_eq!(ts, [200, 400, 600, 800]);
+    let by_hand: f32 = ts
+        .iter()
+        .enumerate()
+        .map(|(k, &t)| {
+            let at = Objective { timestep: Some(t), ..p.objective.clone() };
+            let mut rng = step_rng(cfg.seed, 0x7A11_D055, k as u64);
+            batch_loss(&p.pipeline, &at, &p.held_out.examples, &[0], &p.prompts, scaling, None, p.res, p.xl, &mut rng)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .sum::<f32>()
+        / TIMESTEPS as f32;
+    assert!((by_hand - first).abs() <= 1e-6 * first, "{by_hand} vs {first}");
+    // A LoRA that changes the UNet changes val_loss.
+    let shapes = p.pipeline.unet_adapters.shapes();
+    let lora = TrainableLora::new("unet", &p.pipeline.unet_adapters, &shapes, &cfg.target_modules, 4, 4.0, 0, &p.pipeline.device).unwrap();
+    nonzero_b(lora.modules.values());
+    let moved = val(&p);
+    assert!((moved - first).abs() > 1e-6, "val_loss {first} did not move with the weights");
+    assert_eq!(moved.to_bits(), val(&p).to_bits());
+}
+
+/// A `validation/` folder inside the dataset (the Hub imagefolder's split) holds its photos out,
+/// named by their path in the dataset, captions read beside them like any photo's.
+#[test]
+fn a_validation_folder_holds_its_photos_out() {
+    let d = tempfile::tempdir().unwrap();
+    write_photos(&d.path().join("photos"), 2);
+    write_photos(&d.path().join("photos/validation"), 1);
+    let cfg = config(d.path(), "tiny-sd15", "");
+    let t = Trainer { cfg: &cfg, model_dir: pipeline_dir("tiny-sd15"), cache_dir: Some(d.path().join("cache")) };
+    let p = t.prepare(&mut |_| {}).unwrap();
+    assert_eq!(p.held_out.from, Some(super::validation_loss::HeldOutFrom::ValidationFolder));
+    assert_eq!(p.held_out.photos, [("validation/sky-0.png".to_string(), "a photo of SKY, orange sunset number 0".to_string())]);
+    let trained: Vec<&str> = p.trained_on.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!((trained, p.examples.len()), (vec!["sky-0.png", "sky-1.png"], 2));
+    let e = Trainer { cfg: &config(d.path(), "tiny-sd15", "validation_split: 1\n"), model_dir: pipeline_dir("tiny-sd15"), cache_dir: None }
+        .prepare(&mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("validation_split") && e.contains("validation"), "{e}");
+}

@@ -13,6 +13,7 @@ use super::loss_scale::LossScaler;
 use super::memory::{self, MemoryPlan, StepShape};
 use super::objective::{normal, step_rng, weighted_mse, Objective, Prediction};
 use super::optim::{clip_grad_norm, learning_rate, AdamW};
+use super::validation_loss::{self, HeldOut};
 use crate::dataset;
 use crate::diffusion::autoencoder::VaeConfig;
 use crate::diffusion::config::{Architecture, PipelineFiles};
@@ -71,7 +72,8 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Io { path: path.to_path_buf(), detail: e.to_string() }
 }
 
-/// What the trainer reports while it runs (the CLI draws progress bars from these).
+/// What the trainer reports while it runs (the CLI draws progress bars from these);
+/// `ValidationLoss` is the held-out photos' loss after `step` (0: before training).
 #[derive(Debug, Clone)]
 pub enum Event {
     Skipped { file: PathBuf, reason: String },
@@ -81,6 +83,7 @@ pub enum Event {
     Step { step: usize, total: usize, loss: f32, lr: f64, seconds: f64 },
     Checkpoint { path: PathBuf },
     Validation { step: usize, images: Vec<PathBuf> },
+    ValidationLoss { step: usize, loss: f32 },
 }
 
 /// One prepared example: latent distributions (plain, and mirrored when random_flip) and the
@@ -208,6 +211,9 @@ pub struct TrainSummary {
     #[serde(default)]
     pub estimated_step_memory_bytes: Option<u64>,
     pub validation: Option<ValidationSettings>,
+    /// The held-out photos and how `val_loss` was measured; null without any.
+    #[serde(default)]
+    pub validation_loss: Option<validation_loss::ValidationLossSettings>,
     pub license: String,
     pub lora_file: String,
 }
@@ -260,6 +266,7 @@ pub(super) struct Prepared {
     pub(super) xl: bool,
     pub(super) precision: ResolvedPrecision,
     pub(super) memory: MemoryPlan,
+    pub(super) held_out: HeldOut,
 }
 
 pub struct Trainer<'a> {
@@ -322,6 +329,10 @@ impl Trainer<'_> {
             }
         }
 
+        // Held-out photos go last and are prepared with the others, then split off below.
+        let (loaded, held_plan) =
+            validation_loss::hold_out(&cfg.dataset, cfg.validation_split, cfg.seed, loaded, |(p, _, _)| p.as_path()).map_err(TrainError::Input)?;
+
         // Resolution from the configs alone, so prompts can be encoded before the UNet is loaded.
         let unet_json: serde_json::Value = files.config("unet").map_err(GenerateError::from)?;
         let vae_dir = files.component("vae").map_err(GenerateError::from)?;
@@ -372,6 +383,7 @@ impl Trainer<'_> {
             prediction,
             min_snr_gamma: cfg.min_snr_gamma,
             noise_offset: cfg.noise_offset,
+            timestep: None,
         };
 
         let vae_weights = files.weights("vae", crate::generate::pipeline::variant_for(dtype)).map_err(GenerateError::from)?;
@@ -395,6 +407,11 @@ impl Trainer<'_> {
         }
         on(Event::Preparing { done: loaded.len(), total: loaded.len() });
         on(Event::Note(format!("latents: {} from cache, {} encoded", cache.hits, cache.misses)));
+        let held_out = HeldOut::split_off(&mut examples, &mut trained_on, held_plan);
+        if !held_out.is_empty() {
+            let names: Vec<&str> = held_out.photos.iter().map(|(f, _)| f.as_str()).collect();
+            on(Event::Note(format!("held out of training for val_loss: {}", names.join(", "))));
+        }
 
         let class_examples = match &text {
             Some(text) if cfg.with_prior_preservation => {
@@ -410,7 +427,7 @@ impl Trainer<'_> {
         // Latents are cached: the VAE comes back only for validation renders.
         let mut pipeline = pipeline;
         pipeline.unload_vae();
-        Ok(Prepared { pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl, precision, memory })
+        Ok(Prepared { pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl, precision, memory, held_out })
     }
 
     /// [`memory::plan`] for this run: the UNet's parameter count and the LoRA's from the weight
@@ -466,8 +483,21 @@ impl Trainer<'_> {
     pub fn run(&self, on: &mut dyn FnMut(Event)) -> Result<TrainSummary, TrainError> {
         let cfg = self.cfg;
         let started = Instant::now();
-        let Prepared { mut pipeline, objective, examples, class_examples, prompts, validation, trained_on, skipped, res, xl, precision, memory } =
-            self.prepare(on)?;
+        let Prepared {
+            mut pipeline,
+            objective,
+            examples,
+            class_examples,
+            prompts,
+            validation,
+            trained_on,
+            skipped,
+            res,
+            xl,
+            precision,
+            memory,
+            held_out,
+        } = self.prepare(on)?;
         // f16 frozen weights: dynamic loss scaling, as accelerate's fp16 mixed precision does.
         let mut scaler = precision.loss_scaling.then(LossScaler::default);
         let device = pipeline.device.clone();
@@ -518,6 +548,14 @@ impl Trainer<'_> {
         let scaling = pipeline.vae_config().scaling_factor;
         let shift = pipeline.vae_config().shift_factor;
         let mut final_loss = None;
+        let val_every = validation_loss::every(cfg.validation_steps, total_steps);
+        let val_loss = |pipeline: &Pipeline| held_out.loss(pipeline, &objective, &prompts, scaling, shift, res, xl, cfg.seed);
+        let mut final_val_loss = None;
+        if !held_out.is_empty() && start_step == 0 {
+            let v = val_loss(&pipeline)?;
+            writeln!(log, "{}", serde_json::json!({ "step": 0, "val_loss": v })).map_err(io_err(&log_path))?;
+            on(Event::ValidationLoss { step: 0, loss: v });
+        }
         let mut last_ckpt: Option<PathBuf> = checkpoint::latest_complete(&ckpt_dir);
         for step in start_step..total_steps {
             let t0 = Instant::now();
@@ -580,9 +618,18 @@ impl Trainer<'_> {
             }
             let seconds = t0.elapsed().as_secs_f64();
             let done = step + 1;
-            writeln!(log, "{}", serde_json::json!({ "step": done, "loss": step_loss, "lr": lr, "seconds": seconds })).map_err(io_err(&log_path))?;
+            let mut line = serde_json::json!({ "step": done, "loss": step_loss, "lr": lr, "seconds": seconds });
+            let measured = if !held_out.is_empty() && validation_loss::due(done, val_every, total_steps) { Some(val_loss(&pipeline)?) } else { None };
+            if let Some(v) = measured {
+                line["val_loss"] = v.into();
+                final_val_loss = Some(v);
+            }
+            writeln!(log, "{line}").map_err(io_err(&log_path))?;
             final_loss = Some(step_loss);
             on(Event::Step { step: done, total: total_steps, loss: step_loss, lr, seconds });
+            if let Some(v) = measured {
+                on(Event::ValidationLoss { step: done, loss: v });
+            }
             if cfg.checkpointing_steps > 0 && done % cfg.checkpointing_steps == 0 && done < total_steps {
                 log.flush().map_err(io_err(&log_path))?;
                 let path = checkpoint::save(&ckpt_dir, done, &loras, &opt, scaler.as_ref(), cfg.checkpoints_total_limit)?;
@@ -639,6 +686,7 @@ impl Trainer<'_> {
             gradient_checkpointing: memory.checkpointing,
             estimated_step_memory_bytes: Some(memory.estimate.total()),
             validation: validation_settings,
+            validation_loss: held_out.settings(objective.schedule.alphas_cumprod.len(), val_every, final_val_loss),
             license: cfg.license.clone().unwrap_or_else(|| if xl { "openrail++".into() } else { "creativeml-openrail-m".into() }),
             lora_file: names::LORA_WEIGHTS.into(),
         };
@@ -646,6 +694,8 @@ impl Trainer<'_> {
         std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary).expect("serializable")).map_err(io_err(&summary_path))?;
         let cfg_path = cfg.output_dir.join(names::TRAIN_CONFIG);
         std::fs::write(&cfg_path, serde_yaml::to_string(cfg).expect("serializable")).map_err(io_err(&cfg_path))?;
+        super::report::write(&cfg.output_dir)
+            .map_err(|e| TrainError::Io { path: cfg.output_dir.join(names::TRAINING_REPORT), detail: e.to_string() })?;
         Ok(summary)
     }
 }

@@ -284,3 +284,48 @@ pub fn pixels(png: &std::path::Path) -> Vec<u8> {
     buf.truncate(info.width as usize * info.height as usize * 3);
     buf
 }
+
+/// Opens the page in headless Chromium (CI installs it; `HFSKY_TEST_BROWSER=1` makes its absence
+/// a failure), checks that at least `min_images` images loaded and none broke, that there are at
+/// least `min_svgs` SVG plots and each has a size and content, and keeps a screenshot in
+/// target/`shot`.
+pub fn browser_check(page: &Path, min_images: usize, min_svgs: usize, shot: &str) {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+    else {
+        assert!(std::env::var_os("HFSKY_TEST_BROWSER").is_none(), "HFSKY_TEST_BROWSER is set but no chromium is installed");
+        eprintln!("no chromium: browser check skipped");
+        return;
+    };
+    let checked = page.with_file_name("report-check.html");
+    let probe = "<script>addEventListener('load',()=>{const broken=[...document.images].filter(i=>!(i.complete&&i.naturalWidth>0)).map(i=>i.getAttribute('src'));\
+        const svgs=[...document.querySelectorAll('svg')];const empty=svgs.filter(e=>{const r=e.getBoundingClientRect();return !(r.width>100&&r.height>20&&e.querySelectorAll('rect,path,polyline,line,circle').length>0)}).length;\
+        document.documentElement.setAttribute('data-check',JSON.stringify({images:document.images.length,broken,svgs:svgs.length,empty}));});</script></body>";
+    std::fs::write(&checked, std::fs::read_to_string(page).unwrap().replace("</body>", probe)).unwrap();
+    let url = format!("file://{}", checked.display());
+    let common = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files", "--virtual-time-budget=5000"];
+    let o = std::process::Command::new(chromium).args(common).arg("--dump-dom").arg(&url).output().unwrap();
+    let dom = String::from_utf8_lossy(&o.stdout);
+    let attr = dom
+        .split("data-check=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("the page's load check did not run: {}", String::from_utf8_lossy(&o.stderr)));
+    let check: serde_json::Value = serde_json::from_str(&attr.replace("&quot;", "\"")).unwrap();
+    assert!(check["images"].as_u64().unwrap() >= min_images as u64, "{check}");
+    assert_eq!(check["broken"], serde_json::json!([]), "images that did not load: {check}");
+    assert!(check["svgs"].as_u64().unwrap() >= min_svgs as u64 && check["empty"] == 0, "plots: {check}");
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join(shot);
+    let o = std::process::Command::new(chromium)
+        .args(common)
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=1000,2400")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(shot.is_file(), "no screenshot: {}", String::from_utf8_lossy(&o.stderr));
+    let img = image::open(&shot).unwrap().to_rgb8();
+    let distinct: std::collections::HashSet<_> = img.pixels().step_by(97).map(|p| p.0).collect();
+    assert!(distinct.len() > 20, "the screenshot looks blank");
+}

@@ -158,7 +158,11 @@ fn lora_values(p: &Path) -> Vec<(String, Vec<f32>)> {
 fn a_killed_run_resumes_to_the_same_result() {
     let env = Env::new("http://127.0.0.1:9");
     let d = env.dir.path();
-    let cfg = config(d, "tiny-sd15", "max_steps: 40\ncheckpointing_steps: 2\ncheckpoints_total_limit: 2\nrandom_flip: true\nmin_snr_gamma: 5.0\n");
+    let cfg = config(
+        d,
+        "tiny-sd15",
+        "max_steps: 40\ncheckpointing_steps: 2\ncheckpoints_total_limit: 2\nrandom_flip: true\nmin_snr_gamma: 5.0\nvalidation_split: 1\n",
+    );
     let cfg = cfg.to_str().unwrap();
     // Uninterrupted reference run.
     ok(&env.run(&["train", "--config", cfg, "--output-dir", d.join("full").to_str().unwrap()]));
@@ -188,13 +192,23 @@ fn a_killed_run_resumes_to_the_same_result() {
         let den: f32 = va.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
         assert!(num / den < 1e-4, "{ka}: resumed differs from uninterrupted (rel {})", num / den);
     }
-    // The log has each step once, in order.
-    let steps: Vec<u64> = std::fs::read_to_string(part.join("training_log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
-        .collect();
-    assert_eq!(steps, (1..=40).collect::<Vec<_>>());
+    // The log has each step once, in order, after the val_loss baseline (step 0); the resumed
+    // run measured the same val_loss as the uninterrupted one.
+    let log = |dir: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("training_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (full, resumed) = (log(&d.join("full")), log(&part));
+    let steps: Vec<u64> = resumed.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (0..=40).collect::<Vec<_>>());
+    let val = |lines: &[serde_json::Value]| -> Vec<(u64, f64)> {
+        lines.iter().filter_map(|l| Some((l["step"].as_u64().unwrap(), l["val_loss"].as_f64()?))).collect()
+    };
+    let (vf, vr) = (val(&full), val(&resumed));
+    assert_eq!(vf.iter().map(|v| v.0).collect::<Vec<_>>(), [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40]);
+    assert_eq!(vf.len(), vr.len());
+    for ((s, a), (_, b)) in vf.iter().zip(&vr) {
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "val_loss at step {s}: uninterrupted {a}, resumed {b}");
+    }
     // Only the newest two checkpoints are kept.
     let kept = std::fs::read_dir(part.join("checkpoints"))
         .unwrap()
@@ -317,7 +331,7 @@ fn train_and_push_checks_the_token_first_then_publishes_in_one_commit() {
     let dl = d.join("dl");
     ok(&env.cmd(&["download", "alice/sky-lora", "--local-dir", dl.to_str().unwrap()]).env("HF_TOKEN", ALICE).output().unwrap());
     let names: Vec<String> = files_under(&dl).into_iter().map(|(n, _)| n).filter(|n| !n.starts_with(".cache")).collect();
-    for f in ["pytorch_lora_weights.safetensors", "README.md", "train_config.yaml", "training_log.jsonl", "validation-seed-3.png"] {
+    for f in ["pytorch_lora_weights.safetensors", "README.md", "train_config.yaml", "training_log.jsonl", "report.html", "validation-seed-3.png"] {
         assert!(names.contains(&f.to_string()), "{f} not pushed: {names:?}");
     }
     assert!(!names.iter().any(|n| n.contains("checkpoint") || n.contains("summary")), "{names:?}");
@@ -370,4 +384,58 @@ fn text_encoder_training_validates_with_the_trained_encoders() {
         let sum: u64 = unet.iter().zip(&validation).map(|(a, b)| a.abs_diff(*b) as u64).sum();
         assert!(sum > validation.len() as u64 / 20, "{model}: the text-encoder LoRA barely changes the validation image (sum |Δ| = {sum})");
     }
+}
+
+/// `validation_split: 1`: one photo held out (named in the summary, not trained on), val_loss in
+/// the log before training, every `validation_steps` and at the end; report.html renders in a
+/// browser with both plots and every validation image, the prompt escaped, and `card report`
+/// writes it again from the output folder.
+#[test]
+fn val_loss_is_logged_and_the_report_renders() {
+    let env = Env::new("http://127.0.0.1:9");
+    let d = env.dir.path();
+    let cfg = config(
+        d,
+        "tiny-sd15",
+        "max_steps: 4\nvalidation_split: 1\nvalidation_steps: 2\nvalidation_prompt: a photo of <b>SKY</b> river\nnum_validation_images: 2\nvalidation_inference_steps: 2\n",
+    );
+    let o = env.run(&["train", "--config", cfg.to_str().unwrap()]);
+    let t = ok(&o);
+    assert!(t.contains("held out of training for val_loss: sky-") && t.contains("val_loss at step 0: "), "{t}");
+    let out = d.join("out");
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("training_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let measured: Vec<u64> =
+        lines.iter().filter(|l| l["val_loss"].as_f64().is_some_and(f64::is_finite)).map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(measured, [0, 2, 4], "{lines:?}");
+    assert!(lines[0].get("loss").is_none(), "the baseline is measured before any step: {}", lines[0]);
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("training_summary.json")).unwrap()).unwrap();
+    let v = &summary["validation_loss"];
+    assert_eq!((v["held_out_from"].as_str(), v["every_steps"].as_u64()), (Some("validation_split"), Some(2)), "{v}");
+    assert_eq!(v["timesteps"], serde_json::json!([200, 400, 600, 800]));
+    let held = v["photos"][0][0].as_str().unwrap();
+    let trained: Vec<&str> = summary["examples"].as_array().unwrap().iter().map(|e| e[0].as_str().unwrap()).collect();
+    assert_eq!(trained.len(), 2);
+    assert!(!trained.contains(&held), "{held} held out but trained on: {trained:?}");
+    let (last, recorded) = (lines.last().unwrap()["val_loss"].as_f64().unwrap(), v["final_val_loss"].as_f64().unwrap());
+    assert!((last - recorded).abs() < 1e-6 * last, "the summary's final val_loss {recorded} is the log's last {last}");
+    let page = out.join("report.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(!html.contains("<b>SKY</b>") && html.contains("&lt;b&gt;SKY&lt;&#x2f;b&gt;"), "the prompt must be escaped");
+    assert!(html.contains(held), "the held-out photo is named");
+    // Step 2's two images and the final two.
+    browser_check(&page, 4, 2, "train-report.png");
+    // --json names the report and the last val_loss.
+    let out2 = d.join("out2");
+    let j = json(&env.run(&["--json", "train", "--config", cfg.to_str().unwrap(), "--max-steps", "1", "--output-dir", out2.to_str().unwrap()]));
+    assert!(j["final_val_loss"].as_f64().is_some_and(f64::is_finite), "{j}");
+    assert_eq!(j["report"].as_str(), out2.join("report.html").to_str());
+    assert!(out2.join("report.html").is_file());
+    // `card report` writes the same page again from the output folder alone.
+    std::fs::remove_file(&page).unwrap();
+    ok(&env.run(&["card", "report", out.to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(&page).unwrap(), html);
+    let o = env.run(&["card", "report", d.join("photos").to_str().unwrap()]);
+    code(&o, 2);
+    assert!(text(&o).contains("training_summary.json") && text(&o).contains("a training output folder"), "{}", text(&o));
 }
