@@ -326,6 +326,7 @@ mod tests {
             alpha: 4.0,
             target_modules: vec!["to_q".into(), "to_v".into()],
             learning_rate: 1e-4,
+            optimizer: Default::default(),
             lr_scheduler: "constant".into(),
             train_batch_size: 1,
             gradient_accumulation_steps: 1,

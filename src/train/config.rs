@@ -123,6 +123,29 @@ pub enum Network {
     Dora,
 }
 
+/// The optimizer of the LoRA factors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// torch.optim.AdamW with the adam_* keys.
+    #[default]
+    #[value(name = "adamw")]
+    AdamW,
+    /// Prodigy (prodigyopt): Adam with a step size estimated during the run; learning_rate
+    /// becomes a multiplier of it (1.0).
+    Prodigy,
+}
+
+impl OptimizerKind {
+    /// The name train.yaml, training_summary.json and the model card use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OptimizerKind::AdamW => "adamw",
+            OptimizerKind::Prodigy => "prodigy",
+        }
+    }
+}
+
 /// Declares the train.yaml keys: for each, its doc, type and default, written once. It emits
 /// [`TrainConfig`] (the resolved settings) and [`TrainKeys`] (every key optional: one layer, from
 /// the file or from flags), with the overlay and the defaults between them. Four forms:
@@ -235,7 +258,13 @@ train_keys! {
     /// (…_comfyui.safetensors); as a flag, comma separated. Default: peft.
     #[arg(value_delimiter = ',')]
     lora_formats: Vec<crate::diffusion::lora::export::ExportFormat> = vec![crate::diffusion::lora::export::ExportFormat::Peft],
-    /// AdamW learning rate. Default: 1e-4.
+    /// adamw | prodigy: the LoRA factors' optimizer. Prodigy (the `prodigyopt` package, as
+    /// diffusers' `--optimizer prodigy`) estimates its own step size during the run, so
+    /// learning_rate is a multiplier (leave it at 1.0); it shares adam_beta1/beta2/epsilon/
+    /// weight_decay. Default: adamw.
+    optimizer: OptimizerKind = OptimizerKind::AdamW,
+    /// Learning rate: AdamW's step size, or with Prodigy the multiplier of its adapted one.
+    /// Default: 1e-4 with adamw, 1.0 with prodigy.
     learning_rate: f64 = 1e-4,
     /// Learning-rate schedule after warmup: constant | linear | cosine. Default: constant.
     lr_scheduler: LrSchedule = LrSchedule::Constant,
@@ -279,6 +308,16 @@ train_keys! {
     adam_weight_decay: f64 = 1e-2,
     /// AdamW ε. Default: 1e-8.
     adam_epsilon: f64 = 1e-8,
+    /// Prodigy's `d_coef`: scales every estimate of the step size (prodigyopt's preferred knob;
+    /// 0.5–2 typical). Default: 1.0.
+    prodigy_d_coef: f64 = 1.0,
+    /// Prodigy's `use_bias_correction` (Adam's bias correction in the step size). Default: true,
+    /// as diffusers' DreamBooth scripts.
+    prodigy_use_bias_correction: bool = true,
+    /// Prodigy's `safeguard_warmup`: keeps the learning rate out of the step-size estimate's
+    /// denominator, so lr_warmup_steps does not inflate it. Default: true, as diffusers'
+    /// DreamBooth scripts.
+    prodigy_safeguard_warmup: bool = true,
     /// Prior preservation: also train on images of the class, so the class keeps its meaning.
     with_prior_preservation: bool = false,
     /// The class prompt for prior preservation, e.g. "a photo of the sky".
@@ -327,7 +366,12 @@ impl TrainConfig {
             None => (TrainKeys::default(), "flags".to_string()),
         };
         let invalid = |detail: String| ConfigError::Invalid { origin: origin.clone(), detail };
-        let cfg = file.overlay(flags).resolve().map_err(invalid)?;
+        let mut keys = file.overlay(flags);
+        // Prodigy's documented learning rate is 1.0 (a multiplier of the step size it finds).
+        if keys.optimizer == Some(OptimizerKind::Prodigy) && keys.learning_rate.is_none() {
+            keys.learning_rate = Some(1.0);
+        }
+        let cfg = keys.resolve().map_err(invalid)?;
         cfg.check().map_err(invalid)?;
         Ok(cfg)
     }
@@ -361,6 +405,16 @@ impl TrainConfig {
             if !self.train_text_encoder {
                 return Err("text_encoder_lr: set, but train_text_encoder is false (add train_text_encoder: true, or remove it)".into());
             }
+            if self.optimizer == OptimizerKind::Prodigy && lr != self.learning_rate {
+                return Err(format!(
+                    "text_encoder_lr: {lr} differs from learning_rate {}, but Prodigy adapts one step size shared by the UNet and the text \
+                     encoders and (as prodigyopt) needs the same learning_rate for both; remove text_encoder_lr",
+                    self.learning_rate
+                ));
+            }
+        }
+        if !(self.prodigy_d_coef > 0.0 && self.prodigy_d_coef.is_finite()) {
+            return Err(format!("prodigy_d_coef: {} must be a positive number", self.prodigy_d_coef));
         }
         if matches!(self.max_steps, Some(0)) || matches!(self.num_epochs, Some(0)) {
             return Err("max_steps / num_epochs: must be at least 1".into());

@@ -11,6 +11,7 @@ pub mod memory;
 pub mod objective;
 pub mod optim;
 mod prior;
+pub mod prodigy;
 pub mod trainer;
 
 pub use config::{TrainConfig, TrainKeys};

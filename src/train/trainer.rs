@@ -12,7 +12,7 @@ use super::lora_params::TrainableLora;
 use super::loss_scale::LossScaler;
 use super::memory::{self, MemoryPlan, StepShape};
 use super::objective::{normal, step_rng, weighted_mse, Objective, Prediction};
-use super::optim::{clip_grad_norm, learning_rate, AdamW};
+use super::optim::{clip_grad_norm, learning_rate, Optimizer};
 use crate::dataset;
 use crate::diffusion::autoencoder::VaeConfig;
 use crate::diffusion::config::{Architecture, PipelineFiles};
@@ -179,6 +179,9 @@ pub struct TrainSummary {
     pub alpha: f64,
     pub target_modules: Vec<String>,
     pub learning_rate: f64,
+    /// The optimizer and its settings (runs from before `optimizer:` existed were AdamW).
+    #[serde(default)]
+    pub optimizer: super::optim::OptimizerSummary,
     pub lr_scheduler: String,
     pub train_batch_size: usize,
     pub gradient_accumulation_steps: usize,
@@ -501,7 +504,10 @@ impl Trainer<'_> {
         let vars: Vec<&candle_core::Var> = loras.iter().flat_map(|l| l.vars()).collect();
         let unet_vars = lora.vars().len();
         let text_encoder_lr = cfg.text_encoder_lr.unwrap_or(cfg.learning_rate);
-        let mut opt = AdamW::new(&vars, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, cfg.adam_weight_decay)?;
+        let mut opt = Optimizer::for_config(cfg, &vars)?;
+        if let Some(note) = super::prodigy::learning_rate_note(cfg) {
+            on(Event::Note(note));
+        }
 
         let per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps;
         let total_steps = match (cfg.max_steps, cfg.num_epochs) {
@@ -590,7 +596,12 @@ impl Trainer<'_> {
             }
             let seconds = t0.elapsed().as_secs_f64();
             let done = step + 1;
-            writeln!(log, "{}", serde_json::json!({ "step": done, "loss": step_loss, "lr": lr, "seconds": seconds })).map_err(io_err(&log_path))?;
+            let mut line = serde_json::json!({ "step": done, "loss": step_loss, "lr": lr, "seconds": seconds });
+            // Prodigy's step size is d × lr: the log shows the d it found.
+            if let Some(d) = opt.prodigy_d() {
+                line["d"] = d.into();
+            }
+            writeln!(log, "{line}").map_err(io_err(&log_path))?;
             final_loss = Some(step_loss);
             on(Event::Step { step: done, total: total_steps, loss: step_loss, lr, seconds });
             if cfg.checkpointing_steps > 0 && done % cfg.checkpointing_steps == 0 && done < total_steps {
@@ -631,6 +642,7 @@ impl Trainer<'_> {
             alpha,
             target_modules: cfg.target_modules.clone(),
             learning_rate: cfg.learning_rate,
+            optimizer: super::optim::OptimizerSummary::of(cfg, &opt),
             lr_scheduler: cfg.lr_scheduler.as_str().to_string(),
             train_batch_size: cfg.train_batch_size,
             gradient_accumulation_steps: cfg.gradient_accumulation_steps,
