@@ -225,6 +225,18 @@ train_keys! {
     caption_column: Option<String>,
     /// How a per-image caption becomes the training prompt. Default: "{instance_prompt}, {caption}".
     caption_template: String = "{instance_prompt}, {caption}".into(),
+    /// Probability (0–1) that a photo's caption is left out at a step, so it trains with the
+    /// instance prompt alone (kohya's `caption_dropout_rate`, SimpleTuner's
+    /// `caption_dropout_probability`, which drop to the empty prompt; here the trigger phrase
+    /// stays). Drawn per photo and step from the seed. Default: 0.
+    caption_dropout: f64 = 0.0,
+    /// Shuffle the comma-separated tags of each caption every step (kohya's `shuffle_caption`);
+    /// the instance prompt never moves. The text encoders then stay loaded to encode each
+    /// step's prompts (their weights' memory). Default: false.
+    shuffle_tags: bool = false,
+    /// With shuffle_tags: how many leading tags of the caption keep their place (kohya's
+    /// `keep_tokens`, counting comma-separated tags). Default: 0.
+    keep_tokens: usize = 0,
     /// Square training size in pixels, a multiple of 8. Default: the model's native size.
     resolution: Option<usize>,
     /// Center crop. Default: one random crop per image, drawn from the seed.
@@ -388,6 +400,18 @@ impl TrainConfig {
         if !self.caption_template.contains("{caption}") && self.captions != CaptionSource::Instance {
             return Err(format!("caption_template: {:?} has no {{caption}} placeholder, so captions would be ignored", self.caption_template));
         }
+        if !(0.0..=1.0).contains(&self.caption_dropout) {
+            return Err(format!("caption_dropout: {} must be a probability between 0 and 1", self.caption_dropout));
+        }
+        if self.keep_tokens > 0 && !self.shuffle_tags {
+            return Err(format!("keep_tokens: {} only applies with shuffle_tags: true (add it, or remove keep_tokens)", self.keep_tokens));
+        }
+        if self.captions == CaptionSource::Instance && (self.caption_dropout > 0.0 || self.shuffle_tags) {
+            let key = if self.shuffle_tags { "shuffle_tags" } else { "caption_dropout" };
+            return Err(format!(
+                "{key}: set, but captions: instance trains every photo on the instance prompt alone, so there is no caption to change"
+            ));
+        }
         for (name, v) in
             [("rank", self.rank), ("train_batch_size", self.train_batch_size), ("gradient_accumulation_steps", self.gradient_accumulation_steps)]
         {
@@ -443,11 +467,25 @@ impl TrainConfig {
 
     /// The prompt a caption trains with.
     pub fn prompt_for(&self, caption: Option<&str>) -> String {
-        match (self.captions, caption.map(str::trim).filter(|c| !c.is_empty())) {
-            (CaptionSource::Instance, _) | (_, None) => self.instance_prompt.clone(),
-            (_, Some(c)) => self.caption_template.replace("{instance_prompt}", &self.instance_prompt).replace("{caption}", c),
+        match self.caption_in_prompt(caption) {
+            None => self.instance_prompt.clone(),
+            Some(c) => fill_caption_template(&self.caption_template, &self.instance_prompt, c),
         }
     }
+
+    /// The caption [`TrainConfig::prompt_for`] puts in the prompt (trimmed), or None when the
+    /// prompt is the instance prompt alone.
+    pub fn caption_in_prompt<'c>(&self, caption: Option<&'c str>) -> Option<&'c str> {
+        match self.captions {
+            CaptionSource::Instance => None,
+            _ => caption.map(str::trim).filter(|c| !c.is_empty()),
+        }
+    }
+}
+
+/// `template` with `{instance_prompt}` and `{caption}` filled in.
+pub fn fill_caption_template(template: &str, instance_prompt: &str, caption: &str) -> String {
+    template.replace("{instance_prompt}", instance_prompt).replace("{caption}", caption)
 }
 
 /// The file's keys, with its relative paths made relative to its folder (like every config

@@ -1,6 +1,7 @@
 //! DreamBooth LoRA training on SD 1.5 / SDXL: config, examples and latent cache, the objective,
 //! AdamW, checkpoints, prior preservation and the loop.
 
+pub mod caption_augment;
 pub mod checkpoint;
 pub mod config;
 pub mod dry_run;
