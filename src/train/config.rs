@@ -676,6 +676,57 @@ mod tests {
     }
 
     #[test]
+    fn prodigy_defaults_its_learning_rate_to_one_and_keeps_a_chosen_one() {
+        let d = tempfile::tempdir().unwrap();
+        let c = TrainConfig::load(Some(&write(d.path(), MINIMAL)), TrainKeys::default()).unwrap();
+        assert_eq!((c.optimizer, c.learning_rate), (OptimizerKind::AdamW, 1e-4), "AdamW stays the default");
+        let p = write(d.path(), &format!("{MINIMAL}optimizer: prodigy\n"));
+        let c = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap();
+        assert_eq!((c.optimizer, c.learning_rate), (OptimizerKind::Prodigy, 1.0));
+        assert_eq!((c.prodigy_d_coef, c.prodigy_use_bias_correction, c.prodigy_safeguard_warmup), (1.0, true, true));
+        assert!(super::super::prodigy::learning_rate_note(&c).is_none());
+        let c = TrainConfig::load(Some(&p), flags(&["--learning-rate", "1e-4", "--prodigy-safeguard-warmup", "false"])).unwrap();
+        assert_eq!((c.learning_rate, c.prodigy_safeguard_warmup), (1e-4, false), "a rate the user set is kept");
+        let note = super::super::prodigy::learning_rate_note(&c).expect("a note for an AdamW-sized rate");
+        assert!(note.contains("~1.0"), "{note}");
+        let c = TrainConfig::load(Some(&write(d.path(), MINIMAL)), flags(&["--optimizer", "prodigy"])).unwrap();
+        assert_eq!(c.learning_rate, 1.0, "the flag alone picks Prodigy's default too");
+        assert_eq!(serde_yaml::to_string(&OptimizerKind::AdamW).unwrap().trim(), "adamw");
+        assert!(Flags::try_parse_from(["train", "--optimizer", "adamw"]).is_ok());
+        let p = write(d.path(), &format!("{MINIMAL}optimizer: prodigy\ntrain_text_encoder: true\ntext_encoder_lr: 0.5\n"));
+        let e = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string();
+        assert!(e.contains("text_encoder_lr") && e.contains("same learning_rate"), "{e}");
+        let p = write(d.path(), &format!("{MINIMAL}optimizer: prodigy\ntrain_text_encoder: true\ntext_encoder_lr: 1.0\n"));
+        assert!(TrainConfig::load(Some(&p), TrainKeys::default()).is_ok(), "an equal rate is what prodigyopt accepts");
+        let p = write(d.path(), &format!("{MINIMAL}optimizer: prodigy\nprodigy_d_coef: 0\n"));
+        assert!(TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string().contains("prodigy_d_coef"));
+        let p = write(d.path(), &format!("{MINIMAL}optimizer: adam\n"));
+        let e = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string();
+        assert!(e.contains("`adamw` or `prodigy`"), "{e}");
+    }
+
+    #[test]
+    fn caption_augmentation_is_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let load = |extra: &str| TrainConfig::load(Some(&write(d.path(), &format!("{MINIMAL}{extra}"))), TrainKeys::default());
+        let c = load("caption_dropout: 0.1\nshuffle_tags: true\nkeep_tokens: 2\n").unwrap();
+        assert_eq!((c.caption_dropout, c.shuffle_tags, c.keep_tokens), (0.1, true, 2));
+        for bad in ["caption_dropout: 1.5\n", "caption_dropout: -0.1\n", "caption_dropout: .nan\n"] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains("caption_dropout") && e.contains("between 0 and 1"), "{bad}: {e}");
+        }
+        assert!(load("caption_dropout: 1.0\n").is_ok() && load("caption_dropout: 0\n").is_ok());
+        let e = load("keep_tokens: 1\n").unwrap_err().to_string();
+        assert!(e.contains("keep_tokens") && e.contains("shuffle_tags: true"), "{e}");
+        let e = load("captions: instance\nshuffle_tags: true\n").unwrap_err().to_string();
+        assert!(e.contains("shuffle_tags") && e.contains("captions: instance"), "{e}");
+        let e = load("captions: instance\ncaption_dropout: 0.2\n").unwrap_err().to_string();
+        assert!(e.contains("caption_dropout"), "{e}");
+        assert_eq!(c.caption_in_prompt(Some("  red, sky ")), Some("red, sky"));
+        assert_eq!(c.caption_in_prompt(Some(" ")), None);
+    }
+
+    #[test]
     fn training_summary_names_the_schedule_as_train_yaml_does() {
         for s in [LrSchedule::Constant, LrSchedule::Cosine, LrSchedule::Linear] {
             assert_eq!(serde_yaml::to_string(&s).unwrap().trim(), s.as_str());
