@@ -272,8 +272,8 @@ train_keys! {
     lora_formats: Vec<crate::diffusion::lora::export::ExportFormat> = vec![crate::diffusion::lora::export::ExportFormat::Peft],
     /// adamw | prodigy: the LoRA factors' optimizer. Prodigy (the `prodigyopt` package, as
     /// diffusers' `--optimizer prodigy`) estimates its own step size during the run, so
-    /// learning_rate is a multiplier (leave it at 1.0); it shares adam_beta1/beta2/epsilon/
-    /// weight_decay. Default: adamw.
+    /// learning_rate is a multiplier (leave it at 1.0); it takes the adam_beta1, adam_beta2,
+    /// adam_epsilon and adam_weight_decay keys too. Default: adamw.
     optimizer: OptimizerKind = OptimizerKind::AdamW,
     /// Learning rate: AdamW's step size, or with Prodigy the multiplier of its adapted one.
     /// Default: 1e-4 with adamw, 1.0 with prodigy.
