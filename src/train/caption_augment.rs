@@ -109,20 +109,25 @@ pub(super) struct PromptAugment {
 
 impl PromptAugment {
     /// The run's augmentation (None when off): encodes the instance prompt for caption dropout,
-    /// and notes what it costs or that it does nothing (`any_caption` false).
+    /// and notes what it costs, or that it changes nothing for these `captions` (the photos').
     pub(super) fn prepare(
         cfg: &TrainConfig,
         prompts: &mut Prompts,
         enc: &TextEncoders,
-        any_caption: bool,
+        captions: &[String],
         files: &PipelineFiles,
         dtype: DType,
         on: &mut dyn FnMut(Event),
     ) -> Result<Option<Self>, TrainError> {
         let Some(rule) = CaptionAugment::from_config(cfg) else { return Ok(None) };
         let instance = if rule.dropout > 0.0 { Some(prompts.index(enc, &cfg.instance_prompt)?) } else { None };
-        if !any_caption {
+        if captions.is_empty() {
             on(Event::Note("caption_dropout / shuffle_tags: no photo has a caption, so every step trains on the instance prompt as is".into()));
+        } else if rule.shuffle_tags && !captions.iter().any(|c| c.split(',').filter(|t| !t.trim().is_empty()).count() > rule.keep_tokens + 1) {
+            on(Event::Note(format!(
+                "shuffle_tags: no caption has two or more comma-separated tags after the first {} (keep_tokens), so nothing is shuffled",
+                rule.keep_tokens
+            )));
         }
         if rule.shuffle_tags && !cfg.train_text_encoder {
             let bytes = kept_encoder_bytes(files, dtype)?;

@@ -1,5 +1,5 @@
-//! DreamBooth LoRA training on SD 1.5 / SDXL: config, examples and latent cache, the objective,
-//! AdamW, checkpoints, prior preservation and the loop.
+//! DreamBooth LoRA training on SD 1.5 / SDXL: config, examples and latent cache, caption
+//! augmentation, the objective, AdamW and Prodigy, checkpoints, prior preservation and the loop.
 
 pub mod caption_augment;
 pub mod checkpoint;

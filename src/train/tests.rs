@@ -421,6 +421,19 @@ fn caption_dropout_keeps_the_instance_prompt_and_shuffled_tags_are_encoded() {
         .sum();
     assert_eq!(plain.weights - off.weights, params * 4, "the kept encoders' f32 weights");
     assert_eq!(plain.trainable, off.trainable, "no text-encoder LoRA");
+
+    // Captions that are not tag lists: the run says nothing will be shuffled.
+    write_photos(&d.path().join("photos"), 2);
+    let cfg = config(d.path(), model, "shuffle_tags: true\n");
+    let mut notes = Vec::new();
+    Trainer { cfg: &cfg, model_dir: pipeline_dir(model), cache_dir: Some(d.path().join("cache")) }
+        .prepare(&mut |e| {
+            if let super::trainer::Event::Note(n) = e {
+                notes.push(n)
+            }
+        })
+        .unwrap();
+    assert!(notes.iter().any(|n| n.contains("so nothing is shuffled")), "{notes:?}");
 }
 
 /// Prodigy trains (d adapts from d0, logged each step), and a run resumed from a checkpoint

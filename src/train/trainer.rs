@@ -407,8 +407,8 @@ impl Trainer<'_> {
             prompt_ids.push(prompts.index_captioned(&text, &prompt, cfg.caption_in_prompt(caption.as_deref()))?);
             trained_on.push((file_name(path), prompt));
         }
-        let any_caption = prompts.captions.iter().any(Option::is_some);
-        prompts.augment = super::caption_augment::PromptAugment::prepare(cfg, &mut prompts, &text, any_caption, &files, dtype, on)?;
+        let captions: Vec<String> = prompts.captions.iter().flatten().cloned().collect();
+        prompts.augment = super::caption_augment::PromptAugment::prepare(cfg, &mut prompts, &text, &captions, &files, dtype, on)?;
         let validation = match &cfg.validation_prompt {
             Some(p) => Some((text.conditioning(p, "", res, res)?, p.clone())),
             None => None,
