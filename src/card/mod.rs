@@ -261,6 +261,8 @@ pub fn render(summary: &TrainSummary, repo: &str, template: Option<&str>) -> Res
         title => title,
         front_matter => front_matter,
         dataset_size => summary.examples.len(),
+        // Prodigy's final step size, readable (it is a value like 2.3e-4).
+        final_d => summary.optimizer.prodigy.as_ref().map(|p| format!("{:.3e}", p.final_d)),
     };
     let out = env.get_template("card").and_then(|t| t.render(ctx)).map_err(|e| CardError::Template(format!("{e:#}")))?;
     Ok(out.trim_start().to_string())
@@ -326,6 +328,7 @@ pub(crate) mod tests {
             alpha: 4.0,
             target_modules: vec!["to_q".into(), "to_v".into()],
             learning_rate: 1e-4,
+            optimizer: Default::default(),
             lr_scheduler: "constant".into(),
             train_batch_size: 1,
             gradient_accumulation_steps: 1,
@@ -335,6 +338,9 @@ pub(crate) mod tests {
             prior_preservation: None,
             captions: "sidecar".into(),
             caption_template: "{instance_prompt}, {caption}".into(),
+            caption_dropout: 0.0,
+            shuffle_tags: false,
+            keep_tokens: 0,
             examples: vec![("a.jpg".into(), "a photo of SKY, orange sunset".into()), ("b.jpg".into(), "a photo of SKY, <purple> storm".into())],
             skipped: vec![("c.jpg".into(), "truncated".into())],
             final_loss: Some(0.1234),
@@ -393,6 +399,31 @@ pub(crate) mod tests {
         let sd = render(&summary("sd", 512), "alice/x", None).unwrap();
         assert!(!sd.contains("renders at 1024"));
         assert!(front_matter(&sd).unwrap()["tags"].as_array().unwrap().iter().any(|t| t == "stable-diffusion"));
+    }
+
+    #[test]
+    fn the_settings_name_the_optimizer_and_the_caption_augmentation() {
+        let card = render(&summary("sd", 512), "alice/x", None).unwrap();
+        assert!(card.contains("| optimizer | AdamW (β 0.9/0.999, weight decay 0.01) |"), "{card}");
+        assert!(!card.contains("left out with probability") && !card.contains("shuffled"));
+        let mut s = summary("sd", 512);
+        s.learning_rate = 1.0;
+        s.optimizer = crate::train::optim::OptimizerSummary {
+            name: "prodigy".into(),
+            prodigy: Some(crate::train::optim::ProdigySummary {
+                d_coef: 1.0,
+                use_bias_correction: true,
+                safeguard_warmup: true,
+                final_d: 0.000_231_4,
+            }),
+            ..Default::default()
+        };
+        (s.caption_dropout, s.shuffle_tags, s.keep_tokens) = (0.1, true, 2);
+        let card = render(&s, "alice/x", None).unwrap();
+        assert!(card.contains("| learning rate | 1.0 (constant), a multiplier of Prodigy's adapted step size |"), "{card}");
+        assert!(card.contains("| optimizer | Prodigy (d_coef 1.0, bias correction on, safeguard warmup on, β 0.9/0.999, weight decay 0.01); final step size d = 2.314e-4 |"), "{card}");
+        assert!(card.contains("left out with probability 0.1") && card.contains("shuffled every step, the first 2 kept in place"), "{card}");
+        assert!(card_errors(&card).is_empty());
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! Checkpoints: `checkpoints/checkpoint-<step>/` with the LoRA factors, the optimizer moments and
-//! the step. Written under a temporary name, renamed into place, then marked `COMPLETE`; only
+//! Checkpoints: `checkpoints/checkpoint-<step>/` with the LoRA factors, the optimizer's state
+//! (AdamW's moments, or all of Prodigy's) and the step. Written under a temporary name, renamed into place, then marked `COMPLETE`; only
 //! marked checkpoints are ever resumed from, so a kill at any moment leaves either the previous
 //! checkpoint or a complete new one. The newest K are kept.
 
 use super::lora_params::{write_safetensors, TrainableLora};
 use super::loss_scale::LossScaler;
-use super::optim::AdamW;
+use super::optim::Optimizer;
 use candle_core::Device;
 use std::path::{Path, PathBuf};
 
@@ -71,7 +71,7 @@ impl Checkpoint {
     /// Restores the LoRA factors and optimizer; returns the loss scaler's state when the run
     /// that wrote the checkpoint scaled its loss (f16), so a resumed run continues with its scale.
     /// `loras`: the UNet's, then each trained text encoder's; all must be in the checkpoint.
-    pub fn restore(&self, loras: &[&TrainableLora], opt: &mut AdamW) -> Result<Option<LossScaler>, CheckpointError> {
+    pub fn restore(&self, loras: &[&TrainableLora], opt: &mut Optimizer) -> Result<Option<LossScaler>, CheckpointError> {
         let device = loras.iter().flat_map(|l| l.vars()).next().map(|v| v.device().clone()).unwrap_or(Device::Cpu);
         let load = |name: &str| {
             let p = self.dir.join(name);
@@ -90,12 +90,18 @@ impl Checkpoint {
                 saved.len()
             )));
         }
-        opt.load_state(&load("optimizer.safetensors")?, self.step).map_err(|e| mismatch(e.to_string()))?;
         let state_path = self.dir.join("state.json");
         let state: serde_json::Value = match std::fs::read(&state_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| mismatch(format!("state.json: {e}")))?,
             Err(_) => serde_json::Value::Null,
         };
+        // Checkpoints from before `optimizer:` existed were all AdamW's.
+        let written_by = state.get("optimizer").and_then(|v| v.as_str()).unwrap_or("adamw");
+        if written_by != opt.name() {
+            return Err(mismatch(format!("it holds {written_by}'s state, this run uses optimizer: {} (set optimizer: {written_by})", opt.name())));
+        }
+        let vars: Vec<&candle_core::Var> = loras.iter().flat_map(|l| l.vars()).collect();
+        opt.load_state(&load("optimizer.safetensors")?, &vars, self.step).map_err(|e| mismatch(e.to_string()))?;
         match state.get("loss_scaler") {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| mismatch(format!("state.json loss_scaler: {e}"))),
@@ -109,7 +115,7 @@ pub fn save(
     root: &Path,
     step: usize,
     loras: &[&TrainableLora],
-    opt: &AdamW,
+    opt: &Optimizer,
     scaler: Option<&LossScaler>,
     keep: Option<usize>,
 ) -> Result<PathBuf, CheckpointError> {
@@ -133,9 +139,10 @@ pub fn save(
     // The weights writer's error names the file already.
     let write = |name: &str, t| write_safetensors(&tmp.join(name), t, None).map_err(CheckpointError::Tensors);
     write("lora.safetensors", cpu(loras.iter().flat_map(|l| l.named_tensors()).collect())?)?;
-    write("optimizer.safetensors", cpu(opt.state_tensors())?)?;
+    let opt_state = opt.state_tensors().map_err(|e| CheckpointError::Io { path: tmp.clone(), detail: e.to_string() })?;
+    write("optimizer.safetensors", cpu(opt_state)?)?;
     let state = serde_json::json!({
-        "step": step, "optimizer_step": opt.step, "rank": loras.first().map(|l| l.rank), "alpha": loras.first().map(|l| l.alpha),
+        "step": step, "optimizer": opt.name(), "optimizer_step": opt.steps(), "rank": loras.first().map(|l| l.rank), "alpha": loras.first().map(|l| l.alpha),
         "modules": loras.iter().map(|l| l.modules.len()).sum::<usize>(), "components": loras.iter().map(|l| l.component.as_str()).collect::<Vec<_>>(), "loss_scaler": scaler,
     });
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&state).expect("json")).map_err(io(&tmp))?;

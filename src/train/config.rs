@@ -123,6 +123,29 @@ pub enum Network {
     Dora,
 }
 
+/// The optimizer of the LoRA factors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// torch.optim.AdamW with the adam_* keys.
+    #[default]
+    #[value(name = "adamw")]
+    AdamW,
+    /// Prodigy (prodigyopt): Adam with a step size estimated during the run; learning_rate
+    /// becomes a multiplier of it (1.0).
+    Prodigy,
+}
+
+impl OptimizerKind {
+    /// The name train.yaml, training_summary.json and the model card use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OptimizerKind::AdamW => "adamw",
+            OptimizerKind::Prodigy => "prodigy",
+        }
+    }
+}
+
 /// Declares the train.yaml keys: for each, its doc, type and default, written once. It emits
 /// [`TrainConfig`] (the resolved settings) and [`TrainKeys`] (every key optional: one layer, from
 /// the file or from flags), with the overlay and the defaults between them. Four forms:
@@ -202,6 +225,18 @@ train_keys! {
     caption_column: Option<String>,
     /// How a per-image caption becomes the training prompt. Default: "{instance_prompt}, {caption}".
     caption_template: String = "{instance_prompt}, {caption}".into(),
+    /// Probability (0–1) that a photo's caption is left out at a step, so it trains with the
+    /// instance prompt alone (kohya's `caption_dropout_rate`, SimpleTuner's
+    /// `caption_dropout_probability`, which drop to the empty prompt; here the trigger phrase
+    /// stays). Drawn per photo and step from the seed. Default: 0.
+    caption_dropout: f64 = 0.0,
+    /// Shuffle the comma-separated tags of each caption every step (kohya's `shuffle_caption`);
+    /// the instance prompt never moves. The text encoders then stay loaded to encode each
+    /// step's prompts (their weights' memory). Default: false.
+    shuffle_tags: bool = false,
+    /// With shuffle_tags: how many leading tags of the caption keep their place (kohya's
+    /// `keep_tokens`, counting comma-separated tags). Default: 0.
+    keep_tokens: usize = 0,
     /// Square training size in pixels, a multiple of 8. Default: the model's native size.
     resolution: Option<usize>,
     /// Center crop. Default: one random crop per image, drawn from the seed.
@@ -235,7 +270,13 @@ train_keys! {
     /// (…_comfyui.safetensors); as a flag, comma separated. Default: peft.
     #[arg(value_delimiter = ',')]
     lora_formats: Vec<crate::diffusion::lora::export::ExportFormat> = vec![crate::diffusion::lora::export::ExportFormat::Peft],
-    /// AdamW learning rate. Default: 1e-4.
+    /// adamw | prodigy: the LoRA factors' optimizer. Prodigy (the `prodigyopt` package, as
+    /// diffusers' `--optimizer prodigy`) estimates its own step size during the run, so
+    /// learning_rate is a multiplier (leave it at 1.0); it takes the adam_beta1, adam_beta2,
+    /// adam_epsilon and adam_weight_decay keys too. Default: adamw.
+    optimizer: OptimizerKind = OptimizerKind::AdamW,
+    /// Learning rate: AdamW's step size, or with Prodigy the multiplier of its adapted one.
+    /// Default: 1e-4 with adamw, 1.0 with prodigy.
     learning_rate: f64 = 1e-4,
     /// Learning-rate schedule after warmup: constant | linear | cosine. Default: constant.
     lr_scheduler: LrSchedule = LrSchedule::Constant,
@@ -279,6 +320,16 @@ train_keys! {
     adam_weight_decay: f64 = 1e-2,
     /// AdamW ε. Default: 1e-8.
     adam_epsilon: f64 = 1e-8,
+    /// Prodigy's `d_coef`: scales every estimate of the step size (prodigyopt's preferred knob;
+    /// 0.5–2 typical). Default: 1.0.
+    prodigy_d_coef: f64 = 1.0,
+    /// Prodigy's `use_bias_correction` (Adam's bias correction in the step size). Default: true,
+    /// as diffusers' DreamBooth scripts.
+    prodigy_use_bias_correction: bool = true,
+    /// Prodigy's `safeguard_warmup`: keeps the learning rate out of the step-size estimate's
+    /// denominator, so lr_warmup_steps does not inflate it. Default: true, as diffusers'
+    /// DreamBooth scripts.
+    prodigy_safeguard_warmup: bool = true,
     /// Prior preservation: also train on images of the class, so the class keeps its meaning.
     with_prior_preservation: bool = false,
     /// The class prompt for prior preservation, e.g. "a photo of the sky".
@@ -333,7 +384,12 @@ impl TrainConfig {
             None => (TrainKeys::default(), "flags".to_string()),
         };
         let invalid = |detail: String| ConfigError::Invalid { origin: origin.clone(), detail };
-        let cfg = file.overlay(flags).resolve().map_err(invalid)?;
+        let mut keys = file.overlay(flags);
+        // Prodigy's documented learning rate is 1.0 (a multiplier of the step size it finds).
+        if keys.optimizer == Some(OptimizerKind::Prodigy) && keys.learning_rate.is_none() {
+            keys.learning_rate = Some(1.0);
+        }
+        let cfg = keys.resolve().map_err(invalid)?;
         cfg.check().map_err(invalid)?;
         Ok(cfg)
     }
@@ -349,6 +405,18 @@ impl TrainConfig {
         }
         if !self.caption_template.contains("{caption}") && self.captions != CaptionSource::Instance {
             return Err(format!("caption_template: {:?} has no {{caption}} placeholder, so captions would be ignored", self.caption_template));
+        }
+        if !(0.0..=1.0).contains(&self.caption_dropout) {
+            return Err(format!("caption_dropout: {} must be a probability between 0 and 1", self.caption_dropout));
+        }
+        if self.keep_tokens > 0 && !self.shuffle_tags {
+            return Err(format!("keep_tokens: {} only applies with shuffle_tags: true (add it, or remove keep_tokens)", self.keep_tokens));
+        }
+        if self.captions == CaptionSource::Instance && (self.caption_dropout > 0.0 || self.shuffle_tags) {
+            let key = if self.shuffle_tags { "shuffle_tags" } else { "caption_dropout" };
+            return Err(format!(
+                "{key}: set, but captions: instance trains every photo on the instance prompt alone, so there is no caption to change"
+            ));
         }
         for (name, v) in
             [("rank", self.rank), ("train_batch_size", self.train_batch_size), ("gradient_accumulation_steps", self.gradient_accumulation_steps)]
@@ -367,6 +435,16 @@ impl TrainConfig {
             if !self.train_text_encoder {
                 return Err("text_encoder_lr: set, but train_text_encoder is false (add train_text_encoder: true, or remove it)".into());
             }
+            if self.optimizer == OptimizerKind::Prodigy && lr != self.learning_rate {
+                return Err(format!(
+                    "text_encoder_lr: {lr} differs from learning_rate {}, but Prodigy adapts one step size shared by the UNet and the text \
+                     encoders and (as prodigyopt) needs the same learning_rate for both; remove text_encoder_lr",
+                    self.learning_rate
+                ));
+            }
+        }
+        if !(self.prodigy_d_coef > 0.0 && self.prodigy_d_coef.is_finite()) {
+            return Err(format!("prodigy_d_coef: {} must be a positive number", self.prodigy_d_coef));
         }
         if matches!(self.max_steps, Some(0)) || matches!(self.num_epochs, Some(0)) {
             return Err("max_steps / num_epochs: must be at least 1".into());
@@ -395,11 +473,25 @@ impl TrainConfig {
 
     /// The prompt a caption trains with.
     pub fn prompt_for(&self, caption: Option<&str>) -> String {
-        match (self.captions, caption.map(str::trim).filter(|c| !c.is_empty())) {
-            (CaptionSource::Instance, _) | (_, None) => self.instance_prompt.clone(),
-            (_, Some(c)) => self.caption_template.replace("{instance_prompt}", &self.instance_prompt).replace("{caption}", c),
+        match self.caption_in_prompt(caption) {
+            None => self.instance_prompt.clone(),
+            Some(c) => fill_caption_template(&self.caption_template, &self.instance_prompt, c),
         }
     }
+
+    /// The caption [`TrainConfig::prompt_for`] puts in the prompt (trimmed), or None when the
+    /// prompt is the instance prompt alone.
+    pub fn caption_in_prompt<'c>(&self, caption: Option<&'c str>) -> Option<&'c str> {
+        match self.captions {
+            CaptionSource::Instance => None,
+            _ => caption.map(str::trim).filter(|c| !c.is_empty()),
+        }
+    }
+}
+
+/// `template` with `{instance_prompt}` and `{caption}` filled in.
+pub fn fill_caption_template(template: &str, instance_prompt: &str, caption: &str) -> String {
+    template.replace("{instance_prompt}", instance_prompt).replace("{caption}", caption)
 }
 
 /// The file's keys, with its relative paths made relative to its folder (like every config
@@ -587,6 +679,57 @@ mod tests {
             let line = |prefix| readme.contains(&format!("\n{prefix}{key}: "));
             assert!(line("") || line("# "), "README's train.yaml block has no `{key}:` line");
         }
+    }
+
+    #[test]
+    fn prodigy_defaults_its_learning_rate_to_one_and_keeps_a_chosen_one() {
+        let d = tempfile::tempdir().unwrap();
+        let c = TrainConfig::load(Some(&write(d.path(), MINIMAL)), TrainKeys::default()).unwrap();
+        assert_eq!((c.optimizer, c.learning_rate), (OptimizerKind::AdamW, 1e-4), "AdamW stays the default");
+        let p = write(d.path(), &format!("{MINIMAL}optimizer: prodigy\n"));
+        let c = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap();
+        assert_eq!((c.optimizer, c.learning_rate), (OptimizerKind::Prodigy, 1.0));
+        assert_eq!((c.prodigy_d_coef, c.prodigy_use_bias_correction, c.prodigy_safeguard_warmup), (1.0, true, true));
+        assert!(super::super::prodigy::learning_rate_note(&c).is_none());
+        let c = TrainConfig::load(Some(&p), flags(&["--learning-rate", "1e-4", "--prodigy-safeguard-warmup", "false"])).unwrap();
+        assert_eq!((c.learning_rate, c.prodigy_safeguard_warmup), (1e-4, false), "a rate the user set is kept");
+        let note = super::super::prodigy::learning_rate_note(&c).expect("a note for an AdamW-sized rate");
+        assert!(note.contains("~1.0"), "{note}");
+        let c = TrainConfig::load(Some(&write(d.path(), MINIMAL)), flags(&["--optimizer", "prodigy"])).unwrap();
+        assert_eq!(c.learning_rate, 1.0, "the flag alone picks Prodigy's default too");
+        assert_eq!(serde_yaml::to_string(&OptimizerKind::AdamW).unwrap().trim(), "adamw");
+        assert!(Flags::try_parse_from(["train", "--optimizer", "adamw"]).is_ok());
+        let p = write(d.path(), &format!("{MINIMAL}optimizer: prodigy\ntrain_text_encoder: true\ntext_encoder_lr: 0.5\n"));
+        let e = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string();
+        assert!(e.contains("text_encoder_lr") && e.contains("same learning_rate"), "{e}");
+        let p = write(d.path(), &format!("{MINIMAL}optimizer: prodigy\ntrain_text_encoder: true\ntext_encoder_lr: 1.0\n"));
+        assert!(TrainConfig::load(Some(&p), TrainKeys::default()).is_ok(), "an equal rate is what prodigyopt accepts");
+        let p = write(d.path(), &format!("{MINIMAL}optimizer: prodigy\nprodigy_d_coef: 0\n"));
+        assert!(TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string().contains("prodigy_d_coef"));
+        let p = write(d.path(), &format!("{MINIMAL}optimizer: adam\n"));
+        let e = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string();
+        assert!(e.contains("`adamw` or `prodigy`"), "{e}");
+    }
+
+    #[test]
+    fn caption_augmentation_is_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let load = |extra: &str| TrainConfig::load(Some(&write(d.path(), &format!("{MINIMAL}{extra}"))), TrainKeys::default());
+        let c = load("caption_dropout: 0.1\nshuffle_tags: true\nkeep_tokens: 2\n").unwrap();
+        assert_eq!((c.caption_dropout, c.shuffle_tags, c.keep_tokens), (0.1, true, 2));
+        for bad in ["caption_dropout: 1.5\n", "caption_dropout: -0.1\n", "caption_dropout: .nan\n"] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains("caption_dropout") && e.contains("between 0 and 1"), "{bad}: {e}");
+        }
+        assert!(load("caption_dropout: 1.0\n").is_ok() && load("caption_dropout: 0\n").is_ok());
+        let e = load("keep_tokens: 1\n").unwrap_err().to_string();
+        assert!(e.contains("keep_tokens") && e.contains("shuffle_tags: true"), "{e}");
+        let e = load("captions: instance\nshuffle_tags: true\n").unwrap_err().to_string();
+        assert!(e.contains("shuffle_tags") && e.contains("captions: instance"), "{e}");
+        let e = load("captions: instance\ncaption_dropout: 0.2\n").unwrap_err().to_string();
+        assert!(e.contains("caption_dropout"), "{e}");
+        assert_eq!(c.caption_in_prompt(Some("  red, sky ")), Some("red, sky"));
+        assert_eq!(c.caption_in_prompt(Some(" ")), None);
     }
 
     #[test]

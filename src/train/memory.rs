@@ -37,7 +37,8 @@ pub struct StepMemory {
     /// The frozen UNet (and, with `train_text_encoder`, the text encoders kept beside it) in the
     /// run's weights dtype.
     pub weights: u64,
-    /// LoRA factors, their gradients and AdamW's two moments, all f32.
+    /// LoRA factors, their gradients and AdamW's two moments, all f32 (Prodigy's two more
+    /// tensors per value are counted by the caller as half again as many parameters).
     pub trainable: u64,
     /// What forward keeps for backward at this resolution, batch size and checkpointing.
     pub activations: u64,

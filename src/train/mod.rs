@@ -1,6 +1,7 @@
-//! DreamBooth LoRA training on SD 1.5 / SDXL: config, examples and latent cache, the objective,
-//! AdamW, checkpoints, prior preservation and the loop.
+//! DreamBooth LoRA training on SD 1.5 / SDXL: config, examples and latent cache, caption
+//! augmentation, the objective, AdamW and Prodigy, checkpoints, prior preservation and the loop.
 
+pub mod caption_augment;
 pub mod checkpoint;
 pub mod config;
 pub mod dry_run;
@@ -11,6 +12,7 @@ pub mod memory;
 pub mod objective;
 pub mod optim;
 mod prior;
+pub mod prodigy;
 pub mod report;
 pub mod trainer;
 pub mod validation_loss;

@@ -1,5 +1,6 @@
 //! AdamW on the LoRA factors with f32 state (kept ours rather than candle_nn's so the moments can
-//! be checkpointed and resumed exactly), global-norm gradient clipping, and the learning-rate
+//! be checkpointed and resumed exactly), the [`Optimizer`] choice between it and Prodigy
+//! ([`super::prodigy`]), global-norm gradient clipping, and the learning-rate
 //! schedules of diffusers' `get_scheduler` (constant / linear / cosine, each with linear warmup).
 
 use super::config::LrSchedule;
@@ -80,6 +81,130 @@ impl AdamW {
         }
         self.step = step;
         Ok(())
+    }
+}
+
+/// The run's optimizer (`optimizer:` in train.yaml), one interface for the loop and checkpoints.
+pub enum Optimizer {
+    AdamW(AdamW),
+    Prodigy(super::prodigy::Prodigy),
+}
+
+impl Optimizer {
+    /// The optimizer `cfg` names over `vars`, with its hyperparameters from the adam_* and
+    /// prodigy_* keys (diffusers' DreamBooth scripts pass the same ones to prodigyopt).
+    pub fn for_config(cfg: &super::config::TrainConfig, vars: &[&Var]) -> Result<Self> {
+        use super::config::OptimizerKind;
+        Ok(match cfg.optimizer {
+            OptimizerKind::AdamW => Optimizer::AdamW(AdamW::new(vars, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, cfg.adam_weight_decay)?),
+            OptimizerKind::Prodigy => Optimizer::Prodigy(super::prodigy::Prodigy::new(
+                vars.len(),
+                super::prodigy::ProdigySettings {
+                    beta1: cfg.adam_beta1,
+                    beta2: cfg.adam_beta2,
+                    eps: cfg.adam_epsilon,
+                    weight_decay: cfg.adam_weight_decay,
+                    d_coef: cfg.prodigy_d_coef,
+                    use_bias_correction: cfg.prodigy_use_bias_correction,
+                    safeguard_warmup: cfg.prodigy_safeguard_warmup,
+                    ..Default::default()
+                },
+            )),
+        })
+    }
+
+    /// The train.yaml name: adamw | prodigy.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Optimizer::AdamW(_) => "adamw",
+            Optimizer::Prodigy(_) => "prodigy",
+        }
+    }
+
+    /// One update; `lrs[i]` is `vars[i]`'s scheduled rate (see [`AdamW::step_each`],
+    /// [`super::prodigy::Prodigy::step_each`]).
+    pub fn step_each(&mut self, vars: &[&Var], grads: &[Option<Tensor>], lrs: &[f64]) -> Result<()> {
+        match self {
+            Optimizer::AdamW(o) => o.step_each(vars, grads, lrs),
+            Optimizer::Prodigy(o) => o.step_each(vars, grads, lrs),
+        }
+    }
+
+    /// Updates taken.
+    pub fn steps(&self) -> usize {
+        match self {
+            Optimizer::AdamW(o) => o.step,
+            Optimizer::Prodigy(o) => o.k,
+        }
+    }
+
+    /// Prodigy's current step-size estimate `d` (the effective rate is d × lr); None for AdamW.
+    pub fn prodigy_d(&self) -> Option<f64> {
+        match self {
+            Optimizer::AdamW(_) => None,
+            Optimizer::Prodigy(o) => Some(o.d),
+        }
+    }
+
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        match self {
+            Optimizer::AdamW(o) => Ok(o.state_tensors()),
+            Optimizer::Prodigy(o) => o.state_tensors(),
+        }
+    }
+
+    /// Restores the state a checkpoint at `step` holds for `vars`.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, vars: &[&Var], step: usize) -> Result<()> {
+        match self {
+            Optimizer::AdamW(o) => o.load_state(tensors, step),
+            Optimizer::Prodigy(o) => o.load_state(tensors, vars),
+        }
+    }
+}
+
+/// How training_summary.json and the model card record the optimizer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OptimizerSummary {
+    /// adamw | prodigy.
+    pub name: String,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    /// Prodigy only: its settings and the step-size estimate `d` the run ended with (the
+    /// effective learning rate was d × learning_rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prodigy: Option<ProdigySummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProdigySummary {
+    pub d_coef: f64,
+    pub use_bias_correction: bool,
+    pub safeguard_warmup: bool,
+    pub final_d: f64,
+}
+
+impl Default for OptimizerSummary {
+    /// torch's AdamW defaults (what runs before `optimizer:` used).
+    fn default() -> Self {
+        OptimizerSummary { name: "adamw".into(), beta1: 0.9, beta2: 0.999, weight_decay: 1e-2, prodigy: None }
+    }
+}
+
+impl OptimizerSummary {
+    pub fn of(cfg: &super::config::TrainConfig, opt: &Optimizer) -> Self {
+        OptimizerSummary {
+            name: opt.name().into(),
+            beta1: cfg.adam_beta1,
+            beta2: cfg.adam_beta2,
+            weight_decay: cfg.adam_weight_decay,
+            prodigy: opt.prodigy_d().map(|d| ProdigySummary {
+                d_coef: cfg.prodigy_d_coef,
+                use_bias_correction: cfg.prodigy_use_bias_correction,
+                safeguard_warmup: cfg.prodigy_safeguard_warmup,
+                final_d: d,
+            }),
+        }
     }
 }
 

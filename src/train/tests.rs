@@ -52,7 +52,7 @@ fn loss_falls_on_a_fixed_batch() {
         for _ in 0..25 {
             // The same draws every time: a fixed batch, noise and timesteps.
             let mut rng = step_rng(1, 0, 0);
-            let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, scaling, None, p.res, p.xl, &mut rng).unwrap();
+            let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, None, scaling, None, p.res, p.xl, &mut rng).unwrap();
             losses.push(loss.to_scalar::<f32>().unwrap());
             let g = loss.backward().unwrap();
             let grads: Vec<_> = vars.iter().map(|v| g.get(v.as_tensor()).cloned()).collect();
@@ -93,7 +93,7 @@ fn factor_gradients_for(model: &str, checkpointing: bool, targets: &[&str]) -> V
     nonzero_b(lora.modules.values());
     let mut rng = step_rng(1, 0, 0);
     let scaling = p.pipeline.vae_config().scaling_factor;
-    let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, scaling, None, p.res, p.xl, &mut rng).unwrap();
+    let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, None, scaling, None, p.res, p.xl, &mut rng).unwrap();
     let g = loss.backward().unwrap();
     lora.vars().iter().map(|v| g.get(v.as_tensor()).cloned().expect("every factor gets a gradient")).collect()
 }
@@ -256,7 +256,7 @@ fn text_encoder_training_saves_and_resumes() {
         nonzero_b(unet.modules.values().chain(tes.iter().flat_map(|l| l.modules.values())));
         let mut rng = step_rng(1, 0, 0);
         let scaling = p.pipeline.vae_config().scaling_factor;
-        let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, scaling, None, p.res, p.xl, &mut rng).unwrap();
+        let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, None, scaling, None, p.res, p.xl, &mut rng).unwrap();
         let g = loss.backward().unwrap();
         for l in std::iter::once(&unet).chain(&tes) {
             for (m, pair) in &l.modules {
@@ -392,7 +392,7 @@ fn held_out_photos_never_train_and_their_loss_is_deterministic() {
         .map(|(k, &t)| {
             let at = Objective { timestep: Some(t), ..p.objective.clone() };
             let mut rng = step_rng(cfg.seed, 0x7A11_D055, k as u64);
-            batch_loss(&p.pipeline, &at, &p.held_out.examples, &[0], &p.prompts, scaling, None, p.res, p.xl, &mut rng)
+            batch_loss(&p.pipeline, &at, &p.held_out.examples, &[0], &p.prompts, None, scaling, None, p.res, p.xl, &mut rng)
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap()
@@ -429,4 +429,135 @@ fn a_validation_folder_holds_its_photos_out() {
         .unwrap()
         .to_string();
     assert!(e.contains("validation_split") && e.contains("validation"), "{e}");
+
+/// Tag captions ("sunset, orange sky, lake, clouds N, …") on the photos `write_photos` made.
+fn write_tag_captions(dir: &Path, n: usize) {
+    for i in 0..n {
+        std::fs::write(dir.join(format!("sky-{i}.txt")), format!("sunset, orange sky, lake {i}, clouds, birds, haze")).unwrap();
+    }
+}
+
+/// Caption dropout swaps in the instance prompt's embedding (never drops the instance prompt
+/// itself), and shuffled captions are encoded through the kept encoders, which the memory
+/// preflight counts (as it does for train_text_encoder, without LoRA factors).
+#[test]
+fn caption_dropout_keeps_the_instance_prompt_and_shuffled_tags_are_encoded() {
+    use super::caption_augment::Drawn;
+    let model = "tiny-sd15";
+    let d = tempfile::tempdir().unwrap();
+    write_photos(&d.path().join("photos"), 2);
+    write_tag_captions(&d.path().join("photos"), 2);
+    let emb = |p: &super::trainer::Prepared, i: usize, key: Option<(u64, u64)>| p.prompts.embeddings_for(i, key).unwrap().0;
+    let same = |a: &candle_core::Tensor, b: &candle_core::Tensor| crate::diffusion::nn::rel_error(a, b).unwrap() < 1e-7;
+
+    let cfg = config(d.path(), model, "caption_dropout: 1.0\n");
+    let t = Trainer { cfg: &cfg, model_dir: pipeline_dir(model), cache_dir: Some(d.path().join("cache")) };
+    let p = t.prepare(&mut |_| {}).unwrap();
+    let aug = p.prompts.augment.as_ref().expect("augmentation on");
+    let instance = aug.instance.expect("the instance prompt is encoded for dropout");
+    assert!(aug.kept.is_none() && p.prompts.live.is_none(), "dropout alone needs no encoders");
+    let ex = p.examples[0].prompt;
+    assert_ne!(ex, instance);
+    assert!(same(&emb(&p, ex, Some((3, 5))), &emb(&p, instance, None)), "a dropped caption trains on the instance prompt");
+    assert!(!same(&emb(&p, ex, None), &emb(&p, instance, None)));
+    // The instance prompt has no caption, so it is never changed (nor are class prompts).
+    assert!(same(&emb(&p, instance, Some((3, 5))), &emb(&p, instance, None)));
+    drop(p);
+
+    let cfg = config(d.path(), model, "shuffle_tags: true\nkeep_tokens: 1\n");
+    let t = Trainer { cfg: &cfg, model_dir: pipeline_dir(model), cache_dir: Some(d.path().join("cache")) };
+    let mut notes = Vec::new();
+    let p = t
+        .prepare(&mut |e| {
+            if let super::trainer::Event::Note(n) = e {
+                notes.push(n)
+            }
+        })
+        .unwrap();
+    assert!(notes.iter().any(|n| n.contains("shuffle_tags: the text encoders stay loaded")), "{notes:?}");
+    let aug = p.prompts.augment.as_ref().unwrap();
+    let enc = aug.kept.as_ref().expect("the encoders are kept");
+    let ex = p.examples[1].prompt;
+    let caption = "sunset, orange sky, lake 1, clouds, birds, haze";
+    let (step, sample) = (0..50u64).map(|k| (k, k)).find(|&(s, k)| matches!(aug.rule.draw(caption, s, k), Drawn::Shuffled(_))).unwrap();
+    let Drawn::Shuffled(shuffled) = aug.rule.draw(caption, step, sample) else { unreachable!() };
+    assert!(shuffled.starts_with("sunset, ") && shuffled != caption, "{shuffled}");
+    let want = enc.encode(&format!("a photo of SKY, {shuffled}")).unwrap().0;
+    assert!(same(&emb(&p, ex, Some((step, sample))), &want), "the shuffled prompt, encoded this step");
+    assert!(same(&emb(&p, ex, Some((step, sample))), &emb(&p, ex, Some((step, sample)))), "the same key, the same prompt");
+    let plain = p.memory.estimate;
+    drop(p);
+    let off = config(d.path(), model, "");
+    let off =
+        Trainer { cfg: &off, model_dir: pipeline_dir(model), cache_dir: Some(d.path().join("cache")) }.prepare(&mut |_| {}).unwrap().memory.estimate;
+    let params: u64 = candle_core::safetensors::load(pipeline_dir(model).join("text_encoder/model.safetensors"), &candle_core::Device::Cpu)
+        .unwrap()
+        .values()
+        .map(|t| t.elem_count() as u64)
+        .sum();
+    assert_eq!(plain.weights - off.weights, params * 4, "the kept encoders' f32 weights");
+    assert_eq!(plain.trainable, off.trainable, "no text-encoder LoRA");
+
+    // Captions that are not tag lists: the run says nothing will be shuffled.
+    write_photos(&d.path().join("photos"), 2);
+    let cfg = config(d.path(), model, "shuffle_tags: true\n");
+    let mut notes = Vec::new();
+    Trainer { cfg: &cfg, model_dir: pipeline_dir(model), cache_dir: Some(d.path().join("cache")) }
+        .prepare(&mut |e| {
+            if let super::trainer::Event::Note(n) = e {
+                notes.push(n)
+            }
+        })
+        .unwrap();
+    assert!(notes.iter().any(|n| n.contains("so nothing is shuffled")), "{notes:?}");
+}
+
+/// Prodigy trains (d adapts from d0, logged each step), and a run resumed from a checkpoint
+/// ends exactly where the uninterrupted one did, with caption dropout and tag shuffling on
+/// (their draws follow (seed, step, sample)). A Prodigy checkpoint does not resume under AdamW.
+#[test]
+fn prodigy_with_caption_augmentation_resumes_exactly() {
+    use candle_core::Device;
+    let model = "tiny-sd15";
+    let d = tempfile::tempdir().unwrap();
+    write_photos(&d.path().join("photos"), 2);
+    write_tag_captions(&d.path().join("photos"), 2);
+    // Bias correction off: with it, d stays at d0 for the first ten or so steps (as prodigyopt).
+    let extra = "optimizer: prodigy\nprodigy_use_bias_correction: false\nprodigy_d_coef: 2.0\ncheckpointing_steps: 2\ncaption_dropout: 0.5\nshuffle_tags: true\nkeep_tokens: 1\nlr_warmup_steps: 1\n";
+    let mut cfg = config(d.path(), model, extra);
+    cfg.learning_rate = 1.0;
+    cfg.max_steps = Some(5);
+    let t = Trainer { cfg: &cfg, model_dir: pipeline_dir(model), cache_dir: Some(d.path().join("cache")) };
+    let summary = t.run(&mut |_| {}).unwrap();
+    assert_eq!(summary.optimizer.name, "prodigy");
+    let final_d = summary.optimizer.prodigy.as_ref().unwrap().final_d;
+    assert!(final_d > 2e-6, "d adapted from d0: {final_d:e}");
+    assert_eq!((summary.caption_dropout, summary.shuffle_tags, summary.keep_tokens), (0.5, true, 1));
+    let log = std::fs::read_to_string(cfg.output_dir.join("training_log.jsonl")).unwrap();
+    let ds: Vec<f64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["d"].as_f64().unwrap()).collect();
+    assert_eq!(ds.len(), 5);
+    assert_eq!(*ds.last().unwrap(), final_d);
+    let file = cfg.output_dir.join("pytorch_lora_weights.safetensors");
+    let whole = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cfg.output_dir.join("checkpoints/checkpoint-2/state.json")).unwrap()).unwrap();
+    assert_eq!(state["optimizer"], "prodigy");
+
+    let mut resumed = cfg.clone();
+    resumed.resume_from_checkpoint = Some("checkpoint-2".into());
+    let again = Trainer { cfg: &resumed, model_dir: pipeline_dir(model), cache_dir: Some(d.path().join("cache")) }.run(&mut |_| {}).unwrap();
+    assert_eq!(again.optimizer.prodigy.unwrap().final_d, final_d, "the same d after resuming");
+    let after = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    for (k, t) in &whole {
+        assert_eq!(after[k].to_vec2::<f32>().unwrap(), t.to_vec2::<f32>().unwrap(), "{k} after resuming");
+    }
+    let log2 = std::fs::read_to_string(cfg.output_dir.join("training_log.jsonl")).unwrap();
+    let losses = |l: &str| l.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(losses(&log2), losses(&log), "the same losses: the same prompts, noise and steps");
+
+    let mut adamw = resumed.clone();
+    adamw.optimizer = super::config::OptimizerKind::AdamW;
+    let err =
+        Trainer { cfg: &adamw, model_dir: pipeline_dir(model), cache_dir: Some(d.path().join("cache")) }.run(&mut |_| {}).err().unwrap().to_string();
+    assert!(err.contains("prodigy") && err.contains("optimizer"), "{err}");
 }

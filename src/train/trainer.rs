@@ -12,7 +12,7 @@ use super::lora_params::TrainableLora;
 use super::loss_scale::LossScaler;
 use super::memory::{self, MemoryPlan, StepShape};
 use super::objective::{normal, step_rng, weighted_mse, Objective, Prediction};
-use super::optim::{clip_grad_norm, learning_rate, AdamW};
+use super::optim::{clip_grad_norm, learning_rate, Optimizer};
 use super::validation_loss::{self, HeldOut};
 use crate::dataset;
 use crate::diffusion::autoencoder::VaeConfig;
@@ -101,6 +101,10 @@ pub(super) struct Prompts {
     seq: Vec<Tensor>,
     pooled: Vec<Option<Tensor>>,
     pub(super) live: Option<TextEncoders>,
+    /// The caption each prompt was made from (None: the instance or class prompt alone), and
+    /// the run's caption augmentation ([`super::caption_augment`]).
+    captions: Vec<Option<String>>,
+    pub(super) augment: Option<super::caption_augment::PromptAugment>,
 }
 
 impl Prompts {
@@ -109,6 +113,7 @@ impl Prompts {
             return Ok(i);
         }
         let (seq, pooled) = enc.encode(text)?;
+        self.captions.push(None);
         self.texts.push(text.to_string());
         self.seq.push(seq.to_dtype(DType::F32)?);
         self.pooled.push(pooled.map(|p| p.to_dtype(DType::F32)).transpose()?);
@@ -124,6 +129,34 @@ impl Prompts {
                 Ok((seq.to_dtype(DType::F32)?, pooled.map(|p| p.to_dtype(DType::F32)).transpose()?))
             }
             None => Ok((self.seq[i].clone(), self.pooled[i].clone())),
+        }
+    }
+
+    /// [`Prompts::index`] for a prompt made from `caption`, which caption augmentation may change.
+    pub(super) fn index_captioned(&mut self, enc: &TextEncoders, text: &str, caption: Option<&str>) -> Result<usize, TrainError> {
+        let i = self.index(enc, text)?;
+        if self.captions[i].is_none() {
+            self.captions[i] = caption.map(String::from);
+        }
+        Ok(i)
+    }
+
+    /// Prompt `i`'s embeddings for the sample `key` names (step, position in the run): its
+    /// caption dropped or shuffled as the run's caption augmentation draws (no key, or no
+    /// augmentation: [`Prompts::embeddings`]).
+    pub(super) fn embeddings_for(&self, i: usize, key: Option<(u64, u64)>) -> Result<(Tensor, Option<Tensor>), TrainError> {
+        use super::caption_augment::Drawn;
+        let (Some(aug), Some(caption), Some((step, sample))) = (&self.augment, &self.captions[i], key) else {
+            return self.embeddings(i);
+        };
+        match aug.rule.draw(caption, step, sample) {
+            Drawn::AsIs => self.embeddings(i),
+            Drawn::Dropped => self.embeddings(aug.instance.expect("encoded when caption_dropout is on")),
+            Drawn::Shuffled(c) => {
+                let enc = self.live.as_ref().or(aug.kept.as_ref()).expect("the encoders are kept with shuffle_tags");
+                let (seq, pooled) = enc.encode(&aug.prompt(&c))?;
+                Ok((seq.to_dtype(DType::F32)?, pooled.map(|p| p.to_dtype(DType::F32)).transpose()?))
+            }
         }
     }
 }
@@ -182,6 +215,9 @@ pub struct TrainSummary {
     pub alpha: f64,
     pub target_modules: Vec<String>,
     pub learning_rate: f64,
+    /// The optimizer and its settings (runs from before `optimizer:` existed were AdamW).
+    #[serde(default)]
+    pub optimizer: super::optim::OptimizerSummary,
     pub lr_scheduler: String,
     pub train_batch_size: usize,
     pub gradient_accumulation_steps: usize,
@@ -191,6 +227,14 @@ pub struct TrainSummary {
     pub prior_preservation: Option<String>,
     pub captions: String,
     pub caption_template: String,
+    /// Caption augmentation: the probability a caption was dropped for a step, and whether tags
+    /// after the first `keep_tokens` were shuffled every step.
+    #[serde(default)]
+    pub caption_dropout: f64,
+    #[serde(default)]
+    pub shuffle_tags: bool,
+    #[serde(default)]
+    pub keep_tokens: usize,
     /// (file, training prompt) for every image trained on.
     pub examples: Vec<(String, String)>,
     pub skipped: Vec<(String, String)>,
@@ -356,19 +400,21 @@ impl Trainer<'_> {
         // the whole pipeline, so it keeps them until that is done; train_text_encoder keeps them
         // for the whole run.
         let text = TextEncoders::load(&files, dtype, &device)?;
-        let mut prompts = Prompts { texts: vec![], seq: vec![], pooled: vec![], live: None };
+        let mut prompts = Prompts { texts: vec![], seq: vec![], pooled: vec![], live: None, captions: vec![], augment: None };
         let mut trained_on = Vec::new();
         let mut prompt_ids = Vec::new();
         for (path, _, caption) in &loaded {
             let prompt = cfg.prompt_for(caption.as_deref());
-            prompt_ids.push(prompts.index(&text, &prompt)?);
+            prompt_ids.push(prompts.index_captioned(&text, &prompt, cfg.caption_in_prompt(caption.as_deref()))?);
             trained_on.push((file_name(path), prompt));
         }
+        let captions: Vec<String> = prompts.captions.iter().flatten().cloned().collect();
+        prompts.augment = super::caption_augment::PromptAugment::prepare(cfg, &mut prompts, &text, &captions, &files, dtype, on)?;
         let validation = match &cfg.validation_prompt {
             Some(p) => Some((text.conditioning(p, "", res, res)?, p.clone())),
             None => None,
         };
-        let text = if cfg.with_prior_preservation || cfg.train_text_encoder {
+        let text = if cfg.with_prior_preservation || cfg.train_text_encoder || cfg.shuffle_tags {
             Some(text)
         } else {
             drop(text);
@@ -421,6 +467,8 @@ impl Trainer<'_> {
         };
         if cfg.train_text_encoder {
             prompts.live = text;
+        } else if let (Some(aug), true) = (prompts.augment.as_mut(), cfg.shuffle_tags) {
+            aug.kept = text;
         } else {
             drop(text);
         }
@@ -450,8 +498,9 @@ impl Trainer<'_> {
             }
         }
         // train_text_encoder: the encoders stay loaded beside the UNet and their attention gets
-        // factors too (their activations, one 77-token sequence per image, are negligible).
-        if cfg.train_text_encoder {
+        // factors too (their activations, one 77-token sequence per image, are negligible);
+        // shuffle_tags keeps them too, to encode each step's prompts, without factors.
+        if cfg.train_text_encoder || cfg.shuffle_tags {
             let encoders: &[&str] =
                 if files.architecture == Architecture::StableDiffusionXl { &["text_encoder", "text_encoder_2"] } else { &["text_encoder"] };
             for enc in encoders {
@@ -460,12 +509,16 @@ impl Trainer<'_> {
                 for (name, shape) in header.shapes() {
                     unet_params += shape.iter().product::<usize>() as u64;
                     if let (Some(module), [out, inp]) = (name.strip_suffix(".weight"), shape) {
-                        if TEXT_ENCODER_TARGETS.iter().any(|t| super::lora_params::matches_target(module, t)) {
+                        if cfg.train_text_encoder && TEXT_ENCODER_TARGETS.iter().any(|t| super::lora_params::matches_target(module, t)) {
                             lora_params += (cfg.rank * (out + inp)) as u64;
                         }
                     }
                 }
             }
+        }
+        // Prodigy keeps two more f32 tensors per trainable value than AdamW (p0 and s).
+        if cfg.optimizer == super::config::OptimizerKind::Prodigy {
+            lora_params += lora_params / 2;
         }
         let batch = cfg.train_batch_size * if cfg.with_prior_preservation { 2 } else { 1 };
         let shape = StepShape { resolution: res, batch, checkpointing: false, dtype_bytes: dtype.size_in_bytes() };
@@ -521,7 +574,10 @@ impl Trainer<'_> {
         let vars: Vec<&candle_core::Var> = loras.iter().flat_map(|l| l.vars()).collect();
         let unet_vars = lora.vars().len();
         let text_encoder_lr = cfg.text_encoder_lr.unwrap_or(cfg.learning_rate);
-        let mut opt = AdamW::new(&vars, cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, cfg.adam_weight_decay)?;
+        let mut opt = Optimizer::for_config(cfg, &vars)?;
+        if let Some(note) = super::prodigy::learning_rate_note(cfg) {
+            on(Event::Note(note));
+        }
 
         let per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps;
         let total_steps = match (cfg.max_steps, cfg.num_epochs) {
@@ -569,11 +625,12 @@ impl Trainer<'_> {
                 let first = (step * cfg.gradient_accumulation_steps + micro) * cfg.train_batch_size;
                 let mut rng = step_rng(cfg.seed, step as u64, micro as u64);
                 let idx: Vec<usize> = (first..first + cfg.train_batch_size).map(|k| epoch_order(cfg.seed, k, examples.len())).collect();
-                let mut loss = batch_loss(&pipeline, &objective, &examples, &idx, &prompts, scaling, shift, res, xl, &mut rng)?;
+                let keys = super::caption_augment::SampleKeys { step: step as u64, first: first as u64 };
+                let mut loss = batch_loss(&pipeline, &objective, &examples, &idx, &prompts, Some(keys), scaling, shift, res, xl, &mut rng)?;
                 if !class_examples.is_empty() {
                     let cidx: Vec<usize> =
                         (first..first + cfg.train_batch_size).map(|k| epoch_order(cfg.seed ^ 0xC1A55, k, class_examples.len())).collect();
-                    let prior = batch_loss(&pipeline, &objective, &class_examples, &cidx, &prompts, scaling, shift, res, xl, &mut rng)?;
+                    let prior = batch_loss(&pipeline, &objective, &class_examples, &cidx, &prompts, None, scaling, shift, res, xl, &mut rng)?;
                     loss = (loss + (prior * cfg.prior_loss_weight)?)?;
                 }
                 let loss = (loss / cfg.gradient_accumulation_steps as f64)?;
@@ -624,6 +681,10 @@ impl Trainer<'_> {
                 line["val_loss"] = v.into();
                 final_val_loss = Some(v);
             }
+            // Prodigy's step size is d × lr: the log shows the d it found.
+            if let Some(d) = opt.prodigy_d() {
+                line["d"] = d.into();
+            }
             writeln!(log, "{line}").map_err(io_err(&log_path))?;
             final_loss = Some(step_loss);
             on(Event::Step { step: done, total: total_steps, loss: step_loss, lr, seconds });
@@ -668,6 +729,7 @@ impl Trainer<'_> {
             alpha,
             target_modules: cfg.target_modules.clone(),
             learning_rate: cfg.learning_rate,
+            optimizer: super::optim::OptimizerSummary::of(cfg, &opt),
             lr_scheduler: cfg.lr_scheduler.as_str().to_string(),
             train_batch_size: cfg.train_batch_size,
             gradient_accumulation_steps: cfg.gradient_accumulation_steps,
@@ -677,6 +739,9 @@ impl Trainer<'_> {
             prior_preservation: cfg.with_prior_preservation.then(|| cfg.class_prompt.clone().unwrap_or_default()),
             captions: cfg.captions.to_string(),
             caption_template: cfg.caption_template.clone(),
+            caption_dropout: cfg.caption_dropout,
+            shuffle_tags: cfg.shuffle_tags,
+            keep_tokens: cfg.keep_tokens,
             examples: trained_on,
             skipped,
             final_loss,
@@ -719,6 +784,7 @@ pub(super) fn batch_loss(
     examples: &[Example],
     idx: &[usize],
     prompts: &Prompts,
+    keys: Option<super::caption_augment::SampleKeys>,
     scaling: f64,
     shift: Option<f64>,
     res: usize,
@@ -731,12 +797,12 @@ pub(super) fn batch_loss(
     let mut seq = Vec::new();
     let mut pooled = Vec::new();
     let mut ids = Vec::new();
-    for &i in idx {
+    for (j, &i) in idx.iter().enumerate() {
         let ex = &examples[i];
         let (lat, b) = &ex.variants[if ex.variants.len() > 1 { rng.random_range(0..ex.variants.len()) } else { 0 }];
         let eps = normal(rng, lat.mean.dims(), device)?;
         latents.push(lat.sample(&eps, scaling, shift)?.unsqueeze(0)?);
-        let (s, p) = prompts.embeddings(ex.prompt)?;
+        let (s, p) = prompts.embeddings_for(ex.prompt, keys.map(|k| (k.step, k.first + j as u64)))?;
         seq.push(s);
         pooled.extend(p);
         ids.push(Tensor::new(&[time_ids(b, res as u32)], device)?);

@@ -17,6 +17,7 @@ mod keyring_store;
 mod lora_formats;
 mod oidc;
 mod pipeline_layouts;
+mod prodigy_reference;
 mod push_download;
 mod python_conformance;
 mod python_lora_interop;
