@@ -429,6 +429,7 @@ fn a_validation_folder_holds_its_photos_out() {
         .unwrap()
         .to_string();
     assert!(e.contains("validation_split") && e.contains("validation"), "{e}");
+}
 
 /// Tag captions ("sunset, orange sky, lake, clouds N, …") on the photos `write_photos` made.
 fn write_tag_captions(dir: &Path, n: usize) {
