@@ -3,7 +3,7 @@ use anyhow::Context;
 use hfsky::auth::{Credential, OidcOptions};
 use hfsky::hub::push::{plan_push, push_folder, FileAction, PushEvent, PushOptions, PushOutcome, PushStatus, Reporter};
 use hfsky::hub::HubClient;
-use hfsky::repo_id::RepoId;
+use hfsky::repo_id::{RepoId, RepoType};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -31,9 +31,13 @@ impl OidcArgs {
 pub struct Args {
     /// Folder to upload
     dir: PathBuf,
-    /// Target model repo, `namespace/name`
+    /// Target repo, `namespace/name`
     #[arg(long)]
     repo: RepoId,
+    /// What the repo is: a model, or a dataset (a photo folder in the Hub's imagefolder layout,
+    /// checked first, with a dataset card added when the folder has no README.md)
+    #[arg(long, value_enum, default_value_t = RepoType::Model)]
+    repo_type: RepoType,
     /// Create the repo private (if it does not exist yet)
     #[arg(long)]
     private: bool,
@@ -99,6 +103,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let (client, _) = writer_client(ctx, &rt, &repo, &args.oidc)?;
     let opts = PushOptions {
         repo,
+        repo_type: args.repo_type,
         revision: args.revision,
         private: args.private.then_some(true),
         create_pr: args.create_pr,

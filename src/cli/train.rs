@@ -195,7 +195,7 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     // The card is checked before training too: a base_model the Hub refuses must not cost a run.
     let plan = hfsky::card::precheck(&cfg.base_model, cfg.base_model_id.as_deref(), &cfg.instance_prompt, cfg.license.as_deref())
         .map_err(|e| bad_input(format!("{e}; nothing was trained")))?;
-    if let Err(e) = rt.block_on(client.validate_yaml(&plan.readme)) {
+    if let Err(e) = rt.block_on(client.validate_yaml(&plan.readme, hfsky::repo_id::RepoType::Model)) {
         return Err(match e {
             hfsky::hub::HubError::Http(f) if matches!(f.status, 400 | 422) => {
                 bad_input(format!("the model card would be rejected by the Hub: {}; nothing was trained", f.message))
@@ -211,12 +211,13 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     }
     let summary = train(ctx, &cfg, &client, &rt)?;
     let card = write_card(&cfg, &summary, &repo.to_string())?;
-    let warnings = rt.block_on(client.validate_yaml(&std::fs::read_to_string(&card)?))?;
+    let warnings = rt.block_on(client.validate_yaml(&std::fs::read_to_string(&card)?, hfsky::repo_id::RepoType::Model))?;
     for w in &warnings {
         ctx.say(&format!("model card: {w}"));
     }
     let opts = PushOptions {
         repo: repo.clone(),
+        repo_type: hfsky::repo_id::RepoType::Model,
         revision: "main".into(),
         private: a.private.then_some(true),
         create_pr: a.create_pr,

@@ -10,7 +10,7 @@
 use super::client::HubClient;
 use super::error::HubError;
 use crate::redact::redact;
-use crate::repo_id::{validate_repo_path, RepoId};
+use crate::repo_id::{validate_repo_path, RepoId, RepoRef, RepoType};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,16 +65,20 @@ pub struct RepoFetcher {
     client: HubClient,
     hf: hf_hub::HFClient,
     repo: RepoId,
+    kind: RepoType,
     revision: String,
     offline: bool,
 }
 
 impl RepoFetcher {
-    pub fn new(client: &HubClient, repo: &RepoId, revision: Option<&str>) -> Result<Self, HubError> {
+    /// A fetcher of `repo` (a bare [`RepoId`]: a model repo) at `revision` (default `main`).
+    pub fn new<'a>(client: &HubClient, repo: impl Into<RepoRef<'a>>, revision: Option<&str>) -> Result<Self, HubError> {
+        let repo = repo.into();
         Ok(RepoFetcher {
             client: client.clone(),
             hf: hf_client(client)?,
-            repo: repo.clone(),
+            repo: repo.id.clone(),
+            kind: repo.kind,
             revision: revision.unwrap_or("main").to_string(),
             offline: hub_offline(),
         })
@@ -88,15 +92,29 @@ impl RepoFetcher {
         &self.repo
     }
 
+    /// The repo with its type.
+    pub fn target(&self) -> RepoRef<'_> {
+        RepoRef { kind: self.kind, id: &self.repo }
+    }
+
+    /// The revision files are fetched at: the commit once the first file resolved.
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
     /// One file into the cache; returns its path in the snapshot folder. After the first file,
     /// the revision is pinned to the snapshot's commit.
     pub async fn file(&mut self, path_in_repo: &str) -> Result<PathBuf, HubError> {
         validate_repo_path(path_in_repo).map_err(|e| HubError::Invalid(e.to_string()))?;
         let progress =
             self.client.download_progress().map(|on| hf_hub::progress::Progress::new(Forward { path: path_in_repo.to_string(), on: on.clone() }));
+        let kind = match self.kind {
+            RepoType::Model => hf_hub::RepoTypeAny::Model,
+            RepoType::Dataset => hf_hub::RepoTypeAny::Dataset,
+        };
         let local = self
             .hf
-            .model(self.repo.namespace.clone(), self.repo.name.clone())
+            .repository(kind, self.repo.namespace.clone(), self.repo.name.clone())
             .download_file()
             .filename(path_in_repo.to_string())
             .revision(self.revision.clone())
@@ -105,7 +123,7 @@ impl RepoFetcher {
             .send()
             .await
             .map_err(|e| {
-                HubError::Download(redact(&format!("{path_in_repo} ({}/{} at {}): {e}", self.client.endpoint(), self.repo, self.revision)))
+                HubError::Download(redact(&format!("{path_in_repo} ({}/{} at {}): {e}", self.client.endpoint(), self.target(), self.revision)))
             })?;
         if let Some(commit) = snapshot_commit(&local, path_in_repo) {
             self.revision = commit;
@@ -125,7 +143,7 @@ impl RepoFetcher {
             out.sort();
             return Ok(out);
         }
-        Ok(self.client.list_tree(&self.repo, &self.revision).await?.into_iter().filter(|e| e.kind == "file").map(|e| (e.path, e.size)).collect())
+        Ok(self.client.list_tree(self.target(), &self.revision).await?.into_iter().filter(|e| e.kind == "file").map(|e| (e.path, e.size)).collect())
     }
 
     /// Several files, announced with their total size first.
