@@ -57,6 +57,8 @@ pub enum DryRunError {
     Dataset(#[from] crate::dataset::DatasetError),
     #[error(transparent)]
     Captions(#[from] crate::dataset::captions::CaptionError),
+    #[error(transparent)]
+    Source(#[from] crate::dataset::hub_source::DatasetSourceError),
 }
 
 /// Checks a run of `cfg` on the pipeline in `model_dir` (already resolved: a local folder or the
@@ -64,8 +66,9 @@ pub enum DryRunError {
 /// photo decoded once, the captions read.
 pub fn dry_run(cfg: &TrainConfig, model_dir: &Path) -> Result<DryRun, DryRunError> {
     PipelineFiles::open(model_dir)?;
-    let images = crate::dataset::list_images(&cfg.dataset)?;
-    let captions = crate::dataset::captions::load_captions(&cfg.dataset, &images, cfg.captions, cfg.caption_column.as_deref())?;
+    let dataset_dir = cfg.dataset.folder()?;
+    let images = crate::dataset::list_images(dataset_dir)?;
+    let captions = crate::dataset::captions::load_captions(dataset_dir, &images, cfg.captions, cfg.caption_column.as_deref())?;
     let skipped = images
         .iter()
         .filter_map(|p| crate::dataset::images::load_rgb(p).err().map(|problem| Skipped { file: p.clone(), reason: problem.reason }))

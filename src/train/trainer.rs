@@ -293,8 +293,9 @@ impl Trainer<'_> {
         let xl = files.architecture == Architecture::StableDiffusionXl;
 
         // Photos and captions first: bad input should fail before any model is loaded.
-        let images = dataset::list_images(&cfg.dataset).map_err(|e| TrainError::Input(e.to_string()))?;
-        let found = dataset::captions::load_captions(&cfg.dataset, &images, cfg.captions, cfg.caption_column.as_deref())
+        let dataset_dir = cfg.dataset.folder().map_err(|e| TrainError::Input(e.to_string()))?;
+        let images = dataset::list_images(dataset_dir).map_err(|e| TrainError::Input(e.to_string()))?;
+        let found = dataset::captions::load_captions(dataset_dir, &images, cfg.captions, cfg.caption_column.as_deref())
             .map_err(|e| TrainError::Input(e.to_string()))?;
         on(Event::Note(found.describe()));
         let (caption_source, captions) = (found.source, found.captions);
@@ -317,7 +318,7 @@ impl Trainer<'_> {
         if loaded.is_empty() {
             return Err(TrainError::Input(format!(
                 "{}: none of the {} image(s) could be read; nothing to train on",
-                cfg.dataset.display(),
+                dataset_dir.display(),
                 images.len()
             )));
         }

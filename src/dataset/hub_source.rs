@@ -1,0 +1,292 @@
+//! Where a dataset comes from: a local folder, or a Hub dataset repo in the `imagefolder`
+//! layout (images plus `metadata.jsonl`/`metadata.csv` with a `file_name` column, as the
+//! datasets library's ImageFolder builder reads it), downloaded through hf-hub into the
+//! standard cache (`datasets--namespace--name`) like diffusers' `--dataset_name`. Parsed once
+//! at the edge ([`DatasetSource`] from train.yaml or a flag), resolved once ([`resolve`]) before
+//! training; everything after reads a local folder.
+
+use super::captions::{METADATA_CSV, METADATA_FILE};
+use super::IMAGE_EXTENSIONS;
+use crate::hub::download::{hub_offline, RepoFetcher};
+use crate::hub::{HubClient, HubError};
+use crate::repo_id::{RepoId, RepoRef};
+use std::path::{Path, PathBuf};
+
+/// The split folder read when a dataset repo has one (`train/`, the imagefolder layout with
+/// splits); otherwise the whole repo is the training set.
+pub const TRAIN_SPLIT: &str = "train";
+
+/// A `dataset:` value: a local folder, or a Hub dataset repo id. An existing path wins; a valid
+/// `namespace/name` that is no local path is a Hub dataset; anything else stays a path, which
+/// [`resolve`] reports as neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatasetSource {
+    /// A folder of photos on this machine.
+    Local(PathBuf),
+    /// A Hub dataset repo, not downloaded yet.
+    Hub(RepoId),
+    /// A Hub dataset repo after [`resolve`]: the folder of its snapshot in the cache (the split
+    /// folder when there is one) and the commit it was downloaded at.
+    Downloaded { repo: RepoId, commit: String, folder: PathBuf },
+}
+
+impl DatasetSource {
+    /// `s` as a `dataset:` value, judged against the working directory (see [`Self::rebase`]).
+    pub fn parse(s: &str) -> DatasetSource {
+        match RepoId::parse(s) {
+            Ok(id) if !Path::new(s).exists() => DatasetSource::Hub(id),
+            _ => DatasetSource::Local(PathBuf::from(s)),
+        }
+    }
+
+    /// A value read from a file in `base`: relative paths are relative to it, and a folder
+    /// there named like a repo id wins over the Hub.
+    pub fn rebase(&mut self, base: &Path) {
+        if base.as_os_str().is_empty() {
+            return;
+        }
+        match self {
+            DatasetSource::Local(p) if p.is_relative() => *p = base.join(&*p),
+            DatasetSource::Hub(id) if base.join(id.to_string()).exists() => *self = DatasetSource::Local(base.join(id.to_string())),
+            _ => {}
+        }
+    }
+
+    /// The local folder to read: the folder itself, or a downloaded dataset's snapshot folder.
+    /// Errors for a Hub dataset that [`resolve`] has not downloaded.
+    pub fn folder(&self) -> Result<&Path, DatasetSourceError> {
+        match self {
+            DatasetSource::Local(p) => Ok(p),
+            DatasetSource::Downloaded { folder, .. } => Ok(folder),
+            DatasetSource::Hub(id) => Err(DatasetSourceError::NotDownloaded(id.clone())),
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatasetSource::Local(p) => write!(f, "{}", p.display()),
+            DatasetSource::Hub(id) => write!(f, "{id}"),
+            DatasetSource::Downloaded { repo, commit, .. } => write!(f, "{repo}@{}", &commit[..commit.len().min(12)]),
+        }
+    }
+}
+
+impl std::str::FromStr for DatasetSource {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(DatasetSource::parse(s))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DatasetSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(DatasetSource::parse(&String::deserialize(d)?))
+    }
+}
+
+/// As it was given (a path, or the repo id; `train_config.yaml` records the id, and
+/// `dataset_revision` the revision asked for), so the file trains again the same way.
+impl serde::Serialize for DatasetSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DatasetSource::Local(p) => s.collect_str(&p.display()),
+            DatasetSource::Hub(repo) | DatasetSource::Downloaded { repo, .. } => s.collect_str(repo),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetSourceError {
+    #[error("dataset: {} is not an existing folder, nor a Hub dataset id (`namespace/name`): pass the folder that holds your photos, or a dataset repo such as alice/sky-photos", .0.display())]
+    NotFound(PathBuf),
+    #[error("dataset_revision: {revision} is set, but dataset {} is a local folder: remove dataset_revision (it names a revision of a Hub dataset)", .path.display())]
+    RevisionForLocal { path: PathBuf, revision: String },
+    #[error("dataset: the Hub ({endpoint}) has no dataset {repo}{hint}")]
+    NoRepo { repo: RepoId, endpoint: String, hint: String },
+    #[error("dataset_revision: dataset {repo} has no revision {revision} (a branch, tag or commit)")]
+    NoRevision { repo: RepoId, revision: String },
+    #[error("dataset {repo}{folder} has no images ({}){found}: hfsky trains on the Hub's imagefolder layout, images with a metadata.jsonl or metadata.csv (`file_name` + a caption column)", IMAGE_EXTENSIONS.join(", "))]
+    NoImages { repo: RepoId, folder: String, found: String },
+    #[error("dataset {0} is a Hub dataset that has not been downloaded yet")]
+    NotDownloaded(RepoId),
+    #[error("dataset {repo}: {source}")]
+    Hub { repo: RepoId, source: HubError },
+}
+
+/// What [`resolve`] fetches from a dataset repo's file list: the image files and the metadata
+/// file(s) of the training split, nothing else (cards, parquet conversions, scripts). Returns
+/// the split folder (`""` or `train/`) and the chosen (path, size) entries.
+pub fn select_files(files: &[(String, u64)]) -> (&'static str, Vec<(String, u64)>) {
+    let split = format!("{TRAIN_SPLIT}/");
+    let prefix = if files.iter().any(|(p, _)| p.starts_with(&split)) { "train/" } else { "" };
+    let picked = files
+        .iter()
+        .filter_map(|(p, size)| {
+            let rel = p.strip_prefix(prefix)?;
+            // Hidden files and folders are no part of an imagefolder (nor of a local scan).
+            if rel.split('/').any(|seg| seg.starts_with('.')) {
+                return None;
+            }
+            let ext = rel.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+            let keep = IMAGE_EXTENSIONS.contains(&ext.as_str()) || rel == METADATA_FILE || rel == METADATA_CSV;
+            keep.then(|| (p.clone(), *size))
+        })
+        .collect();
+    (prefix, picked)
+}
+
+/// Makes `source` a local folder: a local path is checked to exist; a Hub dataset's images and
+/// metadata are downloaded (or, with `HF_HUB_OFFLINE=1`, found in the cache) at `revision`
+/// (default `main`), reporting through the client's download progress. Returns the
+/// [`DatasetSource::Downloaded`] (or the same local folder).
+pub async fn resolve(source: &DatasetSource, revision: Option<&str>, client: &HubClient) -> Result<DatasetSource, DatasetSourceError> {
+    let repo = match source {
+        DatasetSource::Local(path) => {
+            if let Some(revision) = revision {
+                return Err(DatasetSourceError::RevisionForLocal { path: path.clone(), revision: revision.into() });
+            }
+            if !path.exists() {
+                return Err(DatasetSourceError::NotFound(path.clone()));
+            }
+            return Ok(source.clone());
+        }
+        DatasetSource::Downloaded { .. } => return Ok(source.clone()),
+        DatasetSource::Hub(repo) => repo,
+    };
+    let hub = |source: HubError| DatasetSourceError::Hub { repo: repo.clone(), source };
+    let target = RepoRef::dataset(repo);
+    let offline = hub_offline();
+    // The commit first: one snapshot even if the branch moves while the files come down, and a
+    // clear error for a repo or revision that does not exist.
+    let commit = if offline {
+        cached_commit(repo, revision.unwrap_or("main")).ok_or_else(|| {
+            hub(HubError::Download(format!(
+                "HF_HUB_OFFLINE=1 and {target} at {} is not in the cache: download it once online",
+                revision.unwrap_or("main")
+            )))
+        })?
+    } else {
+        match client.repo_info(target, revision).await {
+            Ok(info) => info.sha.ok_or_else(|| {
+                hub(HubError::Protocol { url: format!("{}/api/datasets/{repo}", client.endpoint()), detail: "the dataset info has no sha".into() })
+            })?,
+            Err(e) if e.error_code() == Some("RevisionNotFound") => {
+                return Err(DatasetSourceError::NoRevision { repo: repo.clone(), revision: revision.unwrap_or("main").into() })
+            }
+            Err(e) if e.error_code() == Some("RepoNotFound") || e.status() == Some(404) => {
+                let hint = if client.has_token() {
+                    " (or it is private to another account); check the name, or pass a local folder".to_string()
+                } else {
+                    " that can be read without a token; check the name, or log in (`hfsky login`, HF_TOKEN) if it is private".to_string()
+                };
+                return Err(DatasetSourceError::NoRepo { repo: repo.clone(), endpoint: client.endpoint().into(), hint });
+            }
+            Err(e) => return Err(hub(e)),
+        }
+    };
+    let mut fetcher = RepoFetcher::new(client, target, Some(&commit)).map_err(hub)?;
+    let listing = if offline {
+        fetcher.list(&cache_snapshot(repo, &commit)).await.map_err(hub)?
+    } else {
+        client.list_tree(target, &commit).await.map_err(hub)?.into_iter().filter(|e| e.kind == "file").map(|e| (e.path, e.size)).collect()
+    };
+    let (split, files) = select_files(&listing);
+    if !files.iter().any(|(p, _)| !p.ends_with(METADATA_FILE) && !p.ends_with(METADATA_CSV)) {
+        let parquet = listing.iter().filter(|(p, _)| p.ends_with(".parquet")).count();
+        let found = if parquet > 0 {
+            format!(
+                "; it holds {parquet} parquet file(s), a format hfsky does not read: publish the photos as files (`hfsky push --repo-type dataset`)"
+            )
+        } else {
+            String::new()
+        };
+        return Err(DatasetSourceError::NoImages {
+            repo: repo.clone(),
+            folder: if split.is_empty() { String::new() } else { format!(" ({split})") },
+            found,
+        });
+    }
+    let total = files.iter().map(|(_, s)| s).sum();
+    let paths: Vec<String> = files.into_iter().map(|(p, _)| p).collect();
+    let local = fetcher.files(&paths, total).await.map_err(hub)?;
+    // `…/snapshots/<commit>/<path>` → the snapshot folder, then the split in it.
+    let first = (&local[0], &paths[0]);
+    let mut root = first.0.clone();
+    for _ in first.1.split('/') {
+        root.pop();
+    }
+    Ok(DatasetSource::Downloaded { repo: repo.clone(), commit, folder: root.join(split.trim_end_matches('/')) })
+}
+
+/// The cache folder of `repo` as huggingface_hub lays it out (`datasets--namespace--name`).
+fn cache_repo_dir(repo: &RepoId) -> PathBuf {
+    hf_hub::resolve_cache_dir().join(format!("datasets--{}--{}", repo.namespace, repo.name))
+}
+
+fn cache_snapshot(repo: &RepoId, commit: &str) -> PathBuf {
+    cache_repo_dir(repo).join("snapshots").join(commit)
+}
+
+/// The commit a revision names in the cache (`refs/<revision>`, or the revision itself when it
+/// is a commit with a snapshot).
+fn cached_commit(repo: &RepoId, revision: &str) -> Option<String> {
+    let dir = cache_repo_dir(repo);
+    if revision.len() == 40 && dir.join("snapshots").join(revision).is_dir() {
+        return Some(revision.to_string());
+    }
+    let commit = std::fs::read_to_string(dir.join("refs").join(revision)).ok()?.trim().to_string();
+    dir.join("snapshots").join(&commit).is_dir().then_some(commit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_existing_path_wins_then_a_repo_id_then_a_path() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("alice/sky")).unwrap();
+        assert_eq!(DatasetSource::parse("alice/sky-photos"), DatasetSource::Hub(RepoId::parse("alice/sky-photos").unwrap()));
+        // Not a repo id (three parts, a dot segment, no slash): a path, reported missing later.
+        for p in ["photos", "./photos", "a/b/c", "../x/y"] {
+            assert_eq!(DatasetSource::parse(p), DatasetSource::Local(PathBuf::from(p)), "{p}");
+        }
+        let here = d.path().join("alice/sky");
+        assert_eq!(DatasetSource::parse(here.to_str().unwrap()), DatasetSource::Local(here.clone()));
+        // From a file in `d`: its folder named like a repo wins; a relative path is rebased.
+        let mut s = DatasetSource::parse("alice/sky");
+        s.rebase(d.path());
+        assert_eq!(s, DatasetSource::Local(here));
+        let mut s = DatasetSource::parse("photos");
+        s.rebase(d.path());
+        assert_eq!(s, DatasetSource::Local(d.path().join("photos")));
+        let mut s = DatasetSource::parse("bob/clouds");
+        s.rebase(d.path());
+        assert_eq!(s, DatasetSource::Hub(RepoId::parse("bob/clouds").unwrap()));
+    }
+
+    #[test]
+    fn only_a_hub_dataset_needs_downloading_and_the_config_records_it_as_given() {
+        let id = RepoId::parse("alice/sky").unwrap();
+        assert!(matches!(DatasetSource::Hub(id.clone()).folder(), Err(DatasetSourceError::NotDownloaded(_))));
+        let done = DatasetSource::Downloaded { repo: id.clone(), commit: "a".repeat(40), folder: "/cache/x".into() };
+        assert_eq!(done.folder().unwrap(), Path::new("/cache/x"));
+        assert_eq!(serde_yaml::to_string(&done).unwrap().trim(), "alice/sky");
+        assert_eq!(serde_yaml::from_str::<DatasetSource>("alice/sky").unwrap(), DatasetSource::Hub(id));
+        assert_eq!(serde_yaml::to_string(&DatasetSource::Local("/p/photos".into())).unwrap().trim(), "/p/photos");
+    }
+
+    #[test]
+    fn only_the_training_splits_images_and_metadata_are_fetched() {
+        let files = |paths: &[&str]| paths.iter().map(|p| (p.to_string(), 1)).collect::<Vec<_>>();
+        let flat = files(&["README.md", ".gitattributes", "metadata.jsonl", "a.jpg", "sub/b.PNG", "data.parquet", "notes.txt", ".hidden/c.jpg"]);
+        let (split, got) = select_files(&flat);
+        assert_eq!((split, got.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>()), ("", vec!["metadata.jsonl", "a.jpg", "sub/b.PNG"]));
+        let split_layout =
+            files(&["README.md", "train/metadata.csv", "train/a.webp", "test/b.jpg", "test/metadata.csv", "c.jpg", "train/sub/metadata.jsonl"]);
+        let (split, got) = select_files(&split_layout);
+        assert_eq!((split, got.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>()), ("train/", vec!["train/metadata.csv", "train/a.webp"]));
+    }
+}
