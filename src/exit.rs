@@ -255,6 +255,9 @@ impl Categorized for DatasetSourceError {
             // A caller that skipped the download: a bug, not the user's input.
             DatasetSourceError::NotDownloaded(_) => ExitCategory::Failure,
             DatasetSourceError::Hub { source, .. } => source.category(),
+            DatasetSourceError::Folder(e) => e.category(),
+            DatasetSourceError::Captions(e) => e.category(),
+            DatasetSourceError::Stage { .. } => ExitCategory::Failure,
         }
     }
 }

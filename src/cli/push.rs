@@ -1,9 +1,11 @@
 use super::{bad_input, exit, CliError, Ctx};
 use anyhow::Context;
 use hfsky::auth::{Credential, OidcOptions};
+use hfsky::dataset::hub_source::prepare_push;
 use hfsky::hub::push::{plan_push, push_folder, FileAction, PushEvent, PushOptions, PushOutcome, PushStatus, Reporter};
 use hfsky::hub::HubClient;
-use hfsky::repo_id::{RepoId, RepoType};
+use hfsky::names;
+use hfsky::repo_id::{RepoId, RepoRef, RepoType};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -101,6 +103,25 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     }
     let rt = ctx.runtime();
     let (client, _) = writer_client(ctx, &rt, &repo, &args.oidc)?;
+    // A dataset is checked and laid out as the Hub's imagefolder first (its metadata file, a
+    // dataset card unless the repo has one), in a staging folder that lives until the push ends.
+    let dataset = match args.repo_type {
+        RepoType::Model => None,
+        RepoType::Dataset => {
+            let card_on_hub = match rt.block_on(client.paths_info(RepoRef::dataset(&repo), &args.revision, &[names::README.to_string()])) {
+                Ok(found) => !found.is_empty(),
+                Err(e) if matches!(e.status(), Some(404)) => false,
+                Err(e) => return Err(e.into()),
+            };
+            let folder = prepare_push(&args.dir, &repo, card_on_hub)?;
+            ctx.say(&format!("dataset: {} photo(s); {}", folder.images, folder.captions.describe()));
+            if !folder.generated.is_empty() {
+                ctx.say(&format!("added for the Hub's imagefolder layout: {}", folder.generated.join(", ")));
+            }
+            Some(folder)
+        }
+    };
+    let dir = dataset.as_ref().map_or(args.dir.as_path(), |f| f.dir.as_path());
     let opts = PushOptions {
         repo,
         repo_type: args.repo_type,
@@ -115,11 +136,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         allow_lfs_pointers: args.allow_lfs_pointers,
         reporter: progress_bars(ctx),
     };
-    let outcome = if args.dry_run {
-        rt.block_on(plan_push(&client, &args.dir, &opts))?.dry_run_outcome()
-    } else {
-        rt.block_on(push_folder(&client, &args.dir, &opts))?
-    };
+    let outcome =
+        if args.dry_run { rt.block_on(plan_push(&client, dir, &opts))?.dry_run_outcome() } else { rt.block_on(push_folder(&client, dir, &opts))? };
     ctx.say(&describe(&outcome));
     ctx.emit_json(&outcome);
     Ok(())

@@ -113,6 +113,85 @@ pub enum DatasetSourceError {
     NotDownloaded(RepoId),
     #[error("dataset {repo}: {source}")]
     Hub { repo: RepoId, source: HubError },
+    #[error(transparent)]
+    Folder(#[from] super::DatasetError),
+    #[error(transparent)]
+    Captions(#[from] super::captions::CaptionError),
+    #[error("cannot stage the dataset for upload in {}: {source}", .path.display())]
+    Stage { path: PathBuf, source: std::io::Error },
+}
+
+/// A photo folder ready to publish as a Hub dataset: the folder to push (the photo folder
+/// itself, or a staging copy of it made of hard links plus what was generated) and what was
+/// added.
+pub struct PushFolder {
+    pub dir: PathBuf,
+    /// Files written for the upload that the photo folder lacks (`metadata.jsonl`, `README.md`).
+    pub generated: Vec<&'static str>,
+    /// Where the captions come from, for the user.
+    pub captions: super::captions::Captions,
+    pub images: usize,
+    _staging: Option<tempfile::TempDir>,
+}
+
+/// Prepares `dir` for `push --repo-type dataset` in the imagefolder layout that [`resolve`]
+/// and `datasets.load_dataset` read: the photos are checked (none → error), a metadata file
+/// there is validated and kept; sidecar `.txt` captions without one become a `metadata.jsonl`
+/// (`file_name` + `text`, diffusers' default caption column; a row for every image, empty when
+/// it has no caption, as imagefolder wants a row per image); and a dataset card
+/// ([`crate::card::dataset_card`]) is added when neither the folder nor the repo
+/// (`card_on_hub`) has one. Nothing is written into `dir`: what is added goes into a staging
+/// folder of hard links beside it (or in the temp folder, as copies, where linking fails).
+pub fn prepare_push(dir: &Path, repo: &RepoId, card_on_hub: bool) -> Result<PushFolder, DatasetSourceError> {
+    use super::captions::{load_captions, CaptionSource};
+    let images = super::list_images(dir)?;
+    let captions = load_captions(dir, &images, CaptionSource::Sidecar, None)?;
+    let mut generated: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    if captions.source == CaptionSource::Sidecar && captions.captions.iter().any(Option::is_some) {
+        let mut jsonl = Vec::new();
+        for (img, caption) in images.iter().zip(&captions.captions) {
+            let row = serde_json::json!({ "file_name": super::relative_name(dir, img), "text": caption.as_deref().unwrap_or("") });
+            serde_json::to_writer(&mut jsonl, &row).expect("JSON");
+            jsonl.push(b'\n');
+        }
+        generated.push((METADATA_FILE, jsonl));
+    }
+    if !dir.join(crate::names::README).is_file() && !card_on_hub {
+        let described = match (&captions.file, &captions.column) {
+            (Some(file), Some(column)) => Some((file.file_name().and_then(|n| n.to_str()).unwrap_or(METADATA_FILE).to_string(), column.clone())),
+            _ if !generated.is_empty() => Some((METADATA_FILE.to_string(), "text".to_string())),
+            _ => None,
+        };
+        let card = crate::card::dataset_card(&repo.to_string(), images.len(), described.as_ref().map(|(f, c)| (f.as_str(), c.as_str())));
+        generated.push((crate::names::README, card.into_bytes()));
+    }
+    let n = images.len();
+    if generated.is_empty() {
+        return Ok(PushFolder { dir: dir.to_path_buf(), generated: vec![], captions, images: n, _staging: None });
+    }
+    let stage = |e: std::io::Error, path: &Path| DatasetSourceError::Stage { path: path.to_path_buf(), source: e };
+    // Beside the folder, so the photos are hard links on the same filesystem.
+    let staging = dir
+        .parent()
+        .and_then(|p| tempfile::Builder::new().prefix(".hfsky-dataset-").tempdir_in(p).ok())
+        .map_or_else(|| tempfile::tempdir().map_err(|e| stage(e, &std::env::temp_dir())), Ok)?;
+    let files = crate::hub::push::scan_folder(dir, &[], &[]).map_err(|source| DatasetSourceError::Hub { repo: repo.clone(), source })?;
+    for f in files {
+        let target = staging.path().join(&f.path_in_repo);
+        std::fs::create_dir_all(target.parent().expect("inside the staging folder")).map_err(|e| stage(e, &target))?;
+        crate::atomic::link_or_copy(&f.abs, &target).map_err(|e| stage(e, &target))?;
+    }
+    for (name, bytes) in &generated {
+        let target = staging.path().join(name);
+        crate::atomic::write(&target, bytes).map_err(|e| stage(e, &target))?;
+    }
+    Ok(PushFolder {
+        dir: staging.path().to_path_buf(),
+        generated: generated.iter().map(|(n, _)| *n).collect(),
+        captions,
+        images: n,
+        _staging: Some(staging),
+    })
 }
 
 /// What [`resolve`] fetches from a dataset repo's file list: the image files and the metadata
@@ -276,6 +355,41 @@ mod tests {
         assert_eq!(serde_yaml::to_string(&done).unwrap().trim(), "alice/sky");
         assert_eq!(serde_yaml::from_str::<DatasetSource>("alice/sky").unwrap(), DatasetSource::Hub(id));
         assert_eq!(serde_yaml::to_string(&DatasetSource::Local("/p/photos".into())).unwrap().trim(), "/p/photos");
+    }
+
+    #[test]
+    fn a_photo_folder_is_published_as_an_imagefolder_without_touching_it() {
+        let d = tempfile::tempdir().unwrap();
+        let photos = d.path().join("photos");
+        std::fs::create_dir_all(photos.join("sub")).unwrap();
+        let png = |p: &Path| image::RgbImage::new(8, 8).save(p).unwrap();
+        png(&photos.join("a.png"));
+        png(&photos.join("sub/b.png"));
+        std::fs::write(photos.join("a.txt"), "red sky").unwrap();
+        let repo = RepoId::parse("alice/sky").unwrap();
+        let before = std::fs::read_dir(&photos).unwrap().count();
+        let out = prepare_push(&photos, &repo, false).unwrap();
+        assert_eq!(out.generated, [METADATA_FILE, crate::names::README]);
+        assert_eq!(std::fs::read_dir(&photos).unwrap().count(), before, "nothing is written into the photo folder");
+        let rows = std::fs::read_to_string(out.dir.join(METADATA_FILE)).unwrap();
+        assert_eq!(rows, "{\"file_name\":\"a.png\",\"text\":\"red sky\"}\n{\"file_name\":\"sub/b.png\",\"text\":\"\"}\n");
+        assert!(out.dir.join("sub/b.png").is_file() && out.dir.join("a.txt").is_file());
+        let card = std::fs::read_to_string(out.dir.join(crate::names::README)).unwrap();
+        assert!(card.contains("- text-to-image") && card.contains("`text` column of `metadata.jsonl`"), "{card}");
+        let staged = out.dir.clone();
+        drop(out);
+        assert!(!staged.exists(), "the staging folder goes with the upload");
+        // A card on the Hub is kept; a folder with its metadata file and card is pushed as it is.
+        assert_eq!(prepare_push(&photos, &repo, true).unwrap().generated, [METADATA_FILE]);
+        std::fs::remove_file(photos.join("a.txt")).unwrap();
+        std::fs::write(photos.join(METADATA_FILE), "{\"file_name\": \"a.png\", \"caption\": \"x\"}\n").unwrap();
+        std::fs::write(photos.join("README.md"), "# mine\n").unwrap();
+        let out = prepare_push(&photos, &repo, false).unwrap();
+        assert!(out.generated.is_empty() && out.dir == photos);
+        // A metadata row for a photo that is not there is refused before anything is uploaded.
+        std::fs::write(photos.join(METADATA_FILE), "{\"file_name\": \"nope.png\", \"text\": \"x\"}\n").unwrap();
+        assert!(prepare_push(&photos, &repo, false).unwrap_err().to_string().contains("nope.png"));
+        assert!(matches!(prepare_push(&d.path().join("none"), &repo, false), Err(DatasetSourceError::Folder(_))));
     }
 
     #[test]
