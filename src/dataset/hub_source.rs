@@ -99,7 +99,7 @@ impl serde::Serialize for DatasetSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetSourceError {
-    #[error("dataset: {} is not an existing folder, nor a Hub dataset id (`namespace/name`): pass the folder that holds your photos, or a dataset repo such as alice/sky-photos", .0.display())]
+    #[error("dataset: {} does not exist, and is not a Hub dataset id (`namespace/name`) either: pass the folder that holds your photos, or a dataset repo such as alice/sky-photos", .0.display())]
     NotFound(PathBuf),
     #[error("dataset_revision: {revision} is set, but dataset {} is a local folder: remove dataset_revision (it names a revision of a Hub dataset)", .path.display())]
     RevisionForLocal { path: PathBuf, revision: String },
@@ -124,6 +124,7 @@ pub enum DatasetSourceError {
 /// A photo folder ready to publish as a Hub dataset: the folder to push (the photo folder
 /// itself, or a staging copy of it made of hard links plus what was generated) and what was
 /// added.
+#[derive(Debug)]
 pub struct PushFolder {
     pub dir: PathBuf,
     /// Files written for the upload that the photo folder lacks (`metadata.jsonl`, `README.md`).
