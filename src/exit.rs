@@ -257,7 +257,7 @@ impl Categorized for DatasetSourceError {
             DatasetSourceError::Hub { source, .. } => source.category(),
             DatasetSourceError::Folder(e) => e.category(),
             DatasetSourceError::Captions(e) => e.category(),
-            DatasetSourceError::Stage { .. } => ExitCategory::Failure,
+            DatasetSourceError::Write { .. } => ExitCategory::Failure,
         }
     }
 }

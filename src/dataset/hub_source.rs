@@ -117,8 +117,8 @@ pub enum DatasetSourceError {
     Folder(#[from] super::DatasetError),
     #[error(transparent)]
     Captions(#[from] super::captions::CaptionError),
-    #[error("cannot stage the dataset for upload in {}: {source}", .path.display())]
-    Stage { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {}: {source}", .path.display())]
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// A photo folder ready to publish as a Hub dataset: the folder to push (the photo folder
@@ -170,7 +170,7 @@ pub fn prepare_push(dir: &Path, repo: &RepoId, card_on_hub: bool) -> Result<Push
     if generated.is_empty() {
         return Ok(PushFolder { dir: dir.to_path_buf(), generated: vec![], captions, images: n, _staging: None });
     }
-    let stage = |e: std::io::Error, path: &Path| DatasetSourceError::Stage { path: path.to_path_buf(), source: e };
+    let stage = |e: std::io::Error, path: &Path| DatasetSourceError::Write { path: path.to_path_buf(), source: e };
     // Beside the folder, so the photos are hard links on the same filesystem.
     let staging = dir
         .parent()
@@ -291,6 +291,15 @@ pub async fn resolve(source: &DatasetSource, revision: Option<&str>, client: &Hu
     let total = files.iter().map(|(_, s)| s).sum();
     let paths: Vec<String> = files.into_iter().map(|(p, _)| p).collect();
     let local = fetcher.files(&paths, total).await.map_err(hub)?;
+    // Files were fetched by commit, so hf-hub wrote no ref: record the revision's commit the way
+    // huggingface_hub does (`refs/<revision>`), so HF_HUB_OFFLINE=1 finds it by name later.
+    let asked = revision.unwrap_or("main");
+    if !offline && asked != commit {
+        let r = cache_repo_dir(repo).join("refs").join(asked);
+        std::fs::create_dir_all(r.parent().expect("under refs/"))
+            .and_then(|()| crate::atomic::write(&r, commit.as_bytes()))
+            .map_err(|source| DatasetSourceError::Write { path: r, source })?;
+    }
     // `…/snapshots/<commit>/<path>` → the snapshot folder, then the split in it.
     let first = (&local[0], &paths[0]);
     let mut root = first.0.clone();

@@ -25,9 +25,24 @@ fn photo_folder(dir: &Path) {
     std::fs::write(dir.join("notes.md"), "how these were shot\n").unwrap();
 }
 
+/// The files of a cached repo's snapshots (links into its blobs), relative to the snapshot.
 fn cached(env: &Env, repo_folder: &str) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
     let snapshots = env.hf_home().join("hub").join(repo_folder).join("snapshots");
-    let mut names: Vec<String> = files_under(&snapshots).into_iter().map(|(n, _)| n.split_once('/').unwrap().1.to_string()).collect();
+    let mut names = Vec::new();
+    for snap in std::fs::read_dir(&snapshots).unwrap() {
+        let snap = snap.unwrap().path();
+        walk(&snap, &snap, &mut names);
+    }
     names.sort();
     names
 }
