@@ -123,7 +123,14 @@ impl RepoFetcher {
             .send()
             .await
             .map_err(|e| {
-                HubError::Download(redact(&format!("{path_in_repo} ({}/{} at {}): {e}", self.client.endpoint(), self.target(), self.revision)))
+                let what = redact(&format!("{path_in_repo} ({}/{} at {}): {e}", self.client.endpoint(), self.target(), self.revision));
+                match e {
+                    // A gated repo whose conditions were not accepted, or a private one: the token decides (exit 3).
+                    hf_hub::HFError::AuthRequired { .. } | hf_hub::HFError::Forbidden { .. } => HubError::Auth(format!(
+                        "{what}: the repo is gated or private; accept its conditions on the Hub and log in (`hfsky login`, HF_TOKEN) with a token that can read it"
+                    )),
+                    _ => HubError::Download(what),
+                }
             })?;
         if let Some(commit) = snapshot_commit(&local, path_in_repo) {
             self.revision = commit;
