@@ -34,8 +34,14 @@ pub(super) async fn create_branch(S(state): S<Shared>, Extension(who): Extension
     json_reply(StatusCode::OK, &serde_json::json!({}))
 }
 
-/// `POST /api/repos/create`.
-pub(super) async fn create_repo(S(state): S<Shared>, Extension(who): Extension<Who>, JsonBody(req): JsonBody<CreateRepoRequest>) -> Reply {
+/// `POST /api/repos/create` (`type`: model when absent, or dataset); answers the repo's
+/// absolute web URL (`{endpoint}/datasets/{id}` for a dataset).
+pub(super) async fn create_repo(
+    S(state): S<Shared>,
+    Extension(who): Extension<Who>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CreateRepoRequest>,
+) -> Reply {
     let kind = match req.kind.as_deref() {
         None | Some("model") => RepoType::Model,
         Some("dataset") => RepoType::Dataset,
@@ -48,7 +54,8 @@ pub(super) async fn create_repo(S(state): S<Shared>, Extension(who): Extension<W
     let id = RepoId::parse(&format!("{ns}/{}", req.name)).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))?;
     require_write(who.caller(), RepoRef { kind, id: &id })?;
     let private = req.private.unwrap_or(false) || req.visibility.as_deref() == Some("private");
-    let url = format!("/{}", RepoRef { kind, id: &id });
+    // Absolute, as the Hub answers: huggingface_hub's RepoUrl reads the type from its prefix.
+    let url = format!("{}/{}", base_url(&headers), RepoRef { kind, id: &id });
     if !state.repos(kind).create_repo(&id, private).map_err(io_fail)? {
         let body = serde_json::json!({ "error": format!("You already created this {kind} repo"), "url": url });
         return json_reply(StatusCode::CONFLICT, &body);
