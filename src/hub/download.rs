@@ -108,13 +108,9 @@ impl RepoFetcher {
         validate_repo_path(path_in_repo).map_err(|e| HubError::Invalid(e.to_string()))?;
         let progress =
             self.client.download_progress().map(|on| hf_hub::progress::Progress::new(Forward { path: path_in_repo.to_string(), on: on.clone() }));
-        let kind = match self.kind {
-            RepoType::Model => hf_hub::RepoTypeAny::Model,
-            RepoType::Dataset => hf_hub::RepoTypeAny::Dataset,
-        };
         let local = self
             .hf
-            .repository(kind, self.repo.namespace.clone(), self.repo.name.clone())
+            .repository(any_kind(self.kind), self.repo.namespace.clone(), self.repo.name.clone())
             .download_file()
             .filename(path_in_repo.to_string())
             .revision(self.revision.clone())
@@ -166,6 +162,14 @@ impl RepoFetcher {
     }
 }
 
+/// hf-hub's name for a repo type.
+fn any_kind(kind: RepoType) -> hf_hub::RepoTypeAny {
+    match kind {
+        RepoType::Model => hf_hub::RepoTypeAny::Model,
+        RepoType::Dataset => hf_hub::RepoTypeAny::Dataset,
+    }
+}
+
 /// `…/snapshots/<commit>/<path_in_repo>` → the commit.
 fn snapshot_commit(local: &Path, path_in_repo: &str) -> Option<String> {
     let mut dir = local;
@@ -192,6 +196,8 @@ fn list_dir(root: &Path, dir: &Path, out: &mut Vec<(String, u64)>) -> std::io::R
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
     pub repo: RepoId,
+    /// A model repo, or a dataset repo (`download --repo-type dataset`).
+    pub repo_type: RepoType,
     pub revision: Option<String>,
     pub files: Vec<String>,
     pub local_dir: Option<PathBuf>,
@@ -205,8 +211,9 @@ pub struct Downloaded {
 
 pub async fn download(client: &HubClient, opts: &DownloadOptions) -> Result<Vec<Downloaded>, HubError> {
     let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
+    let target = RepoRef { kind: opts.repo_type, id: &opts.repo };
     let files = if opts.files.is_empty() {
-        client.list_tree(&opts.repo, &revision).await?.into_iter().filter(|e| e.kind == "file").map(|e| e.path).collect()
+        client.list_tree(target, &revision).await?.into_iter().filter(|e| e.kind == "file").map(|e| e.path).collect()
     } else {
         opts.files.clone()
     };
@@ -215,7 +222,7 @@ pub async fn download(client: &HubClient, opts: &DownloadOptions) -> Result<Vec<
         validate_repo_path(f).map_err(|e| HubError::Invalid(e.to_string()))?;
     }
     let hf = hf_client(client)?;
-    let repo = hf.model(opts.repo.namespace.clone(), opts.repo.name.clone());
+    let repo = hf.repository(any_kind(opts.repo_type), opts.repo.namespace.clone(), opts.repo.name.clone());
     let mut out = Vec::with_capacity(files.len());
     for f in files {
         let path = repo
@@ -225,7 +232,7 @@ pub async fn download(client: &HubClient, opts: &DownloadOptions) -> Result<Vec<
             .maybe_local_dir(opts.local_dir.clone())
             .send()
             .await
-            .map_err(|e| HubError::Download(redact(&format!("{} ({}/{} at {revision}): {e}", f, client.endpoint(), opts.repo))))?;
+            .map_err(|e| HubError::Download(redact(&format!("{} ({}/{} at {revision}): {e}", f, client.endpoint(), target))))?;
         out.push(Downloaded { path_in_repo: f, local_path: path });
     }
     Ok(out)

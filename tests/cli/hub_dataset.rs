@@ -65,6 +65,10 @@ fn a_pushed_photo_dataset_trains_from_the_hub_cache() {
     let dl = d.join("card");
     let o = env.run(&["download", "alice/sky-photos", "README.md", "--local-dir", dl.to_str().unwrap()]);
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    let o = env.run(&["download", "alice/sky-photos", "README.md", "--repo-type", "dataset", "--local-dir", dl.to_str().unwrap()]);
+    ok(&o);
+    let card = std::fs::read_to_string(dl.join("README.md")).unwrap();
+    assert!(card.contains("task_categories:\n- text-to-image") && card.contains("- n<1K"), "{card}");
 
     let cfg = d.join("train.yaml");
     std::fs::write(
