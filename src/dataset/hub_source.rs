@@ -357,6 +357,21 @@ mod tests {
     }
 
     #[test]
+    fn a_local_folder_is_checked_without_the_hub() {
+        let d = tempfile::tempdir().unwrap();
+        // An endpoint nothing listens on: a local folder never asks the Hub.
+        let client = HubClient::new("http://127.0.0.1:9", None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let here = DatasetSource::Local(d.path().to_path_buf());
+        assert_eq!(rt.block_on(resolve(&here, None, &client)).unwrap(), here);
+        let e = rt.block_on(resolve(&here, Some("v1"), &client)).unwrap_err();
+        assert!(matches!(e, DatasetSourceError::RevisionForLocal { .. }) && e.to_string().starts_with("dataset_revision: v1"), "{e}");
+        let missing = DatasetSource::Local(d.path().join("nope"));
+        let e = rt.block_on(resolve(&missing, None, &client)).unwrap_err();
+        assert!(matches!(e, DatasetSourceError::NotFound(_)) && e.to_string().starts_with("dataset: "), "{e}");
+    }
+
+    #[test]
     fn only_a_hub_dataset_needs_downloading_and_the_config_records_it_as_given() {
         let id = RepoId::parse("alice/sky").unwrap();
         assert!(matches!(DatasetSource::Hub(id.clone()).folder(), Err(DatasetSourceError::NotDownloaded(_))));

@@ -508,6 +508,44 @@ mod tests {
         assert_eq!(refused.as_u16(), 401, "a token that is sent must be valid, on every route");
     }
 
+    /// Dataset repos live beside models under their own routes: `/api/datasets/…`,
+    /// `/datasets/{id}/resolve/…` and `/datasets/{id}.git/info/lfs`; a dataset and a model may
+    /// share a name, and a user called `datasets` still has model repos.
+    #[test]
+    fn dataset_repos_have_the_hubs_routes() {
+        let TestServer { rt, base, http, _dir } = TestServer::start();
+        let send = |method: &str, path: &str, body: &str| {
+            let rb = http.request(method.parse().unwrap(), format!("{base}{path}")).bearer_auth(TOKEN).body(body.to_string());
+            rt.block_on(async {
+                let r = rb.send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            })
+        };
+        let created = send("POST", "/api/repos/create", r#"{"name": "r", "type": "dataset"}"#);
+        assert!(created.0 == 200 && created.1.contains(&format!(r#""url":"{base}/datasets/alice/r""#)), "{created:?}");
+        assert_eq!(send("POST", "/api/repos/create", r#"{"name": "r", "type": "space"}"#).0, 400);
+        assert_eq!(send("GET", "/api/models/alice/r", "").0, 404, "the dataset is not a model");
+        let commit = concat!(
+            r#"{"key": "header", "value": {"summary": "s", "description": ""}}"#,
+            "\n",
+            r#"{"key": "file", "value": {"path": "train/metadata.jsonl", "content": "e30K", "encoding": "base64"}}"#
+        );
+        let c = send("POST", "/api/datasets/alice/r/commit/main", commit);
+        assert!(c.0 == 200 && c.1.contains("/datasets/alice/r/commit/"), "{c:?}");
+        assert_eq!(send("GET", "/datasets/alice/r/resolve/main/train/metadata.jsonl", ""), (200, "{}\n".to_string()));
+        assert_eq!(send("GET", "/alice/r/resolve/main/train/metadata.jsonl", "").0, 404);
+        let info = send("GET", "/api/datasets/alice/r/revision/main", "");
+        assert!(info.0 == 200 && info.1.contains(r#""rfilename":"train/metadata.jsonl""#) && !info.1.contains("modelId"), "{info:?}");
+        assert!(send("GET", "/api/datasets/alice/r/tree/main/train", "").1.contains(r#""path":"train/metadata.jsonl""#));
+        let batch = r#"{"operation": "upload", "transfers": ["basic"], "objects": []}"#;
+        assert_eq!(send("POST", "/datasets/alice/r.git/info/lfs/objects/batch", batch).0, 200);
+        // The same name as a model, and a namespace named like the prefix.
+        assert_eq!(send("POST", "/api/repos/create", r#"{"name": "r"}"#).0, 200);
+        assert_eq!(send("GET", "/api/models/alice/r", "").0, 200);
+        let r = send("GET", "/datasets/r/resolve/main/x", "");
+        assert!(r.0 == 404 && r.1.contains("Repository Not Found"), "routed as the model datasets/r: {r:?}");
+    }
+
     /// validate-yaml and the commit's card check refuse what the Hub refuses (a local path as
     /// `base_model`), with its status and message shape, and accept what it accepts.
     #[test]
