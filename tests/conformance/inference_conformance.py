@@ -22,7 +22,7 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 from huggingface_hub import HfApi  # noqa: E402
 from huggingface_hub.inference._providers import get_provider_helper  # noqa: E402
 
-info = HfApi(endpoint=args.endpoint, token=args.token).repo_info(args.repo, expand=["inferenceProviderMapping"])
+info = HfApi(endpoint=args.endpoint, token=args.token).model_info(args.repo, expand=["inferenceProviderMapping"])
 mappings = [
     {
         "provider": m.provider,
