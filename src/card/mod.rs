@@ -41,6 +41,9 @@ pub struct CardMetadata {
     pub library_name: String,
     pub pipeline_tag: String,
     pub tags: Vec<String>,
+    /// The Hub dataset the LoRA was trained on, when it came from one: the Hub links the two.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub widget: Vec<WidgetEntry>,
     /// What a renderer needs to reproduce this LoRA's intended output (`hfsky compare` reads it):
@@ -85,6 +88,7 @@ impl CardMetadata {
             library_name: "diffusers".into(),
             pipeline_tag: "text-to-image".into(),
             tags,
+            datasets: s.hub_dataset.iter().cloned().collect(),
             widget,
             hfsky: RenderHints { architecture: s.architecture.clone(), training_resolution: s.resolution, validation: s.validation.clone() },
         }
@@ -425,6 +429,7 @@ mod tests {
             }),
             license: "openrail++".into(),
             lora_file: "pytorch_lora_weights.safetensors".into(),
+            hub_dataset: None,
         }
     }
 
@@ -525,6 +530,16 @@ mod tests {
             valid_model_id("gpt2") && valid_model_id("a/b.c_d-e") && !valid_model_id("a/b/c") && !valid_model_id("a--b/c") && !valid_model_id("")
         );
         assert_eq!(card_errors("---\nlicense: [x\n---\n").len(), 1);
+    }
+
+    #[test]
+    fn a_lora_trained_on_a_hub_dataset_names_it() {
+        let mut s = summary("sd", 512);
+        assert!(front_matter(&render(&s, "alice/sky-lora", None).unwrap()).unwrap().get("datasets").is_none());
+        s.hub_dataset = Some("alice/sky-photos".into());
+        let card = render(&s, "alice/sky-lora", None).unwrap();
+        assert_eq!(front_matter(&card).unwrap()["datasets"], serde_json::json!(["alice/sky-photos"]));
+        assert!(card_errors(&card).is_empty(), "{:?}", card_errors(&card));
     }
 
     #[test]

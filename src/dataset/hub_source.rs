@@ -52,6 +52,14 @@ impl DatasetSource {
         }
     }
 
+    /// The Hub dataset repo, when the photos come from one.
+    pub fn hub_repo(&self) -> Option<&RepoId> {
+        match self {
+            DatasetSource::Local(_) => None,
+            DatasetSource::Hub(repo) | DatasetSource::Downloaded { repo, .. } => Some(repo),
+        }
+    }
+
     /// The local folder to read: the folder itself, or a downloaded dataset's snapshot folder.
     /// Errors for a Hub dataset that [`resolve`] has not downloaded.
     pub fn folder(&self) -> Result<&Path, DatasetSourceError> {

@@ -210,6 +210,9 @@ pub struct TrainSummary {
     pub validation: Option<ValidationSettings>,
     pub license: String,
     pub lora_file: String,
+    /// The Hub dataset trained on (`dataset: namespace/name`), which the card names in `datasets`.
+    #[serde(default)]
+    pub hub_dataset: Option<String>,
 }
 
 /// The exact settings that reproduce the validation images.
@@ -652,6 +655,7 @@ impl Trainer<'_> {
             validation: validation_settings,
             license: cfg.license.clone().unwrap_or_else(|| if xl { "openrail++".into() } else { "creativeml-openrail-m".into() }),
             lora_file: names::LORA_WEIGHTS.into(),
+            hub_dataset: cfg.dataset.hub_repo().map(|r| r.to_string()),
         };
         let summary_path = cfg.output_dir.join(names::TRAINING_SUMMARY);
         std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary).expect("serializable")).map_err(io_err(&summary_path))?;

@@ -86,6 +86,9 @@ fn a_pushed_photo_dataset_trains_from_the_hub_cache() {
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("out/training_summary.json")).unwrap()).unwrap();
     let prompts: Vec<&str> = summary["examples"].as_array().unwrap().iter().map(|e| e[1].as_str().unwrap()).collect();
     assert_eq!(prompts, ["a photo of SKY, orange sunset 0", "a photo of SKY, orange sunset 1", "a photo of SKY, orange sunset 2"]);
+    // The model card names the dataset, so the Hub links the LoRA to it.
+    let card = std::fs::read_to_string(d.join("out/README.md")).unwrap();
+    assert!(card.contains("datasets:\n- alice/sky-photos\n"), "{card}");
     let recorded = std::fs::read_to_string(d.join("out/train_config.yaml")).unwrap();
     assert!(recorded.contains("dataset: alice/sky-photos"), "{recorded}");
 
