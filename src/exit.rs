@@ -10,6 +10,7 @@ use crate::compare::run::CompareError;
 use crate::dataset::captioning::CaptioningError;
 use crate::dataset::captions::CaptionError;
 use crate::dataset::fix::FixError;
+use crate::dataset::hub_source::DatasetSourceError;
 use crate::dataset::DatasetError;
 use crate::generate::pipeline::GenerateError;
 use crate::generate::render::RenderError;
@@ -67,6 +68,7 @@ pub fn category_of(e: &(dyn std::error::Error + 'static)) -> Option<ExitCategory
         .or_else(|| of::<RenderError>(e))
         .or_else(|| of::<CompareError>(e))
         .or_else(|| of::<DatasetError>(e))
+        .or_else(|| of::<DatasetSourceError>(e))
         .or_else(|| of::<CaptionError>(e))
         .or_else(|| of::<FixError>(e))
         .or_else(|| of::<DryRunError>(e))
@@ -237,6 +239,26 @@ impl Categorized for DryRunError {
             DryRunError::Dataset(e) => e.category(),
             DryRunError::Captions(e) => e.category(),
             DryRunError::Config(_) => ExitCategory::BadInput,
+            DryRunError::Source(e) => e.category(),
+        }
+    }
+}
+
+impl Categorized for DatasetSourceError {
+    fn category(&self) -> ExitCategory {
+        match self {
+            // A dataset that is not there is a name to fix, like a missing folder.
+            DatasetSourceError::NotFound(_)
+            | DatasetSourceError::RevisionForLocal { .. }
+            | DatasetSourceError::NoRepo { .. }
+            | DatasetSourceError::NoRevision { .. }
+            | DatasetSourceError::NoImages { .. } => ExitCategory::BadInput,
+            // A caller that skipped the download: a bug, not the user's input.
+            DatasetSourceError::NotDownloaded(_) => ExitCategory::Failure,
+            DatasetSourceError::Hub { source, .. } => source.category(),
+            DatasetSourceError::Folder(e) => e.category(),
+            DatasetSourceError::Captions(e) => e.category(),
+            DatasetSourceError::Write { .. } => ExitCategory::Failure,
         }
     }
 }

@@ -57,6 +57,78 @@ impl std::str::FromStr for RepoId {
     }
 }
 
+/// The kind of Hub repository: what its URLs are prefixed with and where the standard cache keeps
+/// it (hub-protocol.md: `/api/{models,datasets}/…`, `{prefix}{repo_id}/resolve/…` with prefix `""`
+/// or `datasets/`, cache folders `models--…` and `datasets--…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoType {
+    /// A model repo (huggingface_hub's `repo_type=None`).
+    #[default]
+    Model,
+    /// A dataset repo.
+    Dataset,
+}
+
+impl RepoType {
+    /// The singular name the API uses in bodies (`type`, `repoType`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepoType::Model => "model",
+            RepoType::Dataset => "dataset",
+        }
+    }
+
+    /// The `/api/{plural}/` segment, also the cache folder's first part.
+    pub fn plural(self) -> &'static str {
+        match self {
+            RepoType::Model => "models",
+            RepoType::Dataset => "datasets",
+        }
+    }
+
+    /// What comes before `namespace/name` in web, resolve and git URLs (`""` or `datasets/`).
+    pub fn url_prefix(self) -> &'static str {
+        match self {
+            RepoType::Model => "",
+            RepoType::Dataset => "datasets/",
+        }
+    }
+}
+
+impl fmt::Display for RepoType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A repo of a given type, as every Hub URL names one. A bare [`RepoId`] converts to a model
+/// repo, like huggingface_hub's default `repo_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepoRef<'a> {
+    pub kind: RepoType,
+    pub id: &'a RepoId,
+}
+
+impl<'a> RepoRef<'a> {
+    pub fn dataset(id: &'a RepoId) -> Self {
+        RepoRef { kind: RepoType::Dataset, id }
+    }
+}
+
+impl<'a> From<&'a RepoId> for RepoRef<'a> {
+    fn from(id: &'a RepoId) -> Self {
+        RepoRef { kind: RepoType::Model, id }
+    }
+}
+
+/// As the Hub's web path: `alice/sky-lora`, `datasets/alice/sky-photos`.
+impl fmt::Display for RepoRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.kind.url_prefix(), self.id)
+    }
+}
+
 /// A relative, forward-slash path inside a repo that cannot escape it.
 pub fn validate_repo_path(p: &str) -> Result<(), IdError> {
     let bad = |why| Err(IdError::Path(p.to_string(), why));
@@ -96,6 +168,14 @@ mod tests {
         for bad in ["foo", "a/b/c", "../x", "user/na me", "/x", "x/", "a/..", "a/b..c", "-a/b", ""] {
             assert!(RepoId::parse(bad).is_err(), "{bad} should be rejected");
         }
+    }
+
+    #[test]
+    fn repo_refs_name_their_urls() {
+        let id = RepoId::parse("alice/sky").unwrap();
+        assert_eq!(RepoRef::from(&id).to_string(), "alice/sky");
+        assert_eq!(RepoRef::dataset(&id).to_string(), "datasets/alice/sky");
+        assert_eq!((RepoType::Dataset.plural(), RepoType::Dataset.as_str()), ("datasets", "dataset"));
     }
 
     #[test]

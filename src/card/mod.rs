@@ -2,6 +2,7 @@
 //! template in `model_cards/` (embedded at build time, overridable with a file). The metadata
 //! is what the Hub and its widget read: base_model, instance_prompt, tags, widget images.
 
+use crate::repo_id::RepoType;
 use crate::train::TrainSummary;
 use serde::Serialize;
 
@@ -40,6 +41,9 @@ pub struct CardMetadata {
     pub library_name: String,
     pub pipeline_tag: String,
     pub tags: Vec<String>,
+    /// The Hub dataset the LoRA was trained on, when it came from one: the Hub links the two.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub widget: Vec<WidgetEntry>,
     /// What a renderer needs to reproduce this LoRA's intended output (`hfsky compare` reads it):
@@ -84,6 +88,7 @@ impl CardMetadata {
             library_name: "diffusers".into(),
             pipeline_tag: "text-to-image".into(),
             tags,
+            datasets: s.hub_dataset.iter().cloned().collect(),
             widget,
             hfsky: RenderHints { architecture: s.architecture.clone(), training_resolution: s.resolution, validation: s.validation.clone() },
         }
@@ -200,6 +205,73 @@ pub fn card_errors(readme: &str) -> Vec<String> {
         Ok(meta) => metadata_errors(&meta),
         Err(e) => vec![e.to_string()],
     }
+}
+
+/// Every reason the Hub would refuse the card of a `kind` repo: model cards follow
+/// [`metadata_errors`]; dataset cards (hub-docs `datasets-cards.md`) [`dataset_metadata_errors`].
+pub fn repo_card_errors(readme: &str, kind: RepoType) -> Vec<String> {
+    match (front_matter(readme), kind) {
+        (Err(e), _) => vec![e.to_string()],
+        (Ok(meta), RepoType::Model) => metadata_errors(&meta),
+        (Ok(meta), RepoType::Dataset) => dataset_metadata_errors(&meta),
+    }
+}
+
+/// The dataset-card metadata rules the Hub checks (hub-docs `datasets-cards.md`, the fields of
+/// huggingface_hub's `DatasetCardData`): `license` and `pretty_name` strings, the list fields
+/// strings or lists of strings; empty when the Hub accepts the block.
+pub fn dataset_metadata_errors(meta: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    let mut errors = Vec::new();
+    for key in ["pretty_name"] {
+        if !matches!(meta[key], Value::Null | Value::String(_)) {
+            errors.push(format!("\"{key}\" must be a string"));
+        }
+    }
+    for key in ["license", "task_categories", "task_ids", "tags", "language", "size_categories", "source_datasets"] {
+        let ok = match &meta[key] {
+            Value::Null | Value::String(_) => true,
+            Value::Array(items) => items.iter().all(Value::is_string),
+            _ => false,
+        };
+        if !ok {
+            errors.push(format!("\"{key}\" must be a string or an array of strings"));
+        }
+    }
+    errors
+}
+
+/// The Hub's `size_categories` bucket for `n` examples (`n<1K`, `1K<n<10K`, …).
+pub fn size_category(n: usize) -> &'static str {
+    match n {
+        0..1_000 => "n<1K",
+        1_000..10_000 => "1K<n<10K",
+        10_000..100_000 => "10K<n<100K",
+        100_000..1_000_000 => "100K<n<1M",
+        _ => "1M<n<10M",
+    }
+}
+
+/// The dataset card `push --repo-type dataset` adds to a photo folder that has none: front
+/// matter with `task_categories: [text-to-image]` (what the Hub's dataset search filters on),
+/// `size_categories` and tags, and a body saying how the imagefolder is laid out and used.
+/// `captions`: the metadata file and column the captions are in, when there are captions.
+pub fn dataset_card(repo: &str, images: usize, captions: Option<(&str, &str)>) -> String {
+    let meta = serde_json::json!({
+        "task_categories": ["text-to-image"],
+        "size_categories": [size_category(images)],
+        "tags": ["image", "hfsky"],
+    });
+    let yaml = serde_yaml::to_string(&meta).expect("a JSON mapping is YAML");
+    let captions = match captions {
+        Some((file, column)) => format!("Each photo's caption is the `{column}` column of `{file}`, keyed by `file_name`."),
+        None => "The photos have no captions: training uses one instance prompt for all of them.".to_string(),
+    };
+    format!(
+        "---\n{yaml}---\n\n# {repo}\n\n{images} photo(s) in the Hub's `imagefolder` layout. {captions}\n\n\
+         Load it with `datasets.load_dataset(\"{repo}\")`, or train a LoRA on it with hfsky (`dataset: {repo}` in train.yaml) \
+         or with diffusers' training scripts (`--dataset_name {repo}`).\n"
+    )
 }
 
 /// What the card of a run will say about its base, known before training.
@@ -364,6 +436,7 @@ pub(crate) mod tests {
             validation_loss: None,
             license: "openrail++".into(),
             lora_file: "pytorch_lora_weights.safetensors".into(),
+            hub_dataset: None,
         }
     }
 
@@ -489,6 +562,29 @@ pub(crate) mod tests {
             valid_model_id("gpt2") && valid_model_id("a/b.c_d-e") && !valid_model_id("a/b/c") && !valid_model_id("a--b/c") && !valid_model_id("")
         );
         assert_eq!(card_errors("---\nlicense: [x\n---\n").len(), 1);
+    }
+
+    #[test]
+    fn a_lora_trained_on_a_hub_dataset_names_it() {
+        let mut s = summary("sd", 512);
+        assert!(front_matter(&render(&s, "alice/sky-lora", None).unwrap()).unwrap().get("datasets").is_none());
+        s.hub_dataset = Some("alice/sky-photos".into());
+        let card = render(&s, "alice/sky-lora", None).unwrap();
+        assert_eq!(front_matter(&card).unwrap()["datasets"], serde_json::json!(["alice/sky-photos"]));
+        assert!(card_errors(&card).is_empty(), "{:?}", card_errors(&card));
+    }
+
+    #[test]
+    fn dataset_cards_follow_the_dataset_rules() {
+        let card = dataset_card("alice/sky-photos", 12, Some(("metadata.jsonl", "text")));
+        let meta = front_matter(&card).unwrap();
+        assert_eq!((meta["task_categories"][0].as_str(), meta["size_categories"][0].as_str()), (Some("text-to-image"), Some("n<1K")));
+        assert!(repo_card_errors(&card, RepoType::Dataset).is_empty() && card.contains("`text` column of `metadata.jsonl`"));
+        // A dataset card is not held to the model rules, and breaks its own when a list is not one.
+        assert!(repo_card_errors("---\nbase_model: my photos\n---\n", RepoType::Dataset).is_empty());
+        assert_eq!(repo_card_errors("---\nbase_model: my photos\n---\n", RepoType::Model).len(), 1);
+        assert_eq!(repo_card_errors("---\ntask_categories: {a: b}\n---\n", RepoType::Dataset).len(), 1);
+        assert_eq!((size_category(999), size_category(1000), size_category(10_000_000)), ("n<1K", "1K<n<10K", "1M<n<10M"));
     }
 
     #[test]

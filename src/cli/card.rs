@@ -46,7 +46,7 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     let card = hfsky::card::render(&summary, &repo.to_string(), tpl.as_deref()).map_err(|e| bad_input(e.to_string()))?;
     if validate {
         let client = super::client(ctx, false)?;
-        let warnings = ctx.runtime().block_on(client.validate_yaml(&card))?;
+        let warnings = ctx.runtime().block_on(client.validate_yaml(&card, hfsky::repo_id::RepoType::Model))?;
         for w in &warnings {
             eprintln!("model card: {w}");
         }

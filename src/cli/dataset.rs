@@ -3,6 +3,7 @@ use anyhow::Context;
 use hfsky::dataset::captioning::{write_target, CaptionOutcome, CaptionPlan, CaptionTemplate};
 use hfsky::dataset::captions::{self, caption_issues, detect_source, load_captions, save_captions, CaptionSource, Captions};
 use hfsky::dataset::check::{check, Severity};
+use hfsky::dataset::hub_source::{resolve, DatasetSource};
 use hfsky::dataset::{blip, fix, list_images, relative_name, report};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -25,7 +26,9 @@ pub enum Cmd {
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
-    dir: PathBuf,
+    /// The photo folder, or a Hub dataset `namespace/name` (imagefolder; downloaded into the HF
+    /// cache as `train` does when no such local path exists)
+    dir: DatasetSource,
     /// Training resolution: photos whose shorter side is below it are flagged
     #[arg(long, default_value_t = 512)]
     resolution: u32,
@@ -49,7 +52,9 @@ pub enum CaptionsCmd {
 
 #[derive(clap::Args, Debug)]
 pub struct SourceArgs {
-    dir: PathBuf,
+    /// The photo folder, or a Hub dataset `namespace/name` (imagefolder; downloaded into the HF
+    /// cache as `train` does when no such local path exists)
+    dir: DatasetSource,
     /// sidecar, metadata or instance (default: metadata.jsonl/metadata.csv if present, else sidecars)
     #[arg(long)]
     source: Option<CaptionSource>,
@@ -98,7 +103,9 @@ pub struct CaptionArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
-    dir: PathBuf,
+    /// The photo folder, or a Hub dataset `namespace/name` (imagefolder; downloaded into the HF
+    /// cache as `train` does when no such local path exists)
+    dir: DatasetSource,
     /// Folder for report.html and report.json (default: print the summary only)
     #[arg(long)]
     out: Option<PathBuf>,
@@ -134,12 +141,13 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
 }
 
 fn run_check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<()> {
+    let dir = folder(ctx, &a.dir)?;
     if a.resolution < 64 {
         return Err(bad_input(format!("--resolution {} is too small: use the size you train at (512 for SD 1.5, 1024 for SDXL)", a.resolution)));
     }
-    let report = check(&a.dir, a.resolution)?;
+    let report = check(&dir, a.resolution)?;
     let fixed = match &a.fix {
-        Some(out) => Some(fix::fix(&a.dir, &report, out, a.resolution, a.fail_on)?),
+        Some(out) => Some(fix::fix(&dir, &report, out, a.resolution, a.fail_on)?),
         None => None,
     };
     /// The `--json` document of `dataset check`: the report, and with --fix what was written.
@@ -188,14 +196,26 @@ struct CaptionRow<'a> {
     caption: Option<&'a str>,
 }
 
+/// DIR as a local folder: a Hub dataset is downloaded into the HF cache first (its images and
+/// metadata, as `train` does); a local path is used as it is.
+fn folder(ctx: &Ctx, dir: &DatasetSource) -> anyhow::Result<PathBuf> {
+    if let DatasetSource::Local(p) = dir {
+        return Ok(p.clone());
+    }
+    let client = super::client(ctx, false)?;
+    let resolved = ctx.runtime().block_on(resolve(dir, None, &client))?;
+    Ok(resolved.folder()?.to_path_buf())
+}
+
 fn source_or_detect(dir: &Path, images: &[PathBuf], source: Option<CaptionSource>) -> CaptionSource {
     source.unwrap_or_else(|| detect_source(dir, images))
 }
 
 fn export(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
-    let images = list_images(&a.dir)?;
-    let source = source_or_detect(&a.dir, &images, a.source);
-    let loaded = load_captions(&a.dir, &images, source, a.caption_column.as_deref())?;
+    let dir = folder(ctx, &a.dir)?;
+    let images = list_images(&dir)?;
+    let source = source_or_detect(&dir, &images, a.source);
+    let loaded = load_captions(&dir, &images, source, a.caption_column.as_deref())?;
     let caps = &loaded.captions;
     if ctx.json {
         /// The `--json` document of `dataset captions export`.
@@ -205,12 +225,12 @@ fn export(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
             captions: Vec<CaptionRow<'a>>,
             captions_from: &'a Captions,
         }
-        let captions = images.iter().zip(caps).map(|(p, c)| CaptionRow { file: relative_name(&a.dir, p), caption: c.as_deref() }).collect();
+        let captions = images.iter().zip(caps).map(|(p, c)| CaptionRow { file: relative_name(&dir, p), caption: c.as_deref() }).collect();
         ctx.emit_json(&ExportJson { source: loaded.source, captions, captions_from: &loaded });
     } else {
         // TSV goes to stdout even with --quiet: it is the command's output, not chatter; the
         // note on where the captions came from goes to stderr so the TSV stays clean.
-        print!("{}", captions::to_tsv(&a.dir, &images, caps));
+        print!("{}", captions::to_tsv(&dir, &images, caps));
         if !ctx.quiet {
             eprintln!("{}", loaded.describe());
         }
@@ -246,10 +266,11 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<()> {
 }
 
 fn check_captions(ctx: &Ctx, a: SourceArgs) -> anyhow::Result<()> {
-    let images = list_images(&a.dir)?;
-    let source = source_or_detect(&a.dir, &images, a.source);
-    let loaded = load_captions(&a.dir, &images, source, a.caption_column.as_deref())?;
-    let issues = caption_issues(&a.dir, &images, &loaded.captions);
+    let dir = folder(ctx, &a.dir)?;
+    let images = list_images(&dir)?;
+    let source = source_or_detect(&dir, &images, a.source);
+    let loaded = load_captions(&dir, &images, source, a.caption_column.as_deref())?;
+    let issues = caption_issues(&dir, &images, &loaded.captions);
     /// The `--json` document of `dataset captions check`.
     #[derive(serde::Serialize)]
     struct CaptionsCheckJson<'a> {
@@ -324,10 +345,11 @@ fn caption(ctx: &Ctx, a: CaptionArgs) -> anyhow::Result<()> {
 }
 
 fn run_report(ctx: &Ctx, a: ReportArgs) -> anyhow::Result<()> {
-    let images = list_images(&a.dir)?;
-    let source = source_or_detect(&a.dir, &images, a.source);
-    let loaded = load_captions(&a.dir, &images, source, a.caption_column.as_deref())?;
-    let r = report::build(&a.dir, &images, &loaded.captions)?;
+    let dir = folder(ctx, &a.dir)?;
+    let images = list_images(&dir)?;
+    let source = source_or_detect(&dir, &images, a.source);
+    let loaded = load_captions(&dir, &images, source, a.caption_column.as_deref())?;
+    let r = report::build(&dir, &images, &loaded.captions)?;
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let html = report::html::render(&r)?;

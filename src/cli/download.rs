@@ -1,12 +1,15 @@
 use super::Ctx;
 use hfsky::hub::download::{download, DownloadOptions};
-use hfsky::repo_id::RepoId;
+use hfsky::repo_id::{RepoId, RepoType};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model repo, `namespace/name`
+    /// Repo, `namespace/name`
     repo: RepoId,
+    /// What the repo is: a model or a dataset
+    #[arg(long, value_enum, default_value_t = RepoType::Model)]
+    repo_type: RepoType,
     /// Files to fetch (default: all)
     files: Vec<String>,
     /// Branch, tag or commit
@@ -21,7 +24,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let repo = args.repo;
     let rt = ctx.runtime();
     let (client, _) = super::client_for(ctx, &rt, None, &hfsky::auth::OidcOptions::default(), false)?;
-    let opts = DownloadOptions { repo, revision: args.revision, files: args.files, local_dir: args.local_dir };
+    let opts = DownloadOptions { repo, repo_type: args.repo_type, revision: args.revision, files: args.files, local_dir: args.local_dir };
     let got = rt.block_on(download(&client, &opts))?;
     for d in &got {
         ctx.say(&format!("{} -> {}", d.path_in_repo, d.local_path.display()));

@@ -1,9 +1,11 @@
 use super::{bad_input, exit, CliError, Ctx};
 use anyhow::Context;
 use hfsky::auth::{Credential, OidcOptions};
+use hfsky::dataset::hub_source::prepare_push;
 use hfsky::hub::push::{plan_push, push_folder, FileAction, PushEvent, PushOptions, PushOutcome, PushStatus, Reporter};
 use hfsky::hub::HubClient;
-use hfsky::repo_id::RepoId;
+use hfsky::names;
+use hfsky::repo_id::{RepoId, RepoRef, RepoType};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -31,9 +33,13 @@ impl OidcArgs {
 pub struct Args {
     /// Folder to upload
     dir: PathBuf,
-    /// Target model repo, `namespace/name`
+    /// Target repo, `namespace/name`
     #[arg(long)]
     repo: RepoId,
+    /// What the repo is: a model, or a dataset (a photo folder in the Hub's imagefolder layout,
+    /// checked first, with a dataset card added when the folder has no README.md)
+    #[arg(long, value_enum, default_value_t = RepoType::Model)]
+    repo_type: RepoType,
     /// Create the repo private (if it does not exist yet)
     #[arg(long)]
     private: bool,
@@ -97,8 +103,28 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     }
     let rt = ctx.runtime();
     let (client, _) = writer_client(ctx, &rt, &repo, &args.oidc)?;
+    // A dataset is checked and laid out as the Hub's imagefolder first (its metadata file, a
+    // dataset card unless the repo has one), in a staging folder that lives until the push ends.
+    let dataset = match args.repo_type {
+        RepoType::Model => None,
+        RepoType::Dataset => {
+            let card_on_hub = match rt.block_on(client.paths_info(RepoRef::dataset(&repo), &args.revision, &[names::README.to_string()])) {
+                Ok(found) => !found.is_empty(),
+                Err(e) if matches!(e.status(), Some(404)) => false,
+                Err(e) => return Err(e.into()),
+            };
+            let folder = prepare_push(&args.dir, &repo, card_on_hub)?;
+            ctx.say(&format!("dataset: {} photo(s); {}", folder.images, folder.captions.describe()));
+            if !folder.generated.is_empty() {
+                ctx.say(&format!("added for the Hub's imagefolder layout: {}", folder.generated.join(", ")));
+            }
+            Some(folder)
+        }
+    };
+    let dir = dataset.as_ref().map_or(args.dir.as_path(), |f| f.dir.as_path());
     let opts = PushOptions {
         repo,
+        repo_type: args.repo_type,
         revision: args.revision,
         private: args.private.then_some(true),
         create_pr: args.create_pr,
@@ -110,11 +136,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         allow_lfs_pointers: args.allow_lfs_pointers,
         reporter: progress_bars(ctx),
     };
-    let outcome = if args.dry_run {
-        rt.block_on(plan_push(&client, &args.dir, &opts))?.dry_run_outcome()
-    } else {
-        rt.block_on(push_folder(&client, &args.dir, &opts))?
-    };
+    let outcome =
+        if args.dry_run { rt.block_on(plan_push(&client, dir, &opts))?.dry_run_outcome() } else { rt.block_on(push_folder(&client, dir, &opts))? };
     ctx.say(&describe(&outcome));
     ctx.emit_json(&outcome);
     Ok(())

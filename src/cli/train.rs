@@ -2,6 +2,7 @@
 //! also a flag, declared in `hfsky::train::config`), the model card, and one commit to the Hub.
 
 use super::{bad_input, Ctx};
+use hfsky::dataset::hub_source::{resolve, DatasetSource};
 use hfsky::generate::source::resolve_pipeline;
 use hfsky::hub::push::{push_folder, PushOptions, PushOutcome};
 use hfsky::names;
@@ -49,6 +50,17 @@ fn load_config(a: Args) -> anyhow::Result<TrainConfig> {
         ));
     }
     TrainConfig::load(a.config.as_deref(), a.keys).map_err(|e| bad_input(e.to_string()))
+}
+
+/// The dataset made a local folder once, before anything reads it: a Hub dataset's images and
+/// metadata downloaded into the HF cache (with the download bar), a local folder checked.
+fn resolve_dataset(ctx: &Ctx, mut cfg: TrainConfig, client: &hfsky::hub::HubClient, rt: &tokio::runtime::Runtime) -> anyhow::Result<TrainConfig> {
+    let resolved = rt.block_on(resolve(&cfg.dataset, cfg.dataset_revision.as_deref(), client))?;
+    if let DatasetSource::Downloaded { repo, commit, folder } = &resolved {
+        ctx.say(&format!("dataset {repo} at {commit}: {}", folder.display()));
+    }
+    cfg.dataset = resolved;
+    Ok(cfg)
 }
 
 fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &tokio::runtime::Runtime) -> anyhow::Result<TrainSummary> {
@@ -178,6 +190,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     let cfg = load_config(a)?;
     let client = super::client(ctx, false)?;
     let rt = ctx.runtime();
+    let cfg = resolve_dataset(ctx, cfg, &client, &rt)?;
     let summary = train(ctx, &cfg, &client, &rt)?;
     let name = cfg.output_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "my-lora".into());
     let card = write_card(&cfg, &summary, &format!("your-name/{name}"))?;
@@ -205,7 +218,7 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     // The card is checked before training too: a base_model the Hub refuses must not cost a run.
     let plan = hfsky::card::precheck(&cfg.base_model, cfg.base_model_id.as_deref(), &cfg.instance_prompt, cfg.license.as_deref())
         .map_err(|e| bad_input(format!("{e}; nothing was trained")))?;
-    if let Err(e) = rt.block_on(client.validate_yaml(&plan.readme)) {
+    if let Err(e) = rt.block_on(client.validate_yaml(&plan.readme, hfsky::repo_id::RepoType::Model)) {
         return Err(match e {
             hfsky::hub::HubError::Http(f) if matches!(f.status, 400 | 422) => {
                 bad_input(format!("the model card would be rejected by the Hub: {}; nothing was trained", f.message))
@@ -216,17 +229,19 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     if let Some(note) = &plan.note {
         ctx.say(note);
     }
+    let cfg = resolve_dataset(ctx, cfg, &client, &rt)?;
     if a.dry_run {
         return dry_run_report(ctx, &rt, &client, &cfg, &repo);
     }
     let summary = train(ctx, &cfg, &client, &rt)?;
     let card = write_card(&cfg, &summary, &repo.to_string())?;
-    let warnings = rt.block_on(client.validate_yaml(&std::fs::read_to_string(&card)?))?;
+    let warnings = rt.block_on(client.validate_yaml(&std::fs::read_to_string(&card)?, hfsky::repo_id::RepoType::Model))?;
     for w in &warnings {
         ctx.say(&format!("model card: {w}"));
     }
     let opts = PushOptions {
         repo: repo.clone(),
+        repo_type: hfsky::repo_id::RepoType::Model,
         revision: "main".into(),
         private: a.private.then_some(true),
         create_pr: a.create_pr,
@@ -253,7 +268,7 @@ fn dry_run_report(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::
         plan.trainable(),
         plan.images,
         plan.captioned,
-        cfg.dataset.display(),
+        cfg.dataset,
         plan.files.join(", ")
     ));
     ctx.say(&plan.captions_from.describe());

@@ -8,6 +8,7 @@ pub mod check;
 pub mod fix;
 #[cfg(feature = "heif")]
 mod heif;
+pub mod hub_source;
 pub mod images;
 pub mod overlay;
 pub mod phash;

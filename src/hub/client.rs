@@ -4,7 +4,7 @@
 use super::error::{HttpFailure, HubError};
 use super::protocol::*;
 use crate::redact::redact;
-use crate::repo_id::RepoId;
+use crate::repo_id::{RepoRef, RepoType};
 use crate::token::Token;
 use futures_util::future::BoxFuture;
 use reqwest::{header, Method, RequestBuilder, Response, StatusCode};
@@ -137,8 +137,9 @@ impl HubClient {
         format!("{}{}", self.endpoint, path)
     }
 
-    fn model_api(&self, id: &RepoId, tail: &str) -> String {
-        self.url(&format!("/api/models/{id}{tail}"))
+    /// `/api/{models,datasets}/{id}{tail}`.
+    fn api(&self, repo: RepoRef<'_>, tail: &str) -> String {
+        self.url(&format!("/api/{}/{}{tail}", repo.kind.plural(), repo.id))
     }
 
     /// A request to a Hub URL, with the token when there is one.
@@ -216,23 +217,27 @@ impl HubClient {
         Self::json(&url, resp).await
     }
 
-    /// Creates a model repo; with `exist_ok` an existing one is fine. Returns the repo URL.
-    pub async fn create_repo(&self, id: &RepoId, private: Option<bool>, exist_ok: bool) -> Result<String, HubError> {
+    /// Creates a repo (a bare [`crate::repo_id::RepoId`]: a model repo); with `exist_ok` an existing one is fine.
+    /// Returns the repo URL.
+    pub async fn create_repo<'a>(&self, repo: impl Into<RepoRef<'a>>, private: Option<bool>, exist_ok: bool) -> Result<String, HubError> {
+        let repo = repo.into();
+        let id = repo.id;
         let url = self.url("/api/repos/create");
         let body = CreateRepoRequest {
             name: id.name.clone(),
             organization: Some(id.namespace.clone()),
-            kind: None,
+            // huggingface_hub omits the type for models.
+            kind: (repo.kind != RepoType::Model).then(|| repo.kind.as_str().to_string()),
             private,
             visibility: private.map(|p| if p { "private".into() } else { "public".into() }),
         };
         match self.execute("POST", &url, || Ok(self.request(Method::POST, &url).json(&body))).await {
             Ok(resp) => Ok(Self::json::<CreateRepoResponse>(&url, resp).await?.url),
-            Err(e) if exist_ok && e.status() == Some(409) => Ok(format!("{}/{id}", self.endpoint)),
+            Err(e) if exist_ok && e.status() == Some(409) => Ok(format!("{}/{repo}", self.endpoint)),
             Err(e) if exist_ok && matches!(e.status(), Some(401..=403)) => {
                 // No create rights, but the repo may exist and be writable: the Hub's own client does the same.
-                match self.model_info(id, None).await {
-                    Ok(_) => Ok(format!("{}/{id}", self.endpoint)),
+                match self.repo_info(repo, None).await {
+                    Ok(_) => Ok(format!("{}/{repo}", self.endpoint)),
                     Err(_) => Err(e),
                 }
             }
@@ -258,25 +263,28 @@ impl HubClient {
     }
 
     /// Creates `branch` at `starting_point` (default: the repo's main branch).
-    pub async fn create_branch(&self, id: &RepoId, branch: &str, starting_point: Option<&str>) -> Result<(), HubError> {
-        let url = self.model_api(id, &format!("/branch/{}", encode_segment(branch)));
+    pub async fn create_branch<'a>(&self, repo: impl Into<RepoRef<'a>>, branch: &str, starting_point: Option<&str>) -> Result<(), HubError> {
+        let url = self.api(repo.into(), &format!("/branch/{}", encode_segment(branch)));
         let body = CreateBranchRequest { starting_point: starting_point.map(String::from) };
         self.execute("POST", &url, || Ok(self.request(Method::POST, &url).json(&body))).await?;
         Ok(())
     }
 
-    pub async fn model_info(&self, id: &RepoId, revision: Option<&str>) -> Result<ModelInfo, HubError> {
+    /// `GET /api/{models,datasets}/{id}[/revision/{rev}]`: the fields model and dataset infos
+    /// share (id, sha, siblings, card data, …).
+    pub async fn repo_info<'a>(&self, repo: impl Into<RepoRef<'a>>, revision: Option<&str>) -> Result<ModelInfo, HubError> {
+        let repo = repo.into();
         let url = match revision {
-            Some(rev) => self.model_api(id, &format!("/revision/{}", encode_segment(rev))),
-            None => self.model_api(id, ""),
+            Some(rev) => self.api(repo, &format!("/revision/{}", encode_segment(rev))),
+            None => self.api(repo, ""),
         };
         let resp = self.execute("GET", &url, || Ok(self.request(Method::GET, &url))).await?;
         Self::json(&url, resp).await
     }
 
     /// Every file under the revision, following the `Link: rel="next"` pagination.
-    pub async fn list_tree(&self, id: &RepoId, revision: &str) -> Result<Vec<TreeEntry>, HubError> {
-        let mut next = Some(self.model_api(id, &format!("/tree/{}?recursive=true&expand=false", encode_segment(revision))));
+    pub async fn list_tree<'a>(&self, repo: impl Into<RepoRef<'a>>, revision: &str) -> Result<Vec<TreeEntry>, HubError> {
+        let mut next = Some(self.api(repo.into(), &format!("/tree/{}?recursive=true&expand=false", encode_segment(revision))));
         let mut out = Vec::new();
         while let Some(url) = next.take() {
             let resp = self.execute("GET", &url, || Ok(self.request(Method::GET, &url))).await?;
@@ -286,8 +294,8 @@ impl HubClient {
         Ok(out)
     }
 
-    pub async fn paths_info(&self, id: &RepoId, revision: &str, paths: &[String]) -> Result<Vec<TreeEntry>, HubError> {
-        let url = self.model_api(id, &format!("/paths-info/{}", encode_segment(revision)));
+    pub async fn paths_info<'a>(&self, repo: impl Into<RepoRef<'a>>, revision: &str, paths: &[String]) -> Result<Vec<TreeEntry>, HubError> {
+        let url = self.api(repo.into(), &format!("/paths-info/{}", encode_segment(revision)));
         let mut out = Vec::new();
         for chunk in paths.chunks(500) {
             let body = serde_json::json!({ "paths": chunk, "expand": false });
@@ -297,9 +305,15 @@ impl HubClient {
         Ok(out)
     }
 
-    pub async fn preupload(&self, id: &RepoId, revision: &str, files: Vec<PreuploadFile>, create_pr: bool) -> Result<Vec<PreuploadAnswer>, HubError> {
+    pub async fn preupload<'a>(
+        &self,
+        repo: impl Into<RepoRef<'a>>,
+        revision: &str,
+        files: Vec<PreuploadFile>,
+        create_pr: bool,
+    ) -> Result<Vec<PreuploadAnswer>, HubError> {
         let pr = if create_pr { "?create_pr=1" } else { "" };
-        let url = self.model_api(id, &format!("/preupload/{}{pr}", encode_segment(revision)));
+        let url = self.api(repo.into(), &format!("/preupload/{}{pr}", encode_segment(revision)));
         let mut out = Vec::new();
         for chunk in files.chunks(256) {
             let body = PreuploadRequest { files: chunk.to_vec(), git_ignore: None };
@@ -309,8 +323,15 @@ impl HubClient {
         Ok(out)
     }
 
-    pub async fn lfs_batch(&self, id: &RepoId, revision: &str, objects: &[LfsObject], create_pr: bool) -> Result<Vec<LfsBatchObject>, HubError> {
-        let url = self.url(&format!("/{id}.git/info/lfs/objects/batch"));
+    /// The Git LFS batch API under the git remote: `/{prefix}{id}.git/info/lfs/objects/batch`.
+    pub async fn lfs_batch<'a>(
+        &self,
+        repo: impl Into<RepoRef<'a>>,
+        revision: &str,
+        objects: &[LfsObject],
+        create_pr: bool,
+    ) -> Result<Vec<LfsBatchObject>, HubError> {
+        let url = self.url(&format!("/{}.git/info/lfs/objects/batch", repo.into()));
         let mut out = Vec::new();
         for chunk in objects.chunks(256) {
             let body = LfsBatchRequest {
@@ -335,9 +356,15 @@ impl HubClient {
         Ok(out)
     }
 
-    pub async fn commit(&self, id: &RepoId, revision: &str, lines: &[CommitLine], create_pr: bool) -> Result<CommitResponse, HubError> {
+    pub async fn commit<'a>(
+        &self,
+        repo: impl Into<RepoRef<'a>>,
+        revision: &str,
+        lines: &[CommitLine],
+        create_pr: bool,
+    ) -> Result<CommitResponse, HubError> {
         let pr = if create_pr { "?create_pr=1" } else { "" };
-        let url = self.model_api(id, &format!("/commit/{}{pr}", encode_segment(revision)));
+        let url = self.api(repo.into(), &format!("/commit/{}{pr}", encode_segment(revision)));
         let mut body = Vec::new();
         for line in lines {
             serde_json::to_writer(&mut body, line).expect("serializable");
@@ -349,10 +376,11 @@ impl HubClient {
         Self::json(&url, resp).await
     }
 
-    /// `POST /api/validate-yaml`: the Hub's own check of a model card's metadata.
-    pub async fn validate_yaml(&self, readme: &str) -> Result<Vec<String>, HubError> {
+    /// `POST /api/validate-yaml`: the Hub's own check of a repo card's metadata (the rules of
+    /// `repo_type`'s cards).
+    pub async fn validate_yaml(&self, readme: &str, repo_type: RepoType) -> Result<Vec<String>, HubError> {
         let url = self.url("/api/validate-yaml");
-        let body = serde_json::json!({ "content": readme, "repoType": "model" });
+        let body = serde_json::json!({ "content": readme, "repoType": repo_type.as_str() });
         let resp = self.execute("POST", &url, || Ok(self.request(Method::POST, &url).json(&body))).await?;
         let v: serde_json::Value = Self::json(&url, resp).await?;
         Ok(v["warnings"].as_array().map(|w| w.iter().filter_map(|m| m["message"].as_str().map(String::from)).collect()).unwrap_or_default())

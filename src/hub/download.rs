@@ -10,7 +10,7 @@
 use super::client::HubClient;
 use super::error::HubError;
 use crate::redact::redact;
-use crate::repo_id::{validate_repo_path, RepoId};
+use crate::repo_id::{validate_repo_path, RepoId, RepoRef, RepoType};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,16 +65,20 @@ pub struct RepoFetcher {
     client: HubClient,
     hf: hf_hub::HFClient,
     repo: RepoId,
+    kind: RepoType,
     revision: String,
     offline: bool,
 }
 
 impl RepoFetcher {
-    pub fn new(client: &HubClient, repo: &RepoId, revision: Option<&str>) -> Result<Self, HubError> {
+    /// A fetcher of `repo` (a bare [`RepoId`]: a model repo) at `revision` (default `main`).
+    pub fn new<'a>(client: &HubClient, repo: impl Into<RepoRef<'a>>, revision: Option<&str>) -> Result<Self, HubError> {
+        let repo = repo.into();
         Ok(RepoFetcher {
             client: client.clone(),
             hf: hf_client(client)?,
-            repo: repo.clone(),
+            repo: repo.id.clone(),
+            kind: repo.kind,
             revision: revision.unwrap_or("main").to_string(),
             offline: hub_offline(),
         })
@@ -88,6 +92,16 @@ impl RepoFetcher {
         &self.repo
     }
 
+    /// The repo with its type.
+    pub fn target(&self) -> RepoRef<'_> {
+        RepoRef { kind: self.kind, id: &self.repo }
+    }
+
+    /// The revision files are fetched at: the commit once the first file resolved.
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
     /// One file into the cache; returns its path in the snapshot folder. After the first file,
     /// the revision is pinned to the snapshot's commit.
     pub async fn file(&mut self, path_in_repo: &str) -> Result<PathBuf, HubError> {
@@ -96,7 +110,7 @@ impl RepoFetcher {
             self.client.download_progress().map(|on| hf_hub::progress::Progress::new(Forward { path: path_in_repo.to_string(), on: on.clone() }));
         let local = self
             .hf
-            .model(self.repo.namespace.clone(), self.repo.name.clone())
+            .repository(any_kind(self.kind), self.repo.namespace.clone(), self.repo.name.clone())
             .download_file()
             .filename(path_in_repo.to_string())
             .revision(self.revision.clone())
@@ -105,7 +119,14 @@ impl RepoFetcher {
             .send()
             .await
             .map_err(|e| {
-                HubError::Download(redact(&format!("{path_in_repo} ({}/{} at {}): {e}", self.client.endpoint(), self.repo, self.revision)))
+                let what = redact(&format!("{path_in_repo} ({}/{} at {}): {e}", self.client.endpoint(), self.target(), self.revision));
+                match e {
+                    // A gated repo whose conditions were not accepted, or a private one: the token decides (exit 3).
+                    hf_hub::HFError::AuthRequired { .. } | hf_hub::HFError::Forbidden { .. } => HubError::Auth(format!(
+                        "{what}: the repo is gated or private; accept its conditions on the Hub and log in (`hfsky login`, HF_TOKEN) with a token that can read it"
+                    )),
+                    _ => HubError::Download(what),
+                }
             })?;
         if let Some(commit) = snapshot_commit(&local, path_in_repo) {
             self.revision = commit;
@@ -125,7 +146,7 @@ impl RepoFetcher {
             out.sort();
             return Ok(out);
         }
-        Ok(self.client.list_tree(&self.repo, &self.revision).await?.into_iter().filter(|e| e.kind == "file").map(|e| (e.path, e.size)).collect())
+        Ok(self.client.list_tree(self.target(), &self.revision).await?.into_iter().filter(|e| e.kind == "file").map(|e| (e.path, e.size)).collect())
     }
 
     /// Several files, announced with their total size first.
@@ -138,6 +159,14 @@ impl RepoFetcher {
             out.push(self.file(p).await?);
         }
         Ok(out)
+    }
+}
+
+/// hf-hub's name for a repo type.
+fn any_kind(kind: RepoType) -> hf_hub::RepoTypeAny {
+    match kind {
+        RepoType::Model => hf_hub::RepoTypeAny::Model,
+        RepoType::Dataset => hf_hub::RepoTypeAny::Dataset,
     }
 }
 
@@ -167,6 +196,8 @@ fn list_dir(root: &Path, dir: &Path, out: &mut Vec<(String, u64)>) -> std::io::R
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
     pub repo: RepoId,
+    /// A model repo, or a dataset repo (`download --repo-type dataset`).
+    pub repo_type: RepoType,
     pub revision: Option<String>,
     pub files: Vec<String>,
     pub local_dir: Option<PathBuf>,
@@ -180,8 +211,9 @@ pub struct Downloaded {
 
 pub async fn download(client: &HubClient, opts: &DownloadOptions) -> Result<Vec<Downloaded>, HubError> {
     let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
+    let target = RepoRef { kind: opts.repo_type, id: &opts.repo };
     let files = if opts.files.is_empty() {
-        client.list_tree(&opts.repo, &revision).await?.into_iter().filter(|e| e.kind == "file").map(|e| e.path).collect()
+        client.list_tree(target, &revision).await?.into_iter().filter(|e| e.kind == "file").map(|e| e.path).collect()
     } else {
         opts.files.clone()
     };
@@ -190,7 +222,7 @@ pub async fn download(client: &HubClient, opts: &DownloadOptions) -> Result<Vec<
         validate_repo_path(f).map_err(|e| HubError::Invalid(e.to_string()))?;
     }
     let hf = hf_client(client)?;
-    let repo = hf.model(opts.repo.namespace.clone(), opts.repo.name.clone());
+    let repo = hf.repository(any_kind(opts.repo_type), opts.repo.namespace.clone(), opts.repo.name.clone());
     let mut out = Vec::with_capacity(files.len());
     for f in files {
         let path = repo
@@ -200,7 +232,7 @@ pub async fn download(client: &HubClient, opts: &DownloadOptions) -> Result<Vec<
             .maybe_local_dir(opts.local_dir.clone())
             .send()
             .await
-            .map_err(|e| HubError::Download(redact(&format!("{} ({}/{} at {revision}): {e}", f, client.endpoint(), opts.repo))))?;
+            .map_err(|e| HubError::Download(redact(&format!("{} ({}/{} at {revision}): {e}", f, client.endpoint(), target))))?;
         out.push(Downloaded { path_in_repo: f, local_path: path });
     }
     Ok(out)

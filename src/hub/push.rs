@@ -7,7 +7,7 @@ use super::error::{HubError, PushConflict};
 use super::protocol::*;
 use crate::hash::{git_blob_sha1, sha256_file_progress};
 use crate::names;
-use crate::repo_id::{validate_repo_path, RepoId};
+use crate::repo_id::{validate_repo_path, RepoId, RepoRef, RepoType};
 use base64::Engine;
 use futures_util::StreamExt;
 use reqwest::{header, Method};
@@ -20,6 +20,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct PushOptions {
     pub repo: RepoId,
+    /// A model repo, or a dataset repo (`push --repo-type dataset`).
+    pub repo_type: RepoType,
     pub revision: String,
     pub private: Option<bool>,
     pub create_pr: bool,
@@ -36,10 +38,16 @@ pub struct PushOptions {
 }
 
 impl PushOptions {
+    /// The target with its type, as the client's URLs need it.
+    pub fn target(&self) -> RepoRef<'_> {
+        RepoRef { kind: self.repo_type, id: &self.repo }
+    }
+
     /// A push of a whole folder to `main` of `repo`, no globs, no progress reported.
     pub fn new(repo: RepoId, message: &str) -> PushOptions {
         PushOptions {
             repo,
+            repo_type: RepoType::Model,
             revision: "main".into(),
             private: None,
             create_pr: false,
@@ -324,7 +332,7 @@ fn is_commit_oid(rev: &str) -> bool {
 
 /// (repo exists, revision head) — `None` heads for a missing repo or branch.
 async fn remote_state(client: &HubClient, opts: &PushOptions) -> Result<(bool, Option<String>, Option<String>), HubError> {
-    let main = match client.model_info(&opts.repo, None).await {
+    let main = match client.repo_info(opts.target(), None).await {
         Ok(info) => info.sha,
         Err(e) if e.error_code() == Some("RepoNotFound") || e.status() == Some(404) => return Ok((false, None, None)),
         Err(e) => return Err(e),
@@ -332,7 +340,7 @@ async fn remote_state(client: &HubClient, opts: &PushOptions) -> Result<(bool, O
     if opts.revision == "main" {
         return Ok((true, main.clone(), main));
     }
-    match client.model_info(&opts.repo, Some(&opts.revision)).await {
+    match client.repo_info(opts.target(), Some(&opts.revision)).await {
         Ok(info) => Ok((true, info.sha, main)),
         Err(e) if e.error_code() == Some("RevisionNotFound") => Ok((true, None, main)),
         Err(e) => Err(e),
@@ -344,14 +352,14 @@ async fn remote_state(client: &HubClient, opts: &PushOptions) -> Result<(bool, O
 pub async fn prepare_target(client: &HubClient, opts: &PushOptions) -> Result<(bool, bool), HubError> {
     let (exists, mut head, _) = remote_state(client, opts).await?;
     if !exists {
-        client.create_repo(&opts.repo, opts.private, true).await?;
+        client.create_repo(opts.target(), opts.private, true).await?;
         head = remote_state(client, opts).await?.1;
     }
     if head.is_some() {
         return Ok((!exists, false));
     }
     check_new_branch(opts)?;
-    client.create_branch(&opts.repo, &opts.revision, None).await?;
+    client.create_branch(opts.target(), &opts.revision, None).await?;
     Ok((!exists, true))
 }
 
@@ -384,15 +392,17 @@ fn refuse_lfs_pointers(files: &[LocalFile]) -> Result<(), HubError> {
     )))
 }
 
-/// Checks a model card's metadata with the Hub before anything is uploaded.
-async fn check_card(client: &HubClient, files: &[LocalFile]) -> Result<(), HubError> {
+/// Checks a repo card's metadata with the Hub (the rules of `repo_type`'s cards) before
+/// anything is uploaded.
+async fn check_card(client: &HubClient, files: &[LocalFile], repo_type: RepoType) -> Result<(), HubError> {
     let Some(card) = files.iter().find(|f| f.path_in_repo == names::README) else { return Ok(()) };
     let text = std::fs::read_to_string(&card.abs).map_err(HubError::io(&card.abs))?;
-    match client.validate_yaml(&text).await {
+    match client.validate_yaml(&text, repo_type).await {
         Ok(_) => Ok(()),
         Err(HubError::Http(f)) if matches!(f.status, 400 | 422) => Err(HubError::Invalid(format!(
-            "{}: the model card's metadata is invalid: {} (fix the YAML block between the --- lines)",
+            "{}: the {} card's metadata is invalid: {} (fix the YAML block between the --- lines)",
             card.abs.display(),
+            repo_type,
             f.message
         ))),
         Err(e) => Err(e),
@@ -418,7 +428,7 @@ pub async fn plan_push(client: &HubClient, dir: &Path, opts: &PushOptions) -> Re
     if !opts.allow_lfs_pointers {
         refuse_lfs_pointers(&files)?;
     }
-    check_card(client, &files).await?;
+    check_card(client, &files, opts.repo_type).await?;
     let (repo_exists, head, main) = remote_state(client, opts).await?;
     let branch_exists = head.is_some();
     if repo_exists && !branch_exists {
@@ -442,7 +452,7 @@ pub async fn plan_push(client: &HubClient, dir: &Path, opts: &PushOptions) -> Re
     let answers = if preupload.is_empty() {
         vec![]
     } else if repo_exists {
-        client.preupload(&opts.repo, base_rev, preupload.clone(), opts.create_pr).await?
+        client.preupload(opts.target(), base_rev, preupload.clone(), opts.create_pr).await?
     } else {
         // No repo to ask yet: the Hub's own rule, and nothing on the remote side.
         preupload
@@ -497,7 +507,7 @@ pub async fn plan_push(client: &HubClient, dir: &Path, opts: &PushOptions) -> Re
 
     let mut deleted = Vec::new();
     if !opts.delete.is_empty() && repo_exists {
-        let remote = client.list_tree(&opts.repo, base_rev).await?;
+        let remote = client.list_tree(opts.target(), base_rev).await?;
         let local: std::collections::HashSet<String> = scan_folder(dir, &opts.include, &opts.exclude)?.into_iter().map(|f| f.path_in_repo).collect();
         deleted =
             remote.into_iter().filter(|e| e.kind == "file" && delete_globs.is_match(&e.path) && !local.contains(&e.path)).map(|e| e.path).collect();
@@ -540,7 +550,7 @@ pub async fn commit_plan(client: &HubClient, plan: &PushPlan, opts: &PushOptions
     if plan.is_empty() {
         let mut o = plan.outcome(PushStatus::NothingToPush);
         o.commit_oid = plan.parent.clone();
-        o.commit_url = plan.parent.as_ref().map(|oid| client.url(&format!("/{}/commit/{oid}", plan.repo)));
+        o.commit_url = plan.parent.as_ref().map(|oid| client.url(&format!("/{}/commit/{oid}", RepoRef { kind: opts.repo_type, id: &plan.repo })));
         return Ok(o);
     }
     let (uploaded, reused) = upload_lfs(client, opts, &plan.changes).await?;
@@ -574,7 +584,7 @@ pub async fn commit_plan(client: &HubClient, plan: &PushPlan, opts: &PushOptions
         let mut lines =
             vec![CommitLine::Header { summary: opts.message.clone(), description: opts.description.clone(), parent_commit: parent.clone() }];
         lines.extend(file_lines.iter().cloned());
-        match client.commit(&opts.repo, &opts.revision, &lines, opts.create_pr).await {
+        match client.commit(opts.target(), &opts.revision, &lines, opts.create_pr).await {
             Ok(resp) => {
                 let mut o = plan.outcome(PushStatus::Committed);
                 o.commit_oid = Some(resp.commit_oid);
@@ -588,8 +598,8 @@ pub async fn commit_plan(client: &HubClient, plan: &PushPlan, opts: &PushOptions
             }
             Err(e) if e.status() == Some(412) && rebased < MAX_REBASES => {
                 let Some(old) = parent.clone() else { return Err(e) };
-                let new = client.model_info(&opts.repo, Some(&opts.revision)).await?.sha.ok_or(e)?;
-                let theirs = changed_between(client, &opts.repo, &old, &new).await?;
+                let new = client.repo_info(opts.target(), Some(&opts.revision)).await?.sha.ok_or(e)?;
+                let theirs = changed_between(client, opts.target(), &old, &new).await?;
                 let ours: std::collections::HashSet<&str> = plan
                     .changes
                     .iter()
@@ -615,7 +625,7 @@ pub async fn commit_plan(client: &HubClient, plan: &PushPlan, opts: &PushOptions
 }
 
 /// Paths whose content differs between two commits of a repo.
-async fn changed_between(client: &HubClient, repo: &RepoId, old: &str, new: &str) -> Result<Vec<String>, HubError> {
+async fn changed_between(client: &HubClient, repo: RepoRef<'_>, old: &str, new: &str) -> Result<Vec<String>, HubError> {
     let files = |entries: Vec<TreeEntry>| -> std::collections::BTreeMap<String, String> {
         entries.into_iter().filter(|e| e.kind == "file").map(|e| (e.path, e.oid)).collect()
     };
@@ -639,8 +649,8 @@ async fn upload_lfs(client: &HubClient, opts: &PushOptions, planned: &[Planned])
     if objects.is_empty() {
         return Ok((0, 0));
     }
-    let answers = client.lfs_batch(&opts.repo, &opts.revision, &objects, opts.create_pr).await?;
-    let batch_url = client.url(&format!("/{}.git/info/lfs/objects/batch", opts.repo));
+    let answers = client.lfs_batch(opts.target(), &opts.revision, &objects, opts.create_pr).await?;
+    let batch_url = client.url(&format!("/{}.git/info/lfs/objects/batch", opts.target()));
     let todo: Vec<_> = answers.iter().filter(|a| a.actions.as_ref().is_some_and(|x| x.upload.is_some())).collect();
     if let Some(err) = answers.iter().find_map(|a| a.error.as_ref().map(|e| (a, e))) {
         return Err(HubError::Protocol {

@@ -5,6 +5,7 @@
 //! run trains the wrong thing): serde's for the file, clap's for a flag. Flags override the file.
 
 pub use crate::dataset::captions::CaptionSource;
+pub use crate::dataset::hub_source::DatasetSource;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -211,8 +212,12 @@ train_keys! {
     /// A diffusers pipeline: Hub repo id (`namespace/name[@revision]`, through hf-hub, honours
     /// --endpoint) or a local folder.
     base_model: String,
-    /// Folder of training photos.
-    dataset: PathBuf,
+    /// The training photos: a local folder, or a Hub dataset repo `namespace/name` in the
+    /// imagefolder layout (images + metadata.jsonl/csv; a `train/` split folder when there is
+    /// one), downloaded into the HF cache. An existing local path wins over a repo id.
+    dataset: DatasetSource,
+    /// With a Hub dataset: its branch, tag or commit. Default: main.
+    dataset_revision: Option<String>,
     /// The trigger phrase, e.g. "a photo of SKY".
     instance_prompt: String,
     /// Where captions come from: sidecar (`photo.txt`; images without one get the instance prompt
@@ -514,8 +519,11 @@ fn read_file(path: &Path) -> Result<TrainKeys, ConfigError> {
             *p = base.join(&*p);
         }
     };
-    for p in [&mut keys.dataset, &mut keys.output_dir, &mut keys.class_data_dir, &mut keys.cache_dir].into_iter().flatten() {
+    for p in [&mut keys.output_dir, &mut keys.class_data_dir, &mut keys.cache_dir].into_iter().flatten() {
         rebase(p);
+    }
+    if let Some(d) = keys.dataset.as_mut() {
+        d.rebase(&base);
     }
     // A base model is a local folder when one exists there; otherwise it stays a Hub repo id.
     if let Some(model) = keys.base_model.as_mut() {
@@ -562,7 +570,7 @@ mod tests {
             "base_model: stabilityai/stable-diffusion-xl-base-1.0\ndataset: ./photos\ninstance_prompt: \"a photo of SKY\"\ncaptions: sidecar\ncaption_template: \"{instance_prompt}, {caption}\"\nresolution: 512\nrank: 4\nalpha: 4\nlearning_rate: 1.0e-4\nmax_steps: 500\ntrain_batch_size: 1\nseed: 0\noutput_dir: ./out\nvalidation_prompt: \"a photo of SKY river\"\n",
         );
         let c = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap();
-        assert_eq!(c.dataset, d.path().join("./photos"));
+        assert_eq!(c.dataset, DatasetSource::Local(d.path().join("./photos")));
         assert_eq!(c.output_dir, d.path().join("./out"));
         assert_eq!(c.base_model, "stabilityai/stable-diffusion-xl-base-1.0");
         assert_eq!(c.resolution, Some(512));
@@ -618,7 +626,7 @@ mod tests {
         assert_eq!(c.max_steps, Some(7));
         assert_eq!(c.gradient_checkpointing, super::super::memory::Checkpointing::On);
         assert_eq!(c.output_dir, Path::new("elsewhere"), "a path given as a flag is relative to the working directory");
-        assert_eq!(c.dataset, d.path().join("./photos"), "the file's keys stay where no flag is given");
+        assert_eq!(c.dataset, DatasetSource::Local(d.path().join("./photos")), "the file's keys stay where no flag is given");
         assert_eq!(
             TrainConfig::load(Some(&p), TrainKeys::default()).unwrap().gradient_checkpointing,
             super::super::memory::Checkpointing::Auto,

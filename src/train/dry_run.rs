@@ -64,6 +64,8 @@ pub enum DryRunError {
     /// A setting the photos cannot satisfy (e.g. holding out every photo).
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Source(#[from] crate::dataset::hub_source::DatasetSourceError),
 }
 
 /// Checks a run of `cfg` on the pipeline in `model_dir` (already resolved: a local folder or the
@@ -71,8 +73,9 @@ pub enum DryRunError {
 /// photo decoded once, the captions read.
 pub fn dry_run(cfg: &TrainConfig, model_dir: &Path) -> Result<DryRun, DryRunError> {
     PipelineFiles::open(model_dir)?;
-    let images = crate::dataset::list_images(&cfg.dataset)?;
-    let captions = crate::dataset::captions::load_captions(&cfg.dataset, &images, cfg.captions, cfg.caption_column.as_deref())?;
+    let dataset_dir = cfg.dataset.folder()?;
+    let images = crate::dataset::list_images(dataset_dir)?;
+    let captions = crate::dataset::captions::load_captions(dataset_dir, &images, cfg.captions, cfg.caption_column.as_deref())?;
     let skipped: Vec<Skipped> = images
         .iter()
         .filter_map(|p| crate::dataset::images::load_rgb(p).err().map(|problem| Skipped { file: p.clone(), reason: problem.reason }))
@@ -80,7 +83,7 @@ pub fn dry_run(cfg: &TrainConfig, model_dir: &Path) -> Result<DryRun, DryRunErro
     let readable: Vec<&PathBuf> = images.iter().filter(|p| !skipped.iter().any(|s| &s.file == *p)).collect();
     let n = readable.len();
     let (_, plan) =
-        super::validation_loss::hold_out(&cfg.dataset, cfg.validation_split, cfg.seed, readable, |p| p.as_path()).map_err(DryRunError::Config)?;
+        super::validation_loss::hold_out(dataset_dir, cfg.validation_split, cfg.seed, readable, |p| p.as_path()).map_err(DryRunError::Config)?;
     let mut files: Vec<String> =
         [names::LORA_WEIGHTS, names::README, names::TRAIN_CONFIG, names::TRAINING_LOG, names::TRAINING_REPORT].map(String::from).to_vec();
     files.extend(cfg.lora_formats.iter().filter(|f| **f != crate::diffusion::lora::export::ExportFormat::Peft).map(|f| f.file_name().to_string()));

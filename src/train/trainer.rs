@@ -260,6 +260,9 @@ pub struct TrainSummary {
     pub validation_loss: Option<validation_loss::ValidationLossSettings>,
     pub license: String,
     pub lora_file: String,
+    /// The Hub dataset trained on (`dataset: namespace/name`), which the card names in `datasets`.
+    #[serde(default)]
+    pub hub_dataset: Option<String>,
 }
 
 /// The exact settings that reproduce the validation images.
@@ -334,8 +337,9 @@ impl Trainer<'_> {
         let xl = files.architecture == Architecture::StableDiffusionXl;
 
         // Photos and captions first: bad input should fail before any model is loaded.
-        let images = dataset::list_images(&cfg.dataset).map_err(|e| TrainError::Input(e.to_string()))?;
-        let found = dataset::captions::load_captions(&cfg.dataset, &images, cfg.captions, cfg.caption_column.as_deref())
+        let dataset_dir = cfg.dataset.folder().map_err(|e| TrainError::Input(e.to_string()))?;
+        let images = dataset::list_images(dataset_dir).map_err(|e| TrainError::Input(e.to_string()))?;
+        let found = dataset::captions::load_captions(dataset_dir, &images, cfg.captions, cfg.caption_column.as_deref())
             .map_err(|e| TrainError::Input(e.to_string()))?;
         on(Event::Note(found.describe()));
         let (caption_source, captions) = (found.source, found.captions);
@@ -358,7 +362,7 @@ impl Trainer<'_> {
         if loaded.is_empty() {
             return Err(TrainError::Input(format!(
                 "{}: none of the {} image(s) could be read; nothing to train on",
-                cfg.dataset.display(),
+                dataset_dir.display(),
                 images.len()
             )));
         }
@@ -375,7 +379,7 @@ impl Trainer<'_> {
 
         // Held-out photos go last and are prepared with the others, then split off below.
         let (loaded, held_plan) =
-            validation_loss::hold_out(&cfg.dataset, cfg.validation_split, cfg.seed, loaded, |(p, _, _)| p.as_path()).map_err(TrainError::Input)?;
+            validation_loss::hold_out(dataset_dir, cfg.validation_split, cfg.seed, loaded, |(p, _, _)| p.as_path()).map_err(TrainError::Input)?;
 
         // Resolution from the configs alone, so prompts can be encoded before the UNet is loaded.
         let unet_json: serde_json::Value = files.config("unet").map_err(GenerateError::from)?;
@@ -754,6 +758,7 @@ impl Trainer<'_> {
             validation_loss: held_out.settings(objective.schedule.alphas_cumprod.len(), val_every, final_val_loss),
             license: cfg.license.clone().unwrap_or_else(|| if xl { "openrail++".into() } else { "creativeml-openrail-m".into() }),
             lora_file: names::LORA_WEIGHTS.into(),
+            hub_dataset: cfg.dataset.hub_repo().map(|r| r.to_string()),
         };
         let summary_path = cfg.output_dir.join(names::TRAINING_SUMMARY);
         std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary).expect("serializable")).map_err(io_err(&summary_path))?;

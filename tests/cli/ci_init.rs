@@ -84,12 +84,12 @@ fn the_written_workflow_publishes_to_the_offline_hub() {
     let anon = hfsky::hub::HubClient::new(&hub.endpoint, None).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = hfsky::repo_id::RepoId::parse("alice/sky-lora").unwrap();
-    assert_eq!(rt.block_on(anon.model_info(&id, None)).unwrap_err().error_code(), Some("RepoNotFound"));
+    assert_eq!(rt.block_on(anon.repo_info(&id, None)).unwrap_err().error_code(), Some("RepoNotFound"));
 
     // Fixed: the job publishes, and the summary links the commit.
     write(&lora.join("README.md"), b"---\nbase_model: stabilityai/stable-diffusion-xl-base-1.0\nlicense: openrail++\n---\n# sky\n");
     assert_eq!(run_job(&wf, project.path(), &hub, &ci, &summary), None);
-    let head = rt.block_on(anon.model_info(&id, None)).unwrap().sha.unwrap();
+    let head = rt.block_on(anon.repo_info(&id, None)).unwrap().sha.unwrap();
     let md = std::fs::read_to_string(&summary).unwrap();
     assert!(md.contains("Published alice/sky-lora@main"), "{md}");
     assert!(md.contains(&format!("{}/alice/sky-lora/commit/{head}", hub.endpoint)), "{md}");
@@ -109,7 +109,7 @@ fn the_written_workflow_publishes_to_the_offline_hub() {
     std::fs::remove_file(&summary).unwrap();
     assert_eq!(run_job(&wf, project.path(), &hub, &ci, &summary), None);
     assert!(std::fs::read_to_string(&summary).unwrap().contains("is up to date"));
-    assert_eq!(rt.block_on(anon.model_info(&id, None)).unwrap().sha.unwrap(), head);
+    assert_eq!(rt.block_on(anon.repo_info(&id, None)).unwrap().sha.unwrap(), head);
 
     // A publisher the Hub does not trust: the job fails and the summary says why.
     let stranger = IdTokenServer::start("repo:someone/else:ref:refs/heads/main", 200);
@@ -117,7 +117,7 @@ fn the_written_workflow_publishes_to_the_offline_hub() {
     std::fs::remove_file(&summary).unwrap();
     // The dry-run check already needs the exchange, so that step fails first.
     assert_eq!(run_job(&wf, project.path(), &hub, &stranger, &summary).as_deref(), Some("check"));
-    assert_eq!(rt.block_on(anon.model_info(&id, None)).unwrap().sha.unwrap(), head);
+    assert_eq!(rt.block_on(anon.repo_info(&id, None)).unwrap().sha.unwrap(), head);
 }
 
 #[test]

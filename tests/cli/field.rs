@@ -163,10 +163,10 @@ fn a_clone_without_git_lfs_is_refused_by_name() {
     let anon = hfsky::hub::HubClient::new(&hub.endpoint, None).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = hfsky::repo_id::RepoId::parse("alice/sky-lora").unwrap();
-    assert!(rt.block_on(anon.model_info(&id, None)).is_err(), "nothing was created");
+    assert!(rt.block_on(anon.repo_info(&id, None)).is_err(), "nothing was created");
     // Asked for explicitly, the pointer is uploaded as it is.
     ok(&push(&["--allow-lfs-pointers"]));
-    assert!(rt.block_on(anon.model_info(&id, None)).is_ok());
+    assert!(rt.block_on(anon.repo_info(&id, None)).is_ok());
 
     // Loading it says what it is and how to fetch the real file.
     let o = env

@@ -12,6 +12,7 @@ mod dataset;
 mod env;
 mod field;
 mod generate;
+mod hub_dataset;
 mod hub_inference;
 mod keyring_store;
 mod lora_formats;

@@ -118,7 +118,7 @@ fn refused_exchanges_say_why_and_exit_3() {
     // Nothing was created or committed on the way.
     let anon = hfsky::hub::HubClient::new(&hub.endpoint, None).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let err = rt.block_on(anon.model_info(&hfsky::repo_id::RepoId::parse("alice/sky-lora").unwrap(), None)).unwrap_err();
+    let err = rt.block_on(anon.repo_info(&hfsky::repo_id::RepoId::parse("alice/sky-lora").unwrap(), None)).unwrap_err();
     assert_eq!(err.error_code(), Some("RepoNotFound"));
 
     // The same id token through HF_OIDC_SUBJECT_TOKEN works.

@@ -286,12 +286,12 @@ fn pull_requests_paths_info_and_server_limits() {
         let client = hfsky::hub::HubClient::new(&hub.endpoint, Some(token)).unwrap();
         let id = hfsky::repo_id::RepoId::parse("alice/pr").unwrap();
         // main is untouched by the PR; the PR ref has the new content.
-        assert_eq!(client.model_info(&id, Some("main")).await.unwrap().sha, first["commit_oid"].as_str().map(String::from));
-        assert_eq!(client.model_info(&id, Some("refs/pr/1")).await.unwrap().sha, pr["commit_oid"].as_str().map(String::from));
+        assert_eq!(client.repo_info(&id, Some("main")).await.unwrap().sha, first["commit_oid"].as_str().map(String::from));
+        assert_eq!(client.repo_info(&id, Some("refs/pr/1")).await.unwrap().sha, pr["commit_oid"].as_str().map(String::from));
         let info = client.paths_info(&id, "refs/pr/1", &["a.txt".into(), "missing.txt".into()]).await.unwrap();
         assert_eq!(info.len(), 1);
         assert_eq!(info[0].oid, hfsky::hash::git_blob_sha1(b"two"));
-        let err = client.model_info(&hfsky::repo_id::RepoId::parse("alice/nope").unwrap(), None).await.unwrap_err();
+        let err = client.repo_info(&hfsky::repo_id::RepoId::parse("alice/nope").unwrap(), None).await.unwrap_err();
         assert_eq!(err.error_code(), Some("RepoNotFound"));
         assert!(err.to_string().contains("request id: req-"), "{err}");
 
@@ -349,7 +349,7 @@ fn dry_run_writes_nothing_and_checks_the_model_card() {
     let anon = hfsky::hub::HubClient::new(&hub.endpoint, None).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = hfsky::repo_id::RepoId::parse("alice/dry").unwrap();
-    assert_eq!(rt.block_on(anon.model_info(&id, None)).unwrap_err().error_code(), Some("RepoNotFound"));
+    assert_eq!(rt.block_on(anon.repo_info(&id, None)).unwrap_err().error_code(), Some("RepoNotFound"));
 
     // After a real push, a dry run of one changed file names only it, and still writes nothing.
     let pushed = json(&env.run(&["--json", "push", &d, "--repo", "alice/dry"]));
@@ -358,9 +358,9 @@ fn dry_run_writes_nothing_and_checks_the_model_card() {
     assert_eq!(v["files"], serde_json::json!([{"path": "README.md", "action": "update", "size": 33, "lfs": false}]));
     assert_eq!((v["new_repo"].as_bool(), v["new_branch"].as_bool()), (Some(false), Some(true)));
     assert_eq!(v["parent_commit"], pushed["commit_oid"]);
-    let info = rt.block_on(anon.model_info(&id, None)).unwrap();
+    let info = rt.block_on(anon.repo_info(&id, None)).unwrap();
     assert_eq!(info.sha.as_deref(), pushed["commit_oid"].as_str());
-    assert_eq!(rt.block_on(anon.model_info(&id, Some("staging"))).unwrap_err().error_code(), Some("RevisionNotFound"));
+    assert_eq!(rt.block_on(anon.repo_info(&id, Some("staging"))).unwrap_err().error_code(), Some("RevisionNotFound"));
 
     // A model card whose metadata does not parse is refused before anything is uploaded.
     write(&data.join("README.md"), b"---\nlicense: [unclosed\n---\n# broken\n");
@@ -370,7 +370,7 @@ fn dry_run_writes_nothing_and_checks_the_model_card() {
         let msg = code(&env.run(&args), 2);
         assert!(msg.contains("README.md") && msg.contains("metadata is invalid"), "{msg}");
     }
-    assert_eq!(rt.block_on(anon.model_info(&id, None)).unwrap().sha, info.sha);
+    assert_eq!(rt.block_on(anon.repo_info(&id, None)).unwrap().sha, info.sha);
 }
 
 fn path(p: &std::path::Path) -> String {
@@ -402,8 +402,8 @@ fn revision_creates_the_branch_and_leaves_main_alone() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let anon = hfsky::hub::HubClient::new(&hub.endpoint, None).unwrap();
     let id = hfsky::repo_id::RepoId::parse("alice/rev").unwrap();
-    assert_eq!(rt.block_on(anon.model_info(&id, Some("main"))).unwrap().sha.as_deref(), main["commit_oid"].as_str());
-    assert_eq!(rt.block_on(anon.model_info(&id, Some("staging"))).unwrap().sha.as_deref(), staged["commit_oid"].as_str());
+    assert_eq!(rt.block_on(anon.repo_info(&id, Some("main"))).unwrap().sha.as_deref(), main["commit_oid"].as_str());
+    assert_eq!(rt.block_on(anon.repo_info(&id, Some("staging"))).unwrap().sha.as_deref(), staged["commit_oid"].as_str());
 }
 
 #[test]
@@ -443,7 +443,7 @@ fn a_concurrent_push_is_rebased_onto_or_refused_when_files_overlap() {
         assert!(matches!(&e, hfsky::hub::HubError::Conflict(c) if c.paths == vec!["README.md".to_string()]), "{e:?}");
         let msg = e.to_string();
         assert!(msg.contains("changed while pushing") && msg.contains("README.md") && msg.contains("nothing was committed"), "{msg}");
-        assert_eq!(client.model_info(&id, None).await.unwrap().sha, other.commit_oid);
+        assert_eq!(client.repo_info(&id, None).await.unwrap().sha, other.commit_oid);
     });
 }
 

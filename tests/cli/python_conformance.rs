@@ -50,6 +50,39 @@ fn huggingface_hub_and_hfsky_read_each_others_pushes() {
     assert_eq!(v["files"], 4);
 }
 
+/// The same with dataset repos: huggingface_hub creates, uploads to (LFS multipart included),
+/// lists and downloads a dataset on the offline Hub; a photo folder hfsky pushed with
+/// `--repo-type dataset` is what huggingface_hub downloads, byte for byte.
+#[test]
+#[ignore = "needs huggingface_hub (HFSKY_PYTHON, made by scripts/test.sh)"]
+fn huggingface_hub_and_hfsky_share_dataset_repos() {
+    let python = test_python();
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(root.path(), &["--multipart-chunk-mib", "4"]);
+    let env = Env::new(&hub.endpoint);
+    let v = py(&python, &hub, env.dir.path(), &["--phase", "push", "--repo", "alice/py-dataset", "--repo-type", "dataset"]);
+    assert_eq!(v["ok"], true);
+
+    let photos = env.dir.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    image::RgbImage::from_fn(32, 24, |x, y| image::Rgb([x as u8 * 8, y as u8 * 10, 90])).save(photos.join("a.png")).unwrap();
+    write(&photos.join("metadata.jsonl"), b"{\"file_name\": \"a.png\", \"text\": \"a red sky\"}\n");
+    write(&photos.join("README.md"), b"---\ntask_categories:\n- text-to-image\n---\n# skies\n");
+    let out = env
+        .cmd(&["push", photos.to_str().unwrap(), "--repo", "alice/hfsky-dataset", "--repo-type", "dataset"])
+        .env("HF_TOKEN", ALICE)
+        .output()
+        .unwrap();
+    ok(&out);
+    let v = py(
+        &python,
+        &hub,
+        env.dir.path(),
+        &["--phase", "verify", "--repo", "alice/hfsky-dataset", "--repo-type", "dataset", "--expect-dir", photos.to_str().unwrap()],
+    );
+    assert_eq!(v["files"], 3);
+}
+
 #[test]
 #[ignore = "needs huggingface_hub (HFSKY_PYTHON, made by scripts/test.sh)"]
 fn huggingface_hub_publishes_through_the_offline_hubs_oidc_exchange() {

@@ -2,7 +2,7 @@
 
 Usage:
   python hub_conformance.py --endpoint URL --token TOKEN --user alice --work DIR \
-      --phase push|verify-hfsky-push --repo alice/NAME [--expect-dir D]
+      --phase push|verify-hfsky-push --repo alice/NAME [--repo-type model|dataset] [--expect-dir D]
 
 Phases (driven by tests/cli/python_conformance.rs; `verify` is an alias of `verify-hfsky-push`):
   push               -- whoami (name + write role), create_repo twice (exist_ok), upload_folder
@@ -16,6 +16,8 @@ Phases (driven by tests/cli/python_conformance.rs; `verify` is an alias of `veri
                         files under --expect-dir (posix relative paths; the Hub's own
                         .gitattributes aside), hf_hub_download of each is byte-identical, and a
                         missing file raises RemoteEntryNotFoundError.
+With --repo-type dataset every call names the dataset repo (`repo_type="dataset"`: /api/datasets/,
+the datasets/ resolve and LFS prefixes), as for a model otherwise.
 Prints one JSON line: {"ok": true, ...}. Any mismatch exits 1 with a message on stderr.
 The token is never printed.
 """
@@ -34,6 +36,7 @@ p.add_argument("--user", required=True)
 p.add_argument("--work", required=True)
 p.add_argument("--repo", required=True)
 p.add_argument("--phase", choices=["push", "verify-hfsky-push", "verify"], required=True)
+p.add_argument("--repo-type", choices=["model", "dataset"], default="model")
 p.add_argument("--expect-dir")
 args = p.parse_args()
 if args.phase == "verify":
@@ -63,6 +66,7 @@ from huggingface_hub import errors as hf_errors  # noqa: E402
 ENDPOINT = os.environ["HF_ENDPOINT"]
 api = HfApi(endpoint=ENDPOINT, token=args.token)
 SHA1_HEX = re.compile(r"^[0-9a-f]{40}$")
+KIND = args.repo_type
 
 
 def fail(msg):
@@ -92,7 +96,7 @@ def read(path):
 def check_downloads(expected, revision=None):
     for rel, full in sorted(expected.items()):
         try:
-            got = hf_hub_download(args.repo, rel, revision=revision, token=args.token, endpoint=ENDPOINT)
+            got = hf_hub_download(args.repo, rel, revision=revision, repo_type=KIND, token=args.token, endpoint=ENDPOINT)
         except Exception as e:  # noqa: BLE001
             fail(f"hf_hub_download({rel!r}, revision={revision!r}) raised {type(e).__name__}: {e}")
         a, b = read(got), read(full)
@@ -106,7 +110,7 @@ def expect_missing():
     remote = getattr(hf_errors, "RemoteEntryNotFoundError", None) or hf_errors.EntryNotFoundError
     local = getattr(hf_errors, "LocalEntryNotFoundError", None)
     try:
-        hf_hub_download(args.repo, "no/such/file.txt", token=args.token, endpoint=ENDPOINT)
+        hf_hub_download(args.repo, "no/such/file.txt", repo_type=KIND, token=args.token, endpoint=ENDPOINT)
     except remote as e:
         if local is not None and isinstance(e, local):
             fail(f"missing file raised LocalEntryNotFoundError (the server's 404 lacks X-Error-Code: EntryNotFound?): {e}")
@@ -128,8 +132,8 @@ if args.phase == "push":
     check(who.get("name") == args.user, f"whoami name {who.get('name')!r} != {args.user!r}")
     role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
     check(role == "write", f"whoami auth.accessToken.role {role!r} != 'write'")
-    url1 = call("create_repo", api.create_repo, args.repo, exist_ok=True)
-    url2 = call("create_repo (again, exist_ok)", api.create_repo, args.repo, exist_ok=True)
+    url1 = call("create_repo", api.create_repo, args.repo, repo_type=KIND, exist_ok=True)
+    url2 = call("create_repo (again, exist_ok)", api.create_repo, args.repo, repo_type=KIND, exist_ok=True)
     check(url1.repo_id == args.repo and url2.repo_id == args.repo, f"create_repo urls {url1!r} {url2!r}")
 
     folder = os.path.join(os.path.abspath(args.work), "py-upload")
@@ -143,12 +147,12 @@ if args.phase == "push":
         f.write(random.Random(1234).randbytes(11 * 1024 * 1024))  # > 10 MB: always LFS
     expected = files_of(folder)
 
-    commit = call("upload_folder", api.upload_folder, repo_id=args.repo, folder_path=folder,
+    commit = call("upload_folder", api.upload_folder, repo_id=args.repo, folder_path=folder, repo_type=KIND,
                   commit_message="upload from huggingface_hub")
     check(SHA1_HEX.match(commit.oid or ""), f"upload_folder commit oid {commit.oid!r} is not 40 hex")
     check(commit.repo_url.repo_id == args.repo, f"commitUrl {commit.commit_url!r} does not name {args.repo}")
 
-    info = call("model_info", api.model_info, args.repo)
+    info = call("repo_info", api.repo_info, args.repo, repo_type=KIND)
     check(info.id == args.repo, f"model_info id {info.id!r} != {args.repo!r}")
     check(info.sha and SHA1_HEX.match(info.sha), f"model_info sha {info.sha!r} is not 40 hex")
     check(info.sha == commit.oid, f"model_info sha {info.sha} != commit {commit.oid}")
@@ -156,7 +160,7 @@ if args.phase == "push":
     check(set(expected) <= names, f"model_info siblings {sorted(names)} lack some of {sorted(expected)}")
     check("lora" in (info.tags or []), f"model_info tags {info.tags} lack the card's 'lora'")
 
-    listed = set(call("list_repo_files", api.list_repo_files, args.repo))
+    listed = set(call("list_repo_files", api.list_repo_files, args.repo, repo_type=KIND))
     check(listed == set(expected) | {".gitattributes"},
           f"list_repo_files {sorted(listed)} != {sorted(set(expected) | {'.gitattributes'})}")
 
@@ -167,7 +171,7 @@ if args.phase == "push":
 else:
     expected = files_of(args.expect_dir)
     check(expected, f"--expect-dir {args.expect_dir} has no files")
-    listed = set(call("list_repo_files", api.list_repo_files, args.repo))
+    listed = set(call("list_repo_files", api.list_repo_files, args.repo, repo_type=KIND))
     if ".gitattributes" not in expected:
         listed.discard(".gitattributes")
     check(listed == set(expected), f"list_repo_files {sorted(listed)} != files under --expect-dir {sorted(expected)}")

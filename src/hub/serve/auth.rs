@@ -4,7 +4,7 @@
 
 use super::{base_url, fail, fail_code, json_reply, oidc, store::CommitRec, BodyBytes, HubFail, Reply, Shared, State};
 use crate::hub::protocol::*;
-use crate::repo_id::RepoId;
+use crate::repo_id::{RepoId, RepoRef, RepoType};
 use axum::extract::{Extension, State as S};
 use axum::http::{header, HeaderMap, StatusCode};
 use std::collections::HashMap;
@@ -29,15 +29,15 @@ impl Who {
         self.0.as_ref()
     }
 
-    /// Read access to `id`: the repo exists and, if private, the caller owns it.
-    pub fn read(&self, state: &State, id: &RepoId) -> Result<(), HubFail> {
-        require_read(state, self.caller(), id)
+    /// Read access to `repo`: it exists and, if private, the caller owns it.
+    pub fn read(&self, state: &State, repo: RepoRef<'_>) -> Result<(), HubFail> {
+        require_read(state, self.caller(), repo)
     }
 
-    /// Write access to an existing repo: the token may write to `id`, and the repo exists.
-    pub fn write(&self, state: &State, id: &RepoId) -> Result<&Caller, HubFail> {
-        let t = require_write(self.caller(), id)?;
-        require_read(state, self.caller(), id)?;
+    /// Write access to an existing repo: the token may write to `repo`, and the repo exists.
+    pub fn write(&self, state: &State, repo: RepoRef<'_>) -> Result<&Caller, HubFail> {
+        let t = require_write(self.caller(), repo)?;
+        require_read(state, self.caller(), repo)?;
         Ok(t)
     }
 }
@@ -65,16 +65,17 @@ pub(super) fn authenticate(state: &State, headers: &HeaderMap) -> Result<Option<
     }
 }
 
-/// The token may write to `id` (a write token of its namespace, or an OIDC grant for it); says
-/// nothing about whether the repo exists.
-pub(super) fn require_write<'a>(caller: Option<&'a Caller>, id: &RepoId) -> Result<&'a Caller, HubFail> {
+/// The token may write to `repo` (a write token of its namespace, or an OIDC grant for it, which
+/// names a model repo); says nothing about whether the repo exists.
+pub(super) fn require_write<'a>(caller: Option<&'a Caller>, repo: RepoRef<'_>) -> Result<&'a Caller, HubFail> {
+    let id = repo.id;
     let t = caller.ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "You must be authenticated to write: pass a token"))?;
     if t.role != "write" {
         return Err(fail(StatusCode::FORBIDDEN, format!("this token is read-only: it cannot write to {id}")));
     }
     if let Some(scope) = &t.scope {
-        if scope != id {
-            return Err(fail(StatusCode::FORBIDDEN, format!("this token is scoped to {scope} and cannot write to {id}")));
+        if scope != id || repo.kind != RepoType::Model {
+            return Err(fail(StatusCode::FORBIDDEN, format!("this token is scoped to {scope} and cannot write to {repo}")));
         }
     }
     if t.user != id.namespace {
@@ -85,23 +86,24 @@ pub(super) fn require_write<'a>(caller: Option<&'a Caller>, id: &RepoId) -> Resu
 
 /// A private repo is visible only to its owner (and to a token scoped to it); others get the
 /// Hub's "not found".
-pub(super) fn require_read(state: &State, caller: Option<&Caller>, id: &RepoId) -> Result<(), HubFail> {
-    let owner = |t: &Caller| t.user == id.namespace && t.scope.as_ref().is_none_or(|s| s == id);
-    match state.store.meta(id) {
+pub(super) fn require_read(state: &State, caller: Option<&Caller>, repo: RepoRef<'_>) -> Result<(), HubFail> {
+    let id = repo.id;
+    let owner = |t: &Caller| t.user == id.namespace && t.scope.as_ref().is_none_or(|s| s == id && repo.kind == RepoType::Model);
+    match state.repos(repo.kind).meta(id) {
         Some(m) if !m.private || caller.is_some_and(owner) => Ok(()),
         _ => Err(fail_code(StatusCode::NOT_FOUND, "RepoNotFound", format!("Repository Not Found for url: {id}"))),
     }
 }
 
 /// The commit a revision (branch, `refs/pr/N`, or a commit id) points to.
-pub(super) fn head_of(state: &State, id: &RepoId, rev: &str) -> Result<String, HubFail> {
-    state.store.resolve(id, rev).ok_or_else(|| fail_code(StatusCode::NOT_FOUND, "RevisionNotFound", format!("Invalid rev id: {rev}")))
+pub(super) fn head_of(state: &State, repo: RepoRef<'_>, rev: &str) -> Result<String, HubFail> {
+    state.repos(repo.kind).resolve(repo.id, rev).ok_or_else(|| fail_code(StatusCode::NOT_FOUND, "RevisionNotFound", format!("Invalid rev id: {rev}")))
 }
 
 /// The commit a revision points to, read: (its id, the commit).
-pub(super) fn commit_at(state: &State, id: &RepoId, rev: &str) -> Result<(String, CommitRec), HubFail> {
-    let oid = head_of(state, id, rev)?;
-    let c = state.store.commit(id, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;
+pub(super) fn commit_at(state: &State, repo: RepoRef<'_>, rev: &str) -> Result<(String, CommitRec), HubFail> {
+    let oid = head_of(state, repo, rev)?;
+    let c = state.repos(repo.kind).commit(repo.id, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;
     Ok((oid, c))
 }
 

@@ -4,7 +4,7 @@
 use super::auth::{commit_at, Who};
 use super::store::{FileRec, Store};
 use super::{base_url, fail, fail_code, flag, io_fail, json_reply, query, BodyBytes, JsonBody, Reply, Repo, Shared};
-use crate::card::card_errors;
+use crate::card::repo_card_errors;
 use crate::hub::protocol::*;
 use crate::names;
 use crate::repo_id::validate_repo_path;
@@ -15,8 +15,8 @@ use base64::Engine;
 /// `POST /api/models/{repo}/preupload/{rev}`: each file's upload mode (`regular` or `lfs`) and
 /// the oid the remote has for it, so unchanged files are skipped.
 pub(super) async fn preupload(S(state): S<Shared>, Extension(who): Extension<Who>, repo: Repo, JsonBody(req): JsonBody<PreuploadRequest>) -> Reply {
-    who.write(&state, &repo.id)?;
-    let (_, c) = commit_at(&state, &repo.id, &repo.rev)?;
+    who.write(&state, repo.target())?;
+    let (_, c) = commit_at(&state, repo.target(), &repo.rev)?;
     let mut files = Vec::with_capacity(req.files.len());
     for f in req.files {
         validate_repo_path(&f.path).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))?;
@@ -43,7 +43,8 @@ pub(super) async fn commit(
     BodyBytes(body): BodyBytes,
 ) -> Reply {
     let (id, rev, create_pr) = (&repo.id, repo.rev.as_str(), flag(&query(q.as_deref()), "create_pr"));
-    who.write(&state, id)?;
+    who.write(&state, repo.target())?;
+    let store = state.repos(repo.kind);
     let text = std::str::from_utf8(&body).map_err(|_| fail(StatusCode::BAD_REQUEST, "commit body is not UTF-8"))?;
     let mut lines = Vec::new();
     for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -58,18 +59,18 @@ pub(super) async fn commit(
         return Err(fail(StatusCode::BAD_REQUEST, "the commit summary (message) is empty"));
     }
     let _guard = state.commit_lock.lock().await;
-    let refs = state.store.refs(id);
+    let refs = store.refs(id);
     let head = refs.get(rev).cloned().ok_or_else(|| fail_code(StatusCode::NOT_FOUND, "RevisionNotFound", format!("branch {rev} does not exist")))?;
     let base = match parent_commit {
         Some(p) if create_pr => {
-            state.store.resolve(id, &p).ok_or_else(|| fail(StatusCode::BAD_REQUEST, format!("parentCommit {p} is not a commit of {id}")))?
+            store.resolve(id, &p).ok_or_else(|| fail(StatusCode::BAD_REQUEST, format!("parentCommit {p} is not a commit of {id}")))?
         }
         Some(p) if !head.starts_with(&p) || p.len() < 5 => {
             return Err(fail(StatusCode::PRECONDITION_FAILED, "A commit has happened since. Please refresh and try again."));
         }
         _ => head.clone(),
     };
-    let mut files = state.store.commit(id, &base).map(|c| c.files).unwrap_or_default();
+    let mut files = store.commit(id, &base).map(|c| c.files).unwrap_or_default();
     for line in &lines[1..] {
         match line {
             CommitLine::Header { .. } => return Err(fail(StatusCode::BAD_REQUEST, "only one header line is allowed")),
@@ -83,9 +84,9 @@ pub(super) async fn commit(
                     other => return Err(fail(StatusCode::BAD_REQUEST, format!("unknown encoding {other:?} for {path}"))),
                 };
                 if path == names::README {
-                    // Like the Hub: a model card whose metadata breaks its rules is refused,
-                    // with the validate-yaml messages as a list.
-                    let errors = card_errors(&String::from_utf8_lossy(&bytes));
+                    // Like the Hub: a card whose metadata breaks its repo type's rules is
+                    // refused, with the validate-yaml messages as a list.
+                    let errors = repo_card_errors(&String::from_utf8_lossy(&bytes), repo.kind);
                     if !errors.is_empty() {
                         let list: String = errors.iter().map(|e| format!("\n- {e}")).collect();
                         return Err(fail(StatusCode::BAD_REQUEST, format!("Invalid metadata in README.md.{list}")));
@@ -118,18 +119,23 @@ pub(super) async fn commit(
             }
         }
     }
-    let oid = state.store.write_commit(id, vec![base], &summary, &description, files).map_err(io_fail)?;
+    let oid = store.write_commit(id, vec![base], &summary, &description, files).map_err(io_fail)?;
     let web = base_url(&headers);
     let pr_url = if create_pr {
-        let n = state.store.next_pr_number(id);
-        state.store.set_ref(id, &format!("refs/pr/{n}"), &oid).map_err(io_fail)?;
-        Some(format!("{web}/{id}/discussions/{n}"))
+        let n = store.next_pr_number(id);
+        store.set_ref(id, &format!("refs/pr/{n}"), &oid).map_err(io_fail)?;
+        Some(format!("{web}/{}/discussions/{n}", repo.target()))
     } else {
-        state.store.set_ref(id, rev, &oid).map_err(io_fail)?;
+        store.set_ref(id, rev, &oid).map_err(io_fail)?;
         None
     };
     json_reply(
         StatusCode::OK,
-        &CommitResponse { success: Some(true), commit_url: format!("{web}/{id}/commit/{oid}"), commit_oid: oid, pull_request_url: pr_url },
+        &CommitResponse {
+            success: Some(true),
+            commit_url: format!("{web}/{}/commit/{oid}", repo.target()),
+            commit_oid: oid,
+            pull_request_url: pr_url,
+        },
     )
 }

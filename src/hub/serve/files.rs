@@ -11,9 +11,9 @@ use axum::http::{header, HeaderMap, Method, Response, StatusCode};
 /// `X-Linked-Size`, `X-Repo-Commit`) on the redirect itself, as huggingface_hub's
 /// `file_download.py` reads it.
 pub(super) async fn resolve(S(state): S<Shared>, Extension(who): Extension<Who>, method: Method, repo: Repo, headers: HeaderMap) -> Reply {
-    let (id, rev, path, head_only) = (&repo.id, repo.rev.as_str(), repo.path.as_str(), method == Method::HEAD);
-    who.read(&state, id)?;
-    let (oid, c) = commit_at(&state, id, rev)?;
+    let (rev, path, head_only) = (repo.rev.as_str(), repo.path.as_str(), method == Method::HEAD);
+    who.read(&state, repo.target())?;
+    let (oid, c) = commit_at(&state, repo.target(), rev)?;
     let Some(f) = c.files.get(path) else {
         let mut e = fail_code(StatusCode::NOT_FOUND, "EntryNotFound", format!("{path} does not exist at {rev}"));
         e.headers.push(("X-Repo-Commit", oid));

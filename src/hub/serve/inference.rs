@@ -421,8 +421,8 @@ fn target_and_params(route: &Route, body: &Value) -> Result<(Target, String, Par
 fn resolve(state: &State, caller: Option<&Caller>, t: Target, prompt: String, p: Params) -> Result<RenderJob, HubFail> {
     let cfg = state.cfg.inference.as_ref().expect("checked by the caller");
     let profile = &cfg.profile;
-    require_read(state, caller, &t.repo)?;
-    let oid = head_of(state, &t.repo, "main")?;
+    require_read(state, caller, (&t.repo).into())?;
+    let oid = head_of(state, (&t.repo).into(), "main")?;
     let c = state.store.commit(&t.repo, &oid).ok_or_else(|| fail(StatusCode::INTERNAL_SERVER_ERROR, "missing commit"))?;
     let (base_id, lora) = if is_pipeline(&c) {
         (t.repo.clone(), None)
@@ -451,8 +451,8 @@ fn resolve(state: &State, caller: Option<&Caller>, t: Target, prompt: String, p:
             format!("base model {base_id} (for {}) is not in this offline Hub: push the diffusers pipeline there first (`hfsky push DIR --repo {base_id}`)", t.repo),
         )
     };
-    require_read(state, caller, &base_id).map_err(|_| missing_base())?;
-    let base_oid = head_of(state, &base_id, "main").map_err(|_| missing_base())?;
+    require_read(state, caller, (&base_id).into()).map_err(|_| missing_base())?;
+    let base_oid = head_of(state, (&base_id).into(), "main").map_err(|_| missing_base())?;
     let base_commit = state.store.commit(&base_id, &base_oid).ok_or_else(missing_base)?;
     if !is_pipeline(&base_commit) {
         return Err(unprocessable(format!("base model {base_id} has no model_index.json: it is not a diffusers pipeline")));

@@ -6,6 +6,7 @@ use super::auth::{require_write, Who};
 use super::{base_url, fail, io_fail, json_reply, no_route, repo_id, HubFail, JsonBody, PathParams, Reply, Repo, Shared, State};
 use crate::hash::sha256_hex;
 use crate::hub::protocol::*;
+use crate::repo_id::RepoRef;
 use axum::body::Body;
 use axum::extract::{Extension, State as S};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
@@ -38,7 +39,7 @@ pub(super) async fn batch(
     }
     let name = name_git.trim_end_matches(".git");
     let id = &repo_id(&ns, name)?;
-    who.write(&state, id)?;
+    who.write(&state, RepoRef { kind: super::kind_of(&uri), id })?;
     if req.operation != "upload" {
         return Err(fail(StatusCode::BAD_REQUEST, "only the upload operation is supported"));
     }
@@ -202,7 +203,7 @@ pub(super) async fn complete_multipart(
 
 /// `POST /lfs-verify/{repo}`: the batch answer's verify action.
 pub(super) async fn verify(S(state): S<Shared>, Extension(who): Extension<Who>, repo: Repo, JsonBody(req): JsonBody<LfsObject>) -> Reply {
-    require_write(who.caller(), &repo.id)?;
+    require_write(who.caller(), repo.target())?;
     match state.store.blob_size(&req.oid) {
         Some(s) if s == req.size => json_reply(StatusCode::OK, &serde_json::json!({})),
         Some(s) => Err(fail(StatusCode::BAD_REQUEST, format!("object {} has {s} bytes, not {}", req.oid, req.size))),

@@ -25,7 +25,7 @@ pub use inference::{InferenceConfig, InferenceRenderer, RenderDtype, RenderFailu
 pub use oidc::{OidcTrust, TrustedIssuer, TrustedSubject};
 pub use store::Store;
 
-use crate::repo_id::RepoId;
+use crate::repo_id::{RepoId, RepoRef, RepoType};
 use auth::Who;
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -82,12 +82,25 @@ struct State {
     /// Port of the storage listener that LFS downloads redirect to. A different origin, like
     /// the Hub's CDN: clients then read the file metadata from the 302 itself, as they must.
     storage_port: u16,
+    /// Model repos (and every blob).
     store: Store,
+    /// Dataset repos, over the same blobs.
+    datasets: Store,
     uploads: Mutex<HashMap<String, lfs::Upload>>,
     grants: oidc::Grants,
     // Serialises ref updates so parentCommit checks and commits are atomic.
     commit_lock: tokio::sync::Mutex<()>,
     infer: inference::InferState,
+}
+
+impl State {
+    /// The repos of `kind`.
+    fn repos(&self, kind: RepoType) -> &Store {
+        match kind {
+            RepoType::Model => &self.store,
+            RepoType::Dataset => &self.datasets,
+        }
+    }
 }
 
 type Shared = Arc<State>;
@@ -163,48 +176,58 @@ pub async fn serve(cfg: ServeConfig, addr: std::net::SocketAddr, on_ready: impl 
 /// matches no route, or a route with another method, is the Hub's JSON 404.
 pub fn router(cfg: ServeConfig, storage_port: u16) -> std::io::Result<axum::Router> {
     let store = Store::open(&cfg.root)?;
+    let datasets = store.of_kind(RepoType::Dataset);
     let state = Arc::new(State {
         cfg,
         storage_port,
         store,
+        datasets,
         uploads: Mutex::new(HashMap::new()),
         grants: oidc::Grants::default(),
         commit_lock: tokio::sync::Mutex::new(()),
         infer: inference::InferState::default(),
     });
-    let api = "/api/models/{ns}/{name}";
-    Ok(axum::Router::new()
+    let mut router = axum::Router::new()
         // auth
         .route("/oauth/token", post(auth::token_exchange))
         .route("/api/whoami-v2", get(auth::whoami))
         // repos
         .route("/api/repos/create", post(repos::create_repo))
         .route("/api/validate-yaml", post(repos::validate_yaml))
-        .route(api, get(repos::model_info))
-        .route(&format!("{api}/revision/{{rev}}"), get(repos::model_info))
-        .route(&format!("{api}/branch/{{rev}}"), post(repos::create_branch))
-        .route(&format!("{api}/tree/{{rev}}"), get(repos::tree))
-        .route(&format!("{api}/tree/{{rev}}/"), get(repos::tree))
-        .route(&format!("{api}/tree/{{rev}}/{{*path}}"), get(repos::tree))
-        .route(&format!("{api}/paths-info/{{rev}}"), post(repos::paths_info))
-        // commits
-        .route(&format!("{api}/preupload/{{rev}}"), post(commit::preupload))
-        .route(&format!("{api}/commit/{{rev}}"), post(commit::commit))
-        // LFS: the batch API under the git remote (`{repo}.git/info/lfs`), uploads, storage
-        .route("/{ns}/{name}/info/lfs/objects/batch", post(lfs::batch))
+        // LFS: uploads, storage (the batch API is per repo type, below)
         .route("/lfs-upload/{upload}", put(lfs::put_basic))
         .route("/lfs-upload/{upload}/part/{part}", put(lfs::put_part))
         .route("/lfs-upload/{upload}/complete", post(lfs::complete_multipart))
         .route("/lfs-verify/{ns}/{name}", post(lfs::verify))
-        .route("/lfs-objects/{oid}", get(lfs::object).head(lfs::object))
+        .route("/lfs-objects/{oid}", get(lfs::object).head(lfs::object));
+    // The same routes for each repo type, under `/api/{models,datasets}/` and the web prefix
+    // (`""`, `datasets/`); [`Repo`] reads the type back from the path.
+    for kind in [RepoType::Model, RepoType::Dataset] {
+        let api = format!("/api/{}/{{ns}}/{{name}}", kind.plural());
+        let web = format!("/{}{{ns}}/{{name}}", kind.url_prefix());
+        router = router
+            .route(&api, get(repos::repo_info))
+            .route(&format!("{api}/revision/{{rev}}"), get(repos::repo_info))
+            .route(&format!("{api}/branch/{{rev}}"), post(repos::create_branch))
+            .route(&format!("{api}/tree/{{rev}}"), get(repos::tree))
+            .route(&format!("{api}/tree/{{rev}}/"), get(repos::tree))
+            .route(&format!("{api}/tree/{{rev}}/{{*path}}"), get(repos::tree))
+            .route(&format!("{api}/paths-info/{{rev}}"), post(repos::paths_info))
+            // commits
+            .route(&format!("{api}/preupload/{{rev}}"), post(commit::preupload))
+            .route(&format!("{api}/commit/{{rev}}"), post(commit::commit))
+            // the LFS batch API under the git remote (`{repo}.git/info/lfs`)
+            .route(&format!("{web}/info/lfs/objects/batch"), post(lfs::batch))
+            // downloads
+            .route(&format!("{web}/resolve/{{rev}}/{{*path}}"), get(files::resolve).head(files::resolve));
+    }
+    Ok(router
         // inference providers
         .route("/hf-inference/models/{ns}/{name}", post(inference::hf_inference))
         .route("/fal-ai/{*model}", post(inference::fal_ai))
         .route("/replicate/v1/models/{ns}/{name}/predictions", post(inference::replicate_model))
         .route("/replicate/v1/predictions", post(inference::replicate))
         .route("/inference-outputs/{file}", get(inference::output))
-        // downloads
-        .route("/{ns}/{name}/resolve/{rev}/{*path}", get(files::resolve).head(files::resolve))
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
@@ -291,12 +314,30 @@ struct RepoParams {
     path: Option<String>,
 }
 
-/// The repo a `/…/{ns}/{name}/…` route names, with the revision (`main` when the route has
-/// none) and the file path (empty when it has none).
+/// The repo a `/…/{ns}/{name}/…` route names, with its type (a dataset under `/api/datasets/`
+/// or `/datasets/`), the revision (`main` when the route has none) and the file path (empty
+/// when it has none).
 struct Repo {
     id: RepoId,
+    kind: RepoType,
     rev: String,
     path: String,
+}
+
+impl Repo {
+    fn target(&self) -> RepoRef<'_> {
+        RepoRef { kind: self.kind, id: &self.id }
+    }
+}
+
+/// The repo type a request path names: `/api/datasets/…` and `/datasets/…` are datasets.
+fn kind_of(uri: &Uri) -> RepoType {
+    let p = uri.path();
+    if p.starts_with("/api/datasets/") || p.starts_with("/datasets/") {
+        RepoType::Dataset
+    } else {
+        RepoType::Model
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Repo {
@@ -304,7 +345,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Repo {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HubFail> {
         let PathParams(p) = PathParams::<RepoParams>::from_request_parts(parts, state).await?;
-        Ok(Repo { id: repo_id(&p.ns, &p.name)?, rev: p.rev.unwrap_or_else(|| "main".into()), path: p.path.unwrap_or_default() })
+        Ok(Repo {
+            id: repo_id(&p.ns, &p.name)?,
+            kind: kind_of(&parts.uri),
+            rev: p.rev.unwrap_or_else(|| "main".into()),
+            path: p.path.unwrap_or_default(),
+        })
     }
 }
 
@@ -460,6 +506,44 @@ mod tests {
         let refused =
             rt.block_on(async { http.get(format!("{base}/nowhere")).bearer_auth("hf_bbbbbbbbbbbbbbbbbbbbbbbb").send().await.unwrap().status() });
         assert_eq!(refused.as_u16(), 401, "a token that is sent must be valid, on every route");
+    }
+
+    /// Dataset repos live beside models under their own routes: `/api/datasets/…`,
+    /// `/datasets/{id}/resolve/…` and `/datasets/{id}.git/info/lfs`; a dataset and a model may
+    /// share a name, and a user called `datasets` still has model repos.
+    #[test]
+    fn dataset_repos_have_the_hubs_routes() {
+        let TestServer { rt, base, http, _dir } = TestServer::start();
+        let send = |method: &str, path: &str, body: &str| {
+            let rb = http.request(method.parse().unwrap(), format!("{base}{path}")).bearer_auth(TOKEN).body(body.to_string());
+            rt.block_on(async {
+                let r = rb.send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            })
+        };
+        let created = send("POST", "/api/repos/create", r#"{"name": "r", "type": "dataset"}"#);
+        assert!(created.0 == 200 && created.1.contains(&format!(r#""url":"{base}/datasets/alice/r""#)), "{created:?}");
+        assert_eq!(send("POST", "/api/repos/create", r#"{"name": "r", "type": "space"}"#).0, 400);
+        assert_eq!(send("GET", "/api/models/alice/r", "").0, 404, "the dataset is not a model");
+        let commit = concat!(
+            r#"{"key": "header", "value": {"summary": "s", "description": ""}}"#,
+            "\n",
+            r#"{"key": "file", "value": {"path": "train/metadata.jsonl", "content": "e30K", "encoding": "base64"}}"#
+        );
+        let c = send("POST", "/api/datasets/alice/r/commit/main", commit);
+        assert!(c.0 == 200 && c.1.contains("/datasets/alice/r/commit/"), "{c:?}");
+        assert_eq!(send("GET", "/datasets/alice/r/resolve/main/train/metadata.jsonl", ""), (200, "{}\n".to_string()));
+        assert_eq!(send("GET", "/alice/r/resolve/main/train/metadata.jsonl", "").0, 404);
+        let info = send("GET", "/api/datasets/alice/r/revision/main", "");
+        assert!(info.0 == 200 && info.1.contains(r#""rfilename":"train/metadata.jsonl""#) && !info.1.contains("modelId"), "{info:?}");
+        assert!(send("GET", "/api/datasets/alice/r/tree/main/train", "").1.contains(r#""path":"train/metadata.jsonl""#));
+        let batch = r#"{"operation": "upload", "transfers": ["basic"], "objects": []}"#;
+        assert_eq!(send("POST", "/datasets/alice/r.git/info/lfs/objects/batch", batch).0, 200);
+        // The same name as a model, and a namespace named like the prefix.
+        assert_eq!(send("POST", "/api/repos/create", r#"{"name": "r"}"#).0, 200);
+        assert_eq!(send("GET", "/api/models/alice/r", "").0, 200);
+        let r = send("GET", "/datasets/r/resolve/main/x", "");
+        assert!(r.0 == 404 && r.1.contains("Repository Not Found"), "routed as the model datasets/r: {r:?}");
     }
 
     /// validate-yaml and the commit's card check refuse what the Hub refuses (a local path as

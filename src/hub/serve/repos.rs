@@ -1,21 +1,21 @@
-//! Repos: `POST /api/repos/create`, `POST /api/models/{repo}/branch/{branch}`,
-//! `GET /api/models/{repo}[/revision/{rev}]`, `GET …/tree/{rev}[/{path}]`,
+//! Repos: `POST /api/repos/create`, `POST /api/{models,datasets}/{repo}/branch/{branch}`,
+//! `GET /api/{models,datasets}/{repo}[/revision/{rev}]`, `GET …/tree/{rev}[/{path}]`,
 //! `POST …/paths-info/{rev}`, `POST /api/validate-yaml` (paths as huggingface_hub 2.4.0's
 //! `hf_api.py` builds them).
 
 use super::auth::{commit_at, head_of, require_write, Who};
 use super::store::FileRec;
 use super::{base_url, card_of, expands, fail, fail_code, flag, inference, io_fail, json_reply, query, BodyBytes, JsonBody, Reply, Repo, Shared};
-use crate::card::card_errors;
+use crate::card::repo_card_errors;
 use crate::hub::protocol::*;
-use crate::repo_id::RepoId;
+use crate::repo_id::{RepoId, RepoRef, RepoType};
 use axum::extract::{Extension, RawQuery, State as S};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 
-/// `POST /api/models/{repo}/branch/{branch}`: a new branch at `startingPoint` (default: main).
+/// `POST /api/{models,datasets}/{repo}/branch/{branch}`: a new branch at `startingPoint` (default: main).
 pub(super) async fn create_branch(S(state): S<Shared>, Extension(who): Extension<Who>, repo: Repo, BodyBytes(body): BodyBytes) -> Reply {
-    let (id, branch) = (&repo.id, repo.rev.as_str());
-    who.write(&state, id)?;
+    let (id, branch, store) = (&repo.id, repo.rev.as_str(), state.repos(repo.kind));
+    who.write(&state, repo.target())?;
     let req: CreateBranchRequest = if body.is_empty() {
         CreateBranchRequest::default()
     } else {
@@ -26,40 +26,50 @@ pub(super) async fn create_branch(S(state): S<Shared>, Extension(who): Extension
         return Err(fail(StatusCode::BAD_REQUEST, format!("invalid branch name {branch:?}")));
     }
     let _guard = state.commit_lock.lock().await;
-    if state.store.refs(id).contains_key(branch) {
+    if store.refs(id).contains_key(branch) {
         return Err(fail(StatusCode::CONFLICT, format!("branch {branch} already exists")));
     }
-    let start = head_of(&state, id, req.starting_point.as_deref().unwrap_or("main"))?;
-    state.store.set_ref(id, branch, &start).map_err(io_fail)?;
+    let start = head_of(&state, repo.target(), req.starting_point.as_deref().unwrap_or("main"))?;
+    store.set_ref(id, branch, &start).map_err(io_fail)?;
     json_reply(StatusCode::OK, &serde_json::json!({}))
 }
 
-/// `POST /api/repos/create`.
-pub(super) async fn create_repo(S(state): S<Shared>, Extension(who): Extension<Who>, JsonBody(req): JsonBody<CreateRepoRequest>) -> Reply {
-    if req.kind.as_deref().is_some_and(|k| k != "model") {
-        return Err(fail(StatusCode::BAD_REQUEST, "the offline Hub serves model repos only"));
-    }
+/// `POST /api/repos/create` (`type`: model when absent, or dataset); answers the repo's
+/// absolute web URL (`{endpoint}/datasets/{id}` for a dataset).
+pub(super) async fn create_repo(
+    S(state): S<Shared>,
+    Extension(who): Extension<Who>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CreateRepoRequest>,
+) -> Reply {
+    let kind = match req.kind.as_deref() {
+        None | Some("model") => RepoType::Model,
+        Some("dataset") => RepoType::Dataset,
+        Some(other) => return Err(fail(StatusCode::BAD_REQUEST, format!("the offline Hub serves model and dataset repos, not {other:?}"))),
+    };
     let ns = match req.organization.clone() {
         Some(o) => o,
         None => who.caller().map(|t| t.user.clone()).unwrap_or_default(),
     };
     let id = RepoId::parse(&format!("{ns}/{}", req.name)).map_err(|e| fail(StatusCode::BAD_REQUEST, e.to_string()))?;
-    require_write(who.caller(), &id)?;
+    require_write(who.caller(), RepoRef { kind, id: &id })?;
     let private = req.private.unwrap_or(false) || req.visibility.as_deref() == Some("private");
-    let url = format!("/{id}");
-    if !state.store.create_repo(&id, private).map_err(io_fail)? {
-        let body = serde_json::json!({ "error": "You already created this model repo", "url": url });
+    // Absolute, as the Hub answers: huggingface_hub's RepoUrl reads the type from its prefix.
+    let url = format!("{}/{}", base_url(&headers), RepoRef { kind, id: &id });
+    if !state.repos(kind).create_repo(&id, private).map_err(io_fail)? {
+        let body = serde_json::json!({ "error": format!("You already created this {kind} repo"), "url": url });
         return json_reply(StatusCode::CONFLICT, &body);
     }
     json_reply(StatusCode::OK, &serde_json::json!({ "url": url, "name": id.to_string(), "id": id.to_string() }))
 }
 
-/// `POST /api/validate-yaml`: the model card's metadata parses and follows the Hub's model-card
-/// metadata rules ([`card_errors`]): 200 with `warnings`, or 400 with one `errors[].message` per
-/// violation, as the Hub answers (hub-protocol.md §2.2).
+/// `POST /api/validate-yaml`: the card's metadata parses and follows the Hub's rules for its
+/// `repoType` ([`repo_card_errors`]; model when absent): 200 with `warnings`, or 400 with one
+/// `errors[].message` per violation, as the Hub answers (hub-protocol.md §2.2).
 pub(super) async fn validate_yaml(JsonBody(req): JsonBody<serde_json::Value>) -> Reply {
     let content = req["content"].as_str().unwrap_or("");
-    let errors: Vec<_> = card_errors(content).into_iter().map(|m| serde_json::json!({ "message": m })).collect();
+    let kind = if req["repoType"] == "dataset" { RepoType::Dataset } else { RepoType::Model };
+    let errors: Vec<_> = repo_card_errors(content, kind).into_iter().map(|m| serde_json::json!({ "message": m })).collect();
     if errors.is_empty() {
         json_reply(StatusCode::OK, &serde_json::json!({ "warnings": [] }))
     } else {
@@ -67,20 +77,22 @@ pub(super) async fn validate_yaml(JsonBody(req): JsonBody<serde_json::Value>) ->
     }
 }
 
-/// `GET /api/models/{repo}[/revision/{rev}]`: model info; with `expand`, only `id` and the
-/// expanded properties, as the Hub answers.
-pub(super) async fn model_info(S(state): S<Shared>, Extension(who): Extension<Who>, repo: Repo, RawQuery(q): RawQuery, headers: HeaderMap) -> Reply {
-    let (id, expand) = (&repo.id, expands(q.as_deref()));
-    who.read(&state, id)?;
-    let meta = state.store.meta(id).expect("checked by Who::read");
-    let (oid, c) = commit_at(&state, id, &repo.rev)?;
+/// `GET /api/{models,datasets}/{repo}[/revision/{rev}]`: model or dataset info (the same
+/// fields but the model-only `modelId`, `pipeline_tag`, `library_name` and provider
+/// mappings); with `expand`, only `id` and the expanded properties, as the Hub answers.
+pub(super) async fn repo_info(S(state): S<Shared>, Extension(who): Extension<Who>, repo: Repo, RawQuery(q): RawQuery, headers: HeaderMap) -> Reply {
+    let (id, expand, model) = (&repo.id, expands(q.as_deref()), repo.kind == RepoType::Model);
+    who.read(&state, repo.target())?;
+    let meta = state.repos(repo.kind).meta(id).expect("checked by Who::read");
+    let (oid, c) = commit_at(&state, repo.target(), &repo.rev)?;
     let card = card_of(&state, &c);
     let mut tags: Vec<String> =
         card.as_ref().and_then(|c| c["tags"].as_array().cloned()).unwrap_or_default().iter().filter_map(|t| t.as_str().map(String::from)).collect();
     tags.dedup();
-    let pipeline_tag = inference::pipeline_tag(&c, card.as_ref());
-    let library_name = card.as_ref().and_then(|c| c["library_name"].as_str()).map(String::from);
-    let mappings = expand.iter().any(|e| e == "inferenceProviderMapping").then(|| inference::mappings(&state, &c, card.as_ref(), meta.private, id));
+    let pipeline_tag = inference::pipeline_tag(&c, card.as_ref()).filter(|_| model);
+    let library_name = card.as_ref().and_then(|c| c["library_name"].as_str()).map(String::from).filter(|_| model);
+    let mappings =
+        (model && expand.iter().any(|e| e == "inferenceProviderMapping")).then(|| inference::mappings(&state, &c, card.as_ref(), meta.private, id));
     let info = ModelInfo {
         id: id.to_string(),
         author: Some(id.namespace.clone()),
@@ -93,8 +105,10 @@ pub(super) async fn model_info(S(state): S<Shared>, Extension(who): Extension<Wh
         card_data: card,
     };
     let mut v = serde_json::to_value(&info).expect("serializable");
-    v["modelId"] = serde_json::json!(id.to_string());
-    v["_links"] = serde_json::json!({ "self": format!("{}/{id}", base_url(&headers)) });
+    if model {
+        v["modelId"] = serde_json::json!(id.to_string());
+    }
+    v["_links"] = serde_json::json!({ "self": format!("{}/{}", base_url(&headers), repo.target()) });
     if let Some(t) = pipeline_tag {
         v["pipeline_tag"] = t.into();
     }
@@ -140,12 +154,12 @@ fn dir_entry(path: &str) -> TreeEntry {
 
 const TREE_PAGE: usize = 1000;
 
-/// `GET /api/models/{repo}/tree/{rev}[/{path}]` (`recursive`, `cursor`; pages of 1000 with a
+/// `GET /api/{models,datasets}/{repo}/tree/{rev}[/{path}]` (`recursive`, `cursor`; pages of 1000 with a
 /// `Link: <…>; rel="next"` header, as huggingface_hub's `paginate` follows).
 pub(super) async fn tree(S(state): S<Shared>, Extension(who): Extension<Who>, repo: Repo, RawQuery(q): RawQuery, headers: HeaderMap) -> Reply {
     let (id, rev, sub, q) = (&repo.id, repo.rev.as_str(), repo.path.as_str(), query(q.as_deref()));
-    who.read(&state, id)?;
-    let (_, c) = commit_at(&state, id, rev)?;
+    who.read(&state, repo.target())?;
+    let (_, c) = commit_at(&state, repo.target(), rev)?;
     let recursive = flag(&q, "recursive");
     let prefix = if sub.is_empty() { String::new() } else { format!("{sub}/") };
     let mut dirs = std::collections::BTreeSet::new();
@@ -173,8 +187,9 @@ pub(super) async fn tree(S(state): S<Shared>, Extension(who): Extension<Who>, re
     let mut resp = json_reply(StatusCode::OK, &page)?;
     if start + TREE_PAGE < all.len() {
         let next = format!(
-            "{}/api/models/{id}/tree/{}{}?recursive={recursive}&expand=false&cursor={}",
+            "{}/api/{}/{id}/tree/{}{}?recursive={recursive}&expand=false&cursor={}",
             base_url(&headers),
+            repo.kind.plural(),
             encode_segment(rev),
             if sub.is_empty() { String::new() } else { format!("/{}", encode_path(sub)) },
             start + TREE_PAGE
@@ -184,10 +199,10 @@ pub(super) async fn tree(S(state): S<Shared>, Extension(who): Extension<Who>, re
     Ok(resp)
 }
 
-/// `POST /api/models/{repo}/paths-info/{rev}`.
+/// `POST /api/{models,datasets}/{repo}/paths-info/{rev}`.
 pub(super) async fn paths_info(S(state): S<Shared>, Extension(who): Extension<Who>, repo: Repo, BodyBytes(body): BodyBytes) -> Reply {
-    who.read(&state, &repo.id)?;
-    let (_, c) = commit_at(&state, &repo.id, &repo.rev)?;
+    who.read(&state, repo.target())?;
+    let (_, c) = commit_at(&state, repo.target(), &repo.rev)?;
     // huggingface_hub sends a form (`paths=a&paths=b`), huggingface.js sends JSON.
     let paths: Vec<String> = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(v) => v["paths"].as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect()).unwrap_or_default(),

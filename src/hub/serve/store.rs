@@ -4,7 +4,7 @@
 
 use crate::hash::{git_blob_sha1, sha256_hex};
 use crate::hub::clock::now_rfc3339;
-use crate::repo_id::RepoId;
+use crate::repo_id::{RepoId, RepoType};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,8 +36,10 @@ pub struct RepoMeta {
 
 pub const DEFAULT_GITATTRIBUTES: &str = "*.7z filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n*.ckpt filter=lfs diff=lfs merge=lfs -text\n*.gz filter=lfs diff=lfs merge=lfs -text\n*.h5 filter=lfs diff=lfs merge=lfs -text\n*.npy filter=lfs diff=lfs merge=lfs -text\n*.onnx filter=lfs diff=lfs merge=lfs -text\n*.pt filter=lfs diff=lfs merge=lfs -text\n*.pth filter=lfs diff=lfs merge=lfs -text\n*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.zip filter=lfs diff=lfs merge=lfs -text\n";
 
+/// The repos of one type (models or datasets); the blobs and uploads are shared by both.
 pub struct Store {
     root: PathBuf,
+    kind: RepoType,
 }
 
 /// Writes a store file (creating its folder) with [`crate::atomic::write`].
@@ -51,7 +53,20 @@ impl Store {
         std::fs::create_dir_all(root.join("blobs"))?;
         std::fs::create_dir_all(root.join("uploads"))?;
         std::fs::create_dir_all(root.join("repos"))?;
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store { root: root.to_path_buf(), kind: RepoType::Model })
+    }
+
+    /// The store of `kind`'s repos over the same blobs (models under `repos/`, datasets under
+    /// `dataset-repos/`, so a model and a dataset may share a name, as on the Hub).
+    pub fn of_kind(&self, kind: RepoType) -> Store {
+        Store { root: self.root.clone(), kind }
+    }
+
+    fn kind_dir(&self, what: &str) -> PathBuf {
+        match self.kind {
+            RepoType::Model => self.root.join(what),
+            RepoType::Dataset => self.root.join(format!("dataset-{what}")),
+        }
     }
 
     pub fn uploads_dir(&self) -> PathBuf {
@@ -59,7 +74,7 @@ impl Store {
     }
 
     fn repo_dir(&self, id: &RepoId) -> PathBuf {
-        self.root.join("repos").join(&id.namespace).join(&id.name)
+        self.kind_dir("repos").join(&id.namespace).join(&id.name)
     }
 
     pub fn blob_path(&self, sha256: &str) -> PathBuf {
@@ -168,7 +183,7 @@ impl Store {
     /// hard links into the blob store (copies where linking fails). Each file is made once, so
     /// later renders of the same commit reuse the folder.
     pub fn snapshot(&self, id: &RepoId, c: &CommitRec, keep: impl Fn(&str) -> bool) -> std::io::Result<PathBuf> {
-        let dir = self.root.join("snapshots").join(&id.namespace).join(&id.name).join(&c.oid);
+        let dir = self.kind_dir("snapshots").join(&id.namespace).join(&id.name).join(&c.oid);
         for (path, f) in c.files.iter().filter(|(p, _)| keep(p)) {
             let target = dir.join(path);
             if target.is_file() {
@@ -205,5 +220,9 @@ mod tests {
         let snap = s.snapshot(&id, &c, |p| p == ".gitattributes").unwrap();
         assert_eq!(std::fs::read_to_string(snap.join(".gitattributes")).unwrap(), DEFAULT_GITATTRIBUTES);
         assert_eq!(s.snapshot(&id, &c, |_| true).unwrap(), snap);
+        let datasets = s.of_kind(RepoType::Dataset);
+        assert!(datasets.meta(&id).is_none(), "a dataset is not the model of the same name");
+        assert!(datasets.create_repo(&id, true).unwrap());
+        assert!(datasets.meta(&id).unwrap().private && !s.meta(&id).unwrap().private);
     }
 }
