@@ -4,9 +4,9 @@
 //! defaults, the tied LM-head weight that transformers does not save, the image processor's
 //! resize/rescale/normalize, and `generate`'s greedy decoding.
 
-use crate::generate::source::repo_spec;
 use crate::hub::download::snapshot;
 use crate::hub::{HubClient, HubError};
+use crate::model_ref::ModelRef;
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{blip, blip_text};
@@ -51,12 +51,9 @@ const PATTERNS: &[&str] =
 /// through hf-hub into the standard cache, honouring the client's endpoint) to a model folder.
 pub async fn resolve(spec: &str, client: &HubClient) -> Result<PathBuf, BlipError> {
     let spec = if spec == "blip" { DEFAULT_MODEL } else { spec };
-    let path = Path::new(spec);
-    let dir = if path.exists() {
-        path.to_path_buf()
-    } else {
-        let (repo, revision) = repo_spec(spec).ok_or_else(|| BlipError::NotFound { spec: spec.to_string() })?;
-        snapshot(client, &repo, revision, PATTERNS.iter().map(|s| s.to_string()).collect()).await?
+    let dir = match ModelRef::parse(spec).map_err(|_| BlipError::NotFound { spec: spec.to_string() })? {
+        ModelRef::Local(path) => path,
+        ModelRef::Hub { repo, revision } => snapshot(client, &repo, revision.as_deref(), PATTERNS.iter().map(|s| s.to_string()).collect()).await?,
     };
     for need in ["config.json", "model.safetensors", "tokenizer.json"] {
         if !dir.join(need).is_file() {
