@@ -26,8 +26,8 @@ pub struct EngineRenderer {
 }
 
 impl EngineRenderer {
-    pub fn new() -> anyhow::Result<EngineRenderer> {
-        Ok(EngineRenderer { device: Renderer::default_device(), loaded: Mutex::new(None) })
+    pub fn new() -> EngineRenderer {
+        EngineRenderer { device: Renderer::default_device(), loaded: Mutex::new(None) }
     }
 
     /// The job's spec and its files: the offline Hub's own snapshot folders, nothing to fetch.

@@ -1,5 +1,6 @@
-//! Where a pipeline comes from: a local folder, or a Hub repo id fetched through hf-hub into the
-//! standard cache (honouring --endpoint, so the offline Hub can serve it).
+//! A [`ModelRef`] resolved to local files: a pipeline folder, a VAE folder or a LoRA file, checked
+//! where they are on disk, or fetched from a Hub repo through hf-hub into the standard cache
+//! (honouring --endpoint, so the offline Hub can serve it).
 
 use super::repo_files::{choose_weights, select, shards_of, WeightsChoice};
 use crate::diffusion::config::read_json;
