@@ -53,12 +53,11 @@ fn load_config(a: Args) -> anyhow::Result<TrainConfig> {
     TrainConfig::load(a.config.as_deref(), a.keys).map_err(|e| bad_input(e.to_string()))
 }
 
-/// train.yaml's `base_model`, parsed and resolved once: a local folder, or a Hub repo fetched
-/// into the hf-hub cache. A reference that is neither is bad input; a failed download keeps
-/// its own category (an unreachable Hub is exit 4).
+/// train.yaml's `base_model` (parsed with the config) resolved once: a local folder, or a Hub
+/// repo fetched into the hf-hub cache; a failed download keeps its own category (an
+/// unreachable Hub is exit 4).
 fn base_model_dir(cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &tokio::runtime::Runtime) -> anyhow::Result<PathBuf> {
-    let model = ModelRef::parse(&cfg.base_model).map_err(|e| bad_input(format!("base_model: {e}")))?;
-    rt.block_on(resolve_pipeline(&model, client, None)).context("base_model")
+    rt.block_on(resolve_pipeline(&cfg.base_model, client, None)).context("base_model")
 }
 
 fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &tokio::runtime::Runtime) -> anyhow::Result<TrainSummary> {
@@ -170,7 +169,7 @@ impl TrainJson {
 struct DryRunJson<'a> {
     dry_run: bool,
     repo: &'a RepoId,
-    base_model: &'a str,
+    base_model: &'a ModelRef,
     images: usize,
     skipped: &'a [Skipped],
     files: &'a [String],
@@ -205,7 +204,7 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     // Before any GPU time is spent: the token (OIDC-exchanged in CI) must be valid and able to write there.
     let (client, _cred) = super::push::writer_client(ctx, &rt, &repo, &a.oidc)?;
     // The card is checked before training too: a base_model the Hub refuses must not cost a run.
-    let plan = hfsky::card::precheck(&cfg.base_model, cfg.base_model_id.as_deref(), &cfg.instance_prompt, cfg.license.as_deref())
+    let plan = hfsky::card::precheck(&cfg.base_model.to_string(), cfg.base_model_id.as_deref(), &cfg.instance_prompt, cfg.license.as_deref())
         .map_err(|e| bad_input(format!("{e}; nothing was trained")))?;
     if let Err(e) = rt.block_on(client.validate_yaml(&plan.readme)) {
         return Err(match e {
