@@ -212,7 +212,7 @@ impl Categorized for RenderError {
 impl Categorized for CardError {
     fn category(&self) -> ExitCategory {
         match self {
-            CardError::NoCard { .. } | CardError::NoBaseModel { .. } => ExitCategory::BadInput,
+            CardError::NoCard { .. } | CardError::NoBaseModel { .. } | CardError::BadBaseModel { .. } => ExitCategory::BadInput,
             CardError::Hub(h) => h.category(),
         }
     }

@@ -17,6 +17,7 @@ pub mod html;
 pub mod hub;
 pub mod imagestats;
 pub mod lfs_pointer;
+pub mod model_ref;
 pub mod names;
 pub mod redact;
 pub mod repo_id;

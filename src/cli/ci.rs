@@ -1,7 +1,9 @@
 //! `hfsky ci init` writes a CI workflow that publishes keylessly (OIDC trusted publishing);
 //! `hfsky ci summary` turns a push's `--json` result into Markdown for the job summary.
 
-use super::{bad_input, Ctx};
+use super::train::TrainJson;
+use super::{bad_input, Ctx, ErrorJson};
+use hfsky::hub::push::{FileAction, PushOutcome, PushStatus};
 use hfsky::repo_id::RepoId;
 use std::path::{Path, PathBuf};
 
@@ -159,46 +161,80 @@ fn short(oid: &str) -> &str {
     &oid[..oid.len().min(10)]
 }
 
-/// Markdown for a push result, a dry run, or an error object (`{"error", "exit_code"}`).
-/// train-and-push results may carry the push under `"push"`.
-pub fn summary_markdown(v: &serde_json::Value) -> String {
-    if let Some(err) = v["error"].as_str() {
-        return format!("### ❌ Publishing failed (exit code {})\n\n```\n{}\n```\n", v["exit_code"].as_i64().unwrap_or(1), err.replace("```", "'''"));
+/// What `ci summary` reads: one of the `--json` documents, as its own type, so a renamed field
+/// is a compile error here rather than an empty cell in a job summary.
+#[derive(Debug)]
+pub enum Published {
+    /// Any command's error document ([`ErrorJson`]).
+    Failed(ErrorJson),
+    /// `push`'s document (a dry run's too), or the push inside `train-and-push`'s ([`TrainJson`]).
+    Pushed(PushOutcome),
+}
+
+impl Published {
+    /// Reads the document, telling the kinds apart by their keys; the message names what is
+    /// wrong (a missing field, a bad value) for a document of the right kind.
+    pub fn from_json(text: &str) -> Result<Published, String> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let typed = |e: serde_json::Error| e.to_string();
+        if v.get("error").is_some() {
+            return serde_json::from_value(v).map(Published::Failed).map_err(typed);
+        }
+        if v.get("push").is_some() {
+            let train: TrainJson = serde_json::from_value(v).map_err(typed)?;
+            return train.push.map(Published::Pushed).ok_or_else(|| "`push` is null".into());
+        }
+        if v.get("status").is_some() {
+            return serde_json::from_value(v).map(Published::Pushed).map_err(typed);
+        }
+        Err("it has neither a push result nor an error".into())
     }
-    let push = if v["push"].is_object() { &v["push"] } else { v };
-    let s = |k: &str| push[k].as_str().unwrap_or("");
-    let target = format!("{}@{}", s("repo"), s("revision"));
-    let files = push["files"].as_array().cloned().unwrap_or_default();
-    let count = |a: &str| files.iter().filter(|f| f["action"] == a).count();
-    let commit = match (push["commit_oid"].as_str(), push["commit_url"].as_str()) {
+}
+
+/// Markdown for a push result, a dry run, or an error.
+pub fn summary_markdown(doc: &Published) -> String {
+    let push = match doc {
+        Published::Failed(e) => {
+            return format!("### ❌ Publishing failed (exit code {})\n\n```\n{}\n```\n", e.exit_code, e.error.replace("```", "'''"));
+        }
+        Published::Pushed(p) => p,
+    };
+    let target = format!("{}@{}", push.repo, push.revision);
+    let count = |a: FileAction| push.files.iter().filter(|f| f.action == a).count();
+    let commit = match (&push.commit_oid, &push.commit_url) {
         (Some(oid), Some(url)) => format!("[`{}`]({url})", short(oid)),
         (Some(oid), None) => format!("`{}`", short(oid)),
         _ => "none".into(),
     };
-    let mut md = match s("status") {
-        "committed" => format!("### ✅ Published {target}\n\n"),
-        "nothing_to_push" => format!("### ✅ {target} is up to date: nothing to publish\n\n"),
-        "dry_run" => format!("### Dry run for {target}: nothing was written\n\n"),
-        other => format!("### hfsky: {target} ({other})\n\n"),
+    let mut md = match push.status {
+        PushStatus::Committed => format!("### ✅ Published {target}\n\n"),
+        PushStatus::NothingToPush => format!("### ✅ {target} is up to date: nothing to publish\n\n"),
+        PushStatus::DryRun => format!("### Dry run for {target}: nothing was written\n\n"),
     };
     md.push_str("| | |\n|---|---|\n");
     md.push_str(&format!("| commit | {commit} |\n"));
-    if let Some(pr) = push["pr_url"].as_str() {
+    if let Some(pr) = &push.pr_url {
         md.push_str(&format!("| pull request | {pr} |\n"));
     }
     md.push_str(&format!(
         "| files | {} new, {} changed, {} deleted, {} unchanged |\n| bytes | {} ({} LFS bytes uploaded) |\n",
-        count("add"),
-        count("update"),
-        count("delete"),
-        push["unchanged"].as_u64().unwrap_or(0),
-        push["total_bytes"].as_u64().unwrap_or(0),
-        push["uploaded_lfs_bytes"].as_u64().unwrap_or(0)
+        count(FileAction::Add),
+        count(FileAction::Update),
+        count(FileAction::Delete),
+        push.unchanged,
+        push.total_bytes,
+        push.uploaded_lfs_bytes
     ));
-    if !files.is_empty() {
+    if !push.files.is_empty() {
         md.push_str("\n<details><summary>files</summary>\n\n");
-        for f in &files {
-            md.push_str(&format!("- {} `{}`\n", f["action"].as_str().unwrap_or("?"), f["path"].as_str().unwrap_or("?")));
+        for f in &push.files {
+            // The JSON's names (`FileAction`'s serde form).
+            let action = match f.action {
+                FileAction::Add => "add",
+                FileAction::Update => "update",
+                FileAction::Delete => "delete",
+            };
+            md.push_str(&format!("- {action} `{}`\n", f.path));
         }
         md.push_str("\n</details>\n");
     }
@@ -207,12 +243,9 @@ pub fn summary_markdown(v: &serde_json::Value) -> String {
 
 fn summary(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).map_err(|e| bad_input(format!("cannot read {}: {e}", file.display())))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad_input(format!("{} is not the JSON of `hfsky --json push` ({e})", file.display())))?;
-    if v["error"].is_null() && v["status"].is_null() && v["push"].is_null() {
-        return Err(bad_input(format!("{} has neither a push result nor an error: pass the output of `hfsky --json push`", file.display())));
-    }
-    let md = summary_markdown(&v);
+    let doc = Published::from_json(&text)
+        .map_err(|e| bad_input(format!("{} is not the JSON of `hfsky --json push` or `train-and-push`, nor an error ({e})", file.display())))?;
+    let md = summary_markdown(&doc);
     if ctx.json {
         #[derive(serde::Serialize)]
         struct SummaryJson<'a> {
@@ -236,18 +269,71 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hfsky::hub::push::FileChange;
+
+    fn outcome(status: PushStatus) -> PushOutcome {
+        PushOutcome {
+            status,
+            repo: "alice/x".into(),
+            revision: "main".into(),
+            commit_oid: Some("0123456789abcdef".into()),
+            commit_url: Some("http://h/alice/x/commit/0123456789abcdef".into()),
+            pr_url: None,
+            parent_commit: None,
+            files: vec![
+                FileChange { path: "a.bin".into(), action: FileAction::Add, size: 10, lfs: true },
+                FileChange { path: "old.txt".into(), action: FileAction::Delete, size: 0, lfs: false },
+            ],
+            unchanged: 2,
+            total_bytes: 10,
+            uploaded_lfs_bytes: 10,
+            reused_lfs_objects: 0,
+            new_repo: false,
+            new_branch: false,
+            rebased: 0,
+        }
+    }
+
+    /// Each document is written by the type its command prints and read back by `summary`.
+    #[test]
+    fn summary_reads_the_documents_the_commands_write() {
+        let push = serde_json::to_string(&outcome(PushStatus::Committed)).unwrap();
+        let md = summary_markdown(&Published::from_json(&push).unwrap());
+        assert!(md.contains("Published alice/x@main") && md.contains("(http://h/alice/x/commit/0123456789abcdef)"), "{md}");
+        assert!(md.contains("| files | 1 new, 0 changed, 1 deleted, 2 unchanged |") && md.contains("- delete `old.txt`"), "{md}");
+
+        let train = TrainJson {
+            output_dir: "out".into(),
+            lora: "out/pytorch_lora_weights.safetensors".into(),
+            card: "out/README.md".into(),
+            steps: 2,
+            final_loss: Some(0.1),
+            seconds: 1.0,
+            peak_host_memory_bytes: None,
+            peak_device_memory_bytes: None,
+            gradient_checkpointing: false,
+            resolution: 64,
+            examples: 3,
+            skipped: vec![],
+            validation_images: vec![],
+            push: Some(outcome(PushStatus::DryRun)),
+        };
+        let md = summary_markdown(&Published::from_json(&serde_json::to_string(&train).unwrap()).unwrap());
+        assert!(md.contains("Dry run for alice/x@main"), "{md}");
+
+        let error = serde_json::to_string(&ErrorJson { error: "HTTP 403 ```x```".into(), exit_code: 3 }).unwrap();
+        let md = summary_markdown(&Published::from_json(&error).unwrap());
+        assert!(md.contains("exit code 3") && !md.contains("```x"), "{md}");
+    }
 
     #[test]
-    fn summary_covers_commits_errors_and_dry_runs() {
-        let v = serde_json::json!({"status":"committed","repo":"alice/x","revision":"main","commit_oid":"0123456789abcdef",
-            "commit_url":"http://h/alice/x/commit/0123456789abcdef","files":[{"path":"a.bin","action":"add"}],"unchanged":2,
-            "total_bytes":10,"uploaded_lfs_bytes":10});
-        let md = summary_markdown(&v);
-        assert!(md.contains("Published alice/x@main") && md.contains("(http://h/alice/x/commit/0123456789abcdef)") && md.contains("1 new"), "{md}");
-        let md = summary_markdown(&serde_json::json!({"error":"HTTP 403 ```x```","exit_code":3}));
-        assert!(md.contains("exit code 3") && !md.contains("```x"), "{md}");
-        let md = summary_markdown(&serde_json::json!({"push":{"status":"dry_run","repo":"a/b","revision":"main","files":[]}}));
-        assert!(md.contains("Dry run for a/b@main"), "{md}");
+    fn documents_of_other_shapes_are_refused_with_the_field() {
+        let mut push = serde_json::to_value(outcome(PushStatus::Committed)).unwrap();
+        push.as_object_mut().unwrap().remove("total_bytes");
+        assert!(Published::from_json(&push.to_string()).unwrap_err().contains("total_bytes"));
+        let train_only = serde_json::json!({"output_dir": "out", "steps": 2});
+        assert!(Published::from_json(&train_only.to_string()).unwrap_err().contains("neither a push result nor an error"));
+        assert!(Published::from_json("{\"status\": \"exploded\"}").unwrap_err().contains("exploded"));
     }
 
     #[test]

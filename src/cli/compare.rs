@@ -5,6 +5,7 @@ use hfsky::compare::report;
 use hfsky::compare::run::{run as compare, Event, HubParams, HubSource, Options};
 use hfsky::generate::settings::parse_seeds;
 use hfsky::hub::inference::ProviderChoice;
+use hfsky::model_ref::ModelRef;
 use hfsky::repo_id::RepoId;
 use std::path::PathBuf;
 
@@ -50,10 +51,10 @@ pub struct Args {
     // validation settings, then the engine's defaults.
     /// Base pipeline for the local side (default: the card's base_model)
     #[arg(long)]
-    model: Option<String>,
+    model: Option<ModelRef>,
     /// LoRA for the local side (default: the --repo's weights)
     #[arg(long)]
-    lora: Option<String>,
+    lora: Option<ModelRef>,
     #[command(flatten)]
     render: RenderFlags,
 }

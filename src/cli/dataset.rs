@@ -5,6 +5,7 @@ use hfsky::dataset::captions::{self, caption_issues, detect_source, load_caption
 use hfsky::dataset::check::{check, Severity};
 use hfsky::dataset::hub_source::{resolve, DatasetSource};
 use hfsky::dataset::{blip, fix, list_images, relative_name, report};
+use hfsky::model_ref::ModelRef;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
@@ -84,9 +85,9 @@ pub struct CaptionArgs {
     #[arg(long)]
     template: Option<String>,
     /// Caption the photos with a BLIP captioning model: `blip` (Salesforce/blip-image-captioning-base),
-    /// a local folder, or a Hub repo id (fetched into the Hugging Face cache)
-    #[arg(long)]
-    model: Option<String>,
+    /// a local folder, or a Hub repo id `namespace/name[@revision]` (fetched into the Hugging Face cache)
+    #[arg(long, value_parser = blip::caption_model)]
+    model: Option<ModelRef>,
     /// Replace existing captions too (default: only images without one)
     #[arg(long)]
     overwrite: bool,
@@ -296,9 +297,9 @@ fn caption(ctx: &Ctx, a: CaptionArgs) -> anyhow::Result<()> {
     let plan = CaptionPlan::new(&a.dir, a.to, a.overwrite, a.caption_column.as_deref())?;
     let mut model_dir = None;
     let generated = match &a.model {
-        Some(spec) if plan.pending() > 0 => {
+        Some(model) if plan.pending() > 0 => {
             let client = super::client(ctx, false)?;
-            let dir = ctx.runtime().block_on(blip::resolve(spec, &client)).map_err(|e| bad_input(e.to_string()))?;
+            let dir = ctx.runtime().block_on(blip::resolve(model, &client)).map_err(|e| bad_input(e.to_string()))?;
             let device = candle_core::Device::cuda_if_available(0)?;
             let mut model = blip::Blip::load(&dir, &device)?;
             let bar = if ctx.show_progress() { ProgressBar::new(plan.pending() as u64) } else { ProgressBar::hidden() };

@@ -4,6 +4,7 @@ use hfsky::diffusion::schedulers::SchedulerKind;
 use hfsky::generate::pipeline::LoraMode;
 use hfsky::generate::render::{Overrides, RenderSpec, Renderer};
 use hfsky::generate::settings::{parse_seeds, read_latents};
+use hfsky::model_ref::ModelRef;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -44,7 +45,7 @@ pub struct RenderFlags {
     /// Replacement VAE: a folder with config.json + weights, or a Hub repo id
     /// (e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in f16)
     #[arg(long)]
-    vae: Option<String>,
+    vae: Option<ModelRef>,
     /// Whose random generator turns a seed into noise: torch-cpu (diffusers'
     /// torch.Generator("cpu").manual_seed(seed), the same image as a diffusers render) or
     /// hfsky (hfsky's own, as before this flag existed) [default: torch-cpu]
@@ -73,10 +74,10 @@ impl RenderFlags {
 pub struct Args {
     /// Base pipeline: a diffusers folder or a Hub repo id (`namespace/name[@revision]`)
     #[arg(long)]
-    model: String,
-    /// LoRA: a .safetensors file, a folder, or a Hub repo id
+    model: ModelRef,
+    /// LoRA: a .safetensors file, a folder, or a Hub repo id (`namespace/name[@revision]`)
     #[arg(long)]
-    lora: Option<String>,
+    lora: Option<ModelRef>,
     /// Fuse the LoRA into the weights (W0 + scale·B·A, as diffusers' fuse_lora and the Hub's
     /// inference do) instead of applying it on the activations at every step
     #[arg(long, requires = "lora")]
@@ -127,7 +128,7 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<()> {
     };
     let client = super::client(ctx, false)?;
     let rt = ctx.runtime();
-    let renderer = rt.block_on(Renderer::load(&spec, &client, Renderer::default_device()))?;
+    let renderer = rt.block_on(Renderer::fetch_and_load(&spec, &client, Renderer::default_device()))?;
     let r = renderer.settings();
     if let (Some(path), false) = (&r.lora, ctx.json) {
         let how = if a.lora_merge { "fused" } else { "live" };

@@ -84,7 +84,7 @@ fn inference_config(a: &ServeArgs) -> anyhow::Result<InferenceConfig> {
         Some(p) => RenderProfile::load(p).map_err(|e| bad_input(format!("--render-profile {e}")))?,
         None => RenderProfile::default(),
     };
-    let renderer = super::hub_render::EngineRenderer::new()?;
+    let renderer = super::hub_render::EngineRenderer::new();
     let origin = a.render_profile.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default();
     renderer.check(&profile).map_err(|e| bad_input(format!("--render-profile{origin}: {e}")))?;
     let mut providers: Vec<Provider> = vec![];

@@ -4,10 +4,11 @@
 use candle_core::DType;
 use hfsky::diffusion::schedulers::SchedulerKind;
 use hfsky::generate::pipeline::LoraMode;
-use hfsky::generate::render::{RenderSpec, Renderer};
+use hfsky::generate::render::{ModelPaths, RenderSpec, Renderer};
 use hfsky::generate::settings::check_size;
+use hfsky::generate::source::lora_file;
 use hfsky::hub::serve::{InferenceRenderer, RenderDtype, RenderFailure, RenderJob, RenderProfile, RenderedPng};
-use hfsky::hub::HubClient;
+use hfsky::model_ref::ModelRef;
 use std::sync::Mutex;
 
 fn candle_dtype(d: RenderDtype) -> DType {
@@ -20,21 +21,22 @@ fn candle_dtype(d: RenderDtype) -> DType {
 
 pub struct EngineRenderer {
     device: candle_core::Device,
-    // Render specs name local snapshot folders only, so this client never reaches a network.
-    client: HubClient,
     // The last pipeline loaded: the seeds of one comparison share their spec.
     loaded: Mutex<Option<Renderer>>,
 }
 
 impl EngineRenderer {
-    pub fn new() -> anyhow::Result<EngineRenderer> {
-        Ok(EngineRenderer { device: Renderer::default_device(), client: HubClient::new("http://127.0.0.1:9", None)?, loaded: Mutex::new(None) })
+    pub fn new() -> EngineRenderer {
+        EngineRenderer { device: Renderer::default_device(), loaded: Mutex::new(None) }
     }
 
-    fn spec(job: &RenderJob) -> Result<RenderSpec, String> {
-        Ok(RenderSpec {
-            model: job.base_dir.display().to_string(),
-            lora: job.lora_path.as_ref().map(|p| p.display().to_string()),
+    /// The job's spec and its files: the offline Hub's own snapshot folders, nothing to fetch.
+    fn spec(job: &RenderJob) -> Result<(RenderSpec, ModelPaths), String> {
+        let lora_file = job.lora_path.as_deref().map(|p| lora_file(p, &p.display().to_string())).transpose().map_err(|e| e.to_string())?;
+        let paths = ModelPaths { model_dir: job.base_dir.clone(), vae_dir: None, lora_file };
+        let spec = RenderSpec {
+            model: ModelRef::Local(job.base_dir.clone()),
+            lora: job.lora_path.clone().map(ModelRef::Local),
             lora_scale: job.lora_scale,
             lora_mode: LoraMode::Fused,
             prompt: job.prompt.clone(),
@@ -48,7 +50,8 @@ impl EngineRenderer {
             vae: None,
             // The worker seeds `torch.Generator()` on the CPU (hub-render.md).
             noise: hfsky::diffusion::noise::NoiseKind::TorchCpu,
-        })
+        };
+        Ok((spec, paths))
     }
 }
 
@@ -71,14 +74,13 @@ impl InferenceRenderer for EngineRenderer {
     }
 
     fn render(&self, job: &RenderJob) -> Result<RenderedPng, RenderFailure> {
-        let spec = EngineRenderer::spec(job).map_err(|message| RenderFailure { bad_request: true, message })?;
+        let (spec, paths) = EngineRenderer::spec(job).map_err(|message| RenderFailure { bad_request: true, message })?;
         let failed = |e: hfsky::generate::render::RenderError| RenderFailure { bad_request: e.is_bad_input(), message: e.to_string() };
         let mut slot = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         if slot.as_ref().is_none_or(|r| r.spec() != &spec) {
             // Free the previous pipeline before loading the next one.
             *slot = None;
-            let loading = Renderer::load(&spec, &self.client, self.device.clone());
-            *slot = Some(tokio::runtime::Handle::current().block_on(loading).map_err(failed)?);
+            *slot = Some(Renderer::load(&spec, &paths, self.device.clone()).map_err(failed)?);
         }
         let renderer = slot.as_ref().expect("loaded above");
         let image = renderer.render(job.seed, |_| {}).map_err(failed)?;

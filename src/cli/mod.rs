@@ -244,14 +244,17 @@ pub fn run() -> i32 {
     }
 }
 
-/// The `--json` document of any command that failed (`ci summary` reads it), on stdout.
+/// The `--json` document of any command that failed, on stdout; `ci summary` reads it back.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorJson {
+    /// The message, redacted, as the human output prints it after `error: `.
+    pub error: String,
+    /// The process's exit code (README, "Exit codes").
+    pub exit_code: i32,
+}
+
 fn print_error_json(message: &str, exit_code: i32) {
-    #[derive(serde::Serialize)]
-    struct ErrorJson<'a> {
-        error: &'a str,
-        exit_code: i32,
-    }
-    println!("{}", redact(&serde_json::to_string(&ErrorJson { error: message, exit_code }).expect("serializable")));
+    println!("{}", redact(&serde_json::to_string(&ErrorJson { error: message.to_string(), exit_code }).expect("serializable")));
 }
 
 fn not_logged_in() -> anyhow::Error {

@@ -2,15 +2,17 @@
 //! also a flag, declared in `hfsky::train::config`), the model card, and one commit to the Hub.
 
 use super::{bad_input, Ctx};
+use anyhow::Context;
 use hfsky::dataset::hub_source::{resolve, DatasetSource};
 use hfsky::generate::source::resolve_pipeline;
 use hfsky::hub::push::{push_folder, PushOptions, PushOutcome};
+use hfsky::model_ref::ModelRef;
 use hfsky::names;
 use hfsky::repo_id::RepoId;
 use hfsky::train::dry_run::{dry_run, Skipped, PUBLISHED};
 use hfsky::train::{Event, TrainConfig, TrainKeys, TrainSummary, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -63,8 +65,15 @@ fn resolve_dataset(ctx: &Ctx, mut cfg: TrainConfig, client: &hfsky::hub::HubClie
     Ok(cfg)
 }
 
+/// train.yaml's `base_model` (parsed with the config) resolved once: a local folder, or a Hub
+/// repo fetched into the hf-hub cache; a failed download keeps its own category (an
+/// unreachable Hub is exit 4).
+fn base_model_dir(cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &tokio::runtime::Runtime) -> anyhow::Result<PathBuf> {
+    rt.block_on(resolve_pipeline(&cfg.base_model, client, None)).context("base_model")
+}
+
 fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &tokio::runtime::Runtime) -> anyhow::Result<TrainSummary> {
-    let model_dir = rt.block_on(resolve_pipeline(&cfg.base_model, client, None)).map_err(|e| bad_input(format!("base_model: {e}")))?;
+    let model_dir = base_model_dir(cfg, client, rt)?;
     let trainer = Trainer { cfg, model_dir, cache_dir: cfg.cache_dir.clone() };
     let show = ctx.show_progress();
     let bar = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };
@@ -129,35 +138,40 @@ fn write_card(cfg: &TrainConfig, summary: &TrainSummary, repo: &str) -> anyhow::
     Ok(path)
 }
 
-/// The `--json` document of `train` (and of `train-and-push`, with its push).
-#[derive(Serialize)]
-struct TrainJson<'a> {
-    output_dir: &'a Path,
-    lora: PathBuf,
-    card: &'a Path,
-    steps: usize,
-    final_loss: Option<f32>,
-    seconds: f64,
-    peak_host_memory_bytes: Option<u64>,
-    peak_device_memory_bytes: Option<u64>,
-    gradient_checkpointing: bool,
-    resolution: usize,
-    examples: usize,
-    skipped: &'a [(String, String)],
-    validation_images: &'a [String],
+/// The `--json` document of `train` (and of `train-and-push`, with its push); `ci summary`
+/// reads it back.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TrainJson {
+    pub output_dir: PathBuf,
+    pub lora: PathBuf,
+    pub card: PathBuf,
+    pub steps: usize,
+    pub final_loss: Option<f32>,
+    pub seconds: f64,
+    pub peak_host_memory_bytes: Option<u64>,
+    pub peak_device_memory_bytes: Option<u64>,
+    pub gradient_checkpointing: bool,
+    pub resolution: usize,
+    pub examples: usize,
+    /// `[file, reason]` for each photo left out.
+    pub skipped: Vec<(String, String)>,
+    pub validation_images: Vec<String>,
     /// The held-out photos' last loss; null without any.
-    final_val_loss: Option<f32>,
-    report: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    push: Option<&'a PushOutcome>,
+    #[serde(default)]
+    pub final_val_loss: Option<f32>,
+    /// The training report (`report.html`).
+    #[serde(default)]
+    pub report: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushOutcome>,
 }
 
-impl<'a> TrainJson<'a> {
-    fn new(cfg: &'a TrainConfig, s: &'a TrainSummary, card: &'a Path) -> Self {
+impl TrainJson {
+    fn new(cfg: &TrainConfig, s: &TrainSummary, card: &Path) -> Self {
         TrainJson {
-            output_dir: &cfg.output_dir,
+            output_dir: cfg.output_dir.clone(),
             lora: cfg.output_dir.join(&s.lora_file),
-            card,
+            card: card.to_path_buf(),
             steps: s.steps,
             final_loss: s.final_loss,
             seconds: s.seconds,
@@ -166,8 +180,8 @@ impl<'a> TrainJson<'a> {
             gradient_checkpointing: s.gradient_checkpointing,
             resolution: s.resolution,
             examples: s.examples.len(),
-            skipped: &s.skipped,
-            validation_images: s.validation.as_ref().map(|v| v.images.as_slice()).unwrap_or_default(),
+            skipped: s.skipped.clone(),
+            validation_images: s.validation.as_ref().map(|v| v.images.clone()).unwrap_or_default(),
             final_val_loss: s.validation_loss.as_ref().and_then(|v| v.final_val_loss),
             report: cfg.output_dir.join(names::TRAINING_REPORT),
             push: None,
@@ -180,7 +194,7 @@ impl<'a> TrainJson<'a> {
 struct DryRunJson<'a> {
     dry_run: bool,
     repo: &'a RepoId,
-    base_model: &'a str,
+    base_model: &'a ModelRef,
     images: usize,
     skipped: &'a [Skipped],
     files: &'a [String],
@@ -216,7 +230,7 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     // Before any GPU time is spent: the token (OIDC-exchanged in CI) must be valid and able to write there.
     let (client, _cred) = super::push::writer_client(ctx, &rt, &repo, &a.oidc)?;
     // The card is checked before training too: a base_model the Hub refuses must not cost a run.
-    let plan = hfsky::card::precheck(&cfg.base_model, cfg.base_model_id.as_deref(), &cfg.instance_prompt, cfg.license.as_deref())
+    let plan = hfsky::card::precheck(&cfg.base_model.to_string(), cfg.base_model_id.as_deref(), &cfg.instance_prompt, cfg.license.as_deref())
         .map_err(|e| bad_input(format!("{e}; nothing was trained")))?;
     if let Err(e) = rt.block_on(client.validate_yaml(&plan.readme, hfsky::repo_id::RepoType::Model)) {
         return Err(match e {
@@ -255,13 +269,13 @@ pub fn run_and_push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<()> {
     };
     let outcome = rt.block_on(push_folder(&client, &cfg.output_dir, &opts))?;
     ctx.say(&super::push::describe(&outcome));
-    ctx.emit_json(&TrainJson { push: Some(&outcome), ..TrainJson::new(&cfg, &summary, &card) });
+    ctx.emit_json(&TrainJson { push: Some(outcome), ..TrainJson::new(&cfg, &summary, &card) });
     Ok(())
 }
 
 /// What train-and-push would do: the base model resolves, the photos read, the files it would publish.
 fn dry_run_report(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::HubClient, cfg: &TrainConfig, repo: &RepoId) -> anyhow::Result<()> {
-    let model_dir = rt.block_on(resolve_pipeline(&cfg.base_model, client, None)).map_err(|e| bad_input(format!("base_model: {e}")))?;
+    let model_dir = base_model_dir(cfg, client, rt)?;
     let plan = dry_run(cfg, &model_dir)?;
     ctx.say(&format!(
         "dry run: would train on {} of {} image(s) ({} with captions) from {}, then push {} to {repo} in one commit; nothing was trained or written",

@@ -7,6 +7,7 @@ use crate::diffusion::noise::NoiseKind;
 use crate::diffusion::schedulers::SchedulerKind;
 use crate::generate::pipeline::LoraMode;
 use crate::generate::render::{parse_dtype, RenderSpec};
+use crate::model_ref::ModelRef;
 use serde::Serialize;
 
 /// One local re-render: the local spec with one (or every) Hub value adopted.
@@ -139,7 +140,10 @@ fn edits(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_possi
 
     if let Some(b) = hub_value(&local.base_model, &hub.base_model) {
         let from = local.base_model.value.clone().unwrap_or_default();
-        edits.push((Setting::BaseModel, format!("base model {from} → {b}"), Box::new(move |s| s.model = b.clone())));
+        match ModelRef::parse(&b) {
+            Ok(m) => edits.push((Setting::BaseModel, format!("base model {from} → {b}"), Box::new(move |s| s.model = m.clone()))),
+            Err(e) => skipped.push(Skipped { setting: Setting::BaseModel, why: e.to_string() }),
+        }
     }
     if let Some(applied) = hub_value(&local.lora_applied, &hub.lora_applied) {
         if applied {
@@ -205,7 +209,10 @@ fn edits(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_possi
     }
     if let Some(v) = hub_value(&local.vae, &hub.vae) {
         let label = v.clone().unwrap_or_else(|| "the pipeline's".into());
-        edits.push((Setting::Vae, format!("VAE → {label}"), Box::new(move |s| s.vae = v.clone())));
+        match v.as_deref().map(ModelRef::parse).transpose() {
+            Ok(v) => edits.push((Setting::Vae, format!("VAE → {label}"), Box::new(move |s| s.vae = v.clone()))),
+            Err(e) => skipped.push(Skipped { setting: Setting::Vae, why: e.to_string() }),
+        }
     }
     if let Some(n) = hub_value(&local.noise, &hub.noise) {
         match <NoiseKind as clap::ValueEnum>::from_str(&n, false) {
@@ -491,8 +498,8 @@ mod tests {
     }
 
     fn spec() -> RenderSpec {
-        let mut s = RenderSpec::new("tiny/base", "a photo of SKY");
-        s.lora = Some("me/sky-lora".into());
+        let mut s = RenderSpec::new(ModelRef::parse("tiny/base").unwrap(), "a photo of SKY");
+        s.lora = Some(ModelRef::parse("me/sky-lora").unwrap());
         s.steps = 8;
         s
     }

@@ -6,6 +6,7 @@ use crate::card::{base_model, first_string, front_matter, RenderHints};
 use crate::diffusion::schedulers::SchedulerKind;
 use crate::generate::render::{Overrides, RenderSpec};
 use crate::hub::{download::snapshot, HubClient, HubError};
+use crate::model_ref::{ModelRef, ModelRefError};
 use crate::names;
 use crate::repo_id::RepoId;
 
@@ -15,6 +16,8 @@ pub enum CardError {
     NoCard { repo: String },
     #[error("{repo}: the model card has no `base_model` in its front matter, so the Hub does not know which model this LoRA belongs to and no provider will serve it. Add `base_model: <base repo id>` to README.md's front matter (and pass --model for the local side)")]
     NoBaseModel { repo: String },
+    #[error("{repo}: the model card's base_model: {source}")]
+    BadBaseModel { repo: String, source: ModelRefError },
     #[error(transparent)]
     Hub(#[from] HubError),
 }
@@ -50,21 +53,22 @@ pub async fn fetch_card(client: &HubClient, repo: &RepoId) -> Result<Card, CardE
 /// with `generate`.
 #[derive(Debug, Clone, Default)]
 pub struct LocalFlags {
-    pub model: Option<String>,
-    pub lora: Option<String>,
+    pub model: Option<ModelRef>,
+    pub lora: Option<ModelRef>,
     pub overrides: Overrides,
 }
 
 /// Flags first, then the card's validation settings (the renders its author saw), then its
 /// training resolution, then the engine's defaults. `lora_repo` is the LoRA when no --lora is given.
-pub fn local_spec(prompt: &str, flags: &LocalFlags, card: &Card, lora_repo: Option<&str>) -> Result<RenderSpec, CardError> {
+pub fn local_spec(prompt: &str, flags: &LocalFlags, card: &Card, lora_repo: Option<&RepoId>) -> Result<RenderSpec, CardError> {
+    let repo_label = || lora_repo.map_or_else(|| "the LoRA".to_string(), RepoId::to_string);
     let model = match (&flags.model, &card.base_model) {
         (Some(m), _) => m.clone(),
-        (None, Some(b)) => b.clone(),
-        (None, None) => return Err(CardError::NoBaseModel { repo: lora_repo.unwrap_or("the LoRA").to_string() }),
+        (None, Some(b)) => ModelRef::parse(b).map_err(|source| CardError::BadBaseModel { repo: repo_label(), source })?,
+        (None, None) => return Err(CardError::NoBaseModel { repo: repo_label() }),
     };
     let mut spec = RenderSpec::new(model, prompt);
-    spec.lora = flags.lora.clone().or_else(|| lora_repo.map(String::from));
+    spec.lora = flags.lora.clone().or_else(|| lora_repo.cloned().map(ModelRef::hub));
     if let Some(v) = card.hints.as_ref().and_then(|h| h.validation.as_ref()) {
         spec.lora_scale = v.lora_scale;
         spec.negative = v.negative_prompt.clone();
@@ -90,16 +94,17 @@ mod tests {
     #[test]
     fn flags_win_then_the_cards_validation_settings() {
         let card = Card::parse(CARD);
+        let me = RepoId::parse("me/sky").unwrap();
         assert_eq!(card.base_model.as_deref(), Some("tiny/sd15"));
         assert_eq!(card.training_resolution(), Some(64));
         let spec = local_spec(
             "a photo of the SKY river",
             &LocalFlags { overrides: Overrides { steps: Some(5), ..Default::default() }, ..Default::default() },
             &card,
-            Some("me/sky"),
+            Some(&me),
         )
         .unwrap();
-        assert_eq!((spec.model.as_str(), spec.lora.as_deref()), ("tiny/sd15", Some("me/sky")));
+        assert_eq!((spec.model.to_string(), spec.lora.map(|l| l.to_string())), ("tiny/sd15".into(), Some("me/sky".into())));
         assert_eq!((spec.steps, spec.guidance, spec.scheduler), (5, Some(6.0), Some(SchedulerKind::Ddim)));
         assert_eq!((spec.width, spec.height, spec.lora_scale, spec.negative.as_str()), (Some(64), Some(64), 0.8, "blurry"));
     }
@@ -107,10 +112,15 @@ mod tests {
     #[test]
     fn a_card_without_base_model_needs_model() {
         let card = Card::parse("---\nlicense: mit\n---\n");
-        let e = local_spec("x", &LocalFlags::default(), &card, Some("me/sky")).unwrap_err().to_string();
+        let me = RepoId::parse("me/sky").unwrap();
+        let e = local_spec("x", &LocalFlags::default(), &card, Some(&me)).unwrap_err().to_string();
         assert!(e.contains("me/sky") && e.contains("base_model"), "{e}");
-        let spec = local_spec("x", &LocalFlags { model: Some("base".into()), ..Default::default() }, &card, Some("me/sky")).unwrap();
-        assert_eq!((spec.model.as_str(), spec.steps, spec.width), ("base", 30, None));
+        let base = ModelRef::parse("tiny/base").unwrap();
+        let spec = local_spec("x", &LocalFlags { model: Some(base.clone()), ..Default::default() }, &card, Some(&me)).unwrap();
+        assert_eq!((&spec.model, spec.steps, spec.width), (&base, 30, None));
+        let odd = Card::parse("---\nbase_model: not a model id\n---\n");
+        let e = local_spec("x", &LocalFlags::default(), &odd, Some(&me)).unwrap_err();
+        assert!(matches!(e, CardError::BadBaseModel { .. }) && e.to_string().starts_with("me/sky: the model card's base_model: "), "{e}");
         assert_eq!(Card::parse("---\nbase_model:\n- a/b\n- c/d\n---\n").base_model.as_deref(), Some("a/b"));
     }
 }

@@ -173,7 +173,7 @@ fn rel(out: &Path, p: &Path) -> String {
 }
 
 async fn load(spec: &RenderSpec, client: &HubClient) -> Result<Renderer, CompareError> {
-    Ok(Renderer::load(spec, client, Renderer::default_device()).await?)
+    Ok(Renderer::fetch_and_load(spec, client, Renderer::default_device()).await?)
 }
 
 /// Renders every seed into `dir`, measuring each image.
@@ -271,7 +271,7 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         None => Card::default(),
     };
     let repo_name = o.repo.as_ref().map(|r| r.to_string());
-    let spec = local_spec(&o.prompt, &o.flags, &card, repo_name.as_deref())?;
+    let spec = local_spec(&o.prompt, &o.flags, &card, o.repo.as_ref())?;
     std::fs::create_dir_all(&o.out).map_err(io(&o.out))?;
 
     // The Hub side first: auth, provider and billing problems surface before minutes of rendering.
@@ -344,7 +344,7 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
     let local = SideStats::aggregate(&local_stats)?;
     let hub = SideStats::aggregate(&hub_stats)?;
 
-    let base_name = spec.model.clone();
+    let base_name = spec.model.to_string();
     let local_settings = SideSettings::local(&resolved, &base_name);
     let same_base = card.base_model.as_deref().is_none_or(|b| b == base_name);
     let architecture = same_base.then_some(resolved.architecture).or(card.hints.as_ref().map(|h| {

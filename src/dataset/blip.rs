@@ -4,9 +4,9 @@
 //! defaults, the tied LM-head weight that transformers does not save, the image processor's
 //! resize/rescale/normalize, and `generate`'s greedy decoding.
 
-use crate::generate::source::repo_spec;
 use crate::hub::download::snapshot;
 use crate::hub::{HubClient, HubError};
+use crate::model_ref::{ModelRef, ModelRefError};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{blip, blip_text};
@@ -25,8 +25,6 @@ const WORD_EMBEDDINGS: &str = "text_decoder.bert.embeddings.word_embeddings.weig
 pub enum BlipError {
     #[error("{}: {detail}", .path.display())]
     File { path: PathBuf, detail: String },
-    #[error("{spec:?} is neither a BLIP model folder (config.json + model.safetensors + tokenizer.json) nor a Hub repo id `namespace/name`")]
-    NotFound { spec: String },
     #[error(transparent)]
     Hub(Box<HubError>),
     #[error("BLIP: {0}")]
@@ -47,16 +45,18 @@ fn file_err(path: &Path) -> impl Fn(String) -> BlipError + '_ {
 const PATTERNS: &[&str] =
     &["config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "processor_config.json", "generation_config.json"];
 
-/// Resolves `spec` (`blip`, a local folder, or a Hub repo id `namespace/name[@revision]`, fetched
-/// through hf-hub into the standard cache, honouring the client's endpoint) to a model folder.
-pub async fn resolve(spec: &str, client: &HubClient) -> Result<PathBuf, BlipError> {
-    let spec = if spec == "blip" { DEFAULT_MODEL } else { spec };
-    let path = Path::new(spec);
-    let dir = if path.exists() {
-        path.to_path_buf()
-    } else {
-        let (repo, revision) = repo_spec(spec).ok_or_else(|| BlipError::NotFound { spec: spec.to_string() })?;
-        snapshot(client, &repo, revision, PATTERNS.iter().map(|s| s.to_string()).collect()).await?
+/// `--model`'s value: `blip` names [`DEFAULT_MODEL`]; anything else is a [`ModelRef`] (a local
+/// folder, or a Hub repo `namespace/name[@revision]`).
+pub fn caption_model(spec: &str) -> Result<ModelRef, ModelRefError> {
+    ModelRef::parse(if spec == "blip" { DEFAULT_MODEL } else { spec })
+}
+
+/// Resolves a BLIP model to its folder: a local one as it is, a Hub repo's files fetched through
+/// hf-hub into the standard cache (honouring the client's endpoint).
+pub async fn resolve(model: &ModelRef, client: &HubClient) -> Result<PathBuf, BlipError> {
+    let dir = match model {
+        ModelRef::Local(path) => path.clone(),
+        ModelRef::Hub { repo, revision } => snapshot(client, repo, revision.as_deref(), PATTERNS.iter().map(|s| s.to_string()).collect()).await?,
     };
     for need in ["config.json", "model.safetensors", "tokenizer.json"] {
         if !dir.join(need).is_file() {

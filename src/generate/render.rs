@@ -12,6 +12,7 @@ use crate::diffusion::lora::{LoraError, LoraWeights};
 use crate::diffusion::noise::{NoiseKind, NoiseStream};
 use crate::diffusion::schedulers::SchedulerKind;
 use crate::hub::HubClient;
+use crate::model_ref::ModelRef;
 use candle_core::{DType, Device, Tensor};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,10 +54,10 @@ impl RenderError {
 /// What to render. `None` fields take the pipeline's own defaults (see [`Renderer::settings`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RenderSpec {
-    /// Diffusers folder or Hub repo id (`namespace/name[@revision]`).
-    pub model: String,
-    /// LoRA: a .safetensors file, a folder, or a Hub repo id.
-    pub lora: Option<String>,
+    /// Diffusers pipeline folder or Hub repo.
+    pub model: ModelRef,
+    /// LoRA: a .safetensors file, a folder, or a Hub repo.
+    pub lora: Option<ModelRef>,
     pub lora_scale: f64,
     pub lora_mode: LoraMode,
     pub prompt: String,
@@ -71,8 +72,8 @@ pub struct RenderSpec {
     pub height: Option<usize>,
     #[serde(with = "dtype_name")]
     pub dtype: DType,
-    /// Replacement VAE: a folder or a Hub repo id.
-    pub vae: Option<String>,
+    /// Replacement VAE: a folder or a Hub repo.
+    pub vae: Option<ModelRef>,
     /// The generator a seed's noise comes from; specs written before `--noise` existed used
     /// hfsky's own, so that is what an absent field means.
     #[serde(default = "legacy_noise")]
@@ -84,9 +85,9 @@ fn legacy_noise() -> NoiseKind {
 }
 
 impl RenderSpec {
-    pub fn new(model: impl Into<String>, prompt: impl Into<String>) -> Self {
+    pub fn new(model: ModelRef, prompt: impl Into<String>) -> Self {
         RenderSpec {
-            model: model.into(),
+            model,
             lora: None,
             lora_scale: 1.0,
             lora_mode: LoraMode::Live,
@@ -116,7 +117,7 @@ pub struct Overrides {
     pub width: Option<usize>,
     pub height: Option<usize>,
     pub dtype: Option<DType>,
-    pub vae: Option<String>,
+    pub vae: Option<ModelRef>,
     pub noise: Option<NoiseKind>,
 }
 
@@ -204,6 +205,35 @@ impl RenderedImage {
     }
 }
 
+/// A [`RenderSpec`]'s references as local files: what [`Renderer::load`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelPaths {
+    /// The pipeline folder (with `model_index.json`).
+    pub model_dir: std::path::PathBuf,
+    /// The replacement VAE's folder (with `config.json`).
+    pub vae_dir: Option<std::path::PathBuf>,
+    /// The LoRA's `.safetensors` file.
+    pub lora_file: Option<std::path::PathBuf>,
+}
+
+impl ModelPaths {
+    /// Resolves each reference once: local paths are checked, Hub repos are fetched into the
+    /// hf-hub cache (the weights of the spec's dtype, `fp16` for half precision).
+    pub async fn resolve(spec: &RenderSpec, client: &HubClient) -> Result<ModelPaths, RenderError> {
+        let variant = variant_for(spec.dtype);
+        let model_dir = resolve_pipeline(&spec.model, client, variant).await?;
+        let vae_dir = match &spec.vae {
+            Some(v) => Some(resolve_vae(v, client, variant).await?),
+            None => None,
+        };
+        let lora_file = match &spec.lora {
+            Some(l) => Some(resolve_lora(l, client).await?),
+            None => None,
+        };
+        Ok(ModelPaths { model_dir, vae_dir, lora_file })
+    }
+}
+
 /// A pipeline loaded for one [`RenderSpec`]; renders any number of seeds.
 pub struct Renderer {
     spec: RenderSpec,
@@ -219,7 +249,8 @@ impl Renderer {
         crate::devices::auto().0
     }
 
-    pub async fn load(spec: &RenderSpec, client: &HubClient, device: Device) -> Result<Renderer, RenderError> {
+    /// Checks what can be checked before anything is downloaded or loaded.
+    fn check(spec: &RenderSpec, device: &Device) -> Result<(), RenderError> {
         if spec.steps == 0 {
             return Err(RenderError::Invalid("steps must be at least 1".into()));
         }
@@ -231,30 +262,28 @@ impl Renderer {
             // would make the recorded settings lie.
             return Err(RenderError::Bf16OnCpu);
         }
-        let variant = variant_for(spec.dtype);
-        let root = resolve_pipeline(&spec.model, client, variant).await?;
-        let vae_dir = match &spec.vae {
-            Some(v) => Some(resolve_vae(v, client, variant).await?),
-            None => None,
-        };
-        let lora_path = match &spec.lora {
-            Some(l) => Some(resolve_lora(l, client).await?),
-            None => None,
-        };
+        Ok(())
+    }
+
+    /// Resolves the spec's model, VAE and LoRA ([`ModelPaths::resolve`], downloading Hub repos)
+    /// and loads them off the async executor.
+    pub async fn fetch_and_load(spec: &RenderSpec, client: &HubClient, device: Device) -> Result<Renderer, RenderError> {
+        Renderer::check(spec, &device)?;
+        let paths = ModelPaths::resolve(spec, client).await?;
         let spec = spec.clone();
         // Loading and prompt encoding are CPU-bound; keep them off the async executor.
-        tokio::task::spawn_blocking(move || Renderer::load_local(spec, root, vae_dir, lora_path, device))
+        tokio::task::spawn_blocking(move || Renderer::load(&spec, &paths, device))
             .await
             .map_err(|e| RenderError::Invalid(format!("loading the pipeline panicked: {e}")))?
     }
 
-    fn load_local(
-        spec: RenderSpec,
-        root: std::path::PathBuf,
-        vae_dir: Option<std::path::PathBuf>,
-        lora_path: Option<std::path::PathBuf>,
-        device: Device,
-    ) -> Result<Renderer, RenderError> {
+    /// Loads the pipeline, VAE and LoRA from local `paths` (the spec's references, resolved) and
+    /// encodes the prompt; blocks for as long as that takes (seconds to minutes).
+    pub fn load(spec: &RenderSpec, paths: &ModelPaths, device: Device) -> Result<Renderer, RenderError> {
+        Renderer::check(spec, &device)?;
+        let spec = spec.clone();
+        let root = paths.model_dir.clone();
+        let (vae_dir, lora_path) = (paths.vae_dir.clone(), paths.lora_file.clone());
         let files = PipelineFiles::open(&root)?;
         let unet_cfg: serde_json::Value = files.config("unet")?;
         let vae_cfg: serde_json::Value = files.config("vae")?;
@@ -282,7 +311,7 @@ impl Renderer {
         let model_sha256 = unet_weights.sha256().map_err(|e| RenderError::Io { what: unet_weights.display(), source: e })?;
         let scheduler = spec.scheduler.map(|k| k.class_name().to_string()).unwrap_or_else(|| pipeline.scheduler_config.class_name.clone());
         let resolved = ResolvedSettings {
-            model: spec.model.clone(),
+            model: spec.model.to_string(),
             model_dir: root,
             architecture: files.architecture,
             lora: lora_path.as_ref().map(|p| p.display().to_string()),
@@ -296,7 +325,7 @@ impl Renderer {
             height,
             default_size: default_side,
             dtype: dtype_label(spec.dtype).into(),
-            vae: spec.vae.clone(),
+            vae: spec.vae.as_ref().map(ModelRef::to_string),
             noise: spec.noise.label().into(),
         };
         Ok(Renderer { spec, pipeline, cond, resolved, model_sha256 })
@@ -384,7 +413,7 @@ mod tests {
 
     #[test]
     fn spec_round_trips_through_json_with_dtype_names() {
-        let mut s = RenderSpec::new("tests/fixtures/tiny-sd15", "a photo of SKY");
+        let mut s = RenderSpec::new(ModelRef::parse("tiny/sd15").unwrap(), "a photo of SKY");
         s.dtype = DType::F16;
         s.scheduler = Some(SchedulerKind::EulerAncestral);
         let j = serde_json::to_value(&s).unwrap();
@@ -402,15 +431,15 @@ mod tests {
 
     #[test]
     fn bad_specs_are_bad_input() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let client = HubClient::new("http://127.0.0.1:9", None).unwrap();
-        let mut s = RenderSpec::new("tests/fixtures/tiny-sd15", "x");
+        let fixture = crate::diffusion::testing::pipeline_dir("tiny-sd15");
+        let paths = ModelPaths { model_dir: fixture.clone(), vae_dir: None, lora_file: None };
+        let mut s = RenderSpec::new(ModelRef::Local(fixture.clone()), "x");
         s.steps = 0;
-        let e = rt.block_on(Renderer::load(&s, &client, Device::Cpu)).err().unwrap();
+        let e = Renderer::load(&s, &paths, Device::Cpu).err().unwrap();
         assert!(e.is_bad_input() && e.to_string().contains("steps"), "{e}");
-        let mut s = RenderSpec::new("tests/fixtures/tiny-sd15", "x");
+        let mut s = RenderSpec::new(ModelRef::Local(fixture), "x");
         s.dtype = DType::BF16;
-        let e = rt.block_on(Renderer::load(&s, &client, Device::Cpu)).err().unwrap();
+        let e = Renderer::load(&s, &paths, Device::Cpu).err().unwrap();
         assert!(matches!(e, RenderError::Bf16OnCpu));
     }
 }

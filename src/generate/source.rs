@@ -1,17 +1,18 @@
-//! Where a pipeline comes from: a local folder, or a Hub repo id fetched through hf-hub into the
-//! standard cache (honouring --endpoint, so the offline Hub can serve it).
+//! A [`ModelRef`] resolved to local files: a pipeline folder, a VAE folder or a LoRA file, checked
+//! where they are on disk, or fetched from a Hub repo through hf-hub into the standard cache
+//! (honouring --endpoint, so the offline Hub can serve it).
 
 use super::repo_files::{choose_weights, select, shards_of, WeightsChoice};
 use crate::diffusion::config::read_json;
 use crate::hub::download::{snapshot, RepoFetcher};
 use crate::hub::{HubClient, HubError};
-use crate::repo_id::RepoId;
+use crate::model_ref::ModelRef;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("{spec:?} is neither a pipeline folder (with model_index.json) nor a Hub repo id `namespace/name`")]
-    NotFound { spec: String },
+    #[error("{spec:?}: {what}")]
+    NotFound { spec: String, what: String },
     #[error("{}: a folder without model_index.json is not a diffusers pipeline", .0.display())]
     NotAPipeline(PathBuf),
     #[error(transparent)]
@@ -21,26 +22,21 @@ pub enum SourceError {
     Select(String),
 }
 
-/// `namespace/name[@revision]` → the repo and the revision, if any.
-pub fn repo_spec(spec: &str) -> Option<(RepoId, Option<&str>)> {
-    let (id, revision) = match spec.split_once('@') {
-        Some((id, rev)) => (id, Some(rev)),
-        None => (spec, None),
-    };
-    Some((RepoId::parse(id).ok()?, revision))
+/// Resolves a base pipeline to its local folder, downloading from the Hub what
+/// [`fetch_pipeline`] picks if it is a repo.
+pub async fn resolve_pipeline(model: &ModelRef, client: &HubClient, variant: Option<&str>) -> Result<PathBuf, SourceError> {
+    match model {
+        ModelRef::Local(path) => pipeline_folder(path),
+        ModelRef::Hub { repo, revision } => fetch_pipeline(&mut RepoFetcher::new(client, repo, revision.as_deref())?, variant).await,
+    }
 }
 
-/// Resolves `spec` to a local pipeline folder, downloading from the Hub if it is a repo id.
-pub async fn resolve_pipeline(spec: &str, client: &HubClient, variant: Option<&str>) -> Result<PathBuf, SourceError> {
-    let path = Path::new(spec);
-    if path.exists() {
-        if !path.join("model_index.json").is_file() {
-            return Err(SourceError::NotAPipeline(path.to_path_buf()));
-        }
-        return Ok(path.to_path_buf());
+/// A local pipeline folder: one with `model_index.json`.
+pub fn pipeline_folder(path: &Path) -> Result<PathBuf, SourceError> {
+    if !path.join("model_index.json").is_file() {
+        return Err(SourceError::NotAPipeline(path.to_path_buf()));
     }
-    let (repo, revision) = repo_spec(spec).ok_or_else(|| SourceError::NotFound { spec: spec.to_string() })?;
-    fetch_pipeline(&mut RepoFetcher::new(client, &repo, revision)?, variant).await
+    Ok(path.to_path_buf())
 }
 
 /// Downloads a pipeline the way diffusers' `DiffusionPipeline.download` does: `model_index.json`
@@ -67,18 +63,22 @@ pub async fn fetch_pipeline(fetcher: &mut RepoFetcher, variant: Option<&str>) ->
 
 /// Resolves a replacement VAE: a folder with `config.json` + weights (or a pipeline folder with
 /// `vae/`), or a Hub repo holding one (e.g. `madebyollin/sdxl-vae-fp16-fix`).
-pub async fn resolve_vae(spec: &str, client: &HubClient, variant: Option<&str>) -> Result<PathBuf, SourceError> {
-    let path = Path::new(spec);
-    let dir = if path.exists() {
-        path.to_path_buf()
-    } else {
-        let (repo, revision) = repo_spec(spec).ok_or_else(|| SourceError::NotFound { spec: spec.to_string() })?;
-        fetch_vae(&mut RepoFetcher::new(client, &repo, revision)?, variant).await?
-    };
-    [dir.clone(), dir.join("vae")]
+pub async fn resolve_vae(vae: &ModelRef, client: &HubClient, variant: Option<&str>) -> Result<PathBuf, SourceError> {
+    match vae {
+        ModelRef::Local(path) => vae_folder(path, &vae.to_string()),
+        ModelRef::Hub { repo, revision } => {
+            let dir = fetch_vae(&mut RepoFetcher::new(client, repo, revision.as_deref())?, variant).await?;
+            vae_folder(&dir, &vae.to_string())
+        }
+    }
+}
+
+/// The VAE folder in `dir`: `dir` itself when it holds `config.json`, else its `vae/`.
+pub fn vae_folder(dir: &Path, spec: &str) -> Result<PathBuf, SourceError> {
+    [dir.to_path_buf(), dir.join("vae")]
         .into_iter()
         .find(|d| d.join("config.json").is_file())
-        .ok_or_else(|| SourceError::NotFound { spec: format!("{spec} (no VAE config.json in {})", dir.display()) })
+        .ok_or_else(|| SourceError::NotFound { spec: spec.to_string(), what: format!("no VAE config.json in {}", dir.display()) })
 }
 
 /// A VAE repo's `config.json` and one set of weights (the variant, else the default), at the
@@ -98,7 +98,7 @@ async fn fetch_vae(fetcher: &mut RepoFetcher, variant: Option<&str>) -> Result<P
     let folder = ["", "vae"]
         .into_iter()
         .find(|f| names.iter().any(|n| *n == if f.is_empty() { "config.json".to_string() } else { format!("{f}/config.json") }))
-        .ok_or_else(|| SourceError::NotFound { spec: format!("{} (no config.json or vae/config.json in the repo)", fetcher.repo()) })?;
+        .ok_or_else(|| SourceError::NotFound { spec: fetcher.repo().to_string(), what: "no config.json or vae/config.json in the repo".into() })?;
     let prefix = if folder.is_empty() { String::new() } else { format!("{folder}/") };
     let in_folder: Vec<&str> = names.iter().filter_map(|p| p.strip_prefix(&prefix)).filter(|r| !r.contains('/')).collect();
     let present = names.iter().map(String::as_str).collect();
@@ -120,17 +120,22 @@ async fn fetch_vae(fetcher: &mut RepoFetcher, variant: Option<&str>) -> Result<P
 
 /// Resolves a LoRA: a `.safetensors` file, a folder holding one, or a Hub repo
 /// (`pytorch_lora_weights.safetensors` preferred, as diffusers does).
-pub async fn resolve_lora(spec: &str, client: &HubClient) -> Result<PathBuf, SourceError> {
-    let path = Path::new(spec);
-    let dir = if path.is_file() {
+pub async fn resolve_lora(lora: &ModelRef, client: &HubClient) -> Result<PathBuf, SourceError> {
+    match lora {
+        ModelRef::Local(path) => lora_file(path, &lora.to_string()),
+        ModelRef::Hub { repo, revision } => {
+            let dir = snapshot(client, repo, revision.as_deref(), vec!["*.safetensors".into()]).await?;
+            lora_file(&dir, &lora.to_string())
+        }
+    }
+}
+
+/// The LoRA weights at `path`: the file itself, or the one [`pick_lora_file`] picks in a folder.
+pub fn lora_file(path: &Path, spec: &str) -> Result<PathBuf, SourceError> {
+    if path.is_file() {
         return Ok(path.to_path_buf());
-    } else if path.is_dir() {
-        path.to_path_buf()
-    } else {
-        let repo = RepoId::parse(spec).map_err(|_| SourceError::NotFound { spec: spec.to_string() })?;
-        snapshot(client, &repo, None, vec!["*.safetensors".into()]).await?
-    };
-    pick_lora_file(&dir).ok_or_else(|| SourceError::NotFound { spec: format!("{spec} (no LoRA .safetensors in {})", dir.display()) })
+    }
+    pick_lora_file(path).ok_or_else(|| SourceError::NotFound { spec: spec.to_string(), what: format!("no LoRA .safetensors in {}", path.display()) })
 }
 
 /// diffusers' `_best_guess_weight_name`: prefer `pytorch_lora_weights.safetensors`, skip
@@ -168,16 +173,16 @@ mod tests {
 
     #[test]
     fn local_folders_are_checked() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let client = HubClient::new("http://127.0.0.1:9", None).unwrap();
         let fixture = crate::diffusion::testing::pipeline_dir("tiny-sd15");
-        assert_eq!(rt.block_on(resolve_pipeline(fixture.to_str().unwrap(), &client, None)).unwrap(), fixture);
+        assert_eq!(pipeline_folder(&fixture).unwrap(), fixture);
         let d = tempfile::tempdir().unwrap();
-        assert!(matches!(rt.block_on(resolve_pipeline(d.path().to_str().unwrap(), &client, None)), Err(SourceError::NotAPipeline(_))));
-        assert!(matches!(rt.block_on(resolve_pipeline("not a model", &client, None)), Err(SourceError::NotFound { .. })));
+        assert!(matches!(pipeline_folder(d.path()), Err(SourceError::NotAPipeline(_))));
         let vae = fixture.join("vae");
-        assert_eq!(rt.block_on(resolve_vae(vae.to_str().unwrap(), &client, None)).unwrap(), vae);
-        assert_eq!(rt.block_on(resolve_vae(fixture.to_str().unwrap(), &client, None)).unwrap(), vae);
-        assert!(matches!(rt.block_on(resolve_vae(d.path().to_str().unwrap(), &client, None)), Err(SourceError::NotFound { .. })));
+        assert_eq!(vae_folder(&vae, "v").unwrap(), vae);
+        assert_eq!(vae_folder(&fixture, "v").unwrap(), vae);
+        let e = vae_folder(d.path(), "my-vae").unwrap_err();
+        assert!(matches!(&e, SourceError::NotFound { .. }) && e.to_string().starts_with("\"my-vae\": no VAE config.json in "), "{e}");
+        let e = lora_file(d.path(), "my-lora").unwrap_err();
+        assert!(e.to_string().contains("no LoRA .safetensors in"), "{e}");
     }
 }

@@ -11,7 +11,7 @@ use crate::repo_id::{validate_repo_path, RepoId, RepoRef, RepoType};
 use base64::Engine;
 use futures_util::StreamExt;
 use reqwest::{header, Method};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,7 +63,7 @@ impl PushOptions {
 }
 
 /// What a push does to one file.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum FileAction {
     Add,
@@ -71,7 +71,7 @@ pub enum FileAction {
     Delete,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileChange {
     pub path: String,
     pub action: FileAction,
@@ -79,7 +79,7 @@ pub struct FileChange {
     pub lfs: bool,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum PushStatus {
     Committed,
@@ -88,7 +88,7 @@ pub enum PushStatus {
 }
 
 /// The result of a push (or of a dry run), as `--json` prints it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PushOutcome {
     pub status: PushStatus,
     pub repo: String,

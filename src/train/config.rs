@@ -6,6 +6,7 @@
 
 pub use crate::dataset::captions::CaptionSource;
 pub use crate::dataset::hub_source::DatasetSource;
+use crate::model_ref::ModelRef;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -211,7 +212,7 @@ macro_rules! train_keys {
 train_keys! {
     /// A diffusers pipeline: Hub repo id (`namespace/name[@revision]`, through hf-hub, honours
     /// --endpoint) or a local folder.
-    base_model: String,
+    base_model: ModelRef,
     /// The training photos: a local folder, or a Hub dataset repo `namespace/name` in the
     /// imagefolder layout (images + metadata.jsonl/csv; a `train/` split folder when there is
     /// one), downloaded into the HF cache. An existing local path wins over a repo id.
@@ -506,27 +507,16 @@ fn read_file(path: &Path) -> Result<TrainKeys, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.into(), detail: e.to_string() })?;
     let value: serde_yaml::Value =
         serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid { origin: origin(), detail: format!("not valid YAML: {e}") })?;
-    let mut keys: TrainKeys = match value {
-        serde_yaml::Value::Mapping(_) => {
-            serde_yaml::from_value(value).map_err(|e| ConfigError::Invalid { origin: origin(), detail: e.to_string() })?
-        }
-        serde_yaml::Value::Null => TrainKeys::default(),
-        _ => return Err(ConfigError::Invalid { origin: origin(), detail: "expected a mapping of key: value".into() }),
-    };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let rebase = |p: &mut PathBuf| {
         if p.is_relative() && !base.as_os_str().is_empty() {
             *p = base.join(&*p);
         }
     };
-    for p in [&mut keys.output_dir, &mut keys.class_data_dir, &mut keys.cache_dir].into_iter().flatten() {
-        rebase(p);
-    }
-    if let Some(d) = keys.dataset.as_mut() {
-        d.rebase(&base);
-    }
-    // A base model is a local folder when one exists there; otherwise it stays a Hub repo id.
-    if let Some(model) = keys.base_model.as_mut() {
+    // A base model is a local folder when one exists there; otherwise it stays a Hub repo id. It
+    // is rebased before it is parsed, since parsing a reference checks where its path exists.
+    let mut value = value;
+    if let Some(serde_yaml::Value::String(model)) = value.get_mut("base_model") {
         if !model.contains('/') || Path::new(model.as_str()).exists() || model.starts_with('.') {
             let mut p = PathBuf::from(&*model);
             rebase(&mut p);
@@ -534,6 +524,21 @@ fn read_file(path: &Path) -> Result<TrainKeys, ConfigError> {
                 *model = p.display().to_string();
             }
         }
+        // Checked here too so that the message names the key (serde's does not).
+        ModelRef::parse(model).map_err(|e| ConfigError::Invalid { origin: origin(), detail: format!("base_model: {e}") })?;
+    }
+    let mut keys: TrainKeys = match value {
+        serde_yaml::Value::Mapping(_) => {
+            serde_yaml::from_value(value).map_err(|e| ConfigError::Invalid { origin: origin(), detail: e.to_string() })?
+        }
+        serde_yaml::Value::Null => TrainKeys::default(),
+        _ => return Err(ConfigError::Invalid { origin: origin(), detail: "expected a mapping of key: value".into() }),
+    };
+    for p in [&mut keys.output_dir, &mut keys.class_data_dir, &mut keys.cache_dir].into_iter().flatten() {
+        rebase(p);
+    }
+    if let Some(d) = keys.dataset.as_mut() {
+        d.rebase(&base);
     }
     Ok(keys)
 }
@@ -572,11 +577,30 @@ mod tests {
         let c = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap();
         assert_eq!(c.dataset, DatasetSource::Local(d.path().join("./photos")));
         assert_eq!(c.output_dir, d.path().join("./out"));
-        assert_eq!(c.base_model, "stabilityai/stable-diffusion-xl-base-1.0");
+        assert_eq!(c.base_model.to_string(), "stabilityai/stable-diffusion-xl-base-1.0");
         assert_eq!(c.resolution, Some(512));
         assert_eq!(c.lora_scale(), 1.0);
         assert_eq!(c.prompt_for(Some("orange sunset over a lake")), "a photo of SKY, orange sunset over a lake");
         assert_eq!(c.prompt_for(None), "a photo of SKY");
+    }
+
+    #[test]
+    fn base_model_is_a_reference_parsed_with_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("models/sd15")).unwrap();
+        // A folder beside the file, written relative to it.
+        let p = write(d.path(), &MINIMAL.replace("stabilityai/stable-diffusion-xl-base-1.0", "./models/sd15"));
+        let c = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap();
+        assert_eq!(c.base_model, ModelRef::Local(d.path().join("./models/sd15")));
+        let p = write(d.path(), &MINIMAL.replace("stabilityai/stable-diffusion-xl-base-1.0", "alice/base@v2"));
+        assert!(
+            matches!(TrainConfig::load(Some(&p), TrainKeys::default()).unwrap().base_model, ModelRef::Hub { revision: Some(r), .. } if r == "v2")
+        );
+        let p = write(d.path(), &MINIMAL.replace("stabilityai/stable-diffusion-xl-base-1.0", "./no/such/folder"));
+        let e = TrainConfig::load(Some(&p), TrainKeys::default()).unwrap_err().to_string();
+        assert!(e.contains("base_model") && e.contains("neither an existing file or folder nor a Hub repo id"), "{e}");
+        let e = Flags::try_parse_from(["train", "--base-model", "not a model"]).unwrap_err().to_string();
+        assert!(e.contains("--base-model") && e.contains("neither an existing file or folder"), "{e}");
     }
 
     #[test]

@@ -722,8 +722,8 @@ impl Trainer<'_> {
             None => None,
         };
         let summary = TrainSummary {
-            base_model: cfg.base_model.clone(),
-            base_model_id: crate::card::hub_base_model(&cfg.base_model, cfg.base_model_id.as_deref()).ok().flatten(),
+            base_model: cfg.base_model.to_string(),
+            base_model_id: crate::card::hub_base_model(&cfg.base_model.to_string(), cfg.base_model_id.as_deref()).ok().flatten(),
             architecture: if xl { "sdxl".into() } else { "sd".into() },
             instance_prompt: cfg.instance_prompt.clone(),
             resolution: res,

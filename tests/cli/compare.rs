@@ -305,7 +305,7 @@ fn bad_input_is_named_and_rendered_images_are_kept() {
     assert!(t.contains("widget-2.png") && t.contains("not an image"), "{t}");
     assert!(out2.join("hub/widget-1.png").is_file(), "the readable image is kept");
     // Nothing to compare against.
-    let t = code(&env.run(&["compare", "--prompt", "x", "--model", "m"]), 2);
+    let t = code(&env.run(&["compare", "--prompt", "x", "--model", "alice/base"]), 2);
     assert!(t.contains("--repo") && t.contains("--hub-image"), "{t}");
 }
 

@@ -143,6 +143,15 @@ fn pulls_the_model_from_the_hub_and_checks_input() {
     assert!(e.contains("name no layer of the model's unet") || e.contains("do not fit"), "{e}");
     let e = code(&env.run(&["generate", "--model", env.dir.path().to_str().unwrap(), "--prompt", "x", "--out", o]), 2);
     assert!(e.contains("model_index.json"), "{e}");
+    // A reference that is neither a path nor a repo id is refused before anything loads.
+    for flag in ["--model", "--lora", "--vae"] {
+        let mut args = vec!["generate", "--prompt", "x", "--out", o, flag, "not a model"];
+        if flag != "--model" {
+            args.extend(["--model", m]);
+        }
+        let e = code(&env.run(&args), 2);
+        assert!(e.contains("\"not a model\" is neither an existing file or folder nor a Hub repo id"), "{flag}: {e}");
+    }
 }
 
 /// A VAE that overflows in half precision, like the original SDXL VAE in fp16: the test scales its
