@@ -316,6 +316,8 @@ mod tests {
             examples: 3,
             skipped: vec![],
             validation_images: vec![],
+            final_val_loss: None,
+            report: "out/report.html".into(),
             push: Some(outcome(PushStatus::DryRun)),
         };
         let md = summary_markdown(&Published::from_json(&serde_json::to_string(&train).unwrap()).unwrap());
