@@ -204,7 +204,7 @@ fn loadable_libraries() -> Vec<bool> {
         .iter()
         // SAFETY: loading a CUDA library runs only its initialisers, which have no preconditions;
         // the handle is dropped at once (cudarc keeps its own).
-        .map(|(_, names, _)| names.iter().any(|n| unsafe { libloading::Library::new(n) }.is_ok()))
+        .map(|(_, names, _)| names.iter().any(|n| unsafe { libloading::Library::new(*n) }.is_ok()))
         .collect()
 }
 
