@@ -350,7 +350,7 @@ impl Renderer {
     /// ancestral's step noise, drawn in that order from one stream (diffusers' order with
     /// `generator=torch.Generator("cpu").manual_seed(seed)` for `torch-cpu`).
     pub fn render(&self, seed: u64, progress: impl FnMut(usize)) -> Result<RenderedImage, RenderError> {
-        let mut stream = NoiseStream::new(self.spec.noise, seed);
+        let mut stream = NoiseStream::new(self.spec.noise, seed).drawn_in(self.spec.dtype);
         let noise = stream.initial(self.latent_shape(), &self.pipeline.device)?;
         self.render_stream(&noise, stream, Some(seed), None, progress)
     }
@@ -365,7 +365,7 @@ impl Renderer {
         latents_file: Option<String>,
         progress: impl FnMut(usize),
     ) -> Result<RenderedImage, RenderError> {
-        let stream = NoiseStream::new(self.spec.noise, seed.unwrap_or(0));
+        let stream = NoiseStream::new(self.spec.noise, seed.unwrap_or(0)).drawn_in(self.spec.dtype);
         self.render_stream(noise, stream, seed, latents_file, progress)
     }
 
