@@ -290,6 +290,9 @@ impl Renderer {
         spec.scheduler_config.apply(&mut pipeline.scheduler_config);
         let kind = resolve_kind(spec.scheduler, &pipeline.scheduler_config).map_err(GenerateError::from)?;
         let sampled = pipeline.scheduler_config.for_kind(kind);
+        // A scheduler config the sampler refuses (a steps offset past the trained timesteps)
+        // fails here, before any rendering.
+        crate::diffusion::schedulers::plan(kind, &pipeline.scheduler_config, spec.steps).map_err(GenerateError::from)?;
         let text = TextEncoders::load(&files, spec.dtype, &device)?;
         let lora_sha256 = match &lora_path {
             Some(path) => {

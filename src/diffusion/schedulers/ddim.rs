@@ -16,7 +16,7 @@ impl Ddim {
     pub fn new(schedule: NoiseSchedule, c: &SchedulerConfig, steps: usize) -> std::result::Result<Self, SchedulerError> {
         let final_alpha_cumprod = if c.set_alpha_to_one { 1.0 } else { schedule.alphas_cumprod[0] };
         Ok(Ddim {
-            timesteps: spaced_timesteps(c, steps, Layout::Ddim),
+            timesteps: spaced_timesteps(c, steps, Layout::Ddim)?,
             step_ratio: c.num_train_timesteps / steps,
             final_alpha_cumprod,
             schedule,

@@ -21,7 +21,7 @@ impl Dpmpp2m {
                 c.algorithm_type, c.solver_type, c.solver_order
             )));
         }
-        let mut timesteps = spaced_timesteps(c, steps, Layout::DpmSolver);
+        let mut timesteps = spaced_timesteps(c, steps, Layout::DpmSolver)?;
         let mut sigmas: Vec<f64> = timesteps.iter().map(|t| schedule.sigma_at(*t)).collect();
         if c.use_karras_sigmas {
             // Unlike Euler, DPM-Solver spans the whole trained range and rounds the timesteps

@@ -23,7 +23,7 @@ impl Euler {
         steps: usize,
         ancestral: Option<NoiseStream>,
     ) -> std::result::Result<Self, SchedulerError> {
-        let mut timesteps = spaced_timesteps(c, steps, Layout::Euler);
+        let mut timesteps = spaced_timesteps(c, steps, Layout::Euler)?;
         let mut sigmas: Vec<f64> = timesteps.iter().map(|t| schedule.sigma_at(*t)).collect();
         if c.use_karras_sigmas {
             // Karras levels between the spaced schedule's own ends, each visited at the

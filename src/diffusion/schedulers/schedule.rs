@@ -219,8 +219,9 @@ pub enum Layout {
 }
 
 /// Inference timesteps for `steps` steps per the config's `timestep_spacing` (from
-/// [`SchedulerConfig::for_kind`]), as each class's `set_timesteps` computes them.
-pub fn spaced_timesteps(c: &SchedulerConfig, steps: usize, layout: Layout) -> Vec<f64> {
+/// [`SchedulerConfig::for_kind`]), as each class's `set_timesteps` computes them. A
+/// `steps_offset` that pushes a timestep past the last trained one is refused.
+pub fn spaced_timesteps(c: &SchedulerConfig, steps: usize, layout: Layout) -> Result<Vec<f64>, SchedulerError> {
     let n = c.num_train_timesteps;
     let dpm = layout == Layout::DpmSolver;
     let k = if dpm { steps + 1 } else { steps };
@@ -248,7 +249,14 @@ pub fn spaced_timesteps(c: &SchedulerConfig, steps: usize, layout: Layout) -> Ve
     if dpm && c.spacing() != TimestepSpacing::Trailing {
         ts.truncate(steps);
     }
-    ts
+    if let Some(t) = ts.iter().find(|t| **t > (n - 1) as f64) {
+        return Err(SchedulerError::Unsupported(format!(
+            "steps_offset {} puts timestep {t} past the last trained one ({}): use a smaller steps offset or fewer steps",
+            c.steps_offset,
+            n - 1
+        )));
+    }
+    Ok(ts)
 }
 
 /// `n` noise levels from `sigma_max` down to `sigma_min`, evenly spaced in σ^(1/ρ) with ρ = 7
@@ -280,7 +288,7 @@ mod tests {
         for (kind, layout) in [("sample.ddim", Layout::Ddim), ("sample.euler", Layout::Euler), ("sample.dpmpp_2m", Layout::DpmSolver)] {
             let c = fixture_config(kind).for_kind(SchedulerKind::Ddim);
             let want: Vec<f64> = j[kind]["timesteps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-            assert_eq!(spaced_timesteps(&c, 4, layout), want, "{kind}");
+            assert_eq!(spaced_timesteps(&c, 4, layout).unwrap(), want, "{kind}");
         }
     }
 
@@ -320,6 +328,15 @@ mod tests {
             let kind = SchedulerKind::from_class_name(d["scheduler"].as_str().unwrap()).unwrap();
             assert_eq!(c.for_kind(kind).spacing().as_str(), d["timestep_spacing"], "{} from a {} config", d["scheduler"], c.class_name);
         }
+    }
+
+    #[test]
+    fn an_offset_past_the_trained_timesteps_is_refused() {
+        let mut c = fixture_config("sample.ddim").for_kind(SchedulerKind::Ddim);
+        c.steps_offset = 1;
+        assert!(spaced_timesteps(&c, 500, Layout::Ddim).is_ok());
+        let e = spaced_timesteps(&c, 1000, Layout::Ddim).unwrap_err().to_string();
+        assert!(e.contains("steps_offset 1 puts timestep 1000 past the last trained one (999)"), "{e}");
     }
 
     #[test]
