@@ -1,6 +1,6 @@
 use super::{bad_input, Ctx};
 use hfsky::diffusion::noise::NoiseKind;
-use hfsky::diffusion::schedulers::SchedulerKind;
+use hfsky::diffusion::schedulers::{SchedulerKind, SchedulerOverrides, TimestepSpacing};
 use hfsky::generate::pipeline::LoraMode;
 use hfsky::generate::render::{Overrides, RenderSpec, Renderer};
 use hfsky::generate::settings::{parse_seeds, read_latents};
@@ -34,6 +34,19 @@ pub struct RenderFlags {
     /// Sampler (default: the pipeline's scheduler_config.json)
     #[arg(long, value_enum)]
     scheduler: Option<SchedulerKind>,
+    /// Karras noise levels (scheduler_config.json's use_karras_sigmas; Euler and DPM-Solver++
+    /// read it, DDIM and Euler ancestral ignore it, as in diffusers) [default: the file's]
+    #[arg(long, value_name = "BOOL")]
+    karras_sigmas: Option<bool>,
+    /// How the steps spread over the training timesteps (scheduler_config.json's
+    /// timestep_spacing) [default: the file's, else the sampler's: leading for DDIM, linspace
+    /// for the others]
+    #[arg(long, value_enum)]
+    timestep_spacing: Option<TimestepSpacing>,
+    /// Added to "leading" timesteps (scheduler_config.json's steps_offset; SD 1.5 and SDXL
+    /// ship 1) [default: the file's]
+    #[arg(long, value_name = "N")]
+    steps_offset: Option<usize>,
     /// Image width (default: the UNet's sample_size × the VAE's factor)
     #[arg(long)]
     width: Option<usize>,
@@ -61,6 +74,11 @@ impl RenderFlags {
             steps: self.steps,
             guidance: self.guidance,
             scheduler: self.scheduler,
+            scheduler_config: SchedulerOverrides {
+                use_karras_sigmas: self.karras_sigmas,
+                timestep_spacing: self.timestep_spacing,
+                steps_offset: self.steps_offset,
+            },
             width: self.width,
             height: self.height,
             dtype: self.dtype.map(Into::into),

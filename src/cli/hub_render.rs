@@ -7,6 +7,7 @@ use hfsky::generate::pipeline::LoraMode;
 use hfsky::generate::render::{ModelPaths, RenderSpec, Renderer};
 use hfsky::generate::settings::check_size;
 use hfsky::generate::source::lora_file;
+use hfsky::hub::inference::SchedulerKeys;
 use hfsky::hub::serve::{InferenceRenderer, RenderDtype, RenderFailure, RenderJob, RenderProfile, RenderedPng};
 use hfsky::model_ref::ModelRef;
 use std::sync::Mutex;
@@ -44,6 +45,7 @@ impl EngineRenderer {
             steps: job.steps,
             guidance: job.guidance,
             scheduler: Some(SchedulerKind::from_name(&job.scheduler)?),
+            scheduler_config: job.scheduler_config.clone(),
             width: job.width,
             height: job.height,
             dtype: candle_dtype(job.dtype),
@@ -86,7 +88,8 @@ impl InferenceRenderer for EngineRenderer {
         let image = renderer.render(job.seed, |_| {}).map_err(failed)?;
         let png = png_bytes(image.width, image.height, image.rgb).map_err(|message| RenderFailure { bad_request: false, message })?;
         let s = renderer.settings();
-        Ok(RenderedPng { png, report: job.report(&s.scheduler, s.guidance, s.width, s.height) })
+        let keys = SchedulerKeys { use_karras_sigmas: s.karras_sigmas, timestep_spacing: s.timestep_spacing.clone(), steps_offset: s.steps_offset };
+        Ok(RenderedPng { png, report: job.report(&s.scheduler, s.guidance, s.width, s.height, Some(keys)) })
     }
 }
 

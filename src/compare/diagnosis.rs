@@ -4,7 +4,7 @@
 
 use super::settings::{Known, Setting, SideSettings, Source};
 use crate::diffusion::noise::NoiseKind;
-use crate::diffusion::schedulers::SchedulerKind;
+use crate::diffusion::schedulers::{SchedulerKind, TimestepSpacing};
 use crate::generate::pipeline::LoraMode;
 use crate::generate::render::{parse_dtype, RenderSpec};
 use crate::model_ref::ModelRef;
@@ -88,13 +88,18 @@ pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_po
 
 /// Settings known to act together: the precision the LoRA is fused in, the VAE that survives
 /// half precision, a sampler tuned to its step count, the size a guidance suits, the
-/// generator a sampler draws from.
-const INTERACTING: [[Setting; 2]; 5] = [
+/// generator a sampler draws from, the scheduler config keys only some samplers read (DDIM
+/// and Euler ancestral ignore Karras sigmas), the negative prompt guidance pushes away from.
+const INTERACTING: [[Setting; 2]; 9] = [
     [Setting::Dtype, Setting::LoraFusion],
     [Setting::Dtype, Setting::Vae],
     [Setting::Scheduler, Setting::Steps],
     [Setting::Size, Setting::Guidance],
     [Setting::Scheduler, Setting::Seed],
+    [Setting::Scheduler, Setting::KarrasSigmas],
+    [Setting::Scheduler, Setting::TimestepSpacing],
+    [Setting::TimestepSpacing, Setting::StepsOffset],
+    [Setting::Guidance, Setting::NegativePrompt],
 ];
 
 /// At most this many pairs are rendered before answering "unknown".
@@ -214,6 +219,38 @@ fn edits(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_possi
             Err(e) => skipped.push(Skipped { setting: Setting::Vae, why: e.to_string() }),
         }
     }
+    if let Some(k) = hub_value(&local.karras_sigmas, &hub.karras_sigmas) {
+        edits.push((
+            Setting::KarrasSigmas,
+            format!("Karras sigmas {}", if k { "on" } else { "off" }),
+            Box::new(move |s| s.scheduler_config.use_karras_sigmas = Some(k)),
+        ));
+    }
+    if let Some(v) = hub_value(&local.timestep_spacing, &hub.timestep_spacing) {
+        match <TimestepSpacing as clap::ValueEnum>::from_str(&v, false) {
+            Ok(spacing) => edits.push((
+                Setting::TimestepSpacing,
+                format!("timestep spacing {} → {v}", local.timestep_spacing.value.clone().unwrap_or_default()),
+                Box::new(move |s| s.scheduler_config.timestep_spacing = Some(spacing)),
+            )),
+            Err(_) => skipped.push(Skipped { setting: Setting::TimestepSpacing, why: format!("hfsky has no timestep spacing {v:?}") }),
+        }
+    }
+    if let Some(o) = hub_value(&local.steps_offset, &hub.steps_offset) {
+        edits.push((
+            Setting::StepsOffset,
+            format!("steps offset {} → {o}", local.steps_offset.value.unwrap_or_default()),
+            Box::new(move |s| s.scheduler_config.steps_offset = Some(o)),
+        ));
+    }
+    if let Some(n) = hub_value(&local.negative_prompt, &hub.negative_prompt) {
+        let change = format!(
+            "negative prompt {} → {}",
+            super::settings::show_negative(local.negative_prompt.value.as_deref().unwrap_or_default()),
+            super::settings::show_negative(&n)
+        );
+        edits.push((Setting::NegativePrompt, change, Box::new(move |s| s.negative = n.clone())));
+    }
     if let Some(n) = hub_value(&local.noise, &hub.noise) {
         match <NoiseKind as clap::ValueEnum>::from_str(&n, false) {
             Ok(kind) => edits.push((
@@ -315,6 +352,26 @@ fn what_the_hub_does(setting: Setting, hub: &SideSettings, training_resolution: 
         Setting::Seed => match hub.noise.value.as_deref() {
             Some(n) => format!("the Hub turns seeds into noise with the {n} generator{}", src(hub.noise.source)),
             None => "the Hub draws different noise for the same seed".into(),
+        },
+        Setting::KarrasSigmas => format!(
+            "the Hub samples {} Karras sigmas{}",
+            match hub.karras_sigmas.value {
+                Some(true) => "with",
+                Some(false) => "without",
+                None => "with or without",
+            },
+            src(hub.karras_sigmas.source)
+        ),
+        Setting::TimestepSpacing => {
+            format!("the Hub spaces its timesteps {}{}", v(hub.timestep_spacing.value.clone()), src(hub.timestep_spacing.source))
+        }
+        Setting::StepsOffset => {
+            format!("the Hub offsets its timesteps by {}{}", v(hub.steps_offset.value.map(|x| x.to_string())), src(hub.steps_offset.source))
+        }
+        Setting::NegativePrompt => match hub.negative_prompt.value.as_deref() {
+            Some("") => format!("the Hub renders without a negative prompt{}", src(hub.negative_prompt.source)),
+            Some(n) => format!("the Hub renders with the negative prompt {n:?}{}", src(hub.negative_prompt.source)),
+            None => "the Hub's negative prompt is unknown".into(),
         },
         Setting::Unknown => "something outside the known settings".into(),
     }
@@ -494,11 +551,16 @@ mod tests {
             dtype: Known::new("f32".into(), l),
             vae: Known::new(None, l),
             noise: Known::new(TORCH_CPU_NOISE.into(), l),
+            karras_sigmas: Known::new(false, l),
+            timestep_spacing: Known::new("leading".into(), l),
+            steps_offset: Known::new(1, l),
+            negative_prompt: Known::new("blurry".into(), l),
         }
     }
 
     fn spec() -> RenderSpec {
         let mut s = RenderSpec::new(ModelRef::parse("tiny/base").unwrap(), "a photo of SKY");
+        s.negative = "blurry".into();
         s.lora = Some(ModelRef::parse("me/sky-lora").unwrap());
         s.steps = 8;
         s
@@ -591,5 +653,28 @@ mod tests {
         assert!(verdict(0.05, 0.1, false, &causes, None).contains("nothing to explain"));
         assert!(!verdict(0.05, 0.1, true, &causes, None).contains("nothing to explain"), "paired seeds: a gap half the seed spread is real");
         assert!(verdict(0.001, 0.1, true, &causes, None).contains("nothing to explain"));
+    }
+
+    #[test]
+    fn scheduler_config_keys_and_the_negative_prompt_are_ablated_on_the_spec() {
+        let hub = with_reported(
+            local(),
+            &serde_json::json!({"scheduler": "ddim", "scheduler_config": {"use_karras_sigmas": true, "timestep_spacing": "trailing", "steps_offset": 0}, "negative_prompt": ""}),
+        );
+        let (abl, skipped, _) = plan(&spec(), &local(), &hub, false);
+        let settings: Vec<_> = abl.iter().map(|a| a.setting.unwrap()).collect();
+        assert_eq!(settings, vec![Setting::KarrasSigmas, Setting::TimestepSpacing, Setting::StepsOffset, Setting::NegativePrompt]);
+        assert!(skipped.is_empty());
+        assert_eq!(abl[0].spec.scheduler_config.use_karras_sigmas, Some(true));
+        assert_eq!(abl[1].spec.scheduler_config.timestep_spacing, Some(TimestepSpacing::Trailing));
+        assert_eq!((abl[2].spec.scheduler_config.steps_offset, abl[2].spec.negative.as_str()), (Some(0), "blurry"));
+        assert_eq!((abl[3].spec.negative.as_str(), abl[3].change.as_str()), ("", "negative prompt \"blurry\" → none"));
+        // Each ablation changes its own key only.
+        assert!(abl[3].spec.scheduler_config.is_empty());
+        let pairs = pairs(&spec(), &local(), &hub, false);
+        assert_eq!(pairs[0].pair, Some([Setting::TimestepSpacing, Setting::StepsOffset]), "known interactions first");
+        let measured = vec![Measured { ablation: &abl[3], distance: 0.05, without_distance: None, top_change: None }];
+        let causes = rank(1.0, &measured, None, None, &hub, None);
+        assert!(causes[0].message.starts_with("the Hub renders without a negative prompt (reported by the Hub)"), "{}", causes[0].message);
     }
 }

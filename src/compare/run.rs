@@ -345,7 +345,7 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
     let hub = SideStats::aggregate(&hub_stats)?;
 
     let base_name = spec.model.to_string();
-    let local_settings = SideSettings::local(&resolved, &base_name);
+    let local_settings = SideSettings::local(&resolved, &base_name, &spec.negative);
     let same_base = card.base_model.as_deref().is_none_or(|b| b == base_name);
     let architecture = same_base.then_some(resolved.architecture).or(card.hints.as_ref().map(|h| {
         if h.architecture == "sdxl" {
@@ -364,6 +364,14 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         hub_settings = settings::with_sent(hub_settings, &first.render.parameters_sent);
         if let Some(rep) = &first.render.reported_settings {
             hub_settings = settings::with_reported(hub_settings, &serde_json::to_value(rep).expect("serializable"));
+        }
+    }
+    // The worker samples with the base model's own scheduler config; with the same base that
+    // file is the local pipeline's (before any local override).
+    if same_base && hub_settings.base_model.value.as_deref().is_none_or(|b| b == base_name) {
+        let file = resolved.model_dir.join("scheduler").join("scheduler_config.json");
+        if let Ok(config) = crate::diffusion::config::read_json::<crate::diffusion::schedulers::SchedulerConfig>(&file) {
+            hub_settings = settings::with_scheduler_file(hub_settings, &config);
         }
     }
     let rows = settings::diff(&local_settings, &hub_settings, card.training_resolution());

@@ -24,6 +24,12 @@ pub enum Setting {
     Vae,
     Dtype,
     Seed,
+    /// Scheduler config keys (scheduler_config.json): Karras noise levels, how the steps spread
+    /// over the training timesteps, the offset of "leading" timesteps.
+    KarrasSigmas,
+    TimestepSpacing,
+    StepsOffset,
+    NegativePrompt,
     Unknown,
 }
 
@@ -41,6 +47,10 @@ impl Setting {
             Setting::Vae => "VAE",
             Setting::Dtype => "dtype",
             Setting::Seed => "noise (seed generator)",
+            Setting::KarrasSigmas => "Karras sigmas",
+            Setting::TimestepSpacing => "timestep spacing",
+            Setting::StepsOffset => "steps offset",
+            Setting::NegativePrompt => "negative prompt",
             Setting::Unknown => "unknown",
         }
     }
@@ -95,6 +105,14 @@ pub struct SideSettings {
     /// Whose random numbers turn a seed into noise: `torch-cpu` (`torch.Generator("cpu")`, the
     /// Hub worker's and diffusers') or `hfsky` (hfsky's own seeded RNG).
     pub noise: Known<String>,
+    /// The sampler's `use_karras_sigmas`, `timestep_spacing` and `steps_offset` in effect (the
+    /// scheduler config as the sampling class reads it: DDIM and Euler ancestral have no
+    /// Karras sigmas).
+    pub karras_sigmas: Known<bool>,
+    pub timestep_spacing: Known<String>,
+    pub steps_offset: Known<usize>,
+    /// `""`: none.
+    pub negative_prompt: Known<String>,
 }
 
 pub const HFSKY_NOISE: &str = "hfsky";
@@ -112,7 +130,7 @@ pub const TORCH_CPU_NOISE: &str = "torch-cpu";
 impl SideSettings {
     /// The local side, from what the renderer actually used. `base_model` is the name the user
     /// knows the model by (the card's id when it came from there).
-    pub fn local(r: &ResolvedSettings, base_model: &str) -> Self {
+    pub fn local(r: &ResolvedSettings, base_model: &str, negative_prompt: &str) -> Self {
         let l = Source::Local;
         SideSettings {
             base_model: Known::new(base_model.to_string(), l),
@@ -127,6 +145,10 @@ impl SideSettings {
             dtype: Known::new(r.dtype.clone(), l),
             vae: Known::new(r.vae.clone(), l),
             noise: Known::new(r.noise.clone(), l),
+            karras_sigmas: Known::new(r.karras_sigmas, l),
+            timestep_spacing: Known::new(r.timestep_spacing.clone(), l),
+            steps_offset: Known::new(r.steps_offset, l),
+            negative_prompt: Known::new(negative_prompt.to_string(), l),
         }
     }
 
@@ -144,6 +166,10 @@ impl SideSettings {
             dtype: Known::unknown(),
             vae: Known::unknown(),
             noise: Known::unknown(),
+            karras_sigmas: Known::unknown(),
+            timestep_spacing: Known::unknown(),
+            steps_offset: Known::unknown(),
+            negative_prompt: Known::unknown(),
         }
     }
 }
@@ -175,7 +201,29 @@ pub fn worker_defaults(card_base_model: Option<&str>, architecture: Option<Archi
     }
     s.dtype = Known::new("f16".to_string(), a);
     s.noise = Known::new(TORCH_CPU_NOISE.to_string(), a);
+    // The widget sends the prompt alone: diffusers' default is no negative prompt.
+    s.negative_prompt = Known::new(String::new(), a);
     s
+}
+
+/// The scheduler config keys a Hub side samples with when it renders from the base model's own
+/// `scheduler_config.json` (`file`), swapping in its scheduler class with `from_config` as the
+/// worker does; keys the Hub reported or that are already known stay. Nothing when the Hub's
+/// class is unknown or one hfsky lacks.
+pub fn with_scheduler_file(mut base: SideSettings, file: &crate::diffusion::schedulers::SchedulerConfig) -> SideSettings {
+    let Some(kind) = base.scheduler.value.as_deref().and_then(SchedulerKind::from_class_name) else { return base };
+    let source = base.scheduler.source.map(|s| if s == Source::Reported { s } else { Source::Assumed }).unwrap_or(Source::Assumed);
+    let c = file.for_kind(kind);
+    if base.karras_sigmas.value.is_none() {
+        base.karras_sigmas = Known::new(c.use_karras_sigmas, source);
+    }
+    if base.timestep_spacing.value.is_none() {
+        base.timestep_spacing = Known::new(c.spacing().to_string(), source);
+    }
+    if base.steps_offset.value.is_none() {
+        base.steps_offset = Known::new(c.steps_offset, source);
+    }
+    base
 }
 
 /// What third-party providers (fal-ai, replicate) do is not public: only what we sent is known.
@@ -205,6 +253,9 @@ pub fn with_sent(mut base: SideSettings, sent: &serde_json::Value) -> SideSettin
     }
     if let Some(v) = p.get("scheduler").and_then(|v| v.as_str()) {
         base.scheduler = Known::new(scheduler_class(v), src);
+    }
+    if let Some(v) = p.get("negative_prompt").and_then(|v| v.as_str()) {
+        base.negative_prompt = Known::new(v.to_string(), src);
     }
     base
 }
@@ -253,7 +304,30 @@ pub fn with_reported(mut base: SideSettings, r: &serde_json::Value) -> SideSetti
         base.vae = Known::new(v.as_str().map(String::from), src);
     }
     base.noise = Known::new(TORCH_CPU_NOISE.to_string(), src);
+    if let Some(k) = r.get("scheduler_config").filter(|k| k.is_object()) {
+        if let Some(v) = k.get("use_karras_sigmas").and_then(|v| v.as_bool()) {
+            base.karras_sigmas = Known::new(v, src);
+        }
+        if let Some(v) = k.get("timestep_spacing").and_then(|v| v.as_str()) {
+            base.timestep_spacing = Known::new(v.to_string(), src);
+        }
+        if let Some(v) = k.get("steps_offset").and_then(|v| v.as_u64()) {
+            base.steps_offset = Known::new(v as usize, src);
+        }
+    }
+    if let Some(v) = r.get("negative_prompt").and_then(|v| v.as_str()) {
+        base.negative_prompt = Known::new(v.to_string(), src);
+    }
     base
+}
+
+/// A negative prompt as the settings table shows it.
+pub fn show_negative(n: &str) -> String {
+    if n.is_empty() {
+        "none".into()
+    } else {
+        format!("{n:?}")
+    }
 }
 
 /// How a side applies its LoRA: `live`, or `fused in <dtype>`; `None` when unknown or no LoRA.
@@ -320,6 +394,7 @@ pub fn diff(local: &SideSettings, hub: &SideSettings, training_resolution: Optio
         Some(None) => "the pipeline's".into(),
         None => "unknown".into(),
     };
+    let negative = |k: &Known<String>| k.value.as_deref().map(show_negative).unwrap_or_else(|| "unknown".into());
     let row = |setting, local: String, hub: String, source, differs| SettingRow { setting, local, hub, hub_source: source, differs, note: None };
     let (lf, hf) = (lora_fusion(local), lora_fusion(hub));
     let fusion_differs = fusion_differs(local, hub);
@@ -347,6 +422,34 @@ pub fn diff(local: &SideSettings, hub: &SideSettings, training_resolution: Optio
         row(Setting::Dtype, show(&local.dtype), show(&hub.dtype), hub.dtype.source, differs(&local.dtype, &hub.dtype)),
         row(Setting::Vae, vae(&local.vae), vae(&hub.vae), hub.vae.source, differs(&local.vae, &hub.vae)),
         row(Setting::Seed, show(&local.noise), show(&hub.noise), hub.noise.source, differs(&local.noise, &hub.noise)),
+        row(
+            Setting::KarrasSigmas,
+            show(&local.karras_sigmas),
+            show(&hub.karras_sigmas),
+            hub.karras_sigmas.source,
+            differs(&local.karras_sigmas, &hub.karras_sigmas),
+        ),
+        row(
+            Setting::TimestepSpacing,
+            show(&local.timestep_spacing),
+            show(&hub.timestep_spacing),
+            hub.timestep_spacing.source,
+            differs(&local.timestep_spacing, &hub.timestep_spacing),
+        ),
+        row(
+            Setting::StepsOffset,
+            show(&local.steps_offset),
+            show(&hub.steps_offset),
+            hub.steps_offset.source,
+            differs(&local.steps_offset, &hub.steps_offset),
+        ),
+        row(
+            Setting::NegativePrompt,
+            negative(&local.negative_prompt),
+            negative(&hub.negative_prompt),
+            hub.negative_prompt.source,
+            differs(&local.negative_prompt, &hub.negative_prompt),
+        ),
     ]
 }
 
@@ -369,6 +472,10 @@ mod tests {
             dtype: Known::new("f32".into(), l),
             vae: Known::new(None, l),
             noise: Known::new(TORCH_CPU_NOISE.into(), l),
+            karras_sigmas: Known::new(false, l),
+            timestep_spacing: Known::new("leading".into(), l),
+            steps_offset: Known::new(1, l),
+            negative_prompt: Known::new(String::new(), l),
         }
     }
 
@@ -405,5 +512,44 @@ mod tests {
         assert_eq!(differing, vec![Setting::Lora, Setting::Scheduler, Setting::Dtype]);
         assert_eq!(rows.iter().find(|r| r.setting == Setting::Guidance).unwrap().hub, "unknown");
         assert_eq!(hub.scheduler.source, Some(Source::Reported));
+    }
+
+    #[test]
+    fn scheduler_keys_come_from_the_base_file_as_the_hub_class_reads_it_and_reports_win() {
+        // SD 1.5 ships a PNDMScheduler config without timestep_spacing; Karras on as some fine-tunes ship it.
+        let file: crate::diffusion::schedulers::SchedulerConfig =
+            serde_json::from_value(serde_json::json!({"_class_name": "PNDMScheduler", "steps_offset": 1, "use_karras_sigmas": true})).unwrap();
+        let worker = || worker_defaults(Some("x/base"), Some(Architecture::StableDiffusion), None);
+        // Euler ancestral: linspace (its default, as from_config fills it in), no Karras sigmas.
+        let hub = with_scheduler_file(worker(), &file);
+        assert_eq!(
+            (hub.karras_sigmas.value, hub.timestep_spacing.value.as_deref(), hub.steps_offset.value),
+            (Some(false), Some("linspace"), Some(1))
+        );
+        assert_eq!((hub.timestep_spacing.source, hub.negative_prompt.value.as_deref()), (Some(Source::Assumed), Some("")));
+        let sent = with_sent(worker(), &serde_json::json!({"parameters": {"scheduler": "euler", "negative_prompt": "blurry"}}));
+        let hub = with_scheduler_file(sent, &file);
+        assert_eq!(hub.karras_sigmas.value, Some(true), "Euler reads use_karras_sigmas");
+        let rows = diff(&local(), &hub, None);
+        let get = |s| rows.iter().find(|r| r.setting == s).unwrap();
+        assert!(get(Setting::KarrasSigmas).differs && get(Setting::TimestepSpacing).differs && !get(Setting::StepsOffset).differs);
+        let neg = get(Setting::NegativePrompt);
+        assert_eq!((neg.local.as_str(), neg.hub.as_str(), neg.hub_source, neg.differs), ("none", "\"blurry\"", Some(Source::Sent), true));
+        // What the offline Hub reports wins over what the file implies.
+        let reported = with_reported(
+            hub,
+            &serde_json::json!({"scheduler": "euler", "scheduler_config": {"use_karras_sigmas": false, "timestep_spacing": "trailing", "steps_offset": 0}, "negative_prompt": ""}),
+        );
+        let reported = with_scheduler_file(reported, &file);
+        assert_eq!(
+            (
+                reported.karras_sigmas.value,
+                reported.timestep_spacing.value.as_deref(),
+                reported.steps_offset.value,
+                reported.negative_prompt.value.as_deref()
+            ),
+            (Some(false), Some("trailing"), Some(0), Some(""))
+        );
+        assert_eq!(reported.steps_offset.source, Some(Source::Reported));
     }
 }

@@ -203,6 +203,9 @@ impl NoiseKind {
 pub struct NoiseStream {
     kind: NoiseKind,
     source: Source,
+    /// The precision diffusers would draw in: the pipeline's (`randn_tensor(..., dtype=
+    /// prompt_embeds.dtype)` for the latents, `model_output.dtype` for Euler ancestral's steps).
+    draw: DType,
 }
 
 #[derive(Clone)]
@@ -219,7 +222,26 @@ impl NoiseStream {
             NoiseKind::TorchCpu => Source::Torch(Box::new(TorchCpuGenerator::manual_seed(seed))),
             NoiseKind::Hfsky => Source::Hfsky { seed, rng: Box::new(rand::rngs::StdRng::seed_from_u64(seed)) },
         };
-        NoiseStream { kind, source }
+        NoiseStream { kind, source, draw: DType::F32 }
+    }
+
+    /// Draws as diffusers does on a pipeline computing in `dtype`. With `torch-cpu` and f16 or
+    /// bf16, torch's CPU kernel (the pinned release, tests/pyref-requirements.lock.txt) gives the
+    /// f32 draw rounded to that precision when the size is a multiple of 16 (every latent shape
+    /// whose height × width is a multiple of 4; tested in tests/cli/torch_noise.rs), so the
+    /// values are rounded through it and handed on as f32, the precision the sampling loop keeps.
+    /// Other sizes draw their last 16 values differently in half precision, which this does
+    /// not reproduce. hfsky's own generator ignores the dtype, as it always has.
+    pub fn drawn_in(mut self, dtype: DType) -> Self {
+        self.draw = dtype;
+        self
+    }
+
+    fn rounded(&self, t: Tensor) -> Result<Tensor> {
+        match (&self.source, self.draw) {
+            (Source::Torch(_), DType::F16 | DType::BF16) => t.to_dtype(self.draw)?.to_dtype(DType::F32),
+            _ => Ok(t),
+        }
     }
 
     pub fn kind(&self) -> NoiseKind {
@@ -231,7 +253,10 @@ impl NoiseStream {
     pub fn initial(&mut self, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
         match &mut self.source {
-            Source::Torch(g) => Tensor::from_vec(g.randn_f32(shape.elem_count()), shape, device),
+            Source::Torch(g) => {
+                let t = Tensor::from_vec(g.randn_f32(shape.elem_count()), shape, device)?;
+                self.rounded(t)
+            }
             Source::Hfsky { seed, .. } => {
                 use rand::SeedableRng;
                 let mut rng = rand::rngs::StdRng::seed_from_u64(*seed);
@@ -240,13 +265,17 @@ impl NoiseStream {
         }
     }
 
-    /// Unit Gaussian noise shaped like `x`, in `x`'s dtype. torch-cpu draws f32 values and
-    /// casts them, which is what the pinned torch's CPU kernel (tests/pyref-requirements.lock.txt)
-    /// does for f16 when the size is a multiple of 16 (every latent shape of even height and
-    /// width; tested in tests/cli/torch_noise.rs). Older torch releases may draw f16 differently.
+    /// Unit Gaussian noise shaped like `x`, in `x`'s dtype, drawn in the stream's precision
+    /// ([`drawn_in`](Self::drawn_in)). torch-cpu draws f32 values and casts them, which is what
+    /// the pinned torch's CPU kernel (tests/pyref-requirements.lock.txt) does for f16 and bf16
+    /// when the size is a multiple of 16 (tested in tests/cli/torch_noise.rs). Older torch
+    /// releases may draw f16 differently.
     pub fn randn_like(&mut self, x: &Tensor) -> Result<Tensor> {
         let t = match &mut self.source {
-            Source::Torch(g) => Tensor::from_vec(g.randn_f32(x.elem_count()), x.shape(), x.device())?,
+            Source::Torch(g) => {
+                let t = Tensor::from_vec(g.randn_f32(x.elem_count()), x.shape(), x.device())?;
+                self.rounded(t)?
+            }
             Source::Hfsky { rng, .. } => box_muller_f32(x.shape().clone(), rng, x.device())?,
         };
         t.to_dtype(x.dtype())
@@ -327,5 +356,26 @@ mod tests {
         assert_ne!(t1, h1);
         let mean = t1.iter().sum::<f32>() / t1.len() as f32;
         assert!(mean.abs() < 0.2, "{mean}");
+    }
+
+    #[test]
+    fn half_precision_pipelines_draw_torch_noise_rounded_and_keep_hfsky_noise() {
+        let dev = Device::Cpu;
+        let step_like = Tensor::zeros((1, 4, 8, 8), DType::F32, &dev).unwrap();
+        let draw = |kind, dtype| {
+            let mut s = NoiseStream::new(kind, 3).drawn_in(dtype);
+            let a = s.initial((1, 4, 8, 8), &dev).unwrap();
+            let b = s.randn_like(&step_like).unwrap();
+            assert_eq!((a.dtype(), b.dtype()), (DType::F32, DType::F32), "the sampling loop stays in f32");
+            (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        };
+        let (f32_a, f32_b) = draw(NoiseKind::TorchCpu, DType::F32);
+        let (f16_a, f16_b) = draw(NoiseKind::TorchCpu, DType::F16);
+        for (full, half) in [(&f32_a, &f16_a), (&f32_b, &f16_b)] {
+            let rounded = Tensor::new(full.as_slice(), &dev).unwrap().to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
+            assert_eq!(&rounded.to_vec1::<f32>().unwrap(), half);
+            assert!(full != half);
+        }
+        assert_eq!(draw(NoiseKind::Hfsky, DType::F16), draw(NoiseKind::Hfsky, DType::F32));
     }
 }

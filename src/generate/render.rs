@@ -10,7 +10,7 @@ use super::source::{resolve_lora, resolve_pipeline, resolve_vae, SourceError};
 use crate::diffusion::config::{Architecture, PipelineError, PipelineFiles};
 use crate::diffusion::lora::{LoraError, LoraWeights};
 use crate::diffusion::noise::{NoiseKind, NoiseStream};
-use crate::diffusion::schedulers::SchedulerKind;
+use crate::diffusion::schedulers::{resolve_kind, SchedulerKind, SchedulerOverrides};
 use crate::hub::HubClient;
 use crate::model_ref::ModelRef;
 use candle_core::{DType, Device, Tensor};
@@ -67,6 +67,10 @@ pub struct RenderSpec {
     pub guidance: Option<f64>,
     /// `None`: the pipeline's scheduler_config.json.
     pub scheduler: Option<SchedulerKind>,
+    /// Keys set over the pipeline's scheduler_config.json (Karras sigmas, timestep spacing,
+    /// steps offset); empty in specs written before they existed.
+    #[serde(default, skip_serializing_if = "SchedulerOverrides::is_empty")]
+    pub scheduler_config: SchedulerOverrides,
     /// `None`: the UNet's sample_size × the VAE's downscale factor (512 for SD 1.5, 1024 for SDXL).
     pub width: Option<usize>,
     pub height: Option<usize>,
@@ -96,6 +100,7 @@ impl RenderSpec {
             steps: 30,
             guidance: None,
             scheduler: None,
+            scheduler_config: SchedulerOverrides::default(),
             width: None,
             height: None,
             dtype: DType::F32,
@@ -114,6 +119,7 @@ pub struct Overrides {
     pub steps: Option<usize>,
     pub guidance: Option<f64>,
     pub scheduler: Option<SchedulerKind>,
+    pub scheduler_config: SchedulerOverrides,
     pub width: Option<usize>,
     pub height: Option<usize>,
     pub dtype: Option<DType>,
@@ -128,6 +134,10 @@ impl Overrides {
         spec.steps = self.steps.unwrap_or(spec.steps);
         spec.guidance = self.guidance.or(spec.guidance);
         spec.scheduler = self.scheduler.or(spec.scheduler);
+        let (mine, theirs) = (&self.scheduler_config, &mut spec.scheduler_config);
+        theirs.use_karras_sigmas = mine.use_karras_sigmas.or(theirs.use_karras_sigmas);
+        theirs.timestep_spacing = mine.timestep_spacing.or(theirs.timestep_spacing);
+        theirs.steps_offset = mine.steps_offset.or(theirs.steps_offset);
         spec.width = self.width.or(spec.width);
         spec.height = self.height.or(spec.height);
         spec.dtype = self.dtype.unwrap_or(spec.dtype);
@@ -177,6 +187,12 @@ pub struct ResolvedSettings {
     pub steps: usize,
     pub guidance: f64,
     pub scheduler: String,
+    /// The scheduler config keys in effect (the pipeline's file, the spec's overrides, and the
+    /// sampling class's defaults for what neither says): Karras sigmas only where the class
+    /// reads them (Euler, DPM-Solver++).
+    pub karras_sigmas: bool,
+    pub timestep_spacing: String,
+    pub steps_offset: usize,
     pub width: usize,
     pub height: usize,
     /// The side rendered when no size is asked for (UNet sample_size × VAE factor).
@@ -293,7 +309,13 @@ impl Renderer {
         check_size(width, height)?;
         let guidance = spec.guidance.unwrap_or(if files.architecture == Architecture::StableDiffusionXl { 5.0 } else { 7.5 });
         let variant = variant_for(spec.dtype);
-        let pipeline = Pipeline::load(files.clone(), vae_dir.as_deref(), spec.dtype, device.clone())?;
+        let mut pipeline = Pipeline::load(files.clone(), vae_dir.as_deref(), spec.dtype, device.clone())?;
+        spec.scheduler_config.apply(&mut pipeline.scheduler_config);
+        let kind = resolve_kind(spec.scheduler, &pipeline.scheduler_config).map_err(GenerateError::from)?;
+        let sampled = pipeline.scheduler_config.for_kind(kind);
+        // A scheduler config the sampler refuses (a steps offset past the trained timesteps)
+        // fails here, before any rendering.
+        crate::diffusion::schedulers::plan(kind, &pipeline.scheduler_config, spec.steps).map_err(GenerateError::from)?;
         let text = TextEncoders::load(&files, spec.dtype, &device)?;
         let lora_sha256 = match &lora_path {
             Some(path) => {
@@ -309,7 +331,6 @@ impl Renderer {
         let cond = text.conditioning(&spec.prompt, &spec.negative, height, width)?;
         let unet_weights = files.weights("unet", variant)?;
         let model_sha256 = unet_weights.sha256().map_err(|e| RenderError::Io { what: unet_weights.display(), source: e })?;
-        let scheduler = spec.scheduler.map(|k| k.class_name().to_string()).unwrap_or_else(|| pipeline.scheduler_config.class_name.clone());
         let resolved = ResolvedSettings {
             model: spec.model.to_string(),
             model_dir: root,
@@ -320,7 +341,10 @@ impl Renderer {
             lora_mode: spec.lora.is_some().then_some(spec.lora_mode),
             steps: spec.steps,
             guidance,
-            scheduler,
+            scheduler: kind.class_name().to_string(),
+            karras_sigmas: sampled.use_karras_sigmas,
+            timestep_spacing: sampled.spacing().to_string(),
+            steps_offset: sampled.steps_offset,
             width,
             height,
             default_size: default_side,
@@ -352,7 +376,7 @@ impl Renderer {
     /// ancestral's step noise, drawn in that order from one stream (diffusers' order with
     /// `generator=torch.Generator("cpu").manual_seed(seed)` for `torch-cpu`).
     pub fn render(&self, seed: u64, progress: impl FnMut(usize)) -> Result<RenderedImage, RenderError> {
-        let mut stream = NoiseStream::new(self.spec.noise, seed);
+        let mut stream = NoiseStream::new(self.spec.noise, seed).drawn_in(self.spec.dtype);
         let noise = stream.initial(self.latent_shape(), &self.pipeline.device)?;
         self.render_stream(&noise, stream, Some(seed), None, progress)
     }
@@ -367,7 +391,7 @@ impl Renderer {
         latents_file: Option<String>,
         progress: impl FnMut(usize),
     ) -> Result<RenderedImage, RenderError> {
-        let stream = NoiseStream::new(self.spec.noise, seed.unwrap_or(0));
+        let stream = NoiseStream::new(self.spec.noise, seed.unwrap_or(0)).drawn_in(self.spec.dtype);
         self.render_stream(noise, stream, seed, latents_file, progress)
     }
 
@@ -394,6 +418,9 @@ impl Renderer {
             steps: r.steps,
             guidance_scale: r.guidance,
             scheduler: r.scheduler.clone(),
+            karras_sigmas: r.karras_sigmas,
+            timestep_spacing: r.timestep_spacing.clone(),
+            steps_offset: r.steps_offset,
             width: r.width,
             height: r.height,
             seed,

@@ -76,6 +76,12 @@ pub struct ImageSettings {
     pub steps: usize,
     pub guidance_scale: f64,
     pub scheduler: String,
+    /// The scheduler config keys the sampler ran with (diffusers' names: `use_karras_sigmas`,
+    /// `timestep_spacing`, `steps_offset`).
+    #[serde(rename = "use_karras_sigmas")]
+    pub karras_sigmas: bool,
+    pub timestep_spacing: String,
+    pub steps_offset: usize,
     pub width: usize,
     pub height: usize,
     pub seed: Option<u64>,

@@ -214,11 +214,26 @@ pub struct TextToImageRequest {
     pub lora_scale: Option<f64>,
 }
 
+/// The scheduler config keys a render's sampler ran with (diffusers' names and values).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchedulerKeys {
+    pub use_karras_sigmas: bool,
+    /// `leading`, `linspace` or `trailing`.
+    pub timestep_spacing: String,
+    pub steps_offset: usize,
+}
+
 /// The settings the offline Hub reports in `x-hfsky-render` (real providers report none).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RenderReport {
     /// diffusers class name, e.g. `EulerAncestralDiscreteScheduler`.
     pub scheduler: String,
+    /// `None` from a Hub that does not report them.
+    #[serde(default)]
+    pub scheduler_config: Option<SchedulerKeys>,
+    /// The negative prompt rendered with (`""`: none); `None`: not reported.
+    #[serde(default)]
+    pub negative_prompt: Option<String>,
     pub steps: usize,
     pub guidance: f64,
     pub width: usize,

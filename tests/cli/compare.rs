@@ -75,21 +75,31 @@ fn hub_rendering(profile: &str) -> (tempfile::TempDir, Hub, Env) {
 }
 
 fn compare(env: &Env, out: &Path, extra: &[&str]) -> std::process::Output {
+    compare_with(env, out, &LOCAL, extra)
+}
+
+/// `compare` with `local` as the local side's settings.
+fn compare_with(env: &Env, out: &Path, local: &[&str], extra: &[&str]) -> std::process::Output {
     let mut args =
         vec!["--json", "compare", "--prompt", "a photo of the SKY river", "--repo", "alice/sky-lora", "--seeds", "2", "--out", out.to_str().unwrap()];
-    args.extend(LOCAL);
+    args.extend(local);
     args.extend(extra);
     env.cmd(&args).env("HF_TOKEN", ALICE).output().unwrap()
 }
 
 /// Plants `profile` on the Hub and checks that `--explain` ranks one of `expected` first.
 fn planted(profile: &str, expected: &[&str]) -> serde_json::Value {
+    planted_with(profile, &LOCAL, expected)
+}
+
+/// [`planted`] with `local` as the local side's settings.
+fn planted_with(profile: &str, local: &[&str], expected: &[&str]) -> serde_json::Value {
     // The planted keys replace the shared ones (a YAML mapping cannot repeat a key).
     let planted_keys: Vec<&str> = profile.lines().filter_map(|l| l.split(':').next()).collect();
     let base: String = SAME.lines().filter(|l| !planted_keys.contains(&l.split(':').next().unwrap())).map(|l| format!("{l}\n")).collect();
     let (root, _hub, env) = hub_rendering(&format!("{base}{profile}"));
     let out = root.path().join("cmp");
-    let o = compare(&env, &out, &["--explain"]);
+    let o = compare_with(&env, &out, local, &["--explain"]);
     ok(&o);
     let v = json(&o);
     eprintln!("planted {profile:?}: distance {} noise floor {} causes {:#}", v["distance"], v["noise_floor"], v["causes"]);
@@ -104,8 +114,25 @@ fn planted(profile: &str, expected: &[&str]) -> serde_json::Value {
     for c in causes {
         let s = c["setting"].as_str().unwrap();
         assert!(
-            ["lora", "lora_scale", "lora_fusion", "size", "scheduler", "steps", "guidance", "base_model", "vae", "dtype", "seed", "unknown"]
-                .contains(&s),
+            [
+                "lora",
+                "lora_scale",
+                "lora_fusion",
+                "size",
+                "scheduler",
+                "steps",
+                "guidance",
+                "base_model",
+                "vae",
+                "dtype",
+                "seed",
+                "karras_sigmas",
+                "timestep_spacing",
+                "steps_offset",
+                "negative_prompt",
+                "unknown"
+            ]
+            .contains(&s),
             "{s}"
         );
     }
@@ -213,6 +240,60 @@ fn two_planted_causes_are_both_candidates() {
     let v = planted("guidance: 1.5\nlora_scale: 3.0\n", &["guidance", "lora_scale"]);
     let named: Vec<&str> = v["causes"].as_array().unwrap().iter().map(|c| c["setting"].as_str().unwrap()).collect();
     assert!(named.contains(&"guidance") && named.contains(&"lora_scale"), "{named:?}");
+}
+
+/// The local side as `LOCAL`, sampling with `scheduler`.
+fn local_with_scheduler(scheduler: &'static str) -> Vec<&'static str> {
+    let mut l = LOCAL.to_vec();
+    l[1] = scheduler;
+    l
+}
+
+/// The Hub samples with Karras sigmas (its scheduler config's `use_karras_sigmas`), reported
+/// in `x-hfsky-render`; the local Euler run does not.
+#[test]
+fn karras_sigmas_on_the_hub_are_named() {
+    let v = planted_with("scheduler: euler\nuse_karras_sigmas: true\n", &local_with_scheduler("euler"), &["karras_sigmas"]);
+    let row = v["settings"].as_array().unwrap().iter().find(|r| r["setting"] == "karras_sigmas").unwrap().clone();
+    assert_eq!((row["local"].as_str(), row["hub"].as_str(), row["hub_source"].as_str()), (Some("false"), Some("true"), Some("reported")));
+    assert!(v["verdict"].as_str().unwrap().contains("with Karras sigmas"), "{}", v["verdict"]);
+}
+
+#[test]
+fn another_timestep_spacing_is_named() {
+    let v = planted("timestep_spacing: trailing\n", &["timestep_spacing"]);
+    assert!(v["verdict"].as_str().unwrap().contains("spaces its timesteps trailing"), "{}", v["verdict"]);
+}
+
+#[test]
+fn another_steps_offset_is_named() {
+    planted("steps_offset: 0\n", &["steps_offset"]);
+}
+
+/// A local render with a negative prompt against a Hub that renders without one (the widget
+/// sends none; here the offline Hub drops the one the request carries).
+#[test]
+fn a_hub_without_the_negative_prompt_is_named() {
+    let mut local = LOCAL.to_vec();
+    local.extend(["--negative", "blurry, dark, low quality"]);
+    let v = planted_with("negative_prompt: \"\"\n", &local, &["negative_prompt"]);
+    assert_eq!(v["hub"]["renders"][0]["parameters_sent"]["parameters"]["negative_prompt"], "blurry, dark, low quality");
+    let top = v["causes"][0]["message"].as_str().unwrap();
+    assert!(top.contains("without a negative prompt (reported by the Hub)") && top.contains("→ none"), "{top}");
+}
+
+/// Two causes that only act together: Karras sigmas mean nothing to the local DDIM sampler, so
+/// adopting them alone changes nothing, yet with the Hub's Euler sampler they close the gap.
+/// Both are named, the Karras sigmas as acting together with the other Hub setting.
+#[test]
+fn karras_sigmas_with_another_scheduler_are_found_as_a_pair() {
+    let v = planted("scheduler: euler\nuse_karras_sigmas: true\n", &["scheduler", "karras_sigmas"]);
+    let causes = v["causes"].as_array().unwrap();
+    let karras = causes.iter().find(|c| c["setting"] == "karras_sigmas").unwrap_or_else(|| panic!("{causes:#?}"));
+    assert!(karras["alone"].as_f64().unwrap().abs() < 0.05, "DDIM ignores Karras sigmas: {karras:#}");
+    assert!(karras["effect"].as_f64().unwrap() > 0.3, "{karras:#}");
+    assert!(karras["message"].as_str().unwrap().contains("together with the other Hub settings"), "{karras:#}");
+    assert!(causes[..2].iter().any(|c| c["setting"] == "scheduler"), "{causes:#?}");
 }
 
 #[test]

@@ -81,6 +81,81 @@ fn reproduces_diffusers_from_the_same_latents() {
     }
 }
 
+/// Scheduler config keys over the pipeline's scheduler_config.json (`--karras-sigmas`,
+/// `--timestep-spacing`) give diffusers' image with the same keys set
+/// (tests/fixtures/make_scheduler_reference.py), and the sidecar records the keys in effect:
+/// DDIM ignores Karras sigmas, as diffusers' DDIMScheduler does.
+#[test]
+fn karras_sigmas_and_timestep_spacing_reproduce_diffusers() {
+    let env = Env::new("http://127.0.0.1:9");
+    let refs = candle_core::safetensors::load(fixtures().join("tiny-sd15-reference.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let want = candle_core::safetensors::load(fixtures().join("scheduler-reference.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let latents = env.dir.path().join("latents.safetensors");
+    candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_string(), refs["sample.init_latents"].clone())]), &latents)
+        .unwrap();
+    for (key, flags, recorded) in [
+        ("euler_karras_trailing", vec!["--scheduler", "euler", "--karras-sigmas", "true", "--timestep-spacing", "trailing"], (true, "trailing", 1)),
+        ("dpmpp_2m_karras", vec!["--scheduler", "dpmpp-2m", "--karras-sigmas", "true"], (true, "leading", 1)),
+        ("", vec!["--scheduler", "ddim", "--karras-sigmas", "true", "--steps-offset", "0"], (false, "leading", 0)),
+    ] {
+        let out = env.dir.path().join(format!("out-{}", flags[1]));
+        let mut args = vec![
+            "--json",
+            "generate",
+            "--model",
+            fixtures().join("tiny-sd15").to_str().unwrap().to_string().leak(),
+            "--prompt",
+            "a photo of the SKY river",
+            "--negative",
+            "blurry, low quality",
+            "--steps",
+            "4",
+            "--guidance",
+            "5",
+            "--latents",
+            latents.to_str().unwrap().to_string().leak(),
+            "--out",
+            out.to_str().unwrap().to_string().leak(),
+        ];
+        args.extend(flags.iter());
+        let v = json(&env.run(&args));
+        let png = PathBuf::from(v["images"][0]["png"].as_str().unwrap());
+        if !key.is_empty() {
+            let diff = mean_abs_255(&png, &want[key]);
+            assert!(diff < 2.0, "{key}: mean |Δ| {diff:.3}/255");
+        }
+        let sidecar: serde_json::Value = serde_json::from_slice(&std::fs::read(png.with_extension("json")).unwrap()).unwrap();
+        let got = (sidecar["use_karras_sigmas"].as_bool(), sidecar["timestep_spacing"].as_str(), sidecar["steps_offset"].as_u64());
+        assert_eq!(got, (Some(recorded.0), Some(recorded.1), Some(recorded.2)), "{flags:?}: {sidecar:#}");
+    }
+    // Karras sigmas do change an Euler render.
+    let plain = env.dir.path().join("plain");
+    let mut args = vec!["generate", "--model", fixtures().join("tiny-sd15").to_str().unwrap().to_string().leak()];
+    args.extend([
+        "--prompt",
+        "a photo of the SKY river",
+        "--negative",
+        "blurry, low quality",
+        "--steps",
+        "4",
+        "--guidance",
+        "5",
+        "--scheduler",
+        "euler",
+    ]);
+    args.extend([
+        "--timestep-spacing",
+        "trailing",
+        "--latents",
+        latents.to_str().unwrap().to_string().leak(),
+        "--out",
+        plain.to_str().unwrap().to_string().leak(),
+    ]);
+    ok(&env.run(&args));
+    let png = std::fs::read_dir(&plain).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "png")).unwrap();
+    assert!(mean_abs_255(&png, &want["euler_karras_trailing"]) > 2.0, "Karras sigmas changed nothing");
+}
+
 #[test]
 fn pulls_the_model_from_the_hub_and_checks_input() {
     let root = tempfile::tempdir().unwrap();

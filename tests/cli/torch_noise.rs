@@ -8,7 +8,7 @@
 //! scripts/pyref-venv.sh).
 
 use crate::common::*;
-use hfsky::diffusion::noise::TorchCpuGenerator;
+use hfsky::diffusion::noise::{NoiseKind, NoiseStream, TorchCpuGenerator};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -55,12 +55,16 @@ fn torch_cpu_noise_matches_torch_randn() {
     let cases = cases();
     let spec: Vec<serde_json::Value> =
         cases.iter().map(|(name, seed, draws)| serde_json::json!({"name": name, "seed": seed, "draws": draws})).collect();
-    // Half-precision latents (an fp16 pipeline's prepare_latents): the f32 values rounded, for
-    // sizes that are multiples of 16, in the pinned torch.
-    let half: Vec<(String, u64, Vec<usize>)> = vec![("f16_sd15".into(), 4, vec![1, 4, 64, 64]), ("f16_small".into(), 9, vec![1, 4, 8, 8])];
+    // Half-precision draws (an fp16/bf16 pipeline's prepare_latents, then an Euler ancestral
+    // step's noise): the f32 values rounded, for sizes that are multiples of 16, in the pinned torch.
+    let half: Vec<(String, u64, Vec<usize>, &str)> = vec![
+        ("f16_sd15".into(), 4, vec![1, 4, 64, 64], "float16"),
+        ("f16_small".into(), 9, vec![1, 4, 8, 8], "float16"),
+        ("bf16_small".into(), 11, vec![1, 4, 8, 12], "bfloat16"),
+    ];
     let spec: Vec<serde_json::Value> = spec
         .into_iter()
-        .chain(half.iter().map(|(name, seed, shape)| serde_json::json!({"name": name, "seed": seed, "draws": [shape], "dtype": "float16"})))
+        .chain(half.iter().map(|(name, seed, shape, dtype)| serde_json::json!({"name": name, "seed": seed, "draws": [shape, shape], "dtype": dtype})))
         .collect();
     let spec_path = dir.path().join("spec.json");
     std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
@@ -88,14 +92,22 @@ fn torch_cpu_noise_matches_torch_randn() {
         }
     }
     eprintln!("worst |Δ| over {} cases: {worst:e}", cases.len());
-    for (name, seed, shape) in &half {
-        let want = want[&format!("{name}.0")].to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let n = shape.iter().product();
-        let got = candle_core::Tensor::from_vec(TorchCpuGenerator::manual_seed(*seed).randn_f32(n), n, &candle_core::Device::Cpu).unwrap();
-        let got = got.to_dtype(candle_core::DType::F16).unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap();
-        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        // One f16 ulp at most (a value within 4.8e-7 of a rounding boundary may round the other way).
-        assert!(diff <= 4e-3, "{name}: max |Δ| {diff:e}");
+    for (name, seed, shape, dtype) in &half {
+        let dtype = if *dtype == "float16" { candle_core::DType::F16 } else { candle_core::DType::BF16 };
+        let mut stream = NoiseStream::new(NoiseKind::TorchCpu, *seed).drawn_in(dtype);
+        let initial = stream.initial(shape.as_slice(), &candle_core::Device::Cpu).unwrap();
+        let step = stream.randn_like(&initial).unwrap();
+        for (i, got) in [initial, step].iter().enumerate() {
+            let want = want[&format!("{name}.{i}")].to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            // One ulp at most (an f32 value within 4.8e-7 of a rounding boundary may round the
+            // other way).
+            let ulp = if dtype == candle_core::DType::F16 { 4e-3 } else { 3.2e-2 };
+            assert!(diff <= ulp, "{name} draw {i}: max |Δ| {diff:e}");
+            let exact = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+            assert!(exact * 1000 >= got.len() * 999, "{name} draw {i}: only {exact} of {} values identical", got.len());
+        }
     }
 }
 

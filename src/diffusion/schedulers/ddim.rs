@@ -1,6 +1,6 @@
 //! DDIM with η = 0 (deterministic), as diffusers' DDIMScheduler.
 
-use super::schedule::{spaced_timesteps, NoiseSchedule, SchedulerConfig};
+use super::schedule::{spaced_timesteps, Layout, NoiseSchedule, SchedulerConfig};
 use super::{lin, Scheduler, SchedulerError};
 use candle_core::{Result, Tensor};
 
@@ -16,7 +16,7 @@ impl Ddim {
     pub fn new(schedule: NoiseSchedule, c: &SchedulerConfig, steps: usize) -> std::result::Result<Self, SchedulerError> {
         let final_alpha_cumprod = if c.set_alpha_to_one { 1.0 } else { schedule.alphas_cumprod[0] };
         Ok(Ddim {
-            timesteps: spaced_timesteps(c, steps, false)?,
+            timesteps: spaced_timesteps(c, steps, Layout::Ddim)?,
             step_ratio: c.num_train_timesteps / steps,
             final_alpha_cumprod,
             schedule,

@@ -1,7 +1,7 @@
 //! DPM-Solver++ 2M (midpoint), as diffusers' DPMSolverMultistepScheduler with its defaults:
 //! first order on the first step, second order after, first order on the last step.
 
-use super::schedule::{spaced_timesteps, NoiseSchedule, SchedulerConfig};
+use super::schedule::{karras_sigmas, spaced_timesteps, Layout, NoiseSchedule, SchedulerConfig};
 use super::{lin, Scheduler, SchedulerError};
 use candle_core::{Result, Tensor};
 
@@ -21,8 +21,15 @@ impl Dpmpp2m {
                 c.algorithm_type, c.solver_type, c.solver_order
             )));
         }
-        let timesteps = spaced_timesteps(c, steps, true)?;
+        let mut timesteps = spaced_timesteps(c, steps, Layout::DpmSolver)?;
         let mut sigmas: Vec<f64> = timesteps.iter().map(|t| schedule.sigma_at(*t)).collect();
+        if c.use_karras_sigmas {
+            // Unlike Euler, DPM-Solver spans the whole trained range and rounds the timesteps
+            // (keeping the Karras σ for the update).
+            let last = schedule.alphas_cumprod.len() - 1;
+            sigmas = karras_sigmas(schedule.sigma(0), schedule.sigma(last), steps);
+            timesteps = sigmas.iter().map(|s| schedule.sigma_to_t(*s).round_ties_even()).collect();
+        }
         let last = match c.final_sigmas_type.as_deref().unwrap_or("zero") {
             "zero" => 0.0,
             "sigma_min" => schedule.sigma(0),
@@ -53,6 +60,10 @@ fn lambda(sigma: f64) -> f64 {
 impl Scheduler for Dpmpp2m {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas)
     }
 
     fn step(&mut self, out: &Tensor, i: usize, sample: &Tensor) -> Result<Tensor> {

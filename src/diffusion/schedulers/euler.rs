@@ -1,7 +1,7 @@
 //! Euler (and Euler ancestral) on the σ-parametrised ODE, as diffusers' EulerDiscreteScheduler /
 //! EulerAncestralDiscreteScheduler. Latents live in the σ scale: x = x₀ + σ·ε.
 
-use super::schedule::{spaced_timesteps, NoiseSchedule, SchedulerConfig};
+use super::schedule::{karras_sigmas, spaced_timesteps, Layout, NoiseSchedule, SchedulerConfig, TimestepSpacing};
 use super::{lin, Scheduler, SchedulerError};
 use crate::diffusion::noise::NoiseStream;
 use candle_core::{Result, Tensor};
@@ -23,12 +23,18 @@ impl Euler {
         steps: usize,
         ancestral: Option<NoiseStream>,
     ) -> std::result::Result<Self, SchedulerError> {
-        let timesteps = spaced_timesteps(c, steps, false)?;
+        let mut timesteps = spaced_timesteps(c, steps, Layout::Euler)?;
         let mut sigmas: Vec<f64> = timesteps.iter().map(|t| schedule.sigma_at(*t)).collect();
+        if c.use_karras_sigmas {
+            // Karras levels between the spaced schedule's own ends, each visited at the
+            // (fractional) timestep of that σ.
+            sigmas = karras_sigmas(sigmas[sigmas.len() - 1], sigmas[0], steps);
+            timesteps = sigmas.iter().map(|s| schedule.sigma_to_t(*s)).collect();
+        }
         // final_sigmas_type "zero" (the default): the last step lands on the clean sample.
         sigmas.push(0.0);
         let max = sigmas.iter().cloned().fold(0.0, f64::max);
-        let init_sigma = if matches!(c.timestep_spacing.as_str(), "linspace" | "trailing") { max } else { (max * max + 1.0).sqrt() };
+        let init_sigma = if c.spacing() == TimestepSpacing::Leading { (max * max + 1.0).sqrt() } else { max };
         Ok(Euler { timesteps, sigmas, init_sigma, v_prediction: c.prediction_type == "v_prediction", noise: ancestral })
     }
 }
@@ -40,6 +46,10 @@ impl Scheduler for Euler {
 
     fn init_noise_sigma(&self) -> f64 {
         self.init_sigma
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas)
     }
 
     fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {

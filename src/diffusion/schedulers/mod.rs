@@ -7,7 +7,7 @@ mod dpmpp;
 mod euler;
 mod schedule;
 
-pub use schedule::{NoiseSchedule, SchedulerConfig};
+pub use schedule::{karras_sigmas, NoiseSchedule, SchedulerConfig, SchedulerOverrides, TimestepSpacing};
 
 use crate::diffusion::noise::NoiseStream;
 use candle_core::{Result, Tensor};
@@ -44,6 +44,21 @@ impl SchedulerKind {
             .ok_or_else(|| format!("unknown scheduler {name:?} (ddim, euler, euler-ancestral, dpmpp-2m, or their diffusers class names)"))
     }
 
+    /// The `timestep_spacing` the diffusers class defaults to when a config does not say
+    /// (DDIMScheduler: leading; the Euler and DPM-Solver classes: linspace).
+    pub fn default_timestep_spacing(self) -> TimestepSpacing {
+        match self {
+            SchedulerKind::Ddim => TimestepSpacing::Leading,
+            _ => TimestepSpacing::Linspace,
+        }
+    }
+
+    /// Whether the diffusers class reads `use_karras_sigmas` (EulerDiscreteScheduler and
+    /// DPMSolverMultistepScheduler do; DDIMScheduler and EulerAncestralDiscreteScheduler ignore it).
+    pub fn has_karras_sigmas(self) -> bool {
+        matches!(self, SchedulerKind::Euler | SchedulerKind::Dpmpp2m)
+    }
+
     pub fn class_name(self) -> &'static str {
         match self {
             SchedulerKind::Ddim => "DDIMScheduler",
@@ -61,6 +76,10 @@ pub trait Scheduler {
     /// Factor applied to unit Gaussian noise to get the initial latents.
     fn init_noise_sigma(&self) -> f64 {
         1.0
+    }
+    /// The noise level of each step and the final one, for the σ-parametrised samplers.
+    fn sigmas(&self) -> Option<&[f64]> {
+        None
     }
     /// Scaling of the latents before they enter the UNet at step `i`.
     fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Result<Tensor> {
@@ -80,20 +99,44 @@ pub enum SchedulerError {
     Steps(usize),
 }
 
+/// The class that samples: `kind`, else the one the config names.
+pub fn resolve_kind(kind: Option<SchedulerKind>, config: &SchedulerConfig) -> std::result::Result<SchedulerKind, SchedulerError> {
+    match kind {
+        Some(k) => Ok(k),
+        None => SchedulerKind::from_class_name(&config.class_name).ok_or_else(|| SchedulerError::UnknownClass(config.class_name.clone())),
+    }
+}
+
+/// What a sampling run visits: the timesteps given to the UNet, the noise level of each (σ
+/// samplers; `None` for DDIM) and the scale of the initial noise. Computed as each diffusers
+/// class's `set_timesteps` does, for comparison with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub timesteps: Vec<f64>,
+    /// σ per step plus the final one (`steps + 1` values).
+    pub sigmas: Option<Vec<f64>>,
+    pub init_noise_sigma: f64,
+}
+
+/// The plan `kind` follows for `steps` steps on `config`.
+pub fn plan(kind: SchedulerKind, config: &SchedulerConfig, steps: usize) -> std::result::Result<Plan, SchedulerError> {
+    let s = build(Some(kind), config, steps, NoiseStream::new(crate::diffusion::noise::NoiseKind::Hfsky, 0))?;
+    Ok(Plan { timesteps: s.timesteps().to_vec(), sigmas: s.sigmas().map(<[f64]>::to_vec), init_noise_sigma: s.init_noise_sigma() })
+}
+
 /// A scheduler for `steps` steps: `kind` overrides the config's class, as diffusers'
-/// `Scheduler.from_config(pipe.scheduler.config)` does. `noise` feeds Euler ancestral's
-/// per-step draws (the stream the initial latents came from, as diffusers passes one
-/// `generator` to both); the deterministic samplers ignore it.
+/// `Scheduler.from_config(pipe.scheduler.config)` does (keys the config leaves out take the
+/// new class's defaults). `noise` feeds Euler ancestral's per-step draws (the stream the
+/// initial latents came from, as diffusers passes one `generator` to both); the deterministic
+/// samplers ignore it.
 pub fn build(
     kind: Option<SchedulerKind>,
     config: &SchedulerConfig,
     steps: usize,
     noise: NoiseStream,
 ) -> std::result::Result<Box<dyn Scheduler>, SchedulerError> {
-    let kind = match kind {
-        Some(k) => k,
-        None => SchedulerKind::from_class_name(&config.class_name).ok_or_else(|| SchedulerError::UnknownClass(config.class_name.clone()))?,
-    };
+    let kind = resolve_kind(kind, config)?;
+    let config = &config.for_kind(kind);
     let schedule = NoiseSchedule::new(config)?;
     if steps == 0 || steps > config.num_train_timesteps {
         return Err(SchedulerError::Steps(config.num_train_timesteps));

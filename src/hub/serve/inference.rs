@@ -10,8 +10,8 @@ use super::auth::{head_of, require_read, Caller, Who};
 use super::store::CommitRec;
 use super::{fail, fail_code, json_reply, BodyBytes, HubFail, PathParams, Reply, Repo, Shared, State};
 use crate::card::base_model as card_base_model;
-use crate::diffusion::schedulers::SchedulerKind;
-use crate::hub::inference::{Provider, RenderReport, FAL_SD_LORA, RENDER_HEADER};
+use crate::diffusion::schedulers::{SchedulerKind, SchedulerOverrides, TimestepSpacing};
+use crate::hub::inference::{Provider, RenderReport, SchedulerKeys, FAL_SD_LORA, RENDER_HEADER};
 use crate::names;
 use crate::repo_id::RepoId;
 use axum::body::Body;
@@ -71,6 +71,14 @@ pub struct RenderProfile {
     /// Replaces the card's `base_model` for LoRA repos.
     pub base_model: Option<String>,
     pub dtype: RenderDtype,
+    /// Scheduler config keys set over the base pipeline's scheduler_config.json; `None` keeps
+    /// the file's value (the sampling class's default where the file has none).
+    pub use_karras_sigmas: Option<bool>,
+    pub timestep_spacing: Option<TimestepSpacing>,
+    pub steps_offset: Option<usize>,
+    /// The negative prompt rendered with whatever the request sends (`""`: a provider that
+    /// drops it); `None`: the request's.
+    pub negative_prompt: Option<String>,
 }
 
 impl Default for RenderProfile {
@@ -85,6 +93,10 @@ impl Default for RenderProfile {
             lora_scale: 1.0,
             base_model: None,
             dtype: RenderDtype::F16,
+            use_karras_sigmas: None,
+            timestep_spacing: None,
+            steps_offset: None,
+            negative_prompt: None,
         }
     }
 }
@@ -96,7 +108,7 @@ impl RenderProfile {
             RenderProfile::default()
         } else {
             serde_yaml::from_str(text)
-                .map_err(|e| format!("{origin}: {e} (keys: scheduler, steps, guidance, width, height, apply_lora, lora_scale, base_model, dtype)"))?
+                .map_err(|e| format!("{origin}: {e} (keys: scheduler, steps, guidance, width, height, apply_lora, lora_scale, base_model, dtype, use_karras_sigmas, timestep_spacing, steps_offset, negative_prompt)"))?
         };
         if p.steps == 0 {
             return Err(format!("{origin}: steps must be at least 1"));
@@ -136,13 +148,18 @@ pub struct RenderJob {
     pub height: Option<usize>,
     pub dtype: RenderDtype,
     pub seed: u64,
+    /// The profile's scheduler config keys over the base pipeline's.
+    pub scheduler_config: SchedulerOverrides,
 }
 
 impl RenderJob {
-    /// The `x-hfsky-render` report, given what the renderer resolved.
-    pub fn report(&self, scheduler_class: &str, guidance: f64, width: usize, height: usize) -> RenderReport {
+    /// The `x-hfsky-render` report, given what the renderer resolved (`scheduler_config`: the
+    /// keys the sampler ran with).
+    pub fn report(&self, scheduler_class: &str, guidance: f64, width: usize, height: usize, scheduler_config: Option<SchedulerKeys>) -> RenderReport {
         RenderReport {
             scheduler: scheduler_class.into(),
+            scheduler_config,
+            negative_prompt: Some(self.negative.clone()),
             steps: self.steps,
             guidance,
             width,
@@ -470,7 +487,7 @@ fn resolve(state: &State, caller: Option<&Caller>, t: Target, prompt: String, p:
         lora_path,
         lora_scale: t.lora_scale.unwrap_or(profile.lora_scale),
         prompt,
-        negative: p.negative.unwrap_or_default(),
+        negative: profile.negative_prompt.clone().or(p.negative).unwrap_or_default(),
         scheduler: p.scheduler.unwrap_or_else(|| profile.scheduler.class_name().into()),
         steps: p.steps.unwrap_or(profile.steps),
         guidance: p.guidance.or(profile.guidance),
@@ -479,6 +496,11 @@ fn resolve(state: &State, caller: Option<&Caller>, t: Target, prompt: String, p:
         dtype: profile.dtype,
         // The worker seeds an unseeded generator when no seed is sent.
         seed: p.seed.unwrap_or_else(rand::random),
+        scheduler_config: SchedulerOverrides {
+            use_karras_sigmas: profile.use_karras_sigmas,
+            timestep_spacing: profile.timestep_spacing,
+            steps_offset: profile.steps_offset,
+        },
     })
 }
 
@@ -792,7 +814,7 @@ mod tests {
             let img = image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb([shade, 100, job.steps as u8]));
             let mut png = Vec::new();
             img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-            Ok(RenderedPng { png, report: job.report("EulerAncestralDiscreteScheduler", job.guidance.unwrap_or(7.5), w, h) })
+            Ok(RenderedPng { png, report: job.report("EulerAncestralDiscreteScheduler", job.guidance.unwrap_or(7.5), w, h, None) })
         }
     }
 
