@@ -170,7 +170,7 @@ pub fn open_cuda(ordinal: usize) -> Result<candle_core::Device, String> {
 /// (the sonames CUDA 13 and the driver use, the unversioned developer link, and CUDA 12's cuBLAS,
 /// which cudarc also accepts), and where a user gets it.
 pub const CUDA_RUNTIME_LIBRARIES: [(&str, &[&str], &str); 3] = [
-    ("the NVIDIA driver", &["libcuda.so.1", "libcuda.so"], "install the NVIDIA driver (on Colab/Kaggle pick a GPU runtime)"),
+    ("the NVIDIA driver", &["libcuda.so.1", "libcuda.so"], "install the NVIDIA driver, or on Colab/Kaggle pick a GPU runtime"),
     ("cuBLAS", &["libcublas.so.13", "libcublas.so", "libcublas.so.12"], "pip install nvidia-cublas==13.0.2.14"),
     ("cuRAND", &["libcurand.so.10", "libcurand.so"], "pip install nvidia-curand==10.4.0.35"),
 ];
@@ -185,7 +185,7 @@ pub fn missing_libraries_message(found: &[bool]) -> Option<String> {
     }
     if missing[0].0 == CUDA_RUNTIME_LIBRARIES[0].0 {
         let (_, names, fix) = CUDA_RUNTIME_LIBRARIES[0];
-        return Some(format!("no NVIDIA driver: {} cannot be loaded ({fix})", names[0]));
+        return Some(format!("no NVIDIA driver: {} cannot be loaded; {fix}", names[0]));
     }
     let names: Vec<String> = missing.iter().map(|(what, names, _)| format!("{what} ({})", names[0])).collect();
     let fixes: Vec<&str> = missing.iter().map(|(_, _, fix)| *fix).collect();

@@ -286,9 +286,9 @@ pub fn pick_device(choice: super::config::DeviceChoice) -> Result<(Device, Optio
     use super::config::DeviceChoice::*;
     match choice {
         Cpu => Ok((Device::Cpu, None)),
-        Cuda => crate::devices::open_cuda(0).map(|d| (d, None)).map_err(|why| {
-            TrainError::Input(format!("device: cuda: {why} (use device: cpu, or build with scripts/build-cuda.sh on a machine with an NVIDIA GPU)"))
-        }),
+        Cuda => crate::devices::open_cuda(0)
+            .map(|d| (d, None))
+            .map_err(|why| TrainError::Input(format!("device: cuda: {why}; or train on the CPU with device: cpu (or auto)"))),
         Auto => Ok(crate::devices::auto()),
     }
 }
