@@ -19,3 +19,7 @@ pub const TRAIN_CONFIG: &str = "train_config.yaml";
 pub const TRAINING_LOG: &str = "training_log.jsonl";
 /// A training run's summary, read by `hfsky card render`.
 pub const TRAINING_SUMMARY: &str = "training_summary.json";
+/// The suffix of a photo's loss mask beside it (`sky-1.jpg` → `sky-1.mask.png`), read with
+/// train.yaml's `masked_loss`: white pixels train, black ones are ignored. Such files are not
+/// photos of the dataset.
+pub const MASK_SUFFIX: &str = ".mask.png";

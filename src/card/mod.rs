@@ -336,6 +336,8 @@ mod tests {
             captions: "sidecar".into(),
             caption_template: "{instance_prompt}, {caption}".into(),
             examples: vec![("a.jpg".into(), "a photo of SKY, orange sunset".into()), ("b.jpg".into(), "a photo of SKY, <purple> storm".into())],
+            buckets: Vec::new(),
+            example_buckets: Vec::new(),
             skipped: vec![("c.jpg".into(), "truncated".into())],
             final_loss: Some(0.1234),
             seconds: 10.0,

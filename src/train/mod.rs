@@ -1,12 +1,14 @@
 //! DreamBooth LoRA training on SD 1.5 / SDXL: config, examples and latent cache, the objective,
 //! AdamW, checkpoints, prior preservation and the loop.
 
+pub mod buckets;
 pub mod checkpoint;
 pub mod config;
 pub mod dry_run;
 pub mod examples;
 pub mod lora_params;
 pub mod loss_scale;
+pub mod mask;
 pub mod memory;
 pub mod objective;
 pub mod optim;
