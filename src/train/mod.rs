@@ -19,3 +19,5 @@ pub use config::{TrainConfig, TrainKeys};
 pub use trainer::{Event, TrainError, TrainSummary, Trainer};
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_buckets;
