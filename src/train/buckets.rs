@@ -155,10 +155,15 @@ impl BucketSpec {
 pub fn pick_crop(p: &Placement, center: bool, rng: &mut impl Rng) -> (u32, u32) {
     let (trim_w, trim_h) = (p.resized.0 - p.bucket.0, p.resized.1 - p.bucket.1);
     if center {
-        (trim_h / 2, trim_w / 2)
+        centre(p)
     } else {
         (rng.random_range(0..=trim_h), rng.random_range(0..=trim_w))
     }
+}
+
+/// The centred crop's (top, left) in the resized photo (kohya: `trim // 2`).
+pub fn centre(p: &Placement) -> (u32, u32) {
+    ((p.resized.1 - p.bucket.1) / 2, (p.resized.0 - p.bucket.0) / 2)
 }
 
 /// The [`CropBox`] of a photo of `original` (w, h) placed at `p` and cropped at `offset`
