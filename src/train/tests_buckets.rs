@@ -55,6 +55,10 @@ fn mixed_aspects_train_in_their_buckets_skip_the_too_small_and_resume_exactly() 
         "the 40×20 photo is named as too small"
     );
     assert_eq!(summary.skipped.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(), ["tiny.png"]);
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Note(n) if n == "aspect-ratio buckets at 64 px: 80×48 (2), 64×64 (1), 48×80 (1)")),
+        "the run names its buckets"
+    );
     let buckets: Vec<(u32, u32, usize)> = summary.buckets.iter().map(|b| (b.width, b.height, b.count)).collect();
     // kohya's rules at 64 / 16 px: ar 2 → 80×48, ar 0.5 → 48×80, square → 64×64.
     assert_eq!(buckets, [(80, 48, 2), (64, 64, 1), (48, 80, 1)]);
@@ -161,4 +165,20 @@ fn white_masks_give_the_plain_loss_and_alpha_masks_are_read() {
     let v = m.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert!(v.contains(&1.0) && v.contains(&0.0), "{v:?}");
     assert!(p.examples[1].variants[0].2.is_none());
+}
+
+#[test]
+fn the_memory_preflight_counts_the_largest_buckets_pixels() {
+    let estimate = |extra: &str| {
+        let d = tempfile::tempdir().unwrap();
+        photo(&d.path().join("photos"), "wide.png", 128, 64, 200);
+        let cfg = config(d.path(), "tiny-sd15", extra);
+        let t = Trainer { cfg: &cfg, model_dir: pipeline_dir("tiny-sd15"), cache_dir: Some(d.path().join("cache")) };
+        t.prepare(&mut |_| {}).unwrap().memory.estimate
+    };
+    // The only bucket is 80×48 = 3840 px against the 64² = 4096 px square.
+    let (square, bucketed) = (estimate("bucketing: false\n"), estimate(""));
+    assert_eq!(bucketed.weights, square.weights);
+    let ratio = bucketed.activations as f64 / square.activations as f64;
+    assert!((ratio - 3840.0 / 4096.0).abs() < 1e-6, "{ratio}");
 }

@@ -376,6 +376,9 @@ impl Trainer<'_> {
                     cfg.dataset.display()
                 )));
             }
+            let keys: Vec<(u32, u32)> = placements.iter().flatten().map(|p| (p.bucket.1, p.bucket.0)).collect();
+            let list: Vec<String> = buckets::summary(&keys).iter().map(|b| format!("{}×{} ({})", b.width, b.height, b.count)).collect();
+            on(Event::Note(format!("aspect-ratio buckets at {res} px: {}", list.join(", "))));
             placements
         } else {
             vec![None; loaded.len()]
