@@ -36,15 +36,19 @@ pub struct Placement {
 impl BucketSpec {
     /// The spec from train.yaml's keys: `min`/`max` default to resolution/2 and 2·resolution
     /// rounded down to the step (kohya's defaults, 256 and 1024, at 512), clamped to one step
-    /// at least. `downscale` is the VAE's factor: a step that is not a multiple of it would give
-    /// latents of fractional size. Errors name the key.
-    pub fn new(resolution: usize, min: Option<usize>, max: Option<usize>, step: usize, downscale: usize) -> Result<Self, String> {
-        if step == 0 || !step.is_multiple_of(downscale.max(1)) {
-            return Err(format!("bucket_reso_steps: {step} is not a positive multiple of the VAE's downscale factor {downscale}"));
+    /// at least. `multiple` is what a pixel side must be a multiple of for the model: the VAE's
+    /// factor times 2 per UNet downsampling (64 for SD 1.5, 32 for SDXL); other sizes give latents
+    /// the UNet cannot halve evenly. Errors name the key.
+    pub fn new(resolution: usize, min: Option<usize>, max: Option<usize>, step: usize, multiple: usize) -> Result<Self, String> {
+        if step == 0 || !step.is_multiple_of(multiple.max(1)) {
+            return Err(format!(
+                "bucket_reso_steps: {step} is not a positive multiple of {multiple} (the VAE's downscale factor × 2 per UNet downsampling): \
+                 other sizes do not fit the model"
+            ));
         }
         if resolution < step {
             return Err(format!(
-                "bucket_reso_steps: {step} is larger than the resolution {resolution}: set a smaller bucket_reso_steps (a multiple of {downscale}) or bucketing: false"
+                "bucket_reso_steps: {step} is larger than the resolution {resolution}: set a smaller bucket_reso_steps (a multiple of {multiple}) or bucketing: false"
             ));
         }
         let floor = |v: usize| (v / step * step).max(step);
@@ -307,9 +311,10 @@ mod tests {
         assert!(b.contains(&(1024, 1024)) && b.contains(&(832, 1216)) && b.contains(&(1216, 832)) && b.contains(&(512, 2048)));
         for (w, h) in &b {
             let area = (w * h) as f64;
-            assert!(w % 64 == 0 && h % 64 == 0 && area <= 1024.0 * 1024.0 && area >= 0.906 * 1024.0 * 1024.0, "{w}x{h}");
+            assert!(w % 64 == 0 && h % 64 == 0 && (0.906 * 1024.0 * 1024.0..=1024.0 * 1024.0).contains(&area), "{w}x{h}");
         }
         assert!(BucketSpec::new(512, None, None, 60, 8).unwrap_err().contains("bucket_reso_steps"));
+        assert!(BucketSpec::new(512, None, None, 32, 64).unwrap_err().contains("not a positive multiple of 64"), "SD 1.5 needs 64");
         assert!(BucketSpec::new(512, Some(600), None, 64, 8).unwrap_err().contains("min_bucket_reso"));
         assert!(BucketSpec::new(512, Some(100), None, 64, 8).unwrap_err().contains("multiple of bucket_reso_steps"));
     }

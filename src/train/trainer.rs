@@ -354,7 +354,9 @@ impl Trainer<'_> {
         // Buckets from each photo's size alone, before any model is loaded: a photo too small for
         // any is skipped by name, and the largest bucket sizes the memory preflight.
         let placements = if cfg.bucketing {
-            let spec = BucketSpec::new(res, cfg.min_bucket_reso, cfg.max_bucket_reso, cfg.bucket_reso_steps, f).map_err(TrainError::Input)?;
+            let downsamplings = unet_json["down_block_types"].as_array().map_or(0, |b| b.len().saturating_sub(1));
+            let multiple = f << downsamplings;
+            let spec = BucketSpec::new(res, cfg.min_bucket_reso, cfg.max_bucket_reso, cfg.bucket_reso_steps, multiple).map_err(TrainError::Input)?;
             let table = spec.resolutions();
             let mut placements = Vec::new();
             for (path, img, caption) in std::mem::take(&mut loaded) {
