@@ -319,8 +319,12 @@ mod tests {
         assert_eq!(l.conversions, ["grayscale → RGB"]);
         let l = decode(Path::new("t.png"), &gen::png_alpha(&gen::photo(16, 16, 5), true)).unwrap();
         assert!(l.source.transparent_pixels);
+        // The alpha is kept beside the RGB (masked_loss reads it): the left half is transparent.
+        let alpha = l.alpha.expect("transparent pixels keep their alpha");
+        assert_eq!((alpha.get_pixel(0, 0).0, alpha.get_pixel(15, 15).0), ([0], [255]));
         let l = decode(Path::new("o.png"), &gen::png_alpha(&gen::photo(16, 16, 5), false)).unwrap();
         assert!(l.source.has_alpha && !l.source.transparent_pixels);
+        assert!(l.alpha.is_none(), "a fully opaque alpha is no mask");
         assert_eq!(l.conversions, ["alpha dropped"]);
     }
 

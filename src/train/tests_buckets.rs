@@ -182,3 +182,13 @@ fn the_memory_preflight_counts_the_largest_buckets_pixels() {
     let ratio = bucketed.activations as f64 / square.activations as f64;
     assert!((ratio - 3840.0 / 4096.0).abs() < 1e-6, "{ratio}");
 }
+
+#[test]
+fn a_set_with_no_photo_large_enough_for_a_bucket_is_an_error_naming_the_way_out() {
+    let d = tempfile::tempdir().unwrap();
+    photo(&d.path().join("photos"), "tiny.png", 40, 20, 90);
+    let cfg = config(d.path(), "tiny-sd15", "");
+    let t = Trainer { cfg: &cfg, model_dir: pipeline_dir("tiny-sd15"), cache_dir: Some(d.path().join("cache")) };
+    let e = t.prepare(&mut |_| {}).err().expect("nothing to train on").to_string();
+    assert!(e.contains("no photo fits a bucket") && e.contains("bucketing: false"), "{e}");
+}

@@ -352,7 +352,8 @@ impl Trainer<'_> {
         }
 
         // Buckets from each photo's size alone, before any model is loaded: a photo too small for
-        // any is skipped by name, and the largest bucket sizes the memory preflight.
+        // any is skipped by name, and the largest bucket sizes the memory preflight (the square
+        // when none fits: a step that cannot fit is said first).
         let placements = if cfg.bucketing {
             let downsamplings = unet_json["down_block_types"].as_array().map_or(0, |b| b.len().saturating_sub(1));
             let multiple = f << downsamplings;
@@ -371,12 +372,6 @@ impl Trainer<'_> {
                         skipped.push((file_name(&path), reason));
                     }
                 }
-            }
-            if loaded.is_empty() {
-                return Err(TrainError::Input(format!(
-                    "{}: no photo fits a bucket (each was too small; see above): use larger photos, lower min_bucket_reso, or bucketing: false",
-                    cfg.dataset.display()
-                )));
             }
             let keys: Vec<(u32, u32)> = placements.iter().flatten().map(|p| (p.bucket.1, p.bucket.0)).collect();
             let list: Vec<String> = buckets::summary(&keys).iter().map(|b| format!("{}×{} ({})", b.width, b.height, b.count)).collect();
@@ -408,6 +403,12 @@ impl Trainer<'_> {
         // Memory, before any weight is loaded: the step's estimate against the device's free
         // memory decides `gradient_checkpointing: auto`, and a step that cannot fit stops here.
         let memory = self.memory_plan(&files, &device, dtype, res, f, largest)?;
+        if loaded.is_empty() {
+            return Err(TrainError::Input(format!(
+                "{}: no photo fits a bucket (each was too small; see above): use larger photos, lower min_bucket_reso, or bucketing: false",
+                cfg.dataset.display()
+            )));
+        }
         if let Some(note) = &memory.note {
             on(Event::Note(note.clone()));
         }
