@@ -2,9 +2,11 @@
 //! of about `resolution`² pixels whose sides are multiples of `bucket_reso_steps`
 //! (`make_bucket_resolutions` in kohya's `library/model_util.py`), each photo assigned to the one
 //! nearest its aspect ratio and resized to cover it (`BucketManager.select_bucket` in
-//! `library/train_util.py`), then cropped as little as possible. Photos are never upscaled
-//! (kohya's `--bucket_no_upscale`): a photo smaller than its bucket gets a bucket of its own size
-//! rounded down to the step, and one whose sides would fall below `min_bucket_reso` is skipped.
+//! `library/train_util.py`), then cropped as little as possible. Photos are never upscaled: a
+//! photo smaller than its bucket gets the bucket kohya's `--bucket_no_upscale` mode gives it (its
+//! own size rounded down to the step; kohya applies that mode to every photo, hfsky only where
+//! the shared buckets would upscale, so large photos still batch together), and one whose sides
+//! would fall below `min_bucket_reso` is skipped.
 //! Batches are drawn from one bucket at a time, in an order that depends only on (seed, step),
 //! so resuming continues exactly.
 

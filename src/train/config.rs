@@ -208,10 +208,11 @@ train_keys! {
     center_crop: bool = false,
     /// Also train on mirrored images (each step picks one of the two at random).
     random_flip: bool = false,
-    /// Aspect-ratio buckets (kohya's `enable_bucket` with `bucket_no_upscale`): each photo trains
-    /// at the bucket of about resolution² pixels nearest its shape, sides multiples of
-    /// `bucket_reso_steps`, resized to cover it and cropped as little as possible; each batch
-    /// comes from one bucket. false: every photo is cropped to a resolution² square. Default: true.
+    /// Aspect-ratio buckets (kohya's `enable_bucket`): each photo trains at the bucket of about
+    /// resolution² pixels nearest its shape, sides multiples of `bucket_reso_steps`, resized to
+    /// cover it and cropped as little as possible; one that would need upscaling gets its own
+    /// size rounded down instead (kohya's `bucket_no_upscale` rule); each batch comes from one
+    /// bucket. false: every photo is cropped to a resolution² square. Default: true.
     bucketing: bool = true,
     /// The smallest bucket side in pixels (kohya's name). Default: resolution / 2.
     min_bucket_reso: Option<usize>,
