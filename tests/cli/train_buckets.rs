@@ -45,3 +45,52 @@ fn mixed_aspect_photos_train_in_buckets_listed_in_the_summary() {
     assert_eq!(wide["original_size"], serde_json::json!({"width": 160, "height": 80}));
     assert_eq!(wide["crop_top_left"][0], 0, "{wide}");
 }
+
+/// Bucket assignment against kohya's rules restated with numpy (tests/conformance/kohya_buckets.py):
+/// 48 photo sizes from thumbnails to panoramas, through `dataset report`, which assigns buckets
+/// with the trainer's code.
+#[test]
+#[ignore = "needs the Python reference stack (HFSKY_PYREF_PYTHON, made by scripts/test.sh)"]
+fn bucket_assignment_matches_kohyas_rules_in_python() {
+    let python = pyref_python();
+    let env = Env::new("http://127.0.0.1:9");
+    let dir = env.dir.path().join("photos");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut state = 0x2545_f491_u32;
+    let mut next = |lo: u32, hi: u32| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        lo + state % (hi - lo)
+    };
+    let mut sizes = Vec::new();
+    for i in 0..48 {
+        let (w, h) = (next(24, 420), next(24, 420));
+        std::fs::write(dir.join(format!("p{i:02}.png")), gen::png(&image::RgbImage::from_pixel(w, h, image::Rgb([90, 120, 200])))).unwrap();
+        sizes.push((w, h));
+    }
+    let v = json(&env.run(&["--json", "dataset", "report", dir.to_str().unwrap(), "--resolution", "128", "--bucket-reso-steps", "16"]));
+    let mut ours = vec![serde_json::Value::Null; sizes.len()];
+    for b in v["buckets"].as_array().unwrap() {
+        for name in b["images"].as_array().unwrap() {
+            let i: usize = name.as_str().unwrap()[1..3].parse().unwrap();
+            ours[i] = serde_json::json!([b["width"], b["height"]]);
+        }
+    }
+    let query = serde_json::json!({"resolution": 128, "step": 16, "sizes": sizes});
+    let mut child = std::process::Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance/kohya_buckets.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(query.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let kohya: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (i, (k, o)) in kohya["buckets"].as_array().unwrap().iter().zip(&ours).enumerate() {
+        assert_eq!(k, o, "p{i:02}.png {}×{}", sizes[i].0, sizes[i].1);
+    }
+    assert!(ours.iter().any(|b| b.is_null()) && ours.iter().filter(|b| !b.is_null()).count() > 30, "{ours:?}");
+}
