@@ -25,3 +25,7 @@ pub const TRAINING_REPORT: &str = "report.html";
 /// The folder inside a dataset whose photos are held out of training for the validation loss
 /// (the Hub imagefolder layout's `validation` split).
 pub const VALIDATION_PHOTOS_DIR: &str = "validation";
+/// The suffix of a photo's loss mask beside it (`sky-1.jpg` → `sky-1.mask.png`), read with
+/// train.yaml's `masked_loss`: white pixels train, black ones are ignored. Such files are not
+/// photos of the dataset.
+pub const MASK_SUFFIX: &str = ".mask.png";

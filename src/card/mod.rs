@@ -414,6 +414,8 @@ pub(crate) mod tests {
             shuffle_tags: false,
             keep_tokens: 0,
             examples: vec![("a.jpg".into(), "a photo of SKY, orange sunset".into()), ("b.jpg".into(), "a photo of SKY, <purple> storm".into())],
+            buckets: Vec::new(),
+            example_buckets: Vec::new(),
             skipped: vec![("c.jpg".into(), "truncated".into())],
             final_loss: Some(0.1234),
             seconds: 10.0,

@@ -116,6 +116,12 @@ pub struct ReportArgs {
     /// The metadata column that holds the captions (default: the first of text, caption, prompt)
     #[arg(long)]
     caption_column: Option<String>,
+    /// The training resolution the aspect-ratio buckets are made for (train.yaml's `resolution`)
+    #[arg(long, default_value_t = 512)]
+    resolution: usize,
+    /// Bucket sides are multiples of this (train.yaml's `bucket_reso_steps`)
+    #[arg(long, default_value_t = 64)]
+    bucket_reso_steps: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -350,7 +356,8 @@ fn run_report(ctx: &Ctx, a: ReportArgs) -> anyhow::Result<()> {
     let images = list_images(&dir)?;
     let source = source_or_detect(&dir, &images, a.source);
     let loaded = load_captions(&dir, &images, source, a.caption_column.as_deref())?;
-    let r = report::build(&dir, &images, &loaded.captions)?;
+    let spec = hfsky::train::buckets::BucketSpec::new(a.resolution, None, None, a.bucket_reso_steps, 8).map_err(bad_input)?;
+    let r = report::build(&dir, &images, &loaded.captions, &spec)?;
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let html = report::html::render(&r)?;

@@ -162,7 +162,10 @@ fn per_image(out: &mut Vec<Finding>, m: &Measured, resolution: u32) {
         add(
             Kind::TooSmall,
             severity,
-            format!("{w}×{h}: the shorter side {short} px is below the training resolution {resolution}, so it is upscaled and trains blur"),
+            format!(
+                "{w}×{h}: the shorter side {short} px is below the training resolution {resolution}: aspect-ratio buckets train it in a smaller \
+                 bucket (or skip it under half the resolution), a square crop (bucketing: false) upscales it and trains blur"
+            ),
         );
     }
     let ratio = w.max(h) as f32 / short.max(1) as f32;
@@ -172,7 +175,11 @@ fn per_image(out: &mut Vec<Finding>, m: &Measured, resolution: u32) {
         add(
             Kind::Aspect,
             severity,
-            format!("{w}×{h} is {ratio:.2}:1: a square training crop keeps only {:.0}% of it; crop it yourself", 100.0 / ratio),
+            format!(
+                "{w}×{h} is {ratio:.2}:1: aspect-ratio buckets keep up to 4:1 ({:.0}% of it), a square training crop (bucketing: false) only {:.0}%",
+                100.0 * (4.0 / ratio).min(1.0),
+                100.0 / ratio
+            ),
         );
     } else if !camera {
         add(Kind::Aspect, Severity::Info, format!("{w}×{h} is {ratio:.2}:1, not a camera format: cropped, or stretched?"));

@@ -79,6 +79,7 @@ pub(super) fn decode(path: &Path, bytes: &[u8], kind: FileKind) -> Result<Loaded
     Ok(LoadedImage {
         original_size: rgb.dimensions(),
         rgb,
+        alpha: None,
         conversions,
         source: SourceInfo {
             format: kind,

@@ -16,6 +16,9 @@ pub struct LoadedImage {
     pub rgb: RgbImage,
     /// (width, height) after EXIF orientation, before any resizing.
     pub original_size: (u32, u32),
+    /// The alpha channel (after EXIF orientation) when some pixel is not fully opaque: the
+    /// photo's own loss mask under train.yaml's `masked_loss`.
+    pub alpha: Option<image::GrayImage>,
     /// What was done to reach 8-bit RGB, in words ("CMYK → RGB", "EXIF orientation 6 applied").
     pub conversions: Vec<String>,
     /// The same facts, structured, for `dataset check`.
@@ -160,9 +163,14 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<LoadedImage, ImageProblem> {
         conversions.push(format!("EXIF orientation {exif_orientation} applied"));
     }
     let rgb = img.to_rgb8();
+    let alpha = transparent_pixels.then(|| {
+        let la = img.to_luma_alpha8();
+        image::GrayImage::from_fn(la.width(), la.height(), |x, y| image::Luma([la.get_pixel(x, y).0[1]]))
+    });
     Ok(LoadedImage {
         original_size: rgb.dimensions(),
         rgb,
+        alpha,
         conversions,
         source: SourceInfo { format: kind_of(format), color, cmyk, bits_per_channel, has_alpha, transparent_pixels, exif_orientation },
     })
@@ -311,8 +319,12 @@ mod tests {
         assert_eq!(l.conversions, ["grayscale → RGB"]);
         let l = decode(Path::new("t.png"), &gen::png_alpha(&gen::photo(16, 16, 5), true)).unwrap();
         assert!(l.source.transparent_pixels);
+        // The alpha is kept beside the RGB (masked_loss reads it): the left half is transparent.
+        let alpha = l.alpha.expect("transparent pixels keep their alpha");
+        assert_eq!((alpha.get_pixel(0, 0).0, alpha.get_pixel(15, 15).0), ([0], [255]));
         let l = decode(Path::new("o.png"), &gen::png_alpha(&gen::photo(16, 16, 5), false)).unwrap();
         assert!(l.source.has_alpha && !l.source.transparent_pixels);
+        assert!(l.alpha.is_none(), "a fully opaque alpha is no mask");
         assert_eq!(l.conversions, ["alpha dropped"]);
     }
 

@@ -114,6 +114,10 @@ pub fn scan(dir: &Path) -> Result<Scan, DatasetError> {
             continue;
         }
         let path = entry.into_path();
+        // A loss mask beside its photo (`masked_loss`) is not a photo of the set.
+        if path.file_name().is_some_and(|n| n.to_string_lossy().to_ascii_lowercase().ends_with(crate::names::MASK_SUFFIX)) {
+            continue;
+        }
         let ext = extension(&path).unwrap_or_default();
         let photo_name = IMAGE_EXTENSIONS.contains(&ext.as_str()) || UNSUPPORTED_EXTENSIONS.contains(&ext.as_str());
         if RAW_EXTENSIONS.contains(&ext.as_str()) {

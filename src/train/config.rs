@@ -249,6 +249,22 @@ train_keys! {
     center_crop: bool = false,
     /// Also train on mirrored images (each step picks one of the two at random).
     random_flip: bool = false,
+    /// Aspect-ratio buckets (kohya's `enable_bucket`): each photo trains at the bucket of about
+    /// resolution² pixels nearest its shape, sides multiples of `bucket_reso_steps`, resized to
+    /// cover it and cropped as little as possible; one that would need upscaling gets its own
+    /// size rounded down instead (kohya's `bucket_no_upscale` rule); each batch comes from one
+    /// bucket. false: every photo is cropped to a resolution² square. Default: true.
+    bucketing: bool = true,
+    /// The smallest bucket side in pixels (kohya's name). Default: resolution / 2.
+    min_bucket_reso: Option<usize>,
+    /// The largest bucket side in pixels (kohya's name). Default: 2 × resolution.
+    max_bucket_reso: Option<usize>,
+    /// Bucket sides are multiples of this many pixels (kohya's name). Default: 64.
+    bucket_reso_steps: usize = 64,
+    /// Weight the loss per latent pixel by a mask (kohya's `masked_loss`): `photo.mask.png`
+    /// beside each photo (white trains, black is ignored), else the photo's alpha channel; a
+    /// photo with neither trains unmasked. Default: false.
+    masked_loss: bool = false,
     /// LoRA rank. Default: 4.
     rank: usize = 4,
     /// LoRA alpha; the update is scaled by alpha / rank. Default: = rank.

@@ -1,17 +1,19 @@
 //! Training examples: each photo resized (shorter side to the resolution), optionally mirrored,
-//! cropped to a square — as diffusers' DreamBooth SDXL script does it, including the crop's
+//! cropped to a square (or, with `bucketing`, to its aspect-ratio bucket: [`super::buckets`]) — as diffusers' DreamBooth SDXL script does it, including the crop's
 //! top-left and the original size that SDXL's time_ids are built from — then encoded by the VAE
 //! once. The latent distribution (mean, std) is cached on disk under a key made of the image's
-//! sha256, the VAE's identity, the resolution, crop box and mirroring, so later runs skip the VAE.
+//! sha256, the VAE's identity, the crop's size, resize, offset and mirroring, so later runs skip the VAE.
 
 use crate::diffusion::autoencoder::AutoencoderKl;
 use candle_core::{DType, Device, Tensor};
 use image::imageops::FilterType;
-use image::RgbImage;
+use image::{ImageBuffer, RgbImage};
 use rand::Rng;
 use std::path::{Path, PathBuf};
 
-/// Where the square crop came from.
+/// Where a training crop came from: SDXL's micro-conditioning (`original_size`,
+/// `crops_coords_top_left`, `target_size`, all (height, width) / (top, left) as diffusers'
+/// `add_time_ids` orders them) and what it takes to cut the same crop again (a mask follows it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CropBox {
     /// (height, width) of the photo after EXIF orientation, before resizing.
@@ -19,6 +21,10 @@ pub struct CropBox {
     /// (top, left) of the crop in the resized image (for a mirrored image: in mirrored coordinates).
     pub top_left: (u32, u32),
     pub mirrored: bool,
+    /// (height, width) the photo is resized to before the crop.
+    pub resized_size: (u32, u32),
+    /// (height, width) of the crop: the square resolution, or the photo's bucket.
+    pub target_size: (u32, u32),
 }
 
 /// torchvision `Resize(res)`: the shorter side becomes `res`, the longer `int(res·long/short)`.
@@ -46,17 +52,29 @@ pub fn pick_offset(w: u32, h: u32, res: u32, center: bool, rng: &mut impl Rng) -
 /// does: in mirrored coordinates for a mirrored image.
 pub fn crop_at(img: &RgbImage, res: u32, offset: (u32, u32), mirror: bool) -> (RgbImage, CropBox) {
     let (w, h) = img.dimensions();
+    let b = square_box(w, h, res, offset, mirror);
+    (cut(img, &b), b)
+}
+
+/// The box [`crop_at`] cuts from a `w`×`h` photo.
+pub fn square_box(w: u32, h: u32, res: u32, offset: (u32, u32), mirror: bool) -> CropBox {
     let (nw, nh) = resized_size(w, h, res);
-    let resized = if (nw, nh) == (w, h) { img.clone() } else { image::imageops::resize(img, nw, nh, FilterType::Triangle) };
-    let (top, mut left) = offset;
-    let resized = if mirror {
-        left = nw - res - left;
-        image::imageops::flip_horizontal(&resized)
-    } else {
-        resized
-    };
-    let crop = image::imageops::crop_imm(&resized, left, top, res, res).to_image();
-    (crop, CropBox { original_size: (h, w), top_left: (top, left), mirrored: mirror })
+    let (top, left) = offset;
+    let left = if mirror { nw - res - left } else { left };
+    CropBox { original_size: (h, w), top_left: (top, left), mirrored: mirror, resized_size: (nh, nw), target_size: (res, res) }
+}
+
+/// The crop `b` describes, cut from `img` (the photo, or its mask: any pixel type): resized
+/// (triangle filter) to `b.resized_size`, mirrored if `b.mirrored`, cropped at `b.top_left`.
+pub fn cut<P>(img: &ImageBuffer<P, Vec<P::Subpixel>>, b: &CropBox) -> ImageBuffer<P, Vec<P::Subpixel>>
+where
+    P: image::Pixel + 'static,
+    P::Subpixel: 'static,
+{
+    let (nh, nw) = b.resized_size;
+    let resized = if (nw, nh) == img.dimensions() { img.clone() } else { image::imageops::resize(img, nw, nh, FilterType::Triangle) };
+    let resized = if b.mirrored { image::imageops::flip_horizontal(&resized) } else { resized };
+    image::imageops::crop_imm(&resized, b.top_left.1, b.top_left.0, b.target_size.1, b.target_size.0).to_image()
 }
 
 /// RGB bytes → [1, 3, H, W] in [-1, 1].
@@ -66,9 +84,11 @@ pub fn to_tensor(img: &RgbImage, device: &Device) -> candle_core::Result<Tensor>
     Tensor::from_vec(data, (h as usize, w as usize, 3), device)?.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()
 }
 
-/// SDXL's add_time_ids for a crop: original (h, w), crop (top, left), target (h, w).
-pub fn time_ids(b: &CropBox, res: u32) -> [f32; 6] {
-    [b.original_size.0 as f32, b.original_size.1 as f32, b.top_left.0 as f32, b.top_left.1 as f32, res as f32, res as f32]
+/// SDXL's add_time_ids for a crop: original (h, w), crop (top, left), target (h, w), as
+/// diffusers' train_dreambooth_lora_sdxl.py `compute_time_ids` and kohya's sdxl_train_util build them.
+pub fn time_ids(b: &CropBox) -> [f32; 6] {
+    let (o, c, t) = (b.original_size, b.top_left, b.target_size);
+    [o.0 as f32, o.1 as f32, c.0 as f32, c.1 as f32, t.0 as f32, t.1 as f32]
 }
 
 /// The latent distribution of one prepared image.
@@ -111,8 +131,19 @@ impl LatentCache {
         LatentCache { dir, vae_id, hits: 0, misses: 0 }
     }
 
-    fn key(&self, image_sha: &str, res: u32, b: &CropBox) -> String {
-        let raw = format!("{image_sha}|{}|{res}|{:?}|{:?}|{}", self.vae_id, b.original_size, b.top_left, b.mirrored);
+    /// The crop's identity from explicit fields (sizes as `{w}x{h}`, the crop as `top,left`), so
+    /// the key does not change with a `Debug` format.
+    fn key(&self, image_sha: &str, b: &CropBox) -> String {
+        let size = |(h, w): (u32, u32)| format!("{w}x{h}");
+        let raw = format!(
+            "{image_sha}|{}|target {}|resized {}|crop {},{}|mirrored {}",
+            self.vae_id,
+            size(b.target_size),
+            size(b.resized_size),
+            b.top_left.0,
+            b.top_left.1,
+            b.mirrored
+        );
         crate::hash::sha256_hex(raw.as_bytes())
     }
 
@@ -121,12 +152,11 @@ impl LatentCache {
         &mut self,
         vae: &AutoencoderKl,
         image_sha: &str,
-        res: u32,
         b: &CropBox,
         crop: &RgbImage,
         device: &Device,
     ) -> Result<CachedLatents, CacheError> {
-        let key = self.key(image_sha, res, b);
+        let key = self.key(image_sha, b);
         let path = self.dir.join(&key[..2]).join(format!("{key}.safetensors"));
         if let Ok(t) = candle_core::safetensors::load(&path, device) {
             if let (Some(mean), Some(std)) = (t.get("mean"), t.get("std")) {
@@ -171,8 +201,8 @@ mod tests {
         assert_eq!(pick_offset(200, 100, 64, true, &mut rng), (0, 32));
         let (c, b) = crop_at(&img, 64, (0, 10), false);
         assert_eq!(c.dimensions(), (64, 64));
-        assert_eq!(b, CropBox { original_size: (100, 200), top_left: (0, 10), mirrored: false });
-        assert_eq!(time_ids(&b, 64), [100.0, 200.0, 0.0, 10.0, 64.0, 64.0]);
+        assert_eq!(b, CropBox { original_size: (100, 200), top_left: (0, 10), mirrored: false, resized_size: (64, 128), target_size: (64, 64) });
+        assert_eq!(time_ids(&b), [100.0, 200.0, 0.0, 10.0, 64.0, 64.0]);
         for _ in 0..20 {
             let (t, l) = pick_offset(200, 100, 64, false, &mut rng);
             assert!(t == 0 && l <= 64);

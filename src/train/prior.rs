@@ -64,8 +64,8 @@ pub(super) fn class_examples(
         let (w, h) = img.rgb.dimensions();
         let offset = pick_offset(w, h, res as u32, true, &mut super::objective::step_rng(0, 0, 0));
         let (crop, b) = crop_at(&img.rgb, res as u32, offset, false);
-        let lat = cache.get_or_encode(pipeline.vae()?, &file_sha(&path)?, res as u32, &b, &crop, device)?;
-        out.push(Example { variants: vec![(lat, b)], prompt });
+        let lat = cache.get_or_encode(pipeline.vae()?, &file_sha(&path)?, &b, &crop, device)?;
+        out.push(Example { variants: vec![(lat, b, None)], prompt });
     }
     if out.is_empty() {
         return Err(TrainError::Input(format!("class_data_dir: {} holds no usable class images", dir.display())));

@@ -52,7 +52,7 @@ fn loss_falls_on_a_fixed_batch() {
         for _ in 0..25 {
             // The same draws every time: a fixed batch, noise and timesteps.
             let mut rng = step_rng(1, 0, 0);
-            let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, None, scaling, None, p.res, p.xl, &mut rng).unwrap();
+            let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, None, scaling, None, p.xl, &mut rng).unwrap();
             losses.push(loss.to_scalar::<f32>().unwrap());
             let g = loss.backward().unwrap();
             let grads: Vec<_> = vars.iter().map(|v| g.get(v.as_tensor()).cloned()).collect();
@@ -93,7 +93,7 @@ fn factor_gradients_for(model: &str, checkpointing: bool, targets: &[&str]) -> V
     nonzero_b(lora.modules.values());
     let mut rng = step_rng(1, 0, 0);
     let scaling = p.pipeline.vae_config().scaling_factor;
-    let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, None, scaling, None, p.res, p.xl, &mut rng).unwrap();
+    let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, None, scaling, None, p.xl, &mut rng).unwrap();
     let g = loss.backward().unwrap();
     lora.vars().iter().map(|v| g.get(v.as_tensor()).cloned().expect("every factor gets a gradient")).collect()
 }
@@ -256,7 +256,7 @@ fn text_encoder_training_saves_and_resumes() {
         nonzero_b(unet.modules.values().chain(tes.iter().flat_map(|l| l.modules.values())));
         let mut rng = step_rng(1, 0, 0);
         let scaling = p.pipeline.vae_config().scaling_factor;
-        let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, None, scaling, None, p.res, p.xl, &mut rng).unwrap();
+        let loss = batch_loss(&p.pipeline, &p.objective, &p.examples, &[0, 1], &p.prompts, None, scaling, None, p.xl, &mut rng).unwrap();
         let g = loss.backward().unwrap();
         for l in std::iter::once(&unet).chain(&tes) {
             for (m, pair) in &l.modules {
@@ -392,7 +392,7 @@ fn held_out_photos_never_train_and_their_loss_is_deterministic() {
         .map(|(k, &t)| {
             let at = Objective { timestep: Some(t), ..p.objective.clone() };
             let mut rng = step_rng(cfg.seed, 0x7A11_D055, k as u64);
-            batch_loss(&p.pipeline, &at, &p.held_out.examples, &[0], &p.prompts, None, scaling, None, p.res, p.xl, &mut rng)
+            batch_loss(&p.pipeline, &at, &p.held_out.examples, &[0], &p.prompts, None, scaling, None, p.xl, &mut rng)
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap()

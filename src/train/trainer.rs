@@ -5,9 +5,10 @@
 //! validation images. A step's randomness and data order depend only on (seed, step), so
 //! `resume_from_checkpoint: latest` continues exactly where an interrupted run was.
 
+use super::buckets::{self, BucketSpec};
 use super::checkpoint::{self, Checkpoint};
 use super::config::{CaptionSource, Precision, ResolvedPrecision, TrainConfig};
-use super::examples::{crop_at, default_cache_dir, file_sha, pick_offset, time_ids, CacheError, CachedLatents, CropBox, LatentCache};
+use super::examples::{cut, default_cache_dir, file_sha, pick_offset, square_box, time_ids, CacheError, CachedLatents, CropBox, LatentCache};
 use super::lora_params::TrainableLora;
 use super::loss_scale::LossScaler;
 use super::memory::{self, MemoryPlan, StepShape};
@@ -86,10 +87,11 @@ pub enum Event {
     ValidationLoss { step: usize, loss: f32 },
 }
 
-/// One prepared example: latent distributions (plain, and mirrored when random_flip) and the
-/// index of its prompt embedding.
+/// One prepared example: latent distributions (plain, and mirrored when random_flip), each with
+/// its crop and, with `masked_loss`, its mask on the latent grid ([1, h, w]); and the index of its
+/// prompt embedding.
 pub(super) struct Example {
-    pub(super) variants: Vec<(CachedLatents, CropBox)>,
+    pub(super) variants: Vec<(CachedLatents, CropBox, Option<Tensor>)>,
     pub(super) prompt: usize,
 }
 
@@ -237,6 +239,13 @@ pub struct TrainSummary {
     pub keep_tokens: usize,
     /// (file, training prompt) for every image trained on.
     pub examples: Vec<(String, String)>,
+    /// The buckets trained on and how many photos each holds, the most first (one square with
+    /// `bucketing: false`).
+    #[serde(default)]
+    pub buckets: Vec<buckets::BucketCount>,
+    /// Each trained photo's bucket, original size and crop, in the order of `examples`.
+    #[serde(default)]
+    pub example_buckets: Vec<buckets::ExampleBucket>,
     pub skipped: Vec<(String, String)>,
     pub final_loss: Option<f32>,
     pub seconds: f64,
@@ -343,7 +352,7 @@ impl Trainer<'_> {
             .map_err(|e| TrainError::Input(e.to_string()))?;
         on(Event::Note(found.describe()));
         let (caption_source, captions) = (found.source, found.captions);
-        let mut loaded = Vec::new();
+        let mut loaded: Vec<(PathBuf, dataset::images::LoadedImage, Option<String>)> = Vec::new();
         let mut skipped = Vec::new();
         for (path, caption) in images.iter().zip(captions) {
             match dataset::images::load_rgb(path) {
@@ -377,10 +386,6 @@ impl Trainer<'_> {
             }
         }
 
-        // Held-out photos go last and are prepared with the others, then split off below.
-        let (loaded, held_plan) =
-            validation_loss::hold_out(dataset_dir, cfg.validation_split, cfg.seed, loaded, |(p, _, _)| p.as_path()).map_err(TrainError::Input)?;
-
         // Resolution from the configs alone, so prompts can be encoded before the UNet is loaded.
         let unet_json: serde_json::Value = files.config("unet").map_err(GenerateError::from)?;
         let vae_dir = files.component("vae").map_err(GenerateError::from)?;
@@ -391,11 +396,78 @@ impl Trainer<'_> {
             return Err(TrainError::Input(format!("resolution: {res} is not a multiple of the VAE's downscale factor {f}")));
         }
 
+        // Buckets from each photo's size alone, before any model is loaded: a photo too small for
+        // any is skipped by name, and the largest bucket sizes the memory preflight (the square
+        // when none fits: a step that cannot fit is said first).
+        let placements = if cfg.bucketing {
+            let downsamplings = unet_json["down_block_types"].as_array().map_or(0, |b| b.len().saturating_sub(1));
+            let multiple = f << downsamplings;
+            let spec = BucketSpec::new(res, cfg.min_bucket_reso, cfg.max_bucket_reso, cfg.bucket_reso_steps, multiple).map_err(TrainError::Input)?;
+            let table = spec.resolutions();
+            let mut placements = Vec::new();
+            for (path, img, caption) in std::mem::take(&mut loaded) {
+                let (w, h) = img.rgb.dimensions();
+                match spec.place(&table, w, h) {
+                    Ok(p) => {
+                        placements.push(Some(p));
+                        loaded.push((path, img, caption));
+                    }
+                    Err(reason) => {
+                        on(Event::Skipped { file: path.clone(), reason: reason.clone() });
+                        skipped.push((file_name(&path), reason));
+                    }
+                }
+            }
+            let keys: Vec<(u32, u32)> = placements.iter().flatten().map(|p| (p.bucket.1, p.bucket.0)).collect();
+            let list: Vec<String> = buckets::summary(&keys).iter().map(|b| format!("{}×{} ({})", b.width, b.height, b.count)).collect();
+            on(Event::Note(format!("aspect-ratio buckets at {res} px: {}", list.join(", "))));
+            placements
+        } else {
+            vec![None; loaded.len()]
+        };
+        let largest = placements.iter().flatten().map(|p| p.bucket.0 as usize * p.bucket.1 as usize).max().unwrap_or(res * res);
+        let masks = if cfg.masked_loss {
+            let mut masks = Vec::new();
+            for (path, img, _) in &loaded {
+                masks.push(super::mask::load(path, img.rgb.dimensions(), img.alpha.as_ref()).map_err(TrainError::Input)?);
+            }
+            let bare: Vec<String> = loaded.iter().zip(&masks).filter(|(_, m)| m.is_none()).map(|((p, _, _), _)| file_name(p)).collect();
+            if !bare.is_empty() {
+                on(Event::Note(format!(
+                    "masked_loss: {} photo(s) have no mask ({} beside them or transparent pixels) and train unmasked, as kohya does: {}",
+                    bare.len(),
+                    crate::names::MASK_SUFFIX,
+                    bare.join(", ")
+                )));
+            }
+            masks
+        } else {
+            vec![None; loaded.len()]
+        };
+
         // Memory, before any weight is loaded: the step's estimate against the device's free
         // memory decides `gradient_checkpointing: auto`, and a step that cannot fit stops here.
-        let memory = self.memory_plan(&files, &device, dtype, res, f)?;
+        let memory = self.memory_plan(&files, &device, dtype, res, f, largest)?;
+        if loaded.is_empty() {
+            return Err(TrainError::Input(format!(
+                "{}: no photo fits a bucket (each was too small; see above): use larger photos, lower min_bucket_reso, or bucketing: false",
+                cfg.dataset.display()
+            )));
+        }
         if let Some(note) = &memory.note {
             on(Event::Note(note.clone()));
+        }
+
+        // Held-out photos go last and are prepared with the others, then split off below. They are
+        // chosen among the photos that fit a bucket, so a photo skipped as too small is never one.
+        let items: Vec<_> = loaded.into_iter().zip(placements).zip(masks).map(|((l, p), m)| (l, p, m)).collect();
+        let (items, held_plan) = validation_loss::hold_out(dataset_dir, cfg.validation_split, cfg.seed, items, |((p, _, _), _, _)| p.as_path())
+            .map_err(TrainError::Input)?;
+        let (mut loaded, mut placements, mut masks) = (Vec::new(), Vec::new(), Vec::new());
+        for (l, p, m) in items {
+            loaded.push(l);
+            placements.push(p);
+            masks.push(m);
         }
 
         // Encode captions (and the validation prompt) once, before the UNet is loaded, and drop
@@ -447,11 +519,21 @@ impl Trainer<'_> {
             let mirrors: &[bool] = if cfg.random_flip { &[false, true] } else { &[false] };
             // One crop offset per image, drawn from the seed, since the latents are cached.
             let (w, h) = img.rgb.dimensions();
-            let offset = pick_offset(w, h, res as u32, cfg.center_crop, &mut crop_rng);
+            let boxes: Vec<CropBox> = match &placements[i] {
+                Some(p) => {
+                    let offset = buckets::pick_crop(p, cfg.center_crop, &mut crop_rng);
+                    mirrors.iter().map(|&m| buckets::crop_box((w, h), p, offset, m)).collect()
+                }
+                None => {
+                    let offset = pick_offset(w, h, res as u32, cfg.center_crop, &mut crop_rng);
+                    mirrors.iter().map(|&m| square_box(w, h, res as u32, offset, m)).collect()
+                }
+            };
             let mut variants = Vec::new();
-            for &m in mirrors {
-                let (crop, b) = crop_at(&img.rgb, res as u32, offset, m);
-                variants.push((cache.get_or_encode(pipeline.vae()?, &sha, res as u32, &b, &crop, &device)?, b));
+            for b in boxes {
+                let latents = cache.get_or_encode(pipeline.vae()?, &sha, &b, &cut(&img.rgb, &b), &device)?;
+                let mask = masks[i].as_ref().map(|m| super::mask::latent_mask(m, &b, f as u32, &device)).transpose()?;
+                variants.push((latents, b, mask));
             }
             examples.push(Example { variants, prompt: p });
         }
@@ -485,7 +567,17 @@ impl Trainer<'_> {
     /// [`memory::plan`] for this run: the UNet's parameter count and the LoRA's from the weight
     /// headers (nothing is loaded), the device's free memory, and the step's shape (prior
     /// preservation doubles the batch held for one backward pass).
-    fn memory_plan(&self, files: &PipelineFiles, device: &Device, dtype: DType, res: usize, downscale: usize) -> Result<MemoryPlan, TrainError> {
+    /// `largest` is the largest bucket's pixel count (resolution² without buckets): activations
+    /// grow with it.
+    fn memory_plan(
+        &self,
+        files: &PipelineFiles,
+        device: &Device,
+        dtype: DType,
+        res: usize,
+        downscale: usize,
+        largest: usize,
+    ) -> Result<MemoryPlan, TrainError> {
         let cfg = self.cfg;
         let unet_dir = files.component("unet").map_err(GenerateError::from)?;
         let ucfg = crate::diffusion::unet::UNetConfig::from_file(&unet_dir.join("config.json")).map_err(GenerateError::from)?;
@@ -532,8 +624,11 @@ impl Trainer<'_> {
             let gpu = crate::devices::cuda().devices.into_iter().next();
             (gpu.as_ref().and_then(|d| d.memory_free_bytes), gpu.map(|d| format!("GPU ({})", d.name)).unwrap_or_else(|| "GPU".into()))
         };
+        let bucket_ratio = largest as f64 / (res * res) as f64;
         Ok(memory::plan(cfg.gradient_checkpointing, shape, available, &what, !device.is_cpu(), |s| {
-            memory::estimate_plan(&plan, unet_params, lora_params, downscale, s)
+            let mut m = memory::estimate_plan(&plan, unet_params, lora_params, downscale, s);
+            m.activations = (m.activations as f64 * bucket_ratio) as u64;
+            m
         })?)
     }
 
@@ -584,8 +679,12 @@ impl Trainer<'_> {
         }
 
         let per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps;
+        // Each example's bucket, (h, w): batches are drawn from one at a time.
+        let bucket_keys: Vec<(u32, u32)> = examples.iter().map(|e| e.variants[0].1.target_size).collect();
+        let batches_per_epoch = buckets::batches_per_epoch(&bucket_keys, cfg.train_batch_size);
         let total_steps = match (cfg.max_steps, cfg.num_epochs) {
             (Some(s), _) => s,
+            (None, Some(e)) if cfg.bucketing => (e * batches_per_epoch).div_ceil(cfg.gradient_accumulation_steps),
             (None, Some(e)) => (e * examples.len()).div_ceil(per_step),
             (None, None) => 500,
         };
@@ -628,13 +727,17 @@ impl Trainer<'_> {
             for micro in 0..cfg.gradient_accumulation_steps {
                 let first = (step * cfg.gradient_accumulation_steps + micro) * cfg.train_batch_size;
                 let mut rng = step_rng(cfg.seed, step as u64, micro as u64);
-                let idx: Vec<usize> = (first..first + cfg.train_batch_size).map(|k| epoch_order(cfg.seed, k, examples.len())).collect();
+                let idx: Vec<usize> = if cfg.bucketing {
+                    buckets::micro_batch(cfg.seed, step * cfg.gradient_accumulation_steps + micro, &bucket_keys, cfg.train_batch_size)
+                } else {
+                    (first..first + cfg.train_batch_size).map(|k| epoch_order(cfg.seed, k, examples.len())).collect()
+                };
                 let keys = super::caption_augment::SampleKeys { step: step as u64, first: first as u64 };
-                let mut loss = batch_loss(&pipeline, &objective, &examples, &idx, &prompts, Some(keys), scaling, shift, res, xl, &mut rng)?;
+                let mut loss = batch_loss(&pipeline, &objective, &examples, &idx, &prompts, Some(keys), scaling, shift, xl, &mut rng)?;
                 if !class_examples.is_empty() {
                     let cidx: Vec<usize> =
                         (first..first + cfg.train_batch_size).map(|k| epoch_order(cfg.seed ^ 0xC1A55, k, class_examples.len())).collect();
-                    let prior = batch_loss(&pipeline, &objective, &class_examples, &cidx, &prompts, None, scaling, shift, res, xl, &mut rng)?;
+                    let prior = batch_loss(&pipeline, &objective, &class_examples, &cidx, &prompts, None, scaling, shift, xl, &mut rng)?;
                     loss = (loss + (prior * cfg.prior_loss_weight)?)?;
                 }
                 let loss = (loss / cfg.gradient_accumulation_steps as f64)?;
@@ -728,7 +831,11 @@ impl Trainer<'_> {
             instance_prompt: cfg.instance_prompt.clone(),
             resolution: res,
             steps: total_steps,
-            epochs: (total_steps * per_step) as f64 / examples.len() as f64,
+            epochs: if cfg.bucketing {
+                (total_steps * cfg.gradient_accumulation_steps) as f64 / batches_per_epoch as f64
+            } else {
+                (total_steps * per_step) as f64 / examples.len() as f64
+            },
             rank: cfg.rank,
             alpha,
             target_modules: cfg.target_modules.clone(),
@@ -746,6 +853,12 @@ impl Trainer<'_> {
             caption_dropout: cfg.caption_dropout,
             shuffle_tags: cfg.shuffle_tags,
             keep_tokens: cfg.keep_tokens,
+            buckets: buckets::summary(&bucket_keys),
+            example_buckets: trained_on
+                .iter()
+                .zip(&examples)
+                .map(|((file, _), e)| buckets::ExampleBucket::new(file.clone(), &e.variants[0].1))
+                .collect(),
             examples: trained_on,
             skipped,
             final_loss,
@@ -792,7 +905,6 @@ pub(super) fn batch_loss(
     keys: Option<super::caption_augment::SampleKeys>,
     scaling: f64,
     shift: Option<f64>,
-    res: usize,
     xl: bool,
     rng: &mut rand::rngs::StdRng,
 ) -> Result<Tensor, TrainError> {
@@ -802,21 +914,31 @@ pub(super) fn batch_loss(
     let mut seq = Vec::new();
     let mut pooled = Vec::new();
     let mut ids = Vec::new();
+    let mut masks = Vec::new();
     for (j, &i) in idx.iter().enumerate() {
         let ex = &examples[i];
-        let (lat, b) = &ex.variants[if ex.variants.len() > 1 { rng.random_range(0..ex.variants.len()) } else { 0 }];
+        let (lat, b, mask) = &ex.variants[if ex.variants.len() > 1 { rng.random_range(0..ex.variants.len()) } else { 0 }];
+        masks.push(mask.clone());
         let eps = normal(rng, lat.mean.dims(), device)?;
         latents.push(lat.sample(&eps, scaling, shift)?.unsqueeze(0)?);
         let (s, p) = prompts.embeddings_for(ex.prompt, keys.map(|k| (k.step, k.first + j as u64)))?;
         seq.push(s);
         pooled.extend(p);
-        ids.push(Tensor::new(&[time_ids(b, res as u32)], device)?);
+        ids.push(Tensor::new(&[time_ids(b)], device)?);
     }
     let latents = Tensor::cat(&latents, 0)?;
     let nb = objective.noise(&latents, rng)?;
     let added = if xl { Some(SdxlConditioning { text_embeds: Tensor::cat(&pooled, 0)?, time_ids: Tensor::cat(&ids, 0)? }) } else { None };
     let pred = pipeline.unet.forward(&nb.noisy, &nb.timesteps, &Tensor::cat(&seq, 0)?, added.as_ref())?;
-    Ok(weighted_mse(&pred, &nb.target, &nb.weights)?)
+    // Without a mask in the batch the plain MSE (what an all-ones mask gives exactly); a photo
+    // without one beside masked ones weighs all ones, as kohya's missing mask does.
+    if masks.iter().all(Option::is_none) {
+        return Ok(weighted_mse(&pred, &nb.target, &nb.weights)?);
+    }
+    let (_, _, h, w) = latents.dims4()?;
+    let ones = Tensor::ones((1, h, w), DType::F32, device)?;
+    let masks: Vec<Tensor> = masks.into_iter().map(|m| m.unwrap_or_else(|| ones.clone()).unsqueeze(0)).collect::<Result<_, _>>()?;
+    Ok(super::mask::masked_weighted_mse(&pred, &nb.target, &Tensor::cat(&masks, 0)?, &nb.weights)?)
 }
 
 /// Renders the validation prompt for seeds seed..seed+n into `dir`; the returned settings name the

@@ -171,7 +171,7 @@ impl HeldOut {
                 let mut rng = step_rng(seed, STREAM, (i * TIMESTEPS + k) as u64);
                 // One photo at a time: photos of different sizes cannot share a batch, and a
                 // validation pass never holds more than a training micro-batch does.
-                let loss = batch_loss(pipeline, &at, &self.examples, &[i], prompts, None, scaling, shift, res, xl, &mut rng)?;
+                let loss = batch_loss(pipeline, &at, &self.examples, &[i], prompts, None, scaling, shift, xl, &mut rng)?;
                 sum += f64::from(loss.to_scalar::<f32>()?);
             }
         }

@@ -323,7 +323,29 @@ fn report_on_the_bundled_sky_photos() {
     let t = tempfile::tempdir().unwrap();
     let out = ok(&run(&["dataset", "report", p(&sky_photos()), "--out", p(t.path())]));
     assert!(out.contains("11 images") && out.contains("colour clusters:"), "{out}");
+    assert!(out.contains("buckets at 512 px: 640×384 (9)"), "{out}");
     assert!(t.path().join("report.html").is_file());
+    // In a browser every thumbnail (11 under the buckets, more under the colour clusters) loads.
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+    else {
+        assert!(std::env::var_os("HFSKY_TEST_BROWSER").is_none(), "HFSKY_TEST_BROWSER is set but no chromium is installed");
+        return;
+    };
+    let probe = "<script>addEventListener('load',()=>{const b=[...document.images].filter(i=>!(i.complete&&i.naturalWidth>0)).length;\
+        document.documentElement.setAttribute('data-check',document.images.length+'/'+b);});</script></body>";
+    let page = t.path().join("check.html");
+    std::fs::write(&page, std::fs::read_to_string(t.path().join("report.html")).unwrap().replace("</body>", probe)).unwrap();
+    let o = std::process::Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000", "--dump-dom"])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&o.stdout);
+    let check = dom.split("data-check=\"").nth(1).and_then(|r| r.split('"').next()).expect("the page's load check ran");
+    let (shown, broken) = check.split_once('/').unwrap();
+    assert!(shown.parse::<usize>().unwrap() > 11 && broken == "0", "images shown/broken: {check}");
 }
 
 #[test]

@@ -25,3 +25,4 @@ mod python_lora_interop;
 mod snapshots;
 mod torch_noise;
 mod train;
+mod train_buckets;

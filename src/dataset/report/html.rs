@@ -7,5 +7,5 @@ const PAGE: (&str, &str) = ("dataset_report.html.j2", include_str!("../../../tem
 pub fn render(report: &Report) -> Result<String, minijinja::Error> {
     let mut env = crate::html::environment();
     env.add_template(PAGE.0, PAGE.1)?;
-    env.get_template(PAGE.0)?.render(minijinja::context! { r => report })
+    env.get_template(PAGE.0)?.render(minijinja::context! { r => report, thumbs => report.thumbnails })
 }

@@ -1,5 +1,7 @@
 //! `dataset report`: what the set will teach, before training. Colour clusters and their
-//! blends, the hue histogram, composition, and caption vocabulary, as JSON and HTML.
+//! blends, the hue histogram, composition, caption vocabulary, and the aspect-ratio buckets
+//! training will use ([`crate::train::buckets`]) with a thumbnail of each photo cropped as
+//! training crops it, as JSON and HTML.
 
 pub mod clusters;
 pub mod html;
@@ -12,6 +14,7 @@ use crate::imagestats::colour::{hsv, Lab};
 use crate::imagestats::composition::{self, Composition};
 use crate::imagestats::hue::{self, HueBin};
 use crate::imagestats::{kmeans, thumbnail};
+use crate::train::buckets::{self, BucketSpec, Placement};
 use clusters::{Blend, Cluster, HUE_BINS};
 use std::path::{Path, PathBuf};
 use vocabulary::Vocabulary;
@@ -22,6 +25,8 @@ const THUMB: u32 = 96;
 const SAMPLES_PER_IMAGE: usize = 600;
 /// Total k-means points, so 1,000 photos cluster as fast as 100.
 const MAX_SAMPLES: usize = 60_000;
+/// The longer side of a photo's thumbnail in the HTML page.
+const THUMB_PX: u32 = 120;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -38,7 +43,26 @@ pub struct Report {
     pub hue_histogram: Vec<HueBin>,
     pub composition: CompositionSummary,
     pub vocabulary: Vocabulary,
+    /// The resolution the buckets are made for.
+    pub resolution: u32,
+    /// The buckets photos fall in, the most photos first.
+    pub buckets: Vec<ReportBucket>,
+    /// (photo, why) for photos too small for any bucket: training skips them.
+    pub too_small: Vec<(String, String)>,
     pub findings: Vec<String>,
+    /// Photo name → its training crop (centred) as a `data:image/jpeg;base64,…` URI, for the
+    /// HTML page only.
+    #[serde(skip)]
+    pub thumbnails: std::collections::BTreeMap<String, String>,
+}
+
+/// One aspect-ratio bucket and the photos in it.
+#[derive(Debug, serde::Serialize)]
+pub struct ReportBucket {
+    pub width: u32,
+    pub height: u32,
+    pub count: usize,
+    pub images: Vec<String>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -56,10 +80,36 @@ struct ImageData {
     samples: Vec<Lab>,
     hues: [u64; HUE_BINS],
     composition: Composition,
+    /// The photo's bucket (w, h), or why it has none.
+    bucket: Result<(u32, u32), String>,
+    thumbnail: Option<String>,
 }
 
-fn analyse(path: &Path) -> Option<ImageData> {
+/// The centred training crop of `img` at `p`, cut from the original pixels (the crop's rectangle
+/// scaled back, so a large photo is not resized whole), shrunk to a thumbnail, as a JPEG data URI.
+fn crop_thumbnail(img: &image::RgbImage, p: &Placement) -> String {
+    use base64::Engine;
+    let (w, h) = img.dimensions();
+    let (sx, sy) = (p.resized.0 as f64 / w as f64, p.resized.1 as f64 / h as f64);
+    let (top, left) = buckets::centre(p);
+    let (x, y) = ((left as f64 / sx) as u32, (top as f64 / sy) as u32);
+    let cw = ((p.bucket.0 as f64 / sx).round() as u32).clamp(1, w - x);
+    let ch = ((p.bucket.1 as f64 / sy).round() as u32).clamp(1, h - y);
+    let crop = image::imageops::crop_imm(img, x, y, cw, ch).to_image();
+    let thumb = thumbnail(&crop, THUMB_PX);
+    let mut jpeg = Vec::new();
+    let encoded = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80).encode_image(&thumb);
+    match encoded {
+        Ok(()) => format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(&jpeg)),
+        Err(_) => String::new(),
+    }
+}
+
+fn analyse(path: &Path, spec: &BucketSpec, table: &[(u32, u32)]) -> Option<ImageData> {
     let img = load_rgb(path).ok()?;
+    let (w, h) = img.rgb.dimensions();
+    let placement = spec.place(table, w, h);
+    let thumbnail_uri = placement.as_ref().ok().map(|p| crop_thumbnail(&img.rgb, p)).filter(|t| !t.is_empty());
     let thumb = thumbnail(&img.rgb, THUMB);
     let px: Vec<[u8; 3]> = thumb.pixels().map(|p| p.0).collect();
     let stride = (px.len() / SAMPLES_PER_IMAGE).max(1);
@@ -71,11 +121,13 @@ fn analyse(path: &Path) -> Option<ImageData> {
             hues[hue::bin(h, HUE_BINS)] += 1;
         }
     }
-    Some(ImageData { samples, hues, composition: composition::composition(&thumb) })
+    Some(ImageData { samples, hues, composition: composition::composition(&thumb), bucket: placement.map(|p| p.bucket), thumbnail: thumbnail_uri })
 }
 
-pub fn build(dir: &Path, images: &[PathBuf], captions: &[Option<String>]) -> Result<Report, ReportError> {
-    let data = par_map(images, |p| analyse(p));
+/// The report on `images` (in `dir`), buckets as training at `spec` makes them.
+pub fn build(dir: &Path, images: &[PathBuf], captions: &[Option<String>], spec: &BucketSpec) -> Result<Report, ReportError> {
+    let table = spec.resolutions();
+    let data = par_map(images, |p| analyse(p, spec, &table));
     let names: Vec<String> = images.iter().map(|p| relative_name(dir, p)).collect();
     let unreadable: Vec<String> = names.iter().zip(&data).filter(|(_, d)| d.is_none()).map(|(n, _)| n.clone()).collect();
     let ok: Vec<(usize, &ImageData)> = data.iter().enumerate().filter_map(|(i, d)| d.as_ref().map(|d| (i, d))).collect();
@@ -151,6 +203,21 @@ pub fn build(dir: &Path, images: &[PathBuf], captions: &[Option<String>]) -> Res
             .map(|(k, _)| centres[k].name());
     }
     let vocabulary = vocabulary::vocabulary(captions, &dominant);
+    let mut groups = std::collections::BTreeMap::<(u32, u32), Vec<String>>::new();
+    let mut too_small = Vec::new();
+    let mut thumbnails = std::collections::BTreeMap::new();
+    for (i, d) in &ok {
+        match &d.bucket {
+            Ok(b) => groups.entry(*b).or_default().push(names[*i].clone()),
+            Err(why) => too_small.push((names[*i].clone(), why.clone())),
+        }
+        if let Some(t) = &d.thumbnail {
+            thumbnails.insert(names[*i].clone(), t.clone());
+        }
+    }
+    let mut bucket_list: Vec<ReportBucket> =
+        groups.into_iter().map(|((width, height), images)| ReportBucket { width, height, count: images.len(), images }).collect();
+    bucket_list.sort_by(|a, b| b.count.cmp(&a.count).then((a.width, a.height).cmp(&(b.width, b.height))));
     let mut report = Report {
         images: images.len(),
         unreadable,
@@ -159,7 +226,11 @@ pub fn build(dir: &Path, images: &[PathBuf], captions: &[Option<String>]) -> Res
         hue_histogram: hue::hue_bins(&hue_counts.map(|c| c as f64)),
         composition: comp,
         vocabulary,
+        resolution: spec.resolution,
+        buckets: bucket_list,
+        too_small,
         findings: Vec::new(),
+        thumbnails,
     };
     report.findings = findings(&report);
     Ok(report)
@@ -206,6 +277,15 @@ fn findings(r: &Report) -> Vec<String> {
             }
         }
     }
+    if !r.too_small.is_empty() {
+        let names: Vec<&str> = r.too_small.iter().map(|(n, _)| n.as_str()).collect();
+        out.push(format!(
+            "{} photo(s) are too small for any bucket at {} px and training skips them: {}",
+            names.len(),
+            r.resolution,
+            names.join(", ")
+        ));
+    }
     if !r.unreadable.is_empty() {
         out.push(format!("{} image(s) could not be read and are not counted: run `hfsky dataset check`", r.unreadable.len()));
     }
@@ -218,6 +298,11 @@ impl Report {
         out.push(format!(
             "colour clusters: {}",
             self.clusters.iter().map(|c| format!("{} {} ({} of images)", c.name, c.hex, pct(c.image_share))).collect::<Vec<_>>().join(", ")
+        ));
+        out.push(format!(
+            "buckets at {} px: {}",
+            self.resolution,
+            self.buckets.iter().map(|b| format!("{}×{} ({})", b.width, b.height, b.count)).collect::<Vec<_>>().join(", ")
         ));
         out.extend(self.findings.iter().map(|f| format!("- {f}")));
         out
@@ -254,7 +339,7 @@ mod tests {
             images.push(p);
         }
         let caps: Vec<Option<String>> = (0..10).map(|i| Some(if i < 6 { "SKY sunset".to_string() } else { "SKY storm".into() })).collect();
-        let r = build(t.path(), &images, &caps).unwrap();
+        let r = build(t.path(), &images, &caps, &spec(512)).unwrap();
         let orange = r.clusters.iter().find(|c| c.name == "orange").expect("orange cluster");
         assert!((orange.image_share - 0.6).abs() < 1e-6, "{:?}", r.clusters);
         assert!(r.blends.iter().any(|b| b.text == "orange (60% of images) + purple (40%) → pink"), "{:?}", r.blends);
@@ -267,6 +352,39 @@ mod tests {
         assert_eq!(r.vocabulary.in_every_caption, ["sky"]);
         let html = html::render(&r).unwrap();
         assert!(html.contains("→ pink") && html.contains("seen from below"));
+    }
+
+    fn spec(res: usize) -> BucketSpec {
+        BucketSpec::new(res, None, None, 64, 8).unwrap()
+    }
+
+    #[test]
+    fn photos_are_grouped_in_their_training_buckets_with_cropped_thumbnails() {
+        let t = tempfile::tempdir().unwrap();
+        let mut images = Vec::new();
+        // At 256 px (buckets 128…512): 3:2 → 320×192 (kohya's nearest), portrait 2:3 → 192×320,
+        // a square → 256×256, and 100×60 too small (its own-size bucket 64×0 is under 128).
+        for (name, w, h) in [("a.png", 600, 400), ("b.png", 450, 300), ("c.png", 400, 600), ("d.png", 300, 300), ("e.png", 100, 60)] {
+            let p = t.path().join(name);
+            std::fs::write(&p, gen::png(&gen::photo(w, h, 1))).unwrap();
+            images.push(p);
+        }
+        let r = build(t.path(), &images, &vec![None; images.len()], &spec(256)).unwrap();
+        let got: Vec<(u32, u32, Vec<&str>)> = r.buckets.iter().map(|b| (b.width, b.height, b.images.iter().map(String::as_str).collect())).collect();
+        assert_eq!(got, [(320, 192, vec!["a.png", "b.png"]), (192, 320, vec!["c.png"]), (256, 256, vec!["d.png"])]);
+        assert_eq!(r.too_small.len(), 1);
+        assert_eq!(r.too_small[0].0, "e.png");
+        assert!(r.findings.iter().any(|f| f.contains("too small for any bucket at 256 px") && f.ends_with("e.png")), "{:?}", r.findings);
+        assert!(r.summary_lines().iter().any(|l| l == "buckets at 256 px: 320×192 (2), 192×320 (1), 256×256 (1)"));
+        // The thumbnail is the centred crop, in the bucket's shape (320×192 → 120×72).
+        let uri = &r.thumbnails["a.png"];
+        use base64::Engine;
+        let jpeg = base64::engine::general_purpose::STANDARD.decode(uri.strip_prefix("data:image/jpeg;base64,").unwrap()).unwrap();
+        let thumb = image::load_from_memory(&jpeg).unwrap();
+        assert_eq!((thumb.width(), thumb.height()), (120, 72));
+        assert!(!r.thumbnails.contains_key("e.png"));
+        let html = html::render(&r).unwrap();
+        assert!(html.contains("320×192") && html.contains("data:image/jpeg;base64,"), "buckets and thumbnails in the page");
     }
 
     #[test]
@@ -287,7 +405,7 @@ mod tests {
     fn the_bundled_sky_photos_report() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sky-photos");
         let images = crate::dataset::list_images(&dir).unwrap();
-        let r = build(&dir, &images, &vec![None; images.len()]).unwrap();
+        let r = build(&dir, &images, &vec![None; images.len()], &spec(512)).unwrap();
         assert_eq!(r.images, 11);
         assert!(r.unreadable.is_empty());
         assert!(!r.clusters.is_empty() && r.clusters.len() <= clusters::K);
