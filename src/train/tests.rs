@@ -378,7 +378,7 @@ fn held_out_photos_never_train_and_their_loss_is_deterministic() {
     assert!(p.examples.iter().all(|e| mean(e) != mean(&p.held_out.examples[0])));
 
     let scaling = p.pipeline.vae_config().scaling_factor;
-    let val = |p: &super::trainer::Prepared| p.held_out.loss(&p.pipeline, &p.objective, &p.prompts, scaling, None, p.res, p.xl, cfg.seed).unwrap();
+    let val = |p: &super::trainer::Prepared| p.held_out.loss(&p.pipeline, &p.objective, &p.prompts, scaling, None, p.xl, cfg.seed).unwrap();
     let first = val(&p);
     assert!(first.is_finite() && first > 0.0);
     assert_eq!(first.to_bits(), val(&p).to_bits(), "two evaluations with the same weights agree exactly");

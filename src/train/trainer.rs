@@ -451,7 +451,7 @@ impl Trainer<'_> {
         if loaded.is_empty() {
             return Err(TrainError::Input(format!(
                 "{}: no photo fits a bucket (each was too small; see above): use larger photos, lower min_bucket_reso, or bucketing: false",
-                cfg.dataset.display()
+                cfg.dataset
             )));
         }
         if let Some(note) = &memory.note {
@@ -708,7 +708,7 @@ impl Trainer<'_> {
         let shift = pipeline.vae_config().shift_factor;
         let mut final_loss = None;
         let val_every = validation_loss::every(cfg.validation_steps, total_steps);
-        let val_loss = |pipeline: &Pipeline| held_out.loss(pipeline, &objective, &prompts, scaling, shift, res, xl, cfg.seed);
+        let val_loss = |pipeline: &Pipeline| held_out.loss(pipeline, &objective, &prompts, scaling, shift, xl, cfg.seed);
         let mut final_val_loss = None;
         if !held_out.is_empty() && start_step == 0 {
             let v = val_loss(&pipeline)?;

@@ -159,7 +159,6 @@ impl HeldOut {
         prompts: &Prompts,
         scaling: f64,
         shift: Option<f64>,
-        res: usize,
         xl: bool,
         seed: u64,
     ) -> Result<f32, TrainError> {
