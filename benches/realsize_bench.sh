@@ -84,12 +84,13 @@ train_case() { # train_case LABEL KIND RES [gc]
   dir="$(pipeline "$kind")"
   out="$W/train-$label"
   local hf_gc=() py_gc=()
-  # Explicit both ways: hfsky's default (auto) would decide by free memory.
+  # Explicit both ways: hfsky's default (auto) would decide by free memory. Square centre crops
+  # (no buckets) as the reference script does.
   hf_gc=(--gradient-checkpointing false)
   if [ -n "$gc" ]; then hf_gc=(--gradient-checkpointing true); py_gc=(--gradient-checkpointing); fi
   echo "$label: hfsky…" >&2
   peak_rss "$W/rss-hfsky-$label" "$HFSKY" -q train --cache-dir "$W/cache-$label" --base-model "$dir" --dataset "$W/photos" \
-    --instance-prompt "a photo of SKY" --output-dir "$out" --max-steps "$((STEPS + WARMUP))" --resolution "$res" --center-crop \
+    --instance-prompt "a photo of SKY" --output-dir "$out" --max-steps "$((STEPS + WARMUP))" --resolution "$res" --center-crop --bucketing false \
     --rank 4 --target-modules to_q,to_k,to_v,to_out.0 --precision "$PRECISION" --device "$DEVICE" --train-batch-size 1 "${hf_gc[@]}" \
     > "$W/hfsky-$label.log" 2>&1 || { echo "hfsky train failed ($label):" >&2; tail -20 "$W/hfsky-$label.log" >&2; exit 1; }
   local rs; rs=$(median_after_warmup "$out/training_log.jsonl")
