@@ -177,12 +177,28 @@ pub fn metadata_errors(meta: &serde_json::Value) -> Vec<String> {
     if !meta["base_model_relation"].is_null() && meta["base_model"].is_null() {
         errors.push("\"base_model_relation\" requires \"base_model\"".into());
     }
-    for key in ["license", "library_name", "pipeline_tag", "license_name", "license_link", "model_name"] {
+    type_errors(
+        meta,
+        &["license", "library_name", "pipeline_tag", "license_name", "license_link", "model_name"],
+        &["tags", "datasets", "language", "metrics"],
+        &mut errors,
+    );
+    if meta["license"] == "other" && (meta["license_name"].is_null() != meta["license_link"].is_null()) {
+        errors.push("\"license_name\" and \"license_link\" go together: give both (or neither)".into());
+    }
+    errors
+}
+
+/// The Hub's type rules for card metadata: each of `strings` absent or a string, each of `lists`
+/// absent, a string, or an array of strings.
+fn type_errors(meta: &serde_json::Value, strings: &[&str], lists: &[&str], errors: &mut Vec<String>) {
+    use serde_json::Value;
+    for key in strings {
         if !matches!(meta[key], Value::Null | Value::String(_)) {
             errors.push(format!("\"{key}\" must be a string"));
         }
     }
-    for key in ["tags", "datasets", "language", "metrics"] {
+    for key in lists {
         let ok = match &meta[key] {
             Value::Null | Value::String(_) => true,
             Value::Array(items) => items.iter().all(Value::is_string),
@@ -192,10 +208,6 @@ pub fn metadata_errors(meta: &serde_json::Value) -> Vec<String> {
             errors.push(format!("\"{key}\" must be a string or an array of strings"));
         }
     }
-    if meta["license"] == "other" && (meta["license_name"].is_null() != meta["license_link"].is_null()) {
-        errors.push("\"license_name\" and \"license_link\" go together: give both (or neither)".into());
-    }
-    errors
 }
 
 /// Every reason the Hub would refuse `readme`'s metadata: a block that does not parse, or the
@@ -221,23 +233,13 @@ pub fn repo_card_errors(readme: &str, kind: RepoType) -> Vec<String> {
 /// huggingface_hub's `DatasetCardData`): `license` and `pretty_name` strings, the list fields
 /// strings or lists of strings; empty when the Hub accepts the block.
 pub fn dataset_metadata_errors(meta: &serde_json::Value) -> Vec<String> {
-    use serde_json::Value;
     let mut errors = Vec::new();
-    for key in ["pretty_name"] {
-        if !matches!(meta[key], Value::Null | Value::String(_)) {
-            errors.push(format!("\"{key}\" must be a string"));
-        }
-    }
-    for key in ["license", "task_categories", "task_ids", "tags", "language", "size_categories", "source_datasets"] {
-        let ok = match &meta[key] {
-            Value::Null | Value::String(_) => true,
-            Value::Array(items) => items.iter().all(Value::is_string),
-            _ => false,
-        };
-        if !ok {
-            errors.push(format!("\"{key}\" must be a string or an array of strings"));
-        }
-    }
+    type_errors(
+        meta,
+        &["pretty_name"],
+        &["license", "task_categories", "task_ids", "tags", "language", "size_categories", "source_datasets"],
+        &mut errors,
+    );
     errors
 }
 
