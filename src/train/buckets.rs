@@ -141,9 +141,10 @@ impl BucketSpec {
         let (lo, hi) = (bucket.0.min(bucket.1), bucket.0.max(bucket.1));
         if lo < self.min_side {
             return Err(format!(
-                "{w}×{h} is too small for any bucket: buckets never upscale a photo, and its bucket would be {}×{}, below min_bucket_reso {} \
-                 (use a larger photo, or lower min_bucket_reso)",
-                bucket.0, bucket.1, self.min_side
+                "{w}×{h} is too small for any bucket: buckets never upscale a photo, and its sides rounded down to multiples of \
+                 bucket_reso_steps {} give {}×{}, below min_bucket_reso {} (use a photo at least {} px on its shorter side, or \
+                 bucketing: false, which upscales and crops every photo to a square)",
+                self.step, bucket.0, bucket.1, self.min_side, self.min_side
             ));
         }
         if hi > self.max_side {
