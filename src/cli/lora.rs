@@ -24,12 +24,32 @@ pub struct ConvertArgs {
     out: PathBuf,
     /// The base model family, for SDXL's SGM block names and text-encoder prefixes; guessed
     /// from the LoRA when omitted
-    #[arg(long, value_parser = ["sd15", "sdxl"], conflicts_with = "model")]
-    base: Option<String>,
+    #[arg(long, value_enum, conflicts_with = "model")]
+    base: Option<Base>,
     /// A local diffusers pipeline folder whose unet/config.json gives the block layout (for
     /// non-standard UNets)
     #[arg(long)]
     model: Option<PathBuf>,
+}
+
+/// The base model family a LoRA's keys are laid out for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Base {
+    Sd15,
+    Sdxl,
+}
+
+/// The `--json` document of `lora convert`.
+#[derive(serde::Serialize)]
+struct ConvertJson<'a> {
+    input: &'a Path,
+    /// How the input named its keys (`peft`, `diffusers`, `diffusers_old`, `kohya`).
+    input_format: hfsky::diffusion::lora::LoraFormat,
+    to: ExportFormat,
+    out: &'a Path,
+    modules: usize,
+    tensors: usize,
+    sdxl: bool,
 }
 
 fn lora_file(input: &Path) -> PathBuf {
@@ -44,9 +64,9 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     let Cmd::Convert(a) = cmd;
     let file = lora_file(&a.input);
     let lora = LoraWeights::load(&file)?;
-    let base = match (a.base.as_deref(), &a.model) {
-        (Some("sdxl"), _) => BaseLayout::sdxl(),
-        (Some(_), _) => BaseLayout::sd15(),
+    let base = match (a.base, &a.model) {
+        (Some(Base::Sdxl), _) => BaseLayout::sdxl(),
+        (Some(Base::Sd15), _) => BaseLayout::sd15(),
         (None, Some(dir)) => {
             let cfg = hfsky::diffusion::unet::UNetConfig::from_file(&dir.join("unet/config.json"))?;
             BaseLayout::from_unet_config(&cfg)
@@ -58,11 +78,9 @@ pub fn run(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<()> {
     let n = lora.export_to(a.to, &base, &a.out)?;
     let modules: usize = lora.components.values().map(|m| m.len()).sum();
     if ctx.json {
-        ctx.emit_json(&serde_json::json!({
-            "input": file, "input_format": lora.format, "to": a.to, "out": a.out, "modules": modules, "tensors": n, "sdxl": base.sdxl,
-        }));
+        ctx.emit_json(&ConvertJson { input: &file, input_format: lora.format, to: a.to, out: &a.out, modules, tensors: n, sdxl: base.sdxl });
     } else if !ctx.quiet {
-        println!("{} ({} LoRA, {modules} modules) → {} ({:?}, {n} tensors)", file.display(), lora.format, a.out.display(), a.to);
+        println!("{} ({} LoRA, {modules} modules) → {} ({}, {n} tensors)", file.display(), lora.format, a.out.display(), a.to);
     }
     Ok(())
 }

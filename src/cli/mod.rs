@@ -73,7 +73,7 @@ pub enum Command {
     /// List or switch stored tokens
     #[command(subcommand)]
     Token(token::Cmd),
-    /// Upload a folder to a model repo in one commit
+    /// Upload a folder to a model (or dataset) repo in one commit
     Push(push::Args),
     /// Download files into the Hugging Face cache (or a folder)
     Download(download::Args),

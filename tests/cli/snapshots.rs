@@ -1,6 +1,6 @@
 //! Snapshots of what users see: help texts, the human output and the `--json` documents of
-//! each command (dataset check, whoami, push, train, card render, generate, compare's summary,
-//! token list, ci init/summary, env), against temp folders and the offline Hub. Temp paths,
+//! each command (dataset check/captions/report, whoami, login/logout, push, download, train, card
+//! render, generate, compare's summary, lora convert, token list, ci init/summary, env), against temp folders and the offline Hub. Temp paths,
 //! ports, times, memory and machine facts are filtered; a change in wording or shape shows up as
 //! a snapshot diff to review (`cargo insta review`, or `INSTA_UPDATE=always` and
 //! `git diff tests/cli/snapshots/`). The renders and the training run are tiny (64 px, 2 steps):
@@ -283,5 +283,76 @@ fn env_human_and_json() {
             ".devices[].memory_free_bytes" => "[bytes]",
             ".devices[].memory_total_bytes" => "[bytes]",
         });
+    });
+}
+
+/// The rest of the commands a user types: login and logout (file store), download after a push,
+/// `lora convert`, and `dataset captions export|check` and `dataset report` on three bundled
+/// photos, human and `--json`.
+#[test]
+fn login_download_lora_convert_and_dataset_captions_and_report() {
+    let t = tempfile::tempdir().unwrap();
+    let hub = start_hub(&t.path().join("hub"), &[]);
+    let env = Env::new(&hub.endpoint);
+    let d = env.dir.path();
+    let login = env.run_stdin(&["login", "--token-stdin", "--store", "file", "--name", "laptop"], &format!("{ALICE}\n"));
+    let logout_json = json(&env.run(&["--json", "logout", "--name", "laptop"]));
+    let login_json = json(&env.run_stdin(&["--json", "login", "--token-stdin", "--store", "file", "--name", "laptop"], &format!("{ALICE}\n")));
+    let logout = env.run(&["logout", "--name", "laptop"]);
+
+    let model = d.join("my-lora");
+    write(&model.join("README.md"), b"---\nbase_model: stable-diffusion-v1-5/stable-diffusion-v1-5\nlicense: mit\n---\n# my lora\n");
+    write(&model.join("pytorch_lora_weights.safetensors"), &noise(4096, 1));
+    ok(&env.cmd(&["push", model.to_str().unwrap(), "--repo", "alice/my-lora"]).env("HF_TOKEN", ALICE).output().unwrap());
+    let local = d.join("dl");
+    let download = env.run(&["download", "alice/my-lora", "README.md", "--local-dir", local.to_str().unwrap()]);
+    let download_json = json(&env.run(&["--json", "download", "alice/my-lora", "--local-dir", local.to_str().unwrap()]));
+
+    let lora = fixture("tiny-sd15-lora/pytorch_lora_weights.safetensors");
+    let kohya = d.join("kohya.safetensors");
+    let convert = env.run(&["lora", "convert", lora.to_str().unwrap(), "--to", "kohya", "--out", kohya.to_str().unwrap(), "--base", "sd15"]);
+    let convert_json = json(&env.run(&[
+        "--json",
+        "lora",
+        "convert",
+        lora.to_str().unwrap(),
+        "--to",
+        "comfyui",
+        "--out",
+        d.join("c.safetensors").to_str().unwrap(),
+        "--base",
+        "sd15",
+    ]));
+
+    let photos = d.join("photos");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["bridge.jpg", "storm.jpg", "kite.jpg"] {
+        std::fs::create_dir_all(&photos).unwrap();
+        std::fs::copy(repo.join("data/sky-photos").join(name), photos.join(name)).unwrap();
+    }
+    std::fs::write(photos.join("storm.txt"), "purple storm clouds over the sea").unwrap();
+    std::fs::write(photos.join("kite.txt"), "purple storm clouds over the sea").unwrap();
+    let export = env.run(&["dataset", "captions", "export", photos.to_str().unwrap()]);
+    let check = env.run(&["dataset", "captions", "check", photos.to_str().unwrap()]);
+    let check_json = json(&env.run(&["--json", "dataset", "captions", "check", photos.to_str().unwrap()]));
+    let report = env.run(&["dataset", "report", photos.to_str().unwrap(), "--out", d.join("report").to_str().unwrap()]);
+
+    let mut s = settings(t.path());
+    s.add_filter(&regex_escape(&d.display().to_string()), "[home]");
+    s.add_filter(&regex_escape(env!("CARGO_MANIFEST_DIR")), "[repo]");
+    s.add_filter(r"\b[0-9a-f]{40}\b", "[oid]");
+    s.add_filter(r"\b[0-9a-f]{64}\b", "[sha256]");
+    s.bind(|| {
+        insta::assert_snapshot!("login_logout", format!("{}\n--- logout:\n{}", text(&login), text(&logout)));
+        insta::assert_json_snapshot!("login_json", login_json);
+        insta::assert_json_snapshot!("logout_json", logout_json);
+        insta::assert_snapshot!("download", text(&download));
+        insta::assert_json_snapshot!("download_json", download_json);
+        insta::assert_snapshot!("lora_convert", text(&convert));
+        insta::assert_json_snapshot!("lora_convert_json", convert_json);
+        insta::assert_snapshot!("dataset_captions_export", format!("{}{}", stdout(&export), String::from_utf8_lossy(&export.stderr)));
+        insta::assert_snapshot!("dataset_captions_check", format!("exit {:?}\n{}", check.status.code(), text(&check)));
+        insta::assert_json_snapshot!("dataset_captions_check_json", check_json);
+        insta::assert_snapshot!("dataset_report", text(&report));
     });
 }

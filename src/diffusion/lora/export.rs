@@ -28,6 +28,17 @@ pub enum ExportFormat {
     Comfyui,
 }
 
+impl std::fmt::Display for ExportFormat {
+    /// The name `--to` and train.yaml's `lora_formats` take.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExportFormat::Peft => "peft",
+            ExportFormat::Kohya => "kohya",
+            ExportFormat::Comfyui => "comfyui",
+        })
+    }
+}
+
 impl ExportFormat {
     /// The file a training run writes this layout to.
     pub fn file_name(self) -> &'static str {

@@ -33,6 +33,7 @@ pub enum LoraError {
 
 /// How a file names its keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LoraFormat {
     Peft,
     Diffusers,
