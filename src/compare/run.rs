@@ -129,7 +129,8 @@ pub struct AblationResult {
     /// `None`: several Hub settings at once (all, or all but `without`).
     pub setting: Option<Setting>,
     pub without: Option<Setting>,
-    /// Two Hub settings adopted together (rendered when nothing else explains the gap).
+    /// Two Hub settings adopted together: rendered when nothing else explains the gap, or, with
+    /// exactly two differing settings, the "all together" render.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pair: Option<[Setting; 2]>,
     pub change: String,
@@ -421,7 +422,9 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
                 top_change: evidence(&r.stats),
             })
             .collect();
-        let together = results.iter().find(|(a, _)| a.setting.is_none() && a.without.is_none() && a.pair.is_none()).map(|(_, r)| r.distance);
+        // The "all together" render (with two settings, their pair); pair renders come later.
+        let all = results.iter().find(|(a, _)| a.setting.is_none() && a.without.is_none());
+        let together = all.map(|(_, r)| r.distance);
         let noise_differs = rows.iter().any(|r| r.setting == Setting::Seed && r.differs);
         // Without a measured noise ablation, seed-to-seed variation bounds what the generator explains.
         let noise_measured = singles.iter().any(|(a, _)| a.setting == Some(Setting::Seed));
@@ -429,6 +432,7 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         // Within seed variation there is no gap to attribute.
         if gap > threshold {
             causes = diagnosis::rank(gap, &measured, together, seed_share, &hub_settings, card.training_resolution());
+            causes = diagnosis::with_together_pair(gap, causes, all.map(|(a, r)| (a, r.distance)), &hub_settings, card.training_resolution());
             // Nothing alone nor everything at once explains it: try settings two at a time
             // before answering "unknown", stopping at a pair that reproduces the Hub.
             if causes.first().is_some_and(|c| c.setting == Setting::Unknown) {

@@ -284,16 +284,21 @@ fn a_hub_without_the_negative_prompt_is_named() {
 
 /// Two causes that only act together: Karras sigmas mean nothing to the local DDIM sampler, so
 /// adopting them alone changes nothing, yet with the Hub's Euler sampler they close the gap.
-/// Both are named, the Karras sigmas as acting together with the other Hub setting.
+/// With only these two differing, the "all together" render is their pair, and both are named
+/// as a pair, each message naming the other.
 #[test]
 fn karras_sigmas_with_another_scheduler_are_found_as_a_pair() {
     let v = planted("scheduler: euler\nuse_karras_sigmas: true\n", &["scheduler", "karras_sigmas"]);
     let causes = v["causes"].as_array().unwrap();
     let karras = causes.iter().find(|c| c["setting"] == "karras_sigmas").unwrap_or_else(|| panic!("{causes:#?}"));
     assert!(karras["alone"].as_f64().unwrap().abs() < 0.05, "DDIM ignores Karras sigmas: {karras:#}");
-    assert!(karras["effect"].as_f64().unwrap() > 0.3, "{karras:#}");
-    assert!(karras["message"].as_str().unwrap().contains("together with the other Hub settings"), "{karras:#}");
-    assert!(causes[..2].iter().any(|c| c["setting"] == "scheduler"), "{causes:#?}");
+    assert!(karras["effect"].as_f64().unwrap() > 0.5, "{karras:#}");
+    let m = karras["message"].as_str().unwrap();
+    assert!(m.contains("together with the scheduler") && m.contains("neither does alone"), "{karras:#}");
+    let scheduler = &causes[..2].iter().find(|c| c["setting"] == "scheduler").unwrap_or_else(|| panic!("{causes:#?}"));
+    assert!(scheduler["message"].as_str().unwrap().contains("together with the Karras sigmas"), "{scheduler:#}");
+    let all = v["ablations"].as_array().unwrap().iter().find(|a| a["setting"].is_null() && a["without"].is_null()).unwrap();
+    assert_eq!(all["pair"], serde_json::json!(["scheduler", "karras_sigmas"]), "{all:#}");
 }
 
 #[test]
