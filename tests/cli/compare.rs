@@ -265,9 +265,15 @@ fn another_timestep_spacing_is_named() {
     assert!(v["verdict"].as_str().unwrap().contains("spaces its timesteps trailing"), "{}", v["verdict"]);
 }
 
+/// The planted offset is larger than the usual 0-vs-1 so that it moves every timestep far enough
+/// to stand clear of the paired "nothing to explain" threshold (5% of seed-to-seed) on the tiny
+/// pipeline at 4 steps: 0 vs 1 left only 1.8× that threshold, 30 leaves about 6×.
 #[test]
 fn another_steps_offset_is_named() {
-    planted("steps_offset: 0\n", &["steps_offset"]);
+    let v = planted("steps_offset: 30\n", &["steps_offset"]);
+    assert_eq!(v["paired"], true);
+    let (gap, floor) = (v["distance"].as_f64().unwrap(), v["noise_floor"].as_f64().unwrap());
+    assert!(gap >= 3.0 * floor * 0.05, "gap {gap} within 3× of the paired threshold {}", floor * 0.05);
 }
 
 /// A local render with a negative prompt against a Hub that renders without one (the widget
