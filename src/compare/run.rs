@@ -173,6 +173,21 @@ fn rel(out: &Path, p: &Path) -> String {
     p.strip_prefix(out).unwrap_or(p).display().to_string()
 }
 
+const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
+
+/// The `scheduler/scheduler_config.json` of the Hub side's base model `base` (a folder here, or a
+/// Hub repo whose file is fetched into the cache). `None` when it cannot be had: the scheduler
+/// keys then stay unknown rather than failing the comparison.
+async fn base_scheduler_file(client: &HubClient, base: &str) -> Option<PathBuf> {
+    match crate::model_ref::ModelRef::parse(base).ok()? {
+        crate::model_ref::ModelRef::Local(dir) => Some(dir.join(SCHEDULER_CONFIG)),
+        crate::model_ref::ModelRef::Hub { repo, revision } => {
+            let mut fetcher = crate::hub::download::RepoFetcher::new(client, &repo, revision.as_deref()).ok()?;
+            fetcher.file(SCHEDULER_CONFIG).await.ok()
+        }
+    }
+}
+
 async fn load(spec: &RenderSpec, client: &HubClient) -> Result<Renderer, CompareError> {
     Ok(Renderer::fetch_and_load(spec, client, Renderer::default_device()).await?)
 }
@@ -368,12 +383,18 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         }
     }
     // The worker samples with the base model's own scheduler config; with the same base that
-    // file is the local pipeline's (before any local override).
-    if same_base && hub_settings.base_model.value.as_deref().is_none_or(|b| b == base_name) {
-        let file = resolved.model_dir.join("scheduler").join("scheduler_config.json");
-        if let Ok(config) = crate::diffusion::config::read_json::<crate::diffusion::schedulers::SchedulerConfig>(&file) {
-            hub_settings = settings::with_scheduler_file(hub_settings, &config);
+    // file is the local pipeline's (before any local override), with another base it is that
+    // base's, fetched from the Hub (one small file).
+    let scheduler_file = if same_base && hub_settings.base_model.value.as_deref().is_none_or(|b| b == base_name) {
+        Some(resolved.model_dir.join(SCHEDULER_CONFIG))
+    } else {
+        match hub_settings.base_model.value.as_deref() {
+            Some(b) => base_scheduler_file(client, b).await,
+            None => None,
         }
+    };
+    if let Some(config) = scheduler_file.and_then(|f| crate::diffusion::config::read_json::<crate::diffusion::schedulers::SchedulerConfig>(&f).ok()) {
+        hub_settings = settings::with_scheduler_file(hub_settings, &config);
     }
     let rows = settings::diff(&local_settings, &hub_settings, card.training_resolution());
     let gap = stats::distance(&local, &hub);

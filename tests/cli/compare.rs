@@ -401,6 +401,51 @@ fn bad_input_is_named_and_rendered_images_are_kept() {
     assert!(t.contains("--repo") && t.contains("--hub-image"), "{t}");
 }
 
+/// The Hub renders on the card's base model while the local side renders on another (a local
+/// copy whose scheduler config has `steps_offset: 0`): the Hub side's scheduler keys come from
+/// the Hub base model's own `scheduler/scheduler_config.json`, fetched from the Hub, not unknown.
+#[test]
+fn another_local_base_reads_the_hub_base_models_scheduler_keys() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(&root.path().join("hub"), &[]);
+    let env = Env::new(&hub.endpoint);
+    publish(&env);
+    let src = fixtures().join("tiny-sd15");
+    let base = root.path().join("my-base");
+    for e in walk(&src) {
+        let to = base.join(e.strip_prefix(&src).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&e, &to).unwrap();
+    }
+    let config = base.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&config).unwrap().replace("\"steps_offset\": 1", "\"steps_offset\": 0");
+    write(&config, text.as_bytes());
+    let green = root.path().join("green.png");
+    image::RgbImage::from_fn(64, 64, |_, y| if y < 32 { image::Rgb([90, 140, 230]) } else { image::Rgb([30, 170, 50]) }).save(&green).unwrap();
+    let out = root.path().join("cmp");
+    let args = ["--json", "compare", "--prompt", "a photo of the SKY river", "--repo", "alice/sky-lora", "--seeds", "1", "--steps", "2"];
+    let o = env
+        .cmd(&args)
+        .args(["--model", base.to_str().unwrap(), "--hub-image", green.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .env("HF_TOKEN", ALICE)
+        .output()
+        .unwrap();
+    ok(&o);
+    let v = json(&o);
+    let rows = v["settings"].as_array().unwrap();
+    let row = |s: &str| rows.iter().find(|r| r["setting"] == s).unwrap().clone();
+    assert_eq!(row("base_model")["differs"], true, "{:#}", row("base_model"));
+    let offset = row("steps_offset");
+    assert_eq!(
+        (offset["local"].as_str(), offset["hub"].as_str(), offset["hub_source"].as_str()),
+        (Some("0"), Some("1"), Some("assumed")),
+        "{offset:#}"
+    );
+    assert_eq!(offset["differs"], true);
+    // The worker's Euler ancestral reads the base's spacing; Karras sigmas it does not use.
+    assert_eq!(row("timestep_spacing")["hub"], "leading", "{:#}", row("timestep_spacing"));
+}
+
 /// Images saved from the website: the Hub's settings are the worker's documented defaults
 /// (assumed), and the local side renders at the card's training resolution.
 #[test]
