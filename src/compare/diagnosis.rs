@@ -501,7 +501,9 @@ pub fn with_pairs(
         );
         match causes.iter_mut().find(|c| c.setting == *setting) {
             Some(c) => {
-                c.effect = c.effect.max(e.min(1.0));
+                // The pair's measured effect, which the message states: "with the others" of a
+                // two-setting ranking can overstate it (the other setting alone may move away).
+                c.effect = e.min(1.0);
                 c.with_others = Some(e);
                 c.message = message;
             }
@@ -710,10 +712,10 @@ mod tests {
         assert_eq!(all.pair, Some([Setting::Scheduler, Setting::Steps]));
         assert_eq!(all.change, "scheduler DDIMScheduler → EulerAncestralDiscreteScheduler and steps 8 → 20");
         assert_eq!((all.spec.scheduler, all.spec.steps), (Some(SchedulerKind::EulerAncestral), 20));
-        // Neither closes the gap alone; together they do.
+        // Neither closes the gap alone (more steps alone even move away); together they do.
         let measured = vec![
-            Measured { ablation: &abl[0], distance: 0.9, without_distance: Some(0.95), top_change: None },
-            Measured { ablation: &abl[1], distance: 0.95, without_distance: Some(0.9), top_change: None },
+            Measured { ablation: &abl[0], distance: 0.9, without_distance: Some(1.3), top_change: None },
+            Measured { ablation: &abl[1], distance: 1.3, without_distance: Some(0.9), top_change: None },
         ];
         let together = 0.1;
         let causes = rank(1.0, &measured, Some(together), None, &hub, None);
@@ -736,6 +738,10 @@ mod tests {
         let after = with_together_pair(1.0, causes, Some((all, together)), &hub, None);
         assert_eq!(after.iter().map(|c| c.message.clone()).collect::<Vec<_>>(), kept);
         // Together they do not close half the gap: "unknown" stays.
+        let measured = vec![
+            Measured { ablation: &abl[0], distance: 0.9, without_distance: Some(0.95), top_change: None },
+            Measured { ablation: &abl[1], distance: 0.95, without_distance: Some(0.9), top_change: None },
+        ];
         let causes = rank(1.0, &measured, Some(0.8), None, &hub, None);
         assert_eq!(with_together_pair(1.0, causes, Some((all, 0.8)), &hub, None)[0].setting, Setting::Unknown);
         // Three settings: the "all together" render is no pair, and nothing changes here.
