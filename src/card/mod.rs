@@ -2,6 +2,7 @@
 //! template in `model_cards/` (embedded at build time, overridable with a file). The metadata
 //! is what the Hub and its widget read: base_model, instance_prompt, tags, widget images.
 
+use crate::model_ref::ModelRef;
 use crate::repo_id::RepoType;
 use crate::train::TrainSummary;
 use serde::Serialize;
@@ -102,11 +103,12 @@ fn card_base_model(s: &TrainSummary) -> Option<String> {
 }
 
 /// The Hub model id a card should name for a run trained from `base_model` (train.yaml's
-/// key: a Hub id `namespace/name[@revision]` or a local folder): `base_model_id` when set;
-/// else the id itself; else, for a folder inside an hf-hub cache
-/// (`…/models--org--name/snapshots/<commit>/…`, huggingface_hub's `file_download.py` layout),
-/// the id that folder caches; else `None` (the card leaves `base_model` out). `Err` when
-/// `base_model_id` is not a valid model id, with the Hub's own message.
+/// key, read as a [`ModelRef`]: a Hub id `namespace/name[@revision]` or a local folder):
+/// `base_model_id` when set; else the repo of a Hub reference; else, for a path inside an
+/// hf-hub cache (`…/models--org--name/snapshots/<commit>/…`, huggingface_hub's
+/// `file_download.py` layout; the path need not exist here, e.g. a summary written on another
+/// machine), the id that folder caches; else `None` (the card leaves `base_model` out). `Err`
+/// when `base_model_id` is not a valid model id, with the Hub's own message.
 pub fn hub_base_model(base_model: &str, base_model_id: Option<&str>) -> Result<Option<String>, String> {
     if let Some(id) = base_model_id {
         if !valid_model_id(id) {
@@ -114,13 +116,16 @@ pub fn hub_base_model(base_model: &str, base_model_id: Option<&str>) -> Result<O
         }
         return Ok(Some(id.to_string()));
     }
-    let path = std::path::Path::new(base_model);
-    let local = path.is_absolute() || base_model.starts_with('.') || path.exists();
-    if !local {
-        let id = base_model.split_once('@').map_or(base_model, |(id, _)| id);
-        return Ok(valid_model_id(id).then(|| id.to_string()));
-    }
-    // The path as given and with its links resolved: a link to a snapshot, or a snapshot reached through a linked folder.
+    Ok(match ModelRef::parse(base_model) {
+        Ok(ModelRef::Hub { repo, .. }) => Some(repo.to_string()),
+        Ok(ModelRef::Local(path)) => cached_repo(&path),
+        Err(_) => cached_repo(std::path::Path::new(base_model)),
+    })
+}
+
+/// The repo id an hf-hub cache path spells (`…/models--org--name/snapshots/…`), as given or with
+/// its links resolved: a link to a snapshot, or a snapshot reached through a linked folder.
+fn cached_repo(path: &std::path::Path) -> Option<String> {
     let snapshot_id = |p: &std::path::Path| {
         let parts: Vec<String> = p.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
         parts.windows(2).rev().find_map(|w| match (w[0].strip_prefix("models--"), w[1].as_str()) {
@@ -129,7 +134,7 @@ pub fn hub_base_model(base_model: &str, base_model_id: Option<&str>) -> Result<O
         })
     };
     let id = snapshot_id(path).or_else(|| path.canonicalize().ok().and_then(|p| snapshot_id(&p)));
-    Ok(id.filter(|id| valid_model_id(id)))
+    id.filter(|id| valid_model_id(id))
 }
 
 /// A Hub model id: `name` (the few legacy root models) or `namespace/name`, each part letters,
@@ -534,6 +539,12 @@ pub(crate) mod tests {
         assert_eq!(hub_base_model(plain.to_str().unwrap(), None).unwrap(), None);
         assert_eq!(hub_base_model(plain.to_str().unwrap(), Some("alice/sd15")).unwrap().as_deref(), Some("alice/sd15"));
         assert_eq!(hub_base_model("./relative", None).unwrap(), None);
+        // A cache path from another machine (absent here) still names its repo.
+        assert_eq!(
+            hub_base_model("/home/bob/.cache/huggingface/hub/models--alice--sd15/snapshots/abc", None).unwrap().as_deref(),
+            Some("alice/sd15")
+        );
+        assert_eq!(hub_base_model("not a repo id", None).unwrap(), None);
     }
 
     #[test]

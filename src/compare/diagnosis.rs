@@ -69,7 +69,12 @@ pub fn plan(spec: &RenderSpec, local: &SideSettings, hub: &SideSettings, bf16_po
     let mut combos = Vec::new();
     if edits.len() > 1 {
         let all: Vec<&str> = edits.iter().map(|(_, c, _)| c.as_str()).collect();
-        combos.push(Ablation { setting: None, without: None, pair: None, change: all.join(", "), spec: combined(None) });
+        // With two settings "all together" is their pair, named as [`pairs`] names one.
+        let (pair, change) = match &edits[..] {
+            [(a, ca, _), (b, cb, _)] => (Some([*a, *b]), format!("{ca} and {cb}")),
+            _ => (None, all.join(", ")),
+        };
+        combos.push(Ablation { setting: None, without: None, pair, change, spec: combined(None) });
     }
     // With two settings, "all but one" is the other one alone: already rendered.
     if edits.len() > 2 {
@@ -450,6 +455,24 @@ pub fn rank(
     causes
 }
 
+/// The two-setting case of [`with_pairs`]: with exactly two differing settings the "all
+/// together" render (`together`, with its distance to the Hub) is their pair, so no pair search
+/// runs; when neither setting closes half the gap alone but the two together do, both are named
+/// as a pair, as a pair found among more settings is. Otherwise `causes` is returned unchanged.
+pub fn with_together_pair(
+    gap: f64,
+    causes: Vec<Cause>,
+    together: Option<(&Ablation, f64)>,
+    hub: &SideSettings,
+    training_resolution: Option<usize>,
+) -> Vec<Cause> {
+    let Some((ablation, distance)) = together.filter(|(a, _)| a.pair.is_some()) else { return causes };
+    if causes.iter().any(|c| c.alone.is_some_and(|a| a >= 0.5)) {
+        return causes;
+    }
+    with_pairs(gap, causes, &[(ablation, distance)], hub, training_resolution)
+}
+
 /// Folds the pair renders into `causes`: when the best pair closes at least half the gap, both
 /// of its settings become causes with the pair's effect (each message naming the other) and the
 /// "unknown" cause goes. `pairs`: each pair ablation with its distance to the Hub.
@@ -478,7 +501,9 @@ pub fn with_pairs(
         );
         match causes.iter_mut().find(|c| c.setting == *setting) {
             Some(c) => {
-                c.effect = c.effect.max(e.min(1.0));
+                // The pair's measured effect, which the message states: "with the others" of a
+                // two-setting ranking can overstate it (the other setting alone may move away).
+                c.effect = e.min(1.0);
                 c.with_others = Some(e);
                 c.message = message;
             }
@@ -676,5 +701,52 @@ mod tests {
         let measured = vec![Measured { ablation: &abl[3], distance: 0.05, without_distance: None, top_change: None }];
         let causes = rank(1.0, &measured, None, None, &hub, None);
         assert!(causes[0].message.starts_with("the Hub renders without a negative prompt (reported by the Hub)"), "{}", causes[0].message);
+    }
+
+    #[test]
+    fn two_settings_that_act_only_together_are_named_as_a_pair() {
+        let hub = with_reported(local(), &serde_json::json!({"steps": 20, "scheduler": "euler-ancestral"}));
+        let (abl, _, combos) = plan(&spec(), &local(), &hub, false);
+        assert_eq!(combos.len(), 1);
+        let all = &combos[0];
+        assert_eq!(all.pair, Some([Setting::Scheduler, Setting::Steps]));
+        assert_eq!(all.change, "scheduler DDIMScheduler → EulerAncestralDiscreteScheduler and steps 8 → 20");
+        assert_eq!((all.spec.scheduler, all.spec.steps), (Some(SchedulerKind::EulerAncestral), 20));
+        // Neither closes the gap alone (more steps alone even move away); together they do.
+        let measured = vec![
+            Measured { ablation: &abl[0], distance: 0.9, without_distance: Some(1.3), top_change: None },
+            Measured { ablation: &abl[1], distance: 1.3, without_distance: Some(0.9), top_change: None },
+        ];
+        let together = 0.1;
+        let causes = rank(1.0, &measured, Some(together), None, &hub, None);
+        let causes = with_together_pair(1.0, causes, Some((all, together)), &hub, None);
+        let settings: Vec<Setting> = causes.iter().map(|c| c.setting).collect();
+        assert_eq!(&settings[..2], &[Setting::Scheduler, Setting::Steps], "{causes:#?}");
+        assert!(!settings.contains(&Setting::Unknown));
+        for (c, other) in causes.iter().zip(["steps", "scheduler"]) {
+            assert!((c.effect - 0.9).abs() < 1e-9, "{c:?}");
+            assert!(c.message.contains(&format!("together with the {other}")) && c.message.contains("neither does alone"), "{}", c.message);
+            assert!(c.message.contains(&all.change), "{}", c.message);
+        }
+        // One setting reproduces the Hub alone: no pair is claimed.
+        let strong = vec![
+            Measured { ablation: &abl[0], distance: 0.2, without_distance: Some(0.95), top_change: None },
+            Measured { ablation: &abl[1], distance: 0.95, without_distance: Some(0.2), top_change: None },
+        ];
+        let causes = rank(1.0, &strong, Some(together), None, &hub, None);
+        let kept: Vec<String> = causes.iter().map(|c| c.message.clone()).collect();
+        let after = with_together_pair(1.0, causes, Some((all, together)), &hub, None);
+        assert_eq!(after.iter().map(|c| c.message.clone()).collect::<Vec<_>>(), kept);
+        // Together they do not close half the gap: "unknown" stays.
+        let measured = vec![
+            Measured { ablation: &abl[0], distance: 0.9, without_distance: Some(0.95), top_change: None },
+            Measured { ablation: &abl[1], distance: 0.95, without_distance: Some(0.9), top_change: None },
+        ];
+        let causes = rank(1.0, &measured, Some(0.8), None, &hub, None);
+        assert_eq!(with_together_pair(1.0, causes, Some((all, 0.8)), &hub, None)[0].setting, Setting::Unknown);
+        // Three settings: the "all together" render is no pair, and nothing changes here.
+        let three = with_reported(local(), &serde_json::json!({"steps": 20, "scheduler": "euler-ancestral", "width": 128}));
+        let (_, _, combos) = plan(&spec(), &local(), &three, false);
+        assert!(combos.iter().all(|a| a.pair.is_none()));
     }
 }

@@ -129,7 +129,8 @@ pub struct AblationResult {
     /// `None`: several Hub settings at once (all, or all but `without`).
     pub setting: Option<Setting>,
     pub without: Option<Setting>,
-    /// Two Hub settings adopted together (rendered when nothing else explains the gap).
+    /// Two Hub settings adopted together: rendered when nothing else explains the gap, or, with
+    /// exactly two differing settings, the "all together" render.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pair: Option<[Setting; 2]>,
     pub change: String,
@@ -170,6 +171,21 @@ pub struct Comparison {
 
 fn rel(out: &Path, p: &Path) -> String {
     p.strip_prefix(out).unwrap_or(p).display().to_string()
+}
+
+const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
+
+/// The `scheduler/scheduler_config.json` of the Hub side's base model `base` (a folder here, or a
+/// Hub repo whose file is fetched into the cache). `None` when it cannot be had: the scheduler
+/// keys then stay unknown rather than failing the comparison.
+async fn base_scheduler_file(client: &HubClient, base: &str) -> Option<PathBuf> {
+    match crate::model_ref::ModelRef::parse(base).ok()? {
+        crate::model_ref::ModelRef::Local(dir) => Some(dir.join(SCHEDULER_CONFIG)),
+        crate::model_ref::ModelRef::Hub { repo, revision } => {
+            let mut fetcher = crate::hub::download::RepoFetcher::new(client, &repo, revision.as_deref()).ok()?;
+            fetcher.file(SCHEDULER_CONFIG).await.ok()
+        }
+    }
 }
 
 async fn load(spec: &RenderSpec, client: &HubClient) -> Result<Renderer, CompareError> {
@@ -367,12 +383,18 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         }
     }
     // The worker samples with the base model's own scheduler config; with the same base that
-    // file is the local pipeline's (before any local override).
-    if same_base && hub_settings.base_model.value.as_deref().is_none_or(|b| b == base_name) {
-        let file = resolved.model_dir.join("scheduler").join("scheduler_config.json");
-        if let Ok(config) = crate::diffusion::config::read_json::<crate::diffusion::schedulers::SchedulerConfig>(&file) {
-            hub_settings = settings::with_scheduler_file(hub_settings, &config);
+    // file is the local pipeline's (before any local override), with another base it is that
+    // base's, fetched from the Hub (one small file).
+    let scheduler_file = if same_base && hub_settings.base_model.value.as_deref().is_none_or(|b| b == base_name) {
+        Some(resolved.model_dir.join(SCHEDULER_CONFIG))
+    } else {
+        match hub_settings.base_model.value.as_deref() {
+            Some(b) => base_scheduler_file(client, b).await,
+            None => None,
         }
+    };
+    if let Some(config) = scheduler_file.and_then(|f| crate::diffusion::config::read_json::<crate::diffusion::schedulers::SchedulerConfig>(&f).ok()) {
+        hub_settings = settings::with_scheduler_file(hub_settings, &config);
     }
     let rows = settings::diff(&local_settings, &hub_settings, card.training_resolution());
     let gap = stats::distance(&local, &hub);
@@ -421,7 +443,9 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
                 top_change: evidence(&r.stats),
             })
             .collect();
-        let together = results.iter().find(|(a, _)| a.setting.is_none() && a.without.is_none() && a.pair.is_none()).map(|(_, r)| r.distance);
+        // The "all together" render (with two settings, their pair); pair renders come later.
+        let all = results.iter().find(|(a, _)| a.setting.is_none() && a.without.is_none());
+        let together = all.map(|(_, r)| r.distance);
         let noise_differs = rows.iter().any(|r| r.setting == Setting::Seed && r.differs);
         // Without a measured noise ablation, seed-to-seed variation bounds what the generator explains.
         let noise_measured = singles.iter().any(|(a, _)| a.setting == Some(Setting::Seed));
@@ -429,6 +453,7 @@ pub async fn run(client: &HubClient, o: &Options, on: &mut dyn FnMut(Event)) -> 
         // Within seed variation there is no gap to attribute.
         if gap > threshold {
             causes = diagnosis::rank(gap, &measured, together, seed_share, &hub_settings, card.training_resolution());
+            causes = diagnosis::with_together_pair(gap, causes, all.map(|(a, r)| (a, r.distance)), &hub_settings, card.training_resolution());
             // Nothing alone nor everything at once explains it: try settings two at a time
             // before answering "unknown", stopping at a pair that reproduces the Hub.
             if causes.first().is_some_and(|c| c.setting == Setting::Unknown) {

@@ -265,9 +265,15 @@ fn another_timestep_spacing_is_named() {
     assert!(v["verdict"].as_str().unwrap().contains("spaces its timesteps trailing"), "{}", v["verdict"]);
 }
 
+/// The planted offset is larger than the usual 0-vs-1 so that it moves every timestep far enough
+/// to stand clear of the paired "nothing to explain" threshold (5% of seed-to-seed) on the tiny
+/// pipeline at 4 steps: 0 vs 1 left only 1.8× that threshold, 30 leaves about 6×.
 #[test]
 fn another_steps_offset_is_named() {
-    planted("steps_offset: 0\n", &["steps_offset"]);
+    let v = planted("steps_offset: 30\n", &["steps_offset"]);
+    assert_eq!(v["paired"], true);
+    let (gap, floor) = (v["distance"].as_f64().unwrap(), v["noise_floor"].as_f64().unwrap());
+    assert!(gap >= 3.0 * floor * 0.05, "gap {gap} within 3× of the paired threshold {}", floor * 0.05);
 }
 
 /// A local render with a negative prompt against a Hub that renders without one (the widget
@@ -284,16 +290,21 @@ fn a_hub_without_the_negative_prompt_is_named() {
 
 /// Two causes that only act together: Karras sigmas mean nothing to the local DDIM sampler, so
 /// adopting them alone changes nothing, yet with the Hub's Euler sampler they close the gap.
-/// Both are named, the Karras sigmas as acting together with the other Hub setting.
+/// With only these two differing, the "all together" render is their pair, and both are named
+/// as a pair, each message naming the other.
 #[test]
 fn karras_sigmas_with_another_scheduler_are_found_as_a_pair() {
     let v = planted("scheduler: euler\nuse_karras_sigmas: true\n", &["scheduler", "karras_sigmas"]);
     let causes = v["causes"].as_array().unwrap();
     let karras = causes.iter().find(|c| c["setting"] == "karras_sigmas").unwrap_or_else(|| panic!("{causes:#?}"));
     assert!(karras["alone"].as_f64().unwrap().abs() < 0.05, "DDIM ignores Karras sigmas: {karras:#}");
-    assert!(karras["effect"].as_f64().unwrap() > 0.3, "{karras:#}");
-    assert!(karras["message"].as_str().unwrap().contains("together with the other Hub settings"), "{karras:#}");
-    assert!(causes[..2].iter().any(|c| c["setting"] == "scheduler"), "{causes:#?}");
+    assert!(karras["effect"].as_f64().unwrap() > 0.5, "{karras:#}");
+    let m = karras["message"].as_str().unwrap();
+    assert!(m.contains("together with the scheduler") && m.contains("neither does alone"), "{karras:#}");
+    let scheduler = &causes[..2].iter().find(|c| c["setting"] == "scheduler").unwrap_or_else(|| panic!("{causes:#?}"));
+    assert!(scheduler["message"].as_str().unwrap().contains("together with the Karras sigmas"), "{scheduler:#}");
+    let all = v["ablations"].as_array().unwrap().iter().find(|a| a["setting"].is_null() && a["without"].is_null()).unwrap();
+    assert_eq!(all["pair"], serde_json::json!(["scheduler", "karras_sigmas"]), "{all:#}");
 }
 
 #[test]
@@ -388,6 +399,51 @@ fn bad_input_is_named_and_rendered_images_are_kept() {
     // Nothing to compare against.
     let t = code(&env.run(&["compare", "--prompt", "x", "--model", "alice/base"]), 2);
     assert!(t.contains("--repo") && t.contains("--hub-image"), "{t}");
+}
+
+/// The Hub renders on the card's base model while the local side renders on another (a local
+/// copy whose scheduler config has `steps_offset: 0`): the Hub side's scheduler keys come from
+/// the Hub base model's own `scheduler/scheduler_config.json`, fetched from the Hub, not unknown.
+#[test]
+fn another_local_base_reads_the_hub_base_models_scheduler_keys() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = start_hub(&root.path().join("hub"), &[]);
+    let env = Env::new(&hub.endpoint);
+    publish(&env);
+    let src = fixtures().join("tiny-sd15");
+    let base = root.path().join("my-base");
+    for e in walk(&src) {
+        let to = base.join(e.strip_prefix(&src).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&e, &to).unwrap();
+    }
+    let config = base.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&config).unwrap().replace("\"steps_offset\": 1", "\"steps_offset\": 0");
+    write(&config, text.as_bytes());
+    let green = root.path().join("green.png");
+    image::RgbImage::from_fn(64, 64, |_, y| if y < 32 { image::Rgb([90, 140, 230]) } else { image::Rgb([30, 170, 50]) }).save(&green).unwrap();
+    let out = root.path().join("cmp");
+    let args = ["--json", "compare", "--prompt", "a photo of the SKY river", "--repo", "alice/sky-lora", "--seeds", "1", "--steps", "2"];
+    let o = env
+        .cmd(&args)
+        .args(["--model", base.to_str().unwrap(), "--hub-image", green.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .env("HF_TOKEN", ALICE)
+        .output()
+        .unwrap();
+    ok(&o);
+    let v = json(&o);
+    let rows = v["settings"].as_array().unwrap();
+    let row = |s: &str| rows.iter().find(|r| r["setting"] == s).unwrap().clone();
+    assert_eq!(row("base_model")["differs"], true, "{:#}", row("base_model"));
+    let offset = row("steps_offset");
+    assert_eq!(
+        (offset["local"].as_str(), offset["hub"].as_str(), offset["hub_source"].as_str()),
+        (Some("0"), Some("1"), Some("assumed")),
+        "{offset:#}"
+    );
+    assert_eq!(offset["differs"], true);
+    // The worker's Euler ancestral reads the base's spacing; Karras sigmas it does not use.
+    assert_eq!(row("timestep_spacing")["hub"], "leading", "{:#}", row("timestep_spacing"));
 }
 
 /// Images saved from the website: the Hub's settings are the worker's documented defaults
