@@ -9,6 +9,7 @@ use hfsky::hub::push::{push_folder, PushOptions, PushOutcome};
 use hfsky::model_ref::ModelRef;
 use hfsky::names;
 use hfsky::repo_id::RepoId;
+use hfsky::train::buckets::BucketCount;
 use hfsky::train::dry_run::{dry_run, Skipped, PUBLISHED};
 use hfsky::train::{Event, TrainConfig, TrainKeys, TrainSummary, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -153,6 +154,10 @@ pub struct TrainJson {
     pub gradient_checkpointing: bool,
     pub resolution: usize,
     pub examples: usize,
+    /// The aspect-ratio buckets trained on, `{width, height, count}`, the most photos first (as
+    /// `training_summary.json`); empty for a run from before buckets.
+    #[serde(default)]
+    pub buckets: Vec<BucketCount>,
     /// `[file, reason]` for each photo left out.
     pub skipped: Vec<(String, String)>,
     pub validation_images: Vec<String>,
@@ -180,6 +185,7 @@ impl TrainJson {
             gradient_checkpointing: s.gradient_checkpointing,
             resolution: s.resolution,
             examples: s.examples.len(),
+            buckets: s.buckets.clone(),
             skipped: s.skipped.clone(),
             validation_images: s.validation.as_ref().map(|v| v.images.clone()).unwrap_or_default(),
             final_val_loss: s.validation_loss.as_ref().and_then(|v| v.final_val_loss),
@@ -196,6 +202,12 @@ struct DryRunJson<'a> {
     repo: &'a RepoId,
     base_model: &'a ModelRef,
     images: usize,
+    /// Photos that would train (neither skipped nor held out).
+    trainable: usize,
+    held_out: usize,
+    resolution: usize,
+    /// The aspect-ratio buckets the photos would train in; empty with `bucketing: false`.
+    buckets: &'a [BucketCount],
     skipped: &'a [Skipped],
     files: &'a [String],
 }
@@ -289,9 +301,23 @@ fn dry_run_report(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::
     if plan.held_out > 0 {
         ctx.say(&format!("would hold {} photo(s) out of training to measure val_loss", plan.held_out));
     }
+    if !plan.buckets.is_empty() {
+        ctx.say(&format!("aspect-ratio buckets at {} px: {}", plan.resolution, hfsky::train::buckets::describe(&plan.buckets)));
+    }
     for s in &plan.skipped {
         ctx.say(&format!("would skip {}: {}", s.file.display(), s.reason));
     }
-    ctx.emit_json(&DryRunJson { dry_run: true, repo, base_model: &cfg.base_model, images: plan.images, skipped: &plan.skipped, files: &plan.files });
+    ctx.emit_json(&DryRunJson {
+        dry_run: true,
+        repo,
+        base_model: &cfg.base_model,
+        images: plan.images,
+        trainable: plan.trainable(),
+        held_out: plan.held_out,
+        resolution: plan.resolution,
+        buckets: &plan.buckets,
+        skipped: &plan.skipped,
+        files: &plan.files,
+    });
     Ok(())
 }

@@ -200,6 +200,41 @@ fn detached(c: Conditioning) -> Conditioning {
     }
 }
 
+/// A run's sizes, from train.yaml and the pipeline's configs alone (no weights loaded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSizes {
+    /// The training resolution in pixels: `resolution`, else the UNet's `sample_size` × the
+    /// VAE's downscale factor (diffusers' default height/width).
+    pub resolution: usize,
+    /// The VAE's downscale factor (8 for SD 1.5 and SDXL).
+    pub vae_factor: usize,
+    /// The bucket rules with `bucketing: true`, with sides a multiple of the VAE's factor × 2
+    /// per UNet downsampling; `None` trains every photo at the square.
+    pub buckets: Option<BucketSpec>,
+}
+
+/// The sizes a run of `cfg` on the pipeline `files` trains at: what the trainer and the dry run
+/// (`train-and-push --dry-run`) both place photos with. Errors: a pipeline config that does not
+/// read (its category), a `resolution` or bucket key the model cannot use (bad input, naming the key).
+pub fn run_sizes(cfg: &TrainConfig, files: &PipelineFiles) -> Result<RunSizes, TrainError> {
+    let unet_json: serde_json::Value = files.config("unet").map_err(GenerateError::from)?;
+    let vae_dir = files.component("vae").map_err(GenerateError::from)?;
+    let f = VaeConfig::from_file(&vae_dir.join("config.json")).map_err(GenerateError::from)?.downscale();
+    let native = unet_json["sample_size"].as_u64().unwrap_or(64) as usize * f;
+    let res = cfg.resolution.unwrap_or(native);
+    if !res.is_multiple_of(f) {
+        return Err(TrainError::Input(format!("resolution: {res} is not a multiple of the VAE's downscale factor {f}")));
+    }
+    let buckets = if cfg.bucketing {
+        let downsamplings = unet_json["down_block_types"].as_array().map_or(0, |b| b.len().saturating_sub(1));
+        let multiple = f << downsamplings;
+        Some(BucketSpec::new(res, cfg.min_bucket_reso, cfg.max_bucket_reso, cfg.bucket_reso_steps, multiple).map_err(TrainError::Input)?)
+    } else {
+        None
+    };
+    Ok(RunSizes { resolution: res, vae_factor: f, buckets })
+}
+
 /// Everything the model card and `train-and-push` need to know about a finished run.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TrainSummary {
@@ -387,22 +422,12 @@ impl Trainer<'_> {
         }
 
         // Resolution from the configs alone, so prompts can be encoded before the UNet is loaded.
-        let unet_json: serde_json::Value = files.config("unet").map_err(GenerateError::from)?;
-        let vae_dir = files.component("vae").map_err(GenerateError::from)?;
-        let f = VaeConfig::from_file(&vae_dir.join("config.json")).map_err(GenerateError::from)?.downscale();
-        let native = unet_json["sample_size"].as_u64().unwrap_or(64) as usize * f;
-        let res = cfg.resolution.unwrap_or(native);
-        if !res.is_multiple_of(f) {
-            return Err(TrainError::Input(format!("resolution: {res} is not a multiple of the VAE's downscale factor {f}")));
-        }
+        let RunSizes { resolution: res, vae_factor: f, buckets: spec } = run_sizes(cfg, &files)?;
 
         // Buckets from each photo's size alone, before any model is loaded: a photo too small for
         // any is skipped by name, and the largest bucket sizes the memory preflight (the square
         // when none fits: a step that cannot fit is said first).
-        let placements = if cfg.bucketing {
-            let downsamplings = unet_json["down_block_types"].as_array().map_or(0, |b| b.len().saturating_sub(1));
-            let multiple = f << downsamplings;
-            let spec = BucketSpec::new(res, cfg.min_bucket_reso, cfg.max_bucket_reso, cfg.bucket_reso_steps, multiple).map_err(TrainError::Input)?;
+        let placements = if let Some(spec) = spec {
             let table = spec.resolutions();
             let mut placements = Vec::new();
             for (path, img, caption) in std::mem::take(&mut loaded) {
@@ -419,8 +444,7 @@ impl Trainer<'_> {
                 }
             }
             let keys: Vec<(u32, u32)> = placements.iter().flatten().map(|p| (p.bucket.1, p.bucket.0)).collect();
-            let list: Vec<String> = buckets::summary(&keys).iter().map(|b| format!("{}×{} ({})", b.width, b.height, b.count)).collect();
-            on(Event::Note(format!("aspect-ratio buckets at {res} px: {}", list.join(", "))));
+            on(Event::Note(format!("aspect-ratio buckets at {res} px: {}", buckets::describe(&buckets::summary(&keys)))));
             placements
         } else {
             vec![None; loaded.len()]
