@@ -105,9 +105,9 @@ fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &toki
                 bar.suspend(|| eprintln!("training {trainable_params} LoRA parameters on {examples} image(s), {total_steps} steps"));
             }
         }
-        Event::Step { step, loss, lr, .. } => {
+        Event::Step { step, loss, lr, d, .. } => {
             bar.set_position(step as u64);
-            bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+            bar.set_message(step_message(loss, lr, d));
         }
         Event::Checkpoint { path } => {
             if !quiet {
@@ -130,6 +130,15 @@ fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &toki
     let summary = trainer.run(&mut on)?;
     bar.finish_and_clear();
     Ok(summary)
+}
+
+/// The progress bar's message after a step. With Prodigy the scheduled `lr` is a multiplier
+/// (1.0 by default) and the step actually taken is d × lr, so both are shown.
+fn step_message(loss: f32, lr: f64, d: Option<f64>) -> String {
+    match d {
+        Some(d) => format!("loss {loss:.4} lr {lr:.2e} d {d:.2e} (step d·lr {:.2e})", d * lr),
+        None => format!("loss {loss:.4} lr {lr:.2e}"),
+    }
 }
 
 fn write_card(cfg: &TrainConfig, summary: &TrainSummary, repo: &str) -> anyhow::Result<PathBuf> {
@@ -320,4 +329,15 @@ fn dry_run_report(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::
         files: &plan.files,
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_message;
+
+    #[test]
+    fn the_progress_shows_prodigys_effective_step() {
+        assert_eq!(step_message(0.12345, 1e-4, None), "loss 0.1235 lr 1.00e-4");
+        assert_eq!(step_message(0.5, 0.5, Some(2.4e-4)), "loss 0.5000 lr 5.00e-1 d 2.40e-4 (step d·lr 1.20e-4)");
+    }
 }

@@ -77,14 +77,42 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
 /// `ValidationLoss` is the held-out photos' loss after `step` (0: before training).
 #[derive(Debug, Clone)]
 pub enum Event {
-    Skipped { file: PathBuf, reason: String },
+    Skipped {
+        file: PathBuf,
+        reason: String,
+    },
     Note(String),
-    Preparing { done: usize, total: usize },
-    Started { total_steps: usize, start_step: usize, examples: usize, trainable_params: usize },
-    Step { step: usize, total: usize, loss: f32, lr: f64, seconds: f64 },
-    Checkpoint { path: PathBuf },
-    Validation { step: usize, images: Vec<PathBuf> },
-    ValidationLoss { step: usize, loss: f32 },
+    Preparing {
+        done: usize,
+        total: usize,
+    },
+    Started {
+        total_steps: usize,
+        start_step: usize,
+        examples: usize,
+        trainable_params: usize,
+    },
+    /// A finished optimizer step: `lr` is the scheduled learning rate; with Prodigy `d` is its
+    /// adapted step size (the effective step is d × lr, prodigyopt's `d * lr`), `None` with AdamW.
+    Step {
+        step: usize,
+        total: usize,
+        loss: f32,
+        lr: f64,
+        d: Option<f64>,
+        seconds: f64,
+    },
+    Checkpoint {
+        path: PathBuf,
+    },
+    Validation {
+        step: usize,
+        images: Vec<PathBuf>,
+    },
+    ValidationLoss {
+        step: usize,
+        loss: f32,
+    },
 }
 
 /// One prepared example: latent distributions (plain, and mirrored when random_flip), each with
@@ -813,12 +841,13 @@ impl Trainer<'_> {
                 final_val_loss = Some(v);
             }
             // Prodigy's step size is d × lr: the log shows the d it found.
-            if let Some(d) = opt.prodigy_d() {
+            let d = opt.prodigy_d();
+            if let Some(d) = d {
                 line["d"] = d.into();
             }
             writeln!(log, "{line}").map_err(io_err(&log_path))?;
             final_loss = Some(step_loss);
-            on(Event::Step { step: done, total: total_steps, loss: step_loss, lr, seconds });
+            on(Event::Step { step: done, total: total_steps, loss: step_loss, lr, d, seconds });
             if let Some(v) = measured {
                 on(Event::ValidationLoss { step: done, loss: v });
             }
