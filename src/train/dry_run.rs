@@ -72,9 +72,16 @@ pub enum DryRunError {
     Config(String),
     #[error(transparent)]
     Source(#[from] crate::dataset::hub_source::DatasetSourceError),
-    /// The sizes the trainer derives from the pipeline's configs and train.yaml.
+    /// The sizes the trainer derives from the pipeline's configs and train.yaml (boxed: the
+    /// trainer's error is large and this one is returned by value).
     #[error(transparent)]
-    Train(#[from] super::TrainError),
+    Train(Box<super::TrainError>),
+}
+
+impl From<super::TrainError> for DryRunError {
+    fn from(e: super::TrainError) -> Self {
+        DryRunError::Train(Box::new(e))
+    }
 }
 
 /// Checks a run of `cfg` on the pipeline in `model_dir` (already resolved: a local folder or the
