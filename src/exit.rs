@@ -240,6 +240,7 @@ impl Categorized for DryRunError {
             DryRunError::Captions(e) => e.category(),
             DryRunError::Config(_) => ExitCategory::BadInput,
             DryRunError::Source(e) => e.category(),
+            DryRunError::Train(e) => e.category(),
         }
     }
 }

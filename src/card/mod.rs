@@ -484,6 +484,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_card_lists_the_buckets_trained_on() {
+        let bare = render(&summary("sd", 512), "alice/x", None).unwrap();
+        assert!(!bare.contains("Aspect-ratio buckets"), "a run from before buckets has none to list");
+        let mut s = summary("sd", 512);
+        s.buckets = vec![
+            crate::train::buckets::BucketCount { width: 512, height: 512, count: 6 },
+            crate::train::buckets::BucketCount { width: 576, height: 448, count: 3 },
+        ];
+        let card = render(&s, "alice/x", None).unwrap();
+        assert!(
+            card.contains(
+                "\n\nAspect-ratio buckets: 512×512 (6), 576×448 (3) (width×height, photos trained at that size); these sizes render well too.\n"
+            ),
+            "{card}"
+        );
+        assert!(card.find("Aspect-ratio buckets").unwrap() < card.find("## Training settings").unwrap());
+        s.buckets.truncate(1);
+        let card = render(&s, "alice/x", None).unwrap();
+        assert!(card.contains("Aspect-ratio buckets: 512×512 (6) (width×height, photos trained at that size).\n"), "{card}");
+    }
+
+    #[test]
     fn the_settings_name_the_optimizer_and_the_caption_augmentation() {
         let card = render(&summary("sd", 512), "alice/x", None).unwrap();
         assert!(card.contains("| optimizer | AdamW (β 0.9/0.999, weight decay 0.01) |"), "{card}");

@@ -314,6 +314,7 @@ mod tests {
             gradient_checkpointing: false,
             resolution: 64,
             examples: 3,
+            buckets: vec![],
             skipped: vec![],
             validation_images: vec![],
             final_val_loss: None,

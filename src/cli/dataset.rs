@@ -2,7 +2,7 @@ use super::{bad_input, exit, Ctx, Reported};
 use anyhow::Context;
 use hfsky::dataset::captioning::{write_target, CaptionOutcome, CaptionPlan, CaptionTemplate};
 use hfsky::dataset::captions::{self, caption_issues, detect_source, load_captions, save_captions, CaptionSource, Captions};
-use hfsky::dataset::check::{check, Severity};
+use hfsky::dataset::check::{check, Severity, Sizes};
 use hfsky::dataset::hub_source::{resolve, DatasetSource};
 use hfsky::dataset::{blip, fix, list_images, relative_name, report};
 use hfsky::model_ref::ModelRef;
@@ -30,9 +30,16 @@ pub struct CheckArgs {
     /// The photo folder, or a Hub dataset `namespace/name` (imagefolder; downloaded into the HF
     /// cache as `train` does when no such local path exists)
     dir: DatasetSource,
-    /// Training resolution: photos whose shorter side is below it are flagged
+    /// Training resolution (train.yaml's `resolution`): photos are checked against the
+    /// aspect-ratio buckets made for it (or the resolution² square with --bucketing false)
     #[arg(long, default_value_t = 512)]
     resolution: u32,
+    /// Check against aspect-ratio buckets, as training does by default (train.yaml's `bucketing`)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
+    bucketing: bool,
+    /// Bucket sides are multiples of this (train.yaml's `bucket_reso_steps`)
+    #[arg(long, default_value_t = 64)]
+    bucket_reso_steps: usize,
     /// Exit 1 when a finding of this severity or worse exists (error, warning or info)
     #[arg(long, default_value = "error")]
     fail_on: Severity,
@@ -152,7 +159,12 @@ fn run_check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<()> {
     if a.resolution < 64 {
         return Err(bad_input(format!("--resolution {} is too small: use the size you train at (512 for SD 1.5, 1024 for SDXL)", a.resolution)));
     }
-    let report = check(&dir, a.resolution)?;
+    let sizes = if a.bucketing {
+        Sizes::buckets(hfsky::train::buckets::BucketSpec::new(a.resolution as usize, None, None, a.bucket_reso_steps, 8).map_err(bad_input)?)
+    } else {
+        Sizes::Square { resolution: a.resolution }
+    };
+    let report = check(&dir, &sizes)?;
     let fixed = match &a.fix {
         Some(out) => Some(fix::fix(&dir, &report, out, a.resolution, a.fail_on)?),
         None => None,

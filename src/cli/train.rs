@@ -9,6 +9,7 @@ use hfsky::hub::push::{push_folder, PushOptions, PushOutcome};
 use hfsky::model_ref::ModelRef;
 use hfsky::names;
 use hfsky::repo_id::RepoId;
+use hfsky::train::buckets::BucketCount;
 use hfsky::train::dry_run::{dry_run, Skipped, PUBLISHED};
 use hfsky::train::{Event, TrainConfig, TrainKeys, TrainSummary, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -104,9 +105,9 @@ fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &toki
                 bar.suspend(|| eprintln!("training {trainable_params} LoRA parameters on {examples} image(s), {total_steps} steps"));
             }
         }
-        Event::Step { step, loss, lr, .. } => {
+        Event::Step { step, loss, lr, d, .. } => {
             bar.set_position(step as u64);
-            bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+            bar.set_message(step_message(loss, lr, d));
         }
         Event::Checkpoint { path } => {
             if !quiet {
@@ -131,6 +132,15 @@ fn train(ctx: &Ctx, cfg: &TrainConfig, client: &hfsky::hub::HubClient, rt: &toki
     Ok(summary)
 }
 
+/// The progress bar's message after a step. With Prodigy the scheduled `lr` is a multiplier
+/// (1.0 by default) and the step actually taken is d × lr, so both are shown.
+fn step_message(loss: f32, lr: f64, d: Option<f64>) -> String {
+    match d {
+        Some(d) => format!("loss {loss:.4} lr {lr:.2e} d {d:.2e} (step d·lr {:.2e})", d * lr),
+        None => format!("loss {loss:.4} lr {lr:.2e}"),
+    }
+}
+
 fn write_card(cfg: &TrainConfig, summary: &TrainSummary, repo: &str) -> anyhow::Result<PathBuf> {
     let card = hfsky::card::render(summary, repo, None)?;
     let path = cfg.output_dir.join(names::README);
@@ -153,6 +163,10 @@ pub struct TrainJson {
     pub gradient_checkpointing: bool,
     pub resolution: usize,
     pub examples: usize,
+    /// The aspect-ratio buckets trained on, `{width, height, count}`, the most photos first (as
+    /// `training_summary.json`); empty for a run from before buckets.
+    #[serde(default)]
+    pub buckets: Vec<BucketCount>,
     /// `[file, reason]` for each photo left out.
     pub skipped: Vec<(String, String)>,
     pub validation_images: Vec<String>,
@@ -180,6 +194,7 @@ impl TrainJson {
             gradient_checkpointing: s.gradient_checkpointing,
             resolution: s.resolution,
             examples: s.examples.len(),
+            buckets: s.buckets.clone(),
             skipped: s.skipped.clone(),
             validation_images: s.validation.as_ref().map(|v| v.images.clone()).unwrap_or_default(),
             final_val_loss: s.validation_loss.as_ref().and_then(|v| v.final_val_loss),
@@ -196,6 +211,12 @@ struct DryRunJson<'a> {
     repo: &'a RepoId,
     base_model: &'a ModelRef,
     images: usize,
+    /// Photos that would train (neither skipped nor held out).
+    trainable: usize,
+    held_out: usize,
+    resolution: usize,
+    /// The aspect-ratio buckets the photos would train in; empty with `bucketing: false`.
+    buckets: &'a [BucketCount],
     skipped: &'a [Skipped],
     files: &'a [String],
 }
@@ -289,9 +310,34 @@ fn dry_run_report(ctx: &Ctx, rt: &tokio::runtime::Runtime, client: &hfsky::hub::
     if plan.held_out > 0 {
         ctx.say(&format!("would hold {} photo(s) out of training to measure val_loss", plan.held_out));
     }
+    if !plan.buckets.is_empty() {
+        ctx.say(&format!("aspect-ratio buckets at {} px: {}", plan.resolution, hfsky::train::buckets::describe(&plan.buckets)));
+    }
     for s in &plan.skipped {
         ctx.say(&format!("would skip {}: {}", s.file.display(), s.reason));
     }
-    ctx.emit_json(&DryRunJson { dry_run: true, repo, base_model: &cfg.base_model, images: plan.images, skipped: &plan.skipped, files: &plan.files });
+    ctx.emit_json(&DryRunJson {
+        dry_run: true,
+        repo,
+        base_model: &cfg.base_model,
+        images: plan.images,
+        trainable: plan.trainable(),
+        held_out: plan.held_out,
+        resolution: plan.resolution,
+        buckets: &plan.buckets,
+        skipped: &plan.skipped,
+        files: &plan.files,
+    });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_message;
+
+    #[test]
+    fn the_progress_shows_prodigys_effective_step() {
+        assert_eq!(step_message(0.12345, 1e-4, None), "loss 0.1235 lr 1.00e-4");
+        assert_eq!(step_message(0.5, 0.5, Some(2.4e-4)), "loss 0.5000 lr 5.00e-1 d 2.40e-4 (step d·lr 1.20e-4)");
+    }
 }

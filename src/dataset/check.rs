@@ -6,6 +6,7 @@ use super::images::{load_rgb, ImageProblem, ProblemKind};
 use super::tone::{robust_center, tone, Tone};
 use super::{overlay, par_map, phash, relative_name, scan, stretch, DatasetError};
 use crate::imagestats::thumbnail;
+use crate::train::buckets::BucketSpec;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -102,7 +103,29 @@ fn measure(path: &Path) -> Result<Measured, ImageProblem> {
 /// Aspect ratios cameras and phones produce (long side / short side).
 const CAMERA_RATIOS: &[f32] = &[1.0, 1.25, 4.0 / 3.0, 1.5, 1.6, 16.0 / 9.0];
 
-pub fn check(dir: &Path, resolution: u32) -> Result<CheckReport, DatasetError> {
+/// The size rules a check follows: the trainer's.
+#[derive(Debug, Clone)]
+pub enum Sizes {
+    /// `bucketing: true` (the default): a photo is a problem only when no bucket takes it
+    /// (skipped: an error naming `min_bucket_reso`), when it trains alone in a smaller bucket of
+    /// its own size (a warning), or when its aspect ratio is beyond the widest bucket (cropped:
+    /// a warning, an error when less than half of it is kept).
+    Buckets { spec: BucketSpec, table: Vec<(u32, u32)> },
+    /// `bucketing: false`: every photo is cropped to a `resolution`² square (a shorter side under
+    /// it is upscaled: a warning, an error under half; 2:1 or wider a warning, 4:1 an error).
+    Square { resolution: u32 },
+}
+
+impl Sizes {
+    /// The rules of a run with `bucketing: true` at `spec`.
+    pub fn buckets(spec: BucketSpec) -> Self {
+        Sizes::Buckets { table: spec.resolutions(), spec }
+    }
+}
+
+/// Checks every image under `dir` against `sizes` (the trainer's size rules), plus the
+/// per-image and dataset-wide findings that do not depend on them.
+pub fn check(dir: &Path, sizes: &Sizes) -> Result<CheckReport, DatasetError> {
     let found = scan(dir)?;
     if found.images.is_empty() && found.unsupported.is_empty() {
         return Err(super::no_images(dir, &found));
@@ -113,7 +136,7 @@ pub fn check(dir: &Path, resolution: u32) -> Result<CheckReport, DatasetError> {
 
     for (entry, m) in images.iter_mut().zip(&measured) {
         match m {
-            Ok(m) => per_image(&mut entry.findings, m, resolution),
+            Ok(m) => per_image(&mut entry.findings, m, sizes),
             Err(p) => entry.findings.push(problem_finding(p)),
         }
     }
@@ -153,36 +176,62 @@ fn problem_finding(p: &ImageProblem) -> Finding {
     Finding { kind, severity: Severity::Error, message: p.reason.clone() }
 }
 
-fn per_image(out: &mut Vec<Finding>, m: &Measured, resolution: u32) {
+fn per_image(out: &mut Vec<Finding>, m: &Measured, sizes: &Sizes) {
     let mut add = |kind, severity, message: String| out.push(Finding { kind, severity, message });
     let (w, h) = m.size;
     let short = w.min(h);
-    if short < resolution {
-        let severity = if short * 2 < resolution { Severity::Error } else { Severity::Warning };
-        add(
-            Kind::TooSmall,
-            severity,
-            format!(
-                "{w}×{h}: the shorter side {short} px is below the training resolution {resolution}: aspect-ratio buckets train it in a smaller \
-                 bucket (or skip it under half the resolution), a square crop (bucketing: false) upscales it and trains blur"
-            ),
-        );
-    }
     let ratio = w.max(h) as f32 / short.max(1) as f32;
     let camera = CAMERA_RATIOS.iter().any(|r| (ratio / r - 1.0).abs() < 0.02);
-    if ratio >= 2.0 {
-        let severity = if ratio >= 4.0 { Severity::Error } else { Severity::Warning };
-        add(
-            Kind::Aspect,
-            severity,
-            format!(
-                "{w}×{h} is {ratio:.2}:1: aspect-ratio buckets keep up to 4:1 ({:.0}% of it), a square training crop (bucketing: false) only {:.0}%",
-                100.0 * (4.0 / ratio).min(1.0),
-                100.0 / ratio
-            ),
-        );
-    } else if !camera {
-        add(Kind::Aspect, Severity::Info, format!("{w}×{h} is {ratio:.2}:1, not a camera format: cropped, or stretched?"));
+    match sizes {
+        Sizes::Buckets { spec, table } => {
+            // The trainer's own placement (`BucketSpec::place`), so the check says what training will do.
+            match spec.place(table, w, h) {
+                Err(reason) => add(Kind::TooSmall, Severity::Error, format!("training skips it: {reason}")),
+                Ok(p) if !table.contains(&p.bucket) => add(
+                    Kind::TooSmall,
+                    Severity::Warning,
+                    format!(
+                        "{w}×{h} is smaller than its {}-px bucket and buckets never upscale: it trains alone at {}×{}, fewer pixels than \
+                         the others (a bucket side under min_bucket_reso {} would skip it)",
+                        spec.resolution, p.bucket.0, p.bucket.1, spec.min_side
+                    ),
+                ),
+                Ok(_) => {}
+            }
+            let widest = table.iter().map(|&(bw, bh)| bw.max(bh) as f32 / bw.min(bh) as f32).fold(1.0, f32::max);
+            if ratio > widest * 1.02 {
+                let kept = widest / ratio;
+                let severity = if kept < 0.5 { Severity::Error } else { Severity::Warning };
+                add(
+                    Kind::Aspect,
+                    severity,
+                    format!(
+                        "{w}×{h} is {ratio:.2}:1, beyond the widest bucket ({widest:.2}:1 at {} px): training crops it to that bucket and keeps {:.0}% of it",
+                        spec.resolution,
+                        100.0 * kept
+                    ),
+                );
+            } else if !camera {
+                add(Kind::Aspect, Severity::Info, format!("{w}×{h} is {ratio:.2}:1, not a camera format: cropped, or stretched?"));
+            }
+        }
+        Sizes::Square { resolution } => {
+            let resolution = *resolution;
+            if short < resolution {
+                let severity = if short * 2 < resolution { Severity::Error } else { Severity::Warning };
+                add(
+                    Kind::TooSmall,
+                    severity,
+                    format!("{w}×{h}: the shorter side {short} px is below the training resolution {resolution}: the square crop upscales it and trains blur"),
+                );
+            }
+            if ratio >= 2.0 {
+                let severity = if ratio >= 4.0 { Severity::Error } else { Severity::Warning };
+                add(Kind::Aspect, severity, format!("{w}×{h} is {ratio:.2}:1: the square training crop keeps only {:.0}% of it", 100.0 / ratio));
+            } else if !camera {
+                add(Kind::Aspect, Severity::Info, format!("{w}×{h} is {ratio:.2}:1, not a camera format: cropped, or stretched?"));
+            }
+        }
     }
     if let Some(skew) = m.grain_skew {
         let strong = skew.abs() >= stretch::STRONG;
@@ -310,6 +359,40 @@ mod tests {
     use image::imageops;
     use std::fs;
 
+    fn buckets(res: usize) -> Sizes {
+        Sizes::buckets(BucketSpec::new(res, None, None, 64, 8).unwrap())
+    }
+
+    fn finding(r: &CheckReport, file: &str, kind: Kind) -> Finding {
+        let i = r.images.iter().find(|i| i.file == file).unwrap_or_else(|| panic!("{file} not listed"));
+        i.findings.iter().find(|f| f.kind == kind).unwrap_or_else(|| panic!("{file}: no {kind:?} in {:?}", i.findings)).clone()
+    }
+
+    #[test]
+    fn sizes_follow_the_bucket_rules_or_the_square_crop() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        // At 512 (64-px steps) the widest bucket is 1024×256, 4:1.
+        fs::write(d.join("pano.png"), gen::png(&gen::photo(2000, 400, 1))).unwrap();
+        fs::write(d.join("ribbon.png"), gen::png(&gen::photo(3000, 300, 2))).unwrap();
+        fs::write(d.join("wide.png"), gen::png(&gen::photo(1200, 400, 3))).unwrap();
+        fs::write(d.join("small.png"), gen::png(&gen::photo(400, 300, 4))).unwrap();
+        let r = check(d, &buckets(512)).unwrap();
+        let pano = finding(&r, "pano.png", Kind::Aspect);
+        assert!(pano.severity == Severity::Warning && pano.message.contains("keeps 80%"), "5:1 against 4:1: {pano:?}");
+        let ribbon = finding(&r, "ribbon.png", Kind::Aspect);
+        assert!(ribbon.severity == Severity::Error && ribbon.message.contains("keeps 40%"), "{ribbon:?}");
+        // 3:1 is no problem for buckets: the 768×256 bucket takes it whole.
+        assert_eq!(finding(&r, "wide.png", Kind::Aspect).severity, Severity::Info);
+        assert_eq!(finding(&r, "small.png", Kind::TooSmall).severity, Severity::Warning, "trains at 384×256, its own bucket");
+
+        let square = check(d, &Sizes::Square { resolution: 512 }).unwrap();
+        assert_eq!(finding(&square, "wide.png", Kind::Aspect).severity, Severity::Warning, "a square crop keeps a third");
+        assert_eq!(finding(&square, "pano.png", Kind::Aspect).severity, Severity::Error);
+        let small = finding(&square, "small.png", Kind::TooSmall);
+        assert!(small.severity == Severity::Warning && small.message.contains("upscales"), "{small:?}");
+    }
+
     fn kinds(r: &CheckReport, file: &str) -> Vec<Kind> {
         r.images.iter().find(|i| i.file == file).unwrap_or_else(|| panic!("{file} not listed")).findings.iter().map(|f| f.kind).collect()
     }
@@ -317,7 +400,7 @@ mod tests {
     #[test]
     fn the_bundled_sky_photos_are_clean() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sky-photos");
-        let r = check(&dir, 512).unwrap();
+        let r = check(&dir, &buckets(512)).unwrap();
         assert_eq!(r.images.len(), 11);
         let found: Vec<_> = r.images.iter().filter(|i| !i.findings.is_empty()).collect();
         assert!(found.is_empty(), "{found:#?}");
@@ -350,12 +433,18 @@ mod tests {
         let wide = imageops::resize(&gen::photo(640, 480, 18), 960, 480, imageops::FilterType::Triangle);
         fs::write(d.join("stretched.png"), gen::png(&wide)).unwrap();
 
-        let r = check(d, 448).unwrap();
+        let r = check(d, &buckets(448)).unwrap();
         assert_eq!(kinds(&r, "dup.jpg"), [Kind::Duplicate]);
         assert!(r.images.iter().find(|i| i.file == "dup.jpg").unwrap().findings[0].message.contains("clean3.jpg"));
+        // Buckets at 448: 400×300 trains alone at 384×256 (a warning); 200×150's bucket 192×128
+        // is under min_bucket_reso 192 (skipped: an error); 2400×520 (4.6:1) fits the 896×192 bucket.
         assert_eq!(kinds(&r, "small.png"), [Kind::TooSmall]);
-        assert_eq!(r.images.iter().find(|i| i.file == "tiny.png").unwrap().findings[0].severity, Severity::Error);
-        assert!(kinds(&r, "strip.jpg").contains(&Kind::Aspect));
+        let small = &finding(&r, "small.png", Kind::TooSmall);
+        assert!(small.severity == Severity::Warning && small.message.contains("384×256"), "{small:?}");
+        let tiny = finding(&r, "tiny.png", Kind::TooSmall);
+        assert!(tiny.severity == Severity::Error && tiny.message.contains("min_bucket_reso 192"), "{tiny:?}");
+        assert_eq!(finding(&r, "strip.jpg", Kind::Aspect).severity, Severity::Info, "within the bucket range, only not a camera ratio");
+        assert!(!kinds(&r, "strip.jpg").contains(&Kind::TooSmall));
         assert_eq!(kinds(&r, "vivid.jpg"), [Kind::Filter]);
         assert_eq!(kinds(&r, "text.jpg"), [Kind::TextOverlay]);
         assert_eq!(kinds(&r, "rotated.jpg"), [Kind::ExifOrientation]);

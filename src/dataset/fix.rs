@@ -151,7 +151,8 @@ mod tests {
         fs::write(d.join("b.txt"), "sky b").unwrap();
         let before: Vec<_> = ["a.jpg", "b.png", "c.jpg"].iter().map(|n| fs::read(d.join(n)).unwrap()).collect();
 
-        let report = check(&d, 512).unwrap();
+        let report =
+            check(&d, &crate::dataset::check::Sizes::buckets(crate::train::buckets::BucketSpec::new(512, None, None, 64, 8).unwrap())).unwrap();
         let out = t.path().join("out");
         let o = fix(&d, &report, &out, 512, Severity::Error).unwrap();
         assert_eq!(o.written, 2);

@@ -262,6 +262,11 @@ pub fn summary(keys: &[(u32, u32)]) -> Vec<BucketCount> {
     counts(keys).into_iter().map(|((h, w), count)| BucketCount { width: w, height: h, count }).collect()
 }
 
+/// Buckets as people read them: `512×512 (6), 576×448 (3)` (width×height, then the photo count).
+pub fn describe(buckets: &[BucketCount]) -> String {
+    buckets.iter().map(|b| format!("{}×{} ({})", b.width, b.height, b.count)).collect::<Vec<_>>().join(", ")
+}
+
 /// How many photos fall in each bucket, largest bucket count first, then by size.
 pub fn counts(keys: &[(u32, u32)]) -> Vec<((u32, u32), usize)> {
     let mut m = std::collections::BTreeMap::<(u32, u32), usize>::new();

@@ -34,7 +34,8 @@ pub struct DryRun {
     pub images: usize,
     /// Of those, images that have a caption (0 with `captions: instance`).
     pub captioned: usize,
-    /// Images the loader cannot read, which training would skip.
+    /// Images training would skip: unreadable, or too small (or too elongated) for any bucket,
+    /// with the trainer's reason.
     pub skipped: Vec<Skipped>,
     /// Readable images held out of training for the validation loss (`validation_split`, or
     /// the dataset's `validation/` folder).
@@ -44,6 +45,11 @@ pub struct DryRun {
     pub files: Vec<String>,
     /// Where the captions come from, and how many photos fall back to the instance prompt.
     pub captions_from: crate::dataset::captions::Captions,
+    /// The training resolution in pixels.
+    pub resolution: usize,
+    /// The aspect-ratio buckets the training photos would fall in, the most photos first (as
+    /// `training_summary.json` will list them); empty with `bucketing: false`.
+    pub buckets: Vec<super::buckets::BucketCount>,
 }
 
 impl DryRun {
@@ -66,24 +72,46 @@ pub enum DryRunError {
     Config(String),
     #[error(transparent)]
     Source(#[from] crate::dataset::hub_source::DatasetSourceError),
+    /// The sizes the trainer derives from the pipeline's configs and train.yaml (boxed: the
+    /// trainer's error is large and this one is returned by value).
+    #[error(transparent)]
+    Train(Box<super::TrainError>),
+}
+
+impl From<super::TrainError> for DryRunError {
+    fn from(e: super::TrainError) -> Self {
+        DryRunError::Train(Box::new(e))
+    }
 }
 
 /// Checks a run of `cfg` on the pipeline in `model_dir` (already resolved: a local folder or the
 /// Hub cache's snapshot) as far as it can without loading weights: the pipeline's files, every
 /// photo decoded once, the captions read.
 pub fn dry_run(cfg: &TrainConfig, model_dir: &Path) -> Result<DryRun, DryRunError> {
-    PipelineFiles::open(model_dir)?;
+    let files = PipelineFiles::open(model_dir)?;
+    let sizes = super::trainer::run_sizes(cfg, &files)?;
+    let table = sizes.buckets.map(|spec| spec.resolutions()).unwrap_or_default();
     let dataset_dir = cfg.dataset.folder()?;
     let images = crate::dataset::list_images(dataset_dir)?;
     let captions = crate::dataset::captions::load_captions(dataset_dir, &images, cfg.captions, cfg.caption_column.as_deref())?;
-    let skipped: Vec<Skipped> = images
-        .iter()
-        .filter_map(|p| crate::dataset::images::load_rgb(p).err().map(|problem| Skipped { file: p.clone(), reason: problem.reason }))
-        .collect();
-    let readable: Vec<&PathBuf> = images.iter().filter(|p| !skipped.iter().any(|s| &s.file == *p)).collect();
-    let n = readable.len();
-    let (_, plan) =
-        super::validation_loss::hold_out(dataset_dir, cfg.validation_split, cfg.seed, readable, |p| p.as_path()).map_err(DryRunError::Config)?;
+    // Each photo decoded and placed as the trainer does, in the same order, so the held-out draw
+    // below is the trainer's too.
+    let mut skipped = Vec::new();
+    let mut fitting = Vec::new();
+    for p in &images {
+        let placed = crate::dataset::images::load_rgb(p).map_err(|problem| problem.reason).and_then(|img| {
+            let (w, h) = img.rgb.dimensions();
+            sizes.buckets.map(|spec| spec.place(&table, w, h).map(|pl| Some(pl.bucket))).unwrap_or(Ok(None))
+        });
+        match placed {
+            Ok(bucket) => fitting.push((p, bucket)),
+            Err(reason) => skipped.push(Skipped { file: p.clone(), reason }),
+        }
+    }
+    let n = fitting.len();
+    let (fitting, plan) =
+        super::validation_loss::hold_out(dataset_dir, cfg.validation_split, cfg.seed, fitting, |(p, _)| p.as_path()).map_err(DryRunError::Config)?;
+    let keys: Vec<(u32, u32)> = fitting[..plan.train].iter().filter_map(|(_, b)| b.map(|(w, h)| (h, w))).collect();
     let mut files: Vec<String> =
         [names::LORA_WEIGHTS, names::README, names::TRAIN_CONFIG, names::TRAINING_LOG, names::TRAINING_REPORT].map(String::from).to_vec();
     files.extend(cfg.lora_formats.iter().filter(|f| **f != crate::diffusion::lora::export::ExportFormat::Peft).map(|f| f.file_name().to_string()));
@@ -97,6 +125,8 @@ pub fn dry_run(cfg: &TrainConfig, model_dir: &Path) -> Result<DryRun, DryRunErro
         held_out: n - plan.train,
         files,
         captions_from: captions,
+        resolution: sizes.resolution,
+        buckets: super::buckets::summary(&keys),
     })
 }
 
@@ -163,5 +193,33 @@ mod tests {
         let e = dry_run(&cfg, &pipeline_dir("tiny-sd15")).unwrap_err();
         assert!(matches!(e, DryRunError::Dataset(crate::dataset::DatasetError::NoImages { .. })), "{e}");
         assert_eq!(e.category(), ExitCategory::BadInput);
+    }
+
+    #[test]
+    fn places_photos_in_the_trainers_buckets_and_names_the_too_small() {
+        use crate::dataset::testgen as gen;
+        let d = tempfile::tempdir().unwrap();
+        let photos = d.path().join("photos");
+        std::fs::create_dir_all(&photos).unwrap();
+        for (name, w, h, seed) in [("wide.jpg", 160, 80, 1), ("wide2.jpg", 150, 76, 5), ("square.jpg", 96, 96, 3), ("thumb.jpg", 30, 20, 4)] {
+            std::fs::write(photos.join(name), gen::jpeg(&gen::photo(w, h, seed))).unwrap();
+        }
+        let cfg = config(d.path(), "resolution: 64\nbucket_reso_steps: 16\n");
+        let r = dry_run(&cfg, &pipeline_dir("tiny-sd15")).unwrap();
+        assert_eq!(r.resolution, 64);
+        // kohya's rules at 64 px / 16 px steps (as tests/cli/train_buckets.rs trains them): 2:1 → 80×48.
+        let b: Vec<(u32, u32, usize)> = r.buckets.iter().map(|b| (b.width, b.height, b.count)).collect();
+        assert_eq!(b, [(80, 48, 2), (64, 64, 1)]);
+        assert_eq!(r.trainable(), 3);
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!(r.skipped[0].file, photos.join("thumb.jpg"));
+        assert!(r.skipped[0].reason.contains("too small") && r.skipped[0].reason.contains("min_bucket_reso"), "{}", r.skipped[0].reason);
+        // The held-out photo is drawn among those that fit, and its bucket is not counted.
+        let held = dry_run(&config(d.path(), "resolution: 64\nbucket_reso_steps: 16\nvalidation_split: 1\n"), &pipeline_dir("tiny-sd15")).unwrap();
+        assert_eq!((held.held_out, held.trainable(), held.buckets.iter().map(|b| b.count).sum::<usize>()), (1, 2, 2));
+        let square = dry_run(&config(d.path(), "resolution: 64\nbucketing: false\n"), &pipeline_dir("tiny-sd15")).unwrap();
+        assert!(square.buckets.is_empty() && square.skipped.is_empty(), "without buckets every readable photo trains");
+        let e = dry_run(&config(d.path(), "resolution: 64\nbucket_reso_steps: 128\n"), &pipeline_dir("tiny-sd15")).unwrap_err();
+        assert!(matches!(e, DryRunError::Train(_)) && e.to_string().contains("bucket_reso_steps"), "{e}");
     }
 }

@@ -41,6 +41,8 @@ struct LogLine {
     loss: Option<f64>,
     lr: Option<f64>,
     val_loss: Option<f64>,
+    /// Prodigy's adapted step size (absent with AdamW).
+    d: Option<f64>,
 }
 
 /// A bucket as training_summary.json lists them (aspect-ratio bucketing).
@@ -74,6 +76,8 @@ struct Page {
     peak_device: Option<String>,
     loss_plot: String,
     lr_plot: String,
+    /// Prodigy's d and the step actually taken, d × lr, when the log has `d`.
+    d_plot: Option<String>,
     validation_rows: Vec<ValidationRow>,
     buckets: Vec<Bucket>,
     vocabulary: Vocabulary,
@@ -117,7 +121,8 @@ fn log_lines(text: &str) -> Vec<LogLine> {
     text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
-fn plots(log: &[LogLine]) -> (String, String) {
+/// The loss, learning-rate and (with Prodigy) step-size plots.
+fn plots(log: &[LogLine]) -> (String, String, Option<String>) {
     let loss: Vec<(f64, f64)> = log.iter().filter_map(|l| Some((l.step as f64, l.loss?))).collect();
     let val: Vec<(f64, f64)> = log.iter().filter_map(|l| Some((l.step as f64, l.val_loss?))).collect();
     let lr: Vec<(f64, f64)> = log.iter().filter_map(|l| Some((l.step as f64, l.lr?))).collect();
@@ -135,7 +140,20 @@ fn plots(log: &[LogLine]) -> (String, String) {
         "learning rate",
         &[Series { label: "learning rate", points: lr, colour: 2, faint: false, markers: false }],
     );
-    (loss_plot, lr_plot)
+    let d: Vec<(f64, f64)> = log.iter().filter_map(|l| Some((l.step as f64, l.d?))).collect();
+    let step: Vec<(f64, f64)> = log.iter().filter_map(|l| Some((l.step as f64, l.d? * l.lr?))).collect();
+    let d_plot = (!d.is_empty()).then(|| {
+        line_chart(
+            "Prodigy's adapted step size d, and the step taken (d × learning rate)",
+            "optimizer step",
+            "step size",
+            &[
+                Series { label: "d", points: d, colour: 3, faint: false, markers: false },
+                Series { label: "d × learning rate", points: step, colour: 2, faint: false, markers: false },
+            ],
+        )
+    });
+    (loss_plot, lr_plot, d_plot)
 }
 
 /// A small JPEG of the image at `path` as a data URI.
@@ -216,7 +234,7 @@ pub fn html(dir: &Path) -> Result<String, ReportError> {
         Ok(text) => log_lines(&text),
         Err(_) => Vec::new(),
     };
-    let (loss_plot, lr_plot) = plots(&log);
+    let (loss_plot, lr_plot, d_plot) = plots(&log);
     let prompts: Vec<Option<String>> = summary.examples.iter().map(|(_, p)| Some(p.clone())).collect();
     let vocabulary = vocabulary::vocabulary(&prompts, &vec![None; prompts.len()]);
     let settings = std::fs::read_to_string(dir.join(names::TRAIN_CONFIG)).map(|t| settings(&t)).unwrap_or_default();
@@ -226,6 +244,7 @@ pub fn html(dir: &Path) -> Result<String, ReportError> {
         peak_device: gib(summary.peak_device_memory_bytes),
         loss_plot,
         lr_plot,
+        d_plot,
         validation_rows: validation_rows(dir, &summary)?,
         buckets,
         vocabulary,
@@ -284,7 +303,8 @@ mod tests {
             !html.contains("<b>SKY</b>") && html.contains("a photo of &lt;b&gt;SKY&lt;&#x2f;b&gt; &amp; &quot;friends&quot;"),
             "the prompt is escaped"
         );
-        assert_eq!(html.matches("<svg ").count(), 2, "loss and learning-rate plots");
+        assert_eq!(html.matches("<svg ").count(), 2, "loss and learning-rate plots; no d without Prodigy");
+        assert!(!html.contains("Prodigy's adapted step size"));
         assert!(html.contains("val_loss (held-out photos)") && html.contains(">loss (smoothed)</text>"), "both curves and their legend");
         // Each validation step's image and the final one, embedded, labelled by step.
         assert_eq!(html.matches("<img src=\"data:image").count(), 2, "{html}");
@@ -298,6 +318,22 @@ mod tests {
         output_folder(d.path(), "sky", false);
         let page = super::html(d.path()).unwrap();
         assert!(!page.contains("id=\"buckets\""));
+    }
+
+    #[test]
+    fn a_prodigy_run_plots_d_and_the_step_taken() {
+        let d = tempfile::tempdir().unwrap();
+        output_folder(d.path(), "sky", false);
+        let log = "{\"step\":1,\"loss\":0.4,\"lr\":0.5,\"d\":1e-6,\"seconds\":1}\n{\"step\":2,\"loss\":0.3,\"lr\":0.5,\"d\":4e-4,\"seconds\":1}\n";
+        std::fs::write(d.path().join(names::TRAINING_LOG), log).unwrap();
+        let page = super::html(d.path()).unwrap();
+        assert_eq!(page.matches("<svg ").count(), 3, "loss, learning rate and d");
+        assert!(page.contains("adapted step size d, and the step taken"), "the chart's title");
+        assert!(page.contains(">d × learning rate</text>"), "both series in the legend");
+        let (_, _, plot) = plots(&log_lines(log));
+        let plot = plot.unwrap();
+        // The y axis spans the step taken (up to 2e-4 = 4e-4 × 0.5) and d (up to 4e-4).
+        assert!(plot.contains("4.0e-4") || plot.contains("4e-4"), "{plot}");
     }
 
     #[test]

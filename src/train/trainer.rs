@@ -77,14 +77,42 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
 /// `ValidationLoss` is the held-out photos' loss after `step` (0: before training).
 #[derive(Debug, Clone)]
 pub enum Event {
-    Skipped { file: PathBuf, reason: String },
+    Skipped {
+        file: PathBuf,
+        reason: String,
+    },
     Note(String),
-    Preparing { done: usize, total: usize },
-    Started { total_steps: usize, start_step: usize, examples: usize, trainable_params: usize },
-    Step { step: usize, total: usize, loss: f32, lr: f64, seconds: f64 },
-    Checkpoint { path: PathBuf },
-    Validation { step: usize, images: Vec<PathBuf> },
-    ValidationLoss { step: usize, loss: f32 },
+    Preparing {
+        done: usize,
+        total: usize,
+    },
+    Started {
+        total_steps: usize,
+        start_step: usize,
+        examples: usize,
+        trainable_params: usize,
+    },
+    /// A finished optimizer step: `lr` is the scheduled learning rate; with Prodigy `d` is its
+    /// adapted step size (the effective step is d × lr, prodigyopt's `d * lr`), `None` with AdamW.
+    Step {
+        step: usize,
+        total: usize,
+        loss: f32,
+        lr: f64,
+        d: Option<f64>,
+        seconds: f64,
+    },
+    Checkpoint {
+        path: PathBuf,
+    },
+    Validation {
+        step: usize,
+        images: Vec<PathBuf>,
+    },
+    ValidationLoss {
+        step: usize,
+        loss: f32,
+    },
 }
 
 /// One prepared example: latent distributions (plain, and mirrored when random_flip), each with
@@ -198,6 +226,41 @@ fn detached(c: Conditioning) -> Conditioning {
         pooled: c.pooled.map(|(n, p)| (n.detach(), p.detach())),
         time_ids: c.time_ids,
     }
+}
+
+/// A run's sizes, from train.yaml and the pipeline's configs alone (no weights loaded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSizes {
+    /// The training resolution in pixels: `resolution`, else the UNet's `sample_size` × the
+    /// VAE's downscale factor (diffusers' default height/width).
+    pub resolution: usize,
+    /// The VAE's downscale factor (8 for SD 1.5 and SDXL).
+    pub vae_factor: usize,
+    /// The bucket rules with `bucketing: true`, with sides a multiple of the VAE's factor × 2
+    /// per UNet downsampling; `None` trains every photo at the square.
+    pub buckets: Option<BucketSpec>,
+}
+
+/// The sizes a run of `cfg` on the pipeline `files` trains at: what the trainer and the dry run
+/// (`train-and-push --dry-run`) both place photos with. Errors: a pipeline config that does not
+/// read (its category), a `resolution` or bucket key the model cannot use (bad input, naming the key).
+pub fn run_sizes(cfg: &TrainConfig, files: &PipelineFiles) -> Result<RunSizes, TrainError> {
+    let unet_json: serde_json::Value = files.config("unet").map_err(GenerateError::from)?;
+    let vae_dir = files.component("vae").map_err(GenerateError::from)?;
+    let f = VaeConfig::from_file(&vae_dir.join("config.json")).map_err(GenerateError::from)?.downscale();
+    let native = unet_json["sample_size"].as_u64().unwrap_or(64) as usize * f;
+    let res = cfg.resolution.unwrap_or(native);
+    if !res.is_multiple_of(f) {
+        return Err(TrainError::Input(format!("resolution: {res} is not a multiple of the VAE's downscale factor {f}")));
+    }
+    let buckets = if cfg.bucketing {
+        let downsamplings = unet_json["down_block_types"].as_array().map_or(0, |b| b.len().saturating_sub(1));
+        let multiple = f << downsamplings;
+        Some(BucketSpec::new(res, cfg.min_bucket_reso, cfg.max_bucket_reso, cfg.bucket_reso_steps, multiple).map_err(TrainError::Input)?)
+    } else {
+        None
+    };
+    Ok(RunSizes { resolution: res, vae_factor: f, buckets })
 }
 
 /// Everything the model card and `train-and-push` need to know about a finished run.
@@ -387,22 +450,12 @@ impl Trainer<'_> {
         }
 
         // Resolution from the configs alone, so prompts can be encoded before the UNet is loaded.
-        let unet_json: serde_json::Value = files.config("unet").map_err(GenerateError::from)?;
-        let vae_dir = files.component("vae").map_err(GenerateError::from)?;
-        let f = VaeConfig::from_file(&vae_dir.join("config.json")).map_err(GenerateError::from)?.downscale();
-        let native = unet_json["sample_size"].as_u64().unwrap_or(64) as usize * f;
-        let res = cfg.resolution.unwrap_or(native);
-        if !res.is_multiple_of(f) {
-            return Err(TrainError::Input(format!("resolution: {res} is not a multiple of the VAE's downscale factor {f}")));
-        }
+        let RunSizes { resolution: res, vae_factor: f, buckets: spec } = run_sizes(cfg, &files)?;
 
         // Buckets from each photo's size alone, before any model is loaded: a photo too small for
         // any is skipped by name, and the largest bucket sizes the memory preflight (the square
         // when none fits: a step that cannot fit is said first).
-        let placements = if cfg.bucketing {
-            let downsamplings = unet_json["down_block_types"].as_array().map_or(0, |b| b.len().saturating_sub(1));
-            let multiple = f << downsamplings;
-            let spec = BucketSpec::new(res, cfg.min_bucket_reso, cfg.max_bucket_reso, cfg.bucket_reso_steps, multiple).map_err(TrainError::Input)?;
+        let placements = if let Some(spec) = spec {
             let table = spec.resolutions();
             let mut placements = Vec::new();
             for (path, img, caption) in std::mem::take(&mut loaded) {
@@ -419,8 +472,7 @@ impl Trainer<'_> {
                 }
             }
             let keys: Vec<(u32, u32)> = placements.iter().flatten().map(|p| (p.bucket.1, p.bucket.0)).collect();
-            let list: Vec<String> = buckets::summary(&keys).iter().map(|b| format!("{}×{} ({})", b.width, b.height, b.count)).collect();
-            on(Event::Note(format!("aspect-ratio buckets at {res} px: {}", list.join(", "))));
+            on(Event::Note(format!("aspect-ratio buckets at {res} px: {}", buckets::describe(&buckets::summary(&keys)))));
             placements
         } else {
             vec![None; loaded.len()]
@@ -789,12 +841,13 @@ impl Trainer<'_> {
                 final_val_loss = Some(v);
             }
             // Prodigy's step size is d × lr: the log shows the d it found.
-            if let Some(d) = opt.prodigy_d() {
+            let d = opt.prodigy_d();
+            if let Some(d) = d {
                 line["d"] = d.into();
             }
             writeln!(log, "{line}").map_err(io_err(&log_path))?;
             final_loss = Some(step_loss);
-            on(Event::Step { step: done, total: total_steps, loss: step_loss, lr, seconds });
+            on(Event::Step { step: done, total: total_steps, loss: step_loss, lr, d, seconds });
             if let Some(v) = measured {
                 on(Event::ValidationLoss { step: done, loss: v });
             }

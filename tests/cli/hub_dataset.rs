@@ -74,7 +74,8 @@ fn a_pushed_photo_dataset_trains_from_the_hub_cache() {
     std::fs::write(
         &cfg,
         format!(
-            "base_model: {}\ndataset: alice/sky-photos\ninstance_prompt: a photo of SKY\noutput_dir: ./out\nmax_steps: 2\nseed: 1\n# The 64×48 test photos are smaller than any bucket at 64 px.\nbucketing: false\n",
+            "base_model: {}\ndataset: alice/sky-photos\ninstance_prompt: a photo of SKY\noutput_dir: ./out\nmax_steps: 2\nseed: 1\n\
+             bucket_reso_steps: 16\n",
             fixture("tiny-sd15").display()
         ),
     )

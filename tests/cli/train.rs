@@ -316,6 +316,15 @@ fn train_and_push_checks_the_token_first_then_publishes_in_one_commit() {
     let v = json(&o);
     assert_eq!(v["dry_run"], true, "{v}");
     assert_eq!(v["images"], 3, "{v}");
+    let in_buckets: u64 = v["buckets"].as_array().unwrap().iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert_eq!(v["trainable"].as_u64(), Some(in_buckets), "every trainable photo has a bucket: {v}");
+    let o = env
+        .cmd(&["train-and-push", "--repo", "alice/sky-lora", "--dry-run", "--config", cfg.to_str().unwrap()])
+        .env("HF_TOKEN", ALICE)
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(text(&o).contains("aspect-ratio buckets at "), "{}", text(&o));
     assert!(v["files"].as_array().unwrap().iter().any(|f| f == "pytorch_lora_weights.safetensors"), "{v}");
     assert!(!d.join("out").exists(), "a dry run wrote the output folder");
     let o = env

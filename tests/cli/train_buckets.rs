@@ -40,6 +40,9 @@ fn mixed_aspect_photos_train_in_buckets_listed_in_the_summary() {
         .collect();
     buckets.sort();
     assert_eq!(buckets, [(48, 80, 1), (64, 64, 1), (80, 48, 1)]);
+    assert_eq!(v["buckets"], summary["buckets"], "train --json lists the buckets as the summary does");
+    let card = std::fs::read_to_string(d.join("out/README.md")).unwrap();
+    assert!(card.contains("Aspect-ratio buckets: ") && card.contains("80×48 (1)") && card.contains("48×80 (1)"), "{card}");
     let wide = summary["example_buckets"].as_array().unwrap().iter().find(|e| e["file"] == "wide.jpg").unwrap().clone();
     assert_eq!(wide["bucket"], serde_json::json!({"width": 80, "height": 48}));
     assert_eq!(wide["original_size"], serde_json::json!({"width": 160, "height": 80}));
