@@ -1,6 +1,7 @@
 //! Snapshots of what users see: help texts, the human output and the `--json` documents of
-//! each command (dataset check/captions/report, whoami, login/logout, push, download, train, card
-//! render, generate, compare's summary, lora convert, token list, ci init/summary, env), against temp folders and the offline Hub. Temp paths,
+//! each command (dataset check/captions/caption/report, whoami, login/logout, push, download,
+//! train, train-and-push --dry-run, card render, generate, compare's summary, lora convert, token
+//! list, ci init/summary, env), against temp folders and the offline Hub. Temp paths,
 //! ports, times, memory and machine facts are filtered; a change in wording or shape shows up as
 //! a snapshot diff to review (`cargo insta review`, or `INSTA_UPDATE=always` and
 //! `git diff tests/cli/snapshots/`). The renders and the training run are tiny (64 px, 2 steps):
@@ -287,10 +288,10 @@ fn env_human_and_json() {
 }
 
 /// The rest of the commands a user types: login and logout (file store), download after a push,
-/// `lora convert`, and `dataset captions export|check` and `dataset report` on three bundled
-/// photos, human and `--json`.
+/// `lora convert`, `dataset captions export|check|import`, `dataset caption` and `dataset report`
+/// on three bundled photos, and `train-and-push --dry-run`, human and `--json`.
 #[test]
-fn login_download_lora_convert_and_dataset_captions_and_report() {
+fn login_download_lora_convert_dataset_captions_and_train_and_push_dry_run() {
     let t = tempfile::tempdir().unwrap();
     let hub = start_hub(&t.path().join("hub"), &[]);
     let env = Env::new(&hub.endpoint);
@@ -336,6 +337,34 @@ fn login_download_lora_convert_and_dataset_captions_and_report() {
     let check = env.run(&["dataset", "captions", "check", photos.to_str().unwrap()]);
     let check_json = json(&env.run(&["--json", "dataset", "captions", "check", photos.to_str().unwrap()]));
     let report = env.run(&["dataset", "report", photos.to_str().unwrap(), "--out", d.join("report").to_str().unwrap()]);
+    let tsv = d.join("captions.tsv");
+    std::fs::write(&tsv, "file_name\ttext\nbridge.jpg\tan orange sunset behind a bridge\n").unwrap();
+    let import = env.run(&["dataset", "captions", "import", photos.to_str().unwrap(), tsv.to_str().unwrap()]);
+    let caption = env.run(&["dataset", "caption", photos.to_str().unwrap(), "--template", "a photo of SKY, {caption}", "--overwrite", "--dry-run"]);
+    let caption_json = json(&env.run(&[
+        "--json",
+        "dataset",
+        "caption",
+        photos.to_str().unwrap(),
+        "--template",
+        "a photo of SKY, {caption}",
+        "--overwrite",
+        "--dry-run",
+    ]));
+
+    // train-and-push --dry-run: what would be trained and published, checked against the Hub.
+    let cfg = tiny_training(&d.join("run"));
+    let plan = env
+        .cmd(&["train-and-push", "--repo", "alice/sky-lora", "--dry-run", "--config", cfg.to_str().unwrap()])
+        .env("HF_TOKEN", ALICE)
+        .output()
+        .unwrap();
+    let plan_json = json(
+        &env.cmd(&["--json", "train-and-push", "--repo", "alice/sky-lora", "--dry-run", "--config", cfg.to_str().unwrap()])
+            .env("HF_TOKEN", ALICE)
+            .output()
+            .unwrap(),
+    );
 
     let mut s = settings(t.path());
     s.add_filter(&regex_escape(&d.display().to_string()), "[home]");
@@ -354,5 +383,10 @@ fn login_download_lora_convert_and_dataset_captions_and_report() {
         insta::assert_snapshot!("dataset_captions_check", format!("exit {:?}\n{}", check.status.code(), text(&check)));
         insta::assert_json_snapshot!("dataset_captions_check_json", check_json);
         insta::assert_snapshot!("dataset_report", text(&report));
+        insta::assert_snapshot!("dataset_captions_import", text(&import));
+        insta::assert_snapshot!("dataset_caption_dry_run", text(&caption));
+        insta::assert_json_snapshot!("dataset_caption_dry_run_json", caption_json);
+        insta::assert_snapshot!("train_and_push_dry_run", format!("exit {:?}\n{}", plan.status.code(), text(&plan)));
+        insta::assert_json_snapshot!("train_and_push_dry_run_json", plan_json);
     });
 }
