@@ -397,60 +397,35 @@ pub fn diff(local: &SideSettings, hub: &SideSettings, training_resolution: Optio
     let negative = |k: &Known<String>| k.value.as_deref().map(show_negative).unwrap_or_else(|| "unknown".into());
     let row = |setting, local: String, hub: String, source, differs| SettingRow { setting, local, hub, hub_source: source, differs, note: None };
     let (lf, hf) = (lora_fusion(local), lora_fusion(hub));
-    let fusion_differs = fusion_differs(local, hub);
     vec![
-        row(Setting::BaseModel, show(&local.base_model), show(&hub.base_model), hub.base_model.source, differs(&local.base_model, &hub.base_model)),
-        row(
-            Setting::Lora,
-            show(&local.lora_applied),
-            show(&hub.lora_applied),
-            hub.lora_applied.source,
-            differs(&local.lora_applied, &hub.lora_applied),
-        ),
-        row(Setting::LoraScale, show(&local.lora_scale), show(&hub.lora_scale), hub.lora_scale.source, differs(&local.lora_scale, &hub.lora_scale)),
+        compared(Setting::BaseModel, &local.base_model, &hub.base_model, show),
+        compared(Setting::Lora, &local.lora_applied, &hub.lora_applied, show),
+        compared(Setting::LoraScale, &local.lora_scale, &hub.lora_scale, show),
         row(
             Setting::LoraFusion,
             lf.unwrap_or_else(|| "unknown".into()),
             hf.unwrap_or_else(|| "unknown".into()),
             hub.lora_mode.source,
-            fusion_differs,
+            fusion_differs(local, hub),
         ),
         SettingRow { note: size_note, ..row(Setting::Size, size(local), size(hub), size_source, size_differs) },
-        row(Setting::Scheduler, show(&local.scheduler), show(&hub.scheduler), hub.scheduler.source, differs(&local.scheduler, &hub.scheduler)),
-        row(Setting::Steps, show(&local.steps), show(&hub.steps), hub.steps.source, differs(&local.steps, &hub.steps)),
-        row(Setting::Guidance, show(&local.guidance), show(&hub.guidance), hub.guidance.source, differs(&local.guidance, &hub.guidance)),
-        row(Setting::Dtype, show(&local.dtype), show(&hub.dtype), hub.dtype.source, differs(&local.dtype, &hub.dtype)),
-        row(Setting::Vae, vae(&local.vae), vae(&hub.vae), hub.vae.source, differs(&local.vae, &hub.vae)),
-        row(Setting::Seed, show(&local.noise), show(&hub.noise), hub.noise.source, differs(&local.noise, &hub.noise)),
-        row(
-            Setting::KarrasSigmas,
-            show(&local.karras_sigmas),
-            show(&hub.karras_sigmas),
-            hub.karras_sigmas.source,
-            differs(&local.karras_sigmas, &hub.karras_sigmas),
-        ),
-        row(
-            Setting::TimestepSpacing,
-            show(&local.timestep_spacing),
-            show(&hub.timestep_spacing),
-            hub.timestep_spacing.source,
-            differs(&local.timestep_spacing, &hub.timestep_spacing),
-        ),
-        row(
-            Setting::StepsOffset,
-            show(&local.steps_offset),
-            show(&hub.steps_offset),
-            hub.steps_offset.source,
-            differs(&local.steps_offset, &hub.steps_offset),
-        ),
-        row(
-            Setting::NegativePrompt,
-            negative(&local.negative_prompt),
-            negative(&hub.negative_prompt),
-            hub.negative_prompt.source,
-            differs(&local.negative_prompt, &hub.negative_prompt),
-        ),
+        compared(Setting::Scheduler, &local.scheduler, &hub.scheduler, show),
+        compared(Setting::Steps, &local.steps, &hub.steps, show),
+        compared(Setting::Guidance, &local.guidance, &hub.guidance, show),
+        compared(Setting::Dtype, &local.dtype, &hub.dtype, show),
+        compared(Setting::Vae, &local.vae, &hub.vae, vae),
+        compared(Setting::Seed, &local.noise, &hub.noise, show),
+        compared(Setting::KarrasSigmas, &local.karras_sigmas, &hub.karras_sigmas, show),
+        compared(Setting::TimestepSpacing, &local.timestep_spacing, &hub.timestep_spacing, show),
+        compared(Setting::StepsOffset, &local.steps_offset, &hub.steps_offset, show),
+        compared(Setting::NegativePrompt, &local.negative_prompt, &hub.negative_prompt, negative),
     ]
+}
+
+/// The row of a setting both sides know the same way: each side shown by `fmt`, the Hub side's
+/// source, and whether the two known values differ.
+fn compared<T: PartialEq>(setting: Setting, local: &Known<T>, hub: &Known<T>, fmt: impl Fn(&Known<T>) -> String) -> SettingRow {
+    SettingRow { setting, local: fmt(local), hub: fmt(hub), hub_source: hub.source, differs: differs(local, hub), note: None }
 }
 
 #[cfg(test)]

@@ -329,3 +329,9 @@ pub fn browser_check(page: &Path, min_images: usize, min_svgs: usize, shot: &str
     let distinct: std::collections::HashSet<_> = img.pixels().step_by(97).map(|p| p.0).collect();
     assert!(distinct.len() > 20, "the screenshot looks blank");
 }
+
+/// `path` as a `&'static str` for an argument list beside string literals (leaked: a test process
+/// is short-lived, and plain `&str` lists read as the command line they are).
+pub fn arg(path: &Path) -> &'static str {
+    path.to_str().unwrap().to_string().leak()
+}

@@ -9,6 +9,10 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The prompts, steps and guidance the reference images were rendered with
+/// (tests/fixtures/make_reference.py, make_scheduler_reference.py).
+const REFERENCE_RENDER: [&str; 8] = ["--prompt", "a photo of the SKY river", "--negative", "blurry, low quality", "--steps", "4", "--guidance", "5"];
+
 /// Mean absolute difference between our PNG and diffusers' image tensor, in 1/255 units.
 fn mean_abs_255(png: &std::path::Path, reference: &candle_core::Tensor) -> f64 {
     let buf = pixels(png);
@@ -37,30 +41,11 @@ fn reproduces_diffusers_from_the_same_latents() {
         ] {
             let with_lora = lora_mode.is_some();
             let out = env.dir.path().join(format!("{name}-{sched}-{}-{dtype}", lora_mode.unwrap_or("none")));
-            let mut args = vec![
-                "--json",
-                "generate",
-                "--model",
-                fixtures().join(name).to_str().unwrap().to_string().leak(),
-                "--prompt",
-                "a photo of the SKY river",
-                "--negative",
-                "blurry, low quality",
-                "--steps",
-                "4",
-                "--guidance",
-                "5",
-                "--scheduler",
-                sched,
-                "--dtype",
-                dtype,
-                "--latents",
-                latents.to_str().unwrap().to_string().leak(),
-                "--out",
-                out.to_str().unwrap().to_string().leak(),
-            ];
+            let mut args = vec!["--json", "generate", "--model", arg(&fixtures().join(name))];
+            args.extend(REFERENCE_RENDER);
+            args.extend(["--scheduler", sched, "--dtype", dtype, "--latents", arg(&latents), "--out", arg(&out)]);
             if with_lora {
-                args.extend(["--lora", lora.to_str().unwrap().to_string().leak()]);
+                args.extend(["--lora", arg(&lora)]);
             }
             if lora_mode == Some("fused") {
                 args.push("--lora-merge");
@@ -99,24 +84,9 @@ fn karras_sigmas_and_timestep_spacing_reproduce_diffusers() {
         ("", vec!["--scheduler", "ddim", "--karras-sigmas", "true", "--steps-offset", "0"], (false, "leading", 0)),
     ] {
         let out = env.dir.path().join(format!("out-{}", flags[1]));
-        let mut args = vec![
-            "--json",
-            "generate",
-            "--model",
-            fixtures().join("tiny-sd15").to_str().unwrap().to_string().leak(),
-            "--prompt",
-            "a photo of the SKY river",
-            "--negative",
-            "blurry, low quality",
-            "--steps",
-            "4",
-            "--guidance",
-            "5",
-            "--latents",
-            latents.to_str().unwrap().to_string().leak(),
-            "--out",
-            out.to_str().unwrap().to_string().leak(),
-        ];
+        let mut args = vec!["--json", "generate", "--model", arg(&fixtures().join("tiny-sd15"))];
+        args.extend(REFERENCE_RENDER);
+        args.extend(["--latents", arg(&latents), "--out", arg(&out)]);
         args.extend(flags.iter());
         let v = json(&env.run(&args));
         let png = PathBuf::from(v["images"][0]["png"].as_str().unwrap());
@@ -130,27 +100,9 @@ fn karras_sigmas_and_timestep_spacing_reproduce_diffusers() {
     }
     // Karras sigmas do change an Euler render.
     let plain = env.dir.path().join("plain");
-    let mut args = vec!["generate", "--model", fixtures().join("tiny-sd15").to_str().unwrap().to_string().leak()];
-    args.extend([
-        "--prompt",
-        "a photo of the SKY river",
-        "--negative",
-        "blurry, low quality",
-        "--steps",
-        "4",
-        "--guidance",
-        "5",
-        "--scheduler",
-        "euler",
-    ]);
-    args.extend([
-        "--timestep-spacing",
-        "trailing",
-        "--latents",
-        latents.to_str().unwrap().to_string().leak(),
-        "--out",
-        plain.to_str().unwrap().to_string().leak(),
-    ]);
+    let mut args = vec!["generate", "--model", arg(&fixtures().join("tiny-sd15"))];
+    args.extend(REFERENCE_RENDER);
+    args.extend(["--scheduler", "euler", "--timestep-spacing", "trailing", "--latents", arg(&latents), "--out", arg(&plain)]);
     ok(&env.run(&args));
     let png = std::fs::read_dir(&plain).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "png")).unwrap();
     assert!(mean_abs_255(&png, &want["euler_karras_trailing"]) > 2.0, "Karras sigmas changed nothing");

@@ -18,22 +18,8 @@ fn field(case: &str) -> PathBuf {
 /// Renders tiny-sd15 at a fixed seed with `lora` (fused or live) and returns the PNG's pixels.
 fn render(env: &Env, lora: &Path, merge: bool, tag: &str) -> Vec<u8> {
     let out = env.dir.path().join(tag);
-    let mut args = vec![
-        "--json",
-        "generate",
-        "--model",
-        fixtures().join("tiny-sd15").to_str().unwrap().to_string().leak(),
-        "--prompt",
-        "a photo of the SKY river",
-        "--steps",
-        "3",
-        "--seed",
-        "7",
-        "--lora",
-        lora.to_str().unwrap().to_string().leak(),
-        "--out",
-        out.to_str().unwrap().to_string().leak(),
-    ];
+    let mut args = vec!["--json", "generate", "--model", arg(&fixtures().join("tiny-sd15")), "--prompt", "a photo of the SKY river"];
+    args.extend(["--steps", "3", "--seed", "7", "--lora", arg(lora), "--out", arg(&out)]);
     if merge {
         args.push("--lora-merge");
     }

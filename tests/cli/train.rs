@@ -87,21 +87,11 @@ fn trains_writes_outputs_and_the_lora_changes_generations() {
 
         // Same prompt, seed and noise with and without the LoRA: the images differ.
         let gen = |lora: Option<&Path>, dir: &str| {
-            let mut args = vec![
-                "generate",
-                "--model",
-                fixture(model).to_str().unwrap().to_string().leak(),
-                "--prompt",
-                "a photo of SKY river",
-                "--steps",
-                "2",
-                "--seed",
-                "1",
-            ];
             let out = d.join(dir);
-            args.extend(["--out", out.to_str().unwrap().to_string().leak()]);
+            let mut args = vec!["generate", "--model", arg(&fixture(model)), "--prompt", "a photo of SKY river"];
+            args.extend(["--steps", "2", "--seed", "1", "--out", arg(&out)]);
             if let Some(l) = lora {
-                args.extend(["--lora", l.to_str().unwrap().to_string().leak()]);
+                args.extend(["--lora", arg(l)]);
             }
             ok(&env.run(&args));
             png_pixels(&out.join("seed-1.png"))

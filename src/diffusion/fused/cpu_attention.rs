@@ -9,6 +9,7 @@
 //! dV += Pᵀ·dO, dP = dO·Vᵀ, D = rowsum(P ∘ dP), dS = P ∘ (dP − D), dQ = s·dS·K, dK += s·dSᵀ·Q.
 
 use super::matmul::{all_threads, mm};
+use super::vexp::exp_shifted;
 use candle_core::{bail, CpuStorage, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -115,11 +116,7 @@ impl candle_core::CustomOp3 for Forward {
                 mm((rows, m, d), s.as_mut_ptr(), (m, 1), false, qp, (hd, 1), kp, (1, hd), scale, par);
                 for (r, row) in s.chunks_mut(m).enumerate() {
                     let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for x in row.iter_mut() {
-                        *x = (*x - mx).exp();
-                        sum += *x;
-                    }
+                    let sum = exp_shifted(row, mx);
                     let inv = 1.0 / sum;
                     row.iter_mut().for_each(|x| *x *= inv);
                     *l_ptr.ptr().add(bh * n + q0 + r) = mx + sum.ln();
@@ -178,7 +175,7 @@ impl candle_core::CustomOp3 for Backward {
                     mm((rows, m, d), p.as_mut_ptr(), (m, 1), false, qp, (hd, 1), kp, (1, hd), scale, par);
                     for (r, row) in p.chunks_mut(m).enumerate() {
                         let l = self.lse[bh * n + q0 + r];
-                        row.iter_mut().for_each(|x| *x = (*x - l).exp());
+                        exp_shifted(row, l);
                     }
                     let first = q0 == 0;
                     // dV += Pᵀ·dO

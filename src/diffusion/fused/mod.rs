@@ -21,6 +21,7 @@ pub mod cpu_conv;
 pub mod geglu;
 mod matmul;
 pub mod norm;
+mod vexp;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CudaStorage, Layout, Result, Shape, Storage, Tensor};

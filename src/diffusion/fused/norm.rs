@@ -8,6 +8,7 @@
 //! statistics rather than kept.
 
 use super::record;
+use super::vexp::silu_affine;
 use candle_core::{bail, CpuStorage, DType, Layout, Module, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
@@ -157,10 +158,7 @@ impl candle_core::CustomOp1 for GroupNormCpu {
                     let (a, b) = (gamma[g0 + ci] * rstd, beta[g0 + ci] - gamma[g0 + ci] * rstd * mean);
                     let (xr, yr) = (&xs[ci * hw..(ci + 1) * hw], &mut ys[ci * hw..(ci + 1) * hw]);
                     if self.p.silu {
-                        for (y, &v) in yr.iter_mut().zip(xr) {
-                            let z = a * v + b;
-                            *y = z / (1.0 + (-z).exp());
-                        }
+                        silu_affine(yr, xr, a, b);
                     } else {
                         for (y, &v) in yr.iter_mut().zip(xr) {
                             *y = a * v + b;
