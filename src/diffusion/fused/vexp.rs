@@ -22,17 +22,17 @@ const ROUND: f32 = 12_582_912.0;
 /// A public function that runs `$lanes` compiled for AVX-512F, for AVX2 or for the baseline,
 /// whichever the CPU has (one runtime check each call, cached by std).
 macro_rules! dispatched {
-    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $lanes:ident) => {
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $lanes:ident) => {
         $(#[$doc])*
-        pub fn $name($($arg: $ty),*) -> $ret {
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                unsafe fn avx512($($arg: $ty),*) -> $ret {
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     $lanes($($arg),*)
                 }
                 #[target_feature(enable = "avx2")]
-                unsafe fn avx2($($arg: $ty),*) -> $ret {
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $lanes($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
@@ -57,7 +57,7 @@ dispatched! {
 dispatched! {
     /// ys[i] ← SiLU(a·xs[i] + b) = z / (1 + e^−z): a group norm's per-channel scale and shift,
     /// then SiLU. `ys` and `xs` have the same length.
-    pub fn silu_affine(ys: &mut [f32], xs: &[f32], a: f32, b: f32) -> () = silu_affine_lanes
+    pub fn silu_affine(ys: &mut [f32], xs: &[f32], a: f32, b: f32) = silu_affine_lanes
 }
 
 #[inline(always)]
@@ -97,8 +97,8 @@ fn exp_lane(x: f32) -> f32 {
     p = p * r + 1.398_2e-3;
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.166_666_66;
+    p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
     // 2^n: n + 127 in the exponent field (n from the low bits of t; ROUND's own bits cancel).
     let e = (t.to_bits().wrapping_sub(ROUND.to_bits()) as i32 + 127) as u32;
