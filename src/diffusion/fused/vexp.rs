@@ -87,7 +87,7 @@ fn exp_shifted_lanes(xs: &mut [f32], shift: f32) -> f32 {
 /// Branch-free e^x of one lane (see the module docs for range and error).
 #[inline(always)]
 fn exp_lane(x: f32) -> f32 {
-    let c = x.max(MIN_X).min(MAX_X);
+    let c = x.clamp(MIN_X, MAX_X);
     // n = round(x / ln 2), as a float and as the integer in the low bits of t.
     let t = c * LOG2E + ROUND;
     let n = t - ROUND;
