@@ -29,7 +29,12 @@ fn prodigy_matches_prodigyopt() {
         serde_json::from_str(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/prodigy-reference.json"))).unwrap();
     let names = |c: &[Case]| c.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
     assert_eq!(names(&committed), names(&fresh), "regenerate tests/fixtures/prodigy-reference.json with the script");
+    // torch's CPU reductions are not bitwise the same on every CPU (its kernels pick their vector
+    // width at run time): the committed values must agree to 1e-6 relative, not to the last bit.
     for (a, b) in committed.iter().zip(&fresh) {
-        assert_eq!(a.d, b.d, "{}: the committed values are not what the pinned prodigyopt computes", a.name);
+        assert_eq!(a.d.len(), b.d.len(), "{}: steps", a.name);
+        for (x, y) in a.d.iter().zip(&b.d) {
+            assert!((x - y).abs() <= 1e-6 * y.abs(), "{}: committed d {x} is not what the pinned prodigyopt computes ({y})", a.name);
+        }
     }
 }
