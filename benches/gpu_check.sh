@@ -15,10 +15,14 @@
 # the same latents and the time of a 20-step SD 1.5 512 px and a 30-step SDXL 1024 px render; SD
 # 1.5 512 px and SDXL 1024 px LoRA training steps, SDXL with and without gradient checkpointing,
 # s/step, peak memory and hfsky's preflight memory estimate against diffusers + peft in the same
-# run. Prints the table last (paste it into the README with the date).
-# TIME_LIMIT (default 420 s) bounds each case so the whole check stays under 8 minutes.
+# run; then the SD 1.5 rows again with the GPU convolutions as im2col + cuBLAS instead of cuDNN
+# (does cuDNN earn its place as the default?). Prints the table last (paste it into the README with
+# the date); each row is also printed as it is measured ("row: …"), so a run cut short keeps them.
+# TIME_LIMIT (default 420 s) bounds the benchmark so the whole check stays under 8 minutes. With
+# $OUT set (the device tool's output folder) everything printed is also kept in $OUT/gpu_check.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -n "${OUT:-}" ]; then exec > >(tee -a "$OUT/gpu_check.log") 2>&1; fi
 HFSKY="${HFSKY:?set HFSKY to the CUDA build of hfsky (or its .gz)}"
 if [[ "$HFSKY" == *.gz ]]; then
   mkdir -p target/gpu-bin
@@ -33,8 +37,8 @@ if [ -n "${WHEELS:-}" ]; then
 fi
 "$PY" -c "import torch, diffusers, peft, transformers; assert torch.cuda.is_available(), 'no CUDA device visible to torch'"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-# The binary opens cuBLAS and cuRAND at run time: from the system, else from the NVIDIA wheels
-# torch brought (site-packages/nvidia/*/lib). If it cannot use the GPU, `hfsky env` says why.
+# The binary opens cuBLAS, cuRAND and cuDNN at run time: from the system, else from the NVIDIA
+# wheels torch brought (site-packages/nvidia/*/lib). If it cannot use the GPU, `hfsky env` says why.
 NVLIBS=$("$PY" -c 'import glob, os, site
 dirs = {os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(os.path.join(d, "nvidia", "*", "lib", "*.so*"))}
 print(":".join(sorted(dirs)))')
@@ -43,9 +47,12 @@ if [ -n "$NVLIBS" ]; then export LD_LIBRARY_PATH="$NVLIBS${LD_LIBRARY_PATH:+:$LD
 "$HFSKY" env --json | "$PY" -c 'import json, sys
 e = json.load(sys.stdin)
 if e["auto_device"] == "cpu":
-    sys.exit("hfsky does not use the GPU here: %s" % e["gpu_unavailable"])'
+    sys.exit("hfsky does not use the GPU here: %s" % e["gpu_unavailable"])
+conv = e.get("gpu_conv") or {}
+if conv.get("backend") != "cudnn":
+    print("note: GPU convolutions are not cuDNN here (%s): the +im2col rows compare im2col with itself" % conv.get("note"), file=sys.stderr)'
 
 export DEVICE=cuda PRECISION=bf16 PYTHON="$PY" HFSKY DIR="${DIR:-target/realsize}"
 export THREADS="${THREADS:-$(nproc)}" STEPS="${STEPS:-5}" WARMUP="${WARMUP:-2}"
-export CASES="${CASES:-sd15-gen-512 sdxl-gen-1024 sd15-512 sdxl-1024 sdxl-1024-gc}"
+export CASES="${CASES:-sd15-gen-512 sdxl-gen-1024 sd15-512 sdxl-1024 sdxl-1024-gc sd15-gen-512+im2col sd15-512+im2col}"
 timeout "${TIME_LIMIT:-420}" benches/realsize_bench.sh

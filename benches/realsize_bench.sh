@@ -19,6 +19,8 @@
 #                       torch.Generator("cpu").manual_seed(0), hfsky renders from those very latents
 #                       (`generate --latents`) and the two images are compared (parity), then hfsky
 #                       renders two seeds and the second one's time (warm kernels) is the row
+#   CASE+im2col         any hfsky-binary case above with the GPU convolutions as im2col + cuBLAS
+#                       instead of cuDNN (HFSKY_GPU_CONV=im2col): the measurement behind cuDNN as default
 #
 #   THREADS=2 STEPS=3 WARMUP=1 CASES="sd15-256 unet" DIR=target/realsize benches/realsize_bench.sh
 #   HFSKY=path/to/hfsky   PYTHON=python-with-torch-diffusers-peft   DEVICE=cpu|cuda   PRECISION=f32|bf16|f16
@@ -71,12 +73,14 @@ print(statistics.median(secs))' "$1" "$WARMUP"
 }
 
 ROWS=()
-row() { # row LABEL REF HFSKY UNIT [NOTE]
+SUFFIX=""   # appended to every row's label (the `+im2col` variants)
+row() { # row LABEL REF HFSKY UNIT [NOTE]  (also printed at once to stderr: a run cut short keeps its rows)
   ROWS+=("$("$PY" -c 'import sys
 l, p, r, unit, note = sys.argv[1:6]
 p, r = float(p), float(r)
 fmt = (lambda v: f"{v / 2**30:.2f} GiB") if unit == "bytes" else (lambda v: f"{v:.2f} s")
-print(f"| {l} | {fmt(r)} | {fmt(p)} | {r / p:.2f}× | {note} |")' "$1" "$2" "$3" "$4" "${5:-}")")
+print(f"| {l} | {fmt(r)} | {fmt(p)} | {r / p:.2f}× | {note} |")' "$1$SUFFIX" "$2" "$3" "$4" "${5:-}")")
+  echo "row: ${ROWS[-1]}" >&2
 }
 
 train_case() { # train_case LABEL KIND RES [gc]
@@ -147,15 +151,22 @@ bench_bin() {
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
+CONV_BEFORE="${HFSKY_GPU_CONV-}"
 for c in $CASES; do
-  case "$c" in
-    sd15-256) train_case sd15-256 sd15 256 ;;
-    sd15-512) train_case sd15-512 sd15 512 ;;
-    sdxl-512-gc) train_case sdxl-512-gc sdxl 512 gc ;;
-    sdxl-1024) train_case sdxl-1024 sdxl 1024 ;;
-    sdxl-1024-gc) train_case sdxl-1024-gc sdxl 1024 gc ;;
-    sd15-gen-512) gen_case sd15-gen-512 sd15 512 20 ;;
-    sdxl-gen-1024) gen_case sdxl-gen-1024 sdxl 1024 30 ;;
+  base="${c%+im2col}"
+  if [ "$base" != "$c" ]; then
+    export HFSKY_GPU_CONV=im2col SUFFIX=" (GPU convolutions: im2col + cuBLAS, no cuDNN)"
+  else
+    export HFSKY_GPU_CONV="$CONV_BEFORE"; SUFFIX=""
+  fi
+  case "$base" in
+    sd15-256) train_case "$c" sd15 256 ;;
+    sd15-512) train_case "$c" sd15 512 ;;
+    sdxl-512-gc) train_case "$c" sdxl 512 gc ;;
+    sdxl-1024) train_case "$c" sdxl 1024 ;;
+    sdxl-1024-gc) train_case "$c" sdxl 1024 gc ;;
+    sd15-gen-512) gen_case "$c" sd15 512 20 ;;
+    sdxl-gen-1024) gen_case "$c" sdxl 1024 30 ;;
     unet)
       echo "unet: SD 1.5 forward at 32×32 latents…" >&2
       b=$(bench_bin)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds hfsky with the CUDA backend (`--features cuda`) on a machine with no GPU and no CUDA
-# install: a pinned CUDA 13.0 toolkit comes from PyPI wheels (nvcc, nvvm, crt, runtime, cccl).
+# Builds hfsky with the CUDA backend and cuDNN convolutions (`--features cuda,cudnn`; CUDNN=0 for
+# `cuda` alone) on a machine with no GPU and no CUDA install: a pinned CUDA 13.0 toolkit comes from
+# PyPI wheels (nvcc, nvvm, crt, runtime, cccl).
 #
-# The binary starts on any Linux machine, GPU or not: the CUDA libraries (driver, cuBLAS, cuRAND)
-# are opened at run time, not linked. candle 0.11 hard-wires link-time binding (cudarc's
+# The binary starts on any Linux machine, GPU or not: the CUDA libraries (driver, cuBLAS, cuRAND,
+# and cuDNN, which is optional: without it convolutions run as im2col + cuBLAS) are opened at run
+# time, not linked. candle 0.11 hard-wires link-time binding (cudarc's
 # `dynamic-linking`, and `-lcudart` in candle-kernels: huggingface/candle#3900), so this script
 # builds against patched copies of those two crates made from the registry sources: cudarc's
 # `dynamic-loading` instead, and the CUDA runtime linked statically (libcudart_static, which
@@ -22,7 +24,7 @@
 #   CUDA_ARCHS=80 scripts/build-cuda.sh   only that one (each build is ~17 min on 2 cores)
 #   CUDA_COMPUTE_CAP=90 scripts/build-cuda.sh   the former single build → target-cuda/release/hfsky
 #   scripts/build-cuda.sh --runtime-libs  also fetch the real runtime libraries the binary needs on a
-#                                         GPU host without them (cuBLAS is large: ~600 MB)
+#                                         GPU host without them (cuBLAS and cuDNN are large: ~600 MB each)
 #
 # Everything downloaded lives in .cuda-toolkit/ (git-ignored); the build goes to target-cuda/.
 # The build takes ~17 min on 2 cores, mostly nvcc compiling candle-kernels; run it under
@@ -58,7 +60,10 @@ RUNTIME=(
   nvidia-cublas==13.0.2.14
   nvidia-curand==10.4.0.35
   nvidia-cuda-nvrtc==13.0.88
+  nvidia-cudnn-cu13==9.13.0.50
 )
+FEATURES=cuda,cudnn
+[ "${CUDNN:-1}" = 0 ] && FEATURES=cuda
 
 say() { echo "build-cuda: $*" >&2; }
 
@@ -113,7 +118,7 @@ for arch in $ARCHS; do
   # CUDA_COMPUTE_CAP is also compiled into the binary (`hfsky env` reports it).
   PATH="$CU/bin:$PATH" CUDA_HOME="$CU" CUDA_PATH="$CU" CUDA_ROOT="$CU" \
     RUSTFLAGS="${RUSTFLAGS:-} -L native=$CU/lib" \
-    cargo build --release --features cuda --bin hfsky "${PATCH_FLAGS[@]}"
+    cargo build --release --features "$FEATURES" --bin hfsky "${PATCH_FLAGS[@]}"
   BUILT+=("$CARGO_TARGET_DIR/release/hfsky")
   say "built $CARGO_TARGET_DIR/release/hfsky ($(du -h "$CARGO_TARGET_DIR/release/hfsky" | cut -f1))"
 done
@@ -125,13 +130,14 @@ if [ -n "$NEEDED" ]; then
   exit 1
 fi
 say "no CUDA library is linked at load time; on a GPU host the binary opens libcuda.so.1 (the driver),"
-say "  libcublas.so.13 and libcurand.so.10 (a CUDA 13 runtime, or PyPI wheels: ${RUNTIME[*]})"
+say "  libcublas.so.13 and libcurand.so.10, and libcudnn.so.9 where it is there (a CUDA 13 runtime, or PyPI"
+say "  wheels: ${RUNTIME[*]}); features: $FEATURES"
 
 if [ "${1:-}" = "--runtime-libs" ]; then
   LIBS="$TOOLS/runtime-lib"
   say "fetching the runtime libraries into $LIBS"
   fetch "$TOOLS/runtime-tree" "${RUNTIME[@]}"
   mkdir -p "$LIBS"
-  find "$TOOLS/runtime-tree" "$CU/lib" -name '*.so.*' \( -name 'libcublas*' -o -name 'libcurand*' -o -name 'libnvrtc*' -o -name 'libcudart*' \) -exec cp -L {} "$LIBS/" \;
+  find "$TOOLS/runtime-tree" "$CU/lib" -name '*.so.*' \( -name 'libcublas*' -o -name 'libcurand*' -o -name 'libnvrtc*' -o -name 'libcudart*' -o -name 'libcudnn*' \) -exec cp -L {} "$LIBS/" \;
   say "run with: LD_LIBRARY_PATH=$LIBS <binary> generate --dtype f16 …   (binaries: ${BUILT[*]})"
 fi

@@ -34,6 +34,72 @@ pub struct CudaProbe {
 /// Whether this binary was built with `--features cuda`.
 pub const CUDA_BUILD: bool = cfg!(feature = "cuda");
 
+/// Whether this binary's GPU convolutions can go through cuDNN (`--features cudnn`, which
+/// scripts/build-cuda.sh turns on); whether they do is [`gpu_conv`]'s answer.
+pub const CUDNN_BUILD: bool = cfg!(feature = "cudnn");
+
+/// How a convolution runs on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuConv {
+    /// cuDNN's `cudnnConvolutionForward` through candle (the algorithm PyTorch would also pick
+    /// among, with `torch.backends.cudnn.enabled`).
+    Cudnn,
+    /// The k² shifted views of the padded input as one matrix and one cuBLAS GEMM
+    /// (`diffusion::fused::conv::im2col_conv2d`): what a build without cuDNN does, and the
+    /// fallback when the cuDNN library is not there.
+    Im2col,
+}
+
+/// The environment variable that picks the GPU convolution: `auto` (default: cuDNN when built
+/// with it and its library loads), `cudnn` (required: the device fails to open without it) or
+/// `im2col`. For measuring one against the other (benches/gpu_check.sh) and for working around a
+/// cuDNN problem.
+pub const GPU_CONV_ENV: &str = "HFSKY_GPU_CONV";
+
+/// The cuDNN library a `cudnn` build opens at run time (cuDNN 9, the major cudarc binds), the
+/// file names that count, and where a user gets it (the CUDA 13.0 wheel).
+pub const CUDNN_LIBRARY: (&str, &[&str], &str) = ("cuDNN", &["libcudnn.so.9", "libcudnn.so"], "pip install nvidia-cudnn-cu13==9.13.0.50");
+
+/// The GPU convolution for a binary built with cuDNN or not (`built`), the value of
+/// [`GPU_CONV_ENV`] (`requested`) and whether [`CUDNN_LIBRARY`] loads (`found`): the choice and,
+/// when it is not cuDNN, why. `Err` for a value that is not `auto`, `cudnn` or `im2col`, or for
+/// `cudnn` that cannot be had.
+pub fn choose_gpu_conv(built: bool, requested: Option<&str>, found: bool) -> Result<(GpuConv, Option<String>), String> {
+    let (lib, names, fix) = CUDNN_LIBRARY;
+    let unavailable = if !built {
+        Some("this binary was built without cuDNN (scripts/build-cuda.sh builds with it)".to_string())
+    } else if !found {
+        Some(format!("{lib} ({}) cannot be loaded: {fix} and put its lib folder on LD_LIBRARY_PATH", names[0]))
+    } else {
+        None
+    };
+    match requested.map(str::trim).filter(|v| !v.is_empty()).unwrap_or("auto") {
+        "auto" => Ok(match unavailable {
+            None => (GpuConv::Cudnn, None),
+            Some(why) => (GpuConv::Im2col, Some(format!("{why}; convolutions use im2col + cuBLAS"))),
+        }),
+        "cudnn" => match unavailable {
+            None => Ok((GpuConv::Cudnn, None)),
+            Some(why) => Err(format!("{GPU_CONV_ENV}=cudnn, but {why}")),
+        },
+        "im2col" => Ok((GpuConv::Im2col, Some(format!("{GPU_CONV_ENV}=im2col")))),
+        other => Err(format!("{GPU_CONV_ENV}={other:?} is not one of auto, cudnn, im2col")),
+    }
+}
+
+/// This process's GPU convolution (see [`choose_gpu_conv`]), decided once: the environment and
+/// the library do not change under a running process.
+pub fn gpu_conv() -> Result<(GpuConv, Option<String>), String> {
+    static CHOICE: std::sync::OnceLock<Result<(GpuConv, Option<String>), String>> = std::sync::OnceLock::new();
+    CHOICE
+        .get_or_init(|| {
+            let requested = std::env::var(GPU_CONV_ENV).ok();
+            choose_gpu_conv(CUDNN_BUILD, requested.as_deref(), CUDNN_BUILD && loadable(CUDNN_LIBRARY.1))
+        })
+        .clone()
+}
+
 /// The compute capabilities this binary's CUDA kernels were compiled for
 /// (`CUDA_COMPUTE_CAP` at build time, set by scripts/build-cuda.sh), if known.
 pub fn compiled_compute_caps() -> Option<Vec<String>> {
@@ -151,8 +217,8 @@ pub fn auto() -> (candle_core::Device, Option<String>) {
 }
 
 /// CUDA device `ordinal`, opened only after the probe found it usable: a driver, the runtime
-/// libraries candle opens with the device (cuBLAS, cuRAND), and kernels built for its compute
-/// capability. `Err` says which of those is missing and what to do. Checking first matters
+/// libraries candle opens with the device (cuBLAS, cuRAND), kernels built for its compute
+/// capability, and a GPU convolution ([`gpu_conv`]: cuDNN is optional unless asked for). `Err` says which of those is missing and what to do. Checking first matters
 /// because the CUDA build loads those libraries at run time (so it starts on machines without
 /// them) and cudarc panics when one it needs cannot be loaded.
 pub fn open_cuda(ordinal: usize) -> Result<candle_core::Device, String> {
@@ -163,6 +229,7 @@ pub fn open_cuda(ordinal: usize) -> Result<candle_core::Device, String> {
     if let Some(compiled) = compiled_compute_caps() {
         kernels_fit(&compiled, d.compute_capability.as_deref().unwrap_or(""))?;
     }
+    gpu_conv()?;
     candle_core::Device::new_cuda(ordinal).map_err(|e| format!("CUDA device {ordinal} failed to initialise: {e}"))
 }
 
@@ -200,12 +267,22 @@ pub fn missing_libraries_message(found: &[bool]) -> Option<String> {
 /// Which of [`CUDA_RUNTIME_LIBRARIES`] the dynamic loader can open here.
 #[cfg(feature = "cuda")]
 fn loadable_libraries() -> Vec<bool> {
-    CUDA_RUNTIME_LIBRARIES
-        .iter()
+    CUDA_RUNTIME_LIBRARIES.iter().map(|(_, names, _)| loadable(names)).collect()
+}
+
+/// Whether the dynamic loader opens a library under one of `names` (always false without CUDA).
+fn loadable(names: &[&str]) -> bool {
+    #[cfg(feature = "cuda")]
+    {
         // SAFETY: loading a CUDA library runs only its initialisers, which have no preconditions;
         // the handle is dropped at once (cudarc keeps its own).
-        .map(|(_, names, _)| names.iter().any(|n| unsafe { libloading::Library::new(*n) }.is_ok()))
-        .collect()
+        names.iter().any(|n| unsafe { libloading::Library::new(*n) }.is_ok())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = names;
+        false
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -308,6 +385,25 @@ mod tests {
         assert!(d.is_cpu());
         assert!(why.unwrap().contains("scripts/build-cuda.sh"));
         assert_eq!(compiled_compute_caps(), None);
+    }
+
+    #[test]
+    fn cudnn_when_built_and_found_im2col_otherwise_with_the_reason() {
+        assert_eq!(choose_gpu_conv(true, None, true), Ok((GpuConv::Cudnn, None)));
+        assert_eq!(choose_gpu_conv(true, Some("auto"), true), Ok((GpuConv::Cudnn, None)));
+        let (conv, why) = choose_gpu_conv(true, None, false).unwrap();
+        let why = why.unwrap();
+        assert_eq!(conv, GpuConv::Im2col);
+        assert!(why.contains("libcudnn.so.9") && why.contains("pip install nvidia-cudnn-cu13") && why.contains("im2col"), "{why}");
+        let (conv, why) = choose_gpu_conv(false, Some(" "), false).unwrap();
+        assert!(conv == GpuConv::Im2col && why.unwrap().contains("built without cuDNN"));
+        // Asked for explicitly: im2col always, cuDNN only where it can be had.
+        assert_eq!(choose_gpu_conv(true, Some("im2col"), true).unwrap().0, GpuConv::Im2col);
+        let e = choose_gpu_conv(true, Some("cudnn"), false).unwrap_err();
+        assert!(e.starts_with("HFSKY_GPU_CONV=cudnn, but cuDNN (libcudnn.so.9)"), "{e}");
+        assert_eq!(choose_gpu_conv(true, Some("cudnn"), true), Ok((GpuConv::Cudnn, None)));
+        let e = choose_gpu_conv(true, Some("CUDNN9"), true).unwrap_err();
+        assert!(e.contains("\"CUDNN9\" is not one of auto, cudnn, im2col"), "{e}");
     }
 
     #[test]

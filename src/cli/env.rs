@@ -4,7 +4,7 @@
 
 use super::Ctx;
 use hfsky::auth::TokenSource;
-use hfsky::devices::{self, DeviceInfo};
+use hfsky::devices::{self, DeviceInfo, GpuConv};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +20,8 @@ pub struct EnvReport {
     /// What `device: auto` / `generate` pick, and why not a GPU when they fall back.
     pub auto_device: String,
     pub gpu_unavailable: Option<String>,
+    /// How convolutions run on a GPU (CUDA builds only; null otherwise).
+    pub gpu_conv: Option<GpuConvReport>,
     /// candle's CPU thread pool (rayon; `RAYON_NUM_THREADS`).
     pub rayon_threads: usize,
     pub hf_home: PathBuf,
@@ -36,7 +38,17 @@ pub struct Build {
     pub cuda: bool,
     /// The compute capabilities the CUDA kernels were compiled for (null: CPU build, or not recorded).
     pub cuda_compute_caps: Option<Vec<String>>,
+    /// Built with cuDNN (`--features cudnn`).
+    pub cudnn: bool,
     pub debug_assertions: bool,
+}
+
+/// The GPU convolution `devices::gpu_conv` chose, and why it is not cuDNN when it is not.
+#[derive(Debug, Serialize)]
+pub struct GpuConvReport {
+    /// `cudnn` or `im2col`; null when `HFSKY_GPU_CONV` is invalid or asks for what is not there.
+    pub backend: Option<GpuConv>,
+    pub note: Option<String>,
 }
 
 /// Where a command's token would come from, in the README's resolution order; no network.
@@ -82,10 +94,19 @@ pub fn report(ctx: &Ctx) -> EnvReport {
         version: env!("CARGO_PKG_VERSION"),
         git_hash: option_env!("HFSKY_GIT_HASH"),
         os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
-        build: Build { cuda: devices::CUDA_BUILD, cuda_compute_caps: devices::compiled_compute_caps(), debug_assertions: cfg!(debug_assertions) },
+        build: Build {
+            cuda: devices::CUDA_BUILD,
+            cuda_compute_caps: devices::compiled_compute_caps(),
+            cudnn: devices::CUDNN_BUILD,
+            debug_assertions: cfg!(debug_assertions),
+        },
         devices: all,
         auto_device,
         gpu_unavailable,
+        gpu_conv: devices::CUDA_BUILD.then(|| match devices::gpu_conv() {
+            Ok((backend, note)) => GpuConvReport { backend: Some(backend), note },
+            Err(e) => GpuConvReport { backend: None, note: Some(e) },
+        }),
         rayon_threads: candle_core::utils::get_num_threads(),
         hf_home: hfsky::auth::paths::hf_home(),
         hub_cache_bytes: dir_bytes(&hub_cache),
@@ -110,9 +131,10 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
         format!("hfsky {} ({})", r.version, r.git_hash.unwrap_or("commit unknown")),
         format!("os: {}", r.os),
         format!(
-            "build: cuda {}{}",
+            "build: cuda {}{}, cudnn {}",
             if r.build.cuda { "on" } else { "off" },
-            r.build.cuda_compute_caps.as_ref().map(|c| format!(" (sm_{})", c.join(", sm_"))).unwrap_or_default()
+            r.build.cuda_compute_caps.as_ref().map(|c| format!(" (sm_{})", c.join(", sm_"))).unwrap_or_default(),
+            if r.build.cudnn { "on" } else { "off" },
         ),
     ];
     for d in &r.devices {
@@ -130,6 +152,14 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
         ));
     }
     lines.push(format!("device auto: {}{}", r.auto_device, r.gpu_unavailable.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()));
+    if let Some(c) = &r.gpu_conv {
+        let backend = match c.backend {
+            Some(GpuConv::Cudnn) => "cuDNN",
+            Some(GpuConv::Im2col) => "im2col + cuBLAS",
+            None => "none",
+        };
+        lines.push(format!("gpu convolutions: {backend}{}", c.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()));
+    }
     lines.push(format!("rayon threads: {}", r.rayon_threads));
     lines.push(format!("HF_HOME: {}", r.hf_home.display()));
     let cache_size = if r.hub_cache_bytes.is_some() { bytes(r.hub_cache_bytes) } else { "not created yet".into() };

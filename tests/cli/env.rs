@@ -20,6 +20,7 @@ fn env_reports_build_devices_cache_and_token_source_without_the_token() {
             "devices",
             "endpoint",
             "git_hash",
+            "gpu_conv",
             "gpu_unavailable",
             "hf_home",
             "hf_hub_offline",
@@ -37,6 +38,7 @@ fn env_reports_build_devices_cache_and_token_source_without_the_token() {
         assert_eq!(v["git_hash"], String::from_utf8_lossy(&h.stdout).trim(), "built from this checkout's commit");
     }
     assert_eq!(v["build"]["cuda"], cfg!(feature = "cuda"));
+    assert_eq!(v["build"]["cudnn"], cfg!(feature = "cudnn"));
     let cpu = &v["devices"][0];
     let dkeys: Vec<&str> = cpu.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(dkeys, ["bf16", "compute_capability", "f16", "kind", "memory_free_bytes", "memory_total_bytes", "name", "ordinal", "threads"]);
@@ -47,6 +49,7 @@ fn env_reports_build_devices_cache_and_token_source_without_the_token() {
         assert_eq!(v["auto_device"], "cpu");
         assert!(v["gpu_unavailable"].as_str().unwrap().contains("built without CUDA"), "{v}");
         assert_eq!(v["build"]["cuda_compute_caps"], serde_json::Value::Null);
+        assert_eq!(v["gpu_conv"], serde_json::Value::Null, "no GPU convolution in a CPU build");
     }
     assert_eq!(v["hf_home"], env.hf_home().display().to_string());
     assert_eq!(v["hub_cache"], env.hf_home().join("hub").display().to_string());

@@ -76,8 +76,8 @@ impl Conv2d {
         for a in &live {
             let xf = x.to_dtype(if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 })?;
             let (down, up) = (crate::diffusion::recompute::factor(&a.down), crate::diffusion::recompute::factor(&a.up));
-            let u = xf.conv2d(&down.to_dtype(xf.dtype())?, self.padding, self.stride, 1, 1)?;
-            let y = u.conv2d(&up.to_dtype(xf.dtype())?, 0, 1, 1, 1)?.affine(a.scale, 0.0)?;
+            let u = trainable_conv2d(&xf, &down.to_dtype(xf.dtype())?, self.stride, self.padding)?;
+            let y = trainable_conv2d(&u, &up.to_dtype(xf.dtype())?, 1, 0)?.affine(a.scale, 0.0)?;
             out = (out + y.to_dtype(x.dtype())?)?;
         }
         Ok(out)
@@ -134,15 +134,68 @@ impl Module for Conv2d {
     }
 }
 
-/// `x ⋆ w` with torch's `Conv2d(stride, padding)` geometry: our im2col + GEMM kernel for f32 on
-/// the CPU, candle's conv elsewhere (cuDNN/CUDA kernels on the GPU).
+/// `x ⋆ w` with torch's `Conv2d(stride, padding)` geometry, no graph needed: our im2col + GEMM
+/// kernel for f32 on the CPU, on the GPU cuDNN or im2col + cuBLAS ([`crate::devices::gpu_conv`]),
+/// candle's conv otherwise.
 fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         let (_, _, h, wd) = x.dims4()?;
         cpu_conv::conv2d(x, w, Geometry::symmetric(h, wd, w.dim(2)?, stride, padding)?)
     } else {
+        trainable_conv2d(x, w, stride, padding)
+    }
+}
+
+/// `x ⋆ w` through candle's differentiable ops (gradients reach `x` and `w`, for LoCon's
+/// factors): candle's conv, except on a GPU whose convolutions are not cuDNN's, where candle's
+/// CUDA conv would be cuDNN in a `cudnn` build (and cudarc panics without the library).
+fn trainable_conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let im2col = x.device().is_cuda() && matches!(crate::devices::gpu_conv(), Ok((crate::devices::GpuConv::Im2col, _)));
+    if im2col {
+        im2col_conv2d(x, w, stride, padding)
+    } else {
         x.conv2d(w, padding, stride, 1, 1)
     }
+}
+
+/// `x ⋆ w` as im2col + one matmul, from candle tensor ops only (so on any device and with
+/// gradients): the k² views of the zero-padded input shifted by (i, j) and taken every `stride`
+/// rows and columns, stacked into [B, C_in·k², H'·W'] in the order of the weight's
+/// [C_out, C_in, k, k] flattening, then `W [C_out, C_in·k²] · cols`. Memory: k² copies of the
+/// input, as candle's own CUDA conv without cuDNN (and PyTorch's slow path) spend.
+pub fn im2col_conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let (b, c_in, h, wd) = x.dims4()?;
+    let (c_out, w_in, k, k2) = w.dims4()?;
+    if w_in != c_in || k != k2 || stride == 0 || h + 2 * padding < k || wd + 2 * padding < k {
+        candle_core::bail!("im2col conv: input {:?} and weight {:?} do not fit (stride {stride}, padding {padding})", x.dims(), w.dims());
+    }
+    let (ho, wo) = ((h + 2 * padding - k) / stride + 1, (wd + 2 * padding - k) / stride + 1);
+    let w2 = w.reshape((c_out, c_in * k * k))?;
+    if k == 1 && stride == 1 && padding == 0 {
+        return w2.broadcast_matmul(&x.reshape((b, c_in, h * wd))?)?.reshape((b, c_out, h, wd));
+    }
+    let xp = if padding > 0 { x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)? } else { x.clone() };
+    // Rows i, i+s, …, i+s·(n−1) of `dim`: a window of s·n (zero-padded past the end) seen as
+    // [n, s], first column kept.
+    let every = |t: Tensor, dim: usize, start: usize, n: usize| -> Result<Tensor> {
+        if stride == 1 {
+            return t.narrow(dim, start, n);
+        }
+        let span = stride * (n - 1) + 1;
+        let t = t.narrow(dim, start, span)?.pad_with_zeros(dim, 0, stride - 1)?;
+        let mut shape = t.dims().to_vec();
+        shape.splice(dim..=dim, [n, stride]);
+        t.reshape(shape)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
+    };
+    let mut taps = Vec::with_capacity(k * k);
+    for i in 0..k {
+        let rows = every(xp.clone(), 2, i, ho)?;
+        for j in 0..k {
+            taps.push(every(rows.clone(), 3, j, wo)?);
+        }
+    }
+    let cols = Tensor::stack(&taps, 2)?.reshape((b, c_in * k * k, ho * wo))?;
+    w2.broadcast_matmul(&cols)?.reshape((b, c_out, ho, wo))
 }
 
 /// d(loss)/d(input) of `conv2d(x, weight, padding, stride)` for an input of spatial size `in_hw`,
@@ -190,7 +243,7 @@ pub fn input_grad(g: &Tensor, weight: &Tensor, stride: usize, padding: usize, in
         t.pad_with_zeros(dim, lo.max(0) as usize, hi.max(0) as usize)
     };
     let g = fit(fit(g, 2, top, bottom)?, 3, left, right)?;
-    g.conv2d(&flipped, 0, 1, 1, 1)
+    conv2d(&g, &flipped, 1, 0)
 }
 
 #[cfg(test)]
@@ -218,6 +271,33 @@ mod tests {
                 check_against_composed(&[r(&[2, 3, h, w])], |t| conv.forward(&t[0]), composed, 1e-5);
             }
         }
+    }
+
+    /// The GPU's im2col path (run here on the CPU in f64: same tensor ops) against candle's conv,
+    /// values and the gradients of input and weight, for every geometry the UNet and VAE use and
+    /// odd sizes.
+    #[test]
+    fn im2col_conv_equals_candles_conv_with_gradients() {
+        use crate::diffusion::nn::rel_error;
+        let r = |shape: &[usize]| candle_core::Var::from_tensor(&randn(shape).to_dtype(DType::F64).unwrap()).unwrap();
+        for &(k, s, p, h, w) in
+            &[(3, 1, 1, 6, 5), (1, 1, 0, 4, 4), (3, 2, 1, 8, 8), (3, 2, 1, 7, 9), (3, 2, 0, 9, 9), (3, 1, 0, 5, 6), (1, 2, 0, 6, 6)]
+        {
+            let (x, wt) = (r(&[2, 3, h, w]), r(&[5, 3, k, k]));
+            let ours = im2col_conv2d(x.as_tensor(), wt.as_tensor(), s, p).unwrap();
+            let theirs = x.as_tensor().conv2d(wt.as_tensor(), p, s, 1, 1).unwrap();
+            assert_eq!(ours.dims(), theirs.dims(), "k{k} s{s} p{p} {h}×{w}");
+            assert!(rel_error(&ours, &theirs).unwrap() < 1e-12, "k{k} s{s} p{p} {h}×{w}");
+            let g = Tensor::randn(0f64, 1.0, ours.dims(), &Device::Cpu).unwrap();
+            let grads = |y: &Tensor| (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, b) = (grads(&ours), grads(&theirs));
+            for v in [&x, &wt] {
+                let e = rel_error(a.get(v.as_tensor()).unwrap(), b.get(v.as_tensor()).unwrap()).unwrap();
+                assert!(e < 1e-12, "gradient k{k} s{s} p{p} {h}×{w}: {e}");
+            }
+        }
+        let e = im2col_conv2d(&randn(&[1, 2, 4, 4]), &randn(&[3, 4, 3, 3]), 1, 1).unwrap_err().to_string();
+        assert!(e.contains("do not fit"), "{e}");
     }
 
     #[test]
