@@ -8,12 +8,17 @@ cd "$(dirname "$0")/.."
 # Disk, not time, is what a fresh CI machine runs short of: incremental caches (GBs for the test
 # binaries) buy nothing on a one-shot build. CARGO_INCREMENTAL=1 keeps them for local reruns.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# Each phase's start, with the seconds so far: CI keeps this output, and the suite must stay
+# under 30 minutes on a fresh clone.
+phase() { echo "test.sh: [$((SECONDS / 60))m$((SECONDS % 60))s] $*" >&2; }
+phase "fmt + clippy"
 
 # The hygiene gate, first (it needs nothing installed): the tree is formatted (rustfmt.toml)
 # and clippy has nothing to say about any target.
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 
+phase "system packages"
 need=()
 command -v dbus-run-session >/dev/null || need+=(dbus)
 command -v gnome-keyring-daemon >/dev/null || need+=(gnome-keyring)
@@ -41,12 +46,14 @@ fi
 if pkg-config --atleast-version=1.17 libheif 2>/dev/null; then HEIF_FEATURE=heif; else HEIF_FEATURE=heif-embedded; fi
 export HEIF_FEATURE
 # The HEIF decoder is optional code: the gate covers it too.
+phase "clippy --features $HEIF_FEATURE"
 cargo clippy --all-targets --locked --features "$HEIF_FEATURE" -- -D warnings
 
 # The official client for the conformance test (small: no torch). HF_HUB_DISABLE_XET=1 is set
 # by the test so uploads take the LFS path the offline Hub speaks.
 # Its trusted-publisher (OIDC) support is tested too, hence a version that has `_oidc`.
 # maturin builds the wheel and nbclient/ipykernel run the notebook (tests/install.rs).
+phase "python test venvs"
 PY_TEST_DEPS=("huggingface_hub==2.4.0" "maturin==1.16.0" "nbclient==0.11.0" "nbformat==5.11.1" "ipykernel==7.4.0")
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import huggingface_hub._oidc, nbclient, nbformat, ipykernel" 2>/dev/null || [ ! -x .venv/bin/maturin ]; then
   python3 -m venv .venv
@@ -66,8 +73,9 @@ export HFSKY_PYREF_PYTHON
 # A fresh keyring folder each run: a keyring left by an earlier run (other password) would be
 # locked and answer every request with "prompt dismissed".
 KEYRING_HOME="$(mktemp -d)"
-trap 'rm -rf "$KEYRING_HOME"' EXIT
+trap 'rm -rf "$KEYRING_HOME"; phase "done"' EXIT
 export KEYRING_HOME
+phase "cargo test (build, then every test)"
 dbus-run-session -- bash -c '
   export XDG_DATA_HOME="$KEYRING_HOME"
   printf "hfsky-test-keyring" | gnome-keyring-daemon --unlock --components=secrets >/dev/null
