@@ -88,16 +88,15 @@ pub fn choose_gpu_conv(built: bool, requested: Option<&str>, found: bool) -> Res
     }
 }
 
-/// This process's GPU convolution (see [`choose_gpu_conv`]), decided once: the environment and
-/// the library do not change under a running process.
-pub fn gpu_conv() -> Result<(GpuConv, Option<String>), String> {
+/// This process's GPU convolution (see [`choose_gpu_conv`]), decided once and borrowed after
+/// (every GPU convolution asks): the environment and the library do not change under a running
+/// process.
+pub fn gpu_conv() -> &'static Result<(GpuConv, Option<String>), String> {
     static CHOICE: std::sync::OnceLock<Result<(GpuConv, Option<String>), String>> = std::sync::OnceLock::new();
-    CHOICE
-        .get_or_init(|| {
-            let requested = std::env::var(GPU_CONV_ENV).ok();
-            choose_gpu_conv(CUDNN_BUILD, requested.as_deref(), CUDNN_BUILD && loadable(CUDNN_LIBRARY.1))
-        })
-        .clone()
+    CHOICE.get_or_init(|| {
+        let requested = std::env::var(GPU_CONV_ENV).ok();
+        choose_gpu_conv(CUDNN_BUILD, requested.as_deref(), CUDNN_BUILD && loadable(CUDNN_LIBRARY.1))
+    })
 }
 
 /// The compute capabilities this binary's CUDA kernels were compiled for
@@ -218,8 +217,8 @@ pub fn auto() -> (candle_core::Device, Option<String>) {
 
 /// CUDA device `ordinal`, opened only after the probe found it usable: a driver, the runtime
 /// libraries candle opens with the device (cuBLAS, cuRAND), kernels built for its compute
-/// capability, and a GPU convolution ([`gpu_conv`]: cuDNN is optional unless asked for). `Err` says which of those is missing and what to do. Checking first matters
-/// because the CUDA build loads those libraries at run time (so it starts on machines without
+/// capability, and a GPU convolution ([`gpu_conv`]: cuDNN is optional unless asked for). `Err`
+/// says which of those is missing and what to do. Checking first matters because the CUDA build loads those libraries at run time (so it starts on machines without
 /// them) and cudarc panics when one it needs cannot be loaded.
 pub fn open_cuda(ordinal: usize) -> Result<candle_core::Device, String> {
     let probe = cuda();
@@ -229,7 +228,7 @@ pub fn open_cuda(ordinal: usize) -> Result<candle_core::Device, String> {
     if let Some(compiled) = compiled_compute_caps() {
         kernels_fit(&compiled, d.compute_capability.as_deref().unwrap_or(""))?;
     }
-    gpu_conv()?;
+    gpu_conv().as_ref().map_err(Clone::clone)?;
     candle_core::Device::new_cuda(ordinal).map_err(|e| format!("CUDA device {ordinal} failed to initialise: {e}"))
 }
 

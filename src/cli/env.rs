@@ -104,8 +104,8 @@ pub fn report(ctx: &Ctx) -> EnvReport {
         auto_device,
         gpu_unavailable,
         gpu_conv: devices::CUDA_BUILD.then(|| match devices::gpu_conv() {
-            Ok((backend, note)) => GpuConvReport { backend: Some(backend), note },
-            Err(e) => GpuConvReport { backend: None, note: Some(e) },
+            Ok((backend, note)) => GpuConvReport { backend: Some(*backend), note: note.clone() },
+            Err(e) => GpuConvReport { backend: None, note: Some(e.clone()) },
         }),
         rayon_threads: candle_core::utils::get_num_threads(),
         hf_home: hfsky::auth::paths::hf_home(),

@@ -1,6 +1,7 @@
 //! `e^x` over f32 slices in SIMD lanes, for the softmax of the CPU attention kernel and the SiLU of
-//! the fused group norm (forward and backward). libm's `expf` is scalar: with AVX-512 GEMMs it was 20% of a 512 px SD 1.5
-//! generation. PyTorch's CPU softmax uses a vectorised exp (Sleef) for the same reason.
+//! the fused group norm (forward and backward). libm's `expf` is scalar: with AVX-512 GEMMs it was
+//! 20% of a 512 px SD 1.5 generation. PyTorch's CPU softmax uses a vectorised exp (Sleef) for the
+//! same reason.
 //!
 //! The method is Cephes' `expf` (S. Moshier): x = n·ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 split in two
 //! parts so r is exact), e^r by its degree-7 minimax polynomial, and 2^n put in the exponent bits.
@@ -71,20 +72,25 @@ dispatched! {
 
 #[inline(always)]
 fn silu_affine_grad_lanes(ds: &mut [f32], xs: &[f32], gs: &[f32], mean: f32, rstd: f32, gamma: f32, beta: f32) -> (f32, f32) {
+    // Element i adds into lane i mod 16 (as in `exp_shifted_lanes`): fixed-width chunks, so the
+    // loop body is one vector wide.
     let (mut sd, mut sdx) = ([0f32; 16], [0f32; 16]);
-    let n = ds.len().min(xs.len()).min(gs.len());
-    for start in (0..n).step_by(16) {
-        let end = (start + 16).min(n);
-        for (lane, i) in (start..end).enumerate() {
-            let xhat = (xs[i] - mean) * rstd;
+    let mut lanes = |ds: &mut [f32], xs: &[f32], gs: &[f32]| {
+        for (((d, &x), &g), (a, b)) in ds.iter_mut().zip(xs).zip(gs).zip(sd.iter_mut().zip(sdx.iter_mut())) {
+            let xhat = (x - mean) * rstd;
             let z = gamma * xhat + beta;
             let s = 1.0 / (1.0 + exp_lane(-z));
-            let d = gamma * gs[i] * s * (1.0 + z * (1.0 - s));
-            ds[i] = d;
-            sd[lane] += d;
-            sdx[lane] += d * xhat;
+            *d = gamma * g * s * (1.0 + z * (1.0 - s));
+            *a += *d;
+            *b += *d * xhat;
         }
+    };
+    let mut chunks = ds.chunks_exact_mut(16);
+    let (mut xc, mut gc) = (xs.chunks_exact(16), gs.chunks_exact(16));
+    for ((d, x), g) in (&mut chunks).zip(&mut xc).zip(&mut gc) {
+        lanes(d, x, g);
     }
+    lanes(chunks.into_remainder(), xc.remainder(), gc.remainder());
     (sd.iter().sum(), sdx.iter().sum())
 }
 
