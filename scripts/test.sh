@@ -43,6 +43,28 @@ fi
 
 if pkg-config --atleast-version=1.17 libheif 2>/dev/null; then HEIF_FEATURE=heif; else HEIF_FEATURE=heif-embedded; fi
 export HEIF_FEATURE
+# The Python environments the tests use, installed while cargo compiles (downloads and unpacking
+# against a CPU-bound build): their output goes to a log shown if they fail.
+# - .venv: the official client for the conformance test (small: no torch). HF_HUB_DISABLE_XET=1 is
+#   set by the test so uploads take the LFS path the offline Hub speaks. Its trusted-publisher
+#   (OIDC) support is tested too, hence a version that has `_oidc`. maturin builds the wheel and
+#   nbclient/ipykernel run the notebook (tests/install.rs).
+# - .venv-pyref: the reference ML stack (CPU torch, diffusers, transformers, peft; pinned) for the
+#   interop test in which real diffusers loads a LoRA that hfsky trained. ~3 GB download.
+python_venvs() {
+  PY_TEST_DEPS=("huggingface_hub==2.4.0" "maturin==1.16.0" "nbclient==0.11.0" "nbformat==5.11.1" "ipykernel==7.4.0")
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import huggingface_hub._oidc, nbclient, nbformat, ipykernel" 2>/dev/null || [ ! -x .venv/bin/maturin ]; then
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check --no-cache-dir "${PY_TEST_DEPS[@]}"
+  fi
+  ./scripts/pyref-venv.sh >"$VENV_DIR/pyref-python"
+}
+VENV_DIR="$(mktemp -d)"
+phase "python test venvs (in the background)"
+python_venvs >"$VENV_DIR/log" 2>&1 &
+VENV_PID=$!
+trap 'kill "$VENV_PID" 2>/dev/null; rm -rf "$VENV_DIR"; phase "done"' EXIT
+
 # Clippy lints while the tests compile: clippy-driver is rustc plus the lints, and cargo runs it
 # for this crate only (dependencies are built by rustc and their lints capped). One compile
 # instead of `cargo clippy` (which checks every dependency again, and again per feature set)
@@ -55,21 +77,14 @@ export RUSTC_WORKSPACE_WRAPPER=clippy-driver RUSTFLAGS="${RUSTFLAGS:-} -D warnin
 phase "build every target, with clippy's lints (--features $HEIF_FEATURE)"
 cargo test --no-run --all-targets --locked --features "$HEIF_FEATURE"
 
-# The official client for the conformance test (small: no torch). HF_HUB_DISABLE_XET=1 is set
-# by the test so uploads take the LFS path the offline Hub speaks.
-# Its trusted-publisher (OIDC) support is tested too, hence a version that has `_oidc`.
-# maturin builds the wheel and nbclient/ipykernel run the notebook (tests/install.rs).
-phase "python test venvs"
-PY_TEST_DEPS=("huggingface_hub==2.4.0" "maturin==1.16.0" "nbclient==0.11.0" "nbformat==5.11.1" "ipykernel==7.4.0")
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import huggingface_hub._oidc, nbclient, nbformat, ipykernel" 2>/dev/null || [ ! -x .venv/bin/maturin ]; then
-  python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check --no-cache-dir "${PY_TEST_DEPS[@]}"
+if ! wait "$VENV_PID"; then
+  cat "$VENV_DIR/log" >&2
+  echo "test.sh: installing the Python test environments failed (log above)" >&2
+  exit 1
 fi
+phase "python test venvs ready"
 export HFSKY_PYTHON="$PWD/.venv/bin/python"
-
-# The reference ML stack (CPU torch, diffusers, transformers, peft; pinned) for the interop test
-# in which real diffusers loads a LoRA that hfsky trained. ~3 GB download, about a minute.
-HFSKY_PYREF_PYTHON="$(./scripts/pyref-venv.sh)"
+HFSKY_PYREF_PYTHON="$(cat "$VENV_DIR/pyref-python")"
 export HFSKY_PYREF_PYTHON
 
 # Tests that need what this script installed (the wheel, the crate, the notebook) are #[ignore]d
@@ -79,7 +94,7 @@ export HFSKY_PYREF_PYTHON
 # A fresh keyring folder each run: a keyring left by an earlier run (other password) would be
 # locked and answer every request with "prompt dismissed".
 KEYRING_HOME="$(mktemp -d)"
-trap 'rm -rf "$KEYRING_HOME"; phase "done"' EXIT
+trap 'rm -rf "$KEYRING_HOME" "$VENV_DIR"; phase "done"' EXIT
 export KEYRING_HOME
 phase "cargo test (every test)"
 dbus-run-session -- bash -c '
