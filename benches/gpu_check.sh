@@ -37,8 +37,12 @@ if [ -n "${WHEELS:-}" ]; then
 fi
 "$PY" -c "import torch, diffusers, peft, transformers; assert torch.cuda.is_available(), 'no CUDA device visible to torch'"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-# The binary opens cuBLAS, cuRAND and cuDNN at run time: from the system, else from the NVIDIA
-# wheels torch brought (site-packages/nvidia/*/lib). If it cannot use the GPU, `hfsky env` says why.
+# The binary opens cuBLAS, cuRAND and cuDNN at run time: from the system, else from NVIDIA's
+# wheels in a Python environment (devices::wheel_libs: torch's here). First what it finds by
+# itself, as on Colab; then with the wheels' folders on LD_LIBRARY_PATH, so the rows below run
+# either way. If it cannot use the GPU, `hfsky env` says why.
+echo "without LD_LIBRARY_PATH (the wheels found by hfsky itself):" >&2
+env -u LD_LIBRARY_PATH "$HFSKY" env 2>&1 | grep -E "^(device|gpu convolutions)" >&2 || true
 NVLIBS=$("$PY" -c 'import glob, os, site
 dirs = {os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(os.path.join(d, "nvidia", "*", "lib", "*.so*"))}
 print(":".join(sorted(dirs)))')

@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+pub mod wheel_libs;
+
 /// One device, as `hfsky env` reports it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeviceInfo {
@@ -70,7 +72,10 @@ pub fn choose_gpu_conv(built: bool, requested: Option<&str>, found: bool) -> Res
     let unavailable = if !built {
         Some("this binary was built without cuDNN (scripts/build-cuda.sh builds with it)".to_string())
     } else if !found {
-        Some(format!("{lib} ({}) cannot be loaded: {fix} and put its lib folder on LD_LIBRARY_PATH", names[0]))
+        Some(format!(
+            "{lib} ({}) cannot be loaded: {fix} (hfsky finds NVIDIA's wheels in the Python environment), or put its lib folder on LD_LIBRARY_PATH",
+            names[0]
+        ))
     } else {
         None
     };
@@ -242,8 +247,8 @@ pub const CUDA_RUNTIME_LIBRARIES: [(&str, &[&str], &str); 3] = [
 ];
 
 /// Why the CUDA libraries cannot be used, given which of [`CUDA_RUNTIME_LIBRARIES`] loaded
-/// (`found[i]` for entry `i`); `None` when all did. The runtime libraries from PyPI wheels live
-/// under site-packages/nvidia/*/lib, which the loader does not search by itself.
+/// (`found[i]` for entry `i`); `None` when all did. "found" covers NVIDIA's PyPI wheels in a
+/// Python environment ([`wheel_libs`]) as well as the loader's own search.
 pub fn missing_libraries_message(found: &[bool]) -> Option<String> {
     let missing: Vec<_> = CUDA_RUNTIME_LIBRARIES.iter().zip(found).filter(|(_, ok)| !**ok).map(|(lib, _)| lib).collect();
     if missing.is_empty() {
@@ -256,8 +261,8 @@ pub fn missing_libraries_message(found: &[bool]) -> Option<String> {
     let names: Vec<String> = missing.iter().map(|(what, names, _)| format!("{what} ({})", names[0])).collect();
     let fixes: Vec<&str> = missing.iter().map(|(_, _, fix)| *fix).collect();
     Some(format!(
-        "the CUDA runtime libraries are not found: {}; {}, and put their lib folders on LD_LIBRARY_PATH \
-         (see the README's CUDA section)",
+        "the CUDA runtime libraries are not found: {}; {} (hfsky finds NVIDIA's wheels in the Python \
+         environment), or put their lib folders on LD_LIBRARY_PATH (see the README's CUDA section)",
         names.join(", "),
         fixes.join(" and ")
     ))
@@ -269,18 +274,38 @@ fn loadable_libraries() -> Vec<bool> {
     CUDA_RUNTIME_LIBRARIES.iter().map(|(_, names, _)| loadable(names)).collect()
 }
 
-/// Whether the dynamic loader opens a library under one of `names` (always false without CUDA).
+/// Whether a library under one of `names` can be opened (always false without CUDA): by name
+/// (`LD_LIBRARY_PATH`, the system's folders), else from NVIDIA's wheels in a Python environment
+/// ([`wheel_libs::site_packages_dirs`]).
 fn loadable(names: &[&str]) -> bool {
-    #[cfg(feature = "cuda")]
-    {
-        // SAFETY: loading a CUDA library runs only its initialisers, which have no preconditions;
-        // the handle is dropped at once (cudarc keeps its own).
-        names.iter().any(|n| unsafe { libloading::Library::new(*n) }.is_ok())
+    if !CUDA_BUILD {
+        return false;
     }
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = names;
-        false
+    // SAFETY: loading a CUDA library runs only its initialisers, which have no preconditions; the
+    // handle is dropped at once (cudarc keeps its own).
+    if names.iter().any(|n| unsafe { libloading::Library::new(*n) }.is_ok()) {
+        return true;
+    }
+    static SITE_PACKAGES: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+    load_from_wheels(SITE_PACKAGES.get_or_init(wheel_libs::site_packages_dirs), names)
+}
+
+/// Loads the first of `names` found in NVIDIA's wheels under `site_packages`
+/// ([`wheel_libs::find`]) and keeps it loaded for the life of the process, so that a later
+/// `dlopen` by name (cudarc's) gets it. False when none is there or it fails to load (logged).
+fn load_from_wheels(site_packages: &[std::path::PathBuf], names: &[&str]) -> bool {
+    let Some(path) = wheel_libs::find(site_packages, names) else { return false };
+    // SAFETY: as in `loadable`; the handle is leaked on purpose, never unloaded.
+    match unsafe { libloading::Library::new(&path) } {
+        Ok(lib) => {
+            tracing::info!("loaded {} from a Python environment", path.display());
+            std::mem::forget(lib);
+            true
+        }
+        Err(e) => {
+            tracing::warn!("{} could not be loaded: {e}", path.display());
+            false
+        }
     }
 }
 
@@ -403,6 +428,22 @@ mod tests {
         assert_eq!(choose_gpu_conv(true, Some("cudnn"), true), Ok((GpuConv::Cudnn, None)));
         let e = choose_gpu_conv(true, Some("CUDNN9"), true).unwrap_err();
         assert!(e.contains("\"CUDNN9\" is not one of auto, cudnn, im2col"), "{e}");
+    }
+
+    #[test]
+    #[ignore = "needs NVIDIA's wheels, which the reference stack's torch brings (HFSKY_PYREF_PYTHON, made by scripts/test.sh)"]
+    fn a_library_loaded_from_a_wheel_answers_to_its_soname() {
+        let python = std::env::var("HFSKY_PYREF_PYTHON").expect("HFSKY_PYREF_PYTHON: a Python with torch and its NVIDIA wheels");
+        let sites = wheel_libs::from_python(&python);
+        let cublas = "libcublas.so.13";
+        assert!(wheel_libs::find(&sites, &[cublas]).is_some(), "no {cublas} under {sites:?}");
+        // SAFETY: as in `loadable`.
+        let by_name = || unsafe { libloading::Library::new(cublas) }.is_ok();
+        assert!(!by_name(), "{cublas} is on the loader's own path here (LD_LIBRARY_PATH?): nothing to test");
+        assert!(load_from_wheels(&sites, &["libcublas.so.no-such", cublas]));
+        // What cudarc does next: the same library by its soname alone.
+        assert!(by_name(), "{cublas} was loaded by path but a dlopen by name does not find it");
+        assert!(!load_from_wheels(&sites, &["libcuda.so.1"]), "the driver never comes from a wheel");
     }
 
     #[test]
