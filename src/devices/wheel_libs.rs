@@ -54,21 +54,20 @@ pub fn from_python(python: &str) -> Vec<PathBuf> {
     String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from).filter(|d| d.is_dir()).collect()
 }
 
-/// The first `site/nvidia/*/lib/<name>` that exists, trying each folder of `site_packages` in
-/// turn and, within one, each of `names` in order (so the soname is preferred to the
-/// unversioned link).
+/// The first of `names` that exists as `site/nvidia/*/lib/<name>` in any folder of
+/// `site_packages` (searched in their order): names first, so that CUDA 13's soname anywhere wins
+/// over an older fallback name (torch's CUDA 12 cuBLAS) in an earlier folder.
 pub fn find(site_packages: &[PathBuf], names: &[&str]) -> Option<PathBuf> {
-    for site in site_packages {
-        let Ok(entries) = std::fs::read_dir(site.join("nvidia")) else { continue };
-        let mut libs: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("lib")).filter(|d| d.is_dir()).collect();
-        libs.sort();
-        for name in names {
-            if let Some(found) = libs.iter().map(|lib| lib.join(name)).find(|p| p.is_file()) {
-                return Some(found);
-            }
-        }
-    }
-    None
+    let lib_dirs: Vec<PathBuf> = site_packages
+        .iter()
+        .flat_map(|site| {
+            let mut libs: Vec<PathBuf> =
+                std::fs::read_dir(site.join("nvidia")).into_iter().flatten().flatten().map(|e| e.path().join("lib")).filter(|d| d.is_dir()).collect();
+            libs.sort();
+            libs
+        })
+        .collect();
+    names.iter().find_map(|name| lib_dirs.iter().map(|lib| lib.join(name)).find(|p| p.is_file()))
 }
 
 #[cfg(test)]
@@ -103,6 +102,14 @@ mod tests {
             Some(venv.join("lib/python3.11/site-packages/nvidia/cu13/lib/libcurand.so.10"))
         );
         assert_eq!(find(&sites, &["libcuda.so.1"]), None, "the driver never comes from a wheel");
+        // torch's CUDA 12 cuBLAS in the first environment, CUDA 13's in the second: the soname asked first wins.
+        touch(&colab.join("lib/python3.12/dist-packages/nvidia/cublas/lib/libcublas.so.12"));
+        touch(&venv.join("lib/python3.11/site-packages/nvidia/cu13/lib/libcublas.so.13"));
+        std::fs::remove_file(colab.join("lib/python3.12/dist-packages/nvidia/cu13/lib/libcublas.so.13")).unwrap();
+        assert_eq!(
+            find(&sites, &["libcublas.so.13", "libcublas.so", "libcublas.so.12"]),
+            Some(venv.join("lib/python3.11/site-packages/nvidia/cu13/lib/libcublas.so.13"))
+        );
         assert!(under_prefix(&t.path().join("no-such-prefix")).is_empty());
     }
 
